@@ -1,0 +1,115 @@
+"""A task as Cube tracks it: the user's spec plus everything that happened to it."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, Field
+
+from cube.task.spec import Protocol, TaskSpec
+from cube.task.state import TERMINAL, State, check_transition
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_task_id() -> str:
+    return uuid.uuid4().hex
+
+
+class DesiredState(StrEnum):
+    """What the user wants: the task running, or stopped. Reconcilers chase this."""
+
+    RUN = "run"
+    STOP = "stop"
+
+
+class Health(StrEnum):
+    UNKNOWN = "unknown"
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"
+
+
+class PublishedPort(BaseModel):
+    """A container port and where the node actually published it."""
+
+    container: int
+    host: int
+    protocol: Protocol = Protocol.TCP
+
+
+class TaskEvent(BaseModel):
+    """One entry in a task's history: a state change, or a note (pull progress, health)."""
+
+    time: datetime = Field(default_factory=utcnow)
+    previous: State | None = None
+    state: State
+    reason: str = ""
+    exit_code: int | None = None
+    node: str | None = None
+
+
+class Task(BaseModel):
+    """The record every component keeps about a task.
+
+    Only :meth:`transition` changes ``state``; it checks the transition table and
+    returns the event to append to the task's history.
+    """
+
+    id: str = Field(default_factory=new_task_id)
+    spec: TaskSpec
+    state: State = State.PENDING
+    desired: DesiredState = DesiredState.RUN
+    node: str | None = None
+    container_id: str | None = None
+    ports: list[PublishedPort] = Field(default_factory=list)
+    restarts: int = 0
+    exit_code: int | None = None
+    reason: str = ""
+    health: Health = Health.UNKNOWN
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.state in TERMINAL
+
+    def transition(
+        self,
+        target: State,
+        reason: str,
+        *,
+        exit_code: int | None = None,
+        now: datetime | None = None,
+    ) -> TaskEvent:
+        """Move to ``target`` if the table allows it; raise IllegalTransition otherwise."""
+        check_transition(self.state, target)
+        now = now or utcnow()
+        event = TaskEvent(
+            time=now,
+            previous=self.state,
+            state=target,
+            reason=reason,
+            exit_code=exit_code,
+            node=self.node,
+        )
+        self.state = target
+        self.reason = reason
+        self.updated_at = now
+        if target is State.RUNNING:
+            self.started_at = now
+            self.exit_code = None
+            self.finished_at = None
+        elif target in TERMINAL:
+            self.exit_code = exit_code
+            self.finished_at = now
+        return event

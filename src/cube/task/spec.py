@@ -1,0 +1,259 @@
+"""What a user asks for: the task spec, validated with errors that name the field.
+
+A spec is what goes in a YAML/JSON file or a ``POST /v1/tasks`` body::
+
+    name: web
+    image: cube-busybox:latest
+    command: ["httpd", "-f", "-p", "8080"]
+    ports: ["8080:8080"]          # or [{container: 8080, host: 8080}]
+    resources: {cpu: 0.5, memory: 64MiB, disk: 100MiB}
+    restart: {policy: on-failure, max_attempts: 3, delay: 1s}
+    health: {http: {path: /, port: 8080}, interval: 5s}
+
+Sizes and durations are parsed here, once, into bytes and seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from cube.errors import FieldError, InvalidSpec
+from cube.units import parse_duration, parse_size
+
+#: Names are DNS labels, like Kubernetes object names: they end up in container names.
+NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+#: Image references: registry/repo:tag@digest, conservatively.
+IMAGE_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9._/:@-]{0,254}$"
+_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+MAX_CPU = 1024.0
+MAX_MEMORY = 1 << 50  # 1 PiB: anything larger is a typo
+MAX_DURATION = 7 * 24 * 3600.0
+
+Bytes = Annotated[int, BeforeValidator(parse_size), Field(ge=0, le=MAX_MEMORY)]
+Seconds = Annotated[float, BeforeValidator(parse_duration), Field(ge=0, le=MAX_DURATION)]
+
+
+class _Model(BaseModel):
+    """Base of every spec model: unknown fields are an error, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Protocol(StrEnum):
+    TCP = "tcp"
+    UDP = "udp"
+
+
+class PortMapping(_Model):
+    """A container port, optionally published on the node at ``host`` (0 = any free port)."""
+
+    container: int = Field(ge=1, le=65535)
+    host: int | None = Field(default=None, ge=0, le=65535)
+    protocol: Protocol = Protocol.TCP
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        """Accept Docker's short forms: ``"8080"``, ``"8080:80"``, ``"53:53/udp"``, ``80``."""
+        if isinstance(value, int) and not isinstance(value, bool):
+            return {"container": value}
+        if not isinstance(value, str):
+            return value
+        text, _, proto = value.partition("/")
+        host, sep, container = text.rpartition(":")
+        if not container.isdigit() or (sep and not host.isdigit()):
+            raise ValueError(f"invalid port {value!r}: use CONTAINER, HOST:CONTAINER or add /udp")
+        out: dict[str, Any] = {"container": int(container), "protocol": proto or "tcp"}
+        if sep:
+            out["host"] = int(host)
+        return out
+
+
+class Resources(_Model):
+    """What the task reserves on its node. CPU in cores; memory and disk in bytes.
+
+    CPU and memory become container limits; disk is accounted by the scheduler
+    (Docker cannot cap a container's writable layer on every storage driver).
+    """
+
+    cpu: float = Field(default=0.1, gt=0, le=MAX_CPU)
+    memory: Bytes = Field(default=64 * 1024**2)
+    disk: Bytes = Field(default=0)
+
+    @field_validator("memory")
+    @classmethod
+    def _memory_floor(cls, value: int) -> int:
+        if value < 6 * 1024**2:
+            raise ValueError("must be at least 6MiB (the Docker engine's minimum)")
+        return value
+
+
+class RestartPolicyName(StrEnum):
+    NEVER = "never"
+    ON_FAILURE = "on-failure"
+    ALWAYS = "always"
+
+
+class RestartPolicy(_Model):
+    """When the worker restarts a task's container, and how long it waits between tries.
+
+    The n-th restart waits ``delay * backoff**(n-1)``, capped at ``max_delay``.
+    ``max_attempts`` counts restarts (not the first start); ``None`` means no limit.
+    """
+
+    policy: RestartPolicyName = RestartPolicyName.NEVER
+    max_attempts: int | None = Field(default=None, ge=0, le=1_000_000)
+    delay: Seconds = 1.0
+    backoff: float = Field(default=2.0, ge=1.0, le=10.0)
+    max_delay: Seconds = 30.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        """``restart: on-failure`` is short for ``restart: {policy: on-failure}``."""
+        return {"policy": value} if isinstance(value, str) else value
+
+
+class HttpCheck(_Model):
+    port: int = Field(ge=1, le=65535)
+    path: str = Field(default="/", max_length=1024, pattern=r"^/")
+    expected_status: int = Field(default=200, ge=100, le=599)
+
+
+class TcpCheck(_Model):
+    port: int = Field(ge=1, le=65535)
+
+
+class HealthCheck(_Model):
+    """A probe of the task's container; exactly one of ``http`` or ``tcp``."""
+
+    http: HttpCheck | None = None
+    tcp: TcpCheck | None = None
+    interval: Seconds = 5.0
+    timeout: Seconds = 2.0
+    failure_threshold: int = Field(default=3, ge=1, le=100)
+    start_period: Seconds = 0.0
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> HealthCheck:
+        if (self.http is None) == (self.tcp is None):
+            raise ValueError("give exactly one of 'http' or 'tcp'")
+        return self
+
+
+def _split_command(value: Any) -> Any:
+    """``command: "sleep 60"`` is split like a shell would; a list is taken as is."""
+    return shlex.split(value) if isinstance(value, str) else value
+
+
+class TaskSpec(_Model):
+    """Everything a user says about one task. Immutable once submitted."""
+
+    name: str = Field(min_length=1, max_length=63, pattern=NAME_PATTERN)
+    image: str = Field(min_length=1, max_length=255, pattern=IMAGE_PATTERN)
+    command: Annotated[list[Annotated[str, Field(max_length=4096)]], BeforeValidator(_split_command)] = Field(
+        default_factory=list, max_length=256
+    )
+    env: dict[str, Annotated[str, Field(max_length=32768)]] = Field(default_factory=dict, max_length=256)
+    ports: list[PortMapping] = Field(default_factory=list, max_length=64)
+    resources: Resources = Field(default_factory=Resources)
+    restart: RestartPolicy = Field(default_factory=RestartPolicy)
+    health: HealthCheck | None = None
+    labels: dict[Annotated[str, Field(max_length=128)], Annotated[str, Field(max_length=1024)]] = (
+        Field(default_factory=dict, max_length=64)
+    )
+    constraints: dict[Annotated[str, Field(max_length=128)], Annotated[str, Field(max_length=1024)]] = (
+        Field(default_factory=dict, max_length=64, description="node labels the task requires")
+    )
+
+    @field_validator("env")
+    @classmethod
+    def _env_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if not _ENV_KEY.match(key):
+                raise ValueError(f"invalid variable name {key!r}")
+        return value
+
+    @field_validator("ports")
+    @classmethod
+    def _unique_ports(cls, value: list[PortMapping]) -> list[PortMapping]:
+        seen: set[tuple[int, str]] = set()
+        for p in value:
+            if p.host:
+                key = (p.host, p.protocol.value)
+                if key in seen:
+                    raise ValueError(f"host port {p.host}/{p.protocol} is published twice")
+                seen.add(key)
+        return value
+
+
+class TaskRequest(TaskSpec):
+    """The body of ``POST /v1/tasks``: a spec, plus an optional client-chosen ID.
+
+    Giving the ID makes the request idempotent: sending it twice runs one task.
+    """
+
+    id: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+
+    def spec(self) -> TaskSpec:
+        return TaskSpec.model_validate(self.model_dump(exclude={"id"}))
+
+
+def field_errors(exc: ValidationError, *, prefix: str = "") -> list[FieldError]:
+    """Turn pydantic's errors into ``FieldError`` with dotted paths (``resources.memory``)."""
+    out: list[FieldError] = []
+    for err in exc.errors(include_url=False):
+        path = ".".join(str(p) for p in err["loc"])
+        path = f"{prefix}.{path}" if prefix and path else (prefix or path)
+        message = err["msg"].removeprefix("Value error, ")
+        out.append(FieldError(path or "body", message))
+    return out
+
+
+def parse_request(data: Any) -> TaskRequest:
+    """Validate decoded JSON/YAML as a task request, raising :class:`InvalidSpec`."""
+    if not isinstance(data, dict):
+        raise InvalidSpec([FieldError("body", "expected a mapping of spec fields (name, image, ...)")])
+    try:
+        return TaskRequest.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidSpec(field_errors(exc)) from None
+
+
+def decode_spec_text(text: str | bytes, *, fmt: Literal["json", "yaml"] = "yaml") -> Any:
+    """Decode a spec document. YAML is a superset of JSON, so ``yaml`` reads both."""
+    try:
+        if fmt == "json":
+            return json.loads(text)
+        return yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InvalidSpec([FieldError("body", f"not valid {fmt.upper()}: {first}")]) from None
+
+
+def load_spec_file(path: str | Path) -> TaskRequest:
+    """Read a YAML or JSON spec file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidSpec([FieldError(str(p), f"cannot read spec file: {exc}")]) from None
+    fmt: Literal["json", "yaml"] = "json" if p.suffix.lower() == ".json" else "yaml"
+    return parse_request(decode_spec_text(text, fmt=fmt))
