@@ -1,0 +1,302 @@
+"""The SQLite store: the default, survives restarts, shareable between processes.
+
+Concurrency model, and why:
+
+* One connection per thread (:class:`threading.local`): a :class:`sqlite3.Connection`
+  must not run statements from two threads at once, and a per-thread connection
+  needs no lock of our own around every call.
+* WAL journal mode: readers never block the writer, nor the writer the readers.
+  ``synchronous=NORMAL`` is the setting WAL is meant for: a power cut can lose the
+  last commits, never corrupt the file.
+* Autocommit connections (``isolation_level=None``) and every write inside an
+  explicit ``BEGIN IMMEDIATE``. A deferred transaction that reads and then writes
+  must upgrade its lock, and if another connection wrote in between SQLite answers
+  SQLITE_BUSY at once, without waiting for the busy timeout. Taking the write lock
+  up front means writers queue on ``busy_timeout`` instead, whether they are threads
+  of this process or other processes.
+
+Each value is stored as the JSON of its pydantic model; the few columns next to it
+(state, node, ...) exist to filter and order in SQL.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from cube.errors import CubeError, NotFound
+from cube.node import Node
+from cube.task.model import Task, TaskEvent
+from cube.task.state import State
+
+#: Stored in ``PRAGMA user_version``; bump it and add a migration when the schema changes.
+SCHEMA_VERSION = 1
+
+BUSY_TIMEOUT_SECONDS = 10.0
+
+_SCHEMA = (
+    # seq orders tasks oldest first; an upsert keeps it, so replacing a task keeps its place.
+    """CREATE TABLE tasks (
+        id    TEXT PRIMARY KEY,
+        seq   INTEGER NOT NULL UNIQUE,
+        name  TEXT NOT NULL,
+        state TEXT NOT NULL,
+        node  TEXT,
+        data  TEXT NOT NULL
+    )""",
+    "CREATE INDEX tasks_state ON tasks (state)",
+    "CREATE INDEX tasks_node ON tasks (node)",
+    """CREATE TABLE events (
+        seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+        task_id TEXT NOT NULL REFERENCES tasks (id),
+        data    TEXT NOT NULL
+    )""",
+    "CREATE INDEX events_task_id ON events (task_id)",
+    """CREATE TABLE nodes (
+        name TEXT PRIMARY KEY,
+        data TEXT NOT NULL
+    )""",
+    f"PRAGMA user_version = {SCHEMA_VERSION}",
+)
+
+_UPSERT_TASK = """
+    INSERT INTO tasks (id, seq, name, state, node, data)
+    VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM tasks), ?, ?, ?, ?)
+    ON CONFLICT (id) DO UPDATE SET
+        name = excluded.name, state = excluded.state, node = excluded.node, data = excluded.data
+"""
+
+
+class SqliteStore:
+    """A :class:`~cube.store.base.Store` in one SQLite file; safe across threads and processes.
+
+    Call :meth:`close` once no other thread uses the store any more: it closes the
+    connections of every thread.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        if str(path) == ":memory:":
+            # Each thread would get its own, empty, database.
+            raise ValueError("SqliteStore needs a file; use MemoryStore for an in-memory store")
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._lock = threading.Lock()  # guards _conns and _closed
+        self._conns: list[tuple[threading.Thread, sqlite3.Connection]] = []
+        self._closed = False
+        try:
+            self._enable_wal()
+            self._create_schema()
+        except BaseException:
+            self.close()
+            raise
+
+    # --- tasks -----------------------------------------------------------------------------
+    def save_task(self, task: Task, events: Sequence[TaskEvent] = ()) -> None:
+        data = task.model_dump_json()
+        with self._write() as conn:
+            conn.execute(_UPSERT_TASK, (task.id, task.name, task.state.value, task.node, data))
+            self._insert_events(conn, task.id, events)
+
+    def get_task(self, task_id: str) -> Task:
+        task = self.find_task(task_id)
+        if task is None:
+            raise NotFound(f"task {task_id} not found")
+        return task
+
+    def find_task(self, task_id: str) -> Task | None:
+        row = self._conn().execute("SELECT data FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        return None if row is None else Task.model_validate_json(row[0])
+
+    def list_tasks(
+        self, *, node: str | None = None, states: Collection[State] | None = None
+    ) -> list[Task]:
+        clauses: list[str] = []
+        params: list[str] = []
+        if node is not None:
+            clauses.append("node = ?")
+            params.append(node)
+        if states is not None:
+            if not states:
+                return []
+            clauses.append(f"state IN ({', '.join('?' * len(states))})")
+            params.extend(State(state).value for state in states)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._conn().execute(f"SELECT data FROM tasks {where} ORDER BY seq", params)
+        return [Task.model_validate_json(data) for (data,) in rows]
+
+    def delete_task(self, task_id: str) -> None:
+        with self._write() as conn:
+            conn.execute("DELETE FROM events WHERE task_id = ?", (task_id,))
+            if conn.execute("DELETE FROM tasks WHERE id = ?", (task_id,)).rowcount == 0:
+                raise NotFound(f"task {task_id} not found")
+
+    def add_events(self, task_id: str, events: Sequence[TaskEvent]) -> None:
+        with self._write() as conn:
+            self._check_task_exists(conn, task_id)
+            self._insert_events(conn, task_id, events)
+
+    def task_events(self, task_id: str) -> list[TaskEvent]:
+        with self._read() as conn:
+            self._check_task_exists(conn, task_id)
+            rows = conn.execute(
+                "SELECT data FROM events WHERE task_id = ? ORDER BY seq", (task_id,)
+            ).fetchall()
+        return [TaskEvent.model_validate_json(data) for (data,) in rows]
+
+    # --- nodes -----------------------------------------------------------------------------
+    def save_node(self, node: Node) -> None:
+        data = node.model_dump_json()
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO nodes (name, data) VALUES (?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET data = excluded.data",
+                (node.name, data),
+            )
+
+    def get_node(self, name: str) -> Node:
+        row = self._conn().execute("SELECT data FROM nodes WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise NotFound(f"node {name} not found")
+        return Node.model_validate_json(row[0])
+
+    def list_nodes(self) -> list[Node]:
+        rows = self._conn().execute("SELECT data FROM nodes ORDER BY name")
+        return [Node.model_validate_json(data) for (data,) in rows]
+
+    def delete_node(self, name: str) -> None:
+        with self._write() as conn:
+            if conn.execute("DELETE FROM nodes WHERE name = ?", (name,)).rowcount == 0:
+                raise NotFound(f"node {name} not found")
+
+    # --- lifecycle -------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close the connection of every thread; later calls raise RuntimeError."""
+        with self._lock:
+            self._closed = True
+            conns, self._conns = self._conns, []
+        for _, conn in conns:
+            conn.close()
+
+    # --- internals -------------------------------------------------------------------------
+    def _conn(self) -> sqlite3.Connection:
+        """This thread's connection, opened on first use."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and not self._closed:
+            return conn
+        if self._closed:
+            raise RuntimeError("the store is closed")
+        conn = self._connect()
+        with self._lock:
+            if self._closed:
+                conn.close()
+                raise RuntimeError("the store is closed")
+            self._close_orphans()
+            self._conns.append((threading.current_thread(), conn))
+        self._local.conn = conn
+        return conn
+
+    def _close_orphans(self) -> None:
+        """Close the connections of threads that have exited (called with the lock held).
+
+        Thread pools (anyio's, behind FastAPI) retire idle threads and start new ones;
+        without this, every retired thread would leave an open connection behind.
+        """
+        alive = []
+        for thread, conn in self._conns:
+            if thread.is_alive():
+                alive.append((thread, conn))
+            else:
+                conn.close()
+        self._conns = alive
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path,
+            timeout=BUSY_TIMEOUT_SECONDS,  # sets the busy handler: wait for locks, don't fail
+            isolation_level=None,  # autocommit: we say BEGIN ourselves, see the module docstring
+            check_same_thread=False,  # only so that close() may close other threads' connections
+        )
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _enable_wal(self) -> None:
+        """Switch the file to WAL mode, which sticks to the file once set.
+
+        Switching needs an exclusive lock, and SQLite answers SQLITE_BUSY at once
+        instead of calling the busy handler when it cannot get it, which happens
+        when several processes open a new file together. So retry until the timeout.
+        """
+        conn = self._conn()
+        deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
+        while True:
+            try:
+                (mode,) = conn.execute("PRAGMA journal_mode").fetchone()
+                if mode != "wal":
+                    (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+                break
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+        if mode != "wal":  # e.g. a file system without shared memory
+            raise CubeError(f"{self.path}: SQLite refused WAL journal mode (got {mode!r})")
+
+    def _create_schema(self) -> None:
+        # Inside a write transaction, so that two processes opening a new file at once
+        # cannot both create the tables.
+        with self._write() as conn:
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+            if version == 0:
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+            elif version != SCHEMA_VERSION:
+                raise CubeError(
+                    f"{self.path} has schema version {version};"
+                    f" this version of Cube reads version {SCHEMA_VERSION}"
+                )
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction: the write lock is taken at BEGIN, so it never needs upgrading."""
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction, for reads of several statements that must see one snapshot."""
+        conn = self._conn()
+        conn.execute("BEGIN")
+        try:
+            yield conn
+        finally:
+            conn.execute("ROLLBACK")  # nothing was written; this only ends the snapshot
+
+    @staticmethod
+    def _check_task_exists(conn: sqlite3.Connection, task_id: str) -> None:
+        if conn.execute("SELECT 1 FROM tasks WHERE id = ?", (task_id,)).fetchone() is None:
+            raise NotFound(f"task {task_id} not found")
+
+    @staticmethod
+    def _insert_events(conn: sqlite3.Connection, task_id: str, events: Sequence[TaskEvent]) -> None:
+        conn.executemany(
+            "INSERT INTO events (task_id, data) VALUES (?, ?)",
+            [(task_id, event.model_dump_json()) for event in events],
+        )
