@@ -42,6 +42,10 @@ class InvalidSpec(CubeError):
         super().__init__("; ".join(str(e) for e in self.errors) or "invalid input")
 
 
+class PayloadTooLarge(InvalidSpec):
+    """A request body or field is larger than Cube accepts."""
+
+
 class NotFound(CubeError):
     """A task, node or container that does not exist."""
 

@@ -44,9 +44,7 @@ class Resources(BaseModel):
         """True if every resource of ``self`` is at most that of ``other``."""
         eps = 1e-9  # CPU is a float: 0.1 * 3 must fit in 0.3
         return (
-            self.cpu <= other.cpu + eps
-            and self.memory <= other.memory
-            and self.disk <= other.disk
+            self.cpu <= other.cpu + eps and self.memory <= other.memory and self.disk <= other.disk
         )
 
 
@@ -83,3 +81,15 @@ class Node(BaseModel):
     @property
     def free(self) -> Resources:
         return self.capacity - self.allocated
+
+
+class NodeReport(BaseModel):
+    """What a worker says about itself in ``GET /v1/stats`` (and when it registers)."""
+
+    name: str
+    capacity: Resources
+    allocated: Resources
+    labels: dict[str, str] = Field(default_factory=dict)
+    used_ports: list[int] = Field(default_factory=list)
+    tasks: int = 0
+    stats: MachineStats

@@ -40,7 +40,7 @@ def parse_size(value: str | int | float) -> int:
 
     Raises ``ValueError`` with a message fit to show a user.
     """
-    if isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise ValueError("expected a size like '64MiB' or a number of bytes")
     if isinstance(value, int | float):
         if not 0 <= value < float("inf"):
@@ -49,13 +49,18 @@ def parse_size(value: str | int | float) -> int:
     match = _SIZE_RE.match(value)
     unit = match.group(2).lower() if match else ""
     if not match or unit not in _SIZE_UNITS:
-        raise ValueError(f"invalid size {value!r}: use a number with a unit such as 64MiB, 1GiB, 500MB")
-    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+        raise ValueError(
+            f"invalid size {value!r}: use a number with a unit such as 64MiB, 1GiB, 500MB"
+        )
+    size = float(match.group(1)) * _SIZE_UNITS[unit]
+    if size == float("inf"):  # hundreds of digits: int(inf) would raise OverflowError
+        raise ValueError("size is too large")
+    return int(size)
 
 
 def parse_duration(value: str | int | float) -> float:
     """Parse ``"500ms"``, ``"5s"``, ``"1m30s"``, ``"2h"`` or a number of seconds."""
-    if isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise ValueError("expected a duration like '5s' or a number of seconds")
     if isinstance(value, int | float):
         if not 0 <= value < float("inf"):

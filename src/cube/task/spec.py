@@ -168,20 +168,25 @@ class TaskSpec(_Model):
 
     name: str = Field(min_length=1, max_length=63, pattern=NAME_PATTERN)
     image: str = Field(min_length=1, max_length=255, pattern=IMAGE_PATTERN)
-    command: Annotated[list[Annotated[str, Field(max_length=4096)]], BeforeValidator(_split_command)] = Field(
-        default_factory=list, max_length=256
+    command: Annotated[
+        list[Annotated[str, Field(max_length=4096)]], BeforeValidator(_split_command)
+    ] = Field(default_factory=list, max_length=256)
+    env: dict[str, Annotated[str, Field(max_length=32768)]] = Field(
+        default_factory=dict, max_length=256
     )
-    env: dict[str, Annotated[str, Field(max_length=32768)]] = Field(default_factory=dict, max_length=256)
     ports: list[PortMapping] = Field(default_factory=list, max_length=64)
     resources: Resources = Field(default_factory=Resources)
     restart: RestartPolicy = Field(default_factory=RestartPolicy)
     health: HealthCheck | None = None
+    stop_timeout: Seconds = Field(
+        default=5.0, description="grace period between SIGTERM and SIGKILL when stopping"
+    )
     labels: dict[Annotated[str, Field(max_length=128)], Annotated[str, Field(max_length=1024)]] = (
         Field(default_factory=dict, max_length=64)
     )
-    constraints: dict[Annotated[str, Field(max_length=128)], Annotated[str, Field(max_length=1024)]] = (
-        Field(default_factory=dict, max_length=64, description="node labels the task requires")
-    )
+    constraints: dict[
+        Annotated[str, Field(max_length=128)], Annotated[str, Field(max_length=1024)]
+    ] = Field(default_factory=dict, max_length=64, description="node labels the task requires")
 
     @field_validator("env")
     @classmethod
@@ -230,7 +235,9 @@ def field_errors(exc: ValidationError, *, prefix: str = "") -> list[FieldError]:
 def parse_request(data: Any) -> TaskRequest:
     """Validate decoded JSON/YAML as a task request, raising :class:`InvalidSpec`."""
     if not isinstance(data, dict):
-        raise InvalidSpec([FieldError("body", "expected a mapping of spec fields (name, image, ...)")])
+        raise InvalidSpec(
+            [FieldError("body", "expected a mapping of spec fields (name, image, ...)")]
+        )
     try:
         return TaskRequest.model_validate(data)
     except ValidationError as exc:

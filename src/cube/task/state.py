@@ -46,7 +46,7 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     S: frozenset({R, C, F, P}),  # started; stopped before start; start failed; node lost
     R: frozenset({C, F, P}),  # exit 0 or stopped; exit != 0; node lost -> reschedule
     C: frozenset({S, P}),  # restart policy "always"; reschedule
-    F: frozenset({S, P, C}),  # restart in place; reschedule; stopped while waiting to restart
+    F: frozenset({S, P}),  # restart in place; reschedule
 }
 
 #: States in which no container of the task should be running.

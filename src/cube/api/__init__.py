@@ -1,0 +1,1 @@
+"""HTTP plumbing shared by the manager's and the worker's APIs."""

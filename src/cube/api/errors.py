@@ -1,0 +1,101 @@
+"""The one place where Cube's errors become HTTP answers.
+
+Every error body has the same shape::
+
+    {"error": "invalid_spec", "message": "resources.memory: invalid size 'lots'",
+     "fields": [{"field": "resources.memory", "message": "invalid size 'lots'"}]}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from cube import errors
+from cube.errors import FieldError
+from cube.log import get_logger
+
+log = get_logger("cube.api")
+
+#: Cube error -> (HTTP status, error code). Looked up along the class's MRO.
+STATUS: dict[type[errors.CubeError], tuple[int, str]] = {
+    errors.PayloadTooLarge: (413, "too_large"),
+    errors.InvalidSpec: (422, "invalid_spec"),
+    errors.NotFound: (404, "not_found"),
+    errors.Conflict: (409, "conflict"),
+    errors.IllegalTransition: (409, "illegal_transition"),
+    errors.RuntimeUnavailable: (503, "runtime_unavailable"),
+    errors.Unavailable: (503, "unavailable"),
+    errors.ContainerError: (502, "container_error"),
+    errors.CubeError: (400, "error"),
+}
+
+
+class FieldProblem(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """The body of every 4xx/5xx answer."""
+
+    error: str
+    message: str
+    fields: list[FieldProblem] = []
+
+
+def status_for(exc: errors.CubeError) -> tuple[int, str]:
+    for cls in type(exc).__mro__:
+        if cls in STATUS and issubclass(cls, errors.CubeError):
+            return STATUS[cls]
+    return 400, "error"
+
+
+def error_response(
+    status: int, code: str, message: str, fields: Sequence[FieldError] = ()
+) -> JSONResponse:
+    body = ErrorBody(
+        error=code,
+        message=message,
+        fields=[FieldProblem(field=f.field, message=f.message) for f in fields],
+    )
+    return JSONResponse(body.model_dump(), status_code=status)
+
+
+#: Responses to declare on every route, so the OpenAPI schema tells the truth.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 422, 503)
+}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(errors.CubeError)
+    async def cube_error(_: Request, exc: errors.CubeError) -> JSONResponse:
+        status, code = status_for(exc)
+        fields = exc.errors if isinstance(exc, errors.InvalidSpec) else []
+        return error_response(status, code, exc.message, fields)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        fields = []
+        for err in exc.errors():
+            loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path")]
+            fields.append(FieldError(".".join(loc) or "body", str(err.get("msg", "invalid"))))
+        message = "; ".join(str(f) for f in fields)
+        return error_response(422, "invalid_request", message, fields)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "error")
+        return error_response(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unexpected error", path=request.url.path, error=repr(exc))
+        return error_response(500, "internal", "internal error; see the server's log")

@@ -1,0 +1,1 @@
+"""The ``cube`` command-line interface."""

@@ -1,0 +1,45 @@
+"""The one place where errors become CLI exit codes and one readable line.
+
+Exit codes: 0 ok, 1 the operation failed, 2 usage (bad flags or bad input).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import ParamSpec, TypeVar
+
+import click
+
+from cube import errors
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def exit_code_for(exc: errors.CubeError) -> int:
+    return EXIT_USAGE if isinstance(exc, errors.InvalidSpec) else EXIT_FAILED
+
+
+def fail(message: str, code: int = EXIT_FAILED) -> None:
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(code)
+
+
+def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
+    """Turn any CubeError raised by a command into one line on stderr and an exit code."""
+
+    @wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except errors.CubeError as exc:
+            fail(exc.message, exit_code_for(exc))
+            raise AssertionError("unreachable") from None
+
+    return wrapper

@@ -1,0 +1,140 @@
+"""The container runtime seam: what a worker needs from a container engine.
+
+:class:`ContainerRuntime` is implemented by :class:`~cube.runtime.docker.DockerRuntime`
+(the real Docker Engine API) and by :class:`~cube.runtime.fake.FakeRuntime` (in
+memory, for pure-logic tests and simulations of many nodes).
+
+Every container Cube creates carries the labels below, so that it can always be
+found again, adopted after a worker restart, or cleaned up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from cube.task.model import PublishedPort
+from cube.task.spec import PortMapping
+
+LABEL_MANAGED_BY = "cube.managed-by"
+MANAGED_BY = "cube"
+LABEL_TASK_ID = "cube.task-id"
+LABEL_TASK_NAME = "cube.task-name"
+LABEL_WORKER = "cube.worker"
+#: The task's spec as JSON, so a container describes itself even if a store is lost.
+LABEL_SPEC = "cube.spec"
+
+ProgressCallback = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ContainerConfig:
+    """Everything needed to create one container for one task attempt."""
+
+    name: str
+    image: str
+    command: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    ports: list[PortMapping] = field(default_factory=list)
+    cpu: float = 0.1  # cores
+    memory: int = 64 * 1024**2  # bytes
+
+
+@dataclass(frozen=True)
+class ContainerSummary:
+    """A row of a container listing: cheap to get for every container at once."""
+
+    id: str
+    name: str
+    labels: Mapping[str, str]
+    running: bool
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    """The full state of one container, as inspected."""
+
+    id: str
+    name: str
+    image: str
+    labels: Mapping[str, str]
+    status: str  # created, running, exited, dead, ...
+    running: bool
+    exit_code: int | None
+    oom_killed: bool = False
+    error: str = ""
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    ports: list[PublishedPort] = field(default_factory=list)
+    cpu: float = 0.0  # limit in cores, 0 = none
+    memory: int = 0  # limit in bytes, 0 = none
+
+
+@dataclass(frozen=True)
+class ContainerStats:
+    cpu_percent: float  # of one core: 150.0 = one and a half cores busy
+    memory_usage: int
+    memory_limit: int
+
+
+class ContainerRuntime(Protocol):
+    async def ping(self) -> None:
+        """Raise :class:`cube.errors.RuntimeUnavailable` unless the engine answers."""
+
+    async def run(
+        self, config: ContainerConfig, *, on_progress: ProgressCallback | None = None
+    ) -> ContainerInfo:
+        """Pull the image if it is missing, create and start the container.
+
+        Raises :class:`cube.errors.ContainerError` with the engine's message when any
+        step fails; a container created before the failure is removed again.
+        """
+
+    async def stop(self, container_id: str, *, grace: float) -> None:
+        """SIGTERM, then SIGKILL after ``grace`` seconds. No-op if not running or gone."""
+
+    async def remove(self, container_id: str) -> None:
+        """Remove the container (killing it if needed). No-op if it is already gone."""
+
+    async def inspect(self, container_id: str) -> ContainerInfo | None:
+        """The container's state, or None if it does not exist."""
+
+    async def list(self, labels: Mapping[str, str]) -> list[ContainerSummary]:
+        """Every container (running or not) carrying all of ``labels``."""
+
+    def exits(self, labels: Mapping[str, str]) -> AsyncIterator[str]:
+        """IDs of containers carrying ``labels`` as they exit, for as long as the engine answers.
+
+        Ends (or raises RuntimeUnavailable) when the connection to the engine breaks;
+        callers reconnect and reconcile.
+        """
+
+    def logs(
+        self, container_id: str, *, tail: int | None = None, follow: bool = False
+    ) -> AsyncIterator[bytes]:
+        """The container's stdout and stderr, interleaved, as they were written."""
+
+    async def stats(self, container_id: str) -> ContainerStats:
+        """One sample of the container's CPU and memory use."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+
+def task_labels(*, task_id: str, task_name: str, worker: str, spec_json: str) -> dict[str, str]:
+    """The labels every task container carries."""
+    return {
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_TASK_ID: task_id,
+        LABEL_TASK_NAME: task_name,
+        LABEL_WORKER: worker,
+        LABEL_SPEC: spec_json,
+    }
+
+
+def worker_selector(worker: str) -> dict[str, str]:
+    """Labels that select every container of one worker."""
+    return {LABEL_MANAGED_BY: MANAGED_BY, LABEL_WORKER: worker}

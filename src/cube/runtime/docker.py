@@ -1,0 +1,358 @@
+"""The Docker Engine API, spoken directly over its Unix socket with httpx.
+
+Why not the ``docker`` SDK or aiodocker: Cube already uses httpx for every other
+HTTP conversation, the handful of Engine endpoints it needs are easy to read in
+plain form (each method below is one documented API call), and owning the event
+and log streams lets the worker reconnect on its own terms after an engine restart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from collections.abc import AsyncIterator, Mapping
+from datetime import datetime
+from typing import Any
+
+import httpx
+
+from cube.errors import ContainerError, NotFound, RuntimeUnavailable
+from cube.runtime.base import (
+    ContainerConfig,
+    ContainerInfo,
+    ContainerStats,
+    ContainerSummary,
+    ProgressCallback,
+)
+from cube.task.model import PublishedPort
+from cube.task.spec import Protocol
+
+DEFAULT_SOCKET = "/var/run/docker.sock"
+#: Engine API version: 1.41 is Docker 20.10, the oldest engine Cube supports.
+API_VERSION = "v1.41"
+
+
+def socket_from_env() -> str:
+    """The engine's socket path, from DOCKER_HOST (unix:// only) or the default."""
+    host = os.environ.get("DOCKER_HOST", "")
+    return host.removeprefix("unix://") if host.startswith("unix://") else DEFAULT_SOCKET
+
+
+class DockerRuntime:
+    """:class:`~cube.runtime.base.ContainerRuntime` on a local Docker engine."""
+
+    def __init__(self, *, socket: str | None = None, pull_timeout: float = 600.0) -> None:
+        self.socket = socket or socket_from_env()
+        self.pull_timeout = pull_timeout
+        self._client = httpx.AsyncClient(
+            transport=httpx.AsyncHTTPTransport(uds=self.socket),
+            base_url=f"http://docker/{API_VERSION}",
+            # Log and event streams stay open; short calls are bounded per request.
+            timeout=httpx.Timeout(30.0, read=None),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=20),
+        )
+
+    # --- plumbing ------------------------------------------------------------------------------
+    async def _call(
+        self, method: str, path: str, *, ok: tuple[int, ...] = (200, 201, 204, 304), **kwargs: Any
+    ) -> httpx.Response:
+        try:
+            response = await self._client.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise self._unavailable(exc) from None
+        if response.status_code not in ok:
+            raise _engine_error(response)
+        return response
+
+    def _unavailable(self, exc: Exception) -> RuntimeUnavailable:
+        return RuntimeUnavailable(
+            f"cannot reach the Docker engine at unix://{self.socket}: {exc or type(exc).__name__}"
+        )
+
+    # --- ContainerRuntime ----------------------------------------------------------------------
+    async def ping(self) -> None:
+        await self._call("GET", "/_ping")
+
+    async def run(
+        self, config: ContainerConfig, *, on_progress: ProgressCallback | None = None
+    ) -> ContainerInfo:
+        await self._ensure_image(config.image, on_progress)
+        created = await self._call(
+            "POST", "/containers/create", params={"name": config.name}, json=_create_body(config)
+        )
+        container_id: str = created.json()["Id"]
+        try:
+            await self._call("POST", f"/containers/{container_id}/start")
+        except ContainerError:
+            await self.remove(container_id)
+            raise
+        info = await self.inspect(container_id)
+        if info is None:
+            raise ContainerError(f"container {config.name} vanished right after it started")
+        return info
+
+    async def stop(self, container_id: str, *, grace: float) -> None:
+        try:
+            await self._call(
+                "POST",
+                f"/containers/{container_id}/stop",
+                params={"t": max(0, round(grace))},
+                timeout=grace + 30.0,
+            )
+        except NotFound:
+            return
+
+    async def remove(self, container_id: str) -> None:
+        try:
+            await self._call("DELETE", f"/containers/{container_id}", params={"force": "true"})
+        except NotFound:
+            return
+        except ContainerError as exc:
+            if "already in progress" not in exc.message:  # a concurrent remove won the race
+                raise
+
+    async def inspect(self, container_id: str) -> ContainerInfo | None:
+        try:
+            response = await self._call("GET", f"/containers/{container_id}/json")
+        except NotFound:
+            return None
+        return _info_from_inspect(response.json())
+
+    async def list(self, labels: Mapping[str, str]) -> list[ContainerSummary]:
+        filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
+        response = await self._call(
+            "GET", "/containers/json", params={"all": "true", "filters": json.dumps(filters)}
+        )
+        return [
+            ContainerSummary(
+                id=row["Id"],
+                name=(row.get("Names") or ["/"])[0].lstrip("/"),
+                labels=row.get("Labels") or {},
+                running=row.get("State") == "running",
+            )
+            for row in response.json()
+        ]
+
+    async def exits(self, labels: Mapping[str, str]) -> AsyncIterator[str]:
+        filters = {
+            "type": ["container"],
+            "event": ["die"],
+            "label": [f"{k}={v}" for k, v in labels.items()],
+        }
+        try:
+            async with self._client.stream(
+                "GET", "/events", params={"filters": json.dumps(filters)}
+            ) as response:
+                if response.status_code != 200:
+                    await response.aread()
+                    raise _engine_error(response)
+                async for line in response.aiter_lines():
+                    if line.strip():
+                        event = json.loads(line)
+                        yield event.get("id") or event["Actor"]["ID"]
+        except httpx.TransportError as exc:
+            raise self._unavailable(exc) from None
+
+    async def logs(
+        self, container_id: str, *, tail: int | None = None, follow: bool = False
+    ) -> AsyncIterator[bytes]:
+        params = {
+            "stdout": "true",
+            "stderr": "true",
+            "follow": "true" if follow else "false",
+            "tail": "all" if tail is None else str(tail),
+        }
+        info = await self.inspect(container_id)
+        if info is None:
+            raise NotFound(f"container {container_id} not found")
+        try:
+            async with self._client.stream(
+                "GET", f"/containers/{container_id}/logs", params=params
+            ) as response:
+                if response.status_code != 200:
+                    await response.aread()
+                    raise _engine_error(response)
+                async for chunk in _demultiplex(response.aiter_bytes()):
+                    yield chunk
+        except httpx.TransportError as exc:
+            raise self._unavailable(exc) from None
+
+    async def stats(self, container_id: str) -> ContainerStats:
+        response = await self._call(
+            "GET", f"/containers/{container_id}/stats", params={"stream": "false"}
+        )
+        return _stats_from_engine(response.json())
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    # --- images --------------------------------------------------------------------------------
+    async def _ensure_image(self, image: str, on_progress: ProgressCallback | None) -> None:
+        try:
+            await self._call("GET", f"/images/{image}/json")
+            return
+        except NotFound:
+            pass
+        name, tag = split_image(image)
+        if on_progress:
+            on_progress(f"pulling image {image}")
+        try:
+            async with self._client.stream(
+                "POST",
+                "/images/create",
+                params={"fromImage": name, "tag": tag},
+                timeout=httpx.Timeout(30.0, read=self.pull_timeout),
+            ) as response:
+                if response.status_code != 200:
+                    await response.aread()
+                    raise _engine_error(response, prefix=f"pull {image}")
+                async for line in response.aiter_lines():
+                    if not line.strip():
+                        continue
+                    message = json.loads(line)
+                    if "error" in message:
+                        raise ContainerError(f"pull {image}: {message['error']}")
+                    if on_progress and message.get("status"):
+                        on_progress(
+                            f"pull {image}: {message['status']} {message.get('progress', '')}"
+                        )
+        except httpx.TimeoutException:
+            raise ContainerError(
+                f"pull {image}: no progress for {self.pull_timeout:.0f}s"
+            ) from None
+        except httpx.TransportError as exc:
+            raise self._unavailable(exc) from None
+
+
+def split_image(image: str) -> tuple[str, str]:
+    """``"repo/app:1.2"`` -> ``("repo/app", "1.2")``; the tag defaults to ``latest``."""
+    if "@" in image:
+        name, _, digest = image.partition("@")
+        return name, digest
+    name, sep, tag = image.rpartition(":")
+    if sep and "/" not in tag:
+        return name, tag
+    return image, "latest"
+
+
+def _engine_error(response: httpx.Response, *, prefix: str = "") -> Exception:
+    try:
+        message = str(response.json().get("message", response.text))
+    except ValueError:
+        message = response.text or f"HTTP {response.status_code}"
+    message = message.strip()
+    if prefix:
+        message = f"{prefix}: {message}"
+    if response.status_code == 404:
+        return NotFound(message)
+    return ContainerError(message)
+
+
+def _create_body(config: ContainerConfig) -> dict[str, Any]:
+    exposed: dict[str, dict[str, Any]] = {}
+    bindings: dict[str, list[dict[str, str]]] = {}
+    for port in config.ports:
+        key = f"{port.container}/{port.protocol.value}"
+        exposed[key] = {}
+        if port.host is not None:
+            bindings.setdefault(key, []).append(
+                {"HostIp": "", "HostPort": str(port.host) if port.host else ""}
+            )
+    return {
+        "Image": config.image,
+        "Cmd": config.command or None,
+        "Env": [f"{k}={v}" for k, v in config.env.items()],
+        "Labels": config.labels,
+        "ExposedPorts": exposed,
+        "HostConfig": {
+            "NanoCpus": int(config.cpu * 1e9),
+            "Memory": config.memory,
+            "MemorySwap": config.memory,  # no swap beyond the limit: OOM is visible, not slow
+            "PortBindings": bindings,
+            "RestartPolicy": {"Name": "no"},  # Cube restarts tasks itself, per its policy
+            "Privileged": False,
+            "SecurityOpt": ["no-new-privileges"],
+            "LogConfig": {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "3"}},
+        },
+    }
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    if not value or value.startswith("0001-"):
+        return None
+    # Docker gives nanoseconds; Python's fromisoformat takes at most microseconds.
+    head, dot, rest = value.partition(".")
+    if dot:
+        frac = rest.rstrip("Z")
+        tz = ""
+        for sign in ("+", "-"):
+            if sign in frac:
+                frac, _, tzpart = frac.partition(sign)
+                tz = sign + tzpart
+        value = f"{head}.{frac[:6]}{tz or '+00:00'}"
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def _info_from_inspect(data: dict[str, Any]) -> ContainerInfo:
+    state = data.get("State") or {}
+    host = data.get("HostConfig") or {}
+    ports: list[PublishedPort] = []
+    for key, binds in ((data.get("NetworkSettings") or {}).get("Ports") or {}).items():
+        number, _, proto = key.partition("/")
+        for bind in binds or []:
+            if bind.get("HostIp") in ("", "0.0.0.0", "127.0.0.1"):  # skip the IPv6 duplicate
+                ports.append(
+                    PublishedPort(
+                        container=int(number), host=int(bind["HostPort"]), protocol=Protocol(proto)
+                    )
+                )
+    running = bool(state.get("Running"))
+    return ContainerInfo(
+        id=data["Id"],
+        name=str(data.get("Name", "")).lstrip("/"),
+        image=(data.get("Config") or {}).get("Image", ""),
+        labels=(data.get("Config") or {}).get("Labels") or {},
+        status=state.get("Status", "unknown"),
+        running=running,
+        exit_code=None if running or state.get("Status") == "created" else state.get("ExitCode"),
+        oom_killed=bool(state.get("OOMKilled")),
+        error=state.get("Error") or "",
+        started_at=_parse_time(state.get("StartedAt")),
+        finished_at=_parse_time(state.get("FinishedAt")),
+        ports=ports,
+        cpu=(host.get("NanoCpus") or 0) / 1e9,
+        memory=host.get("Memory") or 0,
+    )
+
+
+def _stats_from_engine(data: dict[str, Any]) -> ContainerStats:
+    cpu = data.get("cpu_stats") or {}
+    pre = data.get("precpu_stats") or {}
+    cpu_delta = (cpu.get("cpu_usage") or {}).get("total_usage", 0) - (
+        pre.get("cpu_usage") or {}
+    ).get("total_usage", 0)
+    system_delta = cpu.get("system_cpu_usage", 0) - pre.get("system_cpu_usage", 0)
+    online = cpu.get("online_cpus") or 1
+    percent = cpu_delta / system_delta * online * 100.0 if system_delta > 0 else 0.0
+    memory = data.get("memory_stats") or {}
+    return ContainerStats(
+        cpu_percent=max(0.0, percent),
+        memory_usage=int(memory.get("usage", 0)),
+        memory_limit=int(memory.get("limit", 0)),
+    )
+
+
+async def _demultiplex(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Undo Docker's stdout/stderr framing: an 8-byte header (stream, size) per frame."""
+    buffer = b""
+    async for chunk in chunks:
+        buffer += chunk
+        while len(buffer) >= 8:
+            (size,) = struct.unpack(">I", buffer[4:8])
+            if len(buffer) < 8 + size:
+                break
+            yield buffer[8 : 8 + size]
+            buffer = buffer[8 + size :]
+    if buffer:
+        yield buffer

@@ -1,0 +1,290 @@
+"""The worker agent: runs the tasks placed on this node as containers.
+
+It keeps one :class:`~cube.worker.runner.TaskRunner` per task it supervises and
+three background loops:
+
+* exits: Docker ``die`` events, so a crash is noticed at once;
+* poll: a container listing every ``poll_interval`` seconds, the level-triggered
+  safety net for anything an event stream can miss (an engine restart, say);
+* metrics: a machine sample every ``stats_interval`` seconds.
+
+On start it adopts the containers that carry its labels, so a worker restart
+(even ``kill -9``) neither loses nor duplicates a running task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
+
+from pydantic import ValidationError
+
+from cube.errors import Conflict, NotFound, RuntimeUnavailable
+from cube.log import get_logger
+from cube.node import MachineStats, NodeReport, Resources
+from cube.runtime.base import (
+    LABEL_SPEC,
+    LABEL_TASK_ID,
+    ContainerRuntime,
+    ContainerSummary,
+    worker_selector,
+)
+from cube.store.base import Store
+from cube.task.model import DesiredState, Task, TaskEvent
+from cube.task.spec import TaskRequest, TaskSpec
+from cube.task.state import State
+from cube.worker.metrics import MachineSampler
+from cube.worker.runner import TaskRunner, needs_runner
+
+log = get_logger("cube.worker")
+
+
+class Worker:
+    def __init__(
+        self,
+        *,
+        name: str,
+        runtime: ContainerRuntime,
+        store: Store,
+        capacity: Resources,
+        sampler: MachineSampler | None = None,
+        labels: dict[str, str] | None = None,
+        poll_interval: float = 1.0,
+        stats_interval: float = 2.0,
+    ) -> None:
+        self.name = name
+        self.runtime = runtime
+        self.store = store
+        self.capacity = capacity
+        self.labels = labels or {}
+        self.sampler = sampler
+        self.poll_interval = poll_interval
+        self.stats_interval = stats_interval
+        self.runners: dict[str, TaskRunner] = {}
+        self._runner_tasks: set[asyncio.Task[None]] = set()
+        self._loops: list[asyncio.Task[None]] = []
+        self._stats = MachineStats()
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Adopt this node's containers, resume supervision, start the background loops."""
+        await self.runtime.ping()
+        await self._adopt()
+        for task in self.store.list_tasks(node=self.name):
+            if task.id not in self.runners and needs_runner(task):
+                self._supervise(task)
+        self._sample()
+        self._loops = [
+            self._spawn(self._exits_loop(), "exits"),
+            self._spawn(self._poll_loop(), "poll"),
+            self._spawn(self._metrics_loop(), "metrics"),
+        ]
+        log.info("worker started", node=self.name, tasks=len(self.runners))
+
+    async def close(self) -> None:
+        """Stop supervising. Containers keep running; the next start adopts them."""
+        tasks = [*self._loops, *self._runner_tasks]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._loops.clear()
+        log.info("worker stopped; task containers left running for adoption", node=self.name)
+
+    # --- the API's verbs -----------------------------------------------------------------------
+    def submit(self, request: TaskRequest) -> tuple[Task, bool]:
+        """Accept a task. Returns (task, created); the same ID and spec again is a no-op."""
+        spec = request.spec()
+        if request.id is not None:
+            existing = self.store.find_task(request.id)
+            if existing is not None:
+                if existing.spec != spec:
+                    raise Conflict(f"task {request.id} exists with a different spec")
+                return self.get(existing.id), False
+        task = (
+            Task(spec=spec, node=self.name)
+            if request.id is None
+            else Task(id=request.id, spec=spec, node=self.name)
+        )
+        event = TaskEvent(
+            state=State.PENDING, reason=f"submitted to node {self.name}", node=self.name
+        )
+        self.store.save_task(task, [event])
+        log.info("task accepted", task=task.id, name=spec.name, node=self.name)
+        self._supervise(task)
+        return task.model_copy(deep=True), True
+
+    async def stop(self, task_id: str, *, wait: bool = True) -> Task:
+        """Ask for a task to stop; with ``wait``, return once its container is gone."""
+        runner = self.runners.get(task_id)
+        task = runner.task if runner else self.store.get_task(task_id)
+        task.desired = DesiredState.STOP
+        self.store.save_task(task)
+        if runner is None or runner.done.is_set():
+            runner = self._supervise(task)
+        runner.notify()
+        if wait:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(runner.done.wait(), task.spec.stop_timeout + 15.0)
+        return self.get(task_id)
+
+    def get(self, task_id: str) -> Task:
+        runner = self.runners.get(task_id)
+        if runner is not None:
+            return runner.task.model_copy(deep=True)
+        return self.store.get_task(task_id)
+
+    def list_tasks(self) -> list[Task]:
+        live = {tid: r.task for tid, r in self.runners.items()}
+        return [
+            live[t.id].model_copy(deep=True) if t.id in live else t for t in self.store.list_tasks()
+        ]
+
+    def events(self, task_id: str) -> list[TaskEvent]:
+        return self.store.task_events(task_id)
+
+    async def logs(self, task_id: str, *, tail: int | None, follow: bool) -> AsyncIterator[bytes]:
+        task = self.get(task_id)
+        if not task.container_id:
+            raise NotFound(f"task {task_id} has no container (state {task.state.title})")
+        async for chunk in self.runtime.logs(task.container_id, tail=tail, follow=follow):
+            yield chunk
+
+    def report(self) -> NodeReport:
+        holding = [r.task for r in self.runners.values() if r.holds_resources]
+        allocated = Resources()
+        for t in holding:
+            r = t.spec.resources
+            allocated += Resources(cpu=r.cpu, memory=r.memory, disk=r.disk)
+        return NodeReport(
+            name=self.name,
+            capacity=self.capacity,
+            allocated=allocated,
+            labels=self.labels,
+            used_ports=sorted({p.host for t in holding for p in t.spec.ports if p.host}),
+            tasks=len(holding),
+            stats=self._stats,
+        )
+
+    # --- supervision ---------------------------------------------------------------------------
+    def _supervise(self, task: Task) -> TaskRunner:
+        runner = TaskRunner(task, node=self.name, runtime=self.runtime, store=self.store)
+        self.runners[task.id] = runner
+
+        async def run() -> None:
+            try:
+                await runner.run()
+            finally:
+                if self.runners.get(task.id) is runner:
+                    del self.runners[task.id]
+
+        self._spawn(run(), f"task {task.id}", keep=self._runner_tasks)
+        return runner
+
+    def _spawn(
+        self,
+        coro: Coroutine[Any, Any, None],
+        what: str,
+        keep: set[asyncio.Task[None]] | None = None,
+    ) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro, name=what)
+        if keep is not None:
+            keep.add(task)
+            task.add_done_callback(keep.discard)
+        task.add_done_callback(_log_crash)
+        return task
+
+    async def _adopt(self) -> None:
+        """Match containers carrying this worker's labels with the tasks in the store."""
+        by_task: dict[str, list[ContainerSummary]] = {}
+        for c in await self.runtime.list(worker_selector(self.name)):
+            if LABEL_TASK_ID in c.labels:
+                by_task.setdefault(c.labels[LABEL_TASK_ID], []).append(c)
+        for task_id, containers in by_task.items():
+            task = self.store.find_task(task_id) or self._task_from_labels(task_id, containers[0])
+            if task is None:
+                continue
+            keep = _pick_container(task, containers)
+            for extra in containers:
+                if extra.id != keep.id:
+                    log.warning(
+                        "removing duplicate container", task=task_id, container=extra.id[:12]
+                    )
+                    await self.runtime.remove(extra.id)
+            task.container_id = keep.id
+            task.node = self.name
+            events = []
+            if task.state is State.PENDING:
+                events.append(task.transition(State.SCHEDULED, "adopted by node " + self.name))
+            if task.state is State.SCHEDULED:
+                events.append(task.transition(State.RUNNING, f"adopted container {keep.id[:12]}"))
+            self.store.save_task(task, events)
+            log.info("adopted container", task=task_id, container=keep.id[:12], node=self.name)
+
+    def _task_from_labels(self, task_id: str, container: ContainerSummary) -> Task | None:
+        """Rebuild a task the store forgot (e.g. ``--store memory``) from its container's labels."""
+        try:
+            spec = TaskSpec.model_validate(json.loads(container.labels.get(LABEL_SPEC, "")))
+        except (ValueError, ValidationError):
+            log.warning(
+                "container without a readable spec label left alone",
+                container=container.id[:12],
+                task=task_id,
+            )
+            return None
+        task = Task(id=task_id, spec=spec, node=self.name)
+        self.store.save_task(task, [TaskEvent(state=State.PENDING, reason="rebuilt from labels")])
+        return task
+
+    # --- background loops ----------------------------------------------------------------------
+    def _notify_container(self, container_id: str) -> None:
+        for runner in self.runners.values():
+            if runner.task.container_id == container_id:
+                runner.notify()
+
+    async def _exits_loop(self) -> None:
+        while True:
+            try:
+                async for container_id in self.runtime.exits(worker_selector(self.name)):
+                    self._notify_container(container_id)
+            except RuntimeUnavailable as exc:
+                log.warning("event stream lost, reconnecting", node=self.name, error=exc.message)
+            await asyncio.sleep(self.poll_interval)
+
+    async def _poll_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            try:
+                running = {
+                    c.id for c in await self.runtime.list(worker_selector(self.name)) if c.running
+                }
+            except RuntimeUnavailable:
+                continue  # the runners retry on their own; the exits loop logs the outage
+            for runner in list(self.runners.values()):
+                if runner.task.state is State.RUNNING and runner.task.container_id not in running:
+                    runner.notify()
+
+    async def _metrics_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.stats_interval)
+            self._sample()
+
+    def _sample(self) -> None:
+        if self.sampler is not None:
+            running = sum(1 for r in self.runners.values() if r.task.state is State.RUNNING)
+            self._stats = self.sampler.sample(tasks_running=running)
+
+
+def _pick_container(task: Task, containers: list[ContainerSummary]) -> ContainerSummary:
+    """The container to keep when several claim one task: the recorded one, else a running one."""
+    for c in containers:
+        if c.id == task.container_id:
+            return c
+    return next((c for c in containers if c.running), containers[0])
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background task crashed", what=task.get_name(), error=repr(task.exception()))

@@ -1,0 +1,104 @@
+"""The worker's HTTP API, versioned under ``/v1``.
+
+::
+
+    POST   /v1/tasks              run a task (201; 200 if the same ID and spec exist)
+    GET    /v1/tasks              every task this node knows
+    GET    /v1/tasks/{id}         one task (404 if unknown)
+    DELETE /v1/tasks/{id}         stop it: container stopped and removed
+    GET    /v1/tasks/{id}/events  its history
+    GET    /v1/tasks/{id}/logs    its container's output (?tail=N&follow=true)
+    GET    /v1/stats              capacity, allocation and machine metrics
+    GET    /v1/health             liveness
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+from fastapi import FastAPI, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
+
+from cube.api.body import TASK_REQUEST_BODY, publish_schemas, read_task_request
+from cube.api.errors import ERROR_RESPONSES, install_error_handlers
+from cube.node import NodeReport
+from cube.task.model import Task, TaskEvent
+from cube.task.spec import TaskRequest
+from cube.worker.agent import Worker
+
+
+class Health(BaseModel):
+    status: str
+    node: str
+    role: str = "worker"
+
+
+def create_app(worker: Worker) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await worker.start()
+        try:
+            yield
+        finally:
+            await worker.close()
+
+    app = FastAPI(
+        title="Cube worker",
+        version="1",
+        lifespan=lifespan,
+        responses=ERROR_RESPONSES,
+    )
+    install_error_handlers(app)
+    publish_schemas(app, TaskRequest)
+
+    @app.post("/v1/tasks", status_code=201, openapi_extra=TASK_REQUEST_BODY)
+    async def run_task(request: Request, response: Response) -> Task:
+        task, created = worker.submit(await read_task_request(request))
+        if not created:
+            response.status_code = 200
+        return task
+
+    @app.get("/v1/tasks")
+    async def list_tasks() -> list[Task]:
+        return worker.list_tasks()
+
+    @app.get("/v1/tasks/{task_id}")
+    async def get_task(task_id: str) -> Task:
+        return worker.get(task_id)
+
+    @app.delete("/v1/tasks/{task_id}")
+    async def stop_task(task_id: str) -> Task:
+        return await worker.stop(task_id)
+
+    @app.get("/v1/tasks/{task_id}/events")
+    async def task_events(task_id: str) -> list[TaskEvent]:
+        return worker.events(task_id)
+
+    @app.get("/v1/tasks/{task_id}/logs", response_class=StreamingResponse)
+    async def task_logs(
+        task_id: str,
+        tail: Annotated[int | None, Query(ge=0, le=1_000_000)] = None,
+        follow: bool = False,
+    ) -> StreamingResponse:
+        stream = worker.logs(task_id, tail=tail, follow=follow)
+        first = await anext(stream, b"")  # surface NotFound as a 404 before streaming starts
+
+        async def body() -> AsyncIterator[bytes]:
+            yield first
+            async for chunk in stream:
+                yield chunk
+
+        return StreamingResponse(body(), media_type="text/plain; charset=utf-8")
+
+    @app.get("/v1/stats")
+    async def stats() -> NodeReport:
+        return worker.report()
+
+    @app.get("/v1/health")
+    async def health() -> Health:
+        return Health(status="ok", node=worker.name)
+
+    return app

@@ -1,0 +1,225 @@
+"""One supervisor coroutine per task on a worker, like Nomad's task runner.
+
+The runner owns its :class:`~cube.task.Task` object: it is the only code that
+changes the task's state on this node, and it saves every change to the store.
+Its loop is level-triggered: each pass looks at the task (desired state, current
+state) and at the container, and takes the one step that brings them closer.
+Anything that might have changed the container — a Docker ``die`` event, the
+worker's periodic listing, a stop request — just wakes the runner up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+from cube.errors import ContainerError, RuntimeUnavailable
+from cube.log import get_logger
+from cube.runtime.base import (
+    LABEL_TASK_ID,
+    ContainerConfig,
+    ContainerInfo,
+    ContainerRuntime,
+    task_labels,
+)
+from cube.store.base import Store
+from cube.task.model import DesiredState, Task
+from cube.task.spec import RestartPolicyName
+from cube.task.state import TERMINAL, State
+from cube.units import format_size
+from cube.worker.restart import decide_restart
+
+log = get_logger("cube.worker")
+
+#: How long to wait before retrying when the container engine does not answer.
+ENGINE_RETRY = 1.0
+
+
+def container_name(task: Task) -> str:
+    return f"cube-{task.spec.name}-{task.id[:8]}"
+
+
+def container_config(task: Task, node: str) -> ContainerConfig:
+    spec = task.spec
+    return ContainerConfig(
+        name=container_name(task),
+        image=spec.image,
+        command=list(spec.command),
+        env=dict(spec.env),
+        labels={
+            **spec.labels,
+            **task_labels(
+                task_id=task.id,
+                task_name=spec.name,
+                worker=node,
+                spec_json=json.dumps(spec.model_dump(mode="json"), separators=(",", ":")),
+            ),
+        },
+        ports=list(spec.ports),
+        cpu=spec.resources.cpu,
+        memory=spec.resources.memory,
+    )
+
+
+class TaskRunner:
+    def __init__(self, task: Task, *, node: str, runtime: ContainerRuntime, store: Store) -> None:
+        self.task = task
+        self.node = node
+        self.runtime = runtime
+        self.store = store
+        self._wake = asyncio.Event()
+        self.done = asyncio.Event()
+
+    def notify(self) -> None:
+        """Something may have changed: look again."""
+        self._wake.set()
+
+    @property
+    def holds_resources(self) -> bool:
+        """Whether the node should count this task's resources as allocated."""
+        return self.task.desired is DesiredState.RUN and not self.done.is_set()
+
+    # --- the loop ------------------------------------------------------------------------------
+    async def run(self) -> None:
+        try:
+            while await self._step():
+                pass
+        finally:
+            self.done.set()
+
+    async def _step(self) -> bool:
+        """Take one step towards the desired state. False when there is nothing left to do."""
+        task = self.task
+        try:
+            if task.desired is DesiredState.STOP:
+                await self._stop()
+                return False
+            if task.state is State.PENDING:
+                self._move(State.SCHEDULED, f"accepted by node {self.node}")
+            elif task.state is State.SCHEDULED:
+                await self._start()
+            elif task.state is State.RUNNING:
+                await self._supervise()
+            else:
+                return await self._maybe_restart()
+        except RuntimeUnavailable as exc:
+            log.warning("container engine unavailable, retrying", task=task.id, error=exc.message)
+            await self._sleep(ENGINE_RETRY)
+        return True
+
+    # --- steps ---------------------------------------------------------------------------------
+    async def _start(self) -> None:
+        task = self.task
+        # Remove what earlier attempts left behind (found by label, even if never recorded).
+        for old in await self.runtime.list({LABEL_TASK_ID: task.id}):
+            await self.runtime.remove(old.id)
+        task.container_id = None
+
+        def progress(message: str) -> None:
+            log.info(message, task=task.id, node=self.node)
+
+        try:
+            info = await self.runtime.run(container_config(task, self.node), on_progress=progress)
+        except ContainerError as exc:
+            self._move(State.FAILED, f"container did not start: {exc.message}")
+            return
+        task.container_id = info.id
+        task.ports = info.ports
+        self._move(State.RUNNING, f"container {info.id[:12]} started")
+
+    async def _supervise(self) -> None:
+        """Wait until the container is no longer running, then record how it ended."""
+        task = self.task
+        self._wake.clear()  # clear *before* looking, so an exit right after is not missed
+        info = await self.runtime.inspect(task.container_id) if task.container_id else None
+        if info is None:
+            self._move(State.FAILED, "container disappeared")
+        elif info.running:
+            await self._wake.wait()
+        else:
+            self._record_exit(info)
+
+    def _record_exit(self, info: ContainerInfo) -> None:
+        code = info.exit_code
+        if info.oom_killed:
+            memory = format_size(self.task.spec.resources.memory)
+            self._move(State.FAILED, f"killed: out of memory (limit {memory})", exit_code=code)
+        elif code == 0:
+            self._move(State.COMPLETED, "exited with code 0", exit_code=0)
+        else:
+            detail = f": {info.error}" if info.error else ""
+            self._move(State.FAILED, f"exited with code {code}{detail}", exit_code=code)
+
+    async def _maybe_restart(self) -> bool:
+        task = self.task
+        decision = decide_restart(
+            task.spec.restart, exit_code=task.exit_code, restarts_so_far=task.restarts
+        )
+        if not decision.restart:
+            if task.spec.restart.policy is not RestartPolicyName.NEVER:
+                task.reason = decision.reason  # say why it stays down: "gave up after 2 of 2"
+                self._save()
+            log.info(
+                "task finished",
+                task=task.id,
+                node=self.node,
+                state=task.state.value,
+                reason=decision.reason,
+            )
+            return False
+        task.reason = decision.reason
+        self._save()
+        await self._sleep(decision.delay)
+        if task.desired is DesiredState.STOP:
+            return True
+        task.restarts += 1
+        self._move(State.SCHEDULED, decision.reason.replace(f" in {decision.delay:g}s", ""))
+        return True
+
+    async def _stop(self) -> None:
+        task = self.task
+        exit_code = task.exit_code
+        if task.container_id:
+            await self.runtime.stop(task.container_id, grace=task.spec.stop_timeout)
+            info = await self.runtime.inspect(task.container_id)
+            if info is not None and task.state is State.RUNNING:
+                exit_code = info.exit_code
+            await self.runtime.remove(task.container_id)
+            log.info(
+                "container removed", task=task.id, node=self.node, container=task.container_id[:12]
+            )
+            task.container_id = None
+        if task.state in TERMINAL:  # already ended: keep its true final state
+            self._save()
+        else:
+            self._move(State.COMPLETED, "stopped by user", exit_code=exit_code)
+
+    # --- helpers -------------------------------------------------------------------------------
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, but wake early for a stop request (other wake-ups do not cut it short)."""
+        deadline = time.monotonic() + seconds
+        while self.task.desired is DesiredState.RUN and (left := deadline - time.monotonic()) > 0:
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), left)
+            except TimeoutError:
+                return
+
+    def _move(self, target: State, reason: str, *, exit_code: int | None = None) -> None:
+        task = self.task
+        task.node = self.node
+        event = task.transition(target, reason, exit_code=exit_code)
+        self.store.save_task(task, [event])
+        level = log.warning if target is State.FAILED else log.info
+        level(f"task {target.value}", task=task.id, name=task.name, node=self.node, reason=reason)
+
+    def _save(self) -> None:
+        self.store.save_task(self.task)
+
+
+def needs_runner(task: Task) -> bool:
+    """Whether a task found in the store at start-up still needs supervision."""
+    return not (
+        task.state in TERMINAL and task.desired is DesiredState.STOP and not task.container_id
+    )

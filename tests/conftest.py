@@ -1,0 +1,184 @@
+"""Shared fixtures: a real Docker engine, real worker processes, and cleanup by label.
+
+Docker tests fail (never skip) when the engine or the test image is missing:
+``bash scripts/setup.sh`` provides both.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+IMAGE = "cube-busybox:latest"
+SESSION = uuid.uuid4().hex[:6]
+_counter = iter(range(1_000_000))
+
+
+def unique_name(prefix: str = "w") -> str:
+    """Names that tie every container a test creates to this test session."""
+    return f"t{SESSION}-{prefix}{next(_counter)}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def docker(*args: str, check: bool = True) -> str:
+    result = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=120)
+    if check and result.returncode != 0:
+        raise AssertionError(f"docker {' '.join(args)} failed: {result.stderr.strip()}")
+    return result.stdout.strip()
+
+
+def containers_of(label: str, *, running_only: bool = False) -> list[str]:
+    """IDs of containers carrying ``label`` (``key=value``), as Docker itself sees them."""
+    args = ["ps", "-q", "--no-trunc", "--filter", f"label={label}"]
+    if not running_only:
+        args.insert(1, "-a")
+    return docker(*args).split()
+
+
+def remove_containers(label: str) -> None:
+    ids = containers_of(label)
+    if ids:
+        docker("rm", "-f", *ids, check=False)
+
+
+def wait_for(
+    predicate: Any, *, timeout: float = 30.0, interval: float = 0.1, what: str = ""
+) -> Any:
+    """Poll until ``predicate()`` is truthy; return its value or fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {what or predicate} (last: {last!r})"
+    )
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> None:
+    """A Docker engine that answers, and the test image. Fails loudly if either is missing."""
+    info = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=60)
+    if info.returncode != 0:
+        pytest.fail(f"no Docker engine answers (run scripts/setup.sh): {info.stderr.strip()}")
+    image = subprocess.run(["docker", "image", "inspect", IMAGE], capture_output=True, timeout=60)
+    if image.returncode != 0:
+        pytest.fail(f"test image {IMAGE} is missing (run scripts/build-image.sh)")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_session_containers() -> Iterator[None]:
+    """Whatever happens, no container of this test session survives it."""
+    yield
+    if subprocess.run(["docker", "info"], capture_output=True, timeout=60).returncode == 0:
+        ids = docker("ps", "-aq", "--filter", "label=cube.managed-by=cube", check=False).split()
+        for cid in ids:
+            worker = docker(
+                "inspect", "-f", '{{index .Config.Labels "cube.worker"}}', cid, check=False
+            )
+            if worker.startswith(f"t{SESSION}-"):
+                docker("rm", "-f", cid, check=False)
+
+
+@dataclass
+class AgentProcess:
+    """A ``cube`` agent (worker or manager) running as a real process."""
+
+    args: list[str]
+    port: int
+    log_path: Path
+    name: str
+    proc: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, *, timeout: float = 30.0) -> None:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cube", *self.args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **self.env},
+        )
+        log.close()
+
+        def healthy() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"{self.name} exited early:\n{self.log_path.read_text()}")
+            try:
+                return httpx.get(f"{self.url}/v1/health", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(healthy, timeout=timeout, what=f"{self.name} to answer /v1/health")
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup at all, as in a crash."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def terminate(self) -> int:
+        """SIGTERM, and wait for a clean exit."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=30)
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def start_worker(docker_engine: None, tmp_path: Path) -> Iterator[Any]:
+    """Factory: start a real ``cube worker`` process; killed and its containers removed after."""
+    started: list[AgentProcess] = []
+
+    def start(*extra: str, name: str | None = None, port: int | None = None) -> AgentProcess:
+        name = name or unique_name()
+        port = port or free_port()
+        agent = AgentProcess(
+            args=[
+                "worker",
+                "--name",
+                name,
+                "--port",
+                str(port),
+                "--data-dir",
+                str(tmp_path / name),
+                *extra,
+            ],
+            port=port,
+            log_path=tmp_path / f"{name}.log",
+            name=name,
+        )
+        agent.start()
+        started.append(agent)
+        return agent
+
+    yield start
+    for agent in started:
+        agent.kill()
+        remove_containers(f"cube.worker={agent.name}")

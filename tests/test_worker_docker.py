@@ -1,0 +1,240 @@
+"""The worker over real HTTP, running real Docker containers."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import IMAGE, containers_of, docker, free_port, wait_for
+
+pytestmark = pytest.mark.docker
+
+
+def post_task(url: str, spec: dict[str, Any]) -> httpx.Response:
+    return httpx.post(f"{url}/v1/tasks", json=spec, timeout=30)
+
+
+def task_of(url: str, task_id: str) -> dict[str, Any]:
+    response = httpx.get(f"{url}/v1/tasks/{task_id}", timeout=10)
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def wait_state(url: str, task_id: str, state: str, timeout: float = 30) -> dict[str, Any]:
+    def reached() -> dict[str, Any] | None:
+        task = task_of(url, task_id)
+        return task if task["state"] == state else None
+
+    return dict(wait_for(reached, timeout=timeout, what=f"task {task_id} to be {state}"))
+
+
+def sleeper(name: str = "sleeper", **extra: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "image": IMAGE,
+        "command": ["sleep", "600"],
+        "stop_timeout": "1s",
+        **extra,
+    }
+
+
+def test_httpd_task_runs_and_answers_on_its_published_port(start_worker: Any) -> None:
+    worker = start_worker()
+    port = free_port()
+    response = post_task(
+        worker.url,
+        {
+            "name": "web",
+            "image": IMAGE,
+            "command": [
+                "sh",
+                "-c",
+                "echo hello-from-cube > /tmp/index.html && httpd -f -p 8080 -h /tmp",
+            ],
+            "ports": [f"{port}:8080"],
+        },
+    )
+    assert response.status_code == 201, response.text
+    task = wait_state(worker.url, response.json()["id"], "running")
+    assert task["ports"] == [{"container": 8080, "host": port, "protocol": "tcp"}]
+
+    def answers() -> str | None:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/index.html", timeout=2).text
+        except httpx.HTTPError:
+            return None
+
+    assert "hello-from-cube" in wait_for(answers, what="httpd to answer")
+    assert containers_of(f"cube.task-id={task['id']}", running_only=True) == [task["container_id"]]
+
+
+def test_delete_stops_and_removes_the_container(start_worker: Any) -> None:
+    worker = start_worker()
+    task_id = post_task(worker.url, sleeper()).json()["id"]
+    container = wait_state(worker.url, task_id, "running")["container_id"]
+
+    response = httpx.delete(f"{worker.url}/v1/tasks/{task_id}", timeout=30)
+
+    assert response.status_code == 200, response.text
+    assert response.json()["state"] == "completed"
+    assert response.json()["reason"] == "stopped by user"
+    assert docker("ps", "-aq", "--no-trunc", "--filter", f"id={container}") == ""
+
+
+def test_failing_command_ends_failed_with_its_exit_code(start_worker: Any) -> None:
+    worker = start_worker()
+    task_id = post_task(
+        worker.url, {"name": "crash", "image": IMAGE, "command": ["sh", "-c", "exit 3"]}
+    ).json()["id"]
+    task = wait_state(worker.url, task_id, "failed")
+    assert task["exit_code"] == 3
+    assert task["restarts"] == 0
+    assert "exited with code 3" in task["reason"]
+
+
+def test_on_failure_with_max_two_attempts_restarts_exactly_twice(start_worker: Any) -> None:
+    worker = start_worker()
+    spec = {
+        "name": "flaky",
+        "image": IMAGE,
+        "command": ["sh", "-c", "exit 3"],
+        "restart": {"policy": "on-failure", "max_attempts": 2, "delay": "100ms"},
+    }
+    task_id = post_task(worker.url, spec).json()["id"]
+
+    def gave_up() -> dict[str, Any] | None:
+        task = task_of(worker.url, task_id)
+        return task if task["state"] == "failed" and "gave up" in task["reason"] else None
+
+    task = wait_for(gave_up, what="the restart policy to give up")
+    assert task["restarts"] == 2
+    events = httpx.get(f"{worker.url}/v1/tasks/{task_id}/events", timeout=10).json()
+    starts = [e for e in events if e["state"] == "running"]
+    failures = [e for e in events if e["state"] == "failed"]
+    assert len(starts) == 3  # the first run and two restarts
+    assert [e["exit_code"] for e in failures] == [3, 3, 3]
+
+
+def test_memory_and_cpu_limits_are_set_on_the_container(start_worker: Any) -> None:
+    worker = start_worker()
+    spec = sleeper(resources={"cpu": 0.5, "memory": "32MiB"})
+    task = wait_state(worker.url, post_task(worker.url, spec).json()["id"], "running")
+    inspect = json.loads(docker("inspect", task["container_id"]))[0]
+    assert inspect["HostConfig"]["NanoCpus"] == 500_000_000
+    assert inspect["HostConfig"]["Memory"] == 32 * 1024 * 1024
+    labels = inspect["Config"]["Labels"]
+    assert labels["cube.managed-by"] == "cube"
+    assert labels["cube.task-id"] == task["id"]
+    assert labels["cube.worker"] == worker.name
+
+
+def test_worker_killed_and_restarted_adopts_its_running_container(start_worker: Any) -> None:
+    worker = start_worker()
+    task_id = post_task(worker.url, sleeper()).json()["id"]
+    container = wait_state(worker.url, task_id, "running")["container_id"]
+
+    worker.kill()
+    assert containers_of(f"cube.task-id={task_id}", running_only=True) == [container]
+    worker.start()
+
+    task = task_of(worker.url, task_id)
+    assert task["state"] == "running"
+    assert task["container_id"] == container
+    assert containers_of(f"cube.task-id={task_id}") == [container]  # no second container
+
+
+def test_sigterm_stops_the_worker_and_leaves_containers_running(start_worker: Any) -> None:
+    worker = start_worker()
+    task_id = post_task(worker.url, sleeper()).json()["id"]
+    container = wait_state(worker.url, task_id, "running")["container_id"]
+
+    assert worker.terminate() == 0
+    assert containers_of(f"cube.task-id={task_id}", running_only=True) == [container]
+
+
+def test_worker_notices_a_container_that_dies_while_it_is_away(start_worker: Any) -> None:
+    worker = start_worker()
+    task_id = post_task(worker.url, sleeper()).json()["id"]
+    container = wait_state(worker.url, task_id, "running")["container_id"]
+    worker.kill()
+    docker("kill", "--signal", "KILL", container)
+    worker.start()
+    task = wait_state(worker.url, task_id, "failed")
+    assert task["exit_code"] == 137
+
+
+def test_container_exit_is_noticed_within_two_seconds(start_worker: Any) -> None:
+    worker = start_worker()
+    task_id = post_task(worker.url, sleeper()).json()["id"]
+    container = wait_state(worker.url, task_id, "running")["container_id"]
+    docker("kill", "--signal", "KILL", container)
+    task = wait_state(worker.url, task_id, "failed", timeout=2.0)
+    assert task["exit_code"] == 137
+
+
+def test_bad_spec_gets_422_naming_the_field(start_worker: Any) -> None:
+    worker = start_worker()
+    response = post_task(worker.url, {"name": "x", "image": IMAGE, "resources": {"memory": "lots"}})
+    assert response.status_code == 422
+    body = response.json()
+    assert [f["field"] for f in body["fields"]] == ["resources.memory"]
+    assert "resources.memory" in body["message"]
+
+    response = httpx.post(f"{worker.url}/v1/tasks", content=b"{not json", timeout=10)
+    assert response.status_code == 422
+    assert response.json()["fields"][0]["field"] == "body"
+    assert httpx.get(f"{worker.url}/v1/tasks", timeout=10).json() == []
+
+
+def test_unknown_ids_get_404(start_worker: Any) -> None:
+    worker = start_worker()
+    for method, path in [("GET", ""), ("DELETE", ""), ("GET", "/events"), ("GET", "/logs")]:
+        response = httpx.request(method, f"{worker.url}/v1/tasks/nope{path}", timeout=10)
+        assert response.status_code == 404, (method, path, response.text)
+        assert response.json()["error"] == "not_found"
+
+
+def test_post_is_idempotent_for_the_same_task_id(start_worker: Any) -> None:
+    worker = start_worker()
+    spec = sleeper(id="fixed-id-1")
+    first = post_task(worker.url, spec)
+    second = post_task(worker.url, spec)
+    assert (first.status_code, second.status_code) == (201, 200)
+    assert second.json()["id"] == "fixed-id-1"
+    wait_state(worker.url, "fixed-id-1", "running")
+    assert len(containers_of("cube.task-id=fixed-id-1")) == 1
+
+    other = post_task(worker.url, {**spec, "command": ["sleep", "1"]})
+    assert other.status_code == 409
+
+
+def test_logs_and_stats(start_worker: Any) -> None:
+    worker = start_worker("--cpu", "1.5", "--memory", "1GiB")
+    spec = {"name": "talker", "image": IMAGE, "command": ["sh", "-c", "echo out; echo err >&2"]}
+    task_id = post_task(worker.url, spec).json()["id"]
+    wait_state(worker.url, task_id, "completed")
+    logs = httpx.get(f"{worker.url}/v1/tasks/{task_id}/logs", timeout=10)
+    assert logs.status_code == 200
+    assert sorted(logs.text.splitlines()) == ["err", "out"]  # two pipes: order not kept
+
+    post_task(worker.url, sleeper(resources={"cpu": 0.25, "memory": "16MiB"}))
+    stats = httpx.get(f"{worker.url}/v1/stats", timeout=10).json()
+    assert stats["capacity"]["cpu"] == 1.5
+    assert stats["capacity"]["memory"] == 1024**3
+    assert stats["allocated"] == {"cpu": 0.25, "memory": 16 * 1024**2, "disk": 0}
+    assert stats["stats"]["memory_total"] > 0
+    assert 0 <= stats["stats"]["cpu_percent"] <= 100
+
+
+def test_missing_image_fails_the_task_with_the_engines_message(start_worker: Any) -> None:
+    worker = start_worker()
+    task_id = post_task(
+        worker.url, {"name": "ghost", "image": "cube-test/does-not-exist:1"}
+    ).json()["id"]
+    task = wait_state(worker.url, task_id, "failed", timeout=60)
+    assert "did not start" in task["reason"]
+    assert "does-not-exist" in task["reason"]
+    assert task["container_id"] is None
