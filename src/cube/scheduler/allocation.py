@@ -1,0 +1,55 @@
+"""The caller's bookkeeping after a placement, as pure functions.
+
+The scheduler never changes a node: it reads ``allocated`` and ``used_ports`` and
+returns a Decision. Whoever commits the placement (the manager, a simulation, a
+test) records it, and must do so before the next placement, or two tasks could
+both be given the last free gigabyte::
+
+    decision = scheduler.place(spec, nodes)
+    if decision.node is not None:
+        i = names.index(decision.node)
+        nodes[i] = allocate(nodes[i], spec)     # and store.save_node(nodes[i])
+
+:func:`release` is the inverse, for a task that stopped or moved away.
+"""
+
+from __future__ import annotations
+
+from cube.node import Node, Resources
+from cube.scheduler.feasibility import host_ports
+from cube.task.spec import TaskSpec
+
+
+def request(spec: TaskSpec) -> Resources:
+    """What a task reserves on its node, as a node :class:`~cube.node.Resources`."""
+    r = spec.resources
+    return Resources(cpu=r.cpu, memory=r.memory, disk=r.disk)
+
+
+def allocate(node: Node, spec: TaskSpec) -> Node:
+    """A copy of ``node`` with the task's resources, host ports and count added."""
+    return node.model_copy(
+        update={
+            "allocated": node.allocated + request(spec),
+            "used_ports": node.used_ports | host_ports(spec),
+            "tasks": node.tasks + 1,
+        }
+    )
+
+
+def release(node: Node, spec: TaskSpec) -> Node:
+    """A copy of ``node`` without the task: the inverse of :func:`allocate`.
+
+    Amounts are floored at zero, so releasing a task twice (a replayed event)
+    cannot make a node look bigger than it is.
+    """
+    left = node.allocated - request(spec)
+    return node.model_copy(
+        update={
+            "allocated": Resources(
+                cpu=max(0.0, left.cpu), memory=max(0, left.memory), disk=max(0, left.disk)
+            ),
+            "used_ports": node.used_ports - host_ports(spec),
+            "tasks": max(0, node.tasks - 1),
+        }
+    )

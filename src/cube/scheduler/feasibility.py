@@ -1,0 +1,237 @@
+"""Phase 1 of placement: which nodes *can* take the task (Nomad's feasibility checkers).
+
+A checker answers one question about one node and returns ``None`` when the node
+passes, or a short human reason when it does not ("needs 2.0 CPU, 1.5 free").
+The reason is shown to users asking why a task is pending, so it names numbers.
+
+Resource fit is decided from ``node.capacity - node.allocated`` (the *requested*
+resources of the tasks already placed), never from a measured load: two tasks
+placed in the same second must not both take the last free gigabyte.
+
+Checkers are built per task spec (:func:`checkers_for`), so the per-node work in
+the hot loop is a few float comparisons on plain attributes. A checker that
+cannot fail for a spec (no constraints, no host ports, no disk) is left out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from cube.node import Node, NodeState
+from cube.task.spec import TaskSpec
+from cube.units import format_size
+
+#: CPU is a float: 0.1 * 3 must fit in 0.3 (same tolerance as ``Resources.fits_in``).
+CPU_EPSILON = 1e-9
+
+CheckFn = Callable[[Node], str | None]
+
+# Checker names. They are the keys of the per-reason counts in a Decision, so they
+# are part of the output format: keep them stable.
+STATE = "state"
+CONSTRAINTS = "constraints"
+PORTS = "ports"
+CPU = "cpu"
+MEMORY = "memory"
+DISK = "disk"
+
+
+class Checker(NamedTuple):
+    """One feasibility question, named so that rejections can be counted per reason.
+
+    A NamedTuple rather than a frozen dataclass: a handful are built per placement.
+    """
+
+    name: str
+    check: CheckFn
+
+
+def format_cpu(cores: float) -> str:
+    """CPU cores for humans: ``2 -> '2.0'``, ``1.25 -> '1.25'``, ``0.1+0.2 -> '0.3'``."""
+    text = f"{cores:.3f}".rstrip("0")
+    return text + "0" if text.endswith(".") else text
+
+
+def host_ports(spec: TaskSpec) -> frozenset[int]:
+    """The fixed host ports a spec publishes (0/None means "any free port": no conflict)."""
+    return frozenset(p.host for p in spec.ports if p.host)
+
+
+def state_checker() -> Checker:
+    """Only READY nodes take tasks: DOWN ones miss heartbeats, DRAINING ones are leaving."""
+    ready = NodeState.READY
+
+    def check(node: Node) -> str | None:
+        state = node.state
+        return None if state == ready else f"node is {state.value}"
+
+    return Checker(STATE, check)
+
+
+def constraint_checker(constraints: Mapping[str, str]) -> Checker:
+    """Every ``key: value`` of ``spec.constraints`` must equal the node's label."""
+    wanted = tuple(constraints.items())
+
+    def check(node: Node) -> str | None:
+        labels = node.labels
+        for key, value in wanted:
+            have = labels.get(key)
+            if have != value:
+                if have is None:
+                    return f"needs label {key}={value}, node has no {key!r} label"
+                return f"needs label {key}={value}, node has {key}={have}"
+        return None
+
+    return Checker(CONSTRAINTS, check)
+
+
+def port_checker(ports: Iterable[int]) -> Checker:
+    """The task's fixed host ports must not be in ``node.used_ports`` (TCP and UDP alike)."""
+    wanted = frozenset(ports)
+
+    def check(node: Node) -> str | None:
+        taken = wanted.intersection(node.used_ports)
+        if not taken:
+            return None
+        return f"host port{'s' if len(taken) > 1 else ''} {_ports(taken)} in use"
+
+    return Checker(PORTS, check)
+
+
+def cpu_checker(cpu: float) -> Checker:
+    def check(node: Node) -> str | None:
+        free = node.capacity.cpu - node.allocated.cpu
+        if cpu <= free + CPU_EPSILON:
+            return None
+        return f"needs {format_cpu(cpu)} CPU, {format_cpu(free)} free"
+
+    return Checker(CPU, check)
+
+
+def memory_checker(memory: int) -> Checker:
+    def check(node: Node) -> str | None:
+        free = node.capacity.memory - node.allocated.memory
+        if memory <= free:
+            return None
+        return f"needs {format_size(memory)} memory, {format_size(free)} free"
+
+    return Checker(MEMORY, check)
+
+
+def disk_checker(disk: int) -> Checker:
+    def check(node: Node) -> str | None:
+        free = node.capacity.disk - node.allocated.disk
+        if disk <= free:
+            return None
+        return f"needs {format_size(disk)} disk, {format_size(free)} free"
+
+    return Checker(DISK, check)
+
+
+def checkers_for(spec: TaskSpec) -> tuple[Checker, ...]:
+    """The checkers that can reject a node for this spec, cheapest and coarsest first.
+
+    The order decides which reason a node gets when several apply: a draining node
+    is reported as draining, not as short of memory. A zero disk request always
+    fits, so the disk checker is only added when the task asks for disk.
+    """
+    out = [state_checker()]
+    if spec.constraints:
+        out.append(constraint_checker(spec.constraints))
+    ports = host_ports(spec)
+    if ports:
+        out.append(port_checker(ports))
+    out.append(cpu_checker(spec.resources.cpu))
+    out.append(memory_checker(spec.resources.memory))
+    if spec.resources.disk:
+        out.append(disk_checker(spec.resources.disk))
+    return tuple(out)
+
+
+@dataclass(slots=True)
+class Rejection:
+    """A node that failed a checker, with the checker's name and reason."""
+
+    node: Node
+    checker: str
+    reason: str
+
+
+@dataclass(slots=True)
+class Feasibility:
+    """The result of phase 1: feasible candidates and every rejection, in examination order."""
+
+    candidates: list[Node] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+    examined: int = 0  # nodes looked at; less than len(nodes) when the limit was reached
+    first: int | None = None  # index (in ``nodes``) of the first feasible node examined
+    last: int | None = None  # index of the last node examined
+
+    def counts(self) -> dict[str, int]:
+        """Rejections per checker name, most common first."""
+        out: dict[str, int] = {}
+        for r in self.rejected:
+            out[r.checker] = out.get(r.checker, 0) + 1
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+def first_failure(checkers: Sequence[Checker], node: Node) -> tuple[str, str] | None:
+    """``(checker name, reason)`` of the first checker the node fails, or ``None`` if it fits."""
+    for checker in checkers:
+        reason = checker.check(node)
+        if reason is not None:
+            return checker.name, reason
+    return None
+
+
+def filter_nodes(
+    nodes: Sequence[Node],
+    checkers: Sequence[Checker],
+    *,
+    limit: int | None = None,
+    start: int = 0,
+) -> Feasibility:
+    """Run the checkers over ``nodes`` from index ``start``, wrapping around.
+
+    Stops once ``limit`` feasible candidates are found (Nomad's LimitIterator), so
+    a placement in a large cluster looks at a bounded number of nodes. ``None``
+    examines every node. Either way a task is found infeasible only after every
+    node was examined.
+    """
+    result = Feasibility()
+    n = len(nodes)
+    if n == 0:
+        return result
+    start %= n
+    want = n if limit is None else max(1, limit)
+    pairs = [(c.name, c.check) for c in checkers]
+    candidates = result.candidates
+    rejected = result.rejected
+    examined = 0
+    index = start
+    for _ in range(n):
+        index = start + examined
+        if index >= n:
+            index -= n
+        node = nodes[index]
+        examined += 1
+        for name, check in pairs:
+            reason = check(node)
+            if reason is not None:
+                rejected.append(Rejection(node, name, reason))
+                break
+        else:
+            if not candidates:
+                result.first = index
+            candidates.append(node)
+            if len(candidates) >= want:
+                break
+    result.examined = examined
+    result.last = index
+    return result
+
+
+def _ports(ports: Iterable[int]) -> str:
+    return ", ".join(str(p) for p in sorted(ports))

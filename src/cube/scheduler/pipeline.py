@@ -1,0 +1,208 @@
+"""The stack: feasibility -> score -> pick, and the four algorithms built from it.
+
+A :class:`Scheduler` is Nomad's "stack" in miniature. For one task it
+
+1. runs the feasibility checkers over the nodes (:func:`filter_nodes`), starting
+   at a cursor and stopping after ``candidate_limit`` feasible nodes;
+2. scores those candidates with its :class:`Scorer` and normalises to 0..1;
+3. picks the best, ties to the smallest name (:func:`ranked`, :func:`pick`);
+
+and returns a :class:`Decision` saying what it did and why.
+
+**The candidate limit.** Scoring every node of a 5,000-node cluster for every
+task is too slow in Python, and Nomad does not do it either: it stops after a few
+feasible nodes (``max(2, log2 n)`` for services). Cube stops after
+``candidate_limit`` feasible nodes (32 by default), so a cluster with at most that
+many feasible nodes is always searched exhaustively and the choice is the true
+best. In larger clusters the choice is the best of a window, and the Decision
+says how many nodes were examined. A task is reported unplaceable only after
+every node was examined.
+
+**Where the window starts.** Nodes are examined in the order given, which should
+be by name (``Store.list_nodes`` returns them so); the cursor is a node *name*,
+found by bisection, so it survives nodes joining and leaving. How the cursor
+moves is part of each algorithm:
+
+* ``rotate`` (E-PVM, spread, round-robin): the next placement starts after the
+  last node examined, so successive placements look at different nodes (Nomad's
+  source iterator keeps its offset the same way).
+* ``sticky`` (bin-pack): the next placement starts at the first feasible node of
+  this one, so the window keeps seeing the nodes being filled and only moves on
+  when they are full (next-fit over windows), without rescanning full nodes.
+
+Round-robin is a limit of 1 with a rotating window: the first feasible node after
+the one picked last, in name order.
+
+A Scheduler keeps that cursor between calls, so use one per scheduling loop; it
+does no I/O and does not change the nodes (see :mod:`cube.scheduler.allocation`
+for the caller's bookkeeping).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Sequence
+from enum import StrEnum
+from operator import attrgetter
+
+from cube.errors import FieldError, InvalidSpec
+from cube.node import Node
+from cube.scheduler.decision import (
+    MAX_FILTERED,
+    MAX_SCORES,
+    Decision,
+    NodeScore,
+    failure_reason,
+    success_reason,
+)
+from cube.scheduler.feasibility import Feasibility, checkers_for, filter_nodes
+from cube.scheduler.scoring import BinPack, Epvm, RoundRobin, Scorer, Spread, normalise
+from cube.scheduler.select import ranked
+from cube.task.spec import TaskSpec
+
+DEFAULT_CANDIDATE_LIMIT = 32
+
+_name = attrgetter("name")
+
+
+class Window(StrEnum):
+    """How the candidate window moves between placements (see the module docstring)."""
+
+    ROTATE = "rotate"
+    STICKY = "sticky"
+
+
+class Scheduler:
+    """Places tasks with one scorer; every call returns an explainable :class:`Decision`."""
+
+    def __init__(
+        self,
+        scorer: Scorer,
+        *,
+        candidate_limit: int | None = DEFAULT_CANDIDATE_LIMIT,
+        window: Window = Window.ROTATE,
+    ) -> None:
+        if candidate_limit is not None and candidate_limit < 1:
+            raise ValueError("candidate_limit must be at least 1 (or None for no limit)")
+        self.scorer = scorer
+        self.candidate_limit = candidate_limit
+        self.window = window
+        # Start at the first node whose name is > (or >= when inclusive) this name.
+        self._cursor: tuple[str, bool] | None = None
+
+    @property
+    def algorithm(self) -> str:
+        return self.scorer.name
+
+    def reset(self) -> None:
+        """Forget where the last placement stopped: the next one starts at the first node."""
+        self._cursor = None
+
+    def place(self, spec: TaskSpec, nodes: Sequence[Node]) -> Decision:
+        """Choose a node for ``spec`` among ``nodes`` (sorted by name), or explain why none fits."""
+        total = len(nodes)
+        limit = self.candidate_limit
+        if total == 0:
+            return Decision(
+                node=None, algorithm=self.algorithm, reason=failure_reason(spec, [], 0), limit=limit
+            )
+        found = filter_nodes(nodes, checkers_for(spec), limit=limit, start=self._start(nodes))
+        self._advance(nodes, found)
+        filtered = {r.node.name: r.reason for r in found.rejected[:MAX_FILTERED]}
+        counts = found.counts()
+        candidates = found.candidates
+        if not candidates:
+            return Decision(
+                node=None,
+                algorithm=self.algorithm,
+                reason=failure_reason(spec, found.rejected, total),
+                filtered=filtered,
+                filtered_counts=counts,
+                examined=found.examined,
+                total=total,
+                limit=limit,
+            )
+        raw = self.scorer.score(spec, candidates)
+        norm = normalise(raw, lower_is_better=self.scorer.lower_is_better)
+        names = [c.name for c in candidates]
+        top = ranked(names, norm, MAX_SCORES)  # top[0] is what pick() would choose
+        best = top[0]
+        scores = {names[i]: NodeScore(raw=raw[i], score=norm[i]) for i in top}
+        return Decision(
+            node=names[best],
+            algorithm=self.algorithm,
+            reason=success_reason(names[best], self.algorithm, found, total),
+            scores=scores,
+            filtered=filtered,
+            filtered_counts=counts,
+            candidates=len(candidates),
+            examined=found.examined,
+            total=total,
+            limit=limit,
+        )
+
+    def _start(self, nodes: Sequence[Node]) -> int:
+        if self._cursor is None:
+            return 0
+        name, inclusive = self._cursor
+        find = bisect_left if inclusive else bisect_right
+        index: int = find(nodes, name, key=_name)
+        return index if index < len(nodes) else 0
+
+    def _advance(self, nodes: Sequence[Node], found: Feasibility) -> None:
+        if self.window is Window.STICKY:
+            if found.first is not None:
+                self._cursor = (nodes[found.first].name, True)
+        elif found.last is not None:
+            self._cursor = (nodes[found.last].name, False)
+
+
+def _round_robin(candidate_limit: int | None) -> Scheduler:
+    # The limit is the algorithm here: take the first feasible node after the cursor.
+    return Scheduler(RoundRobin(), candidate_limit=1, window=Window.ROTATE)
+
+
+def _epvm(candidate_limit: int | None) -> Scheduler:
+    return Scheduler(Epvm(), candidate_limit=candidate_limit, window=Window.ROTATE)
+
+
+def _bin_pack(candidate_limit: int | None) -> Scheduler:
+    return Scheduler(BinPack(), candidate_limit=candidate_limit, window=Window.STICKY)
+
+
+def _spread(candidate_limit: int | None) -> Scheduler:
+    return Scheduler(Spread(), candidate_limit=candidate_limit, window=Window.ROTATE)
+
+
+_FACTORIES: dict[str, Callable[[int | None], Scheduler]] = {
+    "round-robin": _round_robin,
+    "epvm": _epvm,
+    "bin-pack": _bin_pack,
+    "spread": _spread,
+}
+
+#: The algorithm names :func:`make_scheduler` accepts.
+ALGORITHMS: tuple[str, ...] = tuple(_FACTORIES)
+DEFAULT_ALGORITHM = "epvm"
+
+
+def make_scheduler(
+    name: str = DEFAULT_ALGORITHM, *, candidate_limit: int | None = DEFAULT_CANDIDATE_LIMIT
+) -> Scheduler:
+    """A fresh scheduler for algorithm ``name`` (one of :data:`ALGORITHMS`).
+
+    ``candidate_limit`` bounds the feasible nodes examined per placement (``None``:
+    all); round-robin always takes the first feasible node and ignores it.
+    Raises :class:`InvalidSpec` naming the ``scheduler`` field for an unknown name.
+    """
+    factory = _FACTORIES.get(name.strip().lower())
+    if factory is None:
+        raise InvalidSpec(
+            [
+                FieldError(
+                    "scheduler",
+                    f"unknown algorithm {name!r}; choose one of {', '.join(ALGORITHMS)}",
+                )
+            ]
+        )
+    return factory(candidate_limit)
