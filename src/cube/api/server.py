@@ -1,34 +1,27 @@
-"""Running an ASGI app with uvicorn, the same way for the manager and the worker."""
+"""Running Cube's APIs with uvicorn: one or several servers in one process.
+
+A SIGTERM/SIGINT is a clean stop (exit code 0), not a re-raised signal: the first
+one drains requests and runs each app's shutdown (a worker leaves its containers
+running); a second one forces the exit.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import signal
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import uvicorn
 from fastapi import FastAPI
 
 
 class Server(uvicorn.Server):
-    """uvicorn, but a SIGTERM/SIGINT is a clean stop (exit code 0), not a re-raised signal.
-
-    The first signal drains requests and runs the app's shutdown (a worker leaves its
-    containers running); a second one forces the exit.
-    """
+    """uvicorn without its own signal handling: :func:`serve` handles signals for all servers."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
-        loop = asyncio.get_running_loop()
-        signals = (signal.SIGINT, signal.SIGTERM)
-        for sig in signals:
-            loop.add_signal_handler(sig, self.handle_exit, sig, None)
-        try:
-            yield
-        finally:
-            for sig in signals:
-                loop.remove_signal_handler(sig)
+        yield
 
 
 def make_server(app: FastAPI, *, host: str, port: int) -> Server:
@@ -42,3 +35,43 @@ def make_server(app: FastAPI, *, host: str, port: int) -> Server:
         timeout_graceful_shutdown=10,
     )
     return Server(config)
+
+
+async def serve(*servers: Server, after_start: Callable[[], Awaitable[None]] | None = None) -> bool:
+    """Run ``servers`` until a signal (or one of them stops); True if all started.
+
+    ``after_start`` runs once every server listens (a worker joins its manager then).
+    """
+    loop = asyncio.get_running_loop()
+
+    def stop_all(sig: int) -> None:
+        for s in servers:
+            s.handle_exit(sig, None)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop_all, sig)
+    running = [loop.create_task(s.serve()) for s in servers]
+    helper: asyncio.Task[None] | None = None
+    try:
+        while not all(s.started for s in servers):
+            if any(t.done() for t in running):  # one failed to start (port taken, ...)
+                stop_all(signal.SIGTERM)
+                break
+            await asyncio.sleep(0.05)
+        else:
+            if after_start is not None:
+                helper = loop.create_task(_run(after_start))
+        await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+        stop_all(signal.SIGTERM)
+        await asyncio.gather(*running, return_exceptions=True)
+    finally:
+        if helper is not None:
+            helper.cancel()
+            await asyncio.gather(helper, return_exceptions=True)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    return all(s.started for s in servers)
+
+
+async def _run(func: Callable[[], Awaitable[None]]) -> None:
+    await func()

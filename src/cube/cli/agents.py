@@ -1,32 +1,164 @@
-"""``cube worker``: the long-running agent processes."""
+"""``cube manager``, ``cube worker`` and ``cube dev``: the long-running agent processes."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import socket
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
-import uvicorn
 
-from cube.api.server import make_server
-from cube.cli.errors import handle_errors
+from cube.api.server import Server, make_server, serve
+from cube.cli.errors import EXIT_FAILED, handle_errors
 from cube.cli.options import SIZE, parse_labels
 from cube.log import get_logger, setup_logging
+from cube.manager import Manager
+from cube.manager import create_app as manager_app
 from cube.node import Resources
 from cube.runtime.docker import DockerRuntime
-from cube.store import open_store
-from cube.worker import MachineSampler, Worker, create_app
+from cube.scheduler import ALGORITHMS, DEFAULT_ALGORITHM, make_scheduler
+from cube.store import Store, StoreKind, open_store
+from cube.worker import MachineSampler, Worker
+from cube.worker import create_app as worker_app
+from cube.worker.join import join_manager
 
 log = get_logger("cube.cli")
 
+DEFAULT_MANAGER_PORT = 5555
+DEFAULT_WORKER_PORT = 5556
 
-def default_data_dir(role: str, name: str) -> Path:
+
+def default_data_dir(role: str) -> Path:
     base = os.environ.get("CUBE_DATA_DIR") or Path.home() / ".local" / "share" / "cube"
-    return Path(base) / f"{role}-{name}"
+    return Path(base) / role
 
 
+def _data_dir(given: Path | None, role: str) -> Path:
+    """The directory to use (created if needed): the one given, else the default for ``role``."""
+    path = given or default_data_dir(role)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# --- shared options ------------------------------------------------------------------------------
+def _store_option(func: Callable[..., None]) -> Callable[..., None]:
+    return click.option(
+        "--store",
+        "store_kind",
+        type=click.Choice(["sqlite", "memory"]),
+        default="sqlite",
+        show_default=True,
+        help="Where state is kept: sqlite survives restarts.",
+    )(func)
+
+
+def _log_option(func: Callable[..., None]) -> Callable[..., None]:
+    return click.option(
+        "--log-level",
+        default="info",
+        type=click.Choice(["debug", "info", "warning"]),
+        show_default=True,
+    )(func)
+
+
+def _scheduler_option(func: Callable[..., None]) -> Callable[..., None]:
+    return click.option(
+        "--scheduler",
+        type=click.Choice(ALGORITHMS),
+        default=DEFAULT_ALGORITHM,
+        show_default=True,
+        help="Placement algorithm.",
+    )(func)
+
+
+def _capacity_options(func: Callable[..., None]) -> Callable[..., None]:
+    for option in reversed(
+        [
+            click.option(
+                "--cpu",
+                type=click.FloatRange(min=0, min_open=True),
+                help="CPU cores to offer  [default: all]",
+            ),
+            click.option("--memory", type=SIZE, help="Memory to offer, e.g. 4GiB  [default: all]"),
+            click.option(
+                "--disk", type=SIZE, help="Disk to offer  [default: size of the data disk]"
+            ),
+            click.option(
+                "--label",
+                "labels",
+                multiple=True,
+                metavar="KEY=VALUE",
+                help="Node label for placement constraints (repeatable).",
+            ),
+        ]
+    ):
+        func = option(func)
+    return func
+
+
+@dataclass
+class WorkerParts:
+    worker: Worker
+    runtime: DockerRuntime
+    store: Store
+
+
+def _build_worker(
+    name: str,
+    data: Path,
+    store_kind: StoreKind,
+    cpu: float | None,
+    memory: int | None,
+    disk: int | None,
+    labels: tuple[str, ...],
+) -> WorkerParts:
+    sampler = MachineSampler(data)
+    found = sampler.capacity()
+    capacity = Resources(
+        cpu=cpu if cpu is not None else found.cpu,
+        memory=memory if memory is not None else found.memory,
+        disk=disk if disk is not None else found.disk,
+    )
+    store = open_store(store_kind, data)
+    runtime = DockerRuntime()
+    worker = Worker(
+        name=name,
+        runtime=runtime,
+        store=store,
+        capacity=capacity,
+        sampler=sampler,
+        labels=parse_labels(labels),
+    )
+    return WorkerParts(worker, runtime, store)
+
+
+def _run_servers(
+    *servers: Server,
+    stores: list[Store],
+    runtimes: list[DockerRuntime],
+    after_start: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    async def main() -> bool:
+        try:
+            return await serve(*servers, after_start=after_start)
+        finally:
+            for runtime in runtimes:
+                await runtime.close()
+
+    try:
+        started = asyncio.run(main())
+    finally:
+        for store in stores:
+            store.close()
+    if not started:
+        sys.exit(EXIT_FAILED)
+
+
+# --- cube worker ---------------------------------------------------------------------------------
 @click.command("worker")
 @click.option(
     "--name",
@@ -35,39 +167,38 @@ def default_data_dir(role: str, name: str) -> Path:
     help="Node name, unique in the cluster.",
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=5556, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--port", default=DEFAULT_WORKER_PORT, show_default=True, type=click.IntRange(0, 65535)
+)
+@click.option(
+    "--manager",
+    "manager_url",
+    envvar="CUBE_MANAGER",
+    metavar="URL",
+    help="Join this manager, e.g. http://127.0.0.1:5555.",
+)
+@click.option(
+    "--advertise",
+    metavar="URL",
+    help="The URL the manager should use for this worker  [default: http://HOST:PORT]",
+)
 @click.option(
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
     help="Where the worker keeps its state  [default: ~/.local/share/cube/worker-NAME]",
 )
-@click.option(
-    "--store",
-    "store_kind",
-    type=click.Choice(["sqlite", "memory"]),
-    default="sqlite",
-    show_default=True,
-)
-@click.option(
-    "--cpu", type=click.FloatRange(min=0, min_open=True), help="CPU cores to offer  [default: all]"
-)
-@click.option("--memory", type=SIZE, help="Memory to offer, e.g. 4GiB  [default: all]")
-@click.option("--disk", type=SIZE, help="Disk to offer, e.g. 20GiB  [default: data disk size]")
-@click.option(
-    "--label",
-    "labels",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Node label for placement constraints (repeatable).",
-)
-@click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning"]))
+@_store_option
+@_capacity_options
+@_log_option
 @handle_errors
 def worker_command(
     name: str,
     host: str,
     port: int,
+    manager_url: str | None,
+    advertise: str | None,
     data_dir: Path | None,
-    store_kind: str,
+    store_kind: StoreKind,
     cpu: float | None,
     memory: int | None,
     disk: int | None,
@@ -81,48 +212,196 @@ def worker_command(
 
     \b
     Example:
-      cube worker --name w1 --port 5556
-      curl -X POST localhost:5556/v1/tasks -d @examples/sleeper.json
+      cube worker --name w1 --port 5556 --manager http://127.0.0.1:5555
+      cube worker --name big --port 5557 --cpu 8 --memory 16GiB --label zone=a
     """
     setup_logging(log_level)
-    node_labels = parse_labels(labels)
-    data = data_dir or default_data_dir("worker", name)
-    data.mkdir(parents=True, exist_ok=True)
-    sampler = MachineSampler(data)
-    found = sampler.capacity()
-    capacity = Resources(
-        cpu=cpu if cpu is not None else found.cpu,
-        memory=memory if memory is not None else found.memory,
-        disk=disk if disk is not None else found.disk,
-    )
-    store = open_store(store_kind, data)  # type: ignore[arg-type]
-    runtime = DockerRuntime()
-    worker = Worker(
-        name=name,
-        runtime=runtime,
+    data = _data_dir(data_dir, f"worker-{name}")
+    parts = _build_worker(name, data, store_kind, cpu, memory, disk, labels)
+    server = make_server(worker_app(parts.worker), host=host, port=port)
+    address = advertise or f"http://{host}:{port}"
+    log.info("starting worker", node=name, address=address, data_dir=str(data), store=store_kind)
+
+    async def join() -> None:
+        if manager_url:
+            await join_manager(manager_url, name=name, address=address)
+
+    _run_servers(server, stores=[parts.store], runtimes=[parts.runtime], after_start=join)
+
+
+# --- cube manager --------------------------------------------------------------------------------
+def _build_manager(
+    data: Path,
+    store_kind: StoreKind,
+    scheduler: str,
+    workers: str,
+    collect_interval: float,
+    node_timeout: float,
+) -> tuple[Manager, Store]:
+    store = open_store(store_kind, data)
+    manager = Manager(
         store=store,
-        capacity=capacity,
-        sampler=sampler,
-        labels=node_labels,
+        scheduler=make_scheduler(scheduler),
+        static_workers=[_as_url(a) for a in workers.split(",") if a.strip()],
+        collect_interval=collect_interval,
+        node_timeout=node_timeout,
     )
-    server = make_server(create_app(worker), host=host, port=port)
+    return manager, store
+
+
+def _as_url(address: str) -> str:
+    address = address.strip()
+    return address if "://" in address else f"http://{address}"
+
+
+def _manager_options(func: Callable[..., None]) -> Callable[..., None]:
+    for option in reversed(
+        [
+            click.option(
+                "--collect-interval",
+                type=click.FloatRange(min=0.05),
+                default=1.0,
+                show_default=True,
+                help="Seconds between two polls of every node.",
+            ),
+            click.option(
+                "--node-timeout",
+                type=click.FloatRange(min=0.1),
+                default=10.0,
+                show_default=True,
+                help="Seconds of silence before a node is Down.",
+            ),
+        ]
+    ):
+        func = option(func)
+    return func
+
+
+@click.command("manager")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port", default=DEFAULT_MANAGER_PORT, show_default=True, type=click.IntRange(0, 65535)
+)
+@click.option(
+    "--workers",
+    default="",
+    metavar="HOST:PORT,...",
+    help="Workers to use without them registering, e.g. 10.0.0.5:5556,10.0.0.6:5556.",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the manager keeps its state  [default: ~/.local/share/cube/manager]",
+)
+@_scheduler_option
+@_store_option
+@_manager_options
+@_log_option
+@handle_errors
+def manager_command(
+    host: str,
+    port: int,
+    workers: str,
+    data_dir: Path | None,
+    scheduler: str,
+    store_kind: StoreKind,
+    collect_interval: float,
+    node_timeout: float,
+    log_level: str,
+) -> None:
+    """Run the manager: accepts tasks, places them on workers, tracks them.
+
+    \b
+    Example:
+      cube manager --port 5555 --scheduler epvm
+      cube worker --name w1 --port 5556 --manager http://127.0.0.1:5555
+      cube run examples/web.yaml --wait
+    """
+    setup_logging(log_level)
+    data = _data_dir(data_dir, "manager")
+    manager, store = _build_manager(
+        data, store_kind, scheduler, workers, collect_interval, node_timeout
+    )
     log.info(
-        "starting worker",
-        node=name,
+        "starting manager",
         address=f"http://{host}:{port}",
         data_dir=str(data),
+        scheduler=scheduler,
         store=store_kind,
     )
-    try:
-        asyncio.run(_serve(server, runtime))
-    finally:
-        store.close()
-    if not server.started:
-        raise SystemExit(1)
+    _run_servers(
+        make_server(manager_app(manager), host=host, port=port), stores=[store], runtimes=[]
+    )
 
 
-async def _serve(server: uvicorn.Server, runtime: DockerRuntime) -> None:
-    try:
-        await server.serve()
-    finally:
-        await runtime.close()
+# --- cube dev ------------------------------------------------------------------------------------
+@click.command("dev")
+@click.option(
+    "--port",
+    default=DEFAULT_MANAGER_PORT,
+    show_default=True,
+    type=click.IntRange(1, 65535),
+    help="Manager port; the worker takes the next one.",
+)
+@click.option("--name", default="local", show_default=True, help="Name of the local worker.")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="State of both agents  [default: ~/.local/share/cube/dev]",
+)
+@_scheduler_option
+@_store_option
+@_manager_options
+@_capacity_options
+@_log_option
+@handle_errors
+def dev_command(
+    port: int,
+    name: str,
+    data_dir: Path | None,
+    scheduler: str,
+    store_kind: StoreKind,
+    collect_interval: float,
+    node_timeout: float,
+    cpu: float | None,
+    memory: int | None,
+    disk: int | None,
+    labels: tuple[str, ...],
+    log_level: str,
+) -> None:
+    """Run a one-node cluster in one process: a manager and a local worker, on 127.0.0.1.
+
+    Like `nomad agent -dev`: everything you need to try Cube on one machine.
+    Ctrl-C stops both agents; task containers keep running and are adopted next time.
+
+    \b
+    Example:
+      cube dev
+      cube run examples/web.yaml --wait     # in another terminal
+      cube status
+    """
+    setup_logging(log_level)
+    data = _data_dir(data_dir, "dev")
+    worker_port = port + 1
+    parts = _build_worker(
+        name, _data_dir(data / "worker", "dev"), store_kind, cpu, memory, disk, labels
+    )
+    manager, manager_store = _build_manager(
+        _data_dir(data / "manager", "dev"),
+        store_kind,
+        scheduler,
+        f"127.0.0.1:{worker_port}",
+        collect_interval,
+        node_timeout,
+    )
+    servers = (
+        make_server(manager_app(manager), host="127.0.0.1", port=port),
+        make_server(worker_app(parts.worker), host="127.0.0.1", port=worker_port),
+    )
+    log.info(
+        "starting dev cluster",
+        manager=f"http://127.0.0.1:{port}",
+        worker=f"http://127.0.0.1:{worker_port}",
+        data_dir=str(data),
+    )
+    _run_servers(*servers, stores=[parts.store, manager_store], runtimes=[parts.runtime])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cube.cli.agents import worker_command
+from cube.cli.agents import dev_command, manager_command, worker_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -18,7 +18,9 @@ def cli() -> None:
     """
 
 
+cli.add_command(manager_command)
 cli.add_command(worker_command)
+cli.add_command(dev_command)
 
 
 def main() -> None:

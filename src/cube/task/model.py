@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -74,6 +75,10 @@ class Task(BaseModel):
     updated_at: datetime = Field(default_factory=utcnow)
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    #: The scheduler's explanation of the last placement (a cube.scheduler Decision as JSON).
+    placement: dict[str, Any] | None = None
+    #: How many of the node's events the manager has merged into this record (manager only).
+    node_events: int = 0
 
     @property
     def name(self) -> str:

@@ -17,11 +17,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator
 from typing import Any
 
 from pydantic import ValidationError
 
+from cube.background import cancel_all, spawn
 from cube.errors import Conflict, NotFound, RuntimeUnavailable
 from cube.log import get_logger
 from cube.node import MachineStats, NodeReport, Resources
@@ -64,7 +65,7 @@ class Worker:
         self.poll_interval = poll_interval
         self.stats_interval = stats_interval
         self.runners: dict[str, TaskRunner] = {}
-        self._runner_tasks: set[asyncio.Task[None]] = set()
+        self._runner_tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[None]] = []
         self._stats = MachineStats()
 
@@ -78,18 +79,15 @@ class Worker:
                 self._supervise(task)
         self._sample()
         self._loops = [
-            self._spawn(self._exits_loop(), "exits"),
-            self._spawn(self._poll_loop(), "poll"),
-            self._spawn(self._metrics_loop(), "metrics"),
+            spawn(self._exits_loop(), "exits"),
+            spawn(self._poll_loop(), "poll"),
+            spawn(self._metrics_loop(), "metrics"),
         ]
         log.info("worker started", node=self.name, tasks=len(self.runners))
 
     async def close(self) -> None:
         """Stop supervising. Containers keep running; the next start adopts them."""
-        tasks = [*self._loops, *self._runner_tasks]
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_all([*self._loops, *self._runner_tasks])
         self._loops.clear()
         log.info("worker stopped; task containers left running for adoption", node=self.name)
 
@@ -180,21 +178,8 @@ class Worker:
                 if self.runners.get(task.id) is runner:
                     del self.runners[task.id]
 
-        self._spawn(run(), f"task {task.id}", keep=self._runner_tasks)
+        spawn(run(), f"task {task.id}", keep=self._runner_tasks)
         return runner
-
-    def _spawn(
-        self,
-        coro: Coroutine[Any, Any, None],
-        what: str,
-        keep: set[asyncio.Task[None]] | None = None,
-    ) -> asyncio.Task[None]:
-        task = asyncio.get_running_loop().create_task(coro, name=what)
-        if keep is not None:
-            keep.add(task)
-            task.add_done_callback(keep.discard)
-        task.add_done_callback(_log_crash)
-        return task
 
     async def _adopt(self) -> None:
         """Match containers carrying this worker's labels with the tasks in the store."""
@@ -283,8 +268,3 @@ def _pick_container(task: Task, containers: list[ContainerSummary]) -> Container
         if c.id == task.container_id:
             return c
     return next((c for c in containers if c.running), containers[0])
-
-
-def _log_crash(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("background task crashed", what=task.get_name(), error=repr(task.exception()))

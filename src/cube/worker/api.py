@@ -20,20 +20,14 @@ from typing import Annotated
 
 from fastapi import FastAPI, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel
 
 from cube.api.body import TASK_REQUEST_BODY, publish_schemas, read_task_request
+from cube.api.common import Health, stream_text
 from cube.api.errors import ERROR_RESPONSES, install_error_handlers
 from cube.node import NodeReport
 from cube.task.model import Task, TaskEvent
 from cube.task.spec import TaskRequest
 from cube.worker.agent import Worker
-
-
-class Health(BaseModel):
-    status: str
-    node: str
-    role: str = "worker"
 
 
 def create_app(worker: Worker) -> FastAPI:
@@ -83,15 +77,7 @@ def create_app(worker: Worker) -> FastAPI:
         tail: Annotated[int | None, Query(ge=0, le=1_000_000)] = None,
         follow: bool = False,
     ) -> StreamingResponse:
-        stream = worker.logs(task_id, tail=tail, follow=follow)
-        first = await anext(stream, b"")  # surface NotFound as a 404 before streaming starts
-
-        async def body() -> AsyncIterator[bytes]:
-            yield first
-            async for chunk in stream:
-                yield chunk
-
-        return StreamingResponse(body(), media_type="text/plain; charset=utf-8")
+        return await stream_text(worker.logs(task_id, tail=tail, follow=follow))
 
     @app.get("/v1/stats")
     async def stats() -> NodeReport:
@@ -99,6 +85,6 @@ def create_app(worker: Worker) -> FastAPI:
 
     @app.get("/v1/health")
     async def health() -> Health:
-        return Health(status="ok", node=worker.name)
+        return Health(role="worker", name=worker.name)
 
     return app

@@ -1,0 +1,50 @@
+"""Client side of Cube's HTTP APIs: turning error answers back into Cube errors.
+
+The inverse of :mod:`cube.api.errors`, so a caller of a remote API sees the same
+exception a local call would raise (``NotFound``, ``InvalidSpec`` with its fields...).
+"""
+
+from __future__ import annotations
+
+import httpx
+
+from cube import errors
+from cube.errors import FieldError
+
+_BY_CODE: dict[str, type[errors.CubeError]] = {
+    "not_found": errors.NotFound,
+    "conflict": errors.Conflict,
+    "illegal_transition": errors.Conflict,
+    "runtime_unavailable": errors.RuntimeUnavailable,
+    "unavailable": errors.Unavailable,
+    "container_error": errors.ContainerError,
+}
+
+
+def error_from_response(response: httpx.Response) -> errors.CubeError:
+    """The CubeError an error response stands for."""
+    try:
+        body = response.json()
+        code, message = str(body.get("error", "")), str(body.get("message", ""))
+        fields = [FieldError(f["field"], f["message"]) for f in body.get("fields") or []]
+    except (ValueError, AttributeError, KeyError, TypeError):
+        code, message, fields = "", response.text.strip(), []
+    message = message or f"HTTP {response.status_code} from {response.request.url}"
+    if response.status_code == 413:
+        return errors.PayloadTooLarge(fields or [FieldError("body", message)])
+    if response.status_code == 422 or code in ("invalid_spec", "invalid_request"):
+        return errors.InvalidSpec(fields or [FieldError("", message)])
+    if response.status_code == 401:
+        return errors.CubeError(f"unauthorized: {message}")
+    return _BY_CODE.get(code, errors.CubeError)(message)
+
+
+def check(response: httpx.Response) -> httpx.Response:
+    """Return the response if it succeeded, else raise the matching CubeError."""
+    if response.is_success:
+        return response
+    raise error_from_response(response)
+
+
+def unreachable(url: str, exc: Exception) -> errors.Unavailable:
+    return errors.Unavailable(f"cannot reach {url}: {exc or type(exc).__name__}")

@@ -1,0 +1,363 @@
+"""The manager: keeps the desired state of the cluster and drives nodes towards it.
+
+It holds every task and node in memory (the authority while it runs) and writes
+each change through to the store (so a restarted manager loses nothing). Three
+loops do the work:
+
+* dispatch: places Pending tasks as soon as they arrive (woken by submissions,
+  node joins and freed capacity; a slow timer is only the safety net);
+* collect: every ``collect_interval`` asks each node for its metrics and tasks,
+  marks nodes that stopped answering as Down, and reconciles task states;
+* join: keeps trying the statically configured worker addresses until they answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from cube.background import cancel_all, spawn
+from cube.errors import Conflict, CubeError, FieldError, InvalidSpec, NotFound, Unavailable
+from cube.log import get_logger
+from cube.manager.reconcile import merge_report, needs_merge
+from cube.manager.workers import WorkerClient
+from cube.node import Node, NodeReport, NodeState
+from cube.scheduler import Scheduler, allocate
+from cube.store.base import Store
+from cube.task.model import DesiredState, Task, TaskEvent
+from cube.task.spec import TaskRequest
+from cube.task.state import TERMINAL, State
+
+log = get_logger("cube.manager")
+
+#: States in which a task holds resources on its node.
+PLACED = frozenset({State.SCHEDULED, State.RUNNING})
+#: Shortest ID prefix accepted in place of a full task ID.
+MIN_PREFIX = 4
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Manager:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        scheduler: Scheduler,
+        workers: WorkerClient | None = None,
+        static_workers: Sequence[str] = (),
+        collect_interval: float = 1.0,
+        node_timeout: float = 10.0,
+    ) -> None:
+        self.store = store
+        self.scheduler = scheduler
+        self.workers = workers or WorkerClient(timeout=max(2.0, collect_interval * 2))
+        self.static_workers = list(static_workers)
+        self.collect_interval = collect_interval
+        self.node_timeout = node_timeout
+        self.tasks: dict[str, Task] = {t.id: t for t in store.list_tasks()}
+        self.nodes: dict[str, Node] = {n.name: n for n in store.list_nodes()}
+        self._dispatch_wake = asyncio.Event()
+        self._loops: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    async def start(self) -> None:
+        started = _now()
+        for node in self.nodes.values():
+            # A restarted manager gives every known node a fresh deadline before calling it Down.
+            node.last_seen = started
+        self._loops = [
+            spawn(self._dispatch_loop(), "dispatch"),
+            spawn(self._collect_loop(), "collect"),
+            *(spawn(self._join_loop(a), f"join {a}") for a in self.static_workers),
+        ]
+        self._dispatch_wake.set()
+        log.info(
+            "manager started",
+            tasks=len(self.tasks),
+            nodes=len(self.nodes),
+            scheduler=self.scheduler.algorithm,
+        )
+
+    async def close(self) -> None:
+        await cancel_all([*self._loops, *self._background])
+        await self.workers.aclose()
+        log.info("manager stopped")
+
+    # --- tasks ---------------------------------------------------------------------------------
+    def submit(self, request: TaskRequest) -> tuple[Task, bool]:
+        """Accept a task as Pending and wake the dispatcher. Same ID and spec: a no-op."""
+        spec = request.spec()
+        if request.id is not None and (existing := self.tasks.get(request.id)) is not None:
+            if existing.spec != spec:
+                raise Conflict(f"task {request.id} exists with a different spec")
+            return existing.model_copy(deep=True), False
+        task = Task(spec=spec) if request.id is None else Task(id=request.id, spec=spec)
+        self.tasks[task.id] = task
+        self.store.save_task(task, [TaskEvent(state=State.PENDING, reason="submitted")])
+        log.info("task submitted", task=task.id, name=spec.name)
+        self._dispatch_wake.set()
+        return task.model_copy(deep=True), True
+
+    def resolve(self, task_id: str) -> Task:
+        """The task with this ID, or the only one whose ID starts with it (like ``docker``)."""
+        if (task := self.tasks.get(task_id)) is not None:
+            return task
+        if len(task_id) >= MIN_PREFIX:
+            matches = [t for tid, t in self.tasks.items() if tid.startswith(task_id)]
+            if len(matches) == 1:
+                return matches[0]
+            if matches:
+                raise Conflict(f"task ID prefix {task_id!r} matches {len(matches)} tasks")
+        raise NotFound(f"task {task_id} not found")
+
+    def get(self, task_id: str) -> Task:
+        return self.resolve(task_id).model_copy(deep=True)
+
+    def list_tasks(self, *, state: State | None = None, node: str | None = None) -> list[Task]:
+        return [
+            t.model_copy(deep=True)
+            for t in self.tasks.values()
+            if (state is None or t.state is state) and (node is None or t.node == node)
+        ]
+
+    def events(self, task_id: str) -> list[TaskEvent]:
+        return self.store.task_events(self.resolve(task_id).id)
+
+    async def stop(self, task_id: str) -> Task:
+        """Stop a task in any state; returns once its node stopped it (or is unreachable)."""
+        task = self.resolve(task_id)
+        task.desired = DesiredState.STOP
+        if task.state is State.PENDING:
+            self._save(task, task.transition(State.COMPLETED, "stopped by user before placement"))
+            return task.model_copy(deep=True)
+        self._save(task)
+        node = self.nodes.get(task.node or "")
+        if node is not None:
+            await self._stop_on_node(task, node)
+        self._dispatch_wake.set()  # capacity was freed
+        return task.model_copy(deep=True)
+
+    async def logs(self, task_id: str, *, tail: int | None, follow: bool) -> AsyncIterator[bytes]:
+        task = self.resolve(task_id)
+        node = self.nodes.get(task.node or "")
+        if node is None:
+            raise NotFound(f"task {task.id} has not been placed on a node yet ({task.reason})")
+        async for chunk in self.workers.logs(node.address, task.id, tail=tail, follow=follow):
+            yield chunk
+
+    # --- nodes ---------------------------------------------------------------------------------
+    async def register(self, name: str, address: str) -> Node:
+        """Add (or update) a node, after checking that its API answers at ``address``."""
+        report = await self.workers.stats(address)
+        if report.name != name:
+            raise InvalidSpec(
+                [FieldError("name", f"the worker at {address} is named {report.name!r}")]
+            )
+        return self._join(address, report)
+
+    def get_node(self, name: str) -> Node:
+        if (node := self.nodes.get(name)) is None:
+            raise NotFound(f"node {name} not found")
+        return self._with_allocation(node)
+
+    def list_nodes(self) -> list[Node]:
+        return [self._with_allocation(n) for n in sorted(self.nodes.values(), key=lambda n: n.name)]
+
+    # --- dispatch ------------------------------------------------------------------------------
+    async def dispatch(self) -> None:
+        """Place every Pending task that fits, oldest first, and send each to its node."""
+        pending = [
+            t
+            for t in self.tasks.values()
+            if t.state is State.PENDING and t.desired is DesiredState.RUN
+        ]
+        if not pending:
+            return
+        views = self.list_nodes()
+        index = {n.name: i for i, n in enumerate(views)}
+        sends: list[Coroutine[Any, Any, None]] = []
+        for task in pending:
+            decision = self.scheduler.place(task.spec, views)
+            task.placement = decision.model_dump(mode="json")
+            if decision.node is None:
+                if task.reason != decision.reason:
+                    task.reason = decision.reason
+                    self._save(task)
+                continue
+            i = index[decision.node]
+            views[i] = allocate(views[i], task.spec)
+            task.node = decision.node
+            self._save(task, task.transition(State.SCHEDULED, f"placed on {decision.node}"))
+            sends.append(self._send(task, views[i]))
+        await asyncio.gather(*sends)
+
+    async def _send(self, task: Task, node: Node) -> None:
+        request = TaskRequest.model_validate({**task.spec.model_dump(), "id": task.id})
+        try:
+            reported = await self.workers.run(node.address, request)
+        except Unavailable as exc:
+            self._node_unreachable(node.name, exc.message)
+            if task.state is State.SCHEDULED and task.desired is DesiredState.RUN:
+                self._save(task, task.transition(State.PENDING, f"node {node.name} unreachable"))
+                self._dispatch_wake.set()
+            return
+        except CubeError as exc:
+            if task.state is State.SCHEDULED:
+                self._save(task, task.transition(State.FAILED, f"node {node.name}: {exc.message}"))
+            return
+        log.info("task sent", task=task.id, node=node.name)
+        del reported  # its progress arrives with the next collection
+
+    async def _dispatch_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._dispatch_wake.wait(), 5.0)
+            self._dispatch_wake.clear()
+            await self.dispatch()
+
+    # --- collection and reconciliation ---------------------------------------------------------
+    async def collect(self) -> None:
+        """One pass over every node: metrics, liveness, task states."""
+        await asyncio.gather(*(self._collect_node(n) for n in list(self.nodes.values())))
+
+    async def _collect_node(self, node: Node) -> None:
+        try:
+            report, reported = await asyncio.gather(
+                self.workers.stats(node.address), self.workers.tasks(node.address)
+            )
+        except CubeError as exc:
+            self._check_deadline(node, exc.message)
+            return
+        self._join(node.address, report)
+        await self._reconcile(node, reported)
+
+    async def _reconcile(self, node: Node, reported: list[Task]) -> None:
+        seen: set[str] = set()
+        for copy in reported:
+            seen.add(copy.id)
+            task = self.tasks.get(copy.id)
+            if task is None:
+                continue  # run on the node directly, not through the manager: not ours to judge
+            if task.node != node.name:
+                if not copy.is_terminal or copy.container_id:
+                    log.warning("stopping a copy placed elsewhere", task=task.id, node=node.name)
+                    self._background_call(self.workers.stop(node.address, copy.id, wait=30.0))
+                continue
+            if needs_merge(task, copy):
+                events = await self.workers.events(node.address, task.id)
+                added = merge_report(task, copy, events)
+                self._save(task, *added)
+                if task.state in TERMINAL:
+                    self._dispatch_wake.set()  # its resources are free again
+            if task.desired is DesiredState.STOP and (not copy.is_terminal or copy.container_id):
+                self._background_call(self._stop_on_node(task, node))
+        for task in list(self.tasks.values()):
+            if (
+                task.node == node.name
+                and task.id not in seen
+                and task.state in PLACED
+                and task.desired is DesiredState.RUN
+            ):
+                log.info(
+                    "node does not know its task; sending it again", task=task.id, node=node.name
+                )
+                await self._send(task, node)
+
+    async def _stop_on_node(self, task: Task, node: Node) -> None:
+        try:
+            copy = await self.workers.stop(node.address, task.id, wait=task.spec.stop_timeout + 20)
+            events = await self.workers.events(node.address, task.id)
+        except NotFound:
+            if task.state not in TERMINAL:  # never reached the node
+                self._save(task, task.transition(State.COMPLETED, "stopped by user"))
+            return
+        except CubeError as exc:
+            task.reason = f"stop requested; node {node.name} did not answer: {exc.message}"
+            self._save(task)
+            return
+        self._save(task, *merge_report(task, copy, events))
+
+    async def _collect_loop(self) -> None:
+        while True:
+            await self.collect()
+            await asyncio.sleep(self.collect_interval)
+
+    async def _join_loop(self, address: str) -> None:
+        """Add a statically configured worker, retrying until it answers."""
+        while True:
+            try:
+                self._join(address, await self.workers.stats(address))
+                return
+            except CubeError as exc:
+                log.warning("worker not answering yet", address=address, error=exc.message)
+            await asyncio.sleep(max(1.0, self.collect_interval))
+
+    # --- node bookkeeping ----------------------------------------------------------------------
+    def _join(self, address: str, report: NodeReport) -> Node:
+        node = self.nodes.get(report.name)
+        is_new = node is None
+        if node is None:
+            node = Node(name=report.name, address=address)
+            self.nodes[node.name] = node
+            log.info("node joined", node=node.name, address=address)
+        changed = is_new or (node.address, node.capacity, node.labels) != (
+            address,
+            report.capacity,
+            report.labels,
+        )
+        node.address = address
+        node.capacity = report.capacity
+        node.labels = dict(report.labels)
+        node.stats = report.stats
+        node.last_seen = _now()
+        if node.state is NodeState.DOWN:
+            node.state, node.reason, changed = NodeState.READY, "", True
+            log.info("node is back", node=node.name)
+        if changed:
+            self.store.save_node(node)
+            self._dispatch_wake.set()
+        return node
+
+    def _check_deadline(self, node: Node, error: str) -> None:
+        silent = (_now() - (node.last_seen or node.registered_at)).total_seconds()
+        if node.state is not NodeState.DOWN and silent >= self.node_timeout:
+            self._mark_down(node, f"no answer for {silent:.0f}s: {error}")
+
+    def _node_unreachable(self, name: str, error: str) -> None:
+        """A failed call to a node: stop placing tasks there until it answers again."""
+        node = self.nodes.get(name)
+        if node is not None and node.state is NodeState.READY:
+            self._mark_down(node, f"unreachable: {error}")
+
+    def _mark_down(self, node: Node, reason: str) -> None:
+        node.state, node.reason = NodeState.DOWN, reason
+        self.store.save_node(node)
+        log.warning("node down", node=node.name, reason=reason)
+
+    def _with_allocation(self, node: Node) -> Node:
+        """The node as the scheduler must see it: allocation from the manager's own records.
+
+        Counting requested resources of the tasks placed here (rather than trusting the
+        node's last report) means two placements in one pass cannot share the last GiB.
+        """
+        view = node.model_copy(
+            update={"allocated": type(node.allocated)(), "used_ports": set(), "tasks": 0}
+        )
+        for task in self.tasks.values():
+            if task.node == node.name and task.state in PLACED:
+                view = allocate(view, task.spec)
+        return view
+
+    # --- helpers -------------------------------------------------------------------------------
+    def _save(self, task: Task, *events: TaskEvent) -> None:
+        self.store.save_task(task, events)
+
+    def _background_call(self, coro: Coroutine[Any, Any, Any]) -> None:
+        spawn(coro, "node call", keep=self._background)

@@ -1,0 +1,80 @@
+"""How the manager talks to workers: one async HTTP client for the whole fleet."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+from pydantic import TypeAdapter
+
+from cube.api.client import check, unreachable
+from cube.node import NodeReport
+from cube.task.model import Task, TaskEvent
+from cube.task.spec import TaskRequest
+
+_TASKS = TypeAdapter(list[Task])
+_EVENTS = TypeAdapter(list[TaskEvent])
+
+
+class WorkerClient:
+    """Calls a worker's ``/v1`` API by its base URL. One instance serves every node."""
+
+    def __init__(self, *, timeout: float = 5.0) -> None:
+        # One connection pool for the fleet: a 1,000-node cluster must not mean 1,000 pools.
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout),
+            limits=httpx.Limits(max_connections=200, max_keepalive_connections=200),
+        )
+
+    async def _request(
+        self, method: str, address: str, path: str, **kwargs: object
+    ) -> httpx.Response:
+        url = f"{address.rstrip('/')}/v1{path}"
+        try:
+            response = await self._http.request(method, url, **kwargs)  # type: ignore[arg-type]
+        except httpx.HTTPError as exc:
+            raise unreachable(address, exc) from None
+        return check(response)
+
+    async def stats(self, address: str) -> NodeReport:
+        return NodeReport.model_validate_json(
+            (await self._request("GET", address, "/stats")).content
+        )
+
+    async def tasks(self, address: str) -> list[Task]:
+        return _TASKS.validate_json((await self._request("GET", address, "/tasks")).content)
+
+    async def run(self, address: str, request: TaskRequest) -> Task:
+        body = request.model_dump(mode="json")
+        response = await self._request("POST", address, "/tasks", json=body)
+        return Task.model_validate_json(response.content)
+
+    async def stop(self, address: str, task_id: str, *, wait: float) -> Task:
+        response = await self._request("DELETE", address, f"/tasks/{task_id}", timeout=wait)
+        return Task.model_validate_json(response.content)
+
+    async def events(self, address: str, task_id: str) -> list[TaskEvent]:
+        response = await self._request("GET", address, f"/tasks/{task_id}/events")
+        return _EVENTS.validate_json(response.content)
+
+    async def logs(
+        self, address: str, task_id: str, *, tail: int | None, follow: bool
+    ) -> AsyncIterator[bytes]:
+        params: dict[str, str] = {"follow": "true" if follow else "false"}
+        if tail is not None:
+            params["tail"] = str(tail)
+        url = f"{address.rstrip('/')}/v1/tasks/{task_id}/logs"
+        try:
+            async with self._http.stream(
+                "GET", url, params=params, timeout=httpx.Timeout(5.0, read=None)
+            ) as response:
+                if not response.is_success:
+                    await response.aread()
+                    check(response)
+                async for chunk in response.aiter_bytes():
+                    yield chunk
+        except httpx.HTTPError as exc:
+            raise unreachable(address, exc) from None
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
