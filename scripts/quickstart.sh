@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Cube's main job on a fresh Debian machine: set it up, start a one-node cluster
+# (`cube dev`: a manager and a local worker in one process), run the example web
+# task, and leave everything running with the next commands to try.
+#
+# Usage: bash scripts/quickstart.sh
+# Environment:
+#   CUBE_PORT      manager port (default 5555; the local worker takes the next one)
+#   CUBE_DATA_DIR  where the cluster keeps its state (default ~/.local/share/cube)
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+bash scripts/setup.sh
+
+port="${CUBE_PORT:-5555}"
+export CUBE_ADDR="http://127.0.0.1:${port}"
+data="${CUBE_DATA_DIR:-$HOME/.local/share/cube}"
+mkdir -p "$data"
+cube=".venv/bin/cube"
+log="$data/dev.log"
+pidfile="$data/dev.pid"
+
+if "$cube" status >/dev/null 2>&1; then
+    echo "quickstart: a Cube manager already answers at $CUBE_ADDR; using it"
+else
+    echo "quickstart: starting a one-node cluster (cube dev), log in $log"
+    # Fully detached: own session, no stdin, output to a file.
+    setsid "$cube" dev --port "$port" </dev/null >"$log" 2>&1 &
+    echo $! >"$pidfile"
+    for _ in $(seq 1 100); do
+        "$cube" status >/dev/null 2>&1 && break
+        sleep 0.2
+    done
+    "$cube" status >/dev/null || { tail -20 "$log"; echo "quickstart: cube dev did not start" >&2; exit 1; }
+    # The manager needs one collection pass to know its local worker.
+    for _ in $(seq 1 50); do
+        "$cube" nodes -o json | grep -q '"ready"' && break
+        sleep 0.2
+    done
+fi
+
+echo "quickstart: running examples/web.yaml"
+id=$("$cube" run examples/web.yaml --wait)
+for _ in $(seq 1 50); do
+    curl -fsS http://127.0.0.1:8080/ >/dev/null 2>&1 && break
+    sleep 0.2
+done
+echo
+echo "The web task $id is running. It answers on http://127.0.0.1:8080/ :"
+curl -fsS http://127.0.0.1:8080/ || echo "(not answering yet: try 'cube logs $id')"
+cat <<MSG
+
+Next, try (with .venv/bin on your PATH, or prefix each with .venv/bin/):
+  export CUBE_ADDR=$CUBE_ADDR
+  cube status                 # every task: state, node, ports, restarts
+  cube status ${id:0:12}        # one task in detail: events, placement scores
+  cube nodes                  # the node: capacity, allocation, live metrics
+  cube logs ${id:0:12}
+  cube run --name sleeper --image cube-busybox:latest --cpu 0.5 --memory 64MiB -- sleep 600
+  cube stop ${id:0:12}
+
+Stop the cluster (task containers keep running and are adopted on the next start):
+  kill \$(cat $pidfile)
+Remove every Cube container too:
+  docker rm -f \$(docker ps -aq --filter label=cube.managed-by=cube)
+MSG
