@@ -50,8 +50,7 @@ class Checker(NamedTuple):
 
 def format_cpu(cores: float) -> str:
     """CPU cores for humans: ``2 -> '2.0'``, ``1.25 -> '1.25'``, ``0.1+0.2 -> '0.3'``."""
-    text = f"{cores:.3f}".rstrip("0")
-    return text + "0" if text.endswith(".") else text
+    return repr(round(cores, 3) + 0.0)  # + 0.0: an int stays a float, -0.0 becomes 0.0
 
 
 def host_ports(spec: TaskSpec) -> frozenset[int]:
@@ -101,31 +100,37 @@ def port_checker(ports: Iterable[int]) -> Checker:
 
 
 def cpu_checker(cpu: float) -> Checker:
+    need = f"needs {format_cpu(cpu)} CPU"  # formatted once: pending tasks reject every node
+
     def check(node: Node) -> str | None:
         free = node.capacity.cpu - node.allocated.cpu
         if cpu <= free + CPU_EPSILON:
             return None
-        return f"needs {format_cpu(cpu)} CPU, {format_cpu(free)} free"
+        return f"{need}, {format_cpu(free)} free"
 
     return Checker(CPU, check)
 
 
 def memory_checker(memory: int) -> Checker:
+    need = f"needs {format_size(memory)} memory"
+
     def check(node: Node) -> str | None:
         free = node.capacity.memory - node.allocated.memory
         if memory <= free:
             return None
-        return f"needs {format_size(memory)} memory, {format_size(free)} free"
+        return f"{need}, {format_size(free)} free"
 
     return Checker(MEMORY, check)
 
 
 def disk_checker(disk: int) -> Checker:
+    need = f"needs {format_size(disk)} disk"
+
     def check(node: Node) -> str | None:
         free = node.capacity.disk - node.allocated.disk
         if disk <= free:
             return None
-        return f"needs {format_size(disk)} disk, {format_size(free)} free"
+        return f"{need}, {format_size(free)} free"
 
     return Checker(DISK, check)
 
