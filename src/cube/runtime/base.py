@@ -71,6 +71,7 @@ class ContainerInfo:
     ports: list[PublishedPort] = field(default_factory=list)
     cpu: float = 0.0  # limit in cores, 0 = none
     memory: int = 0  # limit in bytes, 0 = none
+    ip: str = ""  # address on the engine's network, where health checks reach it
 
 
 @dataclass(frozen=True)

@@ -323,7 +323,17 @@ def _info_from_inspect(data: dict[str, Any]) -> ContainerInfo:
         ports=ports,
         cpu=(host.get("NanoCpus") or 0) / 1e9,
         memory=host.get("Memory") or 0,
+        ip=_container_ip(data.get("NetworkSettings") or {}),
     )
+
+
+def _container_ip(network: dict[str, Any]) -> str:
+    if network.get("IPAddress"):
+        return str(network["IPAddress"])
+    for attached in (network.get("Networks") or {}).values():
+        if attached.get("IPAddress"):
+            return str(attached["IPAddress"])
+    return ""
 
 
 def _stats_from_engine(data: dict[str, Any]) -> ContainerStats:

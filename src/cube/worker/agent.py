@@ -37,6 +37,7 @@ from cube.store.base import Store
 from cube.task.model import DesiredState, Task, TaskEvent
 from cube.task.spec import TaskRequest, TaskSpec
 from cube.task.state import State
+from cube.worker.health import Prober, probe
 from cube.worker.metrics import MachineSampler
 from cube.worker.runner import TaskRunner, needs_runner
 
@@ -55,6 +56,7 @@ class Worker:
         labels: dict[str, str] | None = None,
         poll_interval: float = 1.0,
         stats_interval: float = 2.0,
+        prober: Prober = probe,
     ) -> None:
         self.name = name
         self.runtime = runtime
@@ -64,6 +66,7 @@ class Worker:
         self.sampler = sampler
         self.poll_interval = poll_interval
         self.stats_interval = stats_interval
+        self.prober = prober
         self.runners: dict[str, TaskRunner] = {}
         self._runner_tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[None]] = []
@@ -168,7 +171,9 @@ class Worker:
 
     # --- supervision ---------------------------------------------------------------------------
     def _supervise(self, task: Task) -> TaskRunner:
-        runner = TaskRunner(task, node=self.name, runtime=self.runtime, store=self.store)
+        runner = TaskRunner(
+            task, node=self.name, runtime=self.runtime, store=self.store, prober=self.prober
+        )
         self.runners[task.id] = runner
 
         async def run() -> None:
@@ -203,7 +208,7 @@ class Worker:
             events = []
             if task.state is State.PENDING:
                 events.append(task.transition(State.SCHEDULED, "adopted by node " + self.name))
-            if task.state is State.SCHEDULED:
+            if task.state is State.SCHEDULED and task.spec.health is None:
                 events.append(task.transition(State.RUNNING, f"adopted container {keep.id[:12]}"))
             self.store.save_task(task, events)
             log.info("adopted container", task=task_id, container=keep.id[:12], node=self.name)

@@ -19,19 +19,27 @@ class RestartDecision:
 
 def restart_delay(policy: RestartPolicy, restarts_so_far: int) -> float:
     """Exponential backoff: ``delay * backoff**n`` for the (n+1)-th restart, capped."""
-    return min(policy.delay * policy.backoff**restarts_so_far, max(policy.max_delay, policy.delay))
+    cap = max(policy.max_delay, policy.delay)
+    if not policy.delay:
+        return 0.0
+    try:
+        growth = policy.backoff**restarts_so_far
+    except OverflowError:  # a long crash loop: 2.0**1024 does not fit in a float
+        return cap
+    return min(policy.delay * growth, cap)
 
 
 def decide_restart(
-    policy: RestartPolicy, *, exit_code: int | None, restarts_so_far: int
+    policy: RestartPolicy, *, exit_code: int | None, restarts_so_far: int, cause: str = ""
 ) -> RestartDecision:
     """Whether a task whose container ended with ``exit_code`` should run again.
 
     ``exit_code`` is None when the container never ran (start failed, vanished):
-    that counts as a failure.
+    that counts as a failure. ``cause`` (e.g. "unhealthy: ...") replaces the plain
+    description of the exit in the reason.
     """
     failed = exit_code != 0
-    how = "could not run" if exit_code is None else f"exited with code {exit_code}"
+    how = cause or ("could not run" if exit_code is None else f"exited with code {exit_code}")
     if policy.policy is RestartPolicyName.NEVER:
         return RestartDecision(False, 0.0, f"{how}; restart policy is never")
     if policy.policy is RestartPolicyName.ON_FAILURE and not failed:

@@ -24,10 +24,11 @@ from cube.runtime.base import (
     task_labels,
 )
 from cube.store.base import Store
-from cube.task.model import DesiredState, Task
-from cube.task.spec import RestartPolicyName
+from cube.task.model import DesiredState, Health, Task
+from cube.task.spec import HealthCheck, RestartPolicyName
 from cube.task.state import TERMINAL, State
 from cube.units import format_size
+from cube.worker.health import HealthTracker, Prober, Verdict, probe
 from cube.worker.restart import decide_restart
 
 log = get_logger("cube.worker")
@@ -63,12 +64,22 @@ def container_config(task: Task, node: str) -> ContainerConfig:
 
 
 class TaskRunner:
-    def __init__(self, task: Task, *, node: str, runtime: ContainerRuntime, store: Store) -> None:
+    def __init__(
+        self,
+        task: Task,
+        *,
+        node: str,
+        runtime: ContainerRuntime,
+        store: Store,
+        prober: Prober = probe,
+    ) -> None:
         self.task = task
         self.node = node
         self.runtime = runtime
         self.store = store
+        self.prober = prober
         self._wake = asyncio.Event()
+        self._health: HealthTracker | None = None
         self.done = asyncio.Event()
 
     def notify(self) -> None:
@@ -97,10 +108,10 @@ class TaskRunner:
                 return False
             if task.state is State.PENDING:
                 self._move(State.SCHEDULED, f"accepted by node {self.node}")
-            elif task.state is State.SCHEDULED:
+            elif task.state is State.SCHEDULED and task.container_id is None:
                 await self._start()
-            elif task.state is State.RUNNING:
-                await self._supervise()
+            elif task.state in (State.SCHEDULED, State.RUNNING):
+                await self._supervise()  # Scheduled with a container: waiting to be healthy
             else:
                 return await self._maybe_restart()
         except RuntimeUnavailable as exc:
@@ -126,19 +137,62 @@ class TaskRunner:
             return
         task.container_id = info.id
         task.ports = info.ports
-        self._move(State.RUNNING, f"container {info.id[:12]} started")
+        self._health = None
+        task.health = Health.UNKNOWN
+        if task.spec.health is None:
+            self._move(State.RUNNING, f"container {info.id[:12]} started")
+        else:
+            task.reason = f"container {info.id[:12]} started; waiting for its health check"
+            self._save()
 
     async def _supervise(self) -> None:
-        """Wait until the container is no longer running, then record how it ended."""
+        """Watch a started container: record how it ends, and probe it if it has a check."""
         task = self.task
         self._wake.clear()  # clear *before* looking, so an exit right after is not missed
         info = await self.runtime.inspect(task.container_id) if task.container_id else None
         if info is None:
             self._move(State.FAILED, "container disappeared")
-        elif info.running:
+        elif not info.running:
+            self._record_exit(info)
+        elif task.spec.health is None:
+            if task.state is State.SCHEDULED:  # adopted before it was recorded as Running
+                self._move(State.RUNNING, f"container {info.id[:12]} running")
             await self._wake.wait()
         else:
-            self._record_exit(info)
+            await self._check_health(task.spec.health, info)
+
+    async def _check_health(self, check: HealthCheck, info: ContainerInfo) -> None:
+        """Sleep one interval (the first probe comes sooner), probe, act on the verdict."""
+        task = self.task
+        if self._health is None:
+            started = info.started_at.timestamp() if info.started_at else time.time()
+            self._health = HealthTracker(check, started=started)
+        waiting = task.state is State.SCHEDULED
+        if await self._wait(min(check.interval, 1.0) if waiting else check.interval):
+            return  # woken up: look at the container again first
+        result = await self.prober(check, info.ip or "127.0.0.1")
+        verdict = self._health.record(result.ok, now=time.time())
+        if verdict is Verdict.HEALTHY:
+            if task.state is State.SCHEDULED:
+                task.health = Health.HEALTHY
+                self._move(State.RUNNING, f"healthy ({result.detail})")
+            elif task.health is not Health.HEALTHY:
+                task.health = Health.HEALTHY
+                self._save()
+        elif verdict is Verdict.UNHEALTHY:
+            task.health = Health.UNHEALTHY
+            failures = self._health.failures
+            await self.runtime.stop(info.id, grace=task.spec.stop_timeout)
+            ended = await self.runtime.inspect(info.id)
+            self._move(
+                State.FAILED,
+                f"unhealthy: {failures} checks failed in a row, last: {result.detail}",
+                exit_code=ended.exit_code if ended else None,
+            )
+        elif verdict is Verdict.FAILING and task.health is not Health.UNHEALTHY:
+            task.health = Health.UNHEALTHY
+            task.reason = f"health check failing ({self._health.failures}): {result.detail}"
+            self._save()
 
     def _record_exit(self, info: ContainerInfo) -> None:
         code = info.exit_code
@@ -154,7 +208,10 @@ class TaskRunner:
     async def _maybe_restart(self) -> bool:
         task = self.task
         decision = decide_restart(
-            task.spec.restart, exit_code=task.exit_code, restarts_so_far=task.restarts
+            task.spec.restart,
+            exit_code=task.exit_code,
+            restarts_so_far=task.restarts,
+            cause=task.reason if task.health is Health.UNHEALTHY else "",
         )
         if not decision.restart:
             if task.spec.restart.policy is not RestartPolicyName.NEVER:
@@ -174,6 +231,7 @@ class TaskRunner:
         if task.desired is DesiredState.STOP:
             return True
         task.restarts += 1
+        task.container_id = None  # the next start replaces the old container
         self._move(State.SCHEDULED, decision.reason.replace(f" in {decision.delay:g}s", ""))
         return True
 
@@ -201,10 +259,15 @@ class TaskRunner:
         deadline = time.monotonic() + seconds
         while self.task.desired is DesiredState.RUN and (left := deadline - time.monotonic()) > 0:
             self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), left)
-            except TimeoutError:
-                return
+            await self._wait(left)
+
+    async def _wait(self, seconds: float) -> bool:
+        """Wait for a wake-up at most ``seconds``; True if woken."""
+        try:
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        except TimeoutError:
+            return False
+        return True
 
     def _move(self, target: State, reason: str, *, exit_code: int | None = None) -> None:
         task = self.task
