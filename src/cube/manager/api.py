@@ -11,6 +11,8 @@
     GET    /v1/nodes              every node, with capacity, allocation and metrics
     GET    /v1/nodes/{name}       one node
     POST   /v1/nodes              a worker registers itself
+    POST   /v1/nodes/{name}/drain   move its tasks away, place nothing new there
+    POST   /v1/nodes/{name}/undrain
     GET    /v1/health             liveness
 """
 
@@ -94,6 +96,14 @@ def create_app(manager: Manager) -> FastAPI:
     @app.get("/v1/nodes/{name}")
     async def get_node(name: str) -> Node:
         return manager.get_node(name)
+
+    @app.post("/v1/nodes/{name}/drain")
+    async def drain_node(name: str) -> Node:
+        return manager.drain(name)
+
+    @app.post("/v1/nodes/{name}/undrain")
+    async def undrain_node(name: str) -> Node:
+        return manager.undrain(name)
 
     @app.post("/v1/nodes")
     async def register_node(registration: NodeRegistration) -> Node:

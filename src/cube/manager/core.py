@@ -14,7 +14,6 @@ loops do the work:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -63,6 +62,10 @@ class Manager:
         self.tasks: dict[str, Task] = {t.id: t for t in store.list_tasks()}
         self.nodes: dict[str, Node] = {n.name: n for n in store.list_nodes()}
         self._dispatch_wake = asyncio.Event()
+        # Placement of a task that fit nowhere is retried only once the cluster changed
+        # (a node joined, capacity was freed...): each change bumps the generation.
+        self._generation = 0
+        self._tried: dict[str, int] = {}
         self._loops: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[Any]] = set()
 
@@ -141,7 +144,7 @@ class Manager:
         node = self.nodes.get(task.node or "")
         if node is not None:
             await self._stop_on_node(task, node)
-        self._dispatch_wake.set()  # capacity was freed
+        self._capacity_changed()
         return task.model_copy(deep=True)
 
     async def logs(self, task_id: str, *, tail: int | None, follow: bool) -> AsyncIterator[bytes]:
@@ -163,9 +166,36 @@ class Manager:
         return self._join(address, report)
 
     def get_node(self, name: str) -> Node:
+        return self._with_allocation(self._node(name))
+
+    def _node(self, name: str) -> Node:
         if (node := self.nodes.get(name)) is None:
             raise NotFound(f"node {name} not found")
-        return self._with_allocation(node)
+        return node
+
+    def drain(self, name: str) -> Node:
+        """Take no new tasks on ``name`` and move its tasks to other nodes."""
+        node = self._node(name)
+        node.drain = True
+        if node.state is NodeState.READY:
+            node.state = NodeState.DRAINING
+        node.reason = "drained by operator"
+        self.store.save_node(node)
+        self._move_tasks_off(node, f"node {name} draining")
+        log.info("node draining", node=name)
+        return self.get_node(name)
+
+    def undrain(self, name: str) -> Node:
+        """Let ``name`` take tasks again."""
+        node = self._node(name)
+        node.drain = False
+        if node.state is NodeState.DRAINING:
+            node.state = NodeState.READY
+        node.reason = ""
+        self.store.save_node(node)
+        self._capacity_changed()
+        log.info("node undrained", node=name)
+        return self.get_node(name)
 
     def list_nodes(self) -> list[Node]:
         return [self._with_allocation(n) for n in sorted(self.nodes.values(), key=lambda n: n.name)]
@@ -176,7 +206,9 @@ class Manager:
         pending = [
             t
             for t in self.tasks.values()
-            if t.state is State.PENDING and t.desired is DesiredState.RUN
+            if t.state is State.PENDING
+            and t.desired is DesiredState.RUN
+            and self._tried.get(t.id) != self._generation
         ]
         if not pending:
             return
@@ -187,13 +219,16 @@ class Manager:
             decision = self.scheduler.place(task.spec, views)
             task.placement = decision.model_dump(mode="json")
             if decision.node is None:
+                self._tried[task.id] = self._generation
                 if task.reason != decision.reason:
                     task.reason = decision.reason
                     self._save(task)
                 continue
+            self._tried.pop(task.id, None)
             i = index[decision.node]
             views[i] = allocate(views[i], task.spec)
             task.node = decision.node
+            task.node_events = 0  # a new placement: the node's history of it starts now
             self._save(task, task.transition(State.SCHEDULED, f"placed on {decision.node}"))
             sends.append(self._send(task, views[i]))
         await asyncio.gather(*sends)
@@ -202,23 +237,25 @@ class Manager:
         request = TaskRequest.model_validate({**task.spec.model_dump(), "id": task.id})
         try:
             reported = await self.workers.run(node.address, request)
-        except Unavailable as exc:
-            self._node_unreachable(node.name, exc.message)
-            if task.state is State.SCHEDULED and task.desired is DesiredState.RUN:
-                self._save(task, task.transition(State.PENDING, f"node {node.name} unreachable"))
-                self._dispatch_wake.set()
-            return
-        except CubeError as exc:
+        except InvalidSpec as exc:  # the node refuses this spec: trying again will not help
             if task.state is State.SCHEDULED:
                 self._save(task, task.transition(State.FAILED, f"node {node.name}: {exc.message}"))
+            return
+        except CubeError as exc:
+            if isinstance(exc, Unavailable):
+                self._node_unreachable(node.name, exc.message)
+            if task.state is State.SCHEDULED and task.desired is DesiredState.RUN:
+                self._unplace(task, f"could not start on {node.name}: {exc.message}")
             return
         log.info("task sent", task=task.id, node=node.name)
         del reported  # its progress arrives with the next collection
 
     async def _dispatch_loop(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
+            try:
                 await asyncio.wait_for(self._dispatch_wake.wait(), 5.0)
+            except TimeoutError:
+                self._generation += 1  # the safety net: retry everything now and then
             self._dispatch_wake.clear()
             await self.dispatch()
 
@@ -245,6 +282,10 @@ class Manager:
             task = self.tasks.get(copy.id)
             if task is None:
                 continue  # run on the node directly, not through the manager: not ours to judge
+            if self._can_readopt(task, copy, node):
+                task.node = node.name
+                reason = f"node {node.name} is back and still runs it"
+                self._save(task, task.transition(State.SCHEDULED, reason))
             if task.node != node.name:
                 if not copy.is_terminal or copy.container_id:
                     log.warning("stopping a copy placed elsewhere", task=task.id, node=node.name)
@@ -255,7 +296,7 @@ class Manager:
                 added = merge_report(task, copy, events)
                 self._save(task, *added)
                 if task.state in TERMINAL:
-                    self._dispatch_wake.set()  # its resources are free again
+                    self._capacity_changed()  # its resources are free again
             if task.desired is DesiredState.STOP and (not copy.is_terminal or copy.container_id):
                 self._background_call(self._stop_on_node(task, node))
         for task in list(self.tasks.values()):
@@ -318,17 +359,55 @@ class Manager:
         node.stats = report.stats
         node.last_seen = _now()
         if node.state is NodeState.DOWN:
-            node.state, node.reason, changed = NodeState.READY, "", True
+            node.state = NodeState.DRAINING if node.drain else NodeState.READY
+            node.reason, changed = "", True
             log.info("node is back", node=node.name)
         if changed:
             self.store.save_node(node)
-            self._dispatch_wake.set()
+            self._capacity_changed()
         return node
 
     def _check_deadline(self, node: Node, error: str) -> None:
+        """A node that did not answer: past the deadline it is Down and its tasks move."""
         silent = (_now() - (node.last_seen or node.registered_at)).total_seconds()
-        if node.state is not NodeState.DOWN and silent >= self.node_timeout:
+        if silent < self.node_timeout:
+            return
+        if node.state is not NodeState.DOWN:
             self._mark_down(node, f"no answer for {silent:.0f}s: {error}")
+        self._move_tasks_off(node, f"node {node.name} lost")
+
+    def _move_tasks_off(self, node: Node, why: str) -> None:
+        """Send every task placed on ``node`` back to the scheduler (same ID, history kept)."""
+        moved = 0
+        for task in self.tasks.values():
+            if task.node == node.name and task.state in PLACED and task.desired is DesiredState.RUN:
+                self._unplace(task, f"{why}; rescheduling")
+                moved += 1
+        if moved:
+            log.warning("tasks moved off node", node=node.name, tasks=moved, why=why)
+
+    def _unplace(self, task: Task, reason: str) -> None:
+        """Back to Pending, off its node. The node's copy, if any, is stopped by reconciliation."""
+        task.node = None
+        task.container_id = None
+        task.ports = []
+        self._save(task, task.transition(State.PENDING, reason))
+        self._capacity_changed()
+
+    def _can_readopt(self, task: Task, copy: Task, node: Node) -> bool:
+        """A task moved off a lost node that came back still running it, before it found
+        another node: take the running copy back instead of stopping it and starting anew."""
+        return (
+            task.state is State.PENDING
+            and task.desired is DesiredState.RUN
+            and task.node is None
+            and copy.state is State.RUNNING
+            and node.state is NodeState.READY
+        )
+
+    def _capacity_changed(self) -> None:
+        self._generation += 1
+        self._dispatch_wake.set()
 
     def _node_unreachable(self, name: str, error: str) -> None:
         """A failed call to a node: stop placing tasks there until it answers again."""

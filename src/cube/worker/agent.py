@@ -99,11 +99,21 @@ class Worker:
         """Accept a task. Returns (task, created); the same ID and spec again is a no-op."""
         spec = request.spec()
         if request.id is not None:
-            existing = self.store.find_task(request.id)
+            existing = (
+                self.runners[request.id].task
+                if request.id in self.runners
+                else (self.store.find_task(request.id))
+            )
             if existing is not None:
                 if existing.spec != spec:
                     raise Conflict(f"task {request.id} exists with a different spec")
-                return self.get(existing.id), False
+                if existing.desired is DesiredState.RUN:
+                    return existing.model_copy(deep=True), False
+                if request.id in self.runners:
+                    raise Conflict(f"task {request.id} is still stopping on {self.name}; retry")
+                # It was stopped here (moved away, drained) and is now placed here again:
+                # a new attempt, with a fresh record the manager reads from the start.
+                self.store.delete_task(request.id)
         task = (
             Task(spec=spec, node=self.name)
             if request.id is None
