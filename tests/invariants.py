@@ -1,0 +1,80 @@
+"""The invariant every fault test ends with, checked against Docker itself.
+
+* every task the user asked for is in its expected state (per the manager);
+* exactly one container runs per Running task, on the node the manager names;
+* no container is orphaned: every running Cube container of these workers belongs
+  to a task the manager says is Running there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import httpx
+
+from tests.conftest import docker, wait_for
+
+
+def running_containers(workers: Iterable[str]) -> dict[str, list[tuple[str, str]]]:
+    """task ID -> [(container ID, worker name)] of running containers of these workers."""
+    out: dict[str, list[tuple[str, str]]] = {}
+    for worker in workers:
+        ids = docker("ps", "-q", "--no-trunc", "--filter", f"label=cube.worker={worker}").split()
+        for cid in ids:
+            task_id = docker("inspect", "-f", '{{index .Config.Labels "cube.task-id"}}', cid)
+            out.setdefault(task_id, []).append((cid, worker))
+    return out
+
+
+def invariant_violations(
+    manager_url: str, workers: Iterable[str], expected: Mapping[str, str]
+) -> list[str]:
+    """What is wrong right now (empty when the invariant holds).
+
+    ``expected`` maps task ID -> expected state ("running", "completed", ...).
+    """
+    workers = list(workers)
+    tasks: dict[str, dict[str, Any]] = {
+        t["id"]: t for t in httpx.get(f"{manager_url}/v1/tasks", timeout=10).json()
+    }
+    containers = running_containers(workers)
+    problems: list[str] = []
+    for task_id, state in expected.items():
+        task = tasks.get(task_id)
+        if task is None:
+            problems.append(f"task {task_id} is unknown to the manager")
+            continue
+        if task["state"] != state:
+            problems.append(f"task {task_id} is {task['state']}, expected {state}")
+        copies = containers.get(task_id, [])
+        if task["state"] == "running":
+            if len(copies) != 1:
+                problems.append(f"task {task_id} has {len(copies)} running containers: {copies}")
+            elif copies[0][1] != task["node"]:
+                problems.append(
+                    f"task {task_id} runs on {copies[0][1]}, manager says {task['node']}"
+                )
+    for task_id, copies in containers.items():
+        task = tasks.get(task_id)
+        if task is None or task["state"] != "running":
+            problems.append(f"orphaned container(s) {copies} for task {task_id}")
+    return problems
+
+
+def assert_converges(
+    manager_url: str, workers: Iterable[str], expected: Mapping[str, str], *, timeout: float = 30
+) -> None:
+    """Wait until the invariant holds; fail with the last violations if it never does."""
+    workers = list(workers)
+    last: list[str] = []
+
+    def holds() -> bool:
+        nonlocal last
+        last = invariant_violations(manager_url, workers, expected)
+        return not last
+
+    try:
+        wait_for(holds, timeout=timeout, interval=0.25, what="the cluster to converge")
+    except AssertionError:
+        raise AssertionError("invariant violated:\n  " + "\n  ".join(last)) from None
