@@ -225,10 +225,13 @@ class TaskRunner:
                 reason=decision.reason,
             )
             return False
+        ended = task.reason
         task.reason = decision.reason
         self._save()
         await self._sleep(decision.delay)
         if task.desired is DesiredState.STOP:
+            # Take back the restart just announced ("restart 1 of 2 in 5s"): it will not come.
+            task.reason = f"{ended}; restart cancelled: stopped by user"
             return True
         task.restarts += 1
         task.container_id = None  # the next start replaces the old container

@@ -1,0 +1,149 @@
+"""The restart policy as a pure decision: cube.worker.restart, every case in one table."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cube.task.spec import RestartPolicy, RestartPolicyName
+from cube.worker.restart import RestartDecision, decide_restart, restart_delay
+
+NEVER, ON_FAILURE, ALWAYS = RestartPolicyName
+
+
+def policy(name: RestartPolicyName, max_attempts: int | None = 2, **kw: float) -> RestartPolicy:
+    return RestartPolicy(policy=name, max_attempts=max_attempts, **kw)
+
+
+def decide(p: RestartPolicy, exit_code: int | None, restarts: int) -> RestartDecision:
+    return decide_restart(p, exit_code=exit_code, restarts_so_far=restarts)
+
+
+# --- which policy restarts what -----------------------------------------------------------------
+# (policy, exit code, restarts so far) -> restart?  max_attempts is 2 throughout.
+CASES = [
+    (NEVER, 0, 0, False),
+    (NEVER, 3, 0, False),
+    (NEVER, None, 0, False),
+    (ON_FAILURE, 0, 0, False),
+    (ON_FAILURE, 3, 0, True),
+    (ON_FAILURE, 3, 1, True),
+    (ON_FAILURE, 3, 2, False),  # at the limit
+    (ON_FAILURE, None, 0, True),  # never ran: a failure
+    (ON_FAILURE, None, 2, False),
+    (ALWAYS, 0, 0, True),
+    (ALWAYS, 0, 2, False),
+    (ALWAYS, 3, 1, True),
+    (ALWAYS, 3, 2, False),
+    (ALWAYS, None, 0, True),
+    (ALWAYS, None, 2, False),
+]
+
+
+@pytest.mark.parametrize(("name", "code", "restarts", "expected"), CASES)
+def test_which_endings_restart(
+    name: RestartPolicyName, code: int | None, restarts: int, expected: bool
+) -> None:
+    decision = decide(policy(name), code, restarts)
+    assert decision.restart is expected
+    if not expected:
+        assert decision.delay == 0.0
+
+
+@pytest.mark.parametrize("name", [ON_FAILURE, ALWAYS])
+@pytest.mark.parametrize("code", [1, 3, 137, None])
+def test_without_max_attempts_it_never_gives_up(name: RestartPolicyName, code: int | None) -> None:
+    p = policy(name, max_attempts=None)
+    for restarts in (0, 1, 10, 10_000):
+        decision = decide(p, code, restarts)
+        assert decision.restart
+        assert f"restart {restarts + 1} ({name.value})" in decision.reason
+        assert " of " not in decision.reason
+
+
+def test_max_attempts_zero_means_no_restart_at_all() -> None:
+    decision = decide(policy(ON_FAILURE, max_attempts=0), 1, 0)
+    assert not decision.restart
+    assert "gave up after 0 of 0 restarts" in decision.reason
+
+
+# --- the reasons users read ---------------------------------------------------------------------
+def test_restart_reason_names_code_count_and_delay() -> None:
+    decision = decide(policy(ON_FAILURE, delay=1.0), 3, 1)
+    assert decision == RestartDecision(
+        True, 2.0, "exited with code 3; restart 2 of 2 (on-failure) in 2s"
+    )
+
+
+def test_gave_up_reason_names_code_and_count() -> None:
+    decision = decide(policy(ALWAYS), 7, 2)
+    assert decision.reason == "exited with code 7; gave up after 2 of 2 restarts"
+
+
+def test_a_container_that_never_ran_says_so() -> None:
+    assert decide(policy(ALWAYS), None, 0).reason.startswith("could not run; restart 1 of 2")
+    assert decide(policy(NEVER), None, 0).reason == "could not run; restart policy is never"
+
+
+@pytest.mark.parametrize("code", [0, 3])
+def test_never_reason_names_the_code(code: int) -> None:
+    assert decide(policy(NEVER), code, 0).reason == (
+        f"exited with code {code}; restart policy is never"
+    )
+
+
+def test_on_failure_says_why_a_success_stays_down() -> None:
+    decision = decide(policy(ON_FAILURE), 0, 0)
+    assert decision.reason == "exited with code 0; on-failure does not restart a success"
+
+
+# --- backoff --------------------------------------------------------------------------------------
+def test_backoff_doubles_up_to_the_cap() -> None:
+    p = policy(ALWAYS, max_attempts=None, delay=1.0, backoff=2.0, max_delay=30.0)
+    assert [restart_delay(p, n) for n in range(8)] == [1, 2, 4, 8, 16, 30, 30, 30]
+
+
+def test_decisions_carry_the_backoff_delay() -> None:
+    p = policy(ON_FAILURE, max_attempts=10, delay=0.5, backoff=3.0, max_delay=10.0)
+    assert [decide(p, 1, n).delay for n in range(5)] == [0.5, 1.5, 4.5, 10.0, 10.0]
+
+
+def test_backoff_of_one_keeps_the_delay_constant() -> None:
+    p = policy(ALWAYS, max_attempts=None, delay=2.0, backoff=1.0)
+    assert {restart_delay(p, n) for n in (0, 1, 5, 100_000)} == {2.0}
+
+
+def test_a_delay_above_max_delay_is_not_cut_below_itself() -> None:
+    p = policy(ALWAYS, delay=10.0, backoff=2.0, max_delay=5.0)
+    assert restart_delay(p, 0) == restart_delay(p, 4) == 10.0
+
+
+def test_zero_delay_stays_zero() -> None:
+    p = policy(ALWAYS, max_attempts=None, delay=0.0)
+    assert restart_delay(p, 0) == restart_delay(p, 5_000) == 0.0
+
+
+@pytest.mark.parametrize("backoff", [2.0, 10.0])
+def test_a_long_crash_loop_stays_at_the_cap(backoff: float) -> None:
+    """Past ~1000 restarts ``backoff**n`` no longer fits in a float: still just the cap."""
+    p = policy(ALWAYS, max_attempts=None, delay=1.0, backoff=backoff, max_delay=30.0)
+    assert restart_delay(p, 5_000) == 30.0
+    assert decide(p, 1, 5_000).delay == 30.0
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    delay=st.floats(min_value=0, max_value=3600),
+    backoff=st.floats(min_value=1.0, max_value=10.0),
+    max_delay=st.floats(min_value=0, max_value=3600),
+    restarts=st.integers(min_value=0, max_value=100_000),
+    step=st.integers(min_value=1, max_value=2_000),
+)
+def test_delay_is_capped_and_never_shrinks(
+    delay: float, backoff: float, max_delay: float, restarts: int, step: int
+) -> None:
+    p = policy(ALWAYS, max_attempts=None, delay=delay, backoff=backoff, max_delay=max_delay)
+    now, later = restart_delay(p, restarts), restart_delay(p, restarts + step)
+    assert 0 <= now <= max(max_delay, delay)
+    assert now <= later <= max(max_delay, delay)
