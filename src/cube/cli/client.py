@@ -1,0 +1,215 @@
+"""The CLI's one connection to the manager's HTTP API (``/v1``), synchronous.
+
+Every request goes through :meth:`ManagerClient._send`, so an HTTP error answer
+becomes the matching Cube error (:func:`cube.api.client.check`) and a connection
+failure becomes one :class:`~cube.errors.Unavailable` that says how to fix it.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator
+from types import TracebackType
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import click
+import httpx
+from click.core import ParameterSource
+from pydantic import TypeAdapter, ValidationError
+
+from cube import errors
+from cube.api.client import check, unreachable
+from cube.errors import FieldError
+from cube.node import Node
+from cube.task.model import Task, TaskEvent
+from cube.task.spec import TaskRequest
+
+DEFAULT_ADDR = "http://127.0.0.1:5555"
+ADDR_ENV = "CUBE_ADDR"
+#: Seconds to wait for an answer. Stopping a task waits for its container, so not 5.
+DEFAULT_TIMEOUT = 30.0
+_CONNECT_TIMEOUT = 5.0
+_HINT = "is `cube manager` or `cube dev` running? set --manager or CUBE_ADDR"
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+_TASK = TypeAdapter(Task)
+_TASKS = TypeAdapter(list[Task])
+_EVENTS = TypeAdapter(list[TaskEvent])
+_NODE = TypeAdapter(Node)
+_NODES = TypeAdapter(list[Node])
+_HEALTH = TypeAdapter(dict[str, Any])
+
+
+def normalise_url(url: str) -> str:
+    """``127.0.0.1:5555`` -> ``http://127.0.0.1:5555``; anything but http(s) is a usage error."""
+    text = url.strip().rstrip("/")
+    if "://" not in text:
+        text = f"http://{text}"
+    try:
+        parsed = httpx.URL(text)
+    except httpx.InvalidURL as exc:
+        raise _bad_address(url, str(exc)) from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise _bad_address(url, "expected http://HOST:PORT")
+    return text
+
+
+def _bad_address(url: str, why: str) -> errors.InvalidSpec:
+    return errors.InvalidSpec([FieldError("--manager", f"{why}, got {url!r}")])
+
+
+class ManagerClient:
+    """Blocking client of the manager API; one method per endpoint, Cube models in and out.
+
+    ``transport`` replaces the network, e.g. with an ``httpx.MockTransport`` in tests.
+    """
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_ADDR,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.base_url = normalise_url(base_url)
+        connect = min(timeout, _CONNECT_TIMEOUT)
+        self._timeout = httpx.Timeout(timeout, connect=connect)
+        # Following waits for output as long as the task lives: no read timeout then.
+        self._follow_timeout = httpx.Timeout(timeout, connect=connect, read=None)
+        self._http = httpx.Client(
+            base_url=self.base_url, timeout=self._timeout, transport=transport
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> ManagerClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # --- tasks
+
+    def run(self, request: TaskRequest) -> Task:
+        body = request.model_dump(mode="json", exclude_none=True)
+        return self._parse(_TASK, self._send("POST", "/v1/tasks", json=body))
+
+    def tasks(self, *, state: str | None = None, node: str | None = None) -> list[Task]:
+        params = {k: v for k, v in (("state", state), ("node", node)) if v is not None}
+        return self._parse(_TASKS, self._send("GET", "/v1/tasks", params=params))
+
+    def task(self, task_id: str) -> Task:
+        """One task, by its ID or a unique prefix of it."""
+        return self._parse(_TASK, self._send("GET", _task_path(task_id)))
+
+    def stop(self, task_id: str) -> Task:
+        return self._parse(_TASK, self._send("DELETE", _task_path(task_id)))
+
+    def events(self, task_id: str) -> list[TaskEvent]:
+        return self._parse(_EVENTS, self._send("GET", _task_path(task_id, "/events")))
+
+    def logs(
+        self, task_id: str, *, tail: int | None = None, follow: bool = False
+    ) -> Iterator[bytes]:
+        """The container's output as it arrives; with ``follow``, until the task ends."""
+        params: dict[str, str | int] = {} if tail is None else {"tail": tail}
+        if follow:
+            params["follow"] = "true"
+        timeout = self._follow_timeout if follow else self._timeout
+        path = _task_path(task_id, "/logs")
+        try:
+            with self._http.stream("GET", path, params=params, timeout=timeout) as response:
+                if not response.is_success:
+                    response.read()
+                    check(response)
+                yield from response.iter_bytes()
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from None
+
+    # --- nodes and the manager itself
+
+    def nodes(self) -> list[Node]:
+        return self._parse(_NODES, self._send("GET", "/v1/nodes"))
+
+    def node(self, name: str) -> Node:
+        return self._parse(_NODE, self._send("GET", f"/v1/nodes/{_segment(name, 'node')}"))
+
+    def health(self) -> dict[str, Any]:
+        return self._parse(_HEALTH, self._send("GET", "/v1/health"))
+
+    # --- plumbing
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from None
+        return check(response)
+
+    def _parse(self, adapter: TypeAdapter[T], response: httpx.Response) -> T:
+        """Decode a success answer; one that does not fit means the address is not a manager."""
+        try:
+            return adapter.validate_json(response.content)
+        except ValidationError as exc:
+            first = exc.errors(include_url=False)[0]["msg"] if exc.error_count() else str(exc)
+            raise errors.CubeError(
+                f"unexpected answer from {response.request.url} ({first}); "
+                f"is {self.base_url} a Cube manager?"
+            ) from None
+
+    def _unreachable(self, exc: httpx.TransportError) -> errors.Unavailable:
+        cause = unreachable(f"the manager at {self.base_url}", exc)
+        return errors.Unavailable(f"{cause.message} ({_HINT})")
+
+
+def _segment(value: str, what: str) -> str:
+    """One URL path segment; an empty one would silently address the collection instead."""
+    if not value:
+        raise errors.InvalidSpec([FieldError(what, "must not be empty")])
+    return quote(value, safe="")
+
+
+def _task_path(task_id: str, suffix: str = "") -> str:
+    return f"/v1/tasks/{_segment(task_id, 'id')}{suffix}"
+
+
+def manager_option(func: Callable[..., R]) -> Callable[..., R]:
+    """Add ``--manager URL`` (env ``CUBE_ADDR``) and call the command with a ``client``.
+
+    A subcommand without its own ``--manager`` uses its group's, so
+    ``cube nodes --manager URL show w1`` talks to URL. The context object, when
+    it is an ``httpx.BaseTransport``, replaces the network (tests pass one to
+    ``CliRunner.invoke(obj=...)``).
+    """
+
+    @click.option(
+        "--manager",
+        "manager_url",
+        envvar=ADDR_ENV,
+        default=DEFAULT_ADDR,
+        show_default=True,
+        show_envvar=True,
+        metavar="URL",
+        help="Address of the manager's API.",
+    )
+    @functools.wraps(func)
+    def wrapper(*args: Any, manager_url: str, **kwargs: Any) -> R:
+        ctx = click.get_current_context()
+        own = ctx.get_parameter_source("manager_url")
+        if own in (ParameterSource.DEFAULT, ParameterSource.ENVIRONMENT):
+            manager_url = ctx.meta.get("cube.manager", manager_url)
+        ctx.meta["cube.manager"] = manager_url
+        transport = ctx.find_object(httpx.BaseTransport)
+        with ManagerClient(manager_url, transport=transport) as client:
+            return func(*args, client=client, **kwargs)
+
+    return wrapper

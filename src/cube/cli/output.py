@@ -1,0 +1,194 @@
+"""How the CLI prints: Rich tables for people, the API's JSON for scripts.
+
+Tables and details go to stdout; progress goes to stderr, so ``ID=$(cube run ...)``
+and ``cube status -o json | jq`` see only the answer. Every cell is a
+:class:`rich.text.Text`: a task's reason may contain ``[brackets]`` that Rich
+would otherwise read as markup.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any, Literal, TypeVar
+
+import click
+from pydantic import BaseModel
+from rich.console import Console, Group, RenderableType
+from rich.table import Column, Table
+from rich.text import Text
+
+from cube.scheduler.feasibility import format_cpu
+from cube.task.model import utcnow
+from cube.units import format_duration, format_size
+
+__all__ = [
+    "Format",
+    "add_row",
+    "age",
+    "details",
+    "format_cpu",
+    "format_port",
+    "format_size",
+    "make_table",
+    "or_dash",
+    "output_option",
+    "percent",
+    "print_json",
+    "progress",
+    "ratio",
+    "section",
+    "show",
+    "stderr_console",
+    "timestamp",
+    "title",
+]
+
+Format = Literal["table", "json"]
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Width of output to a pipe or file. Tables take only the width they need, so this
+#: just has to be more than any row: then ``grep`` and ``awk`` see every value whole.
+PIPE_WIDTH = 1000
+DASH = "-"
+
+
+def output_option(func: F) -> F:
+    """``-o/--output table|json``, passed to the command as ``output``."""
+    return click.option(
+        "-o",
+        "--output",
+        type=click.Choice(["table", "json"]),
+        default="table",
+        show_default=True,
+        help="table for people; json (the API's JSON) for scripts.",
+    )(func)
+
+
+def _stdout_console() -> Console:
+    console = Console(highlight=False, soft_wrap=False)
+    if not console.is_terminal:
+        console.width = PIPE_WIDTH
+    return console
+
+
+def stderr_console() -> Console:
+    """Progress and notes: soft-wrapped, so a line in a CI log stays one line."""
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def show(*renderables: RenderableType) -> None:
+    """Print to stdout, without the trailing blanks Rich pads every table row with."""
+    console = _stdout_console()
+    with console.capture() as captured:
+        console.print(*renderables)
+    click.echo("\n".join(line.rstrip() for line in captured.get().splitlines()))
+
+
+def print_json(value: BaseModel | Sequence[BaseModel]) -> None:
+    """Pretty-printed JSON of API models: what the API sends, in its order and field order."""
+    if isinstance(value, BaseModel):
+        data: Any = value.model_dump(mode="json")
+    else:
+        data = [item.model_dump(mode="json") for item in value]
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+# --- tables and detail views
+
+
+def make_table(*columns: str | Column) -> Table:
+    """A borderless table, like ``docker ps``: easy to read, easy to grep and cut.
+
+    A column given by name never wraps (IDs and names stay whole); pass a
+    :class:`~rich.table.Column` for one that should (reasons).
+    """
+    cols = [Column(c, no_wrap=True) if isinstance(c, str) else c for c in columns]
+    return Table(*cols, box=None, pad_edge=False, header_style="bold")
+
+
+def add_row(table: Table, *cells: str | Text) -> None:
+    table.add_row(*(c if isinstance(c, Text) else Text(c) for c in cells))
+
+
+def details(rows: Iterable[tuple[str, str | RenderableType]]) -> Table:
+    """``Key:  value`` lines, aligned; rows with an empty value are left out."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column()
+    for key, value in rows:
+        if value == "":
+            continue
+        grid.add_row(f"{key}:", Text(value) if isinstance(value, str) else value)
+    return grid
+
+
+def section(heading: str, body: RenderableType) -> Group:
+    """A titled block of a detail view, after a blank line."""
+    return Group(Text(), Text(heading, style="bold underline"), body)
+
+
+@contextmanager
+def progress(initial: str) -> Iterator[Callable[[str], None]]:
+    """Show what a wait is waiting for, on stderr; yields a function to update the text.
+
+    On a terminal it is a spinner line that disappears at the end; otherwise
+    (CI logs, a file) each new text is printed once, as a plain line.
+    """
+    console = stderr_console()
+    if console.is_terminal:
+        with console.status(Text(initial)) as status:
+            yield lambda text: status.update(Text(text))
+        return
+    shown: list[str] = []
+
+    def print_changed(text: str) -> None:
+        if not shown or shown[-1] != text:
+            shown.append(text)
+            console.print(Text(text))
+
+    print_changed(initial)
+    yield print_changed
+
+
+# --- formatting of single values
+
+
+def title(value: str) -> str:
+    """States as shown to people: ``running`` -> ``Running``."""
+    return value.capitalize() if value else DASH
+
+
+def age(when: datetime | None, *, now: datetime | None = None) -> str:
+    """How long ago: ``'45s'``, ``'3m'``, ``'2d'``; ``'-'`` for never."""
+    if when is None:
+        return DASH
+    seconds = ((now or utcnow()) - when).total_seconds()
+    return format_duration(max(seconds, 0.0))
+
+
+def timestamp(when: datetime | None, *, now: datetime | None = None) -> str:
+    """Local time with the age: ``'2024-05-01 12:00:03 (5m ago)'``."""
+    if when is None:
+        return DASH
+    return f"{when.astimezone().strftime('%Y-%m-%d %H:%M:%S')} ({age(when, now=now)} ago)"
+
+
+def format_port(container: int, host: int | None, protocol: str) -> str:
+    """Like ``docker ps``: ``'8080->80/tcp'``, or ``'80/tcp'`` when not published."""
+    return f"{host}->{container}/{protocol}" if host else f"{container}/{protocol}"
+
+
+def ratio(used: float, total: float, fmt: Callable[[Any], str]) -> str:
+    """``'0.5/4.0'``, ``'64MiB/8GiB'``: what is taken of what there is."""
+    return f"{fmt(used)}/{fmt(total)}"
+
+
+def or_dash(value: object) -> str:
+    return DASH if value is None or value == "" else str(value)
+
+
+def percent(value: float) -> str:
+    return f"{value:.0f}%"

@@ -1,0 +1,658 @@
+"""The user-facing CLI without a manager: flags -> request, output, errors, exit codes.
+
+Commands that talk to the manager run against :class:`FakeManager`, an
+``httpx.MockTransport`` handed to the CLI as its context object, so every test
+here is pure: no server, no Docker.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from click.testing import CliRunner, Result
+
+from cube.cli import output as out
+from cube.cli import tasks as task_cli
+from cube.cli.client import DEFAULT_ADDR, ManagerClient, normalise_url
+from cube.cli.main import cli
+from cube.cli.tasks import RunFlags, build_request, check_running, describe, wait_status
+from cube.errors import CubeError, InvalidSpec, NotFound
+from cube.node import MachineStats, Node, Resources
+from cube.scheduler import Decision, NodeScore
+from cube.task.model import DesiredState, Health, PublishedPort, Task, TaskEvent
+from cube.task.spec import (
+    HealthCheck,
+    PortMapping,
+    Protocol,
+    RestartPolicy,
+    TaskSpec,
+    load_spec_file,
+)
+from cube.task.state import State
+
+TASK_ID = "0123456789abcdef0123456789abcdef"
+MiB = 1024**2
+
+
+@pytest.fixture(autouse=True)
+def _plain_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Output as a pipe would get it, whatever the developer's terminal settings."""
+    for name in ("CUBE_ADDR", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "COLUMNS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(task_cli, "POLL_INTERVAL", 0.001)
+
+
+def make_task(**fields: Any) -> Task:
+    spec = fields.pop("spec", None) or TaskSpec(
+        name="web", image="cube-busybox:latest", ports=[PortMapping(container=80, host=8080)]
+    )
+    return Task(id=TASK_ID, spec=spec, **fields)
+
+
+def make_node(name: str = "w1", **fields: Any) -> Node:
+    return Node(
+        name=name,
+        address="http://127.0.0.1:5556",
+        capacity=Resources(cpu=4, memory=8 * 1024 * MiB, disk=0),
+        allocated=Resources(cpu=0.5, memory=64 * MiB),
+        **fields,
+    )
+
+
+class FakeManager:
+    """Answers like the manager API: ``routes`` maps "METHOD /path" to a response maker."""
+
+    def __init__(self) -> None:
+        self.requests: list[httpx.Request] = []
+        self.routes: dict[str, Callable[[httpx.Request], httpx.Response]] = {}
+
+    def on(self, route: str, status: int = 200, body: Any = None) -> None:
+        self.routes[route] = lambda _: httpx.Response(status, json=_jsonable(body))
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        route = self.routes.get(f"{request.method} {request.url.path}")
+        if route is None:
+            return httpx.Response(404, json={"error": "not_found", "message": "no such route"})
+        return route(request)
+
+    @property
+    def transport(self) -> httpx.MockTransport:
+        return httpx.MockTransport(self.handle)
+
+    def body(self, index: int = 0) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.requests[index].content)
+        return data
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    return value
+
+
+@pytest.fixture
+def manager() -> FakeManager:
+    return FakeManager()
+
+
+@pytest.fixture
+def cube(manager: FakeManager) -> Callable[..., Result]:
+    """Run ``cube ARGS...`` against the fake manager."""
+
+    def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
+        return CliRunner().invoke(cli, list(args), obj=manager.transport, env=env)
+
+    return invoke
+
+
+def assert_one_error_line(result: Result, *needles: str) -> str:
+    """The command failed with one readable ``Error:`` line naming ``needles``."""
+    assert "Traceback" not in result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, result.output
+    for needle in needles:
+        assert needle in errors[0]
+    return errors[0]
+
+
+# ------------------------------------------------------------ request from flags
+
+
+def test_flags_build_a_request() -> None:
+    flags = RunFlags(
+        name="web",
+        image="cube-busybox:latest",
+        command=("httpd", "-f", "-p", "80"),
+        cpu=0.5,
+        memory=128 * MiB,
+        ports=("8080:80", "53/udp"),
+        env={"MODE": "prod"},
+        restart="on-failure",
+        max_restarts=3,
+        labels={"team": "web"},
+        constraints={"zone": "a"},
+        task_id="web-1",
+    )
+    request = build_request(None, flags)
+    assert request.id == "web-1"
+    assert request.command == ["httpd", "-f", "-p", "80"]
+    assert request.resources.cpu == 0.5
+    assert request.resources.memory == 128 * MiB
+    assert request.ports == [
+        PortMapping(container=80, host=8080),
+        PortMapping(container=53, protocol=Protocol.UDP),
+    ]
+    assert request.env == {"MODE": "prod"}
+    assert request.restart == RestartPolicy(policy="on-failure", max_attempts=3)
+    assert request.labels == {"team": "web"}
+    assert request.constraints == {"zone": "a"}
+
+
+def test_flags_override_the_file_and_merge_mappings(tmp_path: Path) -> None:
+    spec_file = tmp_path / "web.yaml"
+    spec_file.write_text(
+        "name: web\n"
+        "image: cube-busybox:latest\n"
+        "command: [sleep, '60']\n"
+        "env: {A: '1', B: '1'}\n"
+        "ports: ['8080:80']\n"
+        "resources: {cpu: 0.25, memory: 32MiB}\n"
+        "restart: {policy: on-failure, max_attempts: 3}\n"
+    )
+    flags = RunFlags(
+        name="web2",
+        memory=64 * MiB,
+        env={"B": "2", "C": "3"},
+        ports=("9090:80",),
+        restart="always",
+        command=("sleep", "5"),
+    )
+    request = build_request(spec_file, flags)
+    assert request.name == "web2"
+    assert request.image == "cube-busybox:latest"
+    assert request.command == ["sleep", "5"]
+    assert request.env == {"A": "1", "B": "2", "C": "3"}
+    assert request.ports == [PortMapping(container=80, host=9090)]
+    assert (request.resources.cpu, request.resources.memory) == (0.25, 64 * MiB)
+    assert request.restart.policy == "always"
+    assert request.restart.max_attempts == 3
+
+
+def test_a_file_without_flags_is_sent_as_written() -> None:
+    examples = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.*"))
+    assert examples
+    for path in examples:
+        assert build_request(path, RunFlags()) == load_spec_file(path)
+
+
+def test_run_sends_the_request_and_prints_only_the_id(
+    manager: FakeManager, cube: Callable[..., Result]
+) -> None:
+    manager.on("POST /v1/tasks", 201, make_task())
+    result = cube(
+        "run",
+        "--name",
+        "web",
+        "--image",
+        "cube-busybox:latest",
+        "-p",
+        "8080:80",
+        "-e",
+        "A=1",
+        "--restart",
+        "on-failure",
+        "--",
+        "sleep",
+        "60",
+        "--not-a-cube-flag",
+    )
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"{TASK_ID}\n"
+    body = manager.body()
+    assert body["command"] == ["sleep", "60", "--not-a-cube-flag"]
+    assert body["ports"] == [{"container": 80, "host": 8080, "protocol": "tcp"}]
+    assert body["env"] == {"A": "1"}
+    assert body["restart"]["policy"] == "on-failure"
+    assert "id" not in body
+
+
+def test_run_takes_the_spec_file_as_argument_or_option(
+    manager: FakeManager, cube: Callable[..., Result], tmp_path: Path
+) -> None:
+    manager.on("POST /v1/tasks", 201, make_task())
+    spec_file = tmp_path / "t.json"
+    spec_file.write_text(json.dumps({"name": "t", "image": "cube-busybox:latest"}))
+    assert cube("run", str(spec_file), "--id", "my-id").exit_code == 0
+    assert cube("run", "-f", str(spec_file)).exit_code == 0
+    assert manager.body(0)["id"] == "my-id"
+    assert manager.body(1)["name"] == "t"
+    both = cube("run", str(spec_file), "-f", str(spec_file))
+    assert both.exit_code == 2
+    assert len(manager.requests) == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        (["--image", "cube-busybox:latest"], "name"),
+        (["--name", "web"], "image"),
+        (["--name", "Web!", "--image", "x"], "name"),
+        (["--name", "web", "--image", "x", "--memory", "lots"], "--memory"),
+        (["--name", "web", "--image", "x", "--memory", "1KiB"], "resources.memory"),
+        (["--name", "web", "--image", "x", "--cpu", "0"], "resources.cpu"),
+        (["--name", "web", "--image", "x", "--cpu", "many"], "--cpu"),
+        (["--name", "web", "--image", "x", "-p", "80x"], "ports.0"),
+        (["--name", "web", "--image", "x", "-p", "8080:80", "-p", "8080:81"], "ports"),
+        (["--name", "web", "--image", "x", "-e", "NOVALUE"], "--env"),
+        (["--name", "web", "--image", "x", "-e", "1X=y"], "env"),
+        (["--name", "web", "--image", "x", "--label", "=v"], "--label"),
+        (["--name", "web", "--image", "x", "--restart", "sometimes"], "--restart"),
+        (["--name", "web", "--image", "x", "--max-restarts", "-1"], "restart.max_attempts"),
+        (["--name", "web", "--image", "x", "--id", "a/b"], "id"),
+        (["--name", "web", "--image", "x", "--timeout", "soon"], "--timeout"),
+        (["missing.yaml"], "missing.yaml"),
+    ],
+)
+def test_bad_run_flags_exit_2_naming_the_field(
+    manager: FakeManager, cube: Callable[..., Result], args: list[str], field: str
+) -> None:
+    result = cube("run", *args)
+    assert result.exit_code == 2, result.output
+    assert_one_error_line(result, field)
+    assert manager.requests == [], "nothing is sent when the request is invalid"
+
+
+def test_a_bad_spec_file_names_the_field(cube: Callable[..., Result], tmp_path: Path) -> None:
+    spec_file = tmp_path / "bad.yaml"
+    spec_file.write_text("name: web\nimage: x\nresources: {memory: lots}\n")
+    result = cube("run", str(spec_file))
+    assert result.exit_code == 2
+    assert_one_error_line(result, "resources.memory", "lots")
+
+
+def test_a_spec_the_manager_rejects_exits_2_with_its_fields(
+    manager: FakeManager, cube: Callable[..., Result]
+) -> None:
+    manager.on(
+        "POST /v1/tasks",
+        422,
+        {
+            "error": "invalid_spec",
+            "message": "ports.0.host: port 22 is reserved",
+            "fields": [{"field": "ports.0.host", "message": "port 22 is reserved"}],
+        },
+    )
+    result = cube("run", "--name", "web", "--image", "x", "-p", "22:22")
+    assert result.exit_code == 2
+    assert_one_error_line(result, "ports.0.host", "reserved")
+
+
+def test_run_help_shows_an_example(cube: Callable[..., Result]) -> None:
+    for command in (["run"], ["status"], ["logs"], ["stop"], ["nodes"], ["nodes", "show"]):
+        result = cube(*command, "--help")
+        assert result.exit_code == 0
+        assert "Example:" in result.stdout
+    assert "[-- COMMAND [ARGS]...]" in cube("run", "--help").stdout
+
+
+# ------------------------------------------------------------------- run --wait
+
+
+def _states(manager: FakeManager, *tasks: Task) -> None:
+    """``GET /v1/tasks/ID`` answers each of ``tasks`` in turn, then the last one forever."""
+    answers = iter(tasks)
+    last: list[Task] = []
+
+    def answer(_: httpx.Request) -> httpx.Response:
+        last[:] = [next(answers, last[0] if last else tasks[-1])]
+        return httpx.Response(200, json=last[0].model_dump(mode="json"))
+
+    manager.routes[f"GET /v1/tasks/{TASK_ID}"] = answer
+
+
+def test_wait_returns_0_once_running(manager: FakeManager, cube: Callable[..., Result]) -> None:
+    manager.on("POST /v1/tasks", 201, make_task())
+    _states(
+        manager,
+        make_task(state=State.SCHEDULED, node="w1", reason="pulling image"),
+        make_task(state=State.RUNNING, node="w1"),
+    )
+    result = cube("run", "--name", "web", "--image", "x", "--wait")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"{TASK_ID}\n"
+    assert "Scheduled on w1: pulling image" in result.stderr
+    assert "running on w1" in result.stderr
+
+
+def test_wait_fails_with_the_reason(manager: FakeManager, cube: Callable[..., Result]) -> None:
+    manager.on("POST /v1/tasks", 201, make_task())
+    _states(manager, make_task(state=State.FAILED, exit_code=3, reason="exited with code 3"))
+    result = cube("run", "--name", "web", "--image", "x", "--wait", "-o", "json")
+    assert result.exit_code == 1
+    assert json.loads(result.stdout)["state"] == "failed"
+    assert_one_error_line(result, TASK_ID[:12], "failed", "exited with code 3")
+
+
+def test_wait_times_out_saying_why(manager: FakeManager, cube: Callable[..., Result]) -> None:
+    pending = make_task(reason="no node has 64.0 free CPU")
+    manager.on("POST /v1/tasks", 201, pending)
+    _states(manager, pending)
+    result = cube("run", "--name", "web", "--image", "x", "--wait", "--timeout", "50ms")
+    assert result.exit_code == 1
+    assert_one_error_line(result, "still pending", "no node has 64.0 free CPU")
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"state": State.PENDING}, "waiting"),
+        ({"state": State.RUNNING}, "running"),
+        ({"state": State.COMPLETED}, "ended"),
+        ({"state": State.FAILED}, "ended"),
+        ({"state": State.FAILED, "restart": "on-failure"}, "waiting"),
+        ({"state": State.COMPLETED, "restart": "on-failure"}, "ended"),
+        ({"state": State.COMPLETED, "restart": "always"}, "waiting"),
+        ({"state": State.FAILED, "restart": "always", "desired": DesiredState.STOP}, "ended"),
+        ({"state": State.FAILED, "restart": {"policy": "always", "max_attempts": 2}}, "waiting"),
+        (
+            {
+                "state": State.FAILED,
+                "restarts": 2,
+                "restart": {"policy": "always", "max_attempts": 2},
+            },
+            "ended",
+        ),
+    ],
+)
+def test_a_failed_task_its_policy_restarts_is_still_worth_waiting_for(
+    fields: dict[str, Any], expected: str
+) -> None:
+    restart = fields.pop("restart", "never")
+    spec = TaskSpec(name="web", image="x", restart=RestartPolicy.model_validate(restart))
+    assert wait_status(make_task(spec=spec, **fields)) == expected
+
+
+def test_check_running_messages() -> None:
+    check_running(make_task(state=State.RUNNING), timeout=1)
+    with pytest.raises(CubeError, match=r"0123456789ab completed: exit code 0$"):
+        check_running(make_task(state=State.COMPLETED, exit_code=0), timeout=1)
+    with pytest.raises(CubeError, match=r"still scheduled after 1m: no reason given$"):
+        check_running(make_task(state=State.SCHEDULED), timeout=60)
+    assert describe(make_task(node="w1", restarts=2, reason="r")) == (
+        "0123456789ab Pending on w1 (restarts: 2): r"
+    )
+
+
+# ----------------------------------------------------------------------- status
+
+
+def test_status_lists_tasks(manager: FakeManager, cube: Callable[..., Result]) -> None:
+    running = make_task(
+        state=State.RUNNING,
+        node="w1",
+        ports=[PublishedPort(container=80, host=8080)],
+        created_at=datetime.now(UTC) - timedelta(minutes=5),
+    )
+    manager.on("GET /v1/tasks", 200, [running])
+    result = cube("status", "--state", "running", "--node", "w1")
+    assert result.exit_code == 0, result.output
+    header, row = result.stdout.splitlines()
+    assert header.split() == ["ID", "NAME", "STATE", "NODE", "IMAGE", "PORTS", "AGE", "RESTARTS"]
+    expected = [TASK_ID[:12], "web", "Running", "w1", "cube-busybox:latest", "8080->80/tcp"]
+    assert row.split() == [*expected, "5m", "0"]
+    assert manager.requests[0].url.params == httpx.QueryParams(state="running", node="w1")
+
+
+def test_status_shows_health_when_a_task_has_a_check(
+    manager: FakeManager, cube: Callable[..., Result]
+) -> None:
+    check = HealthCheck.model_validate({"tcp": {"port": 80}})
+    checked = make_task(spec=TaskSpec(name="db", image="x", health=check), health=Health.HEALTHY)
+    manager.on("GET /v1/tasks", 200, [checked, make_task()])
+    lines = cube("status").stdout.splitlines()
+    assert lines[0].split()[-1] == "HEALTH"
+    assert lines[1].split()[-1] == "Healthy"
+    assert lines[2].split()[-1] == "-"
+
+
+def test_status_json_is_the_api_json(manager: FakeManager, cube: Callable[..., Result]) -> None:
+    tasks = [make_task(state=State.RUNNING, node="w1")]
+    manager.on("GET /v1/tasks", 200, tasks)
+    result = cube("status", "-o", "json")
+    assert json.loads(result.stdout) == _jsonable(tasks)
+    assert result.stdout.startswith("[\n  {"), "pretty-printed"
+
+
+def test_status_of_no_tasks(manager: FakeManager, cube: Callable[..., Result]) -> None:
+    manager.on("GET /v1/tasks", 200, [])
+    result = cube("status")
+    assert (result.exit_code, result.stdout, result.stderr) == (0, "", "No tasks.\n")
+
+
+def test_status_of_one_task_explains_it(manager: FakeManager, cube: Callable[..., Result]) -> None:
+    decision = Decision(
+        node="w1",
+        algorithm="epvm",
+        reason="w1: best epvm score of 2 feasible nodes (3 of 3 examined)",
+        scores={"w1": NodeScore(raw=0.5, score=1.0), "w2": NodeScore(raw=0.7, score=0.25)},
+        filtered={"w3": "needs 2.0 CPU, 1.5 free"},
+        filtered_counts={"cpu": 1},
+        candidates=2,
+        examined=3,
+        total=3,
+    )
+    task = make_task(
+        spec=TaskSpec(name="web", image="x", env={"TOKEN": "s3cret"}, command=["sleep", "9"]),
+        state=State.FAILED,
+        node="w1",
+        reason="exited [code 3]",
+        exit_code=3,
+        placement=decision.model_dump(mode="json"),
+    )
+    events = [
+        TaskEvent(state=State.PENDING, reason="submitted"),
+        TaskEvent(previous=State.PENDING, state=State.SCHEDULED, reason="placed", node="w1"),
+        TaskEvent(previous=State.SCHEDULED, state=State.FAILED, exit_code=3, node="w1"),
+    ]
+    manager.on("GET /v1/tasks/0123", 200, task)
+    manager.on(f"GET /v1/tasks/{TASK_ID}/events", 200, events)
+    result = cube("status", "0123")
+    assert result.exit_code == 0, result.output
+    text = result.stdout
+    assert re.search(r"State:\s+Failed: exited \[code 3\]", text), "reasons are not markup"
+    assert re.search(r"Resources:\s+cpu 0.1, memory 64MiB, disk 0B", text)
+    assert re.search(r"Command:\s+sleep 9", text)
+    assert re.search(r"Env:\s+TOKEN\n", text)
+    assert "s3cret" not in text
+    assert re.search(r"Pending -> Scheduled\s+placed\s+-\s+w1", text)
+    assert re.search(r"Scheduled -> Failed\s+-\s+3\s+w1", text)
+    assert re.search(r"Algorithm:\s+epvm", text)
+    assert re.search(r"w2\s+0.250\s+0.7", text)
+    assert re.search(r"w3\s+needs 2.0 CPU, 1.5 free", text)
+    assert re.search(r"Filtered:\s+1 cpu", text)
+    assert all(line == line.rstrip() for line in text.splitlines()), "no trailing blanks"
+
+
+def test_status_of_an_unknown_task_exits_1(
+    manager: FakeManager, cube: Callable[..., Result]
+) -> None:
+    manager.on("GET /v1/tasks/nope", 404, {"error": "not_found", "message": "no task 'nope'"})
+    result = cube("status", "nope")
+    assert result.exit_code == 1
+    assert assert_one_error_line(result) == "Error: no task 'nope'"
+
+
+def test_status_filters_go_with_the_list_only(cube: Callable[..., Result]) -> None:
+    assert cube("status", "abc", "--state", "running").exit_code == 2
+    assert cube("status", "--state", "asleep").exit_code == 2
+
+
+def test_status_with_no_manager_listening_is_one_line() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"http://127.0.0.1:{port}"
+    for args, env in (
+        (["status", "--manager", address], {}),
+        (["status"], {"CUBE_ADDR": f"127.0.0.1:{port}"}),
+    ):
+        result = CliRunner().invoke(cli, args, env=env)
+        assert result.exit_code == 1
+        assert result.stdout == ""
+        line = assert_one_error_line(result, f"the manager at {address}", "CUBE_ADDR")
+        assert result.stderr == line + "\n"
+
+
+def test_a_bad_manager_address_is_a_usage_error(cube: Callable[..., Result]) -> None:
+    result = cube("status", "--manager", "ftp://example.com")
+    assert result.exit_code == 2
+    assert_one_error_line(result, "--manager")
+
+
+def test_an_answer_that_is_not_the_api_is_an_error(
+    manager: FakeManager, cube: Callable[..., Result]
+) -> None:
+    manager.routes["GET /v1/tasks"] = lambda _: httpx.Response(200, text="<html>hello</html>")
+    result = cube("status")
+    assert result.exit_code == 1
+    assert_one_error_line(result, "unexpected answer", "a Cube manager?")
+
+
+# ------------------------------------------------------------------ logs, stop
+
+
+def test_logs_stream_bytes(manager: FakeManager, cube: Callable[..., Result]) -> None:
+    def logs(request: httpx.Request) -> httpx.Response:
+        assert request.url.params == httpx.QueryParams(tail="2", follow="true")
+        return httpx.Response(200, content=iter([b"one\n", b"\xff two\n"]))
+
+    manager.routes["GET /v1/tasks/abc/logs"] = logs
+    result = cube("logs", "abc", "--tail", "2", "-f")
+    assert result.exit_code == 0, result.output
+    assert result.stdout_bytes == b"one\n\xff two\n"
+
+
+def test_logs_of_an_unknown_task(manager: FakeManager, cube: Callable[..., Result]) -> None:
+    result = cube("logs", "abc")
+    assert result.exit_code == 1
+    assert_one_error_line(result, "no such route")
+
+
+def test_stop(manager: FakeManager, cube: Callable[..., Result]) -> None:
+    manager.on("DELETE /v1/tasks/0123", 200, make_task(state=State.COMPLETED))
+    assert cube("stop", "0123").stdout == f"stopped {TASK_ID}\n"
+    slow = make_task(state=State.RUNNING, desired=DesiredState.STOP)
+    manager.on("DELETE /v1/tasks/0123", 200, slow)
+    result = cube("stop", "0123")
+    assert result.stdout == f"stopping {TASK_ID}\n"
+    assert json.loads(cube("stop", "0123", "-o", "json").stdout)["desired"] == "stop"
+
+
+# ------------------------------------------------------------------------ nodes
+
+
+def test_nodes_table(manager: FakeManager, cube: Callable[..., Result]) -> None:
+    seen = datetime.now(UTC) - timedelta(seconds=3)
+    stats = MachineStats(cpu_percent=12.4, memory_total=8 * 1024 * MiB, memory_available=0)
+    nodes = [make_node("w2", last_seen=seen), make_node("w1", stats=stats, tasks=2)]
+    manager.on("GET /v1/nodes", 200, nodes)
+    result = cube("nodes")
+    assert result.exit_code == 0, result.output
+    header, w1, w2 = (line.split() for line in result.stdout.splitlines())
+    assert header[:6] == ["NAME", "ADDRESS", "STATE", "CPU", "MEMORY", "DISK"]
+    assert w1[:5] == ["w1", "http://127.0.0.1:5556", "Ready", "0.5/4.0", "64MiB/8GiB"]
+    assert w1[5:] == ["0B/0B", "12%", "8GiB", "2", "never"]
+    assert w2[-4:] == ["-", "0", "3s", "ago"]
+    assert json.loads(cube("nodes", "-o", "json").stdout) == _jsonable(nodes)
+
+
+def test_nodes_show(manager: FakeManager, cube: Callable[..., Result]) -> None:
+    manager.on("GET /v1/nodes/w1", 200, make_node(labels={"zone": "a"}, reason="drained"))
+    result = cube("nodes", "show", "w1")
+    assert result.exit_code == 0, result.output
+    assert re.search(r"State:\s+Ready: drained", result.stdout)
+    assert re.search(r"Labels:\s+zone=a", result.stdout)
+    assert re.search(r"memory\s+8GiB\s+64MiB\s+7.9GiB", result.stdout)
+
+
+def test_a_subcommand_uses_its_groups_manager(
+    manager: FakeManager, cube: Callable[..., Result]
+) -> None:
+    manager.on("GET /v1/nodes/w1", 200, make_node())
+    assert cube("nodes", "--manager", "10.1.2.3:7000", "show", "w1").exit_code == 0
+    assert str(manager.requests[-1].url) == "http://10.1.2.3:7000/v1/nodes/w1"
+    assert cube("nodes", "show", "w1", env={"CUBE_ADDR": "10.9.9.9:1"}).exit_code == 0
+    assert manager.requests[-1].url.host == "10.9.9.9"
+
+
+# ---------------------------------------------------------- client and helpers
+
+
+def test_client_maps_errors_and_escapes_ids() -> None:
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.raw_path.decode())
+        return httpx.Response(404, json={"error": "not_found", "message": "no task"})
+
+    with ManagerClient("localhost:1", transport=httpx.MockTransport(handler)) as client:
+        with pytest.raises(NotFound):
+            client.task("a/b?c")
+        with pytest.raises(InvalidSpec, match="id: must not be empty"):
+            client.events("")
+    assert seen == ["/v1/tasks/a%2Fb%3Fc"]
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("127.0.0.1:5555", "http://127.0.0.1:5555"),
+        ("https://cube.example.com/", "https://cube.example.com"),
+        (DEFAULT_ADDR, DEFAULT_ADDR),
+    ],
+)
+def test_manager_addresses(given: str, expected: str) -> None:
+    assert normalise_url(given) == expected
+
+
+def test_formatting_helpers() -> None:
+    now = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+    assert out.format_port(80, 8080, "tcp") == "8080->80/tcp"
+    assert out.format_port(53, None, "udp") == "53/udp"
+    assert out.title("running") == "Running"
+    assert out.age(now - timedelta(seconds=90), now=now) == "1m"
+    assert out.age(now + timedelta(seconds=5), now=now) == "0s", "clock skew is not negative"
+    assert out.age(None) == "-"
+    assert out.timestamp(now, now=now).endswith("(0s ago)")
+    assert out.ratio(0.5, 4, out.format_cpu) == "0.5/4.0"
+    assert out.ratio(64 * MiB, 1024 * MiB, out.format_size) == "64MiB/1GiB"
+    assert out.percent(12.6) == "13%"
+    assert out.or_dash(None) == out.or_dash("") == "-"
+
+
+def test_task_ports_before_and_after_publishing() -> None:
+    spec = TaskSpec(name="web", image="x", ports=["8080:80", "9000", "53:53/udp"])
+    assert task_cli.task_ports(make_task(spec=spec)) == "8080->80/tcp, 9000/tcp, 53->53/udp"
+    published = make_task(spec=spec, ports=[PublishedPort(container=9000, host=32768)])
+    assert task_cli.task_ports(published) == "32768->9000/tcp"
+
+
+def test_tables_keep_whole_ids_when_piped(
+    manager: FakeManager, cube: Callable[..., Result]
+) -> None:
+    image = f"registry.example.com/{'x' * 200}:latest"
+    task = make_task(spec=TaskSpec(name="a" * 63, image=image))
+    manager.on("GET /v1/tasks", 200, [task])
+    row = cube("status").stdout.splitlines()[1]
+    assert row.split()[:5] == [TASK_ID[:12], "a" * 63, "Pending", "-", image]
