@@ -74,6 +74,7 @@ class Node(BaseModel):
     used_ports: set[int] = Field(default_factory=set)  # host ports taken by its tasks (tcp+udp)
     stats: MachineStats | None = None
     tasks: int = 0
+    allows: list[str] = Field(default_factory=list)  # privileges its operator allowed
     drain: bool = False  # set by an operator: take no new tasks, move the current ones away
     registered_at: datetime = Field(default_factory=utcnow)
     last_seen: datetime | None = None
@@ -93,4 +94,5 @@ class NodeReport(BaseModel):
     labels: dict[str, str] = Field(default_factory=dict)
     used_ports: list[int] = Field(default_factory=list)
     tasks: int = 0
+    allows: list[str] = Field(default_factory=list)
     stats: MachineStats

@@ -47,4 +47,4 @@ def check(response: httpx.Response) -> httpx.Response:
 
 
 def unreachable(url: str, exc: Exception) -> errors.Unavailable:
-    return errors.Unavailable(f"cannot reach {url}: {exc or type(exc).__name__}")
+    return errors.Unavailable(f"cannot reach {url}: {str(exc) or type(exc).__name__}")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import socket
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -22,6 +24,7 @@ from cube.node import Resources
 from cube.runtime.docker import DockerRuntime
 from cube.scheduler import ALGORITHMS, DEFAULT_ALGORITHM, make_scheduler
 from cube.store import Store, StoreKind, open_store
+from cube.task.spec import Privilege
 from cube.worker import MachineSampler, Worker
 from cube.worker import create_app as worker_app
 from cube.worker.join import join_manager
@@ -75,29 +78,52 @@ def _scheduler_option(func: Callable[..., None]) -> Callable[..., None]:
     )(func)
 
 
-def _capacity_options(func: Callable[..., None]) -> Callable[..., None]:
-    for option in reversed(
-        [
-            click.option(
-                "--cpu",
-                type=click.FloatRange(min=0, min_open=True),
-                help="CPU cores to offer  [default: all]",
-            ),
-            click.option("--memory", type=SIZE, help="Memory to offer, e.g. 4GiB  [default: all]"),
-            click.option(
-                "--disk", type=SIZE, help="Disk to offer  [default: size of the data disk]"
-            ),
-            click.option(
-                "--label",
-                "labels",
-                multiple=True,
-                metavar="KEY=VALUE",
-                help="Node label for placement constraints (repeatable).",
-            ),
-        ]
-    ):
-        func = option(func)
-    return func
+@dataclass(frozen=True)
+class NodeOptions:
+    """What a worker offers to the cluster, from its command-line flags."""
+
+    cpu: float | None
+    memory: int | None
+    disk: int | None
+    labels: tuple[str, ...]
+    allow: tuple[str, ...]
+
+
+def _node_options(func: Callable[..., None]) -> Callable[..., None]:
+    """Add the worker's capacity, label and privilege flags, passed on as ``node=NodeOptions``."""
+
+    @functools.wraps(func)
+    def wrapper(**kwargs: Any) -> None:
+        node = NodeOptions(*(kwargs.pop(k) for k in ("cpu", "memory", "disk", "labels", "allow")))
+        func(node=node, **kwargs)
+
+    options = [
+        click.option(
+            "--cpu",
+            type=click.FloatRange(min=0, min_open=True),
+            help="CPU cores to offer  [default: all]",
+        ),
+        click.option("--memory", type=SIZE, help="Memory to offer, e.g. 4GiB  [default: all]"),
+        click.option("--disk", type=SIZE, help="Disk to offer  [default: size of the data disk]"),
+        click.option(
+            "--label",
+            "labels",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="Node label for placement constraints (repeatable).",
+        ),
+        click.option(
+            "--allow",
+            multiple=True,
+            type=click.Choice([p.value for p in Privilege]),
+            help="Let tasks here ask for this (repeatable). Off by default: privileged "
+            "containers, the host's network and host mounts all escape isolation.",
+        ),
+    ]
+    out: Callable[..., None] = wrapper
+    for option in reversed(options):
+        out = option(out)
+    return out
 
 
 @dataclass
@@ -107,21 +133,13 @@ class WorkerParts:
     store: Store
 
 
-def _build_worker(
-    name: str,
-    data: Path,
-    store_kind: StoreKind,
-    cpu: float | None,
-    memory: int | None,
-    disk: int | None,
-    labels: tuple[str, ...],
-) -> WorkerParts:
+def _build_worker(name: str, data: Path, store_kind: StoreKind, node: NodeOptions) -> WorkerParts:
     sampler = MachineSampler(data)
     found = sampler.capacity()
     capacity = Resources(
-        cpu=cpu if cpu is not None else found.cpu,
-        memory=memory if memory is not None else found.memory,
-        disk=disk if disk is not None else found.disk,
+        cpu=node.cpu if node.cpu is not None else found.cpu,
+        memory=node.memory if node.memory is not None else found.memory,
+        disk=node.disk if node.disk is not None else found.disk,
     )
     store = open_store(store_kind, data)
     runtime = DockerRuntime()
@@ -131,7 +149,8 @@ def _build_worker(
         store=store,
         capacity=capacity,
         sampler=sampler,
-        labels=parse_labels(labels),
+        labels=parse_labels(node.labels),
+        allow=[Privilege(p) for p in node.allow],
     )
     return WorkerParts(worker, runtime, store)
 
@@ -188,7 +207,7 @@ def _run_servers(
     help="Where the worker keeps its state  [default: ~/.local/share/cube/worker-NAME]",
 )
 @_store_option
-@_capacity_options
+@_node_options
 @_log_option
 @handle_errors
 def worker_command(
@@ -199,10 +218,7 @@ def worker_command(
     advertise: str | None,
     data_dir: Path | None,
     store_kind: StoreKind,
-    cpu: float | None,
-    memory: int | None,
-    disk: int | None,
-    labels: tuple[str, ...],
+    node: NodeOptions,
     log_level: str,
 ) -> None:
     """Run a worker agent: runs tasks on this machine as Docker containers.
@@ -217,7 +233,7 @@ def worker_command(
     """
     setup_logging(log_level)
     data = _data_dir(data_dir, f"worker-{name}")
-    parts = _build_worker(name, data, store_kind, cpu, memory, disk, labels)
+    parts = _build_worker(name, data, store_kind, node)
     server = make_server(worker_app(parts.worker), host=host, port=port)
     address = advertise or f"http://{host}:{port}"
     log.info("starting worker", node=name, address=address, data_dir=str(data), store=store_kind)
@@ -352,7 +368,7 @@ def manager_command(
 @_scheduler_option
 @_store_option
 @_manager_options
-@_capacity_options
+@_node_options
 @_log_option
 @handle_errors
 def dev_command(
@@ -363,10 +379,7 @@ def dev_command(
     store_kind: StoreKind,
     collect_interval: float,
     node_timeout: float,
-    cpu: float | None,
-    memory: int | None,
-    disk: int | None,
-    labels: tuple[str, ...],
+    node: NodeOptions,
     log_level: str,
 ) -> None:
     """Run a one-node cluster in one process: a manager and a local worker, on 127.0.0.1.
@@ -383,9 +396,7 @@ def dev_command(
     setup_logging(log_level)
     data = _data_dir(data_dir, "dev")
     worker_port = port + 1
-    parts = _build_worker(
-        name, _data_dir(data / "worker", "dev"), store_kind, cpu, memory, disk, labels
-    )
+    parts = _build_worker(name, _data_dir(data / "worker", "dev"), store_kind, node)
     manager, manager_store = _build_manager(
         _data_dir(data / "manager", "dev"),
         store_kind,

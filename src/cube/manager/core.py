@@ -348,14 +348,16 @@ class Manager:
             node = Node(name=report.name, address=address)
             self.nodes[node.name] = node
             log.info("node joined", node=node.name, address=address)
-        changed = is_new or (node.address, node.capacity, node.labels) != (
+        changed = is_new or (node.address, node.capacity, node.labels, node.allows) != (
             address,
             report.capacity,
             report.labels,
+            report.allows,
         )
         node.address = address
         node.capacity = report.capacity
         node.labels = dict(report.labels)
+        node.allows = list(report.allows)
         node.stats = report.stats
         node.last_seen = _now()
         if node.state is NodeState.DOWN:

@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Protocol
 
 from cube.task.model import PublishedPort
-from cube.task.spec import PortMapping
+from cube.task.spec import Mount, PortMapping
 
 LABEL_MANAGED_BY = "cube.managed-by"
 MANAGED_BY = "cube"
@@ -41,6 +41,9 @@ class ContainerConfig:
     ports: list[PortMapping] = field(default_factory=list)
     cpu: float = 0.1  # cores
     memory: int = 64 * 1024**2  # bytes
+    privileged: bool = False
+    network: str = "bridge"
+    mounts: list[Mount] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -67,7 +67,7 @@ class DockerRuntime:
 
     def _unavailable(self, exc: Exception) -> RuntimeUnavailable:
         return RuntimeUnavailable(
-            f"cannot reach the Docker engine at unix://{self.socket}: {exc or type(exc).__name__}"
+            f"cannot reach the Docker engine at unix://{self.socket}: {str(exc) or type(exc).__name__}"
         )
 
     # --- ContainerRuntime ----------------------------------------------------------------------
@@ -271,7 +271,11 @@ def _create_body(config: ContainerConfig) -> dict[str, Any]:
             "MemorySwap": config.memory,  # no swap beyond the limit: OOM is visible, not slow
             "PortBindings": bindings,
             "RestartPolicy": {"Name": "no"},  # Cube restarts tasks itself, per its policy
-            "Privileged": False,
+            "Privileged": config.privileged,
+            "NetworkMode": config.network,
+            "Binds": [
+                f"{m.source}:{m.target}:{'ro' if m.read_only else 'rw'}" for m in config.mounts
+            ],
             "SecurityOpt": ["no-new-privileges"],
             "LogConfig": {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "3"}},
         },

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from cube.node import Node, NodeState
-from cube.task.spec import TaskSpec
+from cube.task.spec import TaskSpec, privileges
 from cube.units import format_size
 
 #: CPU is a float: 0.1 * 3 must fit in 0.3 (same tolerance as ``Resources.fits_in``).
@@ -36,6 +36,7 @@ PORTS = "ports"
 CPU = "cpu"
 MEMORY = "memory"
 DISK = "disk"
+PRIVILEGES = "privileges"
 
 
 class Checker(NamedTuple):
@@ -84,6 +85,18 @@ def constraint_checker(constraints: Mapping[str, str]) -> Checker:
         return None
 
     return Checker(CONSTRAINTS, check)
+
+
+def privilege_checker(wanted: Iterable[str]) -> Checker:
+    """A task asking for privileges (privileged, host network, host mounts) needs a node
+    whose operator allowed them (``cube worker --allow ...``): safe by default."""
+    need = sorted(wanted)
+
+    def check(node: Node) -> str | None:
+        missing = [p for p in need if p not in node.allows]
+        return f"does not allow {', '.join(missing)}" if missing else None
+
+    return Checker(PRIVILEGES, check)
 
 
 def port_checker(ports: Iterable[int]) -> Checker:
@@ -145,6 +158,8 @@ def checkers_for(spec: TaskSpec) -> tuple[Checker, ...]:
     out = [state_checker()]
     if spec.constraints:
         out.append(constraint_checker(spec.constraints))
+    if wanted := privileges(spec):
+        out.append(privilege_checker(p.value for p in wanted))
     ports = host_ports(spec)
     if ports:
         out.append(port_checker(ports))

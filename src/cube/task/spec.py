@@ -158,6 +158,22 @@ class HealthCheck(_Model):
         return self
 
 
+class Mount(_Model):
+    """A host directory bind-mounted into the container (read-only unless said otherwise)."""
+
+    source: str = Field(min_length=1, max_length=4096, pattern=r"^/")
+    target: str = Field(min_length=1, max_length=4096, pattern=r"^/")
+    read_only: bool = True
+
+
+class Privilege(StrEnum):
+    """What a spec may ask for that a node must explicitly allow (see ``cube worker --allow``)."""
+
+    PRIVILEGED = "privileged"
+    HOST_NETWORK = "host-network"
+    HOST_MOUNTS = "host-mounts"
+
+
 def _split_command(value: Any) -> Any:
     """``command: "sleep 60"`` is split like a shell would; a list is taken as is."""
     return shlex.split(value) if isinstance(value, str) else value
@@ -178,6 +194,9 @@ class TaskSpec(_Model):
     resources: Resources = Field(default_factory=Resources)
     restart: RestartPolicy = Field(default_factory=RestartPolicy)
     health: HealthCheck | None = None
+    privileged: bool = Field(default=False, description="full access to the host's devices")
+    network: Literal["bridge", "host", "none"] = "bridge"
+    mounts: list[Mount] = Field(default_factory=list, max_length=32)
     stop_timeout: Seconds = Field(
         default=5.0, description="grace period between SIGTERM and SIGKILL when stopping"
     )
@@ -207,6 +226,18 @@ class TaskSpec(_Model):
                     raise ValueError(f"host port {p.host}/{p.protocol} is published twice")
                 seen.add(key)
         return value
+
+
+def privileges(spec: TaskSpec) -> set[Privilege]:
+    """What the spec asks for beyond an ordinary, isolated container."""
+    wanted: set[Privilege] = set()
+    if spec.privileged:
+        wanted.add(Privilege.PRIVILEGED)
+    if spec.network == "host":
+        wanted.add(Privilege.HOST_NETWORK)
+    if spec.mounts:
+        wanted.add(Privilege.HOST_MOUNTS)
+    return wanted
 
 
 class TaskRequest(TaskSpec):

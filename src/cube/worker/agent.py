@@ -17,13 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from typing import Any
 
 from pydantic import ValidationError
 
 from cube.background import cancel_all, spawn
-from cube.errors import Conflict, NotFound, RuntimeUnavailable
+from cube.errors import Conflict, FieldError, InvalidSpec, NotFound, RuntimeUnavailable
 from cube.log import get_logger
 from cube.node import MachineStats, NodeReport, Resources
 from cube.runtime.base import (
@@ -35,7 +35,7 @@ from cube.runtime.base import (
 )
 from cube.store.base import Store
 from cube.task.model import DesiredState, Task, TaskEvent
-from cube.task.spec import TaskRequest, TaskSpec
+from cube.task.spec import Privilege, TaskRequest, TaskSpec, privileges
 from cube.task.state import State
 from cube.worker.health import Prober, probe
 from cube.worker.metrics import MachineSampler
@@ -57,6 +57,7 @@ class Worker:
         poll_interval: float = 1.0,
         stats_interval: float = 2.0,
         prober: Prober = probe,
+        allow: Collection[Privilege] = (),
     ) -> None:
         self.name = name
         self.runtime = runtime
@@ -67,6 +68,7 @@ class Worker:
         self.poll_interval = poll_interval
         self.stats_interval = stats_interval
         self.prober = prober
+        self.allow = frozenset(allow)
         self.runners: dict[str, TaskRunner] = {}
         self._runner_tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[None]] = []
@@ -98,6 +100,7 @@ class Worker:
     def submit(self, request: TaskRequest) -> tuple[Task, bool]:
         """Accept a task. Returns (task, created); the same ID and spec again is a no-op."""
         spec = request.spec()
+        self._check_allowed(spec)
         if request.id is not None:
             existing = (
                 self.runners[request.id].task
@@ -126,6 +129,24 @@ class Worker:
         log.info("task accepted", task=task.id, name=spec.name, node=self.name)
         self._supervise(task)
         return task.model_copy(deep=True), True
+
+    def _check_allowed(self, spec: TaskSpec) -> None:
+        """Refuse what this node's operator did not allow, naming the field and the flag."""
+        fields = {
+            Privilege.PRIVILEGED: "privileged",
+            Privilege.HOST_NETWORK: "network",
+            Privilege.HOST_MOUNTS: "mounts",
+        }
+        problems = [
+            FieldError(
+                fields[p],
+                f"not allowed on node {self.name} "
+                f"(its operator can start it with --allow {p.value})",
+            )
+            for p in sorted(privileges(spec) - self.allow)
+        ]
+        if problems:
+            raise InvalidSpec(problems)
 
     async def stop(self, task_id: str, *, wait: bool = True) -> Task:
         """Ask for a task to stop; with ``wait``, return once its container is gone."""
@@ -176,6 +197,7 @@ class Worker:
             labels=self.labels,
             used_ports=sorted({p.host for t in holding for p in t.spec.ports if p.host}),
             tasks=len(holding),
+            allows=sorted(p.value for p in self.allow),
             stats=self._stats,
         )
 

@@ -22,6 +22,7 @@ from cube.runtime.base import (
     ContainerInfo,
     ContainerRuntime,
     task_labels,
+    worker_selector,
 )
 from cube.store.base import Store
 from cube.task.model import DesiredState, Health, Task
@@ -37,14 +38,16 @@ log = get_logger("cube.worker")
 ENGINE_RETRY = 1.0
 
 
-def container_name(task: Task) -> str:
-    return f"cube-{task.spec.name}-{task.id[:8]}"
+def container_name(task: Task, node: str) -> str:
+    # Names are unique per Docker engine and workers may share one: the copy a lost worker
+    # still runs must not block the task's new copy on another worker of the same engine.
+    return f"cube-{task.spec.name}-{task.id[:8]}-{node}"
 
 
 def container_config(task: Task, node: str) -> ContainerConfig:
     spec = task.spec
     return ContainerConfig(
-        name=container_name(task),
+        name=container_name(task, node),
         image=spec.image,
         command=list(spec.command),
         env=dict(spec.env),
@@ -60,6 +63,9 @@ def container_config(task: Task, node: str) -> ContainerConfig:
         ports=list(spec.ports),
         cpu=spec.resources.cpu,
         memory=spec.resources.memory,
+        privileged=spec.privileged,
+        network=spec.network,
+        mounts=list(spec.mounts),
     )
 
 
@@ -122,8 +128,9 @@ class TaskRunner:
     # --- steps ---------------------------------------------------------------------------------
     async def _start(self) -> None:
         task = self.task
-        # Remove what earlier attempts left behind (found by label, even if never recorded).
-        for old in await self.runtime.list({LABEL_TASK_ID: task.id}):
+        # Remove what earlier attempts left behind (found by label, even if never recorded);
+        # only this worker's: another worker of the same engine may still run its own copy.
+        for old in await self.runtime.list({**worker_selector(self.node), LABEL_TASK_ID: task.id}):
             await self.runtime.remove(old.id)
         task.container_id = None
 
