@@ -75,6 +75,8 @@ class Node(BaseModel):
     stats: MachineStats | None = None
     tasks: int = 0
     allows: list[str] = Field(default_factory=list)  # privileges its operator allowed
+    #: The token the node's API accepts. Kept in the store, never shown by the API.
+    token: str | None = None
     drain: bool = False  # set by an operator: take no new tasks, move the current ones away
     registered_at: datetime = Field(default_factory=utcnow)
     last_seen: datetime | None = None

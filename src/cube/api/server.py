@@ -11,6 +11,8 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
@@ -24,11 +26,21 @@ class Server(uvicorn.Server):
         yield
 
 
-def make_server(app: FastAPI, *, host: str, port: int) -> Server:
+@dataclass(frozen=True)
+class Tls:
+    """A server's certificate and key (PEM files)."""
+
+    cert: Path
+    key: Path
+
+
+def make_server(app: FastAPI, *, host: str, port: int, tls: Tls | None = None) -> Server:
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
+        ssl_certfile=str(tls.cert) if tls else None,
+        ssl_keyfile=str(tls.key) if tls else None,
         log_config=None,  # Cube's own key=value logging
         access_log=False,
         lifespan="on",

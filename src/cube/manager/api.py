@@ -26,9 +26,11 @@ from fastapi import FastAPI, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
+from cube.api.auth import BearerAuth
 from cube.api.body import TASK_REQUEST_BODY, publish_schemas, read_task_request
 from cube.api.common import Health, stream_text
 from cube.api.errors import ERROR_RESPONSES, install_error_handlers
+from cube.auth import Authenticator, Role
 from cube.manager.core import Manager
 from cube.node import Node
 from cube.task.model import Task, TaskEvent
@@ -42,10 +44,33 @@ class NodeRegistration(BaseModel):
     model_config = {"extra": "forbid"}
 
     name: str = Field(min_length=1, max_length=63, pattern=NAME_PATTERN)
-    address: str = Field(min_length=1, max_length=255, pattern=r"^https?://[^\s/]+(:\d+)?/?$")
+    address: str = Field(
+        min_length=1, max_length=255, pattern=r"^https?://[^\s/]+(:\d+)?(/[A-Za-z0-9._/-]*)?$"
+    )
+    token: str | None = Field(
+        default=None,
+        min_length=16,
+        max_length=256,
+        pattern=r"^[A-Za-z0-9_.~+/=-]+$",
+        description="the token the worker's API accepts; the manager calls it with this",
+    )
 
 
-def create_app(manager: Manager) -> FastAPI:
+#: Node answers never include the node's token.
+NO_TOKEN: set[str] = {"token"}
+
+
+def manager_rule(method: str, path: str) -> frozenset[Role] | None:
+    """Health is open; a worker's join token may only register; everything else is users'."""
+    if path == "/v1/health" and method in ("GET", "HEAD"):
+        return None
+    if path == "/v1/nodes" and method == "POST":
+        return frozenset({Role.JOIN, Role.USER})
+    return frozenset({Role.USER})
+
+
+def create_app(manager: Manager, *, authenticator: Authenticator | None = None) -> FastAPI:
+    """The manager's API; with an ``authenticator`` every route but health needs a token."""
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await manager.start()
@@ -57,6 +82,8 @@ def create_app(manager: Manager) -> FastAPI:
     app = FastAPI(title="Cube manager", version="1", lifespan=lifespan, responses=ERROR_RESPONSES)
     install_error_handlers(app)
     publish_schemas(app, TaskRequest)
+    if authenticator is not None:
+        app.add_middleware(BearerAuth, authenticator=authenticator, rule=manager_rule)
 
     @app.post("/v1/tasks", status_code=201, openapi_extra=TASK_REQUEST_BODY)
     async def submit_task(request: Request, response: Response) -> Task:
@@ -89,25 +116,26 @@ def create_app(manager: Manager) -> FastAPI:
     ) -> StreamingResponse:
         return await stream_text(manager.logs(task_id, tail=tail, follow=follow))
 
-    @app.get("/v1/nodes")
+    @app.get("/v1/nodes", response_model_exclude={"__all__": {"token"}})
     async def list_nodes() -> list[Node]:
         return manager.list_nodes()
 
-    @app.get("/v1/nodes/{name}")
+    @app.get("/v1/nodes/{name}", response_model_exclude=NO_TOKEN)
     async def get_node(name: str) -> Node:
         return manager.get_node(name)
 
-    @app.post("/v1/nodes/{name}/drain")
+    @app.post("/v1/nodes/{name}/drain", response_model_exclude=NO_TOKEN)
     async def drain_node(name: str) -> Node:
         return manager.drain(name)
 
-    @app.post("/v1/nodes/{name}/undrain")
+    @app.post("/v1/nodes/{name}/undrain", response_model_exclude=NO_TOKEN)
     async def undrain_node(name: str) -> Node:
         return manager.undrain(name)
 
-    @app.post("/v1/nodes")
+    @app.post("/v1/nodes", response_model_exclude=NO_TOKEN)
     async def register_node(registration: NodeRegistration) -> Node:
-        return await manager.register(registration.name, registration.address.rstrip("/"))
+        address = registration.address.rstrip("/")
+        return await manager.register(registration.name, address, registration.token)
 
     @app.get("/v1/health")
     async def health() -> Health:

@@ -50,6 +50,7 @@ class Manager:
         scheduler: Scheduler,
         workers: WorkerClient | None = None,
         static_workers: Sequence[str] = (),
+        static_token: str | None = None,
         collect_interval: float = 1.0,
         node_timeout: float = 10.0,
     ) -> None:
@@ -57,10 +58,14 @@ class Manager:
         self.scheduler = scheduler
         self.workers = workers or WorkerClient(timeout=max(2.0, collect_interval * 2))
         self.static_workers = list(static_workers)
+        self.static_token = static_token
         self.collect_interval = collect_interval
         self.node_timeout = node_timeout
         self.tasks: dict[str, Task] = {t.id: t for t in store.list_tasks()}
         self.nodes: dict[str, Node] = {n.name: n for n in store.list_nodes()}
+        for node in self.nodes.values():
+            if node.token:
+                self.workers.credentials[node.address] = node.token
         self._dispatch_wake = asyncio.Event()
         # Placement of a task that fit nowhere is retried only once the cluster changed
         # (a node joined, capacity was freed...): each change bumps the generation.
@@ -156,14 +161,27 @@ class Manager:
             yield chunk
 
     # --- nodes ---------------------------------------------------------------------------------
-    async def register(self, name: str, address: str) -> Node:
-        """Add (or update) a node, after checking that its API answers at ``address``."""
-        report = await self.workers.stats(address)
+    async def register(self, name: str, address: str, token: str | None) -> Node:
+        """Add (or update) a node, after checking that its API answers at ``address``
+        to ``token``: a worker can only join with a credential it really accepts."""
+        previous = self.workers.credentials.get(address)
+        self._remember(address, token)
+        try:
+            report = await self.workers.stats(address)
+        except CubeError as exc:
+            self._remember(address, previous)
+            raise Unavailable(f"cannot reach the worker at {address}: {exc.message}") from None
         if report.name != name:
             raise InvalidSpec(
                 [FieldError("name", f"the worker at {address} is named {report.name!r}")]
             )
-        return self._join(address, report)
+        return self._join(address, report, token=token)
+
+    def _remember(self, address: str, token: str | None) -> None:
+        if token:
+            self.workers.credentials[address] = token
+        else:
+            self.workers.credentials.pop(address, None)
 
     def get_node(self, name: str) -> Node:
         return self._with_allocation(self._node(name))
@@ -332,16 +350,18 @@ class Manager:
 
     async def _join_loop(self, address: str) -> None:
         """Add a statically configured worker, retrying until it answers."""
+        self._remember(address, self.static_token)
         while True:
             try:
-                self._join(address, await self.workers.stats(address))
+                self._join(address, await self.workers.stats(address), token=self.static_token)
                 return
             except CubeError as exc:
                 log.warning("worker not answering yet", address=address, error=exc.message)
             await asyncio.sleep(max(1.0, self.collect_interval))
 
     # --- node bookkeeping ----------------------------------------------------------------------
-    def _join(self, address: str, report: NodeReport) -> Node:
+    def _join(self, address: str, report: NodeReport, *, token: str | None = None) -> Node:
+        """Record what a node reported (a join, or a collection pass with token None)."""
         node = self.nodes.get(report.name)
         is_new = node is None
         if node is None:
@@ -354,6 +374,8 @@ class Manager:
             report.labels,
             report.allows,
         )
+        if token is not None and token != node.token:
+            node.token, changed = token, True
         node.address = address
         node.capacity = report.capacity
         node.labels = dict(report.labels)

@@ -19,19 +19,31 @@ _EVENTS = TypeAdapter(list[TaskEvent])
 class WorkerClient:
     """Calls a worker's ``/v1`` API by its base URL. One instance serves every node."""
 
-    def __init__(self, *, timeout: float = 5.0) -> None:
+    def __init__(self, *, timeout: float = 5.0, verify: str | bool = True) -> None:
         # One connection pool for the fleet: a 1,000-node cluster must not mean 1,000 pools.
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout),
             limits=httpx.Limits(max_connections=200, max_keepalive_connections=200),
+            verify=verify,
         )
+        #: Worker address -> the token its API accepts (given by the worker when it joined).
+        self.credentials: dict[str, str] = {}
+
+    def _headers(self, address: str) -> dict[str, str]:
+        token = self.credentials.get(address)
+        return {"Authorization": f"Bearer {token}"} if token else {}
 
     async def _request(
         self, method: str, address: str, path: str, **kwargs: object
     ) -> httpx.Response:
         url = f"{address.rstrip('/')}/v1{path}"
         try:
-            response = await self._http.request(method, url, **kwargs)  # type: ignore[arg-type]
+            response = await self._http.request(
+                method,
+                url,
+                headers=self._headers(address),
+                **kwargs,  # type: ignore[arg-type]
+            )
         except httpx.HTTPError as exc:
             raise unreachable(address, exc) from None
         return check(response)
@@ -66,7 +78,11 @@ class WorkerClient:
         url = f"{address.rstrip('/')}/v1/tasks/{task_id}/logs"
         try:
             async with self._http.stream(
-                "GET", url, params=params, timeout=httpx.Timeout(5.0, read=None)
+                "GET",
+                url,
+                params=params,
+                headers=self._headers(address),
+                timeout=httpx.Timeout(5.0, read=None),
             ) as response:
                 if not response.is_success:
                     await response.aread()

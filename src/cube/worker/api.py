@@ -22,15 +22,19 @@ from fastapi import FastAPI, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from cube.api.body import TASK_REQUEST_BODY, publish_schemas, read_task_request
+from cube.api.auth import BearerAuth, open_health
 from cube.api.common import Health, stream_text
 from cube.api.errors import ERROR_RESPONSES, install_error_handlers
+from cube.auth import Authenticator, Role
 from cube.node import NodeReport
 from cube.task.model import Task, TaskEvent
 from cube.task.spec import TaskRequest
 from cube.worker.agent import Worker
 
 
-def create_app(worker: Worker) -> FastAPI:
+def create_app(worker: Worker, *, authenticator: Authenticator | None = None) -> FastAPI:
+    """The worker's API; with an ``authenticator`` every route but health needs the
+    manager's credentials (the worker's own token)."""
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await worker.start()
@@ -47,6 +51,9 @@ def create_app(worker: Worker) -> FastAPI:
     )
     install_error_handlers(app)
     publish_schemas(app, TaskRequest)
+    if authenticator is not None:
+        rule = open_health(frozenset({Role.MANAGER}))
+        app.add_middleware(BearerAuth, authenticator=authenticator, rule=rule)
 
     @app.post("/v1/tasks", status_code=201, openapi_extra=TASK_REQUEST_BODY)
     async def run_task(request: Request, response: Response) -> Task:

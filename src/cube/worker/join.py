@@ -13,21 +13,35 @@ from cube.log import get_logger
 log = get_logger("cube.worker")
 
 
-async def join_manager(manager_url: str, *, name: str, address: str, retry: float = 2.0) -> None:
-    """POST this worker to the manager's ``/v1/nodes``; retries until it is accepted."""
-    body = {"name": name, "address": address}
-    async with httpx.AsyncClient(timeout=10.0) as http:
+async def join_manager(
+    manager_url: str,
+    *,
+    name: str,
+    address: str,
+    token: str | None = None,
+    join_token: str | None = None,
+    verify: str | bool = True,
+    retry: float = 2.0,
+) -> None:
+    """Register at the manager's ``POST /v1/nodes``, retrying until it is accepted.
+
+    ``join_token`` proves the worker may join; ``token`` is what the manager must
+    present when it calls this worker back.
+    """
+    body = {"name": name, "address": address, "token": token}
+    headers = {"Authorization": f"Bearer {join_token}"} if join_token else {}
+    async with httpx.AsyncClient(timeout=10.0, verify=verify) as http:
         while True:
             try:
-                check(await http.post(f"{manager_url.rstrip('/')}/v1/nodes", json=body))
+                url = f"{manager_url.rstrip('/')}/v1/nodes"
+                check(await http.post(url, json=body, headers=headers))
                 log.info("joined the cluster", node=name, manager=manager_url, address=address)
                 return
             except httpx.HTTPError as exc:
                 log.warning("manager not answering yet", manager=manager_url, error=str(exc))
             except CubeError as exc:
                 log.warning(
-                    "manager refused to register this worker",
-                    manager=manager_url,
+                    "manager refused to register this worker", manager=manager_url,
                     error=exc.message,
                 )
             await asyncio.sleep(retry)
