@@ -31,13 +31,14 @@ from cube.scheduler.feasibility import (
     DISK,
     MEMORY,
     PORTS,
+    PRIVILEGES,
     STATE,
     Feasibility,
     Rejection,
     format_cpu,
     host_ports,
 )
-from cube.task.spec import TaskSpec
+from cube.task.spec import TaskSpec, privileges
 from cube.units import format_size
 
 MAX_SCORES = 10
@@ -158,6 +159,10 @@ def _labels(spec: TaskSpec) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(spec.constraints.items()))
 
 
+def _privileges(spec: TaskSpec) -> str:
+    return ", ".join(sorted(p.value for p in privileges(spec)))
+
+
 def _port_list(spec: TaskSpec) -> str:
     ports = sorted(host_ports(spec))
     if len(ports) == 1:
@@ -178,6 +183,9 @@ _ALL: dict[str, Explain] = {
     STATE: lambda spec, nodes: f"no node is ready ({_states(nodes)})",
     CONSTRAINTS: lambda spec, nodes: f"no node has labels {_labels(spec)}",
     PORTS: lambda spec, nodes: f"no node has {_port_list(spec)} free",
+    PRIVILEGES: lambda spec, nodes: (
+        f"no node allows {_privileges(spec)} (start a worker with --allow)"
+    ),
     CPU: lambda spec, nodes: (
         f"no node has {format_cpu(spec.resources.cpu)} free CPU; {_cpu_hint(nodes)}"
     ),
@@ -194,6 +202,7 @@ _SOME: dict[str, Explain] = {
     STATE: lambda spec, nodes: _states(nodes),
     CONSTRAINTS: lambda spec, nodes: f"{len(nodes)} without labels {_labels(spec)}",
     PORTS: lambda spec, nodes: f"{len(nodes)} without {_port_list(spec)} free",
+    PRIVILEGES: lambda spec, nodes: f"{len(nodes)} not allowing {_privileges(spec)}",
     CPU: lambda spec, nodes: (
         f"{len(nodes)} without {format_cpu(spec.resources.cpu)} free CPU ({_cpu_hint(nodes)})"
     ),
