@@ -20,10 +20,11 @@ import pytest
 from click.testing import CliRunner, Result
 
 from cube.cli import output as out
+from cube.cli import run as run_cli
 from cube.cli import tasks as task_cli
 from cube.cli.client import DEFAULT_ADDR, ManagerClient, normalise_url
 from cube.cli.main import cli
-from cube.cli.tasks import RunFlags, build_request, check_running, describe, wait_status
+from cube.cli.run import RunFlags, build_request, check_running, describe, wait_status
 from cube.errors import CubeError, InvalidSpec, NotFound
 from cube.node import MachineStats, Node, Resources
 from cube.scheduler import Decision, NodeScore
@@ -47,7 +48,7 @@ def _plain_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """Output as a pipe would get it, whatever the developer's terminal settings."""
     for name in ("CUBE_ADDR", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "COLUMNS"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(task_cli, "POLL_INTERVAL", 0.001)
+    monkeypatch.setattr(run_cli, "POLL_INTERVAL", 0.001)
 
 
 def make_task(**fields: Any) -> Task:

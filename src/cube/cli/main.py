@@ -6,7 +6,8 @@ import click
 
 from cube.cli.agents import dev_command, manager_command, worker_command
 from cube.cli.nodes import nodes_group
-from cube.cli.tasks import logs_command, run_command, status_command, stop_command
+from cube.cli.run import run_command
+from cube.cli.tasks import logs_command, status_command, stop_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

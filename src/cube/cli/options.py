@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from cube.units import parse_size
+from cube.units import parse_duration, parse_size
 
 if TYPE_CHECKING:  # click >= 8.3 makes ParamType generic; older clicks cannot subscript it
     _IntParam = click.ParamType[int, object]
@@ -42,3 +42,18 @@ def parse_labels(values: tuple[str, ...], *, option: str = "--label") -> dict[st
             raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint=option)
         out[key] = value
     return out
+
+
+def pairs_callback(
+    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> dict[str, str]:
+    """Click callback for repeatable ``KEY=VALUE`` options."""
+    return parse_labels(values, option=param.opts[-1])
+
+
+def duration_callback(ctx: click.Context, param: click.Parameter, value: str) -> float:
+    """Click callback for durations like ``60s`` or ``2m``."""
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None

@@ -192,3 +192,11 @@ def or_dash(value: object) -> str:
 
 def percent(value: float) -> str:
     return f"{value:.0f}%"
+
+
+#: How many characters of a task ID the tables show (like docker's 12).
+SHORT_ID = 12
+
+
+def short(task_id: str) -> str:
+    return task_id[:SHORT_ID]
