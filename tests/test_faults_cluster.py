@@ -1,0 +1,447 @@
+"""Fault tolerance: a lost worker, a drained node, a crashed manager, a network partition.
+
+Real processes, real Docker, a real network namespace. Each test breaks something,
+watches the cluster heal, and ends with :func:`tests.invariants.assert_converges`:
+every task in its expected state, exactly one running container per Running task,
+on the node the manager names, and no orphaned copy anywhere.
+
+The manager polls every 0.2s and calls a node Down after ``NODE_TIMEOUT`` seconds of
+silence. Recovery times are measured, not asserted (beyond generous bounds), and
+printed: ``pytest -s tests/test_faults_cluster.py`` shows them.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import (
+    IMAGE,
+    AgentProcess,
+    containers_of,
+    docker,
+    free_port,
+    remove_containers,
+    unique_name,
+    wait_for,
+)
+from tests.invariants import assert_converges
+
+pytestmark = pytest.mark.docker
+
+#: Seconds of silence before the manager calls a node Down (the CLI default is 10).
+NODE_TIMEOUT = 2.0
+#: How long after the deadline a recovery may take before the test calls it a failure.
+SLACK = 8.0
+
+
+# --- talking to the manager -----------------------------------------------------------------------
+def get_json(url: str, path: str) -> Any:
+    response = httpx.get(f"{url}/v1{path}", timeout=10)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def submit(url: str, name: str) -> str:
+    """Submit a sleeper that stops within a second; return its task ID."""
+    spec = {"name": name, "image": IMAGE, "command": ["sleep", "600"], "stop_timeout": "1s"}
+    response = httpx.post(f"{url}/v1/tasks", json=spec, timeout=30)
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+def tasks_of(url: str) -> dict[str, dict[str, Any]]:
+    return {t["id"]: t for t in get_json(url, "/tasks")}
+
+
+def node_states(url: str) -> dict[str, str]:
+    return {n["name"]: n["state"] for n in get_json(url, "/nodes")}
+
+
+def wait_node(url: str, name: str, state: str, *, timeout: float = 30) -> None:
+    wait_for(
+        lambda: node_states(url).get(name) == state,
+        timeout=timeout,
+        what=f"node {name} to be {state}",
+    )
+
+
+def wait_running(
+    url: str, ids: Iterable[str], *, on: str | None = None, timeout: float = 30
+) -> dict[str, dict[str, Any]]:
+    """Wait until every task in ``ids`` is Running (on node ``on``, if given); return them."""
+    ids = list(ids)
+
+    def running() -> dict[str, dict[str, Any]] | None:
+        tasks = tasks_of(url)
+        wanted = {tid: tasks[tid] for tid in ids}
+        ok = all(t["state"] == "running" and on in (None, t["node"]) for t in wanted.values())
+        return wanted if ok else None
+
+    where = f" on {on}" if on else ""
+    return dict(wait_for(running, timeout=timeout, what=f"{len(ids)} tasks running{where}"))
+
+
+def placement(url: str, ids: Iterable[str]) -> dict[str, tuple[str, str, str]]:
+    """task ID -> (state, node, container ID), as the manager has it."""
+    tasks = tasks_of(url)
+    return {
+        tid: (tasks[tid]["state"], tasks[tid]["node"], tasks[tid]["container_id"]) for tid in ids
+    }
+
+
+def running_container_ids(task_id: str) -> list[str]:
+    return containers_of(f"cube.task-id={task_id}", running_only=True)
+
+
+def gone(container_ids: Iterable[str]) -> bool:
+    """Whether Docker no longer has any of these containers (stopped *and* removed)."""
+    return all(not docker("ps", "-aq", "--filter", f"id={cid}") for cid in container_ids)
+
+
+def report(what: str, seconds: float) -> None:
+    print(f"\n[recovery] {what}: {seconds:.1f} s")
+
+
+# --- setting up a cluster -------------------------------------------------------------------------
+def start_workers(start_worker: Any, manager_url: str, count: int) -> list[AgentProcess]:
+    with ThreadPoolExecutor(count) as pool:  # each takes a second or so to come up
+        return list(pool.map(lambda _: start_worker("--manager", manager_url), range(count)))
+
+
+def two_node_cluster(
+    start_manager: Any, start_worker: Any
+) -> tuple[AgentProcess, AgentProcess, AgentProcess]:
+    """A manager with the short node timeout and two workers that joined it, both ready."""
+    manager = start_manager("--node-timeout", str(NODE_TIMEOUT))
+    a, b = start_workers(start_worker, manager.url, 2)
+    for worker in (a, b):
+        wait_node(manager.url, worker.name, "ready")
+    return manager, a, b
+
+
+def spread_tasks(url: str, prefix: str, count: int, nodes: set[str]) -> dict[str, dict[str, Any]]:
+    """Submit ``count`` sleepers and wait until they run, on every one of ``nodes``."""
+    ids = [submit(url, f"{prefix}{i}") for i in range(count)]
+    running = wait_running(url, ids)
+    assert {t["node"] for t in running.values()} == nodes, running
+    return running
+
+
+# --- 1. a worker is lost --------------------------------------------------------------------------
+def test_lost_worker_tasks_move_and_its_stale_copies_go_when_it_returns(
+    start_manager: Any, start_worker: Any
+) -> None:
+    manager, a, b = two_node_cluster(start_manager, start_worker)
+    running = spread_tasks(manager.url, "lost", 4, {a.name, b.name})
+    stale = {tid: t["container_id"] for tid, t in running.items() if t["node"] == a.name}
+
+    a.kill()  # the agent dies; Docker, and so its containers, live on
+    killed = time.monotonic()
+    wait_node(manager.url, a.name, "down", timeout=NODE_TIMEOUT + SLACK)
+    report("worker killed -> node down", time.monotonic() - killed)
+    wait_running(manager.url, running, on=b.name, timeout=NODE_TIMEOUT + SLACK)
+    report("worker killed -> its tasks running elsewhere", time.monotonic() - killed)
+
+    for task_id, old in stale.items():
+        events = get_json(manager.url, f"/tasks/{task_id}/events")
+        lost = next(
+            i
+            for i, e in enumerate(events)
+            if e["state"] == "pending" and a.name in e["reason"] and "lost" in e["reason"]
+        )
+        after = [(e["state"], e["node"]) for e in events[lost + 1 :]]
+        assert after[:2] == [("scheduled", b.name), ("running", b.name)], events
+        # Split brain, for now: nobody could stop the copy on the lost node.
+        assert old in running_container_ids(task_id)
+        assert len(running_container_ids(task_id)) == 2
+
+    a.start()  # same name, port and data directory: it adopts its old containers
+    back = time.monotonic()
+    wait_node(manager.url, a.name, "ready")
+    wait_for(lambda: gone(stale.values()), timeout=30, what="the stale copies to be removed")
+    report("lost worker back -> its stale copies removed", time.monotonic() - back)
+    assert {t["node"] for t in tasks_of(manager.url).values()} == {b.name}
+    assert_converges(manager.url, [a.name, b.name], dict.fromkeys(running, "running"))
+
+
+# --- 2. drain and undrain -------------------------------------------------------------------------
+def test_drain_moves_tasks_away_and_takes_none_until_undrained(
+    start_manager: Any, start_worker: Any
+) -> None:
+    manager, a, b = two_node_cluster(start_manager, start_worker)
+    running = spread_tasks(manager.url, "drain", 4, {a.name, b.name})
+    on_a = [t["container_id"] for t in running.values() if t["node"] == a.name]
+
+    response = httpx.post(f"{manager.url}/v1/nodes/{a.name}/drain", timeout=10)
+    drained = time.monotonic()
+    assert response.status_code == 200, response.text
+    assert response.json()["state"] == "draining"
+    wait_running(manager.url, running, on=b.name)
+    report("drain -> its tasks running elsewhere", time.monotonic() - drained)
+    wait_for(lambda: gone(on_a), what="the drained node's containers to be removed")
+    report("drain -> its containers removed", time.monotonic() - drained)
+
+    later = [submit(manager.url, f"later{i}") for i in range(2)]
+    wait_running(manager.url, later, on=b.name)
+    assert node_states(manager.url)[a.name] == "draining"
+    assert containers_of(f"cube.worker={a.name}") == []
+
+    response = httpx.post(f"{manager.url}/v1/nodes/{a.name}/undrain", timeout=10)
+    assert response.status_code == 200, response.text
+    assert response.json()["state"] == "ready"
+    last = [submit(manager.url, f"after{i}") for i in range(2)]
+    placed = wait_running(manager.url, last)
+    assert a.name in {t["node"] for t in placed.values()}, placed  # round-robin: one each
+
+    everything = [*running, *later, *last]
+    assert_converges(manager.url, [a.name, b.name], dict.fromkeys(everything, "running"))
+
+
+# --- 3. the manager crashes -----------------------------------------------------------------------
+def test_manager_killed_and_restarted_knows_every_task_and_node(
+    start_manager: Any, start_worker: Any
+) -> None:
+    manager, a, b = two_node_cluster(start_manager, start_worker)
+    ids = list(spread_tasks(manager.url, "keep", 4, {a.name, b.name}))
+    before = placement(manager.url, ids)
+
+    manager.kill()
+    killed = time.monotonic()
+    manager.start()  # same port and data directory
+    report("manager killed -> answering again", time.monotonic() - killed)
+
+    assert placement(manager.url, ids) == before
+    assert node_states(manager.url) == {a.name: "ready", b.name: "ready"}
+    time.sleep(1.0)  # five collection passes: time enough to (wrongly) start a task again
+    assert placement(manager.url, ids) == before
+    for task_id, (_, _, container) in before.items():
+        assert containers_of(f"cube.task-id={task_id}") == [container], task_id
+
+    late = submit(manager.url, "late")
+    submitted = time.monotonic()
+    assert wait_running(manager.url, [late])[late]["node"] in {a.name, b.name}
+    report("restarted manager: new task submitted -> running", time.monotonic() - submitted)
+    assert_converges(manager.url, [a.name, b.name], dict.fromkeys([*ids, late], "running"))
+
+
+def test_worker_lost_while_the_manager_is_down_is_detected_after_restart(
+    start_manager: Any, start_worker: Any
+) -> None:
+    manager, a, b = two_node_cluster(start_manager, start_worker)
+    running = spread_tasks(manager.url, "orphan", 4, {a.name, b.name})
+    before = placement(manager.url, running)
+    stale = {tid: t["container_id"] for tid, t in running.items() if t["node"] == b.name}
+
+    manager.kill()
+    b.kill()  # nobody is watching
+    manager.start()
+    restarted = time.monotonic()
+
+    # The restarted manager gives every node a fresh deadline: nothing moves at once.
+    assert placement(manager.url, running) == before
+    wait_node(manager.url, b.name, "down", timeout=NODE_TIMEOUT + SLACK)
+    report("manager restarted -> worker lost meanwhile is down", time.monotonic() - restarted)
+    wait_running(manager.url, running, on=a.name, timeout=NODE_TIMEOUT + SLACK)
+    report("manager restarted -> its tasks running elsewhere", time.monotonic() - restarted)
+
+    b.start()
+    wait_for(lambda: gone(stale.values()), timeout=30, what="the stale copies to be removed")
+    assert_converges(manager.url, [a.name, b.name], dict.fromkeys(running, "running"))
+
+
+# --- 4. a network partition -----------------------------------------------------------------------
+def ip(*args: str) -> str:
+    result = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
+    if result.returncode != 0:
+        raise AssertionError(f"ip {' '.join(args)} failed: {result.stderr.strip()}")
+    return result.stdout.strip()
+
+
+def ip_quietly(*args: str) -> None:
+    """For cleanup: whatever is already gone stays gone."""
+    subprocess.run(["ip", *args], capture_output=True, timeout=30)
+
+
+@dataclass
+class Link:
+    """A network namespace joined to the host by a veth pair on 10.213.<subnet>.0/24."""
+
+    netns: str
+    host_veth: str
+    ns_veth: str
+    subnet: int
+
+    @property
+    def host_ip(self) -> str:
+        return f"10.213.{self.subnet}.1"
+
+    @property
+    def ns_ip(self) -> str:
+        return f"10.213.{self.subnet}.2"
+
+    @property
+    def guard_route(self) -> tuple[str, ...]:
+        """While the link is down, the subnet is unreachable instead of routed off the host."""
+        return ("unreachable", f"10.213.{self.subnet}.0/24", "metric", "4000")
+
+    def cut(self) -> None:
+        ip("link", "set", self.host_veth, "down")
+
+    def heal(self) -> None:
+        ip("link", "set", self.host_veth, "up")
+
+
+def _free_subnet() -> int:
+    for _ in range(50):
+        subnet = random.randint(1, 254)
+        prefix = f"10.213.{subnet}.0/24"
+        if not ip("route", "show", prefix) and not ip("-o", "addr", "show", "to", prefix):
+            return subnet
+    raise AssertionError("no free 10.213.x.0/24 subnet on this host")
+
+
+@pytest.fixture
+def link() -> Iterator[Link]:
+    """A fresh namespace and veth pair; removed, with its guard route, whatever happens."""
+    suffix = uuid.uuid4().hex[:6]
+    net = Link(f"cube-t{suffix}", f"cth{suffix}", f"ctn{suffix}", _free_subnet())
+    try:
+        ip("route", "add", *net.guard_route)
+        ip("netns", "add", net.netns)
+        ip("link", "add", net.host_veth, "type", "veth", "peer", "name", net.ns_veth)
+        ip("link", "set", net.ns_veth, "netns", net.netns)
+        ip("addr", "add", f"{net.host_ip}/24", "dev", net.host_veth)
+        ip("link", "set", net.host_veth, "up")
+        inside = ("netns", "exec", net.netns, "ip")
+        ip(*inside, "addr", "add", f"{net.ns_ip}/24", "dev", net.ns_veth)
+        ip(*inside, "link", "set", net.ns_veth, "up")
+        ip(*inside, "link", "set", "lo", "up")
+        yield net
+    finally:
+        ip_quietly("link", "del", net.host_veth)  # takes its peer with it
+        ip_quietly("netns", "del", net.netns)
+        ip_quietly("route", "del", *net.guard_route)
+
+
+@dataclass
+class NetAgent(AgentProcess):
+    """An agent that answers at ``host`` instead of loopback, maybe inside ``netns``."""
+
+    host: str = "127.0.0.1"
+    netns: str | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, *, timeout: float = 30.0) -> None:
+        if self.netns is None:
+            super().start(timeout=timeout)
+            return
+        # AgentProcess.start cannot prefix its command, hence this twin of it.
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                ["ip", "netns", "exec", self.netns, sys.executable, "-m", "cube", *self.args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **self.env},
+            )
+
+        def healthy() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"{self.name} exited early:\n{self.logs()}")
+            try:
+                return httpx.get(f"{self.url}/v1/health", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(healthy, timeout=timeout, what=f"{self.name} to answer /v1/health")
+
+
+StartNetAgent = Callable[..., NetAgent]
+
+
+@pytest.fixture
+def start_net_agent(link: Link, docker_engine: None, tmp_path: Path) -> Iterator[StartNetAgent]:
+    """Factory: an agent on a veth address; killed (and its containers removed) before
+    the namespace goes away."""
+    started: list[NetAgent] = []
+
+    def start(role: str, *extra: str, host: str, netns: str | None = None) -> NetAgent:
+        name = unique_name(role[0])
+        port = free_port()
+        data = ["--data-dir", str(tmp_path / name)]
+        args = [role, "--host", host, "--port", str(port), *data, *extra]
+        if role == "worker":
+            args += ["--name", name]
+        agent = NetAgent(
+            args=args,
+            port=port,
+            log_path=tmp_path / f"{name}.log",
+            name=name,
+            host=host,
+            netns=netns,
+        )
+        started.append(agent)
+        agent.start()
+        return agent
+
+    yield start
+    for agent in started:
+        agent.kill()
+        remove_containers(f"cube.worker={agent.name}")
+
+
+def test_partitioned_worker_loses_its_tasks_and_its_copies_stop_when_healed(
+    link: Link, start_net_agent: StartNetAgent, start_worker: Any
+) -> None:
+    manager = start_net_agent(
+        "manager",
+        "--node-timeout",
+        str(NODE_TIMEOUT),
+        "--collect-interval",
+        "0.2",
+        "--scheduler",
+        "round-robin",
+        host=link.host_ip,
+    )
+    inside = start_net_agent("worker", "--manager", manager.url, host=link.ns_ip, netns=link.netns)
+    wait_node(manager.url, inside.name, "ready")
+    running = spread_tasks(manager.url, "part", 3, {inside.name})
+    stale = {tid: t["container_id"] for tid, t in running.items()}
+    outside = start_worker("--manager", manager.url)
+    wait_node(manager.url, outside.name, "ready")
+
+    link.cut()
+    cut = time.monotonic()
+    wait_node(manager.url, inside.name, "down", timeout=NODE_TIMEOUT + SLACK)
+    report("partition -> node down", time.monotonic() - cut)
+    wait_running(manager.url, running, on=outside.name, timeout=NODE_TIMEOUT + SLACK)
+    report("partition -> its tasks running elsewhere", time.monotonic() - cut)
+    # The partitioned worker is alive and, unaware, still runs its copies.
+    assert inside.proc is not None
+    assert inside.proc.poll() is None
+    for task_id, old in stale.items():
+        assert old in running_container_ids(task_id)
+
+    link.heal()
+    healed = time.monotonic()
+    wait_node(manager.url, inside.name, "ready")
+    report("heal -> node ready", time.monotonic() - healed)
+    wait_for(lambda: gone(stale.values()), timeout=30, what="the stale copies to be removed")
+    report("heal -> stale copies removed", time.monotonic() - healed)
+    assert_converges(manager.url, [inside.name, outside.name], dict.fromkeys(running, "running"))
