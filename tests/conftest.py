@@ -182,3 +182,47 @@ def start_worker(docker_engine: None, tmp_path: Path) -> Iterator[Any]:
     for agent in started:
         agent.kill()
         remove_containers(f"cube.worker={agent.name}")
+
+
+@pytest.fixture
+def start_manager(tmp_path: Path) -> Iterator[Any]:
+    """Factory: start a real ``cube manager`` process; killed after the test.
+
+    It polls its nodes every 0.2s so that tests see changes quickly. Restart one with
+    ``agent.kill(); agent.start()``: same port, same data directory. Workers join it
+    with ``start_worker("--manager", manager.url)``.
+    """
+    started: list[AgentProcess] = []
+
+    def start(
+        *extra: str,
+        scheduler: str = "round-robin",
+        name: str | None = None,
+        port: int | None = None,
+    ) -> AgentProcess:
+        name = name or unique_name("m")
+        port = port or free_port()
+        agent = AgentProcess(
+            args=[
+                "manager",
+                "--port",
+                str(port),
+                "--data-dir",
+                str(tmp_path / name),
+                "--scheduler",
+                scheduler,
+                "--collect-interval",
+                "0.2",
+                *extra,
+            ],
+            port=port,
+            log_path=tmp_path / f"{name}.log",
+            name=name,
+        )
+        agent.start()
+        started.append(agent)
+        return agent
+
+    yield start
+    for agent in started:
+        agent.kill()
