@@ -143,6 +143,13 @@ class ManagerClient:
     def node(self, name: str) -> Node:
         return self._parse(_NODE, self._send("GET", f"/v1/nodes/{_segment(name, 'node')}"))
 
+    def drain(self, name: str) -> Node:
+        return self._parse(_NODE, self._send("POST", f"/v1/nodes/{_segment(name, 'node')}/drain"))
+
+    def undrain(self, name: str) -> Node:
+        path = f"/v1/nodes/{_segment(name, 'node')}/undrain"
+        return self._parse(_NODE, self._send("POST", path))
+
     def health(self) -> dict[str, Any]:
         return self._parse(_HEALTH, self._send("GET", "/v1/health"))
 

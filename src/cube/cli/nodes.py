@@ -32,6 +32,7 @@ def nodes_group(ctx: click.Context, client: ManagerClient, output: out.Format) -
       cube nodes
       cube nodes -o json | jq -r '.[] | select(.state == "ready") | .name'
       cube nodes show w1
+      cube nodes drain w1
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -61,6 +62,47 @@ def show_command(client: ManagerClient, name: str, output: out.Format) -> None:
         out.print_json(node)
     else:
         out.show(node_details(node))
+
+
+@nodes_group.command("drain")
+@click.argument("name")
+@out.output_option
+@handle_errors
+@manager_option
+def drain_command(client: ManagerClient, name: str, output: out.Format) -> None:
+    """Move a node's tasks to other nodes and place nothing new on it.
+
+    The tasks go back to the scheduler (same IDs, history kept); their copies on the
+    drained node are stopped. `cube nodes undrain` lets it take tasks again.
+
+    \b
+    Example:
+      cube nodes drain w1      # before maintenance on w1
+      cube nodes undrain w1    # after
+    """
+    _show_change(client.drain(name), output, "draining")
+
+
+@nodes_group.command("undrain")
+@click.argument("name")
+@out.output_option
+@handle_errors
+@manager_option
+def undrain_command(client: ManagerClient, name: str, output: out.Format) -> None:
+    """Let a drained node take tasks again.
+
+    \b
+    Example:
+      cube nodes undrain w1
+    """
+    _show_change(client.undrain(name), output, "taking tasks again")
+
+
+def _show_change(node: Node, output: out.Format, what: str) -> None:
+    if output == "json":
+        out.print_json(node)
+    else:
+        click.echo(f"{node.name} {what} ({node.state.value})")
 
 
 def memory_used(stats: MachineStats | None) -> str:
@@ -140,6 +182,7 @@ def node_details(node: Node) -> Group:
             ("Address", node.address),
             ("State", state),
             ("Labels", ", ".join(f"{k}={v}" for k, v in sorted(node.labels.items()))),
+            ("Allows", ", ".join(node.allows) or "nothing beyond isolated containers"),
             ("Tasks", str(node.tasks)),
             ("Host ports", ", ".join(str(p) for p in sorted(node.used_ports))),
             ("Registered", out.timestamp(node.registered_at)),
