@@ -73,6 +73,11 @@ class Manager:
         self._tried: dict[str, int] = {}
         self._loops: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[Any]] = set()
+        #: Task ID -> set when its send to a node ended. A stop waits for it: otherwise it can
+        #: overtake the send, find nothing to stop, and the node starts the task after all.
+        self._sending: dict[str, asyncio.Event] = {}
+        #: Task ID -> the stop call in flight, so collection passes do not pile up more.
+        self._stopping: dict[str, asyncio.Task[None]] = {}
 
     # --- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -146,9 +151,11 @@ class Manager:
             self._save(task, task.transition(State.COMPLETED, "stopped by user before placement"))
             return task.model_copy(deep=True)
         self._save(task)
+        if (sending := self._sending.get(task.id)) is not None:
+            await sending.wait()
         node = self.nodes.get(task.node or "")
         if node is not None:
-            await self._stop_on_node(task, node)
+            await asyncio.shield(self._stop_once(task, node))
         self._capacity_changed()
         return task.model_copy(deep=True)
 
@@ -248,10 +255,20 @@ class Manager:
             task.node = decision.node
             task.node_events = 0  # a new placement: the node's history of it starts now
             self._save(task, task.transition(State.SCHEDULED, f"placed on {decision.node}"))
+            self._sending.setdefault(task.id, asyncio.Event())  # before anything else runs
             sends.append(self._send(task, views[i]))
         await asyncio.gather(*sends)
 
     async def _send(self, task: Task, node: Node) -> None:
+        sending = self._sending.setdefault(task.id, asyncio.Event())
+        try:
+            await self._send_once(task, node)
+        finally:
+            sending.set()
+            if self._sending.get(task.id) is sending:
+                del self._sending[task.id]
+
+    async def _send_once(self, task: Task, node: Node) -> None:
         request = TaskRequest.model_validate({**task.spec.model_dump(), "id": task.id})
         try:
             reported = await self.workers.run(node.address, request)
@@ -316,18 +333,33 @@ class Manager:
                 if task.state in TERMINAL:
                     self._capacity_changed()  # its resources are free again
             if task.desired is DesiredState.STOP and (not copy.is_terminal or copy.container_id):
-                self._background_call(self._stop_on_node(task, node))
+                self._stop_once(task, node)
         for task in list(self.tasks.values()):
             if (
                 task.node == node.name
                 and task.id not in seen
                 and task.state in PLACED
                 and task.desired is DesiredState.RUN
+                and task.id not in self._sending  # not yet known: it is on its way
             ):
                 log.info(
                     "node does not know its task; sending it again", task=task.id, node=node.name
                 )
                 await self._send(task, node)
+
+    def _stop_once(self, task: Task, node: Node) -> asyncio.Task[None]:
+        """Stop ``task`` on ``node``, or join the stop call already in flight."""
+        stopping = self._stopping.get(task.id)
+        if stopping is None or stopping.done():
+            stopping = spawn(self._stop_on_node(task, node), "node call", keep=self._background)
+            self._stopping[task.id] = stopping
+
+            def forget(done: asyncio.Task[None]) -> None:
+                if self._stopping.get(task.id) is done:
+                    del self._stopping[task.id]
+
+            stopping.add_done_callback(forget)
+        return stopping
 
     async def _stop_on_node(self, task: Task, node: Node) -> None:
         try:

@@ -35,7 +35,13 @@ def merge_report(task: Task, reported: Task, node_events: Sequence[TaskEvent]) -
     if len(node_events) < task.node_events:
         task.node_events = 0
     added: list[TaskEvent] = []
+    merged = task.node_events
     for event in node_events[task.node_events :]:
+        if event.time > reported.updated_at:
+            # Newer than the copy (read just before the events): merging it now would mix a
+            # Failed state with the Running copy's fields (no exit code...). Next pass.
+            break
+        merged += 1
         # The node's own "submitted"/"accepted" steps repeat what the manager did, and only
         # the manager sends a task back to Pending: a node's Pending is its creation record.
         if (
@@ -47,7 +53,7 @@ def merge_report(task: Task, reported: Task, node_events: Sequence[TaskEvent]) -
         added.append(
             task.transition(event.state, event.reason, exit_code=event.exit_code, now=event.time)
         )
-    task.node_events = len(node_events)
+    task.node_events = merged
     task.container_id = reported.container_id
     task.ports = list(reported.ports)
     task.restarts = reported.restarts
