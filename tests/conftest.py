@@ -21,6 +21,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests import api
+
 IMAGE = "cube-busybox:latest"
 SESSION = uuid.uuid4().hex[:6]
 _counter = iter(range(1_000_000))
@@ -129,7 +131,7 @@ class AgentProcess:
             if self.proc.poll() is not None:
                 raise AssertionError(f"{self.name} exited early:\n{self.log_path.read_text()}")
             try:
-                return httpx.get(f"{self.url}/v1/health", timeout=1).status_code == 200
+                return api.get(f"{self.url}/v1/health", timeout=1).status_code == 200
             except httpx.HTTPError:
                 return False
 

@@ -11,8 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import httpx
-
+from tests import api
 from tests.conftest import docker, wait_for
 
 
@@ -36,7 +35,7 @@ def invariant_violations(
     """
     workers = list(workers)
     tasks: dict[str, dict[str, Any]] = {
-        t["id"]: t for t in httpx.get(f"{manager_url}/v1/tasks", timeout=10).json()
+        t["id"]: t for t in api.get(f"{manager_url}/v1/tasks", timeout=10).json()
     }
     containers = running_containers(workers)
     problems: list[str] = []

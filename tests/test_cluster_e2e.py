@@ -24,6 +24,7 @@ import httpx
 import pytest
 
 from cube.task.state import State, can_transition
+from tests import api
 from tests.conftest import IMAGE, AgentProcess, containers_of, docker, wait_for
 
 pytestmark = pytest.mark.docker
@@ -31,26 +32,26 @@ pytestmark = pytest.mark.docker
 
 # --- helpers --------------------------------------------------------------------------------------
 def submit(manager: AgentProcess, spec: dict[str, Any]) -> str:
-    response = httpx.post(f"{manager.url}/v1/tasks", json=spec, timeout=30)
+    response = api.post(f"{manager.url}/v1/tasks", json=spec, timeout=30)
     assert response.status_code == 201, response.text
     assert response.json()["state"] == "pending"
     return str(response.json()["id"])
 
 
 def task_of(manager: AgentProcess, task_id: str) -> dict[str, Any]:
-    response = httpx.get(f"{manager.url}/v1/tasks/{task_id}", timeout=10)
+    response = api.get(f"{manager.url}/v1/tasks/{task_id}", timeout=10)
     assert response.status_code == 200, response.text
     return dict(response.json())
 
 
 def tasks_of(manager: AgentProcess) -> dict[str, dict[str, Any]]:
-    response = httpx.get(f"{manager.url}/v1/tasks", timeout=10)
+    response = api.get(f"{manager.url}/v1/tasks", timeout=10)
     assert response.status_code == 200, response.text
     return {t["id"]: t for t in response.json()}
 
 
 def events_of(manager: AgentProcess, task_id: str) -> list[dict[str, Any]]:
-    response = httpx.get(f"{manager.url}/v1/tasks/{task_id}/events", timeout=10)
+    response = api.get(f"{manager.url}/v1/tasks/{task_id}/events", timeout=10)
     assert response.status_code == 200, response.text
     return list(response.json())
 
@@ -69,7 +70,7 @@ def wait_state(
 
 
 def stop(manager: AgentProcess, task_id: str) -> httpx.Response:
-    return httpx.delete(f"{manager.url}/v1/tasks/{task_id}", timeout=60)
+    return api.delete(f"{manager.url}/v1/tasks/{task_id}", timeout=60)
 
 
 def sleeper(name: str, **extra: Any) -> dict[str, Any]:
@@ -87,7 +88,7 @@ def wait_nodes(manager: AgentProcess, workers: list[AgentProcess]) -> dict[str, 
     wanted = {w.name for w in workers}
 
     def joined() -> dict[str, dict[str, Any]] | None:
-        nodes = {n["name"]: n for n in httpx.get(f"{manager.url}/v1/nodes", timeout=10).json()}
+        nodes = {n["name"]: n for n in api.get(f"{manager.url}/v1/nodes", timeout=10).json()}
         ready = {name for name, n in nodes.items() if n["state"] == "ready"}
         return nodes if wanted <= ready else None
 
@@ -227,7 +228,7 @@ def test_stop_right_after_submitting_ends_completed_and_leaves_no_container(
     manager, workers = cluster(start_manager, start_worker)
 
     stopped: dict[str, dict[str, Any]] = {}
-    with httpx.Client(base_url=manager.url, timeout=60) as http:
+    with httpx.Client(base_url=manager.url, timeout=60, headers=api.HEADERS) as http:
         for i in range(5):
             # Back to back: the stop lands while the task is Pending, being placed, or on
             # its way to its node (Scheduled is too short to catch on purpose).
@@ -413,7 +414,7 @@ def test_logs_are_proxied_from_the_node(start_manager: Any, start_worker: Any) -
     wait_state(manager, task_id, "running")
 
     def output() -> str | None:
-        response = httpx.get(f"{manager.url}/v1/tasks/{task_id}/logs", timeout=10)
+        response = api.get(f"{manager.url}/v1/tasks/{task_id}/logs", timeout=10)
         assert response.status_code == 200, response.text
         return response.text if "hello-e2e" in response.text else None
 
@@ -425,7 +426,7 @@ def test_bad_input_gets_422_naming_the_field_and_unknown_ids_404(
     start_manager: Any, start_worker: Any
 ) -> None:
     manager, [worker] = cluster(start_manager, start_worker, workers=1)
-    with httpx.Client(base_url=manager.url, timeout=10) as http:
+    with httpx.Client(base_url=manager.url, timeout=10, headers=api.HEADERS) as http:
         bad_memory = {"name": "x", "image": IMAGE, "resources": {"memory": "lots"}}
         response = http.post("/v1/tasks", json=bad_memory)
         assert response.status_code == 422, response.text

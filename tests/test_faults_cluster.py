@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests import api
 from tests.conftest import (
     IMAGE,
     AgentProcess,
@@ -49,7 +50,7 @@ SLACK = 8.0
 
 # --- talking to the manager -----------------------------------------------------------------------
 def get_json(url: str, path: str) -> Any:
-    response = httpx.get(f"{url}/v1{path}", timeout=10)
+    response = api.get(f"{url}/v1{path}", timeout=10)
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -57,7 +58,7 @@ def get_json(url: str, path: str) -> Any:
 def submit(url: str, name: str) -> str:
     """Submit a sleeper that stops within a second; return its task ID."""
     spec = {"name": name, "image": IMAGE, "command": ["sleep", "600"], "stop_timeout": "1s"}
-    response = httpx.post(f"{url}/v1/tasks", json=spec, timeout=30)
+    response = api.post(f"{url}/v1/tasks", json=spec, timeout=30)
     assert response.status_code == 201, response.text
     return str(response.json()["id"])
 
@@ -185,7 +186,7 @@ def test_drain_moves_tasks_away_and_takes_none_until_undrained(
     running = spread_tasks(manager.url, "drain", 4, {a.name, b.name})
     on_a = [t["container_id"] for t in running.values() if t["node"] == a.name]
 
-    response = httpx.post(f"{manager.url}/v1/nodes/{a.name}/drain", timeout=10)
+    response = api.post(f"{manager.url}/v1/nodes/{a.name}/drain", timeout=10)
     drained = time.monotonic()
     assert response.status_code == 200, response.text
     assert response.json()["state"] == "draining"
@@ -199,7 +200,7 @@ def test_drain_moves_tasks_away_and_takes_none_until_undrained(
     assert node_states(manager.url)[a.name] == "draining"
     assert containers_of(f"cube.worker={a.name}") == []
 
-    response = httpx.post(f"{manager.url}/v1/nodes/{a.name}/undrain", timeout=10)
+    response = api.post(f"{manager.url}/v1/nodes/{a.name}/undrain", timeout=10)
     assert response.status_code == 200, response.text
     assert response.json()["state"] == "ready"
     last = [submit(manager.url, f"after{i}") for i in range(2)]
@@ -365,7 +366,7 @@ class NetAgent(AgentProcess):
             if self.proc.poll() is not None:
                 raise AssertionError(f"{self.name} exited early:\n{self.logs()}")
             try:
-                return httpx.get(f"{self.url}/v1/health", timeout=1).status_code == 200
+                return api.get(f"{self.url}/v1/health", timeout=1).status_code == 200
             except httpx.HTTPError:
                 return False
 

@@ -22,9 +22,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
+from tests import api
 from tests.conftest import IMAGE, AgentProcess, containers_of, docker, wait_for
 from tests.invariants import assert_converges
 
@@ -82,23 +82,23 @@ class Cluster:
     worker: AgentProcess
 
     def submit(self, spec: Json) -> str:
-        response = httpx.post(f"{self.manager.url}/v1/tasks", json=spec, timeout=30)
+        response = api.post(f"{self.manager.url}/v1/tasks", json=spec, timeout=30)
         assert response.status_code == 201, response.text
         return str(response.json()["id"])
 
     def task(self, task_id: str) -> Json:
-        response = httpx.get(f"{self.manager.url}/v1/tasks/{task_id}", timeout=10)
+        response = api.get(f"{self.manager.url}/v1/tasks/{task_id}", timeout=10)
         assert response.status_code == 200, response.text
         return dict(response.json())
 
     def events(self, task_id: str) -> list[Json]:
-        response = httpx.get(f"{self.manager.url}/v1/tasks/{task_id}/events", timeout=10)
+        response = api.get(f"{self.manager.url}/v1/tasks/{task_id}/events", timeout=10)
         assert response.status_code == 200, response.text
         return list(response.json())
 
     def worker_tasks(self) -> dict[str, Json]:
         """What the worker itself says it runs."""
-        response = httpx.get(f"{self.worker.url}/v1/tasks", timeout=10)
+        response = api.get(f"{self.worker.url}/v1/tasks", timeout=10)
         assert response.status_code == 200, response.text
         return {t["id"]: t for t in response.json()}
 
@@ -136,7 +136,7 @@ def cluster(start_manager: Any, start_worker: Any) -> Cluster:
     worker = start_worker("--manager", manager.url)
 
     def joined() -> bool:
-        nodes = httpx.get(f"{manager.url}/v1/nodes", timeout=10).json()
+        nodes = api.get(f"{manager.url}/v1/nodes", timeout=10).json()
         return any(n["name"] == worker.name and n["state"] == "ready" for n in nodes)
 
     wait_for(joined, timeout=30, what=f"{worker.name} to join the manager")
@@ -201,7 +201,7 @@ def test_always_restarts_a_container_that_exits_zero(cluster: Cluster) -> None:
     assert states(events).count("running") >= 3
     assert not any(e["state"] == "failed" for e in events)
 
-    response = httpx.delete(f"{cluster.manager.url}/v1/tasks/{task_id}", timeout=60)
+    response = api.delete(f"{cluster.manager.url}/v1/tasks/{task_id}", timeout=60)
     assert response.status_code == 200, response.text
     cluster.converges({task_id: "completed"})
     cluster.wait(task_id, lambda t: t["container_id"] is None, what="container removed")

@@ -8,17 +8,18 @@ from typing import Any
 import httpx
 import pytest
 
+from tests import api
 from tests.conftest import IMAGE, containers_of, docker, free_port, wait_for
 
 pytestmark = pytest.mark.docker
 
 
 def post_task(url: str, spec: dict[str, Any]) -> httpx.Response:
-    return httpx.post(f"{url}/v1/tasks", json=spec, timeout=30)
+    return api.post(f"{url}/v1/tasks", json=spec, timeout=30)
 
 
 def task_of(url: str, task_id: str) -> dict[str, Any]:
-    response = httpx.get(f"{url}/v1/tasks/{task_id}", timeout=10)
+    response = api.get(f"{url}/v1/tasks/{task_id}", timeout=10)
     assert response.status_code == 200, response.text
     return dict(response.json())
 
@@ -63,7 +64,7 @@ def test_httpd_task_runs_and_answers_on_its_published_port(start_worker: Any) ->
 
     def answers() -> str | None:
         try:
-            return httpx.get(f"http://127.0.0.1:{port}/index.html", timeout=2).text
+            return api.get(f"http://127.0.0.1:{port}/index.html", timeout=2).text
         except httpx.HTTPError:
             return None
 
@@ -76,7 +77,7 @@ def test_delete_stops_and_removes_the_container(start_worker: Any) -> None:
     task_id = post_task(worker.url, sleeper()).json()["id"]
     container = wait_state(worker.url, task_id, "running")["container_id"]
 
-    response = httpx.delete(f"{worker.url}/v1/tasks/{task_id}", timeout=30)
+    response = api.delete(f"{worker.url}/v1/tasks/{task_id}", timeout=30)
 
     assert response.status_code == 200, response.text
     assert response.json()["state"] == "completed"
@@ -111,7 +112,7 @@ def test_on_failure_with_max_two_attempts_restarts_exactly_twice(start_worker: A
 
     task = wait_for(gave_up, what="the restart policy to give up")
     assert task["restarts"] == 2
-    events = httpx.get(f"{worker.url}/v1/tasks/{task_id}/events", timeout=10).json()
+    events = api.get(f"{worker.url}/v1/tasks/{task_id}/events", timeout=10).json()
     starts = [e for e in events if e["state"] == "running"]
     failures = [e for e in events if e["state"] == "failed"]
     assert len(starts) == 3  # the first run and two restarts
@@ -183,16 +184,16 @@ def test_bad_spec_gets_422_naming_the_field(start_worker: Any) -> None:
     assert [f["field"] for f in body["fields"]] == ["resources.memory"]
     assert "resources.memory" in body["message"]
 
-    response = httpx.post(f"{worker.url}/v1/tasks", content=b"{not json", timeout=10)
+    response = api.post(f"{worker.url}/v1/tasks", content=b"{not json", timeout=10)
     assert response.status_code == 422
     assert response.json()["fields"][0]["field"] == "body"
-    assert httpx.get(f"{worker.url}/v1/tasks", timeout=10).json() == []
+    assert api.get(f"{worker.url}/v1/tasks", timeout=10).json() == []
 
 
 def test_unknown_ids_get_404(start_worker: Any) -> None:
     worker = start_worker()
     for method, path in [("GET", ""), ("DELETE", ""), ("GET", "/events"), ("GET", "/logs")]:
-        response = httpx.request(method, f"{worker.url}/v1/tasks/nope{path}", timeout=10)
+        response = api.request(method, f"{worker.url}/v1/tasks/nope{path}", timeout=10)
         assert response.status_code == 404, (method, path, response.text)
         assert response.json()["error"] == "not_found"
 
@@ -216,12 +217,12 @@ def test_logs_and_stats(start_worker: Any) -> None:
     spec = {"name": "talker", "image": IMAGE, "command": ["sh", "-c", "echo out; echo err >&2"]}
     task_id = post_task(worker.url, spec).json()["id"]
     wait_state(worker.url, task_id, "completed")
-    logs = httpx.get(f"{worker.url}/v1/tasks/{task_id}/logs", timeout=10)
+    logs = api.get(f"{worker.url}/v1/tasks/{task_id}/logs", timeout=10)
     assert logs.status_code == 200
     assert sorted(logs.text.splitlines()) == ["err", "out"]  # two pipes: order not kept
 
     post_task(worker.url, sleeper(resources={"cpu": 0.25, "memory": "16MiB"}))
-    stats = httpx.get(f"{worker.url}/v1/stats", timeout=10).json()
+    stats = api.get(f"{worker.url}/v1/stats", timeout=10).json()
     assert stats["capacity"]["cpu"] == 1.5
     assert stats["capacity"]["memory"] == 1024**3
     assert stats["allocated"] == {"cpu": 0.25, "memory": 16 * 1024**2, "disk": 0}

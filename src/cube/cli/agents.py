@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import os
 import socket
 import sys
 from collections.abc import Awaitable, Callable
@@ -15,10 +14,23 @@ from typing import Any
 import click
 
 from cube.api.server import Server, make_server, serve
+from cube.auth import Authenticator, Role
+from cube.cli.credentials import (
+    JOIN_TOKEN_ENV,
+    JOIN_TOKEN_FILE,
+    TOKEN_ENV,
+    TOKEN_FILE,
+    WORKER_TOKEN_ENV,
+    Security,
+    data_root,
+    find_local_token,
+    own_token,
+    security_options,
+)
 from cube.cli.errors import EXIT_FAILED, handle_errors
 from cube.cli.options import SIZE, parse_labels
 from cube.log import get_logger, setup_logging
-from cube.manager import Manager
+from cube.manager import Manager, WorkerClient
 from cube.manager import create_app as manager_app
 from cube.node import Resources
 from cube.runtime.docker import DockerRuntime
@@ -36,8 +48,7 @@ DEFAULT_WORKER_PORT = 5556
 
 
 def default_data_dir(role: str) -> Path:
-    base = os.environ.get("CUBE_DATA_DIR") or Path.home() / ".local" / "share" / "cube"
-    return Path(base) / role
+    return data_root() / role
 
 
 def _data_dir(given: Path | None, role: str) -> Path:
@@ -206,8 +217,19 @@ def _run_servers(
     type=click.Path(file_okay=False, path_type=Path),
     help="Where the worker keeps its state  [default: ~/.local/share/cube/worker-NAME]",
 )
+@click.option(
+    "--token",
+    envvar=WORKER_TOKEN_ENV,
+    help="The token this worker's API accepts  [default: DATA_DIR/token, created if missing]",
+)
+@click.option(
+    "--join-token",
+    envvar=JOIN_TOKEN_ENV,
+    help="The manager's join token  [default: the local manager's join-token file]",
+)
 @_store_option
 @_node_options
+@security_options
 @_log_option
 @handle_errors
 def worker_command(
@@ -217,8 +239,11 @@ def worker_command(
     manager_url: str | None,
     advertise: str | None,
     data_dir: Path | None,
+    token: str | None,
+    join_token: str | None,
     store_kind: StoreKind,
     node: NodeOptions,
+    security: Security,
     log_level: str,
 ) -> None:
     """Run a worker agent: runs tasks on this machine as Docker containers.
@@ -234,40 +259,85 @@ def worker_command(
     setup_logging(log_level)
     data = _data_dir(data_dir, f"worker-{name}")
     parts = _build_worker(name, data, store_kind, node)
-    server = make_server(worker_app(parts.worker), host=host, port=port)
-    address = advertise or f"http://{host}:{port}"
-    log.info("starting worker", node=name, address=address, data_dir=str(data), store=store_kind)
+    worker_token, source = own_token(token, data, TOKEN_FILE)
+    server = make_server(
+        worker_app(parts.worker, authenticator=Authenticator({Role.MANAGER: [worker_token]})),
+        host=host,
+        port=port,
+        tls=security.tls,
+    )
+    address = advertise or f"{security.scheme}://{host}:{port}"
+    log.info(
+        "starting worker",
+        node=name,
+        address=address,
+        data_dir=str(data),
+        store=store_kind,
+        token=source,
+    )
+    if manager_url and not join_token:
+        join_token = find_local_token(JOIN_TOKEN_FILE)
 
     async def join() -> None:
         if manager_url:
-            await join_manager(manager_url, name=name, address=address)
+            await join_manager(
+                manager_url,
+                name=name,
+                address=address,
+                token=worker_token,
+                join_token=join_token,
+                verify=security.verify,
+            )
 
     _run_servers(server, stores=[parts.store], runtimes=[parts.runtime], after_start=join)
 
 
 # --- cube manager --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ManagerParts:
+    manager: Manager
+    store: Store
+    authenticator: Authenticator
+
+
 def _build_manager(
     data: Path,
+    *,
     store_kind: StoreKind,
     scheduler: str,
     workers: str,
+    worker_token: str | None,
     collect_interval: float,
     node_timeout: float,
-) -> tuple[Manager, Store]:
+    token: str | None,
+    join_token: str | None,
+    security: Security,
+) -> ManagerParts:
+    """A manager and its credentials: the cluster token and the join token."""
+    user, user_source = own_token(token, data, TOKEN_FILE)
+    join, join_source = own_token(join_token, data, JOIN_TOKEN_FILE)
+    log.info(
+        "cluster token",
+        file=user_source,
+        use=f"export {TOKEN_ENV}=$(cat {user_source})" if user_source.startswith("/") else "",
+    )
+    log.info("join token for workers", file=join_source)
     store = open_store(store_kind, data)
     manager = Manager(
         store=store,
         scheduler=make_scheduler(scheduler),
-        static_workers=[_as_url(a) for a in workers.split(",") if a.strip()],
+        workers=WorkerClient(timeout=max(2.0, collect_interval * 2), verify=security.verify),
+        static_workers=[_as_url(a, security.scheme) for a in workers.split(",") if a.strip()],
+        static_token=worker_token,
         collect_interval=collect_interval,
         node_timeout=node_timeout,
     )
-    return manager, store
+    return ManagerParts(manager, store, Authenticator({Role.USER: [user], Role.JOIN: [join]}))
 
 
-def _as_url(address: str) -> str:
+def _as_url(address: str, scheme: str) -> str:
     address = address.strip()
-    return address if "://" in address else f"http://{address}"
+    return address if "://" in address else f"{scheme}://{address}"
 
 
 def _manager_options(func: Callable[..., None]) -> Callable[..., None]:
@@ -287,6 +357,16 @@ def _manager_options(func: Callable[..., None]) -> Callable[..., None]:
                 show_default=True,
                 help="Seconds of silence before a node is Down.",
             ),
+            click.option(
+                "--token",
+                envvar=TOKEN_ENV,
+                help="The cluster token users need  [default: DATA_DIR/token, created if missing]",
+            ),
+            click.option(
+                "--join-token",
+                envvar=JOIN_TOKEN_ENV,
+                help="The token workers join with  [default: DATA_DIR/join-token, created]",
+            ),
         ]
     ):
         func = option(func)
@@ -305,6 +385,11 @@ def _manager_options(func: Callable[..., None]) -> Callable[..., None]:
     help="Workers to use without them registering, e.g. 10.0.0.5:5556,10.0.0.6:5556.",
 )
 @click.option(
+    "--worker-token",
+    envvar=WORKER_TOKEN_ENV,
+    help="The token the --workers accept (start them with the same --token).",
+)
+@click.option(
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
     help="Where the manager keeps its state  [default: ~/.local/share/cube/manager]",
@@ -312,17 +397,22 @@ def _manager_options(func: Callable[..., None]) -> Callable[..., None]:
 @_scheduler_option
 @_store_option
 @_manager_options
+@security_options
 @_log_option
 @handle_errors
 def manager_command(
     host: str,
     port: int,
     workers: str,
+    worker_token: str | None,
     data_dir: Path | None,
     scheduler: str,
     store_kind: StoreKind,
     collect_interval: float,
     node_timeout: float,
+    token: str | None,
+    join_token: str | None,
+    security: Security,
     log_level: str,
 ) -> None:
     """Run the manager: accepts tasks, places them on workers, tracks them.
@@ -335,19 +425,28 @@ def manager_command(
     """
     setup_logging(log_level)
     data = _data_dir(data_dir, "manager")
-    manager, store = _build_manager(
-        data, store_kind, scheduler, workers, collect_interval, node_timeout
+    parts = _build_manager(
+        data,
+        store_kind=store_kind,
+        scheduler=scheduler,
+        workers=workers,
+        worker_token=worker_token,
+        collect_interval=collect_interval,
+        node_timeout=node_timeout,
+        token=token,
+        join_token=join_token,
+        security=security,
     )
     log.info(
         "starting manager",
-        address=f"http://{host}:{port}",
+        address=f"{security.scheme}://{host}:{port}",
         data_dir=str(data),
         scheduler=scheduler,
         store=store_kind,
     )
-    _run_servers(
-        make_server(manager_app(manager), host=host, port=port), stores=[store], runtimes=[]
-    )
+    app = manager_app(parts.manager, authenticator=parts.authenticator)
+    server = make_server(app, host=host, port=port, tls=security.tls)
+    _run_servers(server, stores=[parts.store], runtimes=[])
 
 
 # --- cube dev ------------------------------------------------------------------------------------
@@ -379,6 +478,8 @@ def dev_command(
     store_kind: StoreKind,
     collect_interval: float,
     node_timeout: float,
+    token: str | None,
+    join_token: str | None,
     node: NodeOptions,
     log_level: str,
 ) -> None:
@@ -396,18 +497,32 @@ def dev_command(
     setup_logging(log_level)
     data = _data_dir(data_dir, "dev")
     worker_port = port + 1
-    parts = _build_worker(name, _data_dir(data / "worker", "dev"), store_kind, node)
-    manager, manager_store = _build_manager(
+    worker_data = _data_dir(data / "worker", "dev")
+    parts = _build_worker(name, worker_data, store_kind, node)
+    worker_token, _ = own_token(None, worker_data, TOKEN_FILE)
+    plain = Security(tls=None, ca=None)  # loopback only
+    control = _build_manager(
         _data_dir(data / "manager", "dev"),
-        store_kind,
-        scheduler,
-        f"127.0.0.1:{worker_port}",
-        collect_interval,
-        node_timeout,
+        store_kind=store_kind,
+        scheduler=scheduler,
+        workers=f"127.0.0.1:{worker_port}",
+        worker_token=worker_token,
+        collect_interval=collect_interval,
+        node_timeout=node_timeout,
+        token=token,
+        join_token=join_token,
+        security=plain,
     )
+    worker_auth = Authenticator({Role.MANAGER: [worker_token]})
     servers = (
-        make_server(manager_app(manager), host="127.0.0.1", port=port),
-        make_server(worker_app(parts.worker), host="127.0.0.1", port=worker_port),
+        make_server(
+            manager_app(control.manager, authenticator=control.authenticator),
+            host="127.0.0.1",
+            port=port,
+        ),
+        make_server(
+            worker_app(parts.worker, authenticator=worker_auth), host="127.0.0.1", port=worker_port
+        ),
     )
     log.info(
         "starting dev cluster",
@@ -415,4 +530,4 @@ def dev_command(
         worker=f"http://127.0.0.1:{worker_port}",
         data_dir=str(data),
     )
-    _run_servers(*servers, stores=[parts.store, manager_store], runtimes=[parts.runtime])
+    _run_servers(*servers, stores=[parts.store, control.store], runtimes=[parts.runtime])

@@ -20,6 +20,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from cube import errors
 from cube.api.client import check, unreachable
+from cube.cli.credentials import CA_ENV, TOKEN_ENV, TOKEN_FILE, find_local_token
 from cube.errors import FieldError
 from cube.node import Node
 from cube.task.model import Task, TaskEvent
@@ -73,14 +74,21 @@ class ManagerClient:
         *,
         timeout: float = DEFAULT_TIMEOUT,
         transport: httpx.BaseTransport | None = None,
+        token: str | None = None,
+        verify: str | bool = True,
     ) -> None:
         self.base_url = normalise_url(base_url)
         connect = min(timeout, _CONNECT_TIMEOUT)
         self._timeout = httpx.Timeout(timeout, connect=connect)
         # Following waits for output as long as the task lives: no read timeout then.
         self._follow_timeout = httpx.Timeout(timeout, connect=connect, read=None)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(
-            base_url=self.base_url, timeout=self._timeout, transport=transport
+            base_url=self.base_url,
+            timeout=self._timeout,
+            transport=transport,
+            headers=headers,
+            verify=verify,
         )
 
     def close(self) -> None:
@@ -208,15 +216,38 @@ def manager_option(func: Callable[..., R]) -> Callable[..., R]:
         metavar="URL",
         help="Address of the manager's API.",
     )
+    @click.option(
+        "--token",
+        envvar=TOKEN_ENV,
+        show_envvar=True,
+        help="The cluster token  [default: the local manager's token file]",
+    )
+    @click.option(
+        "--ca",
+        envvar=CA_ENV,
+        show_envvar=True,
+        type=click.Path(exists=True, dir_okay=False),
+        help="CA bundle to trust for an https:// manager.",
+    )
     @functools.wraps(func)
-    def wrapper(*args: Any, manager_url: str, **kwargs: Any) -> R:
+    def wrapper(
+        *args: Any, manager_url: str, token: str | None, ca: str | None, **kwargs: Any
+    ) -> R:
         ctx = click.get_current_context()
-        own = ctx.get_parameter_source("manager_url")
-        if own in (ParameterSource.DEFAULT, ParameterSource.ENVIRONMENT):
-            manager_url = ctx.meta.get("cube.manager", manager_url)
-        ctx.meta["cube.manager"] = manager_url
+        for key, value in (("manager_url", manager_url), ("token", token), ("ca", ca)):
+            if ctx.get_parameter_source(key) in (
+                ParameterSource.DEFAULT,
+                ParameterSource.ENVIRONMENT,
+            ):
+                value = ctx.meta.get(f"cube.{key}", value)
+            ctx.meta[f"cube.{key}"] = value
+        manager_url, token, ca = (ctx.meta[f"cube.{k}"] for k in ("manager_url", "token", "ca"))
         transport = ctx.find_object(httpx.BaseTransport)
-        with ManagerClient(manager_url, transport=transport) as client:
+        if token is None and transport is None:
+            token = find_local_token(TOKEN_FILE)
+        with ManagerClient(
+            manager_url, transport=transport, token=token, verify=ca or True
+        ) as client:
             return func(*args, client=client, **kwargs)
 
     return wrapper

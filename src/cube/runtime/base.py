@@ -88,6 +88,12 @@ class ContainerRuntime(Protocol):
     async def ping(self) -> None:
         """Raise :class:`cube.errors.RuntimeUnavailable` unless the engine answers."""
 
+    async def ensure_image(
+        self, image: str, *, on_progress: ProgressCallback | None = None
+    ) -> None:
+        """Pull ``image`` unless the engine has it; ContainerError with the engine's message
+        if that fails. The slow, safely cancellable part of starting a container."""
+
     async def run(
         self, config: ContainerConfig, *, on_progress: ProgressCallback | None = None
     ) -> ContainerInfo:

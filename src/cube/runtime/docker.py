@@ -66,9 +66,8 @@ class DockerRuntime:
         return response
 
     def _unavailable(self, exc: Exception) -> RuntimeUnavailable:
-        return RuntimeUnavailable(
-            f"cannot reach the Docker engine at unix://{self.socket}: {str(exc) or type(exc).__name__}"
-        )
+        why = str(exc) or type(exc).__name__
+        return RuntimeUnavailable(f"cannot reach the Docker engine at unix://{self.socket}: {why}")
 
     # --- ContainerRuntime ----------------------------------------------------------------------
     async def ping(self) -> None:
@@ -77,7 +76,7 @@ class DockerRuntime:
     async def run(
         self, config: ContainerConfig, *, on_progress: ProgressCallback | None = None
     ) -> ContainerInfo:
-        await self._ensure_image(config.image, on_progress)
+        await self.ensure_image(config.image, on_progress=on_progress)
         created = await self._call(
             "POST", "/containers/create", params={"name": config.name}, json=_create_body(config)
         )
@@ -188,7 +187,9 @@ class DockerRuntime:
         await self._client.aclose()
 
     # --- images --------------------------------------------------------------------------------
-    async def _ensure_image(self, image: str, on_progress: ProgressCallback | None) -> None:
+    async def ensure_image(
+        self, image: str, *, on_progress: ProgressCallback | None = None
+    ) -> None:
         try:
             await self._call("GET", f"/images/{image}/json")
             return

@@ -52,12 +52,17 @@ class FakeRuntime:
     async def ping(self) -> None:
         self._check()
 
+    async def ensure_image(
+        self, image: str, *, on_progress: ProgressCallback | None = None
+    ) -> None:
+        self._check()
+        if image in self.missing_images:
+            raise ContainerError(f"pull {image}: repository does not exist")
+
     async def run(
         self, config: ContainerConfig, *, on_progress: ProgressCallback | None = None
     ) -> ContainerInfo:
-        self._check()
-        if config.image in self.missing_images:
-            raise ContainerError(f"pull {config.image}: repository does not exist")
+        await self.ensure_image(config.image, on_progress=on_progress)
         if any(c.info.name == config.name for c in self.containers.values()):
             raise ContainerError(f"Conflict. The container name {config.name!r} is already in use")
         taken = {p.host for c in self.containers.values() if c.info.running for p in c.info.ports}

@@ -11,8 +11,10 @@ worker's periodic listing, a stop request — just wakes the runner up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
+from collections.abc import Awaitable, Callable
 
 from cube.errors import ContainerError, RuntimeUnavailable
 from cube.log import get_logger
@@ -78,12 +80,15 @@ class TaskRunner:
         runtime: ContainerRuntime,
         store: Store,
         prober: Prober = probe,
+        on_change: Callable[[str], None] | None = None,
     ) -> None:
         self.task = task
         self.node = node
         self.runtime = runtime
         self.store = store
         self.prober = prober
+        #: Called with the task's ID after every change is saved (the worker's change feed).
+        self.on_change = on_change
         self._wake = asyncio.Event()
         self._health: HealthTracker | None = None
         self.done = asyncio.Event()
@@ -128,17 +133,22 @@ class TaskRunner:
     # --- steps ---------------------------------------------------------------------------------
     async def _start(self) -> None:
         task = self.task
-        # Remove what earlier attempts left behind (found by label, even if never recorded);
-        # only this worker's: another worker of the same engine may still run its own copy.
-        for old in await self.runtime.list({**worker_selector(self.node), LABEL_TASK_ID: task.id}):
-            await self.runtime.remove(old.id)
+        await self._remove_leftovers()
         task.container_id = None
 
         def progress(message: str) -> None:
             log.info(message, task=task.id, node=self.node)
 
+        config = container_config(task, self.node)
         try:
-            info = await self.runtime.run(container_config(task, self.node), on_progress=progress)
+            # Only the pull is cut short by a stop: a create cancelled mid-request could
+            # still complete inside the engine and leave a container nobody recorded.
+            pulled = await self._unless_stopped(
+                self.runtime.ensure_image(config.image, on_progress=progress)
+            )
+            if not pulled:
+                return  # stopped while pulling: the next step ends the task
+            info = await self.runtime.run(config, on_progress=progress)
         except ContainerError as exc:
             self._move(State.FAILED, f"container did not start: {exc.message}")
             return
@@ -247,6 +257,7 @@ class TaskRunner:
 
     async def _stop(self) -> None:
         task = self.task
+        await self._remove_leftovers(keep=task.container_id)
         exit_code = task.exit_code
         if task.container_id:
             await self.runtime.stop(task.container_id, grace=task.spec.stop_timeout)
@@ -264,6 +275,32 @@ class TaskRunner:
             self._move(State.COMPLETED, "stopped by user", exit_code=exit_code)
 
     # --- helpers -------------------------------------------------------------------------------
+    async def _remove_leftovers(self, *, keep: str | None = None) -> None:
+        """Remove this task's containers other than ``keep``, found by label even if never
+        recorded (a crash between create and save, a start cut short by a stop). Only this
+        worker's: another worker on the same engine may still run its own copy."""
+        selector = {**worker_selector(self.node), LABEL_TASK_ID: self.task.id}
+        for old in await self.runtime.list(selector):
+            if old.id != keep:
+                await self.runtime.remove(old.id)
+
+    async def _unless_stopped(self, work: Awaitable[None]) -> bool:
+        """Await ``work``, but cancel it and return False as soon as a stop is requested:
+        a pull of a large (or unreachable) image must not hold a stop up for minutes."""
+        job = asyncio.ensure_future(work)
+        while not job.done():
+            if self.task.desired is DesiredState.STOP:
+                job.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await job
+                return False
+            self._wake.clear()
+            waker = asyncio.ensure_future(self._wake.wait())
+            await asyncio.wait({job, waker}, return_when=asyncio.FIRST_COMPLETED)
+            waker.cancel()
+        job.result()  # raises what the work raised
+        return True
+
     async def _sleep(self, seconds: float) -> None:
         """Sleep, but wake early for a stop request (other wake-ups do not cut it short)."""
         deadline = time.monotonic() + seconds
@@ -284,11 +321,17 @@ class TaskRunner:
         task.node = self.node
         event = task.transition(target, reason, exit_code=exit_code)
         self.store.save_task(task, [event])
+        self._changed()
         level = log.warning if target is State.FAILED else log.info
         level(f"task {target.value}", task=task.id, name=task.name, node=self.node, reason=reason)
 
     def _save(self) -> None:
         self.store.save_task(self.task)
+        self._changed()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change(self.task.id)
 
 
 def needs_runner(task: Task) -> bool:
