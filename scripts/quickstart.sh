@@ -31,7 +31,7 @@ else
         "$cube" status >/dev/null 2>&1 && break
         sleep 0.2
     done
-    "$cube" status >/dev/null || { tail -20 "$log"; echo "quickstart: cube dev did not start" >&2; exit 1; }
+    "$cube" status >/dev/null 2>&1 || { tail -20 "$log"; echo "quickstart: cube dev did not start" >&2; exit 1; }
     # The manager needs one collection pass to know its local worker.
     for _ in $(seq 1 50); do
         "$cube" nodes -o json | grep -q '"ready"' && break
@@ -48,17 +48,23 @@ done
 echo
 echo "The web task $id is running. It answers on http://127.0.0.1:8080/ :"
 curl -fsS http://127.0.0.1:8080/ || echo "(not answering yet: try 'cube logs $id')"
+short=${id:0:12}
+env_line="export PATH=$PWD/.venv/bin:\$PATH CUBE_ADDR=$CUBE_ADDR"
+if [[ -n "${CUBE_DATA_DIR:-}" ]]; then
+    env_line="$env_line CUBE_DATA_DIR=$CUBE_DATA_DIR"
+fi
 cat <<MSG
 
-Next, try (with .venv/bin on your PATH, or prefix each with .venv/bin/):
-  export CUBE_ADDR=$CUBE_ADDR
-  cube status                 # every task: state, node, ports, restarts
-  cube status ${id:0:12}        # one task in detail: events, placement scores
-  cube nodes                  # the node: capacity, allocation, live metrics
-  cube logs ${id:0:12}
+Next, try:
+  $env_line
+  cube status                  # every task: state, node, ports, restarts, health
+  cube status $short     # one task in detail: events, placement scores
+  cube nodes                   # the node: capacity, allocation, live metrics
+  cube logs $short
   cube run --name sleeper --image cube-busybox:latest --cpu 0.5 --memory 64MiB -- sleep 600
-  cube stop ${id:0:12}
+  cube stop $short
 
+The CLI finds the cluster token in $data/dev/manager/token (mode 0600) by itself.
 Stop the cluster (task containers keep running and are adopted on the next start):
   kill \$(cat $pidfile)
 Remove every Cube container too:
