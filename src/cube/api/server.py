@@ -11,11 +11,11 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
+
+from cube.api.tls import Tls
 
 
 class Server(uvicorn.Server):
@@ -24,14 +24,6 @@ class Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
-
-
-@dataclass(frozen=True)
-class Tls:
-    """A server's certificate and key (PEM files)."""
-
-    cert: Path
-    key: Path
 
 
 def make_server(app: FastAPI, *, host: str, port: int, tls: Tls | None = None) -> Server:

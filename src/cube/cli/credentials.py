@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from cube.api.server import Tls
+from cube.api.tls import Tls
 from cube.auth import JOIN_TOKEN_FILE, TOKEN_FILE, load_or_create_token, read_token
 
 TOKEN_ENV = "CUBE_TOKEN"

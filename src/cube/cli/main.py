@@ -2,40 +2,65 @@
 
 from __future__ import annotations
 
+import importlib
+
 import click
 
-from cube.cli.agents import dev_command, manager_command, worker_command
-from cube.cli.nodes import nodes_group
-from cube.cli.run import run_command
-from cube.cli.tasks import logs_command, status_command, stop_command
+#: Command name -> "module:attribute". Loaded on first use, so `cube status` does not pay
+#: for importing the servers (FastAPI, uvicorn) that only the agent commands need.
+COMMANDS = {
+    "manager": "cube.cli.agents:manager_command",
+    "worker": "cube.cli.agents:worker_command",
+    "dev": "cube.cli.agents:dev_command",
+    "run": "cube.cli.run:run_command",
+    "status": "cube.cli.tasks:status_command",
+    "logs": "cube.cli.tasks:logs_command",
+    "stop": "cube.cli.tasks:stop_command",
+    "nodes": "cube.cli.nodes:nodes_group",
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported when called (or listed by --help)."""
+
+    def __init__(self, *args: object, lazy: dict[str, str], **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.lazy = lazy
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.lazy:
+            return super().get_command(ctx, cmd_name)
+        module, _, attr = self.lazy[cmd_name].partition(":")
+        command = getattr(importlib.import_module(module), attr)
+        if not isinstance(command, click.Command):
+            raise TypeError(f"{self.lazy[cmd_name]} is not a click command")
+        return command
+
+
+@click.group(
+    cls=LazyGroup,
+    lazy=COMMANDS,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(package_name="cube")
 def cli() -> None:
     """Cube: a small container orchestrator.
 
     \b
     Example:
-      cube worker --name w1 --port 5556
+      cube dev                              # a one-node cluster on this machine
       ID=$(cube run examples/web.yaml --wait)
       cube status $ID
       cube logs -f $ID
       cube stop $ID
       cube nodes
 
-    Commands that talk to the manager take --manager URL (or CUBE_ADDR).
+    Commands that talk to the manager take --manager URL (or CUBE_ADDR) and
+    --token (or CUBE_TOKEN; found by itself next to a local manager).
     """
-
-
-cli.add_command(manager_command)
-cli.add_command(worker_command)
-cli.add_command(run_command)
-cli.add_command(status_command)
-cli.add_command(logs_command)
-cli.add_command(stop_command)
-cli.add_command(nodes_group)
-cli.add_command(dev_command)
 
 
 def main() -> None:
