@@ -52,9 +52,13 @@ def default_data_dir(role: str) -> Path:
 
 
 def _data_dir(given: Path | None, role: str) -> Path:
-    """The directory to use (created if needed): the one given, else the default for ``role``."""
+    """The directory to use (created if needed): the one given, else the default for ``role``.
+
+    Created 0700: besides the 0600 token files it holds the store, and a manager's store
+    keeps every worker's token (a token that can run containers on that worker).
+    """
     path = given or default_data_dir(role)
-    path.mkdir(parents=True, exist_ok=True)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
     return path
 
 

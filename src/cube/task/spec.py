@@ -284,6 +284,8 @@ def decode_spec_text(text: str | bytes, *, fmt: Literal["json", "yaml"] = "yaml"
     except (ValueError, yaml.YAMLError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InvalidSpec([FieldError("body", f"not valid {fmt.upper()}: {first}")]) from None
+    except RecursionError:  # both parsers recurse: "[[[[..." a few thousand deep, well under 1 MiB
+        raise InvalidSpec([FieldError("body", f"{fmt.upper()} nested too deeply")]) from None
 
 
 def load_spec_file(path: str | Path) -> TaskRequest:
