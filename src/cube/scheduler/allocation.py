@@ -28,9 +28,13 @@ def request(spec: TaskSpec) -> Resources:
 
 def allocate(node: Node, spec: TaskSpec) -> Node:
     """A copy of ``node`` with the task's resources, host ports and count added."""
+    have, r = node.allocated, spec.resources
     return node.model_copy(
         update={
-            "allocated": node.allocated + request(spec),
+            # One Resources built, not two (request + sum): this runs once per placement.
+            "allocated": Resources(
+                cpu=have.cpu + r.cpu, memory=have.memory + r.memory, disk=have.disk + r.disk
+            ),
             "used_ports": node.used_ports | host_ports(spec),
             "tasks": node.tasks + 1,
         }

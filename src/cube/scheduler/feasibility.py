@@ -11,12 +11,23 @@ placed in the same second must not both take the last free gigabyte.
 Checkers are built per task spec (:func:`checkers_for`), so the per-node work in
 the hot loop is a few float comparisons on plain attributes. A checker that
 cannot fail for a spec (no constraints, no host ports, no disk) is left out.
+
+**The fused test.** Asking each checker in turn reads the same node attributes
+again and again, and an attribute read on a pydantic model is the most expensive
+step of the hot loop (a few hundred machine instructions: ``BaseModel`` defines
+``__getattr__``, which turns off CPython's fast attribute paths). So for the
+built-in checkers :func:`fused_misfit` answers the same question, "which checker
+does this node fail first?", reading each attribute once, and :func:`filter_nodes`
+asks a checker itself only to explain a rejection, for the first few a Decision
+keeps. A spec's checkers and its fused test must agree: change both together.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
+from itertools import chain
 from typing import NamedTuple
 
 from cube.node import Node, NodeState
@@ -27,6 +38,8 @@ from cube.units import format_size
 CPU_EPSILON = 1e-9
 
 CheckFn = Callable[[Node], str | None]
+#: The index (in a checker list) of the first checker a node fails, or -1 if it passes all.
+MisfitFn = Callable[[Node], int]
 
 # Checker names. They are the keys of the per-reason counts in a Decision, so they
 # are part of the output format: keep them stable.
@@ -112,37 +125,46 @@ def port_checker(ports: Iterable[int]) -> Checker:
     return Checker(PORTS, check)
 
 
+# Formatting numbers is most of the cost of explaining a rejection, so the resource
+# checkers format what they need on their first rejection, not when they are built:
+# most placements explain no rejection of a given checker.
 def cpu_checker(cpu: float) -> Checker:
-    need = f"needs {format_cpu(cpu)} CPU"  # formatted once: pending tasks reject every node
+    need = ""
 
     def check(node: Node) -> str | None:
+        nonlocal need
         free = node.capacity.cpu - node.allocated.cpu
         if cpu <= free + CPU_EPSILON:
             return None
+        need = need or f"needs {format_cpu(cpu)} CPU"
         return f"{need}, {format_cpu(free)} free"
 
     return Checker(CPU, check)
 
 
 def memory_checker(memory: int) -> Checker:
-    need = f"needs {format_size(memory)} memory"
+    need = ""
 
     def check(node: Node) -> str | None:
+        nonlocal need
         free = node.capacity.memory - node.allocated.memory
         if memory <= free:
             return None
+        need = need or f"needs {format_size(memory)} memory"
         return f"{need}, {format_size(free)} free"
 
     return Checker(MEMORY, check)
 
 
 def disk_checker(disk: int) -> Checker:
-    need = f"needs {format_size(disk)} disk"
+    need = ""
 
     def check(node: Node) -> str | None:
+        nonlocal need
         free = node.capacity.disk - node.allocated.disk
         if disk <= free:
             return None
+        need = need or f"needs {format_size(disk)} disk"
         return f"{need}, {format_size(free)} free"
 
     return Checker(DISK, check)
@@ -170,13 +192,90 @@ def checkers_for(spec: TaskSpec) -> tuple[Checker, ...]:
     return tuple(out)
 
 
-@dataclass(slots=True)
-class Rejection:
-    """A node that failed a checker, with the checker's name and reason."""
+#: The checkers :func:`fused_misfit` knows, in the order :func:`checkers_for` lists them.
+_FUSED_ORDER = (STATE, CONSTRAINTS, PRIVILEGES, PORTS, CPU, MEMORY, DISK)
+
+
+def fused_misfit(spec: TaskSpec, checkers: Sequence[Checker]) -> MisfitFn | None:
+    """``checkers_for(spec)`` as one function: the index of the first checker a node fails.
+
+    Same answers as asking ``checkers`` in order (see the module docstring for why it
+    exists). ``None`` when ``checkers`` is not a list this function knows (a custom
+    checker, another order): :func:`filter_nodes` then asks the checkers one by one.
+    """
+    names = [c.name for c in checkers]
+    if names != [n for n in _FUSED_ORDER if n in names]:
+        return None
+    at = {name: i for i, name in enumerate(names)}
+    if STATE not in at or CPU not in at or MEMORY not in at:
+        return None
+    ready = NodeState.READY
+    i_state, i_cpu, i_memory = at[STATE], at[CPU], at[MEMORY]
+    labels_wanted = tuple(spec.constraints.items()) if CONSTRAINTS in at else ()
+    i_labels = at.get(CONSTRAINTS, -1)
+    allows_wanted = tuple(sorted(p.value for p in privileges(spec))) if PRIVILEGES in at else ()
+    i_allows = at.get(PRIVILEGES, -1)
+    ports = host_ports(spec) if PORTS in at else frozenset()
+    i_ports = at.get(PORTS, -1)
+    r = spec.resources
+    cpu, memory = r.cpu, r.memory
+    disk = r.disk if DISK in at else 0
+    i_disk = at.get(DISK, -1)
+
+    def misfit(node: Node) -> int:
+        if node.state != ready:
+            return i_state
+        if labels_wanted:
+            labels = node.labels
+            for key, value in labels_wanted:
+                if labels.get(key) != value:
+                    return i_labels
+        if allows_wanted:
+            allows = node.allows
+            for privilege in allows_wanted:
+                if privilege not in allows:
+                    return i_allows
+        if ports and not ports.isdisjoint(node.used_ports):
+            return i_ports
+        capacity, allocated = node.capacity, node.allocated
+        if cpu > capacity.cpu - allocated.cpu + CPU_EPSILON:
+            return i_cpu
+        if memory > capacity.memory - allocated.memory:
+            return i_memory
+        if disk and disk > capacity.disk - allocated.disk:
+            return i_disk
+        return -1
+
+    return misfit
+
+
+def _misfit(checkers: Sequence[Checker]) -> MisfitFn:
+    """Any checker list as a :data:`MisfitFn`, asking each checker in turn."""
+    checks = [c.check for c in checkers]
+
+    def misfit(node: Node) -> int:
+        for i, check in enumerate(checks):
+            if check(node) is not None:
+                return i
+        return -1
+
+    return misfit
+
+
+class Rejection(NamedTuple):
+    """A node that failed a checker, with the checker's name and reason.
+
+    ``reason`` is empty for rejections past the ones :func:`filter_nodes` was asked
+    to ``explain``. A NamedTuple: the hot loop makes one per rejected node.
+    """
 
     node: Node
     checker: str
     reason: str
+
+
+# Rejection(...) runs a Python-level __new__; this makes the same tuple from C.
+_new_rejection: Callable[[tuple[Node, str, str]], Rejection] = partial(tuple.__new__, Rejection)
 
 
 @dataclass(slots=True)
@@ -212,6 +311,8 @@ def filter_nodes(
     *,
     limit: int | None = None,
     start: int = 0,
+    explain: int | None = None,
+    misfit: MisfitFn | None = None,
 ) -> Feasibility:
     """Run the checkers over ``nodes`` from index ``start``, wrapping around.
 
@@ -219,6 +320,10 @@ def filter_nodes(
     a placement in a large cluster looks at a bounded number of nodes. ``None``
     examines every node. Either way a task is found infeasible only after every
     node was examined.
+
+    Every rejection is recorded with its checker's name; only the first ``explain``
+    (``None``: all) get a reason, which is all a Decision keeps. ``misfit`` is the
+    checkers' fused test (:func:`fused_misfit`); without it each checker is asked.
     """
     result = Feasibility()
     n = len(nodes)
@@ -226,29 +331,26 @@ def filter_nodes(
         return result
     start %= n
     want = n if limit is None else max(1, limit)
-    pairs = [(c.name, c.check) for c in checkers]
+    explain = n if explain is None else explain
+    test = misfit or _misfit(checkers)
+    names = [c.name for c in checkers]
+    checks = [c.check for c in checkers]
     candidates = result.candidates
     rejected = result.rejected
-    examined = 0
     index = start
-    for _ in range(n):
-        index = start + examined
-        if index >= n:
-            index -= n
+    for index in chain(range(start, n), range(start)):
         node = nodes[index]
-        examined += 1
-        for name, check in pairs:
-            reason = check(node)
-            if reason is not None:
-                rejected.append(Rejection(node, name, reason))
-                break
-        else:
+        i = test(node)
+        if i < 0:
             if not candidates:
                 result.first = index
             candidates.append(node)
             if len(candidates) >= want:
                 break
-    result.examined = examined
+        else:
+            reason = (checks[i](node) or "") if len(rejected) < explain else ""
+            rejected.append(_new_rejection((node, names[i], reason)))
+    result.examined = (index - start) % n + 1
     result.last = index
     return result
 

@@ -51,11 +51,10 @@ from cube.scheduler.decision import (
     MAX_FILTERED,
     MAX_SCORES,
     Decision,
-    NodeScore,
     failure_reason,
     success_reason,
 )
-from cube.scheduler.feasibility import Feasibility, checkers_for, filter_nodes
+from cube.scheduler.feasibility import Feasibility, checkers_for, filter_nodes, fused_misfit
 from cube.scheduler.scoring import BinPack, Epvm, RoundRobin, Scorer, Spread, normalise
 from cube.scheduler.select import ranked
 from cube.task.spec import TaskSpec
@@ -87,8 +86,9 @@ class Scheduler:
         self.scorer = scorer
         self.candidate_limit = candidate_limit
         self.window = window
-        # Start at the first node whose name is > (or >= when inclusive) this name.
-        self._cursor: tuple[str, bool] | None = None
+        # Start at the first node whose name is > (or >= when inclusive) this name; the
+        # index it had is a hint that saves the bisection when the node list is unchanged.
+        self._cursor: tuple[str, bool, int] | None = None
 
     @property
     def algorithm(self) -> str:
@@ -106,7 +106,15 @@ class Scheduler:
             return Decision(
                 node=None, algorithm=self.algorithm, reason=failure_reason(spec, [], 0), limit=limit
             )
-        found = filter_nodes(nodes, checkers_for(spec), limit=limit, start=self._start(nodes))
+        checkers = checkers_for(spec)
+        found = filter_nodes(
+            nodes,
+            checkers,
+            limit=limit,
+            start=self._start(nodes),
+            explain=MAX_FILTERED,
+            misfit=fused_misfit(spec, checkers),
+        )
         self._advance(nodes, found)
         filtered = {r.node.name: r.reason for r in found.rejected[:MAX_FILTERED]}
         counts = found.counts()
@@ -127,34 +135,39 @@ class Scheduler:
         names = [c.name for c in candidates]
         top = ranked(names, norm, MAX_SCORES)  # top[0] is what pick() would choose
         best = top[0]
-        scores = {names[i]: NodeScore(raw=raw[i], score=norm[i]) for i in top}
-        return Decision(
-            node=names[best],
-            algorithm=self.algorithm,
-            reason=success_reason(names[best], self.algorithm, found, total),
-            scores=scores,
-            filtered=filtered,
-            filtered_counts=counts,
-            candidates=len(candidates),
-            examined=found.examined,
-            total=total,
-            limit=limit,
+        # Validated from plain dicts in one call: half the cost of building each NodeScore.
+        return Decision.model_validate(
+            {
+                "node": names[best],
+                "algorithm": self.algorithm,
+                "reason": success_reason(names[best], self.algorithm, found, total),
+                "scores": {names[i]: {"raw": raw[i], "score": norm[i]} for i in top},
+                "filtered": filtered,
+                "filtered_counts": counts,
+                "candidates": len(candidates),
+                "examined": found.examined,
+                "total": total,
+                "limit": limit,
+            }
         )
 
     def _start(self, nodes: Sequence[Node]) -> int:
         if self._cursor is None:
             return 0
-        name, inclusive = self._cursor
-        find = bisect_left if inclusive else bisect_right
-        index: int = find(nodes, name, key=_name)
+        name, inclusive, hint = self._cursor
+        if hint < len(nodes) and nodes[hint].name == name:
+            index = hint if inclusive else hint + 1
+        else:
+            find = bisect_left if inclusive else bisect_right
+            index = find(nodes, name, key=_name)
         return index if index < len(nodes) else 0
 
     def _advance(self, nodes: Sequence[Node], found: Feasibility) -> None:
         if self.window is Window.STICKY:
             if found.first is not None:
-                self._cursor = (nodes[found.first].name, True)
+                self._cursor = (nodes[found.first].name, True, found.first)
         elif found.last is not None:
-            self._cursor = (nodes[found.last].name, False)
+            self._cursor = (nodes[found.last].name, False, found.last)
 
 
 def _round_robin(candidate_limit: int | None) -> Scheduler:

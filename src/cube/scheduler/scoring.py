@@ -5,7 +5,9 @@ and direction (``lower_is_better``). :func:`normalise` then maps every scorer's
 output to one range, 0..1 with 1 the best examined candidate, so that picking,
 printing and any later weighting of several scorers work the same way.
 
-Scorers work on plain floats read once per node: no model is built per node.
+Scorers work on plain floats read once per node: no model is built per node, and no
+attribute is read twice (attribute reads on pydantic models are the costly part of
+the hot loop, see :mod:`cube.scheduler.feasibility`).
 Every candidate passed feasibility, so its CPU and memory capacity are positive;
 the ``_TINY`` floor only protects against hand-built nodes.
 """
@@ -110,11 +112,13 @@ class Epvm:
         w = self.measured_weight
         out: list[float] = []
         for node in candidates:
-            cap, alloc, stats = node.capacity, node.allocated, node.stats
-            cap_cpu = cap.cpu if cap.cpu > _TINY else _TINY
-            cap_mem = cap.memory if cap.memory > _TINY else _TINY
+            cap, alloc = node.capacity, node.allocated
+            cap_cpu: float = cap.cpu
+            cap_mem: float = cap.memory
+            cap_cpu = cap_cpu if cap_cpu > _TINY else _TINY
+            cap_mem = cap_mem if cap_mem > _TINY else _TINY
             cpu_before = alloc.cpu / cap_cpu
-            if stats is not None and w:
+            if w and (stats := node.stats) is not None:
                 measured = min(max(stats.cpu_percent / 100.0, 0.0), 1.0)
                 cpu_before = (1.0 - w) * cpu_before + w * measured
             mem_before = alloc.memory / cap_mem
@@ -141,8 +145,9 @@ class BinPack:
         out: list[float] = []
         for node in candidates:
             cap, alloc = node.capacity, node.allocated
-            free_cpu = 1.0 - (alloc.cpu + cpu) / (cap.cpu if cap.cpu > _TINY else _TINY)
-            free_mem = 1.0 - (alloc.memory + memory) / (cap.memory if cap.memory > _TINY else _TINY)
+            cap_cpu, cap_mem = cap.cpu, cap.memory
+            free_cpu = 1.0 - (alloc.cpu + cpu) / (cap_cpu if cap_cpu > _TINY else _TINY)
+            free_mem = 1.0 - (alloc.memory + memory) / (cap_mem if cap_mem > _TINY else _TINY)
             out.append(20.0 - (10.0**free_cpu + 10.0**free_mem))
         return out
 
@@ -164,7 +169,8 @@ class Spread:
         out: list[float] = []
         for node in candidates:
             cap, alloc = node.capacity, node.allocated
-            free_cpu = 1.0 - (alloc.cpu + cpu) / (cap.cpu if cap.cpu > _TINY else _TINY)
-            free_mem = 1.0 - (alloc.memory + memory) / (cap.memory if cap.memory > _TINY else _TINY)
+            cap_cpu, cap_mem = cap.cpu, cap.memory
+            free_cpu = 1.0 - (alloc.cpu + cpu) / (cap_cpu if cap_cpu > _TINY else _TINY)
+            free_mem = 1.0 - (alloc.memory + memory) / (cap_mem if cap_mem > _TINY else _TINY)
             out.append(10.0**free_cpu + 10.0**free_mem - 2.0)
         return out
