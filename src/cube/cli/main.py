@@ -17,6 +17,7 @@ COMMANDS = {
     "logs": "cube.cli.tasks:logs_command",
     "stop": "cube.cli.tasks:stop_command",
     "nodes": "cube.cli.nodes:nodes_group",
+    "sim-fleet": "cube.cli.sim:sim_fleet_command",
 }
 
 
