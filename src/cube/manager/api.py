@@ -71,6 +71,7 @@ def manager_rule(method: str, path: str) -> frozenset[Role] | None:
 
 def create_app(manager: Manager, *, authenticator: Authenticator | None = None) -> FastAPI:
     """The manager's API; with an ``authenticator`` every route but health needs a token."""
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await manager.start()

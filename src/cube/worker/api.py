@@ -21,8 +21,8 @@ from typing import Annotated
 from fastapi import FastAPI, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
-from cube.api.body import TASK_REQUEST_BODY, publish_schemas, read_task_request
 from cube.api.auth import BearerAuth, open_health
+from cube.api.body import TASK_REQUEST_BODY, publish_schemas, read_task_request
 from cube.api.common import Health, stream_text
 from cube.api.errors import ERROR_RESPONSES, install_error_handlers
 from cube.auth import Authenticator, Role
@@ -35,6 +35,7 @@ from cube.worker.agent import Worker
 def create_app(worker: Worker, *, authenticator: Authenticator | None = None) -> FastAPI:
     """The worker's API; with an ``authenticator`` every route but health needs the
     manager's credentials (the worker's own token)."""
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await worker.start()

@@ -41,7 +41,8 @@ async def join_manager(
                 log.warning("manager not answering yet", manager=manager_url, error=str(exc))
             except CubeError as exc:
                 log.warning(
-                    "manager refused to register this worker", manager=manager_url,
+                    "manager refused to register this worker",
+                    manager=manager_url,
                     error=exc.message,
                 )
             await asyncio.sleep(retry)
