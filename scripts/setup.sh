@@ -95,7 +95,8 @@ fi
 
 # --------------------------------------------------------------- 2. Docker engine
 dockerd_log="${CUBE_DOCKERD_LOG:-/var/log/cube-dockerd.log}"
-docker_ok() { command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; }
+# `docker version` asks only /version: `docker info` can stall for minutes on a busy swarm.
+docker_ok() { command -v docker >/dev/null 2>&1 && timeout 30 docker version >/dev/null 2>&1; }
 
 # A dockerd already running (maybe still starting): wait for it, never start a second.
 dockerd_running() {

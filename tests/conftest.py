@@ -87,7 +87,7 @@ def wait_for(
 @pytest.fixture(scope="session")
 def docker_engine() -> None:
     """A Docker engine that answers, and the test image. Fails loudly if either is missing."""
-    info = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=60)
+    info = subprocess.run(["docker", "version"], capture_output=True, text=True, timeout=60)
     if info.returncode != 0:
         pytest.fail(f"no Docker engine answers (run scripts/setup.sh): {info.stderr.strip()}")
     image = subprocess.run(["docker", "image", "inspect", IMAGE], capture_output=True, timeout=60)
@@ -99,7 +99,7 @@ def docker_engine() -> None:
 def _remove_session_containers() -> Iterator[None]:
     """Whatever happens, no container of this test session survives it."""
     yield
-    if subprocess.run(["docker", "info"], capture_output=True, timeout=60).returncode == 0:
+    if subprocess.run(["docker", "version"], capture_output=True, timeout=60).returncode == 0:
         ids = docker("ps", "-aq", "--filter", "label=cube.managed-by=cube", check=False).split()
         for cid in ids:
             worker = docker(
