@@ -512,7 +512,9 @@ def test_cli_run_status_and_nodes_agree_with_docker(start_manager: Any, start_wo
         cpus = [int(docker("inspect", "-f", "{{.HostConfig.NanoCpus}}", c)) / 1e9 for c in running]
         assert nodes[worker.name]["state"] == "ready"
         assert nodes[worker.name]["allocated"]["cpu"] == pytest.approx(sum(cpus))
-        assert nodes[worker.name]["allocated"]["cpu"] == pytest.approx(0.5)  # round-robin: 1 each
+    # Where each task went is round-robin's business (tested with six tasks above; two CLI
+    # runs racing a node's first report may both land on one node): the total must hold.
+    assert sum(n["allocated"]["cpu"] for n in nodes.values()) == pytest.approx(1.0)
 
 
 def test_cli_logs_and_stop(start_manager: Any, start_worker: Any) -> None:
