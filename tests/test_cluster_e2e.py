@@ -458,7 +458,8 @@ def test_bad_input_gets_422_naming_the_field_and_unknown_ids_404(
             assert response.status_code == 422, (address, response.text)
             assert [f["field"] for f in response.json()["fields"]] == ["address"]
         # A real worker, under another name: the manager asks it and refuses the lie.
-        response = http.post("/v1/nodes", json={"name": "w-bad", "address": worker.url})
+        lie = {"name": "w-bad", "address": worker.url, "token": api.TOKEN}
+        response = http.post("/v1/nodes", json=lie)
         assert response.status_code == 422, response.text
         assert [f["field"] for f in response.json()["fields"]] == ["name"]
         # A well-formed address where nothing answers cannot join either.
