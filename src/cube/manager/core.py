@@ -6,14 +6,19 @@ loops do the work:
 
 * dispatch: places Pending tasks as soon as they arrive (woken by submissions,
   node joins and freed capacity; a slow timer is only the safety net);
-* collect: every ``collect_interval`` asks each node for its metrics and tasks,
-  marks nodes that stopped answering as Down, and reconciles task states;
+* collect: every ``collect_interval`` asks each node for its metrics (and its tasks,
+  unless they are watched), marks nodes that stopped answering as Down, and
+  reconciles task states;
+* watch, one per node: a blocking query for the node's tasks that the node answers
+  as soon as one changes, so a started or crashed container is known at once rather
+  than at the next collection; if a node cannot be watched, collection lists its tasks;
 * join: keeps trying the statically configured worker addresses until they answer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -36,6 +41,13 @@ log = get_logger("cube.manager")
 PLACED = frozenset({State.SCHEDULED, State.RUNNING})
 #: Shortest ID prefix accepted in place of a full task ID.
 MIN_PREFIX = 4
+#: How long a node holds a blocking query for its tasks when nothing changes. Short: the
+#: worker's shutdown waits for queries in flight, and an idle node answers at this rate.
+WATCH_WAIT = 1.0
+#: Every so often a watch asks for every task again, not only the changed ones.
+WATCH_RESYNC = 30.0
+#: Event histories asked of one node at once while reconciling.
+HISTORY_CALLS = 16
 
 
 def _now() -> datetime:
@@ -78,6 +90,11 @@ class Manager:
         self._sending: dict[str, asyncio.Event] = {}
         #: Task ID -> the stop call in flight, so collection passes do not pile up more.
         self._stopping: dict[str, asyncio.Task[None]] = {}
+        #: Node name -> its watch; the names of nodes whose watch currently works.
+        self._watches: dict[str, asyncio.Task[None]] = {}
+        self._watched: set[str] = set()
+        #: One reconciliation of a node at a time (its watch and collection may overlap).
+        self._reconciling: dict[str, asyncio.Lock] = {}
 
     # --- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -90,6 +107,8 @@ class Manager:
             spawn(self._collect_loop(), "collect"),
             *(spawn(self._join_loop(a), f"join {a}") for a in self.static_workers),
         ]
+        for node in self.nodes.values():
+            self._watch(node)
         self._dispatch_wake.set()
         log.info(
             "manager started",
@@ -99,7 +118,7 @@ class Manager:
         )
 
     async def close(self) -> None:
-        await cancel_all([*self._loops, *self._background])
+        await cancel_all([*self._loops, *self._watches.values(), *self._background])
         await self.workers.aclose()
         log.info("manager stopped")
 
@@ -300,18 +319,81 @@ class Manager:
         await asyncio.gather(*(self._collect_node(n) for n in list(self.nodes.values())))
 
     async def _collect_node(self, node: Node) -> None:
+        reported: list[Task] | None = None
         try:
-            report, reported = await asyncio.gather(
-                self.workers.stats(node.address), self.workers.tasks(node.address)
-            )
+            if node.name in self._watched:  # its tasks arrive through the watch as they change
+                report = await self.workers.stats(node.address)
+            else:
+                report, reported = await asyncio.gather(
+                    self.workers.stats(node.address), self.workers.tasks(node.address)
+                )
         except CubeError as exc:
             self._check_deadline(node, exc.message)
             return
         self._join(node.address, report)
-        await self._reconcile(node, reported)
+        if reported is not None:
+            async with self._reconciling.setdefault(node.name, asyncio.Lock()):
+                await self._reconcile(node, reported)
 
-    async def _reconcile(self, node: Node, reported: list[Task]) -> None:
+    def _watch(self, node: Node) -> None:
+        if node.name not in self._watches:
+            self._watches[node.name] = spawn(self._watch_loop(node.name), f"watch {node.name}")
+
+    async def _watch_loop(self, name: str) -> None:
+        """Reconcile ``name``'s tasks as they change: a blocking query, like Nomad's."""
+        since: str | None = None
+        resync = 0.0
+        while True:
+            node = self.nodes[name]
+            if time.monotonic() >= resync:  # now and then every task, not only the changes
+                since, resync = None, time.monotonic() + WATCH_RESYNC
+            try:
+                changes = await self.workers.watch(node.address, since=since, wait=WATCH_WAIT)
+            except CubeError:  # collection lists its tasks meanwhile, and judges its liveness
+                self._watched.discard(name)
+                since = None
+                await asyncio.sleep(max(1.0, self.collect_interval))
+                continue
+            if changes is None:  # a worker without blocking queries: collection it is
+                self._watched.discard(name)
+                return
+            if node.state is NodeState.DOWN:
+                # Collection brings it back first (taking back what it still runs), then
+                # the next complete list is reconciled.
+                self._watched.discard(name)
+                since = None
+                await asyncio.sleep(self.collect_interval)
+                continue
+            self._watched.add(name)
+            try:
+                async with self._reconciling.setdefault(name, asyncio.Lock()):
+                    await self._reconcile(
+                        node, changes.tasks, complete=changes.complete, histories=changes.events
+                    )
+            except CubeError as exc:  # a history the node did not give: all again, next time
+                log.warning("reconciling failed", node=name, error=exc.message)
+                since = None
+                await asyncio.sleep(self.collect_interval)
+                continue
+            since = changes.index
+
+    async def _reconcile(
+        self,
+        node: Node,
+        reported: list[Task],
+        *,
+        complete: bool = True,
+        histories: dict[str, list[TaskEvent]] | None = None,
+    ) -> None:
+        """Bring the manager's tasks in line with what ``node`` reported about them.
+
+        ``complete``: ``reported`` lists every task of the node, so a task it leaves out
+        is one the node does not know (not merely one that did not change).
+        ``histories``: the node's events of the reported tasks, if it sent them along.
+        """
         seen: set[str] = set()
+        if histories is None:
+            histories = await self._histories(node, reported)
         for copy in reported:
             seen.add(copy.id)
             task = self.tasks.get(copy.id)
@@ -327,13 +409,17 @@ class Manager:
                     self._background_call(self.workers.stop(node.address, copy.id, wait=30.0))
                 continue
             if needs_merge(task, copy):
-                events = await self.workers.events(node.address, task.id)
+                events = histories.get(task.id)
+                if events is None:
+                    events = await self.workers.events(node.address, task.id)
                 added = merge_report(task, copy, events)
                 self._save(task, *added)
                 if task.state in TERMINAL:
                     self._capacity_changed()  # its resources are free again
             if task.desired is DesiredState.STOP and (not copy.is_terminal or copy.container_id):
                 self._stop_once(task, node)
+        if not complete:
+            return
         for task in list(self.tasks.values()):
             if (
                 task.node == node.name
@@ -346,6 +432,34 @@ class Manager:
                     "node does not know its task; sending it again", task=task.id, node=node.name
                 )
                 await self._send(task, node)
+
+    async def _histories(self, node: Node, reported: list[Task]) -> dict[str, list[TaskEvent]]:
+        """The node's event histories of the reported tasks that will be merged, asked for
+        all at once: one after the other, a burst of changes (a hundred tasks started
+        together) would cost a round trip each. A history that could not be had is left
+        out (asked for again when needed)."""
+        wanted = []
+        for copy in reported:
+            task = self.tasks.get(copy.id)
+            if task is not None and (
+                (task.node == node.name and needs_merge(task, copy))
+                or self._can_readopt(task, copy, node)
+            ):
+                wanted.append(copy.id)
+        if not wanted:
+            return {}
+        limit = asyncio.Semaphore(HISTORY_CALLS)
+
+        async def history(task_id: str) -> list[TaskEvent]:
+            async with limit:
+                return await self.workers.events(node.address, task_id)
+
+        answers = await asyncio.gather(*(history(t) for t in wanted), return_exceptions=True)
+        return {
+            task_id: answer
+            for task_id, answer in zip(wanted, answers, strict=True)
+            if not isinstance(answer, BaseException)
+        }
 
     def _stop_once(self, task: Task, node: Node) -> asyncio.Task[None]:
         """Stop ``task`` on ``node``, or join the stop call already in flight."""
@@ -400,6 +514,7 @@ class Manager:
             node = Node(name=report.name, address=address)
             self.nodes[node.name] = node
             log.info("node joined", node=node.name, address=address)
+            self._watch(node)
         changed = is_new or (node.address, node.capacity, node.labels, node.allows) != (
             address,
             report.capacity,

@@ -11,9 +11,16 @@ from cube.api.client import check, unreachable
 from cube.node import NodeReport
 from cube.task.model import Task, TaskEvent
 from cube.task.spec import TaskRequest
+from cube.worker.changes import TaskChanges
 
 _TASKS = TypeAdapter(list[Task])
 _EVENTS = TypeAdapter(list[TaskEvent])
+
+#: The most blocking queries held open at once; more wait for a free connection.
+WATCH_CONNECTIONS = 500
+#: Idle connections are dropped sooner than a worker (uvicorn: after 5 s) closes them: a
+#: request sent on a connection the worker is closing fails ("server disconnected").
+KEEPALIVE_EXPIRY = 2.0
 
 
 class WorkerClient:
@@ -23,7 +30,22 @@ class WorkerClient:
         # One connection pool for the fleet: a 1,000-node cluster must not mean 1,000 pools.
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout),
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=200),
+            limits=httpx.Limits(
+                max_connections=200,
+                max_keepalive_connections=200,
+                keepalive_expiry=KEEPALIVE_EXPIRY,
+            ),
+            verify=verify,
+        )
+        # Blocking queries stay open for seconds: their own pool, so that they never hold up
+        # the calls above, and no pool timeout (a query beyond the limit waits its turn).
+        self._watch_http = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout, pool=None),
+            limits=httpx.Limits(
+                max_connections=WATCH_CONNECTIONS,
+                max_keepalive_connections=WATCH_CONNECTIONS,
+                keepalive_expiry=KEEPALIVE_EXPIRY,
+            ),
             verify=verify,
         )
         #: Worker address -> the token its API accepts (given by the worker when it joined).
@@ -55,6 +77,29 @@ class WorkerClient:
 
     async def tasks(self, address: str) -> list[Task]:
         return _TASKS.validate_json((await self._request("GET", address, "/tasks")).content)
+
+    async def watch(self, address: str, *, since: str | None, wait: float) -> TaskChanges | None:
+        """A blocking query: the node's tasks changed after index ``since`` (all of them
+        without one) and their histories, as soon as one changes or after ``wait`` seconds.
+
+        None from a worker that does not answer blocking queries.
+        """
+        params: dict[str, str] = {"wait": f"{wait:g}"}
+        if since is not None:
+            params["since"] = since
+        url = f"{address.rstrip('/')}/v1/changes"
+        try:
+            response = await self._watch_http.get(
+                url,
+                params=params,
+                headers=self._headers(address),
+                timeout=httpx.Timeout(wait + 10.0, pool=None),
+            )
+        except httpx.HTTPError as exc:
+            raise unreachable(address, exc) from None
+        if response.status_code in (404, 405):
+            return None
+        return TaskChanges.model_validate_json(check(response).content)
 
     async def run(self, address: str, request: TaskRequest) -> Task:
         body = request.model_dump(mode="json")
@@ -94,3 +139,4 @@ class WorkerClient:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+        await self._watch_http.aclose()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 from collections.abc import AsyncIterator, Collection
 from typing import Any
 
@@ -37,11 +38,17 @@ from cube.store.base import Store
 from cube.task.model import DesiredState, Task, TaskEvent
 from cube.task.spec import Privilege, TaskRequest, TaskSpec, privileges
 from cube.task.state import State
+from cube.worker.changes import ChangeFeed, TaskChanges
 from cube.worker.health import Prober, probe
 from cube.worker.metrics import MachineSampler
 from cube.worker.runner import TaskRunner, needs_runner
 
 log = get_logger("cube.worker")
+
+#: Containers being created and started at once. Docker serialises most of a start
+#: (measured on 2 cores: 100 containers take as long 4, 16 or 100 at a time), so more in
+#: flight would only cost this process CPU (and the engine some) that the starts need.
+START_CONCURRENCY = max(8, 2 * (os.cpu_count() or 1))
 
 
 class Worker:
@@ -58,6 +65,7 @@ class Worker:
         stats_interval: float = 2.0,
         prober: Prober = probe,
         allow: Collection[Privilege] = (),
+        start_concurrency: int = START_CONCURRENCY,
     ) -> None:
         self.name = name
         self.runtime = runtime
@@ -70,6 +78,9 @@ class Worker:
         self.prober = prober
         self.allow = frozenset(allow)
         self.runners: dict[str, TaskRunner] = {}
+        self._starts = asyncio.Semaphore(start_concurrency)
+        #: Every recorded change of a task, for the manager's blocking queries.
+        self.feed = ChangeFeed()
         self._runner_tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[None]] = []
         self._stats = MachineStats()
@@ -101,6 +112,7 @@ class Worker:
         """Accept a task. Returns (task, created); the same ID and spec again is a no-op."""
         spec = request.spec()
         self._check_allowed(spec)
+        fresh = True  # never here before: no container of it to look for on its first start
         if request.id is not None:
             existing = (
                 self.runners[request.id].task
@@ -117,6 +129,7 @@ class Worker:
                 # It was stopped here (moved away, drained) and is now placed here again:
                 # a new attempt, with a fresh record the manager reads from the start.
                 self.store.delete_task(request.id)
+                fresh = False
         task = (
             Task(spec=spec, node=self.name)
             if request.id is None
@@ -126,8 +139,9 @@ class Worker:
             state=State.PENDING, reason=f"submitted to node {self.name}", node=self.name
         )
         self.store.save_task(task, [event])
+        self.feed.changed(task.id)
         log.info("task accepted", task=task.id, name=spec.name, node=self.name)
-        self._supervise(task)
+        self._supervise(task, fresh=fresh)
         return task.model_copy(deep=True), True
 
     def _check_allowed(self, spec: TaskSpec) -> None:
@@ -154,6 +168,7 @@ class Worker:
         task = runner.task if runner else self.store.get_task(task_id)
         task.desired = DesiredState.STOP
         self.store.save_task(task)
+        self.feed.changed(task_id)
         if runner is None or runner.done.is_set():
             runner = self._supervise(task)
         runner.notify()
@@ -173,6 +188,29 @@ class Worker:
         return [
             live[t.id].model_copy(deep=True) if t.id in live else t for t in self.store.list_tasks()
         ]
+
+    async def changes(self, since: str | None, *, wait: float) -> TaskChanges:
+        """A blocking query: the tasks changed after index ``since`` and their histories,
+        as soon as there is a change or after ``wait`` seconds.
+
+        Without ``since``, or with an index from before this worker started, every task.
+        """
+        changed = await self.feed.since(since, wait=wait) if since is not None else None
+        tasks: list[Task] = []
+        if changed is None:
+            tasks = self.list_tasks()
+        for task_id in changed or ():
+            runner = self.runners.get(task_id)
+            task = runner.task.model_copy(deep=True) if runner else self.store.find_task(task_id)
+            if task is not None:
+                tasks.append(task)
+        # No await from the listing to here: the index, tasks and histories are one moment's.
+        return TaskChanges(
+            index=self.feed.index,
+            complete=changed is None,
+            tasks=tasks,
+            events={t.id: self.store.task_events(t.id) for t in tasks},
+        )
 
     def events(self, task_id: str) -> list[TaskEvent]:
         return self.store.task_events(task_id)
@@ -202,9 +240,16 @@ class Worker:
         )
 
     # --- supervision ---------------------------------------------------------------------------
-    def _supervise(self, task: Task) -> TaskRunner:
+    def _supervise(self, task: Task, *, fresh: bool = False) -> TaskRunner:
         runner = TaskRunner(
-            task, node=self.name, runtime=self.runtime, store=self.store, prober=self.prober
+            task,
+            node=self.name,
+            runtime=self.runtime,
+            store=self.store,
+            prober=self.prober,
+            on_change=self.feed.changed,
+            fresh=fresh,
+            starts=self._starts,
         )
         self.runners[task.id] = runner
 
@@ -262,9 +307,13 @@ class Worker:
 
     # --- background loops ----------------------------------------------------------------------
     def _notify_container(self, container_id: str) -> None:
-        for runner in self.runners.values():
-            if runner.task.container_id == container_id:
-                runner.notify()
+        woken = [r for r in self.runners.values() if r.task.container_id == container_id]
+        if not woken:
+            # Perhaps a container whose start is not recorded yet: wake the runners starting
+            # one, so that they ask the engine instead of trusting the answer to the start.
+            woken = [r for r in self.runners.values() if r.task.container_id is None]
+        for runner in woken:
+            runner.notify()
 
     async def _exits_loop(self) -> None:
         while True:

@@ -4,6 +4,8 @@
 
     POST   /v1/tasks              run a task (201; 200 if the same ID and spec exist)
     GET    /v1/tasks              every task this node knows
+    GET    /v1/changes            a blocking query (?since=INDEX&wait=SECONDS): the tasks that
+                                  changed after INDEX, with their histories, once one does
     GET    /v1/tasks/{id}         one task (404 if unknown)
     DELETE /v1/tasks/{id}         stop it: container stopped and removed
     GET    /v1/tasks/{id}/events  its history
@@ -30,6 +32,11 @@ from cube.node import NodeReport
 from cube.task.model import Task, TaskEvent
 from cube.task.spec import TaskRequest
 from cube.worker.agent import Worker
+from cube.worker.changes import TaskChanges
+
+#: The longest a blocking query may wait. Short: the query holds the worker's shutdown up
+#: (uvicorn lets requests in flight finish), and a quiet node costs little to ask again.
+MAX_WAIT = 5.0
 
 
 def create_app(worker: Worker, *, authenticator: Authenticator | None = None) -> FastAPI:
@@ -66,6 +73,13 @@ def create_app(worker: Worker, *, authenticator: Authenticator | None = None) ->
     @app.get("/v1/tasks")
     async def list_tasks() -> list[Task]:
         return worker.list_tasks()
+
+    @app.get("/v1/changes")
+    async def changes(
+        since: Annotated[str | None, Query(max_length=64)] = None,
+        wait: Annotated[float, Query(ge=0, le=MAX_WAIT)] = 0.0,
+    ) -> TaskChanges:
+        return await worker.changes(since, wait=wait)
 
     @app.get("/v1/tasks/{task_id}")
     async def get_task(task_id: str) -> Task:

@@ -81,6 +81,8 @@ class TaskRunner:
         store: Store,
         prober: Prober = probe,
         on_change: Callable[[str], None] | None = None,
+        fresh: bool = False,
+        starts: asyncio.Semaphore | None = None,
     ) -> None:
         self.task = task
         self.node = node
@@ -89,6 +91,12 @@ class TaskRunner:
         self.prober = prober
         #: Called with the task's ID after every change is saved (the worker's change feed).
         self.on_change = on_change
+        #: The task is new on this node: no container of it can exist before its first start.
+        self._fresh = fresh
+        #: Turns to create and start a container, shared by the worker's runners.
+        self._starts = starts or asyncio.Semaphore(1)
+        #: What the engine said about the container this runner just started (see _supervise).
+        self._started: ContainerInfo | None = None
         self._wake = asyncio.Event()
         self._health: HealthTracker | None = None
         self.done = asyncio.Event()
@@ -133,7 +141,10 @@ class TaskRunner:
     # --- steps ---------------------------------------------------------------------------------
     async def _start(self) -> None:
         task = self.task
-        await self._remove_leftovers()
+        if self._fresh:
+            self._fresh = False  # only the first attempt: a failed one may leave a container
+        else:
+            await self._remove_leftovers()
         task.container_id = None
 
         def progress(message: str) -> None:
@@ -148,12 +159,19 @@ class TaskRunner:
             )
             if not pulled:
                 return  # stopped while pulling: the next step ends the task
-            info = await self.runtime.run(config, on_progress=progress)
+            async with self._starts:
+                if task.desired is DesiredState.STOP:
+                    return  # stopped while waiting for its turn: the next step ends the task
+                # From here on an exit of the new container wakes this runner, even before
+                # its ID is recorded (Worker._notify_container): _supervise then asks again.
+                self._wake.clear()
+                info = await self.runtime.run(config, on_progress=progress)
         except ContainerError as exc:
             self._move(State.FAILED, f"container did not start: {exc.message}")
             return
         task.container_id = info.id
         task.ports = info.ports
+        self._started = info if info.running else None
         self._health = None
         task.health = Health.UNKNOWN
         if task.spec.health is None:
@@ -165,8 +183,15 @@ class TaskRunner:
     async def _supervise(self) -> None:
         """Watch a started container: record how it ends, and probe it if it has a check."""
         task = self.task
-        self._wake.clear()  # clear *before* looking, so an exit right after is not missed
-        info = await self.runtime.inspect(task.container_id) if task.container_id else None
+        info: ContainerInfo | None
+        started, self._started = self._started, None
+        if started is not None and started.id == task.container_id and not self._wake.is_set():
+            # Started a moment ago and nothing has woken us since: the engine's answer to the
+            # start still holds, and asking again would cost every start one more call.
+            info = started
+        else:
+            self._wake.clear()  # clear *before* looking, so an exit right after is not missed
+            info = await self.runtime.inspect(task.container_id) if task.container_id else None
         if info is None:
             self._move(State.FAILED, "container disappeared")
         elif not info.running:

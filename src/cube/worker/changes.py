@@ -1,0 +1,71 @@
+"""Which tasks changed on this node, for the manager's blocking queries.
+
+Like Nomad's and Consul's blocking queries: every answer carries an index, and a
+query that names the index of the last answer it saw waits until something newer
+exists (or a deadline passes), then gets only the tasks that changed since. The
+manager learns of a started or crashed container as soon as the runner records it,
+instead of at its next poll, and a quiet node costs one small answer per wait.
+
+The index is ``<epoch>.<version>``: the epoch is new each time the worker starts, so
+an index from before a restart is never mistaken for a recent one; the caller then
+gets the complete list, as on its first query.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+
+from pydantic import BaseModel
+
+from cube.task.model import Task, TaskEvent
+
+
+class TaskChanges(BaseModel):
+    """A worker's answer to a blocking query (``GET /v1/changes``)."""
+
+    #: Where the next query starts (``?since=``).
+    index: str
+    #: Whether ``tasks`` is every task of the node, or only those changed since the query's.
+    complete: bool
+    tasks: list[Task]
+    #: Each listed task's history, as ``GET /v1/tasks/{id}/events`` would give it: read with
+    #: the task, so the two agree, and no call per task to ask for it.
+    events: dict[str, list[TaskEvent]]
+
+
+class ChangeFeed:
+    """A version counter bumped by every recorded change of a task, and who changed when."""
+
+    def __init__(self) -> None:
+        self.epoch = secrets.token_hex(4)
+        self.version = 0
+        self._changed_at: dict[str, int] = {}
+        self._event = asyncio.Event()
+
+    @property
+    def index(self) -> str:
+        return f"{self.epoch}.{self.version}"
+
+    def changed(self, task_id: str) -> None:
+        """Record that ``task_id`` changed, and wake every query waiting for a change."""
+        self.version += 1
+        self._changed_at[task_id] = self.version
+        event, self._event = self._event, asyncio.Event()
+        event.set()
+
+    async def since(self, index: str, *, wait: float) -> list[str] | None:
+        """IDs of the tasks changed after ``index``, waiting up to ``wait`` seconds for one.
+
+        None if ``index`` is not one of this worker's (another epoch, or malformed):
+        the caller must then look at every task.
+        """
+        epoch, _, number = index.partition(".")
+        if epoch != self.epoch or not number.isdigit() or int(number) > self.version:
+            return None
+        seen = int(number)
+        if seen == self.version and wait > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._event.wait(), wait)
+        return [task_id for task_id, version in self._changed_at.items() if version > seen]
