@@ -11,7 +11,7 @@ Usage::
 The caller records a placement with :func:`allocate` before placing the next task.
 """
 
-from cube.scheduler.allocation import allocate, release, request
+from cube.scheduler.allocation import allocate, allocate_all, release, request
 from cube.scheduler.decision import MAX_FILTERED, MAX_SCORES, Decision, NodeScore, failure_reason
 from cube.scheduler.feasibility import Checker, Feasibility, Rejection, checkers_for, filter_nodes
 from cube.scheduler.pipeline import (
@@ -45,6 +45,7 @@ __all__ = [
     "Spread",
     "Window",
     "allocate",
+    "allocate_all",
     "checkers_for",
     "failure_reason",
     "filter_nodes",
