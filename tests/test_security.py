@@ -14,7 +14,6 @@ import json
 import os
 import re
 import secrets
-import ssl
 import stat
 import subprocess
 import sys
@@ -27,6 +26,7 @@ import httpx
 import psutil
 import pytest
 
+from cube.api.tls import Verify, client_verify
 from tests import api
 from tests.conftest import (
     IMAGE,
@@ -168,12 +168,7 @@ class Tokens:
 
 
 # --- HTTP -----------------------------------------------------------------------------------------
-Verify = ssl.SSLContext | bool
-
-
-def trust(ca: Path | None) -> Verify:
-    """What httpx should verify servers with: ``ca``, else the system's CAs."""
-    return ssl.create_default_context(cafile=str(ca)) if ca else True
+trust = client_verify
 
 
 _shared: list[httpx.Client] = []

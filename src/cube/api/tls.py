@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
+
+#: What an HTTP client is told to trust: the system's CAs (True), or a context with ours.
+Verify = ssl.SSLContext | bool
 
 
 @dataclass(frozen=True)
@@ -12,3 +16,11 @@ class Tls:
 
     cert: Path
     key: Path
+
+
+def client_verify(ca: str | Path | None) -> Verify:
+    """What a client passes to httpx as ``verify``: the system's CAs, or only ``ca``.
+
+    An ``ssl.SSLContext`` rather than the file's path, which httpx 0.28 deprecates.
+    """
+    return ssl.create_default_context(cafile=str(ca)) if ca else True

@@ -20,6 +20,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from cube import errors
 from cube.api.client import check, unreachable
+from cube.api.tls import Verify, client_verify
 from cube.cli.credentials import CA_ENV, TOKEN_ENV, TOKEN_FILE, find_local_token
 from cube.errors import FieldError
 from cube.node import Node
@@ -75,7 +76,7 @@ class ManagerClient:
         timeout: float = DEFAULT_TIMEOUT,
         transport: httpx.BaseTransport | None = None,
         token: str | None = None,
-        verify: str | bool = True,
+        verify: Verify = True,
     ) -> None:
         self.base_url = normalise_url(base_url)
         connect = min(timeout, _CONNECT_TIMEOUT)
@@ -246,7 +247,7 @@ def manager_option(func: Callable[..., R]) -> Callable[..., R]:
         if token is None and transport is None:
             token = find_local_token(TOKEN_FILE)
         with ManagerClient(
-            manager_url, transport=transport, token=token, verify=ca or True
+            manager_url, transport=transport, token=token, verify=client_verify(ca)
         ) as client:
             return func(*args, client=client, **kwargs)
 

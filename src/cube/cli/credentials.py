@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from cube.api.tls import Tls
+from cube.api.tls import Tls, Verify, client_verify
 from cube.auth import JOIN_TOKEN_FILE, TOKEN_FILE, load_or_create_token, read_token
 
 TOKEN_ENV = "CUBE_TOKEN"
@@ -62,8 +62,8 @@ class Security:
     ca: str | None
 
     @property
-    def verify(self) -> str | bool:
-        return self.ca or True
+    def verify(self) -> Verify:
+        return client_verify(self.ca)
 
     @property
     def scheme(self) -> str:

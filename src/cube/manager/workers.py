@@ -8,6 +8,7 @@ import httpx
 from pydantic import TypeAdapter
 
 from cube.api.client import check, unreachable
+from cube.api.tls import Verify
 from cube.node import NodeReport
 from cube.task.model import Task, TaskEvent
 from cube.task.spec import TaskRequest
@@ -26,7 +27,7 @@ KEEPALIVE_EXPIRY = 2.0
 class WorkerClient:
     """Calls a worker's ``/v1`` API by its base URL. One instance serves every node."""
 
-    def __init__(self, *, timeout: float = 5.0, verify: str | bool = True) -> None:
+    def __init__(self, *, timeout: float = 5.0, verify: Verify = True) -> None:
         # One connection pool for the fleet: a 1,000-node cluster must not mean 1,000 pools.
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout),

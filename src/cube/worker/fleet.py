@@ -37,6 +37,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from cube.api.client import check
 from cube.api.common import Health
 from cube.api.errors import error_response
+from cube.api.tls import Verify
 from cube.auth import Authenticator, Role
 from cube.errors import CubeError
 from cube.log import get_logger
@@ -123,7 +124,7 @@ class Fleet:
         base_url: str,
         *,
         join_token: str | None,
-        verify: str | bool = True,
+        verify: Verify = True,
         retry: float = 2.0,
     ) -> None:
         """Register every worker with the manager (``POST /v1/nodes``), retrying each until

@@ -7,6 +7,7 @@ import asyncio
 import httpx
 
 from cube.api.client import check
+from cube.api.tls import Verify
 from cube.errors import CubeError
 from cube.log import get_logger
 
@@ -20,7 +21,7 @@ async def join_manager(
     address: str,
     token: str | None = None,
     join_token: str | None = None,
-    verify: str | bool = True,
+    verify: Verify = True,
     retry: float = 2.0,
 ) -> None:
     """Register at the manager's ``POST /v1/nodes``, retrying until it is accepted.
