@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request
 from pydantic import BaseModel
 
 from cube.errors import FieldError, InvalidSpec, PayloadTooLarge
+from cube.task.model import Task
 from cube.task.spec import TaskRequest, decode_spec_text, parse_request
 
 #: Largest request body accepted: a spec is a few KiB; 1 MiB leaves room for big env blocks.
@@ -30,6 +31,11 @@ async def read_body(request: Request) -> Any:
 async def read_task_request(request: Request) -> TaskRequest:
     return parse_request(await read_body(request))
 
+
+#: ``POST /v1/tasks`` answers 201 with a new task, and 200 when the request repeats one.
+RESUBMITTED: dict[int | str, dict[str, Any]] = {
+    200: {"model": Task, "description": "The same ID and spec again: the existing task."}
+}
 
 #: OpenAPI description of a body read by :func:`read_task_request` (FastAPI cannot infer it).
 TASK_REQUEST_BODY: dict[str, Any] = {

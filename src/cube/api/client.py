@@ -21,14 +21,30 @@ _BY_CODE: dict[str, type[errors.CubeError]] = {
 }
 
 
+#: The longest piece of an answer an error message repeats.
+MAX_SHOWN = 1000
+
+
+def one_line(text: object) -> str:
+    """Text from the other side, fit for one line of a log or a terminal: runs of
+    whitespace (newlines too) become one space, other control characters go, and a long
+    text (an HTML error page from a proxy, say) is cut."""
+    kept = "".join(c if c.isprintable() or c.isspace() else " " for c in str(text))
+    line = " ".join(kept.split())
+    return line if len(line) <= MAX_SHOWN else line[:MAX_SHOWN] + "..."
+
+
 def error_from_response(response: httpx.Response) -> errors.CubeError:
     """The CubeError an error response stands for."""
     try:
         body = response.json()
-        code, message = str(body.get("error", "")), str(body.get("message", ""))
-        fields = [FieldError(f["field"], f["message"]) for f in body.get("fields") or []]
+        code, message = str(body.get("error", "")), one_line(body.get("message", ""))
+        fields = [
+            FieldError(one_line(f["field"]), one_line(f["message"]))
+            for f in body.get("fields") or []
+        ]
     except (ValueError, AttributeError, KeyError, TypeError):
-        code, message, fields = "", response.text.strip(), []
+        code, message, fields = "", one_line(response.text), []
     message = message or f"HTTP {response.status_code} from {response.request.url}"
     if response.status_code == 413:
         return errors.PayloadTooLarge(fields or [FieldError("body", message)])

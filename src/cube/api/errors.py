@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Route
 
 from cube import errors
 from cube.errors import FieldError
@@ -68,10 +69,24 @@ def error_response(
     return JSONResponse(body.model_dump(), status_code=status)
 
 
-#: Responses to declare on every route, so the OpenAPI schema tells the truth.
+#: Responses to declare on every route, so the OpenAPI schema tells the truth: every
+#: status of :data:`STATUS`, and the 401/403 of :mod:`cube.api.auth`. Not 500: that is a bug.
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 422, 503)
+    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 422, 502, 503)
 }
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route has for the request's path: a 405's ``Allow`` (RFC 9110).
+
+    Starlette names only the methods of the first route whose path matched, so
+    ``PUT /v1/tasks/ID`` would answer ``Allow: GET`` though ``DELETE`` works too.
+    """
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.matches(request.scope)[0] is not Match.NONE:
+            methods |= route.methods or set()
+    return sorted(methods)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -86,14 +101,19 @@ def install_error_handlers(app: FastAPI) -> None:
         fields = []
         for err in exc.errors():
             loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path")]
-            fields.append(FieldError(".".join(loc) or "body", str(err.get("msg", "invalid"))))
+            text = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+            fields.append(FieldError(".".join(loc) or "body", text))
         message = "; ".join(str(f) for f in fields)
         return error_response(422, "invalid_request", message, fields)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "error")
-        return error_response(exc.status_code, code, str(exc.detail))
+        response = error_response(exc.status_code, code, str(exc.detail))
+        response.headers.update(exc.headers or {})
+        if exc.status_code == 405:
+            response.headers["Allow"] = ", ".join(allowed_methods(request))
+        return response
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -22,12 +22,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated
 
+import httpx
 from fastapi import FastAPI, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from cube.api.auth import BearerAuth
-from cube.api.body import TASK_REQUEST_BODY, publish_schemas, read_task_request
+from cube.api.body import RESUBMITTED, TASK_REQUEST_BODY, publish_schemas, read_task_request
 from cube.api.common import Health, stream_text
 from cube.api.errors import ERROR_RESPONSES, install_error_handlers
 from cube.auth import Authenticator, Role
@@ -55,6 +56,23 @@ class NodeRegistration(BaseModel):
         description="the token the worker's API accepts; the manager calls it with this",
     )
 
+    @field_validator("address")
+    @classmethod
+    def _usable(cls, value: str) -> str:
+        """The manager's HTTP client must take it: no control character, no host IDNA
+        refuses, no port past 65535 (else a registration would end in a 500)."""
+        try:
+            url = httpx.URL(value)
+        except httpx.InvalidURL as exc:
+            raise ValueError(f"not a usable URL: {exc}") from None
+        if not url.host:
+            raise ValueError("not a usable URL: no host")
+        if url.port is not None and not 0 < url.port <= 65535:
+            raise ValueError(f"not a usable URL: port {url.port} is out of range")
+        return value
+
+
+JSON = "application/json"
 
 #: Node answers never include the node's token.
 NO_TOKEN: set[str] = {"token"}
@@ -86,16 +104,17 @@ def create_app(manager: Manager, *, authenticator: Authenticator | None = None) 
     if authenticator is not None:
         app.add_middleware(BearerAuth, authenticator=authenticator, rule=manager_rule)
 
-    @app.post("/v1/tasks", status_code=201, openapi_extra=TASK_REQUEST_BODY)
+    @app.post("/v1/tasks", status_code=201, responses=RESUBMITTED, openapi_extra=TASK_REQUEST_BODY)
     async def submit_task(request: Request, response: Response) -> Task:
         task, created = manager.submit(await read_task_request(request))
         if not created:
             response.status_code = 200
         return task
 
-    @app.get("/v1/tasks")
-    async def list_tasks(state: State | None = None, node: str | None = None) -> list[Task]:
-        return manager.list_tasks(state=state, node=node)
+    @app.get("/v1/tasks", response_model=list[Task])
+    async def list_tasks(state: State | None = None, node: str | None = None) -> Response:
+        # Serialised by the manager from its records: see Manager.tasks_json.
+        return Response(manager.tasks_json(state=state, node=node), media_type=JSON)
 
     @app.get("/v1/tasks/{task_id}")
     async def get_task(task_id: str) -> Task:

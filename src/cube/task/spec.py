@@ -252,11 +252,24 @@ class TaskRequest(TaskSpec):
         return TaskSpec.model_validate(self.model_dump(exclude={"id"}))
 
 
+#: The longest key an error message repeats: an unknown key can be a whole body long.
+MAX_KEY_SHOWN = 64
+
+
+def _key(part: str | int) -> str:
+    """A step of a field path as a user may read it: a key with a newline or an escape
+    sequence is quoted, so that an error stays one line and cannot drive a terminal."""
+    text = str(part)
+    if len(text) > MAX_KEY_SHOWN:
+        text = text[:MAX_KEY_SHOWN] + "..."
+    return text if text.isprintable() else repr(text)
+
+
 def field_errors(exc: ValidationError, *, prefix: str = "") -> list[FieldError]:
     """Turn pydantic's errors into ``FieldError`` with dotted paths (``resources.memory``)."""
     out: list[FieldError] = []
     for err in exc.errors(include_url=False):
-        path = ".".join(str(p) for p in err["loc"])
+        path = ".".join(_key(p) for p in err["loc"])
         path = f"{prefix}.{path}" if prefix and path else (prefix or path)
         message = err["msg"].removeprefix("Value error, ")
         out.append(FieldError(path or "body", message))
@@ -275,12 +288,20 @@ def parse_request(data: Any) -> TaskRequest:
         raise InvalidSpec(field_errors(exc)) from None
 
 
+#: libyaml's parser where PyYAML has it: as safe, and it refuses nesting deeper than 1000
+#: levels at once, where the pure-Python parser first spends seconds of CPU (quadratic in the
+#: depth) on a few KiB of "[[[[...": seconds of a server's event loop, per request.
+_YAML_LOADER: type[yaml.SafeLoader | yaml.CSafeLoader] = getattr(
+    yaml, "CSafeLoader", yaml.SafeLoader
+)
+
+
 def decode_spec_text(text: str | bytes, *, fmt: Literal["json", "yaml"] = "yaml") -> Any:
     """Decode a spec document. YAML is a superset of JSON, so ``yaml`` reads both."""
     try:
         if fmt == "json":
             return json.loads(text)
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_YAML_LOADER)
     except (ValueError, yaml.YAMLError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InvalidSpec([FieldError("body", f"not valid {fmt.upper()}: {first}")]) from None

@@ -24,7 +24,7 @@ from fastapi import FastAPI, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from cube.api.auth import BearerAuth, open_health
-from cube.api.body import TASK_REQUEST_BODY, publish_schemas, read_task_request
+from cube.api.body import RESUBMITTED, TASK_REQUEST_BODY, publish_schemas, read_task_request
 from cube.api.common import Health, stream_text
 from cube.api.errors import ERROR_RESPONSES, install_error_handlers
 from cube.auth import Authenticator, Role
@@ -63,7 +63,7 @@ def create_app(worker: Worker, *, authenticator: Authenticator | None = None) ->
         rule = open_health(frozenset({Role.MANAGER}))
         app.add_middleware(BearerAuth, authenticator=authenticator, rule=rule)
 
-    @app.post("/v1/tasks", status_code=201, openapi_extra=TASK_REQUEST_BODY)
+    @app.post("/v1/tasks", status_code=201, responses=RESUBMITTED, openapi_extra=TASK_REQUEST_BODY)
     async def run_task(request: Request, response: Response) -> Task:
         task, created = worker.submit(await read_task_request(request))
         if not created:
