@@ -11,9 +11,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
 
 echo "test: ruff check"
-.venv/bin/ruff check src tests
+.venv/bin/ruff check src tests bench
 echo "test: ruff format --check"
-.venv/bin/ruff format --check src tests
+.venv/bin/ruff format --check src tests bench
 echo "test: mypy"
 .venv/bin/mypy
 echo "test: pytest $*"
