@@ -339,20 +339,20 @@ class Manager:
         del reported  # its progress arrives with the next collection
 
     async def _dispatch_loop(self) -> None:
-        clock = asyncio.get_running_loop().time
         while True:
             try:
                 await asyncio.wait_for(self._dispatch_wake.wait(), 5.0)
             except TimeoutError:
                 self._generation += 1  # the safety net: retry everything now and then
             self._dispatch_wake.clear()
-            started = clock()
+            started = time.process_time()
             await self.dispatch()
             # Each pass starts with a view of every node (O(nodes + tasks)). In a burst of
-            # submissions, each of which wakes the dispatcher, a pause as long as the pass
-            # lets the next ones gather, so a pass places many tasks and dispatch takes at
-            # most about half the manager's time.
-            await asyncio.sleep(min(clock() - started, MAX_DISPATCH_PAUSE))
+            # submissions, each of which wakes the dispatcher, a pause as long as the CPU
+            # the pass took lets the next ones gather, so a pass places many tasks and
+            # dispatch takes at most about half the manager's time. (CPU, not wall time: a
+            # pass that waited on a slow node cost nothing, and must not slow the next.)
+            await asyncio.sleep(min(time.process_time() - started, MAX_DISPATCH_PAUSE))
 
     # --- collection and reconciliation ---------------------------------------------------------
     async def collect(self) -> None:
@@ -547,17 +547,18 @@ class Manager:
 
     async def _collect_loop(self) -> None:
         """A pass every ``collect_interval``, or, when a pass takes longer than that (many
-        nodes, a busy machine), a pause as long as the pass: collection then takes at most
-        half the manager's time, and the API and dispatch keep the other half. The pause
-        actually used is :attr:`collect_period`."""
-        clock = asyncio.get_running_loop().time
+        nodes, a busy machine), a pause as long as the CPU the pass took: collection then
+        takes at most half the manager's time, and the API and dispatch keep the other half.
+        CPU time, not wall time: a pass that waited for an unreachable node's timeout used
+        no CPU, and pausing as long would leave every other node's data twice as old. The
+        pause actually used is :attr:`collect_period`."""
         while True:
-            started = clock()
+            started = time.process_time()
             await self.collect()
-            took = clock() - started
+            took = time.process_time() - started
             self.collect_period = max(self.collect_interval, took)
             if took > self.collect_interval:
-                log.debug("collection pass slower than the interval", seconds=round(took, 2))
+                log.debug("collection pass used more CPU than the interval", seconds=round(took, 2))
             await asyncio.sleep(self.collect_period)
 
     async def _join_loop(self, address: str) -> None:
