@@ -102,6 +102,8 @@ class Manager:
         self._sending: dict[str, asyncio.Event] = {}
         #: Task ID -> the stop call in flight, so collection passes do not pile up more.
         self._stopping: dict[str, asyncio.Task[None]] = {}
+        #: (node, task) of copies being stopped because the task is placed elsewhere.
+        self._stopping_copies: set[tuple[str, str]] = set()
         #: Node name -> its watch; the names of nodes whose watch currently works.
         self._watches: dict[str, asyncio.Task[None]] = {}
         self._watched: set[str] = set()
@@ -461,8 +463,7 @@ class Manager:
                 self._save(task, task.transition(State.SCHEDULED, reason))
             if task.node != node.name:
                 if not copy.is_terminal or copy.container_id:
-                    log.warning("stopping a copy placed elsewhere", task=task.id, node=node.name)
-                    self._background_call(self.workers.stop(node.address, copy.id, wait=30.0))
+                    self._stop_copy(node, copy.id)
                 continue
             if needs_merge(task, copy):
                 events = histories.get(task.id)
@@ -530,6 +531,20 @@ class Manager:
 
             stopping.add_done_callback(forget)
         return stopping
+
+    def _stop_copy(self, node: Node, task_id: str) -> None:
+        """Stop the copy of a task that ``node`` still has though the task is placed
+        elsewhere, with one call in flight per copy: every change the node reports in the
+        meantime (one per blocking query) would otherwise send another."""
+        key = (node.name, task_id)
+        if key in self._stopping_copies:
+            return
+        log.warning("stopping a copy placed elsewhere", task=task_id, node=node.name)
+        self._stopping_copies.add(key)
+        call = spawn(
+            self.workers.stop(node.address, task_id, wait=30.0), "node call", keep=self._background
+        )
+        call.add_done_callback(lambda _: self._stopping_copies.discard(key))
 
     async def _stop_on_node(self, task: Task, node: Node) -> None:
         try:
@@ -675,6 +690,3 @@ class Manager:
     # --- helpers -------------------------------------------------------------------------------
     def _save(self, task: Task, *events: TaskEvent) -> None:
         self.store.save_task(task, events)
-
-    def _background_call(self, coro: Coroutine[Any, Any, Any]) -> None:
-        spawn(coro, "node call", keep=self._background)
