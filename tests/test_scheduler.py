@@ -26,6 +26,7 @@ from cube.scheduler import (
     BinPack,
     Decision,
     Epvm,
+    NodeFacts,
     RoundRobin,
     Scheduler,
     Spread,
@@ -234,8 +235,13 @@ class TestNormalise:
         assert normalise([], lower_is_better=False) == []
 
 
+def facts(*nodes: Node) -> list[NodeFacts]:
+    """What scorers read: each node's fields, read once (see cube.scheduler.facts)."""
+    return [NodeFacts.of(n) for n in nodes]
+
+
 def best_of(scorer: BinPack | Epvm | Spread | RoundRobin, spec: TaskSpec, nodes: list[Node]) -> str:
-    raw = scorer.score(spec, nodes)
+    raw = scorer.score(spec, facts(*nodes))
     norm = normalise(raw, lower_is_better=scorer.lower_is_better)
     i = pick([n.name for n in nodes], norm)
     assert i is not None
@@ -245,7 +251,7 @@ def best_of(scorer: BinPack | Epvm | Spread | RoundRobin, spec: TaskSpec, nodes:
 class TestEpvm:
     def test_formula(self) -> None:
         n = node("a", cpu=4, memory=4 * GiB, used_cpu=1, used_memory=2 * GiB)
-        [cost] = Epvm().score(task(cpu=1, memory=GiB), [n])
+        [cost] = Epvm().score(task(cpu=1, memory=GiB), facts(n))
         expected = (LIEB**0.5 - LIEB**0.25) + (LIEB**0.75 - LIEB**0.5)
         assert cost == pytest.approx(expected)
 
@@ -288,9 +294,11 @@ class TestBinPackAndSpread:
 
     def test_bin_pack_range(self) -> None:
         exact = node("a", cpu=1, memory=GiB)
-        [full] = BinPack().score(task(cpu=1, memory=GiB), [exact])
+        [full] = BinPack().score(task(cpu=1, memory=GiB), facts(exact))
         assert full == pytest.approx(18.0)
-        [empty] = BinPack().score(task(cpu=0.001, memory=6 * MiB), [node("b", memory=64 * GiB)])
+        [empty] = BinPack().score(
+            task(cpu=0.001, memory=6 * MiB), facts(node("b", memory=64 * GiB))
+        )
         assert 0.0 <= empty < 0.05
 
     def test_spread_prefers_least_allocated(self) -> None:
@@ -299,12 +307,12 @@ class TestBinPackAndSpread:
 
     def test_spread_mirrors_bin_pack(self) -> None:
         nodes = [node("a", used_cpu=1), node("b", used_memory=3 * GiB)]
-        packed = BinPack().score(task(), nodes)
-        spread = Spread().score(task(), nodes)
+        packed = BinPack().score(task(), facts(*nodes))
+        spread = Spread().score(task(), facts(*nodes))
         assert [p + s for p, s in zip(packed, spread, strict=True)] == pytest.approx([18, 18])
 
     def test_round_robin_scores_every_candidate_alike(self) -> None:
-        assert RoundRobin().score(task(), [node("a"), node("b")]) == [0.0, 0.0]
+        assert RoundRobin().score(task(), facts(node("a"), node("b"))) == [0.0, 0.0]
 
 
 # --- phase 3: pick --------------------------------------------------------------------------

@@ -13,6 +13,7 @@ The caller records a placement with :func:`allocate` before placing the next tas
 
 from cube.scheduler.allocation import allocate, allocate_all, release, request
 from cube.scheduler.decision import MAX_FILTERED, MAX_SCORES, Decision, NodeScore, failure_reason
+from cube.scheduler.facts import FactsCache, NodeFacts
 from cube.scheduler.feasibility import Checker, Feasibility, Rejection, checkers_for, filter_nodes
 from cube.scheduler.pipeline import (
     ALGORITHMS,
@@ -36,7 +37,9 @@ __all__ = [
     "Checker",
     "Decision",
     "Epvm",
+    "FactsCache",
     "Feasibility",
+    "NodeFacts",
     "NodeScore",
     "Rejection",
     "RoundRobin",

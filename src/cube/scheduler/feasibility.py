@@ -14,23 +14,27 @@ cannot fail for a spec (no constraints, no host ports, no disk) is left out.
 
 **The fused test.** Asking each checker in turn reads the same node attributes
 again and again, and an attribute read on a pydantic model is the most expensive
-step of the hot loop (a few hundred machine instructions: ``BaseModel`` defines
-``__getattr__``, which turns off CPython's fast attribute paths). So for the
-built-in checkers :func:`fused_misfit` answers the same question, "which checker
-does this node fail first?", reading each attribute once, and :func:`filter_nodes`
-asks a checker itself only to explain a rejection, for the first few a Decision
-keeps. A spec's checkers and its fused test must agree: change both together.
+step of the hot loop (``BaseModel`` defines ``__getattr__``, which turns off
+CPython's fast attribute paths). So for the built-in checkers :func:`fused_misfit`
+answers the same question, "which checker does this node fail first?", from the
+node's :class:`~cube.scheduler.facts.NodeFacts` (its fields read once per node
+version, see :mod:`cube.scheduler.facts`), and :func:`filter_nodes` asks a checker
+itself only to explain a rejection, for the first few a Decision keeps. A spec's
+checkers and its fused test must agree: change both together.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import chain
+from operator import itemgetter
 from typing import NamedTuple
 
 from cube.node import Node, NodeState
+from cube.scheduler.facts import FactsCache, NodeFacts
 from cube.task.spec import TaskSpec, privileges
 from cube.units import format_size
 
@@ -39,7 +43,7 @@ CPU_EPSILON = 1e-9
 
 CheckFn = Callable[[Node], str | None]
 #: The index (in a checker list) of the first checker a node fails, or -1 if it passes all.
-MisfitFn = Callable[[Node], int]
+MisfitFn = Callable[[NodeFacts], int]
 
 # Checker names. They are the keys of the per-reason counts in a Decision, so they
 # are part of the output format: keep them stable.
@@ -192,6 +196,28 @@ def checkers_for(spec: TaskSpec) -> tuple[Checker, ...]:
     return tuple(out)
 
 
+#: What :func:`checkers_for` reads from a spec: resources, labels, host ports, privileges.
+Shape = tuple[float, int, int, tuple[tuple[str, str], ...], tuple[int, ...], tuple[str, ...]]
+
+
+def shape_of(spec: TaskSpec) -> Shape:
+    """Everything a spec's checkers depend on, as a hashable value.
+
+    Two specs of one shape get the same checkers and are feasible on the same
+    nodes, so a scheduler can build the checkers once per shape and remember where
+    the last task of that shape found room. Keep it in step with :func:`checkers_for`.
+    """
+    r = spec.resources
+    return (
+        r.cpu,
+        r.memory,
+        r.disk,
+        tuple(sorted(spec.constraints.items())),
+        tuple(sorted(host_ports(spec))),
+        tuple(sorted(p.value for p in privileges(spec))),
+    )
+
+
 #: The checkers :func:`fused_misfit` knows, in the order :func:`checkers_for` lists them.
 _FUSED_ORDER = (STATE, CONSTRAINTS, PRIVILEGES, PORTS, CPU, MEMORY, DISK)
 
@@ -209,7 +235,6 @@ def fused_misfit(spec: TaskSpec, checkers: Sequence[Checker]) -> MisfitFn | None
     at = {name: i for i, name in enumerate(names)}
     if STATE not in at or CPU not in at or MEMORY not in at:
         return None
-    ready = NodeState.READY
     i_state, i_cpu, i_memory = at[STATE], at[CPU], at[MEMORY]
     labels_wanted = tuple(spec.constraints.items()) if CONSTRAINTS in at else ()
     i_labels = at.get(CONSTRAINTS, -1)
@@ -222,8 +247,8 @@ def fused_misfit(spec: TaskSpec, checkers: Sequence[Checker]) -> MisfitFn | None
     disk = r.disk if DISK in at else 0
     i_disk = at.get(DISK, -1)
 
-    def misfit(node: Node) -> int:
-        if node.state != ready:
+    def misfit(node: NodeFacts) -> int:
+        if not node.ready:
             return i_state
         if labels_wanted:
             labels = node.labels
@@ -237,12 +262,11 @@ def fused_misfit(spec: TaskSpec, checkers: Sequence[Checker]) -> MisfitFn | None
                     return i_allows
         if ports and not ports.isdisjoint(node.used_ports):
             return i_ports
-        capacity, allocated = node.capacity, node.allocated
-        if cpu > capacity.cpu - allocated.cpu + CPU_EPSILON:
+        if cpu > node.free_cpu + CPU_EPSILON:
             return i_cpu
-        if memory > capacity.memory - allocated.memory:
+        if memory > node.free_memory:
             return i_memory
-        if disk and disk > capacity.disk - allocated.disk:
+        if disk and disk > node.free_disk:
             return i_disk
         return -1
 
@@ -253,9 +277,9 @@ def _misfit(checkers: Sequence[Checker]) -> MisfitFn:
     """Any checker list as a :data:`MisfitFn`, asking each checker in turn."""
     checks = [c.check for c in checkers]
 
-    def misfit(node: Node) -> int:
+    def misfit(facts: NodeFacts) -> int:
         for i, check in enumerate(checks):
-            if check(node) is not None:
+            if check(facts.node) is not None:
                 return i
         return -1
 
@@ -276,24 +300,23 @@ class Rejection(NamedTuple):
 
 # Rejection(...) runs a Python-level __new__; this makes the same tuple from C.
 _new_rejection: Callable[[tuple[Node, str, str]], Rejection] = partial(tuple.__new__, Rejection)
+_checker = itemgetter(1)  # Rejection.checker, read in C
 
 
 @dataclass(slots=True)
 class Feasibility:
     """The result of phase 1: feasible candidates and every rejection, in examination order."""
 
-    candidates: list[Node] = field(default_factory=list)
+    candidates: list[NodeFacts] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
     examined: int = 0  # nodes looked at; less than len(nodes) when the limit was reached
     first: int | None = None  # index (in ``nodes``) of the first feasible node examined
     last: int | None = None  # index of the last node examined
 
     def counts(self) -> dict[str, int]:
-        """Rejections per checker name, most common first."""
-        out: dict[str, int] = {}
-        for r in self.rejected:
-            out[r.checker] = out.get(r.checker, 0) + 1
-        return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+        """Rejections per checker name, most common first (ties: first rejected first)."""
+        # Counter counts in C; most_common() is a stable sort, so ties keep first-seen order.
+        return dict(Counter(map(_checker, self.rejected)).most_common())
 
 
 def first_failure(checkers: Sequence[Checker], node: Node) -> tuple[str, str] | None:
@@ -313,6 +336,7 @@ def filter_nodes(
     start: int = 0,
     explain: int | None = None,
     misfit: MisfitFn | None = None,
+    cache: FactsCache | None = None,
 ) -> Feasibility:
     """Run the checkers over ``nodes`` from index ``start``, wrapping around.
 
@@ -324,6 +348,7 @@ def filter_nodes(
     Every rejection is recorded with its checker's name; only the first ``explain``
     (``None``: all) get a reason, which is all a Decision keeps. ``misfit`` is the
     checkers' fused test (:func:`fused_misfit`); without it each checker is asked.
+    ``cache`` keeps the nodes' facts for the next call (a Scheduler passes its own).
     """
     result = Feasibility()
     n = len(nodes)
@@ -335,16 +360,20 @@ def filter_nodes(
     test = misfit or _misfit(checkers)
     names = [c.name for c in checkers]
     checks = [c.check for c in checkers]
+    known = (cache or FactsCache()).table(nodes)
     candidates = result.candidates
     rejected = result.rejected
     index = start
     for index in chain(range(start, n), range(start)):
         node = nodes[index]
-        i = test(node)
+        facts = known[index]
+        if facts is None or facts.node is not node:  # a new node, or a new version of one
+            facts = known[index] = NodeFacts.of(node)
+        i = test(facts)
         if i < 0:
             if not candidates:
                 result.first = index
-            candidates.append(node)
+            candidates.append(facts)
             if len(candidates) >= want:
                 break
         else:

@@ -5,19 +5,20 @@ and direction (``lower_is_better``). :func:`normalise` then maps every scorer's
 output to one range, 0..1 with 1 the best examined candidate, so that picking,
 printing and any later weighting of several scorers work the same way.
 
-Scorers work on plain floats read once per node: no model is built per node, and no
-attribute is read twice (attribute reads on pydantic models are the costly part of
-the hot loop, see :mod:`cube.scheduler.feasibility`).
+Scorers work on each candidate's :class:`~cube.scheduler.facts.NodeFacts`, plain
+values read once per node version: no model is built or read per node (attribute
+reads on pydantic models are the costly part of the hot loop, see
+:mod:`cube.scheduler.facts`). ``NodeFacts.of(node)`` makes them from a node.
 Every candidate passed feasibility, so its CPU and memory capacity are positive;
 the ``_TINY`` floor only protects against hand-built nodes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Protocol
 
-from cube.node import Node
+from cube.scheduler.facts import NodeFacts
 from cube.task.spec import TaskSpec
 
 #: Lieb's square-ice constant: the base of the E-PVM cost, as in the Cube book.
@@ -33,7 +34,7 @@ class Scorer(Protocol):
     name: str
     lower_is_better: bool
 
-    def score(self, spec: TaskSpec, candidates: Sequence[Node]) -> list[float]:
+    def score(self, spec: TaskSpec, candidates: Sequence[NodeFacts]) -> list[float]:
         """One raw score per candidate, in the candidates' order."""
         ...
 
@@ -67,7 +68,7 @@ class RoundRobin:
     name = "round-robin"
     lower_is_better = False
 
-    def score(self, spec: TaskSpec, candidates: Sequence[Node]) -> list[float]:
+    def score(self, spec: TaskSpec, candidates: Sequence[NodeFacts]) -> list[float]:
         return [0.0] * len(candidates)
 
 
@@ -105,27 +106,36 @@ class Epvm:
         self.measured_weight = measured_weight
         self.base = base
 
-    def score(self, spec: TaskSpec, candidates: Sequence[Node]) -> list[float]:
+    def score(self, spec: TaskSpec, candidates: Sequence[NodeFacts]) -> list[float]:
         cpu = spec.resources.cpu
         memory = spec.resources.memory
         base = self.base
         w = self.measured_weight
         out: list[float] = []
         for node in candidates:
-            cap, alloc = node.capacity, node.allocated
-            cap_cpu: float = cap.cpu
-            cap_mem: float = cap.memory
+            cap_cpu: float = node.cpu
+            cap_mem: float = node.memory
             cap_cpu = cap_cpu if cap_cpu > _TINY else _TINY
             cap_mem = cap_mem if cap_mem > _TINY else _TINY
-            cpu_before = alloc.cpu / cap_cpu
-            if w and (stats := node.stats) is not None:
-                measured = min(max(stats.cpu_percent / 100.0, 0.0), 1.0)
+            cpu_before = node.cpu_allocated / cap_cpu
+            if w and (measured := node.cpu_measured) is not None:
                 cpu_before = (1.0 - w) * cpu_before + w * measured
-            mem_before = alloc.memory / cap_mem
+            mem_before = node.memory_allocated / cap_mem
             cpu_after = cpu_before + cpu / cap_cpu
             mem_after = mem_before + memory / cap_mem
             out.append(base**cpu_after - base**cpu_before + base**mem_after - base**mem_before)
         return out
+
+
+def free_after(spec: TaskSpec, candidates: Sequence[NodeFacts]) -> Iterator[tuple[float, float]]:
+    """Each candidate's free CPU and memory, as fractions of capacity, once the task is placed."""
+    cpu, memory = spec.resources.cpu, spec.resources.memory
+    for node in candidates:
+        cap_cpu, cap_mem = node.cpu, node.memory
+        yield (
+            1.0 - (node.cpu_allocated + cpu) / (cap_cpu if cap_cpu > _TINY else _TINY),
+            1.0 - (node.memory_allocated + memory) / (cap_mem if cap_mem > _TINY else _TINY),
+        )
 
 
 class BinPack:
@@ -140,16 +150,8 @@ class BinPack:
     name = "bin-pack"
     lower_is_better = False
 
-    def score(self, spec: TaskSpec, candidates: Sequence[Node]) -> list[float]:
-        cpu, memory = spec.resources.cpu, spec.resources.memory
-        out: list[float] = []
-        for node in candidates:
-            cap, alloc = node.capacity, node.allocated
-            cap_cpu, cap_mem = cap.cpu, cap.memory
-            free_cpu = 1.0 - (alloc.cpu + cpu) / (cap_cpu if cap_cpu > _TINY else _TINY)
-            free_mem = 1.0 - (alloc.memory + memory) / (cap_mem if cap_mem > _TINY else _TINY)
-            out.append(20.0 - (10.0**free_cpu + 10.0**free_mem))
-        return out
+    def score(self, spec: TaskSpec, candidates: Sequence[NodeFacts]) -> list[float]:
+        return [20.0 - (10.0**c + 10.0**m) for c, m in free_after(spec, candidates)]
 
 
 class Spread:
@@ -164,13 +166,5 @@ class Spread:
     name = "spread"
     lower_is_better = False
 
-    def score(self, spec: TaskSpec, candidates: Sequence[Node]) -> list[float]:
-        cpu, memory = spec.resources.cpu, spec.resources.memory
-        out: list[float] = []
-        for node in candidates:
-            cap, alloc = node.capacity, node.allocated
-            cap_cpu, cap_mem = cap.cpu, cap.memory
-            free_cpu = 1.0 - (alloc.cpu + cpu) / (cap_cpu if cap_cpu > _TINY else _TINY)
-            free_mem = 1.0 - (alloc.memory + memory) / (cap_mem if cap_mem > _TINY else _TINY)
-            out.append(10.0**free_cpu + 10.0**free_mem - 2.0)
-        return out
+    def score(self, spec: TaskSpec, candidates: Sequence[NodeFacts]) -> list[float]:
+        return [10.0**c + 10.0**m - 2.0 for c, m in free_after(spec, candidates)]
