@@ -21,6 +21,7 @@ from cube.scheduler.pipeline import (
     DEFAULT_CANDIDATE_LIMIT,
     Scheduler,
     Window,
+    default_candidate_limit,
     make_scheduler,
 )
 from cube.scheduler.scoring import LIEB, BinPack, Epvm, RoundRobin, Scorer, Spread, normalise
@@ -50,6 +51,7 @@ __all__ = [
     "allocate",
     "allocate_all",
     "checkers_for",
+    "default_candidate_limit",
     "failure_reason",
     "filter_nodes",
     "make_scheduler",
