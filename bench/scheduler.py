@@ -38,12 +38,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from _common import ints, machine, median, output_arguments, save_figure, save_json, table
 
 from cube.node import Node, NodeState, Resources
-from cube.scheduler import ALGORITHMS, LIEB, allocate, make_scheduler
+from cube.scheduler import ALGORITHMS, DEFAULT_CANDIDATE_LIMIT, LIEB, allocate, make_scheduler
 from cube.task.spec import TaskSpec
 
 GiB = 1024**3
@@ -203,7 +203,7 @@ def run(
     specs: Sequence[TaskSpec],
     order: Sequence[int],
     *,
-    limit: int | Literal["default"] | None,
+    limit: int | None,
     chunks: int,
 ) -> Run:
     nodes = list(cluster)
@@ -398,7 +398,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--limit",
         type=int,
-        help="candidate limit (0: none; default: each algorithm's own); round-robin uses 1",
+        default=DEFAULT_CANDIDATE_LIMIT,
+        help="candidate limit (0: none); round-robin always uses 1",
     )
     parser.add_argument("--fill", type=float, default=0.75, help="how full the cluster ends")
     parser.add_argument("--chunks", type=int, default=10, help="timing chunks per run")
@@ -412,9 +413,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     output_arguments(parser)
     args = parser.parse_args(argv)
     algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]
-    limit: int | Literal["default"] | None = (
-        "default" if args.limit is None else (args.limit or None)
-    )
+    limit = args.limit or None
 
     info = machine()
     print(

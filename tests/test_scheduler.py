@@ -20,7 +20,6 @@ from cube.errors import InvalidSpec
 from cube.node import MachineStats, Node, NodeState, Resources
 from cube.scheduler import (
     ALGORITHMS,
-    DEFAULT_CANDIDATE_LIMIT,
     LIEB,
     MAX_FILTERED,
     MAX_SCORES,
@@ -34,7 +33,6 @@ from cube.scheduler import (
     Window,
     allocate,
     checkers_for,
-    default_candidate_limit,
     failure_reason,
     filter_nodes,
     make_scheduler,
@@ -52,7 +50,6 @@ from cube.scheduler.feasibility import (
     port_checker,
     state_checker,
 )
-from cube.scheduler.pipeline import BIN_PACK_CANDIDATE_LIMIT
 from cube.task.spec import TaskSpec
 
 GiB = 1024**3
@@ -358,14 +355,6 @@ class TestMakeScheduler:
         assert make_scheduler("bin-pack").window is Window.STICKY
         assert make_scheduler("round-robin").candidate_limit == 1
         assert make_scheduler(" EPVM ").algorithm == "epvm"
-
-    def test_each_algorithm_has_its_candidate_limit_unless_told(self) -> None:
-        assert make_scheduler("epvm").candidate_limit == DEFAULT_CANDIDATE_LIMIT
-        assert make_scheduler("spread").candidate_limit == DEFAULT_CANDIDATE_LIMIT
-        assert make_scheduler("bin-pack").candidate_limit == BIN_PACK_CANDIDATE_LIMIT
-        assert default_candidate_limit("bin-pack") == BIN_PACK_CANDIDATE_LIMIT
-        assert make_scheduler("bin-pack", candidate_limit=3).candidate_limit == 3
-        assert make_scheduler("bin-pack", candidate_limit=None).candidate_limit is None
 
     def test_unknown_name_is_an_invalid_spec_naming_the_field(self) -> None:
         with pytest.raises(InvalidSpec) as info:

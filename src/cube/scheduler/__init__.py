@@ -21,7 +21,6 @@ from cube.scheduler.pipeline import (
     DEFAULT_CANDIDATE_LIMIT,
     Scheduler,
     Window,
-    default_candidate_limit,
     make_scheduler,
 )
 from cube.scheduler.scoring import LIEB, BinPack, Epvm, RoundRobin, Scorer, Spread, normalise
@@ -51,7 +50,6 @@ __all__ = [
     "allocate",
     "allocate_all",
     "checkers_for",
-    "default_candidate_limit",
     "failure_reason",
     "filter_nodes",
     "make_scheduler",
