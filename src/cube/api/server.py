@@ -41,14 +41,22 @@ def make_server(app: FastAPI, *, host: str, port: int, tls: Tls | None = None) -
     return Server(config)
 
 
-async def serve(*servers: Server, after_start: Callable[[], Awaitable[None]] | None = None) -> bool:
+async def serve(
+    *servers: Server,
+    after_start: Callable[[], Awaitable[None]] | None = None,
+    on_exit: Callable[[], None] | None = None,
+) -> bool:
     """Run ``servers`` until a signal (or one of them stops); True if all started.
 
     ``after_start`` runs once every server listens (a worker joins its manager then).
+    ``on_exit`` runs when they are told to stop, before they wait for the requests in
+    flight: a worker answers its blocking queries then, instead of holding them.
     """
     loop = asyncio.get_running_loop()
 
     def stop_all(sig: int) -> None:
+        if on_exit is not None:
+            on_exit()
         for s in servers:
             s.handle_exit(sig, None)
 

@@ -175,10 +175,11 @@ def _run_servers(
     stores: list[Store],
     runtimes: list[DockerRuntime],
     after_start: Callable[[], Awaitable[None]] | None = None,
+    on_exit: Callable[[], None] | None = None,
 ) -> None:
     async def main() -> bool:
         try:
-            return await serve(*servers, after_start=after_start)
+            return await serve(*servers, after_start=after_start, on_exit=on_exit)
         finally:
             for runtime in runtimes:
                 await runtime.close()
@@ -293,7 +294,13 @@ def worker_command(
                 verify=security.verify,
             )
 
-    _run_servers(server, stores=[parts.store], runtimes=[parts.runtime], after_start=join)
+    _run_servers(
+        server,
+        stores=[parts.store],
+        runtimes=[parts.runtime],
+        after_start=join,
+        on_exit=parts.worker.feed.close,
+    )
 
 
 # --- cube manager --------------------------------------------------------------------------------
@@ -534,4 +541,9 @@ def dev_command(
         worker=f"http://127.0.0.1:{worker_port}",
         data_dir=str(data),
     )
-    _run_servers(*servers, stores=[parts.store, control.store], runtimes=[parts.runtime])
+    _run_servers(
+        *servers,
+        stores=[parts.store, control.store],
+        runtimes=[parts.runtime],
+        on_exit=parts.worker.feed.close,
+    )

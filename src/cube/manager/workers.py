@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator
 
 import httpx
@@ -17,11 +18,13 @@ from cube.worker.changes import TaskChanges
 _TASKS = TypeAdapter(list[Task])
 _EVENTS = TypeAdapter(list[TaskEvent])
 
-#: The most blocking queries held open at once; more wait for a free connection.
-WATCH_CONNECTIONS = 500
 #: Idle connections are dropped sooner than a worker (uvicorn: after 5 s) closes them: a
 #: request sent on a connection the worker is closing fails ("server disconnected").
 KEEPALIVE_EXPIRY = 2.0
+
+
+def _tls_context(verify: bool) -> ssl.SSLContext | bool:
+    return ssl.create_default_context() if verify else False
 
 
 class WorkerClient:
@@ -38,19 +41,32 @@ class WorkerClient:
             ),
             verify=verify,
         )
-        # Blocking queries stay open for seconds: their own pool, so that they never hold up
-        # the calls above, and no pool timeout (a query beyond the limit waits its turn).
-        self._watch_http = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout, pool=None),
-            limits=httpx.Limits(
-                max_connections=WATCH_CONNECTIONS,
-                max_keepalive_connections=WATCH_CONNECTIONS,
-                keepalive_expiry=KEEPALIVE_EXPIRY,
-            ),
-            verify=verify,
-        )
+        # Blocking queries stay open for seconds: each node gets a client of its own (see
+        # _watch_client), sharing one TLS context (building one per client costs ms each).
+        self._tls = verify if isinstance(verify, ssl.SSLContext) else _tls_context(verify)
+        self._watch_clients: dict[str, httpx.AsyncClient] = {}
         #: Worker address -> the token its API accepts (given by the worker when it joined).
         self.credentials: dict[str, str] = {}
+
+    def _watch_client(self, address: str) -> httpx.AsyncClient:
+        """The node's own client for its blocking queries: one connection, held open.
+
+        Not the fleet's pool: httpx looks at every queued request and every connection
+        each time it assigns one, so a thousand long-held queries in one pool made each
+        assignment O(nodes), a quarter of a 1,000-node manager's CPU (py-spy, while
+        bench/manager.py started 10,000 tasks). A pool per node keeps it O(1).
+        """
+        client = self._watch_clients.get(address)
+        if client is None:
+            client = self._watch_clients[address] = httpx.AsyncClient(
+                limits=httpx.Limits(
+                    max_connections=1,
+                    max_keepalive_connections=1,
+                    keepalive_expiry=KEEPALIVE_EXPIRY,
+                ),
+                verify=self._tls,
+            )
+        return client
 
     def _headers(self, address: str) -> dict[str, str]:
         token = self.credentials.get(address)
@@ -90,7 +106,7 @@ class WorkerClient:
             params["since"] = since
         url = f"{address.rstrip('/')}/v1/changes"
         try:
-            response = await self._watch_http.get(
+            response = await self._watch_client(address).get(
                 url,
                 params=params,
                 headers=self._headers(address),
@@ -140,4 +156,5 @@ class WorkerClient:
 
     async def aclose(self) -> None:
         await self._http.aclose()
-        await self._watch_http.aclose()
+        for client in self._watch_clients.values():
+            await client.aclose()

@@ -36,7 +36,7 @@ from cube.worker.changes import TaskChanges
 
 #: The longest a blocking query may wait. Short: the query holds the worker's shutdown up
 #: (uvicorn lets requests in flight finish), and a quiet node costs little to ask again.
-MAX_WAIT = 5.0
+MAX_WAIT = 60.0
 
 
 def create_app(worker: Worker, *, authenticator: Authenticator | None = None) -> FastAPI:

@@ -43,6 +43,7 @@ class ChangeFeed:
         self.version = 0
         self._changed_at: dict[str, int] = {}
         self._event = asyncio.Event()
+        self._closed = False
 
     @property
     def index(self) -> str:
@@ -55,6 +56,12 @@ class ChangeFeed:
         event, self._event = self._event, asyncio.Event()
         event.set()
 
+    def close(self) -> None:
+        """Answer every waiting query now, and every later one at once: the worker is
+        shutting down, and its server waits for the requests in flight to finish."""
+        self._closed = True
+        self._event.set()
+
     async def since(self, index: str, *, wait: float) -> list[str] | None:
         """IDs of the tasks changed after ``index``, waiting up to ``wait`` seconds for one.
 
@@ -65,7 +72,7 @@ class ChangeFeed:
         if epoch != self.epoch or not number.isdigit() or int(number) > self.version:
             return None
         seen = int(number)
-        if seen == self.version and wait > 0:
+        if seen == self.version and wait > 0 and not self._closed:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._event.wait(), wait)
         return [task_id for task_id, version in self._changed_at.items() if version > seen]
