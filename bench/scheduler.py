@@ -367,7 +367,9 @@ def plot(rows: Sequence[dict[str, Any]], path: Path) -> None:
     left.set_yscale("log")
     left.set_xlabel("nodes")
     left.set_ylabel("µs per decision (median)")
-    left.set_title("Cost of one decision: limit 32 (solid) vs every node (dashed)")
+    limits = sorted({r["limit"] for r in rows if r["algorithm"] != "round-robin"})
+    shown = "/".join(str(x) for x in limits)
+    left.set_title(f"Cost of one decision: limit {shown} (solid) vs every node (dashed)")
     left.legend()
     width = 0.8 / len(algorithms)
     for j, algorithm in enumerate(algorithms):
