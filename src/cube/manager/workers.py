@@ -31,7 +31,10 @@ class WorkerClient:
     """Calls a worker's ``/v1`` API by its base URL. One instance serves every node."""
 
     def __init__(self, *, timeout: float = 5.0, verify: Verify = True) -> None:
-        # One connection pool for the fleet: a 1,000-node cluster must not mean 1,000 pools.
+        # One TLS context for every client below (building one costs milliseconds).
+        self._tls = verify if isinstance(verify, ssl.SSLContext) else _tls_context(verify)
+        # One connection pool for the fleet's calls: a 1,000-node cluster must not mean
+        # 1,000 pools (blocking queries, which stay open, are the exception: see below).
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout),
             limits=httpx.Limits(
@@ -39,11 +42,10 @@ class WorkerClient:
                 max_keepalive_connections=200,
                 keepalive_expiry=KEEPALIVE_EXPIRY,
             ),
-            verify=verify,
+            verify=self._tls,
         )
         # Blocking queries stay open for seconds: each node gets a client of its own (see
-        # _watch_client), sharing one TLS context (building one per client costs ms each).
-        self._tls = verify if isinstance(verify, ssl.SSLContext) else _tls_context(verify)
+        # _watch_client).
         self._watch_clients: dict[str, httpx.AsyncClient] = {}
         #: Worker address -> the token its API accepts (given by the worker when it joined).
         self.credentials: dict[str, str] = {}
