@@ -222,12 +222,7 @@ class Recovery:
             async with _client(manager) as client:
                 for n in names:
                     await until(functools.partial(_node_ready, client, n), what=f"{n} to join")
-                ids = []
-                for i in range(TASKS):
-                    response = await client.post("/v1/tasks", json=task_body(f"moved{i}"))
-                    response.raise_for_status()
-                    ids.append(response.json()["id"])
-                await until(lambda: _running(client, ids), what="the tasks to run", limit=60)
+                ids = await _run_tasks(client, "moved")
                 for trial in range(1, trials + 1):
                     placed = await _placement(client, ids)
                     victim = max(names, key=lambda n: sum(1 for v in placed.values() if v == n))
@@ -289,12 +284,7 @@ class Recovery:
             await asyncio.to_thread(worker.start)
             async with _client(manager) as client:
                 await until(lambda: _node_ready(client, wname), what="the worker to join")
-                ids = []
-                for i in range(TASKS):
-                    response = await client.post("/v1/tasks", json=task_body(f"kept{i}"))
-                    response.raise_for_status()
-                    ids.append(response.json()["id"])
-                await until(lambda: _running(client, ids), what="the tasks to run", limit=60)
+                ids = await _run_tasks(client, "kept")
                 containers = await _containers(client, ids)
                 for trial in range(1, trials + 1):
                     result = Trial("manager", trial, tasks=len(ids))
@@ -359,6 +349,17 @@ async def _tasks(client: httpx.AsyncClient) -> list[dict[str, Any]]:
 async def _running(client: httpx.AsyncClient, ids: Sequence[str]) -> bool:
     states = {t["id"]: t["state"] for t in await _tasks(client)}
     return all(states.get(i) == "running" for i in ids)
+
+
+async def _run_tasks(client: httpx.AsyncClient, prefix: str) -> list[str]:
+    """Submit TASKS tasks named ``prefix0...``; their IDs, once all of them run."""
+    ids = []
+    for i in range(TASKS):
+        response = await client.post("/v1/tasks", json=task_body(f"{prefix}{i}"))
+        response.raise_for_status()
+        ids.append(response.json()["id"])
+    await until(lambda: _running(client, ids), what="the tasks to run", limit=60)
+    return ids
 
 
 async def _placement(
