@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -239,3 +244,54 @@ def test_missing_image_fails_the_task_with_the_engines_message(start_worker: Any
     assert "did not start" in task["reason"]
     assert "does-not-exist" in task["reason"]
     assert task["container_id"] is None
+
+
+@dataclass
+class SilentRegistry:
+    """A "registry" on loopback that accepts connections and never answers: a pull from
+    it hangs until the engine gives up (Docker waits ~30 s)."""
+
+    address: str
+    held: list[socket.socket]
+
+
+@pytest.fixture
+def silent_registry() -> Iterator[SilentRegistry]:
+    server = socket.create_server(("127.0.0.1", 0), backlog=256)
+    registry = SilentRegistry(f"127.0.0.1:{server.getsockname()[1]}", [])
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                registry.held.append(server.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield registry
+    stop.set()
+    thread.join()
+    for conn in [*registry.held, server]:
+        conn.close()
+
+
+def test_a_burst_of_tasks_shares_one_pull_and_a_stop_is_not_held_up_by_it(
+    start_worker: Any, silent_registry: SilentRegistry
+) -> None:
+    """Regression: 120 tasks pulling from a registry that never answers made 120 pulls,
+    which took every connection the worker had to the engine; a stop then waited for one
+    (> 20 s, found by the API fuzzing). Now the tasks share one pull."""
+    worker = start_worker()
+    spec = {"name": "stuck", "image": f"{silent_registry.address}/never:1", "stop_timeout": "0s"}
+    ids = [post_task(worker.url, spec).json()["id"] for _ in range(120)]
+
+    stopped = api.delete(f"{worker.url}/v1/tasks/{ids[0]}", timeout=30)
+    assert stopped.status_code == 200, stopped.text
+    assert (stopped.json()["state"], stopped.json()["reason"]) == ("completed", "stopped by user")
+
+    # The others still wait for the one pull they share: stopping one did not cancel it.
+    others = [task_of(worker.url, task_id) for task_id in ids[1:]]
+    assert {t["state"] for t in others} == {"scheduled"}
+    # One pull: the engine tries HTTPS, then plain HTTP, for a registry on loopback.
+    assert len(silent_registry.held) <= 2, f"{len(silent_registry.held)} registry connections"

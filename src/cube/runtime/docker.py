@@ -25,6 +25,7 @@ from cube.runtime.base import (
     ContainerSummary,
     ProgressCallback,
 )
+from cube.runtime.pulls import SharedPulls
 from cube.task.model import PublishedPort
 from cube.task.spec import Protocol
 
@@ -46,12 +47,18 @@ class DockerRuntime:
         self.socket = socket or socket_from_env()
         self.pull_timeout = pull_timeout
         self._client = httpx.AsyncClient(
-            transport=httpx.AsyncHTTPTransport(uds=self.socket),
+            # The limits go on the transport: a client given a transport ignores its own.
+            # No cap on connections: a short call must never queue behind the log and
+            # event streams (and pulls) that hold theirs open for minutes.
+            transport=httpx.AsyncHTTPTransport(
+                uds=self.socket,
+                limits=httpx.Limits(max_connections=None, max_keepalive_connections=20),
+            ),
             base_url=f"http://docker/{API_VERSION}",
             # Log and event streams stay open; short calls are bounded per request.
             timeout=httpx.Timeout(30.0, read=None),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=20),
         )
+        self._pulls = SharedPulls(self._find_or_pull)
 
     # --- plumbing ------------------------------------------------------------------------------
     async def _call(
@@ -190,14 +197,16 @@ class DockerRuntime:
     async def ensure_image(
         self, image: str, *, on_progress: ProgressCallback | None = None
     ) -> None:
+        await self._pulls(image, on_progress)
+
+    async def _find_or_pull(self, image: str, on_progress: ProgressCallback) -> None:
         try:
             await self._call("GET", f"/images/{image}/json")
             return
         except NotFound:
             pass
         name, tag = split_image(image)
-        if on_progress:
-            on_progress(f"pulling image {image}")
+        on_progress(f"pulling image {image}")
         try:
             async with self._client.stream(
                 "POST",
@@ -214,7 +223,7 @@ class DockerRuntime:
                     message = json.loads(line)
                     if "error" in message:
                         raise ContainerError(f"pull {image}: {message['error']}")
-                    if on_progress and message.get("status"):
+                    if message.get("status"):
                         on_progress(
                             f"pull {image}: {message['status']} {message.get('progress', '')}"
                         )
