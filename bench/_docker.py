@@ -93,10 +93,13 @@ class Engine:
 
     def __init__(self, socket_path: str = SOCKET) -> None:
         self._http = httpx.AsyncClient(
-            transport=httpx.AsyncHTTPTransport(uds=socket_path),
+            # The limits go on the transport: a client given a transport ignores its own.
+            transport=httpx.AsyncHTTPTransport(
+                uds=socket_path,
+                limits=httpx.Limits(max_connections=None, max_keepalive_connections=200),
+            ),
             base_url=API,
             timeout=httpx.Timeout(120.0),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=200),
         )
 
     async def aclose(self) -> None:
