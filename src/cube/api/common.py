@@ -14,6 +14,17 @@ class Health(BaseModel):
     name: str
 
 
+class ManagerHealth(Health):
+    """The manager's answer also gives the intervals in force, which stretch as the fleet
+    grows (see cube.manager.pacing)."""
+
+    nodes: int
+    #: Seconds between two metric polls of a node: node data should be no older than twice.
+    collect_interval: float
+    #: Seconds of silence after which a node is Down and its tasks move.
+    node_timeout: float
+
+
 async def stream_text(chunks: AsyncIterator[bytes]) -> StreamingResponse:
     """Stream ``chunks`` as text, but read the first one before answering.
 

@@ -3,7 +3,7 @@
 ::
 
     POST   /v1/tasks              submit a task (201, Pending; placed at once if a node fits)
-    GET    /v1/tasks              tasks (?state=running&node=w1)
+    GET    /v1/tasks              tasks (?state=running&node=w1), without placement details
     GET    /v1/tasks/{id}         one task; a unique ID prefix works too
     DELETE /v1/tasks/{id}         stop it, whatever its state
     GET    /v1/tasks/{id}/events  its history, merged from the manager and its nodes
@@ -13,7 +13,7 @@
     POST   /v1/nodes              a worker registers itself
     POST   /v1/nodes/{name}/drain   move its tasks away, place nothing new there
     POST   /v1/nodes/{name}/undrain
-    GET    /v1/health             liveness
+    GET    /v1/health             liveness, and the collection interval in force
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from cube.api.auth import BearerAuth
 from cube.api.body import RESUBMITTED, TASK_REQUEST_BODY, publish_schemas, read_task_request
-from cube.api.common import Health, stream_text
+from cube.api.common import ManagerHealth, stream_text
 from cube.api.errors import ERROR_RESPONSES, install_error_handlers
 from cube.auth import Authenticator, Role
 from cube.manager.core import Manager
@@ -113,6 +113,8 @@ def create_app(manager: Manager, *, authenticator: Authenticator | None = None) 
 
     @app.get("/v1/tasks", response_model=list[Task])
     async def list_tasks(state: State | None = None, node: str | None = None) -> Response:
+        """Every task (or those in ``state`` / on ``node``), without ``placement``: the
+        scheduler's explanation is in ``GET /v1/tasks/{id}``."""
         # Serialised by the manager from its records: see Manager.tasks_json.
         return Response(manager.tasks_json(state=state, node=node), media_type=JSON)
 
@@ -158,7 +160,14 @@ def create_app(manager: Manager, *, authenticator: Authenticator | None = None) 
         return await manager.register(registration.name, address, registration.token)
 
     @app.get("/v1/health")
-    async def health() -> Health:
-        return Health(role="manager", name="manager")
+    async def health() -> ManagerHealth:
+        pace = manager.pace
+        return ManagerHealth(
+            role="manager",
+            name="manager",
+            nodes=len(manager.nodes),
+            collect_interval=pace.collect,
+            node_timeout=pace.node_timeout,
+        )
 
     return app

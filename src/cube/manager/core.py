@@ -8,7 +8,7 @@ loops do the work:
   node joins and freed capacity; a slow timer is only the safety net);
 * collect: every ``collect_interval`` asks each node for its metrics (and its tasks,
   unless they are watched), marks nodes that stopped answering as Down, and
-  reconciles task states;
+  reconciles task states; in a large fleet the interval stretches (see pacing);
 * watch, one per node: a blocking query for the node's tasks that the node answers
   as soon as one changes, so a started or crashed container is known at once rather
   than at the next collection; if a node cannot be watched, collection lists its tasks;
@@ -23,18 +23,17 @@ from collections.abc import AsyncIterator, Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import TypeAdapter
-
 from cube.background import cancel_all, spawn
 from cube.errors import Conflict, CubeError, FieldError, InvalidSpec, NotFound, Unavailable
 from cube.log import get_logger
+from cube.manager.pacing import Pace, pace
 from cube.manager.reconcile import merge_report, needs_merge
 from cube.manager.workers import WorkerClient
 from cube.node import Node, NodeReport, NodeState
 from cube.scheduler import Scheduler, allocate, allocate_all
 from cube.store.base import Store
 from cube.task.model import DesiredState, Task, TaskEvent
-from cube.task.spec import TaskRequest, TaskSpec
+from cube.task.spec import TaskRequest
 from cube.task.state import TERMINAL, State
 
 log = get_logger("cube.manager")
@@ -49,7 +48,9 @@ COLLECT_CONCURRENCY = 16
 #: The longest pause between two dispatch passes (see Manager._dispatch_loop).
 MAX_DISPATCH_PAUSE = 0.5
 #: Serialises the API's task lists straight from the manager's records.
-_TASK_LIST = TypeAdapter(list[Task])
+_TASK = Task.__pydantic_serializer__
+#: Left out of task lists (see Manager.tasks_json).
+_NOT_LISTED = {"placement"}
 #: How long a node holds a blocking query for its tasks when nothing changes. An idle
 #: node answers at this rate, so a short wait costs the manager a request per node and
 #: second: at 1,000 nodes, 1 s made the manager CPU-bound (bench/manager.py). A stopping
@@ -84,10 +85,10 @@ class Manager:
         self.static_workers = list(static_workers)
         self.static_token = static_token
         self.collect_interval = collect_interval
-        #: The pause between two collection passes: collect_interval, or longer when a pass
-        #: takes longer than that (see _collect_loop).
-        self.collect_period = collect_interval
         self.node_timeout = node_timeout
+        #: The time between the starts of two collection passes: the interval in force (see
+        #: pace), or longer when a pass overran it (see _collect_loop).
+        self.collect_period = collect_interval
         self.tasks: dict[str, Task] = {t.id: t for t in store.list_tasks()}
         #: Node name -> IDs of the tasks whose ``node`` it is (kept by :meth:`_assign`): a
         #: complete report is checked against it, instead of against every task of the
@@ -120,6 +121,24 @@ class Manager:
         self._watched: set[str] = set()
         #: One reconciliation of a node at a time (its watch and collection may overlap).
         self._reconciling: dict[str, asyncio.Lock] = {}
+        #: Task ID -> its JSON in task lists, until it changes (see tasks_json).
+        self._listed: dict[str, bytes] = {}
+        #: Node name -> its view with its allocation, until it changes (see _view).
+        self._views: dict[str, Node] = {}
+        #: Collection: polls in flight at once, and the nodes they are polling.
+        self._poll_slots = asyncio.Semaphore(COLLECT_CONCURRENCY)
+        self._polling: set[str] = set()
+
+    @property
+    def pace(self) -> Pace:
+        """The intervals in force: the configured ones, stretched for a large fleet."""
+        return pace(
+            len(self.nodes),
+            collect_interval=self.collect_interval,
+            node_timeout=self.node_timeout,
+            watch_wait=WATCH_WAIT,
+            resync=WATCH_RESYNC,
+        )
 
     # --- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -127,6 +146,7 @@ class Manager:
         for node in self.nodes.values():
             # A restarted manager gives every known node a fresh deadline before calling it Down.
             node.last_seen = started
+            self._node_changed(node.name)
         self._loops = [
             spawn(self._dispatch_loop(), "dispatch"),
             spawn(self._collect_loop(), "collect"),
@@ -181,13 +201,23 @@ class Manager:
         return [t.model_copy(deep=True) for t in self._select(state, node)]
 
     def tasks_json(self, *, state: State | None = None, node: str | None = None) -> bytes:
-        """:meth:`list_tasks` as JSON, serialised from the records themselves.
+        """The tasks as ``GET /v1/tasks`` lists them: without their placement explanation
+        (more than half of each task's JSON; ``GET /v1/tasks/{id}`` has it), like Nomad's
+        list stubs.
 
-        With 10,000 tasks, deep copies (and FastAPI validating them again) were most of
-        the cost of ``GET /v1/tasks``. Serialising does not await, so no other code can
-        change a record while it is read.
+        Each task's JSON is kept until the task changes (:meth:`_save` drops it), so a
+        list of 10,000 mostly settled tasks is a join of cached bytes: serialising them
+        all each time (after deep copies, at first) was most of the cost of the call.
+        Nothing here awaits, so no record changes while the list is made.
         """
-        return _TASK_LIST.dump_json(self._select(state, node))
+        listed = self._listed
+        parts = []
+        for task in self._select(state, node):
+            part = listed.get(task.id)
+            if part is None:
+                part = listed[task.id] = _TASK.to_json(task, exclude=_NOT_LISTED)
+            parts.append(part)
+        return b"[" + b",".join(parts) + b"]"
 
     def _select(self, state: State | None, node: str | None) -> list[Task]:
         return [
@@ -247,7 +277,8 @@ class Manager:
             self.workers.credentials.pop(address, None)
 
     def get_node(self, name: str) -> Node:
-        return allocate_all(self._node(name), self._placed().get(name, ()))
+        self._node(name)  # NotFound
+        return self._view(name)
 
     def _node(self, name: str) -> Node:
         if (node := self.nodes.get(name)) is None:
@@ -257,6 +288,7 @@ class Manager:
     def drain(self, name: str) -> Node:
         """Take no new tasks on ``name`` and move its tasks to other nodes."""
         node = self._node(name)
+        self._node_changed(name)
         node.drain = True
         if node.state is NodeState.READY:
             node.state = NodeState.DRAINING
@@ -272,6 +304,7 @@ class Manager:
     def undrain(self, name: str) -> Node:
         """Let ``name`` take tasks again."""
         node = self._node(name)
+        self._node_changed(name)
         node.drain = False
         if node.state is NodeState.DRAINING:
             node.state = NodeState.READY
@@ -282,11 +315,28 @@ class Manager:
         return self.get_node(name)
 
     def list_nodes(self) -> list[Node]:
-        placed = self._placed()
-        return [
-            allocate_all(n, placed.get(n.name, ()))
-            for n in sorted(self.nodes.values(), key=lambda n: n.name)
-        ]
+        return [self._view(name) for name in sorted(self.nodes)]
+
+    def _view(self, name: str) -> Node:
+        """The node as the scheduler and the API see it: its record, with the allocation of
+        the tasks placed there by the manager's own records rather than the node's last
+        report, so that two placements in one pass cannot share the last GiB.
+
+        Kept until the node or one of its tasks changes (:meth:`_node_changed`): every
+        dispatch pass and ``GET /v1/nodes`` asks for every node, and rebuilding 1,000
+        of them each time was a third of a 1,000-node manager's CPU during a burst.
+        Views are never modified, only replaced (:func:`allocate` returns a copy).
+        """
+        view = self._views.get(name)
+        if view is None:
+            specs = [t.spec for t in self._tasks_on(name) if t.state in PLACED]
+            view = self._views[name] = allocate_all(self.nodes[name], specs)
+        return view
+
+    def _node_changed(self, name: str | None) -> None:
+        """The node's record or one of its tasks changed: its view must be built again."""
+        if name is not None:
+            self._views.pop(name, None)
 
     # --- dispatch ------------------------------------------------------------------------------
     async def dispatch(self) -> None:
@@ -371,24 +421,36 @@ class Manager:
             await asyncio.sleep(min(time.process_time() - started, MAX_DISPATCH_PAUSE))
 
     # --- collection and reconciliation ---------------------------------------------------------
-    async def collect(self) -> None:
-        """One pass over every node: metrics, liveness, task states; a few nodes at a time.
+    async def collect(self, *, over: float = 0.0) -> None:
+        """One pass over every node: metrics, liveness, task states.
 
-        httpx's connection pool looks at every connection and every queued request each
-        time it hands out a connection, so a thousand polls started at once cost several
-        times more each than the same polls :data:`COLLECT_CONCURRENCY` at a time, and
-        finish no sooner.
+        The polls are spread evenly over ``over`` seconds (the collection loop gives the
+        interval), so that a large fleet's polls come at a steady rate rather than as a
+        burst that holds the API up; and at most :data:`COLLECT_CONCURRENCY` are in
+        flight, because httpx's connection pool looks at every connection and queued
+        request each time it hands one out. Returns once every poll has started: a node
+        that does not answer is waited for by its own poll only (until the HTTP timeout),
+        and skipped by the passes that come meanwhile, so every other node keeps its pace.
         """
-        gate = asyncio.Semaphore(COLLECT_CONCURRENCY)
+        nodes = list(self.nodes.values())
+        start, step = time.monotonic(), over / max(1, len(nodes))
+        for i, node in enumerate(nodes):
+            if node.name in self._polling:  # its last poll has not come back yet
+                continue
+            if (delay := start + i * step - time.monotonic()) > 0:
+                await asyncio.sleep(delay)
+            await self._poll_slots.acquire()
+            self._polling.add(node.name)
+            spawn(self._poll(node), f"poll {node.name}", keep=self._background)
 
-        async def poll(node: Node) -> None:
-            async with gate:
-                try:
-                    await self._collect_node(node)
-                except CubeError as exc:  # one node's trouble must not end the pass (or loop)
-                    log.warning("collecting a node failed", node=node.name, error=exc.message)
-
-        await asyncio.gather(*(poll(n) for n in list(self.nodes.values())))
+    async def _poll(self, node: Node) -> None:
+        try:
+            await self._collect_node(node)
+        except CubeError as exc:  # one node's trouble must not end the pass (or loop)
+            log.warning("collecting a node failed", node=node.name, error=exc.message)
+        finally:
+            self._polling.discard(node.name)
+            self._poll_slots.release()
 
     async def _collect_node(self, node: Node) -> None:
         reported: list[Task] | None = None
@@ -420,10 +482,11 @@ class Manager:
         resync = 0.0
         while True:
             node = self.nodes[name]
+            pace = self.pace
             if time.monotonic() >= resync:  # now and then every task, not only the changes
-                since, resync = None, time.monotonic() + WATCH_RESYNC
+                since, resync = None, time.monotonic() + pace.resync
             try:
-                changes = await self.workers.watch(node.address, since=since, wait=WATCH_WAIT)
+                changes = await self.workers.watch(node.address, since=since, wait=pace.watch_wait)
             except CubeError:  # collection lists its tasks meanwhile, and judges its liveness
                 self._watched.discard(name)
                 since = None
@@ -577,20 +640,22 @@ class Manager:
         self._save(task, *merge_report(task, copy, events))
 
     async def _collect_loop(self) -> None:
-        """A pass every ``collect_interval``, or, when a pass takes longer than that (many
-        nodes, a busy machine), a pause as long as the CPU the pass took: collection then
-        takes at most half the manager's time, and the API and dispatch keep the other half.
-        CPU time, not wall time: a pass that waited for an unreachable node's timeout used
-        no CPU, and pausing as long would leave every other node's data twice as old. The
-        pause actually used is :attr:`collect_period`."""
+        """A pass every collection interval (:attr:`pace`), its polls spread over it.
+
+        A pass that could not start its polls within the interval (a busy machine: polls
+        wait for a free slot, timers fire late) is followed by the next one at once, so
+        the manager collects as fast as it can then, and no faster than the interval in
+        force otherwise. :attr:`collect_period` is the time the last pass took to start
+        every poll, or the interval if less.
+        """
         while True:
-            started = time.process_time()
-            await self.collect()
-            took = time.process_time() - started
-            self.collect_period = max(self.collect_interval, took)
-            if took > self.collect_interval:
-                log.debug("collection pass used more CPU than the interval", seconds=round(took, 2))
-            await asyncio.sleep(self.collect_period)
+            started = time.monotonic()
+            interval = self.pace.collect
+            await self.collect(over=interval)
+            self.collect_period = max(interval, time.monotonic() - started)
+            if self.collect_period > interval:
+                log.debug("collection pass overran its interval", seconds=self.collect_period)
+            await asyncio.sleep(max(0.0, started + interval - time.monotonic()))
 
     async def _join_loop(self, address: str) -> None:
         """Add a statically configured worker, retrying until it answers."""
@@ -621,6 +686,7 @@ class Manager:
         )
         if token is not None and token != node.token:
             node.token, changed = token, True
+        self._node_changed(node.name)
         node.address = address
         node.capacity = report.capacity
         node.labels = dict(report.labels)
@@ -639,7 +705,7 @@ class Manager:
     def _check_deadline(self, node: Node, error: str) -> None:
         """A node that did not answer: past the deadline it is Down and its tasks move."""
         silent = (_now() - (node.last_seen or node.registered_at)).total_seconds()
-        if silent < self.node_timeout:
+        if silent < self.pace.node_timeout:
             return
         if node.state is not NodeState.DOWN:
             self._mark_down(node, f"no answer for {silent:.0f}s: {error}")
@@ -662,6 +728,8 @@ class Manager:
         """Set the node a task is placed on (None: none), and the index of tasks by node."""
         if task.node is not None:
             self._on_node.get(task.node, {}).pop(task.id, None)
+        self._node_changed(task.node)
+        self._node_changed(node)
         task.node = node
         if node is not None:
             self._on_node.setdefault(node, {})[task.id] = None
@@ -700,24 +768,14 @@ class Manager:
             self._mark_down(node, f"unreachable: {error}")
 
     def _mark_down(self, node: Node, reason: str) -> None:
+        self._node_changed(node.name)
         node.state, node.reason = NodeState.DOWN, reason
         self.store.save_node(node)
         log.warning("node down", node=node.name, reason=reason)
 
-    def _placed(self) -> dict[str, list[TaskSpec]]:
-        """Node name -> the specs of the tasks holding resources there, oldest first.
-
-        Nodes are shown to the scheduler (and the API) with this allocation, from the
-        manager's own records rather than the node's last report, so that two placements
-        in one pass cannot share the last GiB. One pass over the tasks for all nodes:
-        a pass per node cost 1,000 x 10,000 steps in a 1,000-node cluster.
-        """
-        placed: dict[str, list[TaskSpec]] = {}
-        for task in self.tasks.values():
-            if task.node is not None and task.state in PLACED:
-                placed.setdefault(task.node, []).append(task.spec)
-        return placed
-
     # --- helpers -------------------------------------------------------------------------------
     def _save(self, task: Task, *events: TaskEvent) -> None:
+        """Record a change of ``task`` (every change of a task is saved at once)."""
+        self._listed.pop(task.id, None)
+        self._node_changed(task.node)  # its state may have freed or taken resources there
         self.store.save_task(task, events)

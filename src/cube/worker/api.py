@@ -32,11 +32,7 @@ from cube.node import NodeReport
 from cube.task.model import Task, TaskEvent
 from cube.task.spec import TaskRequest
 from cube.worker.agent import Worker
-from cube.worker.changes import TaskChanges
-
-#: The longest a blocking query may wait. Short: the query holds the worker's shutdown up
-#: (uvicorn lets requests in flight finish), and a quiet node costs little to ask again.
-MAX_WAIT = 60.0
+from cube.worker.changes import MAX_WAIT, TaskChanges
 
 
 def create_app(worker: Worker, *, authenticator: Authenticator | None = None) -> FastAPI:

@@ -21,6 +21,11 @@ from pydantic import BaseModel
 
 from cube.task.model import Task, TaskEvent
 
+#: The longest a blocking query may wait (the manager's waits stay under it). A stopping
+#: worker answers its queries at once (ChangeFeed.close), so a long wait does not hold
+#: its shutdown up.
+MAX_WAIT = 60.0
+
 
 class TaskChanges(BaseModel):
     """A worker's answer to a blocking query (``GET /v1/changes``)."""
