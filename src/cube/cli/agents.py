@@ -29,6 +29,7 @@ from cube.cli.credentials import (
 )
 from cube.cli.errors import EXIT_FAILED, handle_errors
 from cube.cli.options import SIZE, parse_labels
+from cube.heap import freeze_survivors
 from cube.log import get_logger, setup_logging
 from cube.manager import Manager, WorkerClient
 from cube.manager import create_app as manager_app
@@ -184,6 +185,7 @@ def _run_servers(
             for runtime in runtimes:
                 await runtime.close()
 
+    freeze_survivors()  # no long GC pauses as records pile up (see cube.heap)
     try:
         started = asyncio.run(main())
     finally:
@@ -359,14 +361,16 @@ def _manager_options(func: Callable[..., None]) -> Callable[..., None]:
                 type=click.FloatRange(min=0.05),
                 default=1.0,
                 show_default=True,
-                help="Seconds between two polls of every node.",
+                help="Seconds between two polls of every node (longer above 100 nodes: "
+                "at most 100 polls a second).",
             ),
             click.option(
                 "--node-timeout",
                 type=click.FloatRange(min=0.1),
                 default=10.0,
                 show_default=True,
-                help="Seconds of silence before a node is Down.",
+                help="Seconds of silence before a node is Down (longer when the poll "
+                "interval is stretched).",
             ),
             click.option(
                 "--token",
