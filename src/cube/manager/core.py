@@ -67,6 +67,9 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+_EPOCH = datetime.fromtimestamp(0, UTC)
+
+
 class Manager:
     def __init__(
         self,
@@ -125,6 +128,8 @@ class Manager:
         self._listed: dict[str, bytes] = {}
         #: Node name -> its view with its allocation, until it changes (see _view).
         self._views: dict[str, Node] = {}
+        #: Node name -> when its blocking query last answered (see _check_deadline).
+        self._heard: dict[str, datetime] = {}
         #: Collection: polls in flight at once, and the nodes they are polling.
         self._poll_slots = asyncio.Semaphore(COLLECT_CONCURRENCY)
         self._polling: set[str] = set()
@@ -503,6 +508,7 @@ class Manager:
                 await asyncio.sleep(self.collect_interval)
                 continue
             self._watched.add(name)
+            self._heard[name] = _now()
             try:
                 async with self._reconciling.setdefault(name, asyncio.Lock()):
                     await self._reconcile(
@@ -540,7 +546,13 @@ class Manager:
             if self._can_readopt(task, copy, node):
                 self._assign(task, node.name)
                 reason = f"node {node.name} is back and still runs it"
-                self._save(task, task.transition(State.SCHEDULED, reason))
+                # Straight to Running: the node's events up to its Running may have been
+                # merged before the node was lost, and would not be replayed.
+                self._save(
+                    task,
+                    task.transition(State.SCHEDULED, reason),
+                    task.transition(State.RUNNING, reason),
+                )
             if task.node != node.name:
                 if not copy.is_terminal or copy.container_id:
                     self._stop_copy(node, copy.id)
@@ -703,8 +715,12 @@ class Manager:
         return node
 
     def _check_deadline(self, node: Node, error: str) -> None:
-        """A node that did not answer: past the deadline it is Down and its tasks move."""
-        silent = (_now() - (node.last_seen or node.registered_at)).total_seconds()
+        """A node that did not answer: past the deadline it is Down and its tasks move.
+
+        Silent since it last answered a poll or its blocking query: a poll that timed out
+        on a busy node whose query still answers is no reason to move its tasks."""
+        heard = max(node.last_seen or node.registered_at, self._heard.get(node.name, _EPOCH))
+        silent = (_now() - heard).total_seconds()
         if silent < self.pace.node_timeout:
             return
         if node.state is not NodeState.DOWN:
@@ -755,6 +771,9 @@ class Manager:
             and task.node is None
             and copy.state is State.RUNNING
             and node.state is NodeState.READY
+            # Not a copy already being stopped (seen before it ran): the stop would end
+            # the task just taken back, Completed though it should run.
+            and (node.name, task.id) not in self._stopping_copies
         )
 
     def _capacity_changed(self) -> None:
