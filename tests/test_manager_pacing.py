@@ -1,12 +1,12 @@
 """How often the manager calls on its nodes.
 
-Its loops pace themselves by the CPU they use, not by the time they wait; and its
+A node that does not answer must not slow the collection of the others; and the
 intervals stretch as the fleet grows, so that the calls per second stay bounded.
 
 The first test: a real manager (in this process, memory store) collecting from a node
-whose address is a real TCP socket that accepts connections and never answers: each collection pass
-waits for the HTTP timeout, and must not make the manager wait as long again before
-the next pass (every other node's data would get twice as old).
+whose address is a real TCP socket that accepts connections and never answers: each of
+its polls waits for the HTTP timeout, which must not delay the next passes (every other
+node's data would get as much older).
 """
 
 from __future__ import annotations
