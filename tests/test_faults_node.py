@@ -471,8 +471,10 @@ def test_the_worker_recovers_from_a_docker_engine_restart(engine: Engine, cluste
 
     assert task["container_id"] != before["container_id"]
     # The engine stopped the container: the first failure, and the restart it deserves.
+    # 143 from the trap, or 137 if the stopping engine killed it first (its grace is the
+    # task's 1 s stop timeout, and a busy machine can take longer to run the trap).
     failures = [e for e in cluster.events(task_id) if e["state"] == "failed"]
-    assert failures[0]["exit_code"] == 143, failures
+    assert failures[0]["exit_code"] in (143, 137), failures
     # A stopping dockerd still answers for a moment, and fails the starts it gets then
     # ("failed to update store ... libnetwork"); those count as restarts too. Anything else
     # would be a new way to fail.
