@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import docker, free_port, remove_containers
+from tests.conftest import docker, free_port_pair, remove_containers
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,7 +27,7 @@ def quickstart_env(docker_engine: None, tmp_path: Path) -> Iterator[dict[str, st
     """A private data dir and port, and no token from the test session: the script must
     find its own. Stops the cluster it started and removes the task it ran."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CUBE_")}
-    env |= {"CUBE_PORT": str(free_port()), "CUBE_DATA_DIR": str(tmp_path / "data")}
+    env |= {"CUBE_PORT": str(free_port_pair()), "CUBE_DATA_DIR": str(tmp_path / "data")}
     yield env
     pidfile = tmp_path / "data" / "dev.pid"
     if pidfile.exists():
