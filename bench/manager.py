@@ -167,6 +167,7 @@ def _timestamp(text: str) -> float:
 
 def task_body(i: int, rng: random.Random) -> dict[str, Any]:
     return {
+        "id": f"bench-{i}",  # idempotent: a POST whose answer was lost can be sent again
         "name": f"bench-{i}",
         "image": "busybox:latest",
         "command": ["sleep", "3600"],
@@ -185,10 +186,11 @@ async def post(run: Run, http: httpx.AsyncClient, body: dict[str, Any]) -> None:
             response = await http.post("/v1/tasks", json=body, timeout=120.0)
             code = response.status_code
             break
-        except httpx.RemoteProtocolError as exc:
-            # The server closed a kept-alive connection just as it was reused (uvicorn closes
-            # idle ones after 5 s): the request was never read, so sending it again is safe.
-            run.errors.append(f"POST attempt {attempt}: {exc}")
+        except httpx.TransportError as exc:
+            # E.g. the server closed a kept-alive connection just as it was reused (uvicorn
+            # closes idle ones after 5 s). The body carries the task's ID, so sending it
+            # again cannot run the task twice. Recorded, and a failure if the retry fails.
+            run.errors.append(f"POST attempt {attempt}: {type(exc).__name__}: {exc}")
         except httpx.HTTPError as exc:
             run.errors.append(f"POST: {type(exc).__name__}: {exc}")
             break
