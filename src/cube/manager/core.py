@@ -130,6 +130,8 @@ class Manager:
         self._views: dict[str, Node] = {}
         #: Node name -> when its blocking query last answered (see _check_deadline).
         self._heard: dict[str, datetime] = {}
+        #: Node name -> the timer that looks again at its deadline (see _check_deadline).
+        self._deadlines: dict[str, asyncio.TimerHandle] = {}
         #: Collection: polls in flight at once, and the nodes they are polling.
         self._poll_slots = asyncio.Semaphore(COLLECT_CONCURRENCY)
         self._polling: set[str] = set()
@@ -168,6 +170,8 @@ class Manager:
         )
 
     async def close(self) -> None:
+        for timer in self._deadlines.values():
+            timer.cancel()
         await cancel_all([*self._loops, *self._watches.values(), *self._background])
         await self.workers.aclose()
         log.info("manager stopped")
@@ -722,10 +726,21 @@ class Manager:
         heard = max(node.last_seen or node.registered_at, self._heard.get(node.name, _EPOCH))
         silent = (_now() - heard).total_seconds()
         if silent < self.pace.node_timeout:
+            # Look again when the deadline passes, not a poll later: the node is Down at
+            # its deadline, as a Nomad client whose heartbeat TTL expires.
+            if node.name not in self._deadlines:
+                self._deadlines[node.name] = asyncio.get_running_loop().call_later(
+                    self.pace.node_timeout - silent, self._deadline_passed, node.name, error
+                )
             return
         if node.state is not NodeState.DOWN:
             self._mark_down(node, f"no answer for {silent:.0f}s: {error}")
         self._move_tasks_off(node, f"node {node.name} lost")
+
+    def _deadline_passed(self, name: str, error: str) -> None:
+        del self._deadlines[name]
+        if (node := self.nodes.get(name)) is not None:
+            self._check_deadline(node, error)  # answered meanwhile: a new deadline, or none
 
     def _move_tasks_off(self, node: Node, why: str) -> list[str]:
         """Send every task placed on ``node`` back to the scheduler (same ID, history kept).
