@@ -46,7 +46,8 @@ async def test_a_list_shows_every_change_and_leaves_the_placement_out() -> None:
     third = listed(manager)
     assert (third[a.id]["state"], third[a.id]["desired"]) == ("completed", "stop")
     assert third[b.id] == second[b.id]  # unchanged: the same bytes as before
-    assert listed(manager, state=State.PENDING).keys() == {b.id}
+    assert listed(manager, state=State.PENDING).keys() == {b.id}  # a list of one
+    assert listed(manager, state=State.RUNNING) == {}  # and of none
 
 
 def test_the_cached_bytes_are_the_tasks_own_json() -> None:
