@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import AsyncIterator
 
 import httpx
 from pydantic import TypeAdapter
 
 from cube.api.client import check, unreachable
-from cube.api.tls import Verify
+from cube.api.tls import Verify, shared_verify
 from cube.node import NodeReport
 from cube.task.model import Task, TaskEvent
 from cube.task.spec import TaskRequest
@@ -23,16 +22,12 @@ _EVENTS = TypeAdapter(list[TaskEvent])
 KEEPALIVE_EXPIRY = 2.0
 
 
-def _tls_context(verify: bool) -> ssl.SSLContext | bool:
-    return ssl.create_default_context() if verify else False
-
-
 class WorkerClient:
     """Calls a worker's ``/v1`` API by its base URL. One instance serves every node."""
 
     def __init__(self, *, timeout: float = 5.0, verify: Verify = True) -> None:
         # One TLS context for every client below (building one costs milliseconds).
-        self._tls = verify if isinstance(verify, ssl.SSLContext) else _tls_context(verify)
+        self._tls = shared_verify(verify)
         # One connection pool for the fleet's calls: a 1,000-node cluster must not mean
         # 1,000 pools (blocking queries, which stay open, are the exception: see below).
         # Few idle connections: each is checked (a system call) every time the pool hands
