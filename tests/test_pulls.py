@@ -50,6 +50,16 @@ def waiters(
     return tasks, heard
 
 
+async def pulled_afresh(pulls: SharedPulls, registry: FakeRegistry, image: str) -> None:
+    """The next caller for ``image`` starts a new pull (nothing left over from the last)."""
+    before = len(registry.calls)
+    (task,), _ = waiters(pulls, image, 1)
+    await settle()
+    assert registry.calls[before:] == [image]
+    registry.finish(image)
+    await task
+
+
 async def test_many_waiters_share_one_pull_and_all_hear_its_progress() -> None:
     registry = FakeRegistry()
     pulls = SharedPulls(registry.pull)
@@ -106,11 +116,7 @@ async def test_the_pull_is_cancelled_when_its_last_waiter_leaves() -> None:
     assert len(pulls) == 0
 
     # Someone needs it again: a new pull, not the cancelled one's outcome.
-    again, _ = waiters(pulls, "app:1", 1)
-    await settle()
-    assert registry.calls == ["app:1", "app:1"]
-    registry.finish("app:1")
-    await asyncio.gather(*again)
+    await pulled_afresh(pulls, registry, "app:1")
 
 
 async def test_a_caller_arriving_as_an_abandoned_pull_winds_down_gets_a_fresh_pull() -> None:
@@ -119,11 +125,8 @@ async def test_a_caller_arriving_as_an_abandoned_pull_winds_down_gets_a_fresh_pu
     (lone,), _ = waiters(pulls, "app:1", 1)
     await settle()
     lone.cancel()
-    late, _ = waiters(pulls, "app:1", 1)  # before the cancelled pull has run its cleanup
-    await settle()
-    assert registry.calls == ["app:1", "app:1"]
-    registry.finish("app:1")
-    await asyncio.gather(*late)
+    # Before the cancelled pull has run its cleanup:
+    await pulled_afresh(pulls, registry, "app:1")
 
 
 async def test_a_failed_pull_fails_every_waiter_and_is_not_remembered() -> None:
@@ -135,11 +138,7 @@ async def test_a_failed_pull_fails_every_waiter_and_is_not_remembered() -> None:
     results = await asyncio.gather(*tasks, return_exceptions=True)
     assert [str(r) for r in results] == ["pull app:1: manifest unknown"] * 3
 
-    retry, _ = waiters(pulls, "app:1", 1)
-    await settle()
-    assert registry.calls == ["app:1", "app:1"]
-    registry.finish("app:1")
-    await asyncio.gather(*retry)
+    await pulled_afresh(pulls, registry, "app:1")
 
 
 @pytest.mark.parametrize("with_progress", [True, False])
