@@ -435,6 +435,17 @@ def test_status_json_is_the_api_json(manager: FakeManager, cube: Callable[..., R
     assert result.stdout.startswith("[\n  {"), "pretty-printed"
 
 
+def test_status_json_leaves_out_what_the_api_left_out(
+    manager: FakeManager, cube: Callable[..., Result]
+) -> None:
+    """Task lists come without ``placement`` (GET /v1/tasks/{id} has it): the CLI must not
+    print it back as a null that reads like "no placement"."""
+    listed = make_task(state=State.RUNNING, node="w1").model_dump(mode="json")
+    del listed["placement"]
+    manager.on("GET /v1/tasks", 200, [listed])
+    assert json.loads(cube("status", "-o", "json").stdout) == [listed]
+
+
 def test_status_of_no_tasks(manager: FakeManager, cube: Callable[..., Result]) -> None:
     manager.on("GET /v1/tasks", 200, [])
     result = cube("status")

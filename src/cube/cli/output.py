@@ -88,11 +88,15 @@ def show(*renderables: RenderableType) -> None:
 
 
 def print_json(value: BaseModel | Sequence[BaseModel]) -> None:
-    """Pretty-printed JSON of API models: what the API sends, in its order and field order."""
+    """Pretty-printed JSON of API models: what the API sends, in its order and field order.
+
+    Only the fields the API sent (``exclude_unset``): a field it leaves out, such as a
+    listed task's ``placement``, must not come back as a ``null`` that looks like data.
+    """
     if isinstance(value, BaseModel):
-        data: Any = value.model_dump(mode="json")
+        data: Any = value.model_dump(mode="json", exclude_unset=True)
     else:
-        data = [item.model_dump(mode="json") for item in value]
+        data = [item.model_dump(mode="json", exclude_unset=True) for item in value]
     click.echo(json.dumps(data, indent=2, ensure_ascii=False))
 
 
