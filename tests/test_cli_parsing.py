@@ -336,6 +336,19 @@ def test_wait_returns_0_once_running(manager: FakeManager, cube: Callable[..., R
     assert "running on w1" in result.stderr
 
 
+def test_wait_for_a_task_that_ran_to_exit_code_0_succeeds(
+    manager: FakeManager, cube: Callable[..., Result]
+) -> None:
+    """A batch task (``restart: never``) that exits 0 has done its job: exit 0, not an error."""
+    manager.on("POST /v1/tasks", 201, make_task())
+    done = make_task(state=State.COMPLETED, node="w1", exit_code=0, reason="exited with code 0")
+    _states(manager, make_task(state=State.SCHEDULED, node="w1"), done)
+    result = cube("run", "--name", "job", "--image", "x", "--wait")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"{TASK_ID}\n"
+    assert "completed on w1" in result.stderr
+
+
 def test_wait_fails_with_the_reason(manager: FakeManager, cube: Callable[..., Result]) -> None:
     manager.on("POST /v1/tasks", 201, make_task())
     _states(manager, make_task(state=State.FAILED, exit_code=3, reason="exited with code 3"))
@@ -360,6 +373,7 @@ def test_wait_times_out_saying_why(manager: FakeManager, cube: Callable[..., Res
         ({"state": State.PENDING}, "waiting"),
         ({"state": State.RUNNING}, "running"),
         ({"state": State.COMPLETED}, "ended"),
+        ({"state": State.COMPLETED, "exit_code": 0}, "succeeded"),
         ({"state": State.FAILED}, "ended"),
         ({"state": State.FAILED, "restart": "on-failure"}, "waiting"),
         ({"state": State.COMPLETED, "restart": "on-failure"}, "ended"),
@@ -386,8 +400,12 @@ def test_a_failed_task_its_policy_restarts_is_still_worth_waiting_for(
 
 def test_check_running_messages() -> None:
     check_running(make_task(state=State.RUNNING), timeout=1)
+    check_running(make_task(state=State.COMPLETED, exit_code=0), timeout=1)
+    with pytest.raises(CubeError, match=r"0123456789ab completed: exit code 3$"):
+        check_running(make_task(state=State.COMPLETED, exit_code=3), timeout=1)
+    stopped = make_task(state=State.COMPLETED, exit_code=0, desired=DesiredState.STOP)
     with pytest.raises(CubeError, match=r"0123456789ab completed: exit code 0$"):
-        check_running(make_task(state=State.COMPLETED, exit_code=0), timeout=1)
+        check_running(stopped, timeout=1)
     with pytest.raises(CubeError, match=r"still scheduled after 1m: no reason given$"):
         check_running(make_task(state=State.SCHEDULED), timeout=60)
     assert describe(make_task(node="w1", restarts=2, reason="r")) == (

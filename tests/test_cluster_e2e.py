@@ -18,6 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -550,3 +551,22 @@ def test_cli_logs_and_stop(start_manager: Any, start_worker: Any) -> None:
 
     assert containers_of_task(task_id) == []
     assert task_of(manager, task_id)["state"] == "completed"
+
+
+def test_cli_run_wait_of_a_task_that_exits_0_succeeds(
+    start_manager: Any, start_worker: Any, tmp_path: Path
+) -> None:
+    """A batch task's success is exit 0. Its health check never passes, so the task is
+    never Running: the CLI cannot take a glimpse of Running for the success."""
+    manager, _ = cluster(start_manager, start_worker, workers=1)
+    spec = tmp_path / "batch.yaml"
+    spec.write_text(
+        f"name: batch\nimage: {IMAGE}\ncommand: [sh, -c, 'sleep 1']\n"
+        "health: {tcp: {port: 9}, interval: 10s}\n"
+    )
+    result = cube("run", str(spec), "--wait", addr=manager.url)
+    assert result.returncode == 0, result.stderr
+    task_id = result.stdout.strip()
+    assert task_of(manager, task_id)["state"] == "completed"
+    assert "completed on" in result.stderr
+    assert not any(e["state"] == "running" for e in events_of(manager, task_id))

@@ -155,7 +155,8 @@ _SPEC_PATH = click.Path(exists=True, dir_okay=False, path_type=Path)
     "--wait/--no-wait",
     default=False,
     show_default=True,
-    help="Wait until the task runs; exit 1 if it fails first or --timeout passes.",
+    help="Wait until the task runs (or has run to exit code 0); exit 1 if it fails "
+    "first or --timeout passes.",
 )
 @click.option(
     "--timeout",
@@ -198,12 +199,13 @@ def run_command(
         out.print_json(task)
     if wait:
         check_running(task, timeout=timeout)
-        out.stderr_console().print(Text(f"{short(task.id)} running on {task.node}"))
+        what = "completed" if task.state is State.COMPLETED else "running"
+        out.stderr_console().print(Text(f"{short(task.id)} {what} on {task.node}"))
 
 
 # --- cube run --wait
 
-WaitStatus = Literal["running", "waiting", "ended"]
+WaitStatus = Literal["running", "succeeded", "waiting", "ended"]
 
 
 def will_restart(task: Task) -> bool:
@@ -217,10 +219,13 @@ def will_restart(task: Task) -> bool:
 
 
 def wait_status(task: Task) -> WaitStatus:
+    """Where ``cube run --wait`` stands: ``succeeded`` is a task that ran to its end
+    with exit code 0 and will not run again (a batch job done), as good as running."""
     if task.state is State.RUNNING:
         return "running"
     if task.is_terminal and not will_restart(task):
-        return "ended"
+        succeeded = task.state is State.COMPLETED and task.exit_code == 0
+        return "succeeded" if succeeded and task.desired is not DesiredState.STOP else "ended"
     return "waiting"
 
 
@@ -242,7 +247,8 @@ def wait_for(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Task:
-    """Poll the task until it runs, ends for good, or ``timeout`` seconds pass."""
+    """Poll the task until it runs, ends for good (successfully or not), or ``timeout``
+    seconds pass."""
     deadline = clock() + timeout
     with out.progress(describe(task)) as show:
         while wait_status(task) == "waiting" and clock() < deadline:
@@ -255,7 +261,7 @@ def wait_for(
 def check_running(task: Task, *, timeout: float) -> None:
     """Raise the error ``cube run --wait`` ends with, unless the task runs."""
     status = wait_status(task)
-    if status == "running":
+    if status in ("running", "succeeded"):
         return
     code = task.exit_code
     why = task.reason or ("no reason given" if code is None else f"exit code {code}")
