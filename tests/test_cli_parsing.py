@@ -23,6 +23,7 @@ from cube.cli import output as out
 from cube.cli import run as run_cli
 from cube.cli import tasks as task_cli
 from cube.cli.client import DEFAULT_ADDR, ManagerClient, normalise_url
+from cube.cli.errors import handle_errors
 from cube.cli.main import cli
 from cube.cli.run import RunFlags, build_request, check_running, describe, wait_status
 from cube.errors import CubeError, InvalidSpec, NotFound
@@ -671,11 +672,31 @@ def test_formatting_helpers() -> None:
     assert out.or_dash(None) == out.or_dash("") == "-"
 
 
-def test_task_ports_before_and_after_publishing() -> None:
+def test_task_ports_only_while_bound() -> None:
     spec = TaskSpec(name="web", image="x", ports=["8080:80", "9000", "53:53/udp"])
-    assert task_cli.task_ports(make_task(spec=spec)) == "8080->80/tcp, 9000/tcp, 53->53/udp"
-    published = make_task(spec=spec, ports=[PublishedPort(container=9000, host=32768)])
+    requested = "8080->80/tcp, 9000/tcp, 53->53/udp"
+    assert task_cli.task_ports(make_task(spec=spec)) == ""
+    assert task_cli.ports_line(make_task(spec=spec)) == f"{requested} (requested, not bound)"
+    bound = [PublishedPort(container=9000, host=32768)]
+    published = make_task(spec=spec, ports=bound, state=State.RUNNING)
     assert task_cli.task_ports(published) == "32768->9000/tcp"
+    assert task_cli.ports_line(published) == "32768->9000/tcp"
+    ended = make_task(spec=spec, ports=bound, state=State.COMPLETED)
+    assert task_cli.task_ports(ended) == ""
+
+
+def test_status_list_shows_no_ports_before_binding_and_a_short_pending_reason(
+    manager: FakeManager, cube: Callable[..., Result]
+) -> None:
+    why = "no node has 64.0 free CPU; largest free: 3.5 on w1 (and 6 more nodes filtered)"
+    pending = make_task(reason=why)
+    done = make_task(state=State.COMPLETED, ports=[PublishedPort(container=80, host=8080)])
+    manager.on("GET /v1/tasks", 200, [pending, done])
+    header, *rows = cube("status").stdout.splitlines()
+    assert header.split()[-1] == "REASON"
+    reason_at = header.index("REASON")
+    assert [row.split()[5] for row in rows] == ["-", "-"], "PORTS"
+    assert rows[0][reason_at:] == why[: task_cli.REASON_WIDTH - 1] + "…"
 
 
 def test_tables_keep_whole_ids_when_piped(
@@ -686,3 +707,80 @@ def test_tables_keep_whole_ids_when_piped(
     manager.on("GET /v1/tasks", 200, [task])
     row = cube("status").stdout.splitlines()[1]
     assert row.split()[:5] == [TASK_ID[:12], "a" * 63, "Pending", "-", image]
+
+
+# ------------------------------------------------- text from the cluster is inert
+
+#: What a hostile spec, worker or container could send: clear the screen, set the
+#: window title, a C1 CSI (0x9b), and a right-to-left override.
+HOSTILE = "\x1b[2J\x1b]0;pwned\x07\x9b31m\u202e"
+SHOWN = r"\x1b[2J\x1b]0;pwned\x07\x9b31m\u202e"
+
+
+def test_inert_shows_every_control_character_as_its_escape() -> None:
+    assert out.inert(HOSTILE) == SHOWN
+    assert out.inert("a\tb\nc") == r"a\x09b\x0ac"
+    assert out.inert("a\tb\nc\x1b", lines=True) == "a\tb\nc\\x1b"
+    assert out.inert("naïve 日本 ok") == "naïve 日本 ok"
+
+
+def _no_control(text: str) -> None:
+    assert not [c for c in text if c != "\n" and out.inert(c) != c], repr(text)
+
+
+def test_status_of_a_task_shows_a_hostile_command_and_labels_inert(
+    manager: FakeManager, cube: Callable[..., Result]
+) -> None:
+    spec = TaskSpec(name="web", image="x", command=["echo", HOSTILE], labels={"k": HOSTILE})
+    task = make_task(spec=spec, state=State.FAILED, reason=f"exited: {HOSTILE}")
+    manager.on(f"GET /v1/tasks/{TASK_ID}", 200, task)
+    event = TaskEvent(state=State.FAILED, previous=State.RUNNING, reason=HOSTILE)
+    manager.on(f"GET /v1/tasks/{TASK_ID}/events", 200, [event])
+    manager.on("GET /v1/tasks", 200, [task])
+    result = cube("status", TASK_ID)
+    assert result.exit_code == 0, result.output
+    _no_control(result.stdout)
+    assert f"echo '{SHOWN}'" in result.stdout
+    assert f"k={SHOWN}" in result.stdout
+    listed = cube("status").stdout
+    _no_control(listed)
+    assert "exited: \\x1b[2J" in listed
+    shown = cube("status", TASK_ID, "-o", "json").stdout
+    _no_control(shown)
+    assert json.loads(shown)["spec"]["labels"] == {"k": HOSTILE}, "JSON keeps the value"
+
+
+def test_nodes_show_labels_a_worker_reported_inert(
+    manager: FakeManager, cube: Callable[..., Result]
+) -> None:
+    manager.on("GET /v1/nodes/w1", 200, make_node(labels={"zone": HOSTILE}))
+    manager.on("GET /v1/nodes", 200, [make_node(reason=HOSTILE)])
+    result = cube("nodes", "show", "w1")
+    _no_control(result.stdout)
+    assert f"zone={SHOWN}" in result.stdout
+    _no_control(cube("nodes", "show", "w1", "-o", "json").stdout)
+    _no_control(cube("nodes").stdout)
+
+
+def test_an_error_line_is_inert(capsys: pytest.CaptureFixture[str]) -> None:
+    @handle_errors
+    def command() -> None:
+        raise CubeError(f"task {HOSTILE} not found")
+
+    with pytest.raises(SystemExit):
+        command()
+    err = capsys.readouterr().err
+    _no_control(err)
+    assert err == f"Error: task {SHOWN} not found\n"
+
+
+def test_logs_are_raw_and_inert_with_escape(
+    manager: FakeManager, cube: Callable[..., Result]
+) -> None:
+    raw = f"red \x1b[31m{HOSTILE}\tend\n".encode()
+    # A UTF-8 character split between two chunks stays one character.
+    chunks = [raw[:-8], raw[-8:-5], raw[-5:]]
+    manager.routes["GET /v1/tasks/abc/logs"] = lambda _: httpx.Response(200, content=iter(chunks))
+    assert cube("logs", "abc").stdout_bytes == raw
+    escaped = cube("logs", "abc", "--escape").stdout
+    assert escaped == f"red \\x1b[31m{SHOWN}\tend\n"

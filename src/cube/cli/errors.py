@@ -13,6 +13,7 @@ from typing import ParamSpec, TypeVar
 import click
 
 from cube import errors
+from cube.cli.output import inert
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -27,7 +28,9 @@ def exit_code_for(exc: errors.CubeError) -> int:
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> None:
-    click.echo(f"Error: {message}", err=True)
+    """One ``Error:`` line on stderr; whatever the message quotes from the cluster or the
+    input is made inert (escape sequences shown, not obeyed)."""
+    click.echo(f"Error: {inert(message)}", err=True)
     sys.exit(code)
 
 

@@ -102,7 +102,7 @@ def _show_change(node: Node, output: out.Format, what: str) -> None:
     if output == "json":
         out.print_json(node)
     else:
-        click.echo(f"{node.name} {what} ({node.state.value})")
+        click.echo(out.inert(f"{node.name} {what} ({node.state.value})"))
 
 
 def memory_used(stats: MachineStats | None) -> str:

@@ -3,7 +3,9 @@
 Tables and details go to stdout; progress goes to stderr, so ``ID=$(cube run ...)``
 and ``cube status -o json | jq`` see only the answer. Every cell is a
 :class:`rich.text.Text`: a task's reason may contain ``[brackets]`` that Rich
-would otherwise read as markup.
+would otherwise read as markup, and every text from the cluster passes
+:func:`inert` first: a task's command or a node's labels are whatever someone
+sent, and an escape sequence in them must not drive the reader's terminal.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ __all__ = [
     "format_cpu",
     "format_port",
     "format_size",
+    "inert",
+    "inert_text",
     "make_table",
     "or_dash",
     "output_option",
@@ -53,6 +57,31 @@ F = TypeVar("F", bound=Callable[..., Any])
 #: just has to be more than any row: then ``grep`` and ``awk`` see every value whole.
 PIPE_WIDTH = 1000
 DASH = "-"
+
+
+#: Characters that drive a terminal instead of showing: C0 controls, DEL and C1 controls
+#: (``\x9b`` is a CSI on many terminals), and the Unicode bidi overrides that make text
+#: read in another order than it is ("Trojan Source").
+_CONTROL = [*range(0x00, 0x20), *range(0x7F, 0xA0), 0x061C, 0x200E, 0x200F]
+_CONTROL += [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+_INERT = {c: f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}" for c in _CONTROL}
+_INERT_KEEP_LINES = {c: v for c, v in _INERT.items() if chr(c) not in "\n\t"}
+_JSON_INERT = {c: f"\\u{c:04x}" for c in _CONTROL if c >= 0x20}
+
+
+def inert(text: object, *, lines: bool = False) -> str:
+    """``text`` made harmless to print: each control character is shown as its escape
+    (``\\x1b``), as Python's ``repr`` would, so the reader sees that it was there.
+
+    With ``lines``, newlines and tabs stay (``cube logs --escape``); otherwise a value
+    stays on its line of a table.
+    """
+    return str(text).translate(_INERT_KEEP_LINES if lines else _INERT)
+
+
+def inert_text(value: object, **kwargs: Any) -> Text:
+    """A Rich :class:`Text` of a value from the cluster, made :func:`inert`."""
+    return Text(inert(value), **kwargs)
 
 
 def output_option(func: F) -> F:
@@ -97,7 +126,14 @@ def print_json(value: BaseModel | Sequence[BaseModel]) -> None:
         data: Any = value.model_dump(mode="json", exclude_unset=True)
     else:
         data = [item.model_dump(mode="json", exclude_unset=True) for item in value]
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+    echo_json(data)
+
+
+def echo_json(data: Any) -> None:
+    """JSON for scripts, printed safely: ``json`` escapes C0 controls itself, and the
+    others (DEL, C1, bidi overrides) can only occur inside strings, where ``\\uXXXX``
+    is the same JSON."""
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False).translate(_JSON_INERT))
 
 
 # --- tables and detail views
@@ -114,7 +150,7 @@ def make_table(*columns: str | Column) -> Table:
 
 
 def add_row(table: Table, *cells: str | Text) -> None:
-    table.add_row(*(c if isinstance(c, Text) else Text(c) for c in cells))
+    table.add_row(*(c if isinstance(c, Text) else inert_text(c) for c in cells))
 
 
 def details(rows: Iterable[tuple[str, str | RenderableType]]) -> Table:
@@ -125,7 +161,7 @@ def details(rows: Iterable[tuple[str, str | RenderableType]]) -> Table:
     for key, value in rows:
         if value == "":
             continue
-        grid.add_row(f"{key}:", Text(value) if isinstance(value, str) else value)
+        grid.add_row(f"{key}:", inert_text(value) if isinstance(value, str) else value)
     return grid
 
 
@@ -143,15 +179,15 @@ def progress(initial: str) -> Iterator[Callable[[str], None]]:
     """
     console = stderr_console()
     if console.is_terminal:
-        with console.status(Text(initial)) as status:
-            yield lambda text: status.update(Text(text))
+        with console.status(inert_text(initial)) as status:
+            yield lambda text: status.update(inert_text(text))
         return
     shown: list[str] = []
 
     def print_changed(text: str) -> None:
         if not shown or shown[-1] != text:
             shown.append(text)
-            console.print(Text(text))
+            console.print(inert_text(text))
 
     print_changed(initial)
     yield print_changed

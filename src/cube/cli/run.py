@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import click
-from rich.text import Text
 
 from cube import errors
 from cube.cli import output as out
@@ -192,7 +191,7 @@ def run_command(
         raise click.UsageError("give the spec file once: as SPEC_FILE or with -f")
     task = client.run(build_request(spec_file or file_option, RunFlags(**flags)))
     if output == "table":
-        click.echo(task.id)
+        click.echo(out.inert(task.id))
     if wait:
         task = wait_for(client, task, timeout=timeout)
     if output == "json":
@@ -200,7 +199,7 @@ def run_command(
     if wait:
         check_running(task, timeout=timeout)
         what = "completed" if task.state is State.COMPLETED else "running"
-        out.stderr_console().print(Text(f"{short(task.id)} {what} on {task.node}"))
+        out.stderr_console().print(out.inert_text(f"{short(task.id)} {what} on {task.node}"))
 
 
 # --- cube run --wait

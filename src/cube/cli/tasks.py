@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import os
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import click
@@ -75,21 +76,50 @@ def status_command(
     out.show(*parts)
 
 
+#: States in which a task's container exists, so the ports it published are bound.
+_BOUND_IN = (State.SCHEDULED, State.RUNNING)
+#: How much of a reason the task list shows; ``cube status ID`` has all of it.
+REASON_WIDTH = 40
+
+
 def task_ports(task: Task) -> str:
-    """Published ports once the task runs, the requested ones before."""
-    published = [out.format_port(p.container, p.host, p.protocol) for p in task.ports]
-    requested = [out.format_port(p.container, p.host, p.protocol) for p in task.spec.ports]
-    return ", ".join(published or requested)
+    """The host ports the task's container holds now, like ``docker ps``: none before it
+    starts or after it ends (the spec's requested ports are in the detail view)."""
+    if task.state not in _BOUND_IN:
+        return ""
+    return ", ".join(out.format_port(p.container, p.host, p.protocol) for p in task.ports)
+
+
+def requested_ports(task: Task) -> str:
+    return ", ".join(out.format_port(p.container, p.host, p.protocol) for p in task.spec.ports)
+
+
+def ports_line(task: Task) -> str:
+    """Bound ports, else what the spec asks for, saying so."""
+    if bound := task_ports(task):
+        return bound
+    requested = requested_ports(task)
+    return f"{requested} (requested, not bound)" if requested else ""
+
+
+def list_reason(task: Task) -> str:
+    """Why a task that does not run is where it is (Pending: why no node), cut short."""
+    if task.state is State.RUNNING or not task.reason:
+        return ""
+    reason = out.inert(" ".join(task.reason.split()))  # cut after escaping: no half escape
+    return reason if len(reason) <= REASON_WIDTH else reason[: REASON_WIDTH - 1] + "…"
 
 
 def task_table(tasks: Sequence[Task]) -> Table:
     with_health = any(t.spec.health for t in tasks)
+    with_reason = any(list_reason(t) for t in tasks)
     table = out.make_table(
         Column("ID", no_wrap=True, min_width=SHORT_ID),  # on a narrow terminal, others give way
         "NAME",
         Column("STATE", no_wrap=True, min_width=len("Completed")),
         *("NODE", "IMAGE", "PORTS", "AGE", "RESTARTS"),
         *(["HEALTH"] if with_health else []),
+        *(["REASON"] if with_reason else []),
     )
     now = utcnow()
     for t in tasks:
@@ -105,6 +135,8 @@ def task_table(tasks: Sequence[Task]) -> Table:
         ]
         if with_health:
             row.append(out.title(t.health) if t.spec.health else out.DASH)
+        if with_reason:
+            row.append(list_reason(t) or out.DASH)
         out.add_row(table, *row)
     return table
 
@@ -147,7 +179,7 @@ def task_details(task: Task) -> Table:
             ("Health", out.title(task.health) if spec.health else ""),
             ("Node", out.or_dash(task.node)),
             ("Container", short(task.container_id or "")),
-            ("Ports", task_ports(task)),
+            ("Ports", ports_line(task)),
             ("Resources", resources_line(spec)),
             ("Restart", restart_line(task)),
             ("Exit code", "" if task.exit_code is None else str(task.exit_code)),
@@ -179,7 +211,7 @@ def placement_view(raw: dict[str, Any]) -> RenderableType:
     try:
         decision = Decision.model_validate(raw)
     except ValidationError:  # a manager of another version: show what it said
-        return Text(str(raw))
+        return out.inert_text(raw)
     examined = f"{decision.examined} of {decision.total} nodes, {decision.candidates} feasible"
     if decision.limit:
         examined += f" (stops at {decision.limit} feasible)"
@@ -214,25 +246,45 @@ def placement_view(raw: dict[str, Any]) -> RenderableType:
 @click.argument("task_id", metavar="ID")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new output until the task ends.")
 @click.option("--tail", type=click.IntRange(min=0), metavar="N", help="Only the last N lines.")
+@click.option(
+    "--escape",
+    is_flag=True,
+    help="Show control characters as escapes (\\x1b) instead of passing them to the terminal.",
+)
 @handle_errors
 @manager_option
-def logs_command(client: ManagerClient, task_id: str, follow: bool, tail: int | None) -> None:
-    """Print a task's output (its container's stdout and stderr).
+def logs_command(
+    client: ManagerClient, task_id: str, follow: bool, tail: int | None, escape: bool
+) -> None:
+    """Print a task's output (its container's stdout and stderr), byte for byte like
+    `docker logs`: colours and cursor moves reach your terminal. Output you do not
+    trust? --escape shows every control character but newline and tab as an escape.
 
     \b
     Example:
       cube logs 1a2b3c --tail 20
       cube logs -f 1a2b3c
+      cube logs --escape web
     """
     sink = sys.stdout.buffer
+    chunks = client.logs(task_id, tail=tail, follow=follow)
     try:
-        for chunk in client.logs(task_id, tail=tail, follow=follow):
+        for chunk in _escaped(chunks) if escape else chunks:
             sink.write(chunk)
             sink.flush()
     except KeyboardInterrupt:  # Ctrl-C is how one stops following: not an error
         pass
     except BrokenPipeError:  # `cube logs ID | head`: the reader has what it wanted
         _silence_stdout()
+
+
+def _escaped(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """The chunks with control characters made :func:`~cube.cli.output.inert`; decoded
+    incrementally, so a character split across two chunks is still one character."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    for chunk in chunks:
+        yield out.inert(decoder.decode(chunk), lines=True).encode()
+    yield out.inert(decoder.decode(b"", final=True), lines=True).encode()
 
 
 def _silence_stdout() -> None:
@@ -258,9 +310,11 @@ def stop_command(client: ManagerClient, task_id: str, output: out.Format) -> Non
     if output == "json":
         out.print_json(task)
     elif task.is_terminal:
-        click.echo(f"stopped {task.id}")
+        click.echo(out.inert(f"stopped {task.id}"))
     else:
-        click.echo(f"stopping {task.id}")
+        click.echo(out.inert(f"stopping {task.id}"))
         out.stderr_console().print(
-            Text(f"its node has not confirmed yet; `cube status {short(task.id)}` shows when")
+            out.inert_text(
+                f"its node has not confirmed yet; `cube status {short(task.id)}` shows when"
+            )
         )
