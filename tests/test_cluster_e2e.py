@@ -570,3 +570,34 @@ def test_cli_run_wait_of_a_task_that_exits_0_succeeds(
     assert task_of(manager, task_id)["state"] == "completed"
     assert "completed on" in result.stderr
     assert not any(e["state"] == "running" for e in events_of(manager, task_id))
+
+
+def test_cli_prints_escape_sequences_from_the_cluster_inert(
+    start_manager: Any, start_worker: Any
+) -> None:
+    """A spec's command and labels, and a worker's node labels, come back as escapes;
+    logs stay raw unless --escape."""
+    hostile, shown = "\x1b[2J\x1b]0;pwned\x07", r"\x1b[2J\x1b]0;pwned\x07"
+    manager = start_manager()
+    worker = start_worker("--manager", manager.url, "--label", f"zone={hostile}")
+    wait_nodes(manager, [worker])
+    script = f"printf '{hostile}red\\n'; sleep 600"
+    spec = sleeper("hostile", command=["sh", "-c", script], labels={"note": hostile})
+    task_id = submit(manager, spec)
+    wait_state(manager, task_id, "running")
+
+    status = ok(cube("status", task_id, addr=manager.url))
+    nodes = ok(cube("nodes", "show", worker.name, addr=manager.url))
+    for printed in (status, nodes, ok(cube("status", addr=manager.url))):
+        assert "\x1b" not in printed, printed
+        assert "\x07" not in printed, printed
+    assert f"note={shown}" in status
+    assert shown in status.split("Command:")[1].splitlines()[0]
+    assert f"zone={shown}" in nodes
+
+    def logged() -> str | None:
+        out = ok(cube("logs", task_id, addr=manager.url))
+        return out if "red" in out else None
+
+    assert wait_for(logged, timeout=10, what="the output") == f"{hostile}red\n"
+    assert ok(cube("logs", "--escape", task_id, addr=manager.url)) == f"{shown}red\n"
