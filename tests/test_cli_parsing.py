@@ -515,6 +515,23 @@ def test_status_of_one_task_explains_it(manager: FakeManager, cube: Callable[...
     assert all(line == line.rstrip() for line in text.splitlines()), "no trailing blanks"
 
 
+def test_status_of_one_task_as_json_has_its_events(
+    manager: FakeManager, cube: Callable[..., Result]
+) -> None:
+    task = make_task(state=State.RUNNING, node="w1")
+    events = [
+        TaskEvent(state=State.PENDING),
+        TaskEvent(state=State.RUNNING, previous=State.PENDING, reason="started", node="w1"),
+    ]
+    manager.on(f"GET /v1/tasks/{TASK_ID}", 200, task)
+    manager.on(f"GET /v1/tasks/{TASK_ID}/events", 200, events)
+    result = cube("status", TASK_ID, "-o", "json")
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.stdout)
+    assert shown.pop("events") == _jsonable(events)
+    assert shown == _jsonable(task)
+
+
 def test_status_of_an_unknown_task_exits_1(
     manager: FakeManager, cube: Callable[..., Result]
 ) -> None:

@@ -601,3 +601,42 @@ def test_cli_prints_escape_sequences_from_the_cluster_inert(
 
     assert wait_for(logged, timeout=10, what="the output") == f"{hostile}red\n"
     assert ok(cube("logs", "--escape", task_id, addr=manager.url)) == f"{shown}red\n"
+
+
+def test_cli_finds_a_task_by_name_or_any_unique_prefix(
+    start_manager: Any, start_worker: Any
+) -> None:
+    manager, _ = cluster(start_manager, start_worker, workers=1)
+    talker = sleeper("talker", command=["sh", "-c", "echo said-it; sleep 600"], id="fab1")
+    submit(manager, talker)
+    submit(manager, sleeper("twin", id="cab1"))
+    submit(manager, sleeper("twin", id="cab2"))
+    wait_state(manager, "fab1", "running")
+
+    assert json.loads(ok(cube("status", "f", "-o", "json", addr=manager.url)))["id"] == "fab1"
+    assert json.loads(ok(cube("status", "talker", "-o", "json", addr=manager.url)))["id"] == "fab1"
+
+    def said() -> bool:
+        return "said-it" in ok(cube("logs", "talker", addr=manager.url))
+
+    wait_for(said, timeout=10, what="`cube logs talker` to show the output")
+    twin = cube("status", "twin", addr=manager.url)
+    assert twin.returncode == 1
+    assert "2 tasks are named 'twin': cab1 (" in twin.stderr
+    assert "cab2 (" in twin.stderr
+    assert cube("status", "ca", addr=manager.url).returncode == 1
+    ok(cube("stop", "talker", addr=manager.url))
+    assert task_of(manager, "fab1")["state"] == "completed"
+
+
+def test_cli_status_json_of_one_task_has_the_events_the_table_shows(
+    start_manager: Any, start_worker: Any
+) -> None:
+    manager, _ = cluster(start_manager, start_worker, workers=1)
+    task_id = submit(manager, sleeper("evented"))
+    wait_state(manager, task_id, "running")
+    shown = json.loads(ok(cube("status", task_id, "-o", "json", addr=manager.url)))
+    assert shown["events"] == events_of(manager, task_id)
+    assert [e["state"] for e in shown["events"]] == ["pending", "scheduled", "running"]
+    table = ok(cube("status", task_id, addr=manager.url))
+    assert "Pending -> Scheduled" in table

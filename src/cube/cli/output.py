@@ -31,11 +31,13 @@ __all__ = [
     "add_row",
     "age",
     "details",
+    "echo_json",
     "format_cpu",
     "format_port",
     "format_size",
     "inert",
     "inert_text",
+    "jsonable",
     "make_table",
     "or_dash",
     "output_option",
@@ -122,11 +124,14 @@ def print_json(value: BaseModel | Sequence[BaseModel]) -> None:
     Only the fields the API sent (``exclude_unset``): a field it leaves out, such as a
     listed task's ``placement``, must not come back as a ``null`` that looks like data.
     """
+    echo_json(jsonable(value))
+
+
+def jsonable(value: BaseModel | Sequence[BaseModel]) -> Any:
+    """API models as the JSON the API sent: only the fields it sent (see print_json)."""
     if isinstance(value, BaseModel):
-        data: Any = value.model_dump(mode="json", exclude_unset=True)
-    else:
-        data = [item.model_dump(mode="json", exclude_unset=True) for item in value]
-    echo_json(data)
+        return value.model_dump(mode="json", exclude_unset=True)
+    return [item.model_dump(mode="json", exclude_unset=True) for item in value]
 
 
 def echo_json(data: Any) -> None:

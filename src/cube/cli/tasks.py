@@ -40,16 +40,18 @@ def status_command(
     node: str | None,
     output: out.Format,
 ) -> None:
-    """List tasks, or show one task in detail (ID or a unique prefix of it).
+    """List tasks, or show one task in detail: by ID, a unique prefix of it, or the
+    task's name when no other task has it.
 
     The detail view says why a task is where it is: its events and the
-    scheduler's placement decision.
+    scheduler's placement decision (with -o json: the task's JSON and "events").
 
     \b
     Example:
       cube status
       cube status --state running --node w1
       cube status 1a2b3c
+      cube status web
       cube status -o json | jq -r '.[].id'
     """
     if task_id is None:
@@ -64,11 +66,12 @@ def status_command(
     if state or node:
         raise click.UsageError("--state and --node filter the list; give them without an ID")
     task = client.task(task_id)
+    events = client.events(task.id)
     if output == "json":
-        out.print_json(task)
+        # What the table shows: the task as the API sends it, and its events.
+        out.echo_json({**out.jsonable(task), "events": out.jsonable(events)})
         return
     parts: list[RenderableType] = [task_details(task)]
-    events = client.events(task.id)
     if events:
         parts.append(out.section("Events", event_table(events)))
     if task.placement is not None:

@@ -26,6 +26,7 @@ from typing import Any
 from cube.background import cancel_all, spawn
 from cube.errors import Conflict, CubeError, FieldError, InvalidSpec, NotFound, Unavailable
 from cube.log import get_logger
+from cube.manager.lookup import find_task
 from cube.manager.pacing import Pace, pace
 from cube.manager.reconcile import merge_report, needs_merge
 from cube.manager.workers import WorkerClient
@@ -40,8 +41,6 @@ log = get_logger("cube.manager")
 
 #: States in which a task holds resources on its node.
 PLACED = frozenset({State.SCHEDULED, State.RUNNING})
-#: Shortest ID prefix accepted in place of a full task ID.
-MIN_PREFIX = 4
 #: Calls to nodes in flight at once, per collection pass and per dispatch pass (see
 #: Manager.collect).
 COLLECT_CONCURRENCY = 16
@@ -191,17 +190,9 @@ class Manager:
         self._dispatch_wake.set()
         return task.model_copy(deep=True), True
 
-    def resolve(self, task_id: str) -> Task:
-        """The task with this ID, or the only one whose ID starts with it (like ``docker``)."""
-        if (task := self.tasks.get(task_id)) is not None:
-            return task
-        if len(task_id) >= MIN_PREFIX:
-            matches = [t for tid, t in self.tasks.items() if tid.startswith(task_id)]
-            if len(matches) == 1:
-                return matches[0]
-            if matches:
-                raise Conflict(f"task ID prefix {task_id!r} matches {len(matches)} tasks")
-        raise NotFound(f"task {task_id} not found")
+    def resolve(self, ref: str) -> Task:
+        """The task with this ID, name or unique ID prefix (see :mod:`cube.manager.lookup`)."""
+        return find_task(self.tasks, ref)
 
     def get(self, task_id: str) -> Task:
         return self.resolve(task_id).model_copy(deep=True)

@@ -1,0 +1,50 @@
+"""Which task a user means: ``cube status web``, ``cube stop 1a2``.
+
+Like ``docker``: an exact ID first, then a task's name, then a prefix of an ID. A
+prefix of any length is fine while only one ID starts with it; a name or prefix that
+fits more than one task is refused with the candidates, so that the user can pick.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from cube.errors import Conflict, NotFound
+from cube.task.model import Task
+
+#: How many candidate IDs an ambiguity error lists.
+MAX_CANDIDATES = 10
+#: How many characters of each candidate ID it shows (as ``cube status`` does).
+SHORT_ID = 12
+
+
+def find_task(tasks: Mapping[str, Task], ref: str) -> Task:
+    """The task ``ref`` names: its ID, its name, or a prefix of its ID.
+
+    Raises :class:`NotFound` when none fits and :class:`Conflict` when several do.
+    """
+    if (task := tasks.get(ref)) is not None:
+        return task
+    if not ref:
+        raise NotFound("task '' not found")
+    named = [t for t in tasks.values() if t.name == ref]
+    if len(named) == 1:
+        return named[0]
+    if named:
+        raise Conflict(f"{len(named)} tasks are named {ref!r}: {_candidates(named)}; give an ID")
+    prefixed = [t for tid, t in tasks.items() if tid.startswith(ref)]
+    if len(prefixed) == 1:
+        return prefixed[0]
+    if prefixed:
+        raise Conflict(
+            f"task ID prefix {ref!r} matches {len(prefixed)} tasks: {_candidates(prefixed)};"
+            " give more of the ID"
+        )
+    raise NotFound(f"task {ref} not found (no task has that ID, name or ID prefix)")
+
+
+def _candidates(tasks: Sequence[Task]) -> str:
+    ordered = sorted(tasks, key=lambda t: t.created_at)
+    shown = ", ".join(f"{t.id[:SHORT_ID]} ({t.state.value})" for t in ordered[:MAX_CANDIDATES])
+    more = len(tasks) - MAX_CANDIDATES
+    return shown + (f" and {more} more" if more > 0 else "")
