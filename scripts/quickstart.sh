@@ -3,16 +3,27 @@
 # (`cube dev`: a manager and a local worker in one process), run the example web
 # task, and leave everything running with the next commands to try.
 #
-# Usage: bash scripts/quickstart.sh
-# Environment:
-#   CUBE_PORT      manager port (default 5555; the local worker takes the next one)
-#   CUBE_DATA_DIR  where the cluster keeps its state (default ~/.local/share/cube)
+# Usage: bash scripts/quickstart.sh [--help]
+# Environment (the defaults give the README's cluster; set them all to run a second,
+# separate one beside it, as tests/test_readme.py does):
+#   CUBE_PORT       manager port (default 5555; the local worker takes the next one)
+#   CUBE_DATA_DIR   where the cluster keeps its state (default ~/.local/share/cube)
+#   CUBE_WEB_PORT   host port of the example web task (default 8080)
+#   CUBE_NODE_NAME  name of the local worker (default local); a worker adopts the containers
+#                   labelled with its name, so two clusters on one machine need two names
 set -euo pipefail
+
+if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
+    sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"
+    exit 0
+fi
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
 
 port="${CUBE_PORT:-5555}"
+web_port="${CUBE_WEB_PORT:-8080}"
+node_name="${CUBE_NODE_NAME:-local}"
 export CUBE_ADDR="http://127.0.0.1:${port}"
 data="${CUBE_DATA_DIR:-$HOME/.local/share/cube}"
 mkdir -p "$data"
@@ -25,7 +36,7 @@ if "$cube" status >/dev/null 2>&1; then
 else
     echo "quickstart: starting a one-node cluster (cube dev), log in $log"
     # Fully detached: own session, no stdin, output to a file.
-    setsid "$cube" dev --port "$port" </dev/null >"$log" 2>&1 &
+    setsid "$cube" dev --port "$port" --name "$node_name" </dev/null >"$log" 2>&1 &
     echo $! >"$pidfile"
     for _ in $(seq 1 100); do
         "$cube" status >/dev/null 2>&1 && break
@@ -39,15 +50,15 @@ else
     done
 fi
 
-echo "quickstart: running examples/web.yaml"
-id=$("$cube" run examples/web.yaml --wait)
+echo "quickstart: running examples/web.yaml on host port $web_port"
+id=$("$cube" run examples/web.yaml -p "$web_port:8080" --wait)
 for _ in $(seq 1 50); do
-    curl -fsS http://127.0.0.1:8080/ >/dev/null 2>&1 && break
+    curl -fsS "http://127.0.0.1:$web_port/" >/dev/null 2>&1 && break
     sleep 0.2
 done
 echo
-echo "The web task $id is running. It answers on http://127.0.0.1:8080/ :"
-curl -fsS http://127.0.0.1:8080/ || echo "(not answering yet: try 'cube logs $id')"
+echo "The web task $id is running. It answers on http://127.0.0.1:$web_port/ :"
+curl -fsS "http://127.0.0.1:$web_port/" || echo "(not answering yet: try 'cube logs $id')"
 short=${id:0:12}
 env_line="export PATH=$PWD/.venv/bin:\$PATH CUBE_ADDR=$CUBE_ADDR"
 if [[ -n "${CUBE_DATA_DIR:-}" ]]; then
@@ -67,6 +78,6 @@ Next, try:
 The CLI finds the cluster token in $data/dev/manager/token (mode 0600) by itself.
 Stop the cluster (task containers keep running and are adopted on the next start):
   kill \$(cat $pidfile)
-Remove every Cube container too:
-  docker rm -f \$(docker ps -aq --filter label=cube.managed-by=cube)
+Remove this cluster's containers too:
+  docker rm -f \$(docker ps -aq --filter label=cube.worker=$node_name)
 MSG

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,33 +16,57 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import docker, free_port_pair, remove_containers
+from tests.conftest import docker, free_port, free_port_pair, remove_containers, unique_name
 
 ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.docker
 
 
+#: The README's quickstart holds these while it runs: the web task's host port and the
+#: manager's and its worker's ports.
+README_PORTS = (8080, 5555, 5556)
+
+
 @pytest.fixture
-def quickstart_env(docker_engine: None, tmp_path: Path) -> Iterator[dict[str, str]]:
-    """A private data dir and port, and no token from the test session: the script must
-    find its own. Stops the cluster it started and removes the task it ran."""
+def readme_ports_taken() -> Iterator[None]:
+    """The machine as the README leaves it: the ports a running quickstart holds are
+    taken (by that quickstart, or else by this fixture), and stay so."""
+    with contextlib.ExitStack() as stack:
+        for port in README_PORTS:
+            sock = stack.enter_context(socket.socket())
+            try:
+                sock.bind(("0.0.0.0", port))  # as Docker publishes: on every address
+                sock.listen()
+            except OSError:
+                pass  # taken already: a quickstart of the README runs, most likely
+        yield
+
+
+@pytest.fixture
+def quickstart_env(
+    docker_engine: None, readme_ports_taken: None, tmp_path: Path
+) -> Iterator[dict[str, str]]:
+    """A cluster of its own beside the README's: its own data dir, ports and worker name
+    (the script's environment variables), and no token from the test session: the script
+    must find its own. Stops the cluster it started and removes its containers."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CUBE_")}
-    env |= {"CUBE_PORT": str(free_port_pair()), "CUBE_DATA_DIR": str(tmp_path / "data")}
+    env |= {
+        "CUBE_PORT": str(free_port_pair()),
+        "CUBE_DATA_DIR": str(tmp_path / "data"),
+        "CUBE_WEB_PORT": str(free_port()),
+        "CUBE_NODE_NAME": unique_name("quickstart"),
+    }
     yield env
     pidfile = tmp_path / "data" / "dev.pid"
     if pidfile.exists():
         with contextlib.suppress(ProcessLookupError):
             os.kill(int(pidfile.read_text()), signal.SIGTERM)
-    for task_id in (
-        (tmp_path / "task-id").read_text().split() if (tmp_path / "task-id").exists() else []
-    ):
-        remove_containers(f"cube.task-id={task_id}")
+    remove_containers(f"cube.worker={env['CUBE_NODE_NAME']}")
 
 
-def test_quickstart_leaves_a_cluster_serving_the_example(
-    quickstart_env: dict[str, str], tmp_path: Path
-) -> None:
+def test_quickstart_leaves_a_cluster_serving_the_example(quickstart_env: dict[str, str]) -> None:
+    """Also beside the README's own quickstart, still running: README_PORTS are taken."""
     result = subprocess.run(
         ["bash", "scripts/quickstart.sh"],
         cwd=ROOT,
@@ -55,9 +80,10 @@ def test_quickstart_leaves_a_cluster_serving_the_example(
     assert "Hello from a Cube task." in result.stdout
     task_line = next(line for line in result.stdout.splitlines() if line.startswith("The web task"))
     task_id = task_line.split()[3]
-    (tmp_path / "task-id").write_text(task_id)
+    web = f"http://127.0.0.1:{quickstart_env['CUBE_WEB_PORT']}/"
+    assert web in task_line
 
-    assert "Hello from a Cube task." in httpx.get("http://127.0.0.1:8080/", timeout=5).text
+    assert "Hello from a Cube task." in httpx.get(web, timeout=5).text
     running = docker("ps", "-q", "--filter", f"label=cube.task-id={task_id}").split()
     assert len(running) == 1
 
