@@ -19,6 +19,7 @@ import httpx
 import pytest
 from click.testing import CliRunner, Result
 
+from cube.cli import credentials
 from cube.cli import output as out
 from cube.cli import run as run_cli
 from cube.cli import tasks as task_cli
@@ -801,3 +802,38 @@ def test_logs_are_raw_and_inert_with_escape(
     assert cube("logs", "abc").stdout_bytes == raw
     escaped = cube("logs", "abc", "--escape").stdout
     assert escaped == f"red \\x1b[31m{SHOWN}\tend\n"
+
+
+# ---------------------------------------------------------------- credentials
+
+
+def test_a_manager_address_points_to_its_data_dir_while_it_lives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CUBE_DATA_DIR", str(tmp_path))
+    data = tmp_path / "m1"
+    pointer = credentials.claim_address("0.0.0.0", 6001, data)
+    assert pointer is not None
+    assert credentials.manager_dir_at("http://127.0.0.1:6001") == data
+    assert credentials.manager_dir_at("localhost:6001") == data
+    assert credentials.manager_dir_at("http://127.0.0.1:6002") is None
+    credentials.claim_address("127.0.0.1", 6003, data)
+    assert credentials.manager_dir_at("http://10.0.0.5:6003") is None, "another machine"
+    record = json.loads(pointer.read_text())
+    pointer.write_text(json.dumps({**record, "pid": 2**22 + 1}))  # above pid_max: dead
+    assert credentials.manager_dir_at("http://127.0.0.1:6001") is None
+    pointer.write_text(json.dumps(record))
+    credentials.release_address(pointer)
+    assert not pointer.exists()
+    assert credentials.claim_address("127.0.0.1", 0, data) is None, "port 0: unknown yet"
+
+
+def test_a_refused_token_is_named_by_where_it_came_from() -> None:
+    found = credentials.FoundToken("t", "/x/token")
+    assert found.hint(option="--token", env="CUBE_TOKEN") == (
+        "the token sent came from /x/token; give the right one with --token or CUBE_TOKEN"
+    )
+    missing = credentials.FoundToken(None, searched=[Path("/a/token"), Path("/b/token")])
+    assert missing.hint(option="--token", env="CUBE_TOKEN") == (
+        "no token given with --token or CUBE_TOKEN, and no token file at /a/token, /b/token"
+    )

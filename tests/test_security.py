@@ -490,6 +490,50 @@ def test_tokens_are_created_0600_kept_found_locally_and_never_shown(
         assert mode(directory) & 0o077 == 0, f"{directory} is open to others: {mode(directory):o}"
 
 
+def test_the_cli_and_a_worker_use_the_token_of_the_manager_at_the_address_given(
+    agents: Agents, tmp_path: Path
+) -> None:
+    """A second manager with its own --data-dir beside one in the default place: the
+    CLI and a worker pointed at the second use its token files, not the default ones,
+    and every refusal names the token's file, or where one was looked for."""
+    root = tmp_path / "cube-home"
+    env = {"CUBE_DATA_DIR": str(root)}
+    agents.manager(data_dir=root / "dev" / "manager", env=env, drop_env=SESSION_TOKEN_ENV)
+    other_dir = tmp_path / "elsewhere"
+    other = agents.manager(data_dir=other_dir, env=env, drop_env=SESSION_TOKEN_ENV)
+    # The default manager's token is the newer file: the one a guess would take.
+    os.utime(root / "dev" / "manager" / "token")
+    other_token = (other_dir / "token").read_text().strip()
+
+    status = cube_cli("status", "--manager", other.url, env=env)
+    assert status.returncode == 0, status.stderr
+    worker = agents.worker("--manager", other.url, env=env, drop_env=SESSION_TOKEN_ENV)
+    joined(other, other_token, worker.name)
+    assert str(other_dir / "join-token") in worker.logs()
+
+    # A refused token: the error names the file it came from, or the option.
+    (other_dir / "token").write_text("not-the-token\n")
+    refused = cube_cli("status", "--manager", other.url, env=env)
+    assert refused.returncode == 1
+    assert "invalid token" in refused.stderr
+    assert f"came from {other_dir / 'token'}" in refused.stderr
+    flagged = cube_cli("status", "--manager", other.url, "--token", "wrong", env=env)
+    assert "invalid token: the token sent came from --token" in flagged.stderr
+
+    # No token at all: the error says where the file was expected.
+    nowhere = tmp_path / "nowhere"
+    missing = cube_cli("status", "--manager", other.url, env={"CUBE_DATA_DIR": str(nowhere)})
+    assert missing.returncode == 1
+    assert "missing credentials" in missing.stderr
+    assert f"no token file at {nowhere / 'manager' / 'token'}" in missing.stderr
+
+    # The pointer to the data dir goes with the manager.
+    pointer = root / "addresses" / f"{other.port}.json"
+    assert json.loads(pointer.read_text())["data_dir"] == str(other_dir)
+    assert other.terminate() == 0
+    assert not pointer.exists()
+
+
 # --- 3. TLS ---------------------------------------------------------------------------------------
 def make_certificates(where: Path) -> tuple[Path, Path, Path]:
     """A CA, and a server certificate it signed for 127.0.0.1 and localhost: (ca, cert, key)."""

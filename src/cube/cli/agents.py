@@ -22,9 +22,11 @@ from cube.cli.credentials import (
     TOKEN_FILE,
     WORKER_TOKEN_ENV,
     Security,
+    claim_address,
     data_root,
-    find_local_token,
+    find_token,
     own_token,
+    release_address,
     security_options,
 )
 from cube.cli.errors import EXIT_FAILED, handle_errors
@@ -232,7 +234,8 @@ def _run_servers(
 @click.option(
     "--join-token",
     envvar=JOIN_TOKEN_ENV,
-    help="The manager's join token  [default: the local manager's join-token file]",
+    help="The manager's join token  [default: the join-token file of the manager at "
+    "--manager, when it runs on this machine]",
 )
 @_store_option
 @_node_options
@@ -282,8 +285,8 @@ def worker_command(
         store=store_kind,
         token=source,
     )
-    if manager_url and not join_token:
-        join_token = find_local_token(JOIN_TOKEN_FILE)
+    if manager_url:
+        join_token = _join_token(join_token, manager_url)
 
     async def join() -> None:
         if manager_url:
@@ -303,6 +306,38 @@ def worker_command(
         after_start=join,
         on_exit=parts.worker.feed.close,
     )
+
+
+def _join_token(given: str | None, manager_url: str) -> str | None:
+    """The join token to present: the one given, else the join-token file of the manager
+    at ``manager_url`` (or of a local manager); logged by source, never by value, so
+    that a refusal in the log can be traced to the file."""
+    if given:
+        log.info("join token", source=f"--join-token or {JOIN_TOKEN_ENV}")
+        return given
+    found = find_token(manager_url, JOIN_TOKEN_FILE)
+    if found.token is None:
+        log.warning("no join token", why=found.hint(option="--join-token", env=JOIN_TOKEN_ENV))
+    else:
+        log.info("join token", file=found.source)
+    return found.token
+
+
+def _address_claim(
+    host: str, port: int, data: Path
+) -> tuple[Callable[[], Awaitable[None]], Callable[[], None]]:
+    """Hooks for :func:`_run_servers`: once the manager listens, point its address at its
+    data dir (for the CLI to find the right token); on exit, take the pointer back."""
+    claimed: list[Path | None] = []
+
+    async def claim() -> None:
+        claimed.append(claim_address(host, port, data))
+
+    def release() -> None:
+        for path in claimed:
+            release_address(path)
+
+    return claim, release
 
 
 # --- cube manager --------------------------------------------------------------------------------
@@ -461,7 +496,8 @@ def manager_command(
     )
     app = manager_app(parts.manager, authenticator=parts.authenticator)
     server = make_server(app, host=host, port=port, tls=security.tls)
-    _run_servers(server, stores=[parts.store], runtimes=[])
+    claim, release = _address_claim(host, port, data)
+    _run_servers(server, stores=[parts.store], runtimes=[], after_start=claim, on_exit=release)
 
 
 # --- cube dev ------------------------------------------------------------------------------------
@@ -516,8 +552,9 @@ def dev_command(
     parts = _build_worker(name, worker_data, store_kind, node)
     worker_token, _ = own_token(None, worker_data, TOKEN_FILE)
     plain = Security(tls=None, ca=None)  # loopback only
+    manager_data = _data_dir(data / "manager", "dev")
     control = _build_manager(
-        _data_dir(data / "manager", "dev"),
+        manager_data,
         store_kind=store_kind,
         scheduler=scheduler,
         workers=f"127.0.0.1:{worker_port}",
@@ -545,9 +582,16 @@ def dev_command(
         worker=f"http://127.0.0.1:{worker_port}",
         data_dir=str(data),
     )
+    claim, release = _address_claim("127.0.0.1", port, manager_data)
+
+    def on_exit() -> None:
+        release()
+        parts.worker.feed.close()
+
     _run_servers(
         *servers,
         stores=[parts.store, control.store],
         runtimes=[parts.runtime],
-        on_exit=parts.worker.feed.close,
+        after_start=claim,
+        on_exit=on_exit,
     )

@@ -19,9 +19,9 @@ from click.core import ParameterSource
 from pydantic import TypeAdapter, ValidationError
 
 from cube import errors
-from cube.api.client import check, unreachable
+from cube.api.client import check, error_from_response, unreachable
 from cube.api.tls import Verify, client_verify
-from cube.cli.credentials import CA_ENV, TOKEN_ENV, TOKEN_FILE, find_local_token
+from cube.cli.credentials import CA_ENV, TOKEN_ENV, TOKEN_FILE, FoundToken, find_token
 from cube.errors import FieldError
 from cube.node import Node
 from cube.task.model import Task, TaskEvent
@@ -77,8 +77,12 @@ class ManagerClient:
         transport: httpx.BaseTransport | None = None,
         token: str | None = None,
         verify: Verify = True,
+        credential_hint: str = "",
     ) -> None:
+        """``credential_hint`` is added to a 401: where the token came from, or was
+        looked for."""
         self.base_url = normalise_url(base_url)
+        self._credential_hint = credential_hint
         connect = min(timeout, _CONNECT_TIMEOUT)
         self._timeout = httpx.Timeout(timeout, connect=connect)
         # Following waits for output as long as the task lives: no read timeout then.
@@ -139,7 +143,7 @@ class ManagerClient:
             with self._http.stream("GET", path, params=params, timeout=timeout) as response:
                 if not response.is_success:
                     response.read()
-                    check(response)
+                    self._check(response)
                 yield from response.iter_bytes()
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from None
@@ -169,6 +173,12 @@ class ManagerClient:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from None
+        return self._check(response)
+
+    def _check(self, response: httpx.Response) -> httpx.Response:
+        """:func:`check`, and a refused token says which token it was."""
+        if response.status_code == 401 and self._credential_hint:
+            raise errors.CubeError(f"{error_from_response(response)}: {self._credential_hint}")
         return check(response)
 
     def _parse(self, adapter: TypeAdapter[T], response: httpx.Response) -> T:
@@ -198,6 +208,16 @@ def _task_path(task_id: str, suffix: str = "") -> str:
     return f"/v1/tasks/{_segment(task_id, 'id')}{suffix}"
 
 
+def _given_token_source(ctx: click.Context) -> str:
+    """``--token`` when this command line or its group's has it, else ``CUBE_TOKEN``."""
+    current: click.Context | None = ctx
+    while current is not None:
+        if current.get_parameter_source("token") is ParameterSource.COMMANDLINE:
+            return "--token"
+        current = current.parent
+    return TOKEN_ENV
+
+
 def manager_option(func: Callable[..., R]) -> Callable[..., R]:
     """Add ``--manager URL`` (env ``CUBE_ADDR``) and call the command with a ``client``.
 
@@ -221,7 +241,8 @@ def manager_option(func: Callable[..., R]) -> Callable[..., R]:
         "--token",
         envvar=TOKEN_ENV,
         show_envvar=True,
-        help="The cluster token  [default: the local manager's token file]",
+        help="The cluster token  [default: the token file of the manager at --manager, "
+        "when it runs on this machine]",
     )
     @click.option(
         "--ca",
@@ -244,10 +265,18 @@ def manager_option(func: Callable[..., R]) -> Callable[..., R]:
             ctx.meta[f"cube.{key}"] = value
         manager_url, token, ca = (ctx.meta[f"cube.{k}"] for k in ("manager_url", "token", "ca"))
         transport = ctx.find_object(httpx.BaseTransport)
-        if token is None and transport is None:
-            token = find_local_token(TOKEN_FILE)
+        if token is not None:
+            found = FoundToken(token, _given_token_source(ctx))
+        elif transport is None:
+            found = find_token(manager_url, TOKEN_FILE)
+        else:
+            found = FoundToken(None)  # tests: a fake manager, and not the user's files
         with ManagerClient(
-            manager_url, transport=transport, token=token, verify=client_verify(ca)
+            manager_url,
+            transport=transport,
+            token=found.token,
+            verify=client_verify(ca),
+            credential_hint=found.hint(option="--token", env=TOKEN_ENV),
         ) as client:
             return func(*args, client=client, **kwargs)
 

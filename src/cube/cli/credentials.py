@@ -1,20 +1,27 @@
 """Where the CLI and the agents find their tokens and TLS files.
 
 Tokens are looked up in this order: the flag, its environment variable, then the
-token files a manager on this machine wrote in its default data directories, so
-that `cube dev` followed by `cube status` needs no setup at all.
+token file of the manager at the address called, when that manager runs on this
+machine (it leaves a pointer to its data directory under ``DATA_ROOT/addresses``),
+then the token files a manager on this machine wrote in its default data directories,
+so that `cube dev` followed by `cube status` needs no setup at all. Whatever was
+used is named when the manager refuses it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import ipaddress
+import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import click
+import httpx
 
 from cube.api.tls import Tls, Verify, client_verify
 from cube.auth import JOIN_TOKEN_FILE, TOKEN_FILE, load_or_create_token, read_token
@@ -35,12 +42,128 @@ def local_manager_dirs() -> list[Path]:
     return [root / "manager", root / "dev" / "manager"]
 
 
-def find_local_token(filename: str) -> str | None:
-    """The newest token file of that name among the local managers' data directories."""
-    found = [d / filename for d in local_manager_dirs() if (d / filename).is_file()]
-    if not found:
+# --- which manager owns an address: a pointer file per port
+
+
+def address_dir() -> Path:
+    return data_root() / "addresses"
+
+
+def _pointer(port: int) -> Path:
+    return address_dir() / f"{port}.json"
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _wildcard(host: str) -> bool:
+    return host.strip("[]") in ("0.0.0.0", "::", "")
+
+
+def claim_address(host: str, port: int, data_dir: Path) -> Path | None:
+    """Record that the manager of ``data_dir`` (this process) listens on ``host:port``,
+    so that a CLI on this machine calling that address uses this manager's token files.
+
+    Returns the pointer file, for :func:`release_address`; ``None`` for port 0 (the
+    port is the kernel's choice) or when it cannot be written (it is only a hint).
+    """
+    if port == 0:
         return None
-    return read_token(max(found, key=lambda p: p.stat().st_mtime))
+    path = _pointer(port)
+    record = {"host": host, "port": port, "data_dir": str(data_dir.resolve()), "pid": os.getpid()}
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(record) + "\n", encoding="utf-8")
+        tmp.replace(path)
+    except OSError:
+        return None
+    return path
+
+
+def release_address(path: Path | None) -> None:
+    """Remove the pointer :func:`claim_address` wrote, unless another manager took it over."""
+    if path is None:
+        return
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads(path.read_text(encoding="utf-8")).get("pid") == os.getpid():
+            path.unlink()
+
+
+def _alive(pid: object) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def manager_dir_at(url: str) -> Path | None:
+    """The data directory of the manager on this machine that listens at ``url``, if its
+    pointer says so and its process is alive."""
+    try:
+        parsed = httpx.URL(url if "://" in url else f"http://{url}")
+    except httpx.InvalidURL:
+        return None
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        record = json.loads(_pointer(port).read_text(encoding="utf-8"))
+        host, data_dir, pid = str(record["host"]), str(record["data_dir"]), record["pid"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not _alive(pid):
+        return None
+    if parsed.host != host.strip("[]") and not _loopback(parsed.host) and not _wildcard(host):
+        return None  # the same port on another machine
+    return Path(data_dir)
+
+
+# --- finding a token
+
+
+@dataclass(frozen=True)
+class FoundToken:
+    """A token to send, and where it came from: named when the manager refuses it."""
+
+    token: str | None
+    #: The file it was read from, or the option/environment variable.
+    source: str = ""
+    #: Where a token file was looked for, when none was found.
+    searched: list[Path] = field(default_factory=list)
+
+    def hint(self, *, option: str, env: str) -> str:
+        """What to tell a user whose token the manager refused (or who sent none)."""
+        if self.token is None:
+            where = ", ".join(str(p) for p in self.searched) or "(nowhere)"
+            return f"no token given with {option} or {env}, and no token file at {where}"
+        return f"the token sent came from {self.source}; give the right one with {option} or {env}"
+
+
+def find_token(manager_url: str | None, filename: str) -> FoundToken:
+    """The token file ``filename`` of the manager at ``manager_url`` when it runs on this
+    machine, else the newest one among the local managers' default data directories."""
+    if manager_url and (owner := manager_dir_at(manager_url)) is not None:
+        path = owner / filename
+        if path.is_file():
+            return FoundToken(read_token(path), str(path))
+        # That manager was given its token on its command line: no file to find.
+        return FoundToken(None, searched=[path])
+    candidates = [d / filename for d in local_manager_dirs()]
+    found = [p for p in candidates if p.is_file()]
+    if not found:
+        return FoundToken(None, searched=candidates)
+    newest = max(found, key=lambda p: p.stat().st_mtime)
+    return FoundToken(read_token(newest), str(newest))
 
 
 def own_token(given: str | None, data: Path, filename: str) -> tuple[str, str]:
@@ -102,9 +225,13 @@ __all__ = [
     "TOKEN_ENV",
     "TOKEN_FILE",
     "WORKER_TOKEN_ENV",
+    "FoundToken",
     "Security",
-    "find_local_token",
+    "claim_address",
+    "find_token",
     "local_manager_dirs",
+    "manager_dir_at",
     "own_token",
+    "release_address",
     "security_options",
 ]

@@ -13,7 +13,7 @@ from cube.cli.credentials import (
     JOIN_TOKEN_ENV,
     JOIN_TOKEN_FILE,
     Security,
-    find_local_token,
+    find_token,
     security_options,
 )
 from cube.cli.errors import EXIT_FAILED, handle_errors
@@ -122,7 +122,7 @@ def sim_fleet_command(
     server = make_server(fleet.app, host=host, port=port, tls=security.tls)
     base_url = advertise or f"{security.scheme}://{host}:{port}"
     if manager_url and not join_token:
-        join_token = find_local_token(JOIN_TOKEN_FILE)
+        join_token = find_token(manager_url, JOIN_TOKEN_FILE).token
     log.warning("starting simulated fleet", workers=count, address=base_url, manager=manager_url)
 
     async def join() -> None:
