@@ -281,7 +281,7 @@ def test_a_bad_spec_file_names_the_field(cube: Callable[..., Result], tmp_path: 
     spec_file.write_text("name: web\nimage: x\nresources: {memory: lots}\n")
     result = cube("run", str(spec_file))
     assert result.exit_code == 2
-    assert_one_error_line(result, "resources.memory", "lots")
+    assert_one_error_line(result, f"{spec_file}:3:13: resources.memory:", "lots")
 
 
 def test_a_spec_the_manager_rejects_exits_2_with_its_fields(

@@ -276,19 +276,44 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "text", "expected"),
+    ("name", "text", "expected", "where"),
     [
-        ("broken.yaml", "name: [web\nimage: x\n", "not valid YAML"),
-        ("broken.json", '{"name": "web",', "not valid JSON"),
-        ("list.yaml", "- name: web\n", "expected a mapping"),
+        ("broken.yaml", "name: [web\nimage: x\n", "not valid YAML", ":2:6"),
+        ("broken.json", '{"name": "web",\n "image": }', "not valid JSON", ":2:11"),
+        ("list.yaml", "- name: web\n", "expected a mapping", ""),
     ],
 )
-def test_broken_files(tmp_path: Path, name: str, text: str, expected: str) -> None:
+def test_broken_files_name_the_file_and_the_place(
+    tmp_path: Path, name: str, text: str, expected: str, where: str
+) -> None:
     path = tmp_path / name
     path.write_text(text)
     with pytest.raises(InvalidSpec, match=expected) as excinfo:
         load_spec_file(path)
-    assert [e.field for e in excinfo.value.errors] == ["body"]
+    assert [e.field for e in excinfo.value.errors] == [f"{path}{where}"]
+
+
+def test_invalid_fields_of_a_file_say_file_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "web.yaml"
+    path.write_text(
+        "name: web\nimage: x\nresources:\n  cpu: 0.25\n  memory: 1MiB\n"
+        'ports: ["8080:8080", "bad"]\nrestart:\n  policy: on-failure\n  max_atempts: 3\n'
+    )
+    with pytest.raises(InvalidSpec) as excinfo:
+        load_spec_file(path)
+    assert sorted(str(e) for e in excinfo.value.errors) == [
+        f"{path}:5:3: resources.memory: must be at least 6MiB (the Docker engine's minimum)",
+        f"{path}:6:22: ports.1: invalid port 'bad': use CONTAINER, HOST:CONTAINER or add /udp",
+        f"{path}:9:3: restart.max_atempts: Extra inputs are not permitted",
+    ]
+    as_json = tmp_path / "web.json"
+    as_json.write_text('{\n  "name": "web",\n  "image": "x",\n  "resources": {"memory": "1MiB"}\n}')
+    with pytest.raises(InvalidSpec, match=r"web.json:4:17: resources.memory: must be"):
+        load_spec_file(as_json)
+    missing = tmp_path / "noname.yaml"
+    missing.write_text("image: x\n")
+    with pytest.raises(InvalidSpec, match=r"noname.yaml:1:1: name: Field required$"):
+        load_spec_file(missing)
 
 
 def test_yaml_with_odd_keys_is_invalid_not_a_crash() -> None:
