@@ -142,7 +142,7 @@ def test_flags_build_a_request() -> None:
         ports=("8080:80", "53/udp"),
         env={"MODE": "prod"},
         restart="on-failure",
-        max_restarts=3,
+        max_attempts=3,
         labels={"team": "web"},
         constraints={"zone": "a"},
         task_id="web-1",
@@ -261,7 +261,7 @@ def test_run_takes_the_spec_file_as_argument_or_option(
         (["--name", "web", "--image", "x", "-e", "1X=y"], "env"),
         (["--name", "web", "--image", "x", "--label", "=v"], "--label"),
         (["--name", "web", "--image", "x", "--restart", "sometimes"], "--restart"),
-        (["--name", "web", "--image", "x", "--max-restarts", "-1"], "restart.max_attempts"),
+        (["--name", "web", "--image", "x", "--max-attempts", "-1"], "restart.max_attempts"),
         (["--name", "web", "--image", "x", "--id", "a/b"], "id"),
         (["--name", "web", "--image", "x", "--timeout", "soon"], "--timeout"),
         (["missing.yaml"], "missing.yaml"),
@@ -307,6 +307,24 @@ def test_run_help_shows_an_example(cube: Callable[..., Result]) -> None:
         assert result.exit_code == 0
         assert "Example:" in result.stdout
     assert "[-- COMMAND [ARGS]...]" in cube("run", "--help").stdout
+
+
+def test_max_attempts_is_the_flag_and_the_spec_field(
+    manager: FakeManager, cube: Callable[..., Result]
+) -> None:
+    """One name for one thing: the flag is the spec's field; the old flag still works."""
+    manager.on("POST /v1/tasks", 201, make_task())
+    assert cube("run", "--name", "w", "--image", "x", "--max-attempts", "2").exit_code == 0
+    assert manager.body()["restart"]["max_attempts"] == 2
+    old = cube("run", "--name", "w", "--image", "x", "--max-restarts", "4")
+    assert old.exit_code == 0, old.output
+    assert manager.body(1)["restart"]["max_attempts"] == 4
+    assert "--max-restarts is deprecated: use --max-attempts" in old.stderr
+    both = cube("run", "--name", "w", "--image", "x", "--max-restarts", "4", "--max-attempts", "2")
+    assert both.exit_code == 2
+    help_text = cube("run", "--help").stdout
+    assert "--max-attempts" in help_text
+    assert "--max-restarts" not in help_text
 
 
 # ------------------------------------------------------------------- run --wait

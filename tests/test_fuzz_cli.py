@@ -308,7 +308,7 @@ def flag_specs(draw: st.DrawFn) -> tuple[list[str], dict[str, Any]]:
         args.append(f"--restart={restart['policy']}")
     if draw(st.booleans()):
         restart["max_attempts"] = draw(st.integers(0, 1_000_000))
-        args.append(f"--max-restarts={restart['max_attempts']}")
+        args.append(f"--max-attempts={restart['max_attempts']}")
     if restart:
         spec["restart"] = restart
     if draw(st.booleans()):
@@ -441,7 +441,7 @@ OPTIONS = [
     "-e",
     "--env",
     "--restart",
-    "--max-restarts",
+    "--max-attempts",
     "--label",
     "--constraint",
     "--id",

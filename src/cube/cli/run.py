@@ -41,7 +41,7 @@ class RunFlags:
     ports: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
     restart: str | None = None
-    max_restarts: int | None = None
+    max_attempts: int | None = None
     labels: dict[str, str] = field(default_factory=dict)
     constraints: dict[str, str] = field(default_factory=dict)
     task_id: str | None = None
@@ -61,7 +61,7 @@ class RunFlags:
         if self.ports:
             data["ports"] = list(self.ports)
         _merge(data, "resources", {"cpu": self.cpu, "memory": self.memory, "disk": self.disk})
-        _merge(data, "restart", {"policy": self.restart, "max_attempts": self.max_restarts})
+        _merge(data, "restart", {"policy": self.restart, "max_attempts": self.max_attempts})
         _merge(data, "env", self.env)
         _merge(data, "labels", self.labels)
         _merge(data, "constraints", self.constraints)
@@ -132,7 +132,13 @@ _SPEC_PATH = click.Path(exists=True, dir_okay=False, path_type=Path)
     type=click.Choice([p.value for p in RestartPolicyName]),
     help="When to restart the container after it exits.",
 )
-@click.option("--max-restarts", type=int, metavar="N", help="Give up after N restarts.")
+@click.option(
+    "--max-attempts",
+    type=int,
+    metavar="N",
+    help="Give up after N restarts (the first start is not one): the spec's restart.max_attempts.",
+)
+@click.option("--max-restarts", type=int, hidden=True, help="Deprecated: --max-attempts.")
 @click.option(
     "--label",
     "labels",
@@ -189,6 +195,11 @@ def run_command(
     """
     if spec_file and file_option:
         raise click.UsageError("give the spec file once: as SPEC_FILE or with -f")
+    if (old := flags.pop("max_restarts")) is not None:
+        if flags["max_attempts"] not in (None, old):
+            raise click.UsageError("--max-restarts is the old name of --max-attempts: give one")
+        out.stderr_console().print("--max-restarts is deprecated: use --max-attempts")
+        flags["max_attempts"] = old
     task = client.run(build_request(spec_file or file_option, RunFlags(**flags)))
     if output == "table":
         click.echo(out.inert(task.id))

@@ -162,7 +162,7 @@ def restart_line(task: Task) -> str:
     restart = task.spec.restart
     text = restart.policy.value
     if restart.policy is not RestartPolicyName.NEVER and restart.max_attempts is not None:
-        text += f", at most {restart.max_attempts} times"
+        text += f", max_attempts {restart.max_attempts}"
     return f"{text}; restarted {task.restarts} times" if task.restarts else text
 
 
