@@ -4,7 +4,7 @@
 
     POST   /v1/tasks              submit a task (201, Pending; placed at once if a node fits)
     GET    /v1/tasks              tasks (?state=running&node=w1), without placement details
-    GET    /v1/tasks/{id}         one task; a unique ID prefix works too
+    GET    /v1/tasks/{id}         one task; {id} may be a unique ID prefix or name (lookup.py)
     DELETE /v1/tasks/{id}         stop it, whatever its state
     GET    /v1/tasks/{id}/events  its history, merged from the manager and its nodes
     GET    /v1/tasks/{id}/logs    its container's output, proxied from its node
