@@ -116,6 +116,20 @@ def docker_engine() -> None:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _private_data_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The test session's own ``CUBE_DATA_DIR``: agents and CLIs it starts neither read
+    the token files of a cluster the user runs on this machine (the README's quickstart)
+    nor leave their address pointers in the user's data dir."""
+    saved = os.environ.get("CUBE_DATA_DIR")
+    os.environ["CUBE_DATA_DIR"] = str(tmp_path_factory.mktemp("cube-data-root"))
+    yield
+    if saved is None:
+        os.environ.pop("CUBE_DATA_DIR", None)
+    else:
+        os.environ["CUBE_DATA_DIR"] = saved
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _remove_session_containers() -> Iterator[None]:
     """Whatever happens, no container of this test session survives it."""
     yield
