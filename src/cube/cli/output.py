@@ -81,9 +81,9 @@ def inert(text: object, *, lines: bool = False) -> str:
     return str(text).translate(_INERT_KEEP_LINES if lines else _INERT)
 
 
-def inert_text(value: object, **kwargs: Any) -> Text:
+def inert_text(value: object) -> Text:
     """A Rich :class:`Text` of a value from the cluster, made :func:`inert`."""
-    return Text(inert(value), **kwargs)
+    return Text(inert(value))
 
 
 def output_option(func: F) -> F:
