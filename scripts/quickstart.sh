@@ -50,8 +50,25 @@ else
     done
 fi
 
-echo "quickstart: running examples/web.yaml on host port $web_port"
-id=$("$cube" run examples/web.yaml -p "$web_port:8080" --wait)
+# The ID of a running web task that publishes $web_port (a quickstart run before), if any.
+running_web() {
+    "$cube" status --state running -o json | .venv/bin/python -c '
+import json, sys
+port = int(sys.argv[1])
+for task in json.load(sys.stdin):
+    if task["spec"]["name"] == "web" and any(p["host"] == port for p in task["ports"]):
+        print(task["id"])
+        break
+' "$web_port"
+}
+
+id=$(running_web)
+if [[ -n "$id" ]]; then
+    echo "quickstart: the web task ${id:0:12} already runs on host port $web_port; using it"
+else
+    echo "quickstart: running examples/web.yaml on host port $web_port"
+    id=$("$cube" run examples/web.yaml -p "$web_port:8080" --wait)
+fi
 for _ in $(seq 1 50); do
     curl -fsS "http://127.0.0.1:$web_port/" >/dev/null 2>&1 && break
     sleep 0.2

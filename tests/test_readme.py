@@ -67,21 +67,10 @@ def quickstart_env(
 
 def test_quickstart_leaves_a_cluster_serving_the_example(quickstart_env: dict[str, str]) -> None:
     """Also beside the README's own quickstart, still running: README_PORTS are taken."""
-    result = subprocess.run(
-        ["bash", "scripts/quickstart.sh"],
-        cwd=ROOT,
-        env=quickstart_env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "Hello from a Cube task." in result.stdout
-    task_line = next(line for line in result.stdout.splitlines() if line.startswith("The web task"))
-    task_id = task_line.split()[3]
+    result = quickstart(quickstart_env)
+    task_id = served_task(result)
     web = f"http://127.0.0.1:{quickstart_env['CUBE_WEB_PORT']}/"
-    assert web in task_line
+    assert f"It answers on {web}" in result.stdout
 
     assert "Hello from a Cube task." in httpx.get(web, timeout=5).text
     running = docker("ps", "-q", "--filter", f"label=cube.task-id={task_id}").split()
@@ -98,3 +87,31 @@ def test_quickstart_leaves_a_cluster_serving_the_example(quickstart_env: dict[st
     )
     assert status.returncode == 0, status.stderr
     assert '"state": "running"' in status.stdout
+
+    # Run again, it finds its cluster and its web task, and starts neither twice.
+    again = quickstart(quickstart_env)
+    assert "already answers" in again.stdout
+    assert f"the web task {task_id[:12]} already runs" in again.stdout
+    assert served_task(again) == task_id
+    assert docker("ps", "-q", "--filter", f"label=cube.task-id={task_id}").split() == running
+
+
+def quickstart(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        ["bash", "scripts/quickstart.sh"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Hello from a Cube task." in result.stdout
+    return result
+
+
+def served_task(result: subprocess.CompletedProcess[str]) -> str:
+    """The task ID in the script's "The web task ID is running" line."""
+    task_line = next(line for line in result.stdout.splitlines() if line.startswith("The web task"))
+    return task_line.split()[3]
