@@ -27,6 +27,7 @@ import pytest
 from cube.task.state import State, can_transition
 from tests import api
 from tests.conftest import IMAGE, AgentProcess, containers_of, docker, wait_for
+from tests.invariants import assert_converges
 
 pytestmark = pytest.mark.docker
 
@@ -558,7 +559,7 @@ def test_cli_run_wait_of_a_task_that_exits_0_succeeds(
 ) -> None:
     """A batch task's success is exit 0. Its health check never passes, so the task is
     never Running: the CLI cannot take a glimpse of Running for the success."""
-    manager, _ = cluster(start_manager, start_worker, workers=1)
+    manager, workers = cluster(start_manager, start_worker, workers=1)
     spec = tmp_path / "batch.yaml"
     spec.write_text(
         f"name: batch\nimage: {IMAGE}\ncommand: [sh, -c, 'sleep 1']\n"
@@ -570,6 +571,7 @@ def test_cli_run_wait_of_a_task_that_exits_0_succeeds(
     assert task_of(manager, task_id)["state"] == "completed"
     assert "completed on" in result.stderr
     assert not any(e["state"] == "running" for e in events_of(manager, task_id))
+    assert_converges(manager.url, [w.name for w in workers], {task_id: "completed"})
 
 
 def test_cli_prints_escape_sequences_from_the_cluster_inert(
@@ -601,12 +603,13 @@ def test_cli_prints_escape_sequences_from_the_cluster_inert(
 
     assert wait_for(logged, timeout=10, what="the output") == f"{hostile}red\n"
     assert ok(cube("logs", "--escape", task_id, addr=manager.url)) == f"{shown}red\n"
+    assert_converges(manager.url, [worker.name], {task_id: "running"})
 
 
 def test_cli_finds_a_task_by_name_or_any_unique_prefix(
     start_manager: Any, start_worker: Any
 ) -> None:
-    manager, _ = cluster(start_manager, start_worker, workers=1)
+    manager, workers = cluster(start_manager, start_worker, workers=1)
     talker = sleeper("talker", command=["sh", "-c", "echo said-it; sleep 600"], id="fab1")
     submit(manager, talker)
     submit(manager, sleeper("twin", id="cab1"))
@@ -627,12 +630,14 @@ def test_cli_finds_a_task_by_name_or_any_unique_prefix(
     assert cube("status", "ca", addr=manager.url).returncode == 1
     ok(cube("stop", "talker", addr=manager.url))
     assert task_of(manager, "fab1")["state"] == "completed"
+    expected = {"fab1": "completed", "cab1": "running", "cab2": "running"}
+    assert_converges(manager.url, [w.name for w in workers], expected)
 
 
 def test_cli_status_json_of_one_task_has_the_events_the_table_shows(
     start_manager: Any, start_worker: Any
 ) -> None:
-    manager, _ = cluster(start_manager, start_worker, workers=1)
+    manager, workers = cluster(start_manager, start_worker, workers=1)
     task_id = submit(manager, sleeper("evented"))
     wait_state(manager, task_id, "running")
     shown = json.loads(ok(cube("status", task_id, "-o", "json", addr=manager.url)))
@@ -640,3 +645,4 @@ def test_cli_status_json_of_one_task_has_the_events_the_table_shows(
     assert [e["state"] for e in shown["events"]] == ["pending", "scheduled", "running"]
     table = ok(cube("status", task_id, addr=manager.url))
     assert "Pending -> Scheduled" in table
+    assert_converges(manager.url, [w.name for w in workers], {task_id: "running"})
