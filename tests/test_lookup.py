@@ -54,6 +54,17 @@ def test_an_ambiguous_name_or_prefix_lists_the_candidates() -> None:
         find_task(known, "aa")
 
 
+def test_a_name_shared_with_finished_tasks_means_the_one_still_live() -> None:
+    known = tasks(("a1", "web"), ("b2", "web"), ("c3", "web"))
+    known["a1"].state = State.COMPLETED
+    known["b2"].state = State.FAILED
+    known["c3"].state = State.RUNNING
+    assert find_task(known, "web").id == "c3"
+    known["c3"].state = State.COMPLETED
+    with pytest.raises(Conflict, match="3 tasks are named 'web'"):
+        find_task(known, "web")
+
+
 def test_nothing_fits() -> None:
     with pytest.raises(NotFound, match="no task has that ID, name or ID prefix"):
         find_task(tasks(("f00d", "web")), "x")

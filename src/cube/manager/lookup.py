@@ -1,8 +1,11 @@
 """Which task a user means: ``cube status web``, ``cube stop 1a2``.
 
 Like ``docker``: an exact ID first, then a task's name, then a prefix of an ID. A
-prefix of any length is fine while only one ID starts with it; a name or prefix that
-fits more than one task is refused with the candidates, so that the user can pick.
+prefix of any length is fine while only one ID starts with it. Names are not unique
+(running ``web`` again after it completed makes a second ``web``), so a name that fits
+several tasks means the one of them that is not over yet, if there is exactly one: the
+task a user is looking at. Otherwise a name or prefix that fits more than one task is
+refused with the candidates, so that the user can pick.
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ def find_task(tasks: Mapping[str, Task], ref: str) -> Task:
     if not ref:
         raise NotFound("task '' not found")
     named = [t for t in tasks.values() if t.name == ref]
-    if len(named) == 1:
-        return named[0]
+    live = [t for t in named if not t.is_terminal]
+    if len(named) == 1 or len(live) == 1:
+        return (live or named)[0]
     if named:
         raise Conflict(f"{len(named)} tasks are named {ref!r}: {_candidates(named)}; give an ID")
     prefixed = [t for tid, t in tasks.items() if tid.startswith(ref)]
