@@ -39,6 +39,7 @@ from cube.task.model import DesiredState, Task, TaskEvent
 from cube.task.spec import Privilege, TaskRequest, TaskSpec, privileges
 from cube.task.state import State
 from cube.worker.changes import ChangeFeed, TaskChanges
+from cube.worker.engine import EngineWatch
 from cube.worker.health import Prober, probe
 from cube.worker.metrics import MachineSampler
 from cube.worker.runner import TaskRunner, needs_runner
@@ -84,6 +85,8 @@ class Worker:
         self._runner_tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[None]] = []
         self._stats = MachineStats()
+        #: When this worker lost its engine and got it back: runners ask before counting.
+        self.engine = EngineWatch()
 
     # --- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -250,6 +253,7 @@ class Worker:
             on_change=self.feed.changed,
             fresh=fresh,
             starts=self._starts,
+            engine=self.engine,
         )
         self.runners[task.id] = runner
 
@@ -322,6 +326,8 @@ class Worker:
                     self._notify_container(container_id)
             except RuntimeUnavailable as exc:
                 log.warning("event stream lost, reconnecting", node=self.name, error=exc.message)
+            # The stream only ends when the engine closes it: it stopped (or restarted).
+            self.engine.lost()
             await asyncio.sleep(self.poll_interval)
 
     async def _poll_loop(self) -> None:
@@ -332,7 +338,9 @@ class Worker:
                     c.id for c in await self.runtime.list(worker_selector(self.name)) if c.running
                 }
             except RuntimeUnavailable:
+                self.engine.lost()
                 continue  # the runners retry on their own; the exits loop logs the outage
+            self.engine.back()
             for runner in list(self.runners.values()):
                 if runner.task.state is State.RUNNING and runner.task.container_id not in running:
                     runner.notify()
