@@ -419,6 +419,7 @@ async def test_report_counts_only_tasks_that_still_hold_resources(
     before = worker.report()
     assert before.allocated == Resources(cpu=3.75, memory=2 * GiB + 768 * MiB, disk=GiB)
     assert before.used_ports == [7070, 8080, 9090]
+    assert before.ports_in_use == [7070, 8080, 9090]  # what its containers publish, at least
     assert before.tasks == 4
 
     runtime.crash(container_of(worker.get(crashes.id)), 1)
@@ -431,6 +432,7 @@ async def test_report_counts_only_tasks_that_still_hold_resources(
     # "waits" is down but will restart here, so it keeps its reservation
     assert after.allocated == Resources(cpu=1.25, memory=GiB + 256 * MiB, disk=GiB)
     assert after.used_ports == [8080]
+    assert after.ports_in_use == [8080]
     assert after.tasks == 2
     assert after.name == "w1"
     assert after.capacity == Resources(cpu=4, memory=4 * GiB)

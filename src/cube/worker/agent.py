@@ -85,6 +85,8 @@ class Worker:
         self._runner_tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[None]] = []
         self._stats = MachineStats()
+        #: Host ports taken on the machine by any process, as last sampled.
+        self._ports_in_use: set[int] = set()
         #: When this worker lost its engine and got it back: runners ask before counting.
         self.engine = EngineWatch()
 
@@ -237,10 +239,20 @@ class Worker:
             allocated=allocated,
             labels=self.labels,
             used_ports=sorted({p.host for t in holding for p in t.spec.ports if p.host}),
+            ports_in_use=sorted(self._ports_in_use | self._published()),
             tasks=len(holding),
             allows=sorted(p.value for p in self.allow),
             stats=self._stats,
         )
+
+    def _published(self) -> set[int]:
+        """Host ports its live containers publish: without docker-proxy nothing listens there."""
+        return {
+            p.host
+            for r in self.runners.values()
+            if r.task.container_id and not r.task.is_terminal
+            for p in r.task.ports
+        }
 
     # --- supervision ---------------------------------------------------------------------------
     def _supervise(self, task: Task, *, fresh: bool = False) -> TaskRunner:
@@ -354,6 +366,7 @@ class Worker:
         if self.sampler is not None:
             running = sum(1 for r in self.runners.values() if r.task.state is State.RUNNING)
             self._stats = self.sampler.sample(tasks_running=running)
+            self._ports_in_use = self.sampler.ports_in_use()
 
 
 def _pick_container(task: Task, containers: list[ContainerSummary]) -> ContainerSummary:
