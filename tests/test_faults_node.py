@@ -1,5 +1,5 @@
 """Fault tolerance on one node: crashing containers, failing health checks, a restarted
-worker, a restarted Docker engine.
+worker, a host port taken outside Cube, a restarted Docker engine.
 
 Real processes (a manager and one worker joined to it) and real Docker. Every test ends
 with :func:`tests.invariants.assert_converges`: the manager's view matches what Docker
@@ -11,9 +11,11 @@ they depend on the machine.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +29,7 @@ import pytest
 from tests import api
 from tests.conftest import IMAGE, AgentProcess, containers_of, docker, wait_for
 from tests.invariants import assert_converges
+from tests.test_cluster_e2e import cube
 
 pytestmark = pytest.mark.docker
 
@@ -299,6 +302,45 @@ def test_a_task_that_turns_unhealthy_is_restarted_and_healthy_again(cluster: Clu
     cluster.converges({task_id: "running"})
 
 
+def test_an_unhealthy_server_that_exits_0_on_sigterm_is_restarted(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Many servers exit 0 on SIGTERM: stopped for failing its check, it failed all the same."""
+    spec = tmp_path / "polite.json"
+    spec.write_text(
+        json.dumps(
+            {
+                "name": "polite",
+                "image": IMAGE,
+                # httpd answers, but not on the checked path; the trap ends the stop with 0.
+                "command": ["sh", "-c", "trap 'exit 0' TERM; httpd -f -p 8080 -h /tmp & wait"],
+                "health": {
+                    "http": {"port": 8080, "path": "/missing"},
+                    "interval": "300ms",
+                    "failure_threshold": 2,
+                },
+                "restart": {"policy": "on-failure", "max_attempts": 1, "delay": "200ms"},
+                "stop_timeout": "10s",  # a SIGKILL would end it with 137, not 0
+            }
+        )
+    )
+
+    # `cube run --wait` waits through the restart and ends when the task gives up.
+    result = cube("run", str(spec), "--wait", "--timeout", "30s", addr=cluster.manager.url)
+
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    task_id = result.stdout.strip()
+    assert "gave up after 1 of 1 restarts" in result.stderr, result.stderr
+    task = cluster.wait(
+        task_id, lambda t: t["state"] == "failed" and "gave up" in t["reason"], what="gave up"
+    )
+    assert task["restarts"] == 1
+    failures = [e for e in cluster.events(task_id) if e["state"] == "failed"]
+    assert [e["exit_code"] for e in failures] == [0, 0]
+    assert all(e["reason"].startswith("unhealthy") for e in failures), failures
+    cluster.converges({task_id: "failed"})
+
+
 # --- 3. the worker restarts -----------------------------------------------------------------------
 @pytest.mark.parametrize("how", ["sigterm", "sigkill"])
 def test_a_restarted_worker_adopts_its_running_containers(cluster: Cluster, how: str) -> None:
@@ -343,6 +385,29 @@ def test_a_container_that_dies_while_the_worker_is_away_gets_its_true_state(
     assert cluster.worker_tasks()[doomed]["exit_code"] == 137
     cluster.converges({doomed: "failed", bystander: "running"})
     assert cluster.task(bystander)["container_id"] == bystander_container
+
+
+# --- 3b. a host port taken outside Cube ----------------------------------------------------------
+def test_a_host_port_taken_outside_cube_keeps_the_task_pending_until_freed(
+    cluster: Cluster, held_port: socket.socket
+) -> None:
+    port = int(held_port.getsockname()[1])
+
+    def reported() -> bool:
+        nodes = api.get(f"{cluster.manager.url}/v1/nodes", timeout=10).json()
+        return any(port in n["ports_in_use"] for n in nodes)
+
+    wait_for(reported, what=f"the manager to learn that port {port} is in use")
+    task_id = cluster.submit(httpd("web", ports=[f"{port}:8080"]))
+
+    task = cluster.wait(task_id, lambda t: t["state"] == "pending" and t["reason"], what="why")
+    assert task["reason"] == f"host port {port} is in use on {cluster.worker.name}"
+    assert containers_of(f"cube.task-id={task_id}") == []
+
+    held_port.close()
+    running = cluster.wait_state(task_id, "running")  # placed once the worker reports it free
+    assert running["ports"] == [{"container": 8080, "host": port, "protocol": "tcp"}]
+    cluster.converges({task_id: "running"})
 
 
 # --- 4. the Docker engine restarts under the worker ----------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,12 +14,8 @@ SOURCES = [Path("/proc/net"), Path("/nonexistent")]
 
 
 @pytest.fixture
-def listener() -> Iterator[int]:
-    """A TCP socket listening on 127.0.0.1, as any process outside Cube may hold one."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen()
-        yield int(s.getsockname()[1])
+def listener(held_port: socket.socket) -> int:
+    return int(held_port.getsockname()[1])
 
 
 @pytest.mark.parametrize("proc_net", SOURCES, ids=["proc", "psutil"])
