@@ -402,6 +402,9 @@ def test_a_host_port_taken_outside_cube_keeps_the_task_pending_until_freed(
 
     task = cluster.wait(task_id, lambda t: t["state"] == "pending" and t["reason"], what="why")
     assert task["reason"] == f"host port {port} is in use on {cluster.worker.name}"
+    assert task["reason"] in " ".join(
+        cube("status", task_id, addr=cluster.manager.url).stdout.split()
+    )
     assert containers_of(f"cube.task-id={task_id}") == []
 
     held_port.close()

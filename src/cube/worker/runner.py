@@ -39,6 +39,8 @@ log = get_logger("cube.worker")
 
 #: How long to wait before retrying when the container engine does not answer.
 ENGINE_RETRY = 1.0
+#: How the reason of a container stopped for failing its health check begins.
+UNHEALTHY = "unhealthy: "
 
 
 def container_name(task: Task, node: str) -> str:
@@ -242,7 +244,7 @@ class TaskRunner:
             ended = await self.runtime.inspect(info.id)
             self._move(
                 State.FAILED,
-                f"unhealthy: {failures} checks failed in a row, last: {result.detail}",
+                f"{UNHEALTHY}{failures} checks failed in a row, last: {result.detail}",
                 exit_code=ended.exit_code if ended else None,
             )
         elif verdict is Verdict.FAILING and task.health is not Health.UNHEALTHY:
@@ -277,7 +279,8 @@ class TaskRunner:
             exit_code=task.exit_code,
             restarts_so_far=task.restarts,
             cause=how,
-            unhealthy=task.health is Health.UNHEALTHY,
+            # Stopped for failing its check, not a container that merely ended while failing.
+            unhealthy=how.startswith(UNHEALTHY),
             by_engine=by_engine,
         )
         if not decision.restart:
