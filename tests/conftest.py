@@ -48,6 +48,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.fixture
+def held_port() -> Iterator[socket.socket]:
+    """A TCP socket listening on every address, held by the test as a process outside Cube
+    would hold it. Its port: ``held_port.getsockname()[1]``; ``close()`` frees it."""
+    with socket.socket() as s:
+        s.bind(("0.0.0.0", 0))
+        s.listen()
+        yield s
+
+
 def free_port_pair() -> int:
     """A port that is free, and the next one too (``cube dev`` puts its worker on port + 1).
 

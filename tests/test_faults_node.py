@@ -1,5 +1,5 @@
 """Fault tolerance on one node: crashing containers, failing health checks, a restarted
-worker, a restarted Docker engine.
+worker, a host port taken outside Cube, a restarted Docker engine.
 
 Real processes (a manager and one worker joined to it) and real Docker. Every test ends
 with :func:`tests.invariants.assert_converges`: the manager's view matches what Docker
@@ -11,9 +11,11 @@ they depend on the machine.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +29,7 @@ import pytest
 from tests import api
 from tests.conftest import IMAGE, AgentProcess, containers_of, docker, wait_for
 from tests.invariants import assert_converges
+from tests.test_cluster_e2e import cube
 
 pytestmark = pytest.mark.docker
 
@@ -299,6 +302,45 @@ def test_a_task_that_turns_unhealthy_is_restarted_and_healthy_again(cluster: Clu
     cluster.converges({task_id: "running"})
 
 
+def test_an_unhealthy_server_that_exits_0_on_sigterm_is_restarted(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Many servers exit 0 on SIGTERM: stopped for failing its check, it failed all the same."""
+    spec = tmp_path / "polite.json"
+    spec.write_text(
+        json.dumps(
+            {
+                "name": "polite",
+                "image": IMAGE,
+                # httpd answers, but not on the checked path; the trap ends the stop with 0.
+                "command": ["sh", "-c", "trap 'exit 0' TERM; httpd -f -p 8080 -h /tmp & wait"],
+                "health": {
+                    "http": {"port": 8080, "path": "/missing"},
+                    "interval": "300ms",
+                    "failure_threshold": 2,
+                },
+                "restart": {"policy": "on-failure", "max_attempts": 1, "delay": "200ms"},
+                "stop_timeout": "10s",  # a SIGKILL would end it with 137, not 0
+            }
+        )
+    )
+
+    # `cube run --wait` waits through the restart and ends when the task gives up.
+    result = cube("run", str(spec), "--wait", "--timeout", "30s", addr=cluster.manager.url)
+
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    task_id = result.stdout.strip()
+    assert "gave up after 1 of 1 restarts" in result.stderr, result.stderr
+    task = cluster.wait(
+        task_id, lambda t: t["state"] == "failed" and "gave up" in t["reason"], what="gave up"
+    )
+    assert task["restarts"] == 1
+    failures = [e for e in cluster.events(task_id) if e["state"] == "failed"]
+    assert [e["exit_code"] for e in failures] == [0, 0]
+    assert all(e["reason"].startswith("unhealthy") for e in failures), failures
+    cluster.converges({task_id: "failed"})
+
+
 # --- 3. the worker restarts -----------------------------------------------------------------------
 @pytest.mark.parametrize("how", ["sigterm", "sigkill"])
 def test_a_restarted_worker_adopts_its_running_containers(cluster: Cluster, how: str) -> None:
@@ -343,6 +385,32 @@ def test_a_container_that_dies_while_the_worker_is_away_gets_its_true_state(
     assert cluster.worker_tasks()[doomed]["exit_code"] == 137
     cluster.converges({doomed: "failed", bystander: "running"})
     assert cluster.task(bystander)["container_id"] == bystander_container
+
+
+# --- 3b. a host port taken outside Cube ----------------------------------------------------------
+def test_a_host_port_taken_outside_cube_keeps_the_task_pending_until_freed(
+    cluster: Cluster, held_port: socket.socket
+) -> None:
+    port = int(held_port.getsockname()[1])
+
+    def reported() -> bool:
+        nodes = api.get(f"{cluster.manager.url}/v1/nodes", timeout=10).json()
+        return any(port in n["ports_in_use"] for n in nodes)
+
+    wait_for(reported, what=f"the manager to learn that port {port} is in use")
+    task_id = cluster.submit(httpd("web", ports=[f"{port}:8080"]))
+
+    task = cluster.wait(task_id, lambda t: t["state"] == "pending" and t["reason"], what="why")
+    assert task["reason"] == f"host port {port} is in use on {cluster.worker.name}"
+    assert task["reason"] in " ".join(
+        cube("status", task_id, addr=cluster.manager.url).stdout.split()
+    )
+    assert containers_of(f"cube.task-id={task_id}") == []
+
+    held_port.close()
+    running = cluster.wait_state(task_id, "running")  # placed once the worker reports it free
+    assert running["ports"] == [{"container": 8080, "host": port, "protocol": "tcp"}]
+    cluster.converges({task_id: "running"})
 
 
 # --- 4. the Docker engine restarts under the worker ----------------------------------------------
@@ -435,20 +503,35 @@ def engine(docker_engine: None, start_worker: Any) -> Iterator[Engine]:
         found.ensure_running()
 
 
+def trapping(name: str, code: int, *, health: bool = False) -> Json:
+    """A task whose process ends with ``code`` on SIGTERM, as a stopping engine sends it
+    (sh as PID 1 would ignore it, and hold the engine's shutdown up for 10 s).
+    ``max_attempts: 1``: one counted failure more and it would end Failed for good."""
+    serve = "echo ok > /tmp/index.html; httpd -f -p 8080 -h /tmp" if health else "sleep 600"
+    return {
+        "name": name,
+        "image": IMAGE,
+        "command": ["sh", "-c", f"trap 'exit {code}' TERM; {serve} & wait"],
+        "restart": {"policy": "on-failure", "max_attempts": 1, "delay": "200ms"},
+        "stop_timeout": "1s",
+        **(
+            {"health": {"http": {"port": 8080, "path": "/index.html"}, "interval": "500ms"}}
+            if health
+            else {}
+        ),
+    }
+
+
 @pytest.mark.timeout(300)
-def test_the_worker_recovers_from_a_docker_engine_restart(engine: Engine, cluster: Cluster) -> None:
-    # The trap makes the engine's shutdown quick (sleep as PID 1 would ignore SIGTERM for 10s);
-    # exiting 143 is a failure, so on-failure brings it back once the engine is up again.
-    task_id = cluster.submit(
-        {
-            "name": "survivor",
-            "image": IMAGE,
-            "command": ["sh", "-c", "trap 'exit 143' TERM; sleep 600 & wait"],
-            "restart": {"policy": "on-failure", "delay": "200ms"},
-            "stop_timeout": "1s",
-        }
-    )
-    before = cluster.wait_state(task_id, "running")
+def test_an_engine_restart_costs_no_task_a_restart_attempt(
+    engine: Engine, cluster: Cluster
+) -> None:
+    tasks = {
+        cluster.submit(trapping("survivor", 143)): "exits 143",
+        cluster.submit(trapping("polite", 0)): "exits 0",  # on-failure: restarted all the same
+        cluster.submit(trapping("web", 143, health=True)): "health-checked",
+    }
+    before = {tid: cluster.wait_state(tid, "running")["container_id"] for tid in tasks}
 
     stopping_at = time.time()
     engine.stop()
@@ -457,43 +540,38 @@ def test_the_worker_recovers_from_a_docker_engine_restart(engine: Engine, cluste
     engine.wait_up()
     up_at = time.time()
 
-    task = cluster.wait(
-        task_id,
-        lambda t: t["state"] == "running" and t["restarts"] >= 1,
-        what="running again after the engine restart",
-        timeout=60,
-    )
+    again = {
+        tid: cluster.wait(
+            tid,
+            lambda t, old=old: t["state"] == "running" and t["container_id"] != old,
+            what=f"{what}: running again after the engine restart",
+            timeout=90,
+        )
+        for (tid, what), old in zip(tasks.items(), before.values(), strict=True)
+    }
     running_at = time.time()
     report("engine stop (SIGTERM -> gone)", stopped_at - stopping_at)
     report("engine start (started -> answering)", up_at - stopped_at)
-    report("engine answering -> task Running again (per the manager)", running_at - up_at)
-    report("engine restart began -> task Running again", running_at - stopping_at)
+    report("engine answering -> every task Running again (per the manager)", running_at - up_at)
 
-    assert task["container_id"] != before["container_id"]
-    # The engine stopped the container: the first failure, and the restart it deserves.
-    # 143 from the trap, or 137 if the stopping engine killed it first (its grace is the
-    # task's 1 s stop timeout, and a busy machine can take longer to run the trap).
-    failures = [e for e in cluster.events(task_id) if e["state"] == "failed"]
-    assert failures[0]["exit_code"] in (143, 137), failures
-    # A stopping dockerd still answers for a moment, and fails the starts it gets then
-    # ("failed to update store ... libnetwork"); those count as restarts too. Anything else
-    # would be a new way to fail.
-    unexpected = [
-        f
-        for f in failures[1:]
-        if not f["reason"].startswith("container did not start")
-        and f["exit_code"] not in (137, 143)
-    ]
-    assert unexpected == [], failures
-    print(f"\n[engine restart] restart attempts spent: {task['restarts']}")
-    cluster.converges({task_id: "running"})
-    running = containers_of(f"cube.task-id={task_id}", running_only=True)
-    assert running == [task["container_id"]]
-    on_worker = cluster.worker_tasks()[task_id]
-    assert on_worker["state"] == "running"
-    assert on_worker["container_id"] == running[0]
-    assert on_worker["restarts"] == task["restarts"]
-    # The worker keeps talking to the new engine: a fresh task runs too.
+    for tid, task in again.items():
+        assert task["restarts"] == 0, (tasks[tid], cluster.events(tid))
+        events = cluster.events(tid)
+        ended = [e for e in events if e["state"] in ("failed", "completed")]
+        assert ended, events  # the engine stopped it, and the history says so
+        restarted = [e["reason"] for e in events if e["state"] == "scheduled"][1:]
+        assert restarted, events
+        assert all("engine restarted or unreachable, not counted" in r for r in restarted), events
+    cluster.converges(dict.fromkeys(tasks, "running"))
+    for tid, task in again.items():
+        on_worker = cluster.worker_tasks()[tid]
+        assert (on_worker["state"], on_worker["restarts"]) == ("running", 0)
+        assert containers_of(f"cube.task-id={tid}", running_only=True) == [task["container_id"]]
+    # The worker keeps talking to the new engine: a fresh task runs too, and a crash now
+    # is the task's own: counted.
     fresh = cluster.submit(sleeper("after-restart"))
     cluster.wait_state(fresh, "running")
-    cluster.converges({task_id: "running", fresh: "running"})
+    survivor = next(iter(tasks))
+    docker("kill", "--signal", "KILL", again[survivor]["container_id"])
+    cluster.wait(survivor, lambda t: t["restarts"] == 1, what="a counted restart")
+    cluster.converges({**dict.fromkeys(tasks, "running"), fresh: "running"})

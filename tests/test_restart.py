@@ -7,7 +7,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cube.task.spec import RestartPolicy, RestartPolicyName
-from cube.worker.restart import RestartDecision, decide_restart, restart_delay
+from cube.worker.restart import (
+    ENGINE_SHUTDOWN_GRACE,
+    EngineFacts,
+    Outage,
+    RestartDecision,
+    decide_restart,
+    ended_by_engine,
+    restart_delay,
+)
 
 NEVER, ON_FAILURE, ALWAYS = RestartPolicyName
 
@@ -96,6 +104,81 @@ def test_never_reason_names_the_code(code: int) -> None:
 def test_on_failure_says_why_a_success_stays_down() -> None:
     decision = decide(policy(ON_FAILURE), 0, 0)
     assert decision.reason == "exited with code 0; on-failure does not restart a success"
+
+
+# --- a health check that failed -------------------------------------------------------------------
+@pytest.mark.parametrize("code", [0, 143, None])
+def test_an_unhealthy_stop_is_a_failure_whatever_the_exit_code(code: int | None) -> None:
+    """Many servers exit 0 on the SIGTERM that stops an unhealthy container."""
+    decision = decide_restart(
+        policy(ON_FAILURE),
+        exit_code=code,
+        restarts_so_far=0,
+        cause="unhealthy: 3 checks failed in a row, last: GET /: HTTP 404",
+        unhealthy=True,
+    )
+    assert decision.restart
+    assert decision.counted
+    assert decision.reason == (
+        "unhealthy: 3 checks failed in a row, last: GET /: HTTP 404; "
+        "restart 1 of 2 (on-failure) in 1s"
+    )
+
+
+def test_an_unhealthy_stop_still_gives_up_at_max_attempts() -> None:
+    decision = decide_restart(
+        policy(ON_FAILURE), exit_code=0, restarts_so_far=2, cause="unhealthy", unhealthy=True
+    )
+    assert decision == RestartDecision(False, 0.0, "unhealthy; gave up after 2 of 2 restarts")
+
+
+# --- the engine went away ------------------------------------------------------------------------
+@pytest.mark.parametrize("name", [ON_FAILURE, ALWAYS])
+@pytest.mark.parametrize("code", [0, 137, 143, None])
+def test_an_ending_caused_by_the_engine_is_restarted_and_not_counted(
+    name: RestartPolicyName, code: int | None
+) -> None:
+    p = policy(name, max_attempts=1, delay=0.5)
+    for restarts in (0, 1):  # at the limit too: the attempt was never the task's to lose
+        decision = decide_restart(p, exit_code=code, restarts_so_far=restarts, by_engine=True)
+        assert decision.restart
+        assert not decision.counted
+        assert "engine restarted or unreachable, not counted" in decision.reason
+        assert decision.delay == restart_delay(p, restarts)
+
+
+def test_never_stays_never_when_the_engine_went_away() -> None:
+    decision = decide_restart(policy(NEVER), exit_code=143, restarts_so_far=0, by_engine=True)
+    assert not decision.restart
+
+
+def test_a_failure_is_counted_by_default() -> None:
+    assert decide(policy(ON_FAILURE), 1, 0).counted
+
+
+NOW = 1_000_000.0
+
+
+@pytest.mark.parametrize(
+    ("facts", "ended_at", "expected"),
+    [
+        (EngineFacts(answering=False), None, True),  # stopping or down right now
+        (EngineFacts(answering=False), NOW, True),
+        (EngineFacts(), NOW, False),  # answering, never lost
+        (EngineFacts(), None, False),
+        # Lost after the ending, within the grace: dockerd stops containers, then goes.
+        (EngineFacts(outages=[Outage(NOW + 10, NOW + 20)]), NOW, True),
+        (EngineFacts(outages=[Outage(NOW + ENGINE_SHUTDOWN_GRACE + 1, NOW + 40)]), NOW, False),
+        (EngineFacts(outages=[Outage(NOW - 5, NOW + 5)]), NOW, True),  # during an outage
+        (EngineFacts(outages=[Outage(NOW - 5)]), NOW, True),  # an outage not yet over
+        (EngineFacts(outages=[Outage(NOW - 20, NOW - 10)]), NOW, False),  # long after it
+        (EngineFacts(outages=[Outage(NOW - 20, NOW - 10), Outage(NOW + 1, NOW + 2)]), NOW, True),
+    ],
+)
+def test_which_endings_were_the_engines_doing(
+    facts: EngineFacts, ended_at: float | None, expected: bool
+) -> None:
+    assert ended_by_engine(facts, ended_at=ended_at) is expected
 
 
 # --- backoff --------------------------------------------------------------------------------------

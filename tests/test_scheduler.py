@@ -68,6 +68,7 @@ def node(
     state: NodeState = NodeState.READY,
     labels: dict[str, str] | None = None,
     ports: set[int] | None = None,
+    in_use: set[int] | None = None,
     stats: MachineStats | None = None,
 ) -> Node:
     return Node(
@@ -78,6 +79,7 @@ def node(
         allocated=Resources(cpu=used_cpu, memory=used_memory, disk=used_disk),
         labels=labels or {},
         used_ports=ports or set(),
+        ports_in_use=in_use or set(),
         stats=stats,
     )
 
@@ -142,8 +144,15 @@ class TestCheckers:
     def test_ports(self) -> None:
         check = port_checker({8080, 9090}).check
         assert check(node("a", ports={22, 80})) is None
-        assert check(node("a", ports={8080})) == "host port 8080 in use"
-        assert check(node("a", ports={9090, 8080})) == "host ports 8080, 9090 in use"
+        assert check(node("a", ports={8080})) == "host port 8080 is in use"
+        assert check(node("a", ports={9090, 8080})) == "host ports 8080, 9090 are in use"
+
+    def test_ports_in_use_on_the_machine(self) -> None:
+        """A port some other process holds (the worker reports it) is as taken as a task's."""
+        check = port_checker({8080, 9090}).check
+        assert check(node("a", in_use={22, 5432})) is None
+        assert check(node("a", in_use={8080})) == "host port 8080 is in use"
+        assert check(node("a", ports={9090}, in_use={8080})) == "host ports 8080, 9090 are in use"
 
     def test_constraints_all_must_match(self) -> None:
         check = constraint_checker({"zone": "eu", "disk": "ssd"}).check
@@ -558,10 +567,16 @@ class TestFailureReason:
         assert self.reason(spec, nodes) == "no node has labels disk=ssd, zone=eu"
 
     def test_ports(self) -> None:
-        nodes = [node("w1", ports={8080}), node("w2", ports={8080})]
+        nodes = [node("w1", ports={8080}), node("w2", in_use={8080})]
         assert self.reason(task(ports=["8080:80"]), nodes) == "no node has host port 8080 free"
-        assert self.reason(task(ports=["8080:80", "9090:90"]), nodes[:1]) == (
+        assert self.reason(task(ports=["8080:80", "9090:90"]), nodes) == (
             "no node has all of host ports 8080, 9090 free"
+        )
+
+    def test_ports_on_a_single_node_name_the_port_and_the_node(self) -> None:
+        nodes = [node("w1", in_use={8080, 22})]
+        assert self.reason(task(ports=["8080:80", "9090:90"]), nodes) == (
+            "host port 8080 is in use on w1"
         )
 
     def test_mixed_reasons_most_common_first(self) -> None:
@@ -627,6 +642,7 @@ def clusters(draw: st.DrawFn) -> list[Node]:
                 state=draw(st.sampled_from([NodeState.READY] * 4 + [NodeState.DRAINING])),
                 labels={"zone": draw(st.sampled_from(["eu", "us"]))},
                 ports=draw(st.sets(st.sampled_from([80, 443, 8080]), max_size=2)),
+                in_use=draw(st.sets(st.sampled_from([22, 443, 8080]), max_size=2)),
             )
         )
     return out
@@ -651,6 +667,7 @@ def fits(spec: TaskSpec, n: Node) -> bool:
         n.state == NodeState.READY
         and (n.allocated + want).fits_in(n.capacity)
         and not (ports & n.used_ports)
+        and not (ports & n.ports_in_use)
         and all(n.labels.get(k) == v for k, v in spec.constraints.items())
     )
 

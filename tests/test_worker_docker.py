@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import socket
@@ -13,8 +14,22 @@ from typing import Any
 import httpx
 import pytest
 
+from cube.node import Resources
+from cube.runtime.docker import DockerRuntime
+from cube.store.memory import MemoryStore
+from cube.task.spec import TaskRequest
+from cube.task.state import State
+from cube.worker.agent import Worker
 from tests import api
-from tests.conftest import IMAGE, containers_of, docker, free_port, wait_for
+from tests.conftest import (
+    IMAGE,
+    containers_of,
+    docker,
+    free_port,
+    remove_containers,
+    unique_name,
+    wait_for,
+)
 
 pytestmark = pytest.mark.docker
 
@@ -295,3 +310,91 @@ def test_a_burst_of_tasks_shares_one_pull_and_a_stop_is_not_held_up_by_it(
     assert {t["state"] for t in others} == {"scheduled"}
     # One pull: the engine tries HTTPS, then plain HTTP, for a registry on loopback.
     assert len(silent_registry.held) <= 2, f"{len(silent_registry.held)} registry connections"
+
+
+def test_a_port_taken_outside_cube_is_reported_and_named_when_docker_refuses(
+    start_worker: Any, held_port: socket.socket
+) -> None:
+    squatter = int(held_port.getsockname()[1])
+    worker = start_worker()
+
+    def reported() -> bool:
+        stats = api.get(f"{worker.url}/v1/stats", timeout=10).json()
+        return squatter in stats["ports_in_use"]
+
+    wait_for(reported, what=f"the worker to report port {squatter} in use")
+    # Sent straight to the worker, as a placement made before the port was taken would be.
+    task_id = post_task(
+        worker.url,
+        sleeper(
+            "web",
+            ports=[f"{squatter}:8080"],
+            restart={"policy": "on-failure", "max_attempts": 1, "delay": "100ms"},
+        ),
+    ).json()["id"]
+
+    task = wait_for(
+        lambda: (
+            (t := task_of(worker.url, task_id))["state"] == "failed"
+            and "gave up" in t["reason"]
+            and t
+        ),
+        what="the task to give up",
+    )
+
+    assert task["reason"].startswith("container did not start:"), task["reason"]
+    assert "address already in use" in task["reason"], task["reason"]
+    assert task["reason"].endswith("; gave up after 1 of 1 restarts")
+    events = api.get(f"{worker.url}/v1/tasks/{task_id}/events", timeout=10).json()
+    failed = [e["reason"] for e in events if e["state"] == "failed"]
+    assert len(failed) == 2
+    assert all(f"{squatter} failed" in r or "address already in use" in r for r in failed), failed
+    assert containers_of(f"cube.task-id={task_id}") == []
+
+
+class VanishingDocker(DockerRuntime):
+    """The real engine, but the first container is removed between its create and its
+    start, as another client might: the start is answered 404."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.removed: list[str] = []
+
+    async def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        if method == "POST" and path.endswith("/start") and not self.removed:
+            container_id = path.split("/")[2]
+            self.removed.append(container_id)
+            await super()._call("DELETE", f"/containers/{container_id}", params={"force": "true"})
+        return await super()._call(method, path, **kwargs)
+
+
+async def test_a_container_removed_before_its_start_is_a_failed_attempt(
+    docker_engine: None,
+) -> None:
+    runtime = VanishingDocker()
+    name = unique_name()
+    worker = Worker(
+        name=name, runtime=runtime, store=MemoryStore(), capacity=Resources(cpu=2, memory=2**30)
+    )
+    await worker.start()
+    try:
+        task, _ = worker.submit(
+            TaskRequest.model_validate(
+                sleeper(restart={"policy": "on-failure", "max_attempts": 1, "delay": "100ms"})
+            )
+        )
+        while worker.get(task.id).state is not State.RUNNING:
+            assert task.id in worker.runners, worker.events(task.id)  # still supervised
+            await asyncio.sleep(0.05)
+
+        running = worker.get(task.id)
+        assert running.restarts == 1
+        failed = [e for e in worker.events(task.id) if e.state is State.FAILED]
+        assert len(failed) == 1
+        assert failed[0].reason.startswith("container did not start: No such container"), failed
+        assert runtime.removed[0] != running.container_id
+        assert containers_of(f"cube.task-id={task.id}") == [running.container_id]
+    finally:
+        await worker.close()
+        await runtime.close()
+        remove_containers(f"cube.worker={name}")

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from cube.errors import Conflict
+from cube.errors import Conflict, NotFound
 from cube.node import Resources
 from cube.runtime.fake import FakeRuntime
 from cube.store.memory import MemoryStore
@@ -249,8 +249,50 @@ async def test_missing_image_counts_as_a_failure_for_on_failure(
 
     assert final.state is State.FAILED
     assert final.restarts == 1
-    assert final.reason == "could not run; gave up after 1 of 1 restarts"
+    # The engine's own words stay in the reason that `cube status` lists.
+    assert final.reason == (
+        "container did not start: pull ghost:latest: repository does not exist; "
+        "gave up after 1 of 1 restarts"
+    )
     assert runtime.containers == {}
+
+
+async def test_a_refused_start_keeps_the_engines_reason_through_the_restarts(
+    worker: Worker, runtime: FakeRuntime
+) -> None:
+    squatter, _ = worker.submit(request("squatter", ports=["8080:80"]))
+    await running(worker, squatter.id)
+    task, _ = worker.submit(request("web", ports=["8080:80"], restart=restart("on-failure", 2)))
+
+    final = await finished(worker, task.id)
+
+    refused = "container did not start: Bind for 0.0.0.0:8080 failed: port is already allocated"
+    assert final.reason == f"{refused}; gave up after 2 of 2 restarts"
+    scheduled = [e.reason for e in worker.events(task.id) if e.state is State.SCHEDULED]
+    assert scheduled[1:] == [f"{refused}; restart {n} of 2 (on-failure)" for n in (1, 2)]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [NotFound("No such container: 4f2a"), KeyError("Id")],
+    ids=["engine-404", "unexpected"],
+)
+async def test_every_error_of_a_start_is_a_failed_attempt_and_restarted(
+    worker: Worker, runtime: FakeRuntime, error: Exception
+) -> None:
+    runtime.start_errors.append(error)  # e.g. the container was removed between create and start
+    task, _ = worker.submit(request(restart=restart("on-failure", 1)))
+
+    again = await running(worker, task.id, restarts=1)
+
+    events = worker.events(task.id)
+    failed = [e for e in events if e.state is State.FAILED]
+    assert len(failed) == 1
+    assert failed[0].reason.startswith("container did not start:")
+    assert ("No such container: 4f2a" if isinstance(error, NotFound) else "KeyError") in (
+        failed[0].reason
+    )
+    assert [c.info.id for c in runtime.containers.values()] == [again.container_id]
 
 
 # --- stopping, in every state -------------------------------------------------------------------
@@ -377,6 +419,7 @@ async def test_report_counts_only_tasks_that_still_hold_resources(
     before = worker.report()
     assert before.allocated == Resources(cpu=3.75, memory=2 * GiB + 768 * MiB, disk=GiB)
     assert before.used_ports == [7070, 8080, 9090]
+    assert before.ports_in_use == [7070, 8080, 9090]  # what its containers publish, at least
     assert before.tasks == 4
 
     runtime.crash(container_of(worker.get(crashes.id)), 1)
@@ -389,6 +432,7 @@ async def test_report_counts_only_tasks_that_still_hold_resources(
     # "waits" is down but will restart here, so it keeps its reservation
     assert after.allocated == Resources(cpu=1.25, memory=GiB + 256 * MiB, disk=GiB)
     assert after.used_ports == [8080]
+    assert after.ports_in_use == [8080]
     assert after.tasks == 2
     assert after.name == "w1"
     assert after.capacity == Resources(cpu=4, memory=4 * GiB)
@@ -541,3 +585,34 @@ async def test_an_exit_during_an_outage_is_recorded_when_the_engine_is_back(
 
     assert final.state is State.FAILED
     assert final.exit_code == 5
+
+
+@pytest.mark.usefixtures("quick_engine_retry")
+async def test_an_exit_while_the_engine_is_away_is_restarted_without_counting_it(
+    worker: Worker, runtime: FakeRuntime
+) -> None:
+    # max_attempts 0: any counted failure would end the task for good.
+    task, _ = worker.submit(request(restart=restart("on-failure", 0)))
+    first = container_of(await running(worker, task.id))
+    runtime.available = False  # the engine stops, and stops its containers
+    runtime.crash(first, 143)
+    await wait_until(lambda: worker.engine.down)
+    runtime.available = True
+
+    again = await wait_until(
+        lambda: (t := worker.get(task.id)).state is State.RUNNING and t.container_id != first and t
+    )
+
+    assert again.restarts == 0
+    failed = [e for e in worker.events(task.id) if e.state is State.FAILED]
+    assert [e.exit_code for e in failed] == [143]
+    restarted = worker.events(task.id)[-2]
+    assert restarted.state is State.SCHEDULED
+    assert restarted.reason == (
+        "exited with code 143; engine restarted or unreachable, not counted: restart (on-failure)"
+    )
+
+    runtime.crash(again.container_id or "", 143)  # the engine answers: the task's own failure
+    final = await finished(worker, task.id)
+    assert final.state is State.FAILED
+    assert final.reason == "exited with code 143; gave up after 0 of 0 restarts"

@@ -72,6 +72,9 @@ class Node(BaseModel):
     allocated: Resources = Field(default_factory=Resources)
     labels: dict[str, str] = Field(default_factory=dict)
     used_ports: set[int] = Field(default_factory=set)  # host ports taken by its tasks (tcp+udp)
+    #: Host ports the worker found taken on its machine at its last report, by any process
+    #: (its own containers included): Docker would refuse to publish them.
+    ports_in_use: set[int] = Field(default_factory=set)
     stats: MachineStats | None = None
     tasks: int = 0
     allows: list[str] = Field(default_factory=list)  # privileges its operator allowed
@@ -95,6 +98,7 @@ class NodeReport(BaseModel):
     allocated: Resources
     labels: dict[str, str] = Field(default_factory=dict)
     used_ports: list[int] = Field(default_factory=list)
+    ports_in_use: list[int] = Field(default_factory=list)
     tasks: int = 0
     allows: list[str] = Field(default_factory=list)
     stats: MachineStats

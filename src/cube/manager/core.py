@@ -697,6 +697,9 @@ class Manager:
             report.labels,
             report.allows,
         )
+        # A port freed or taken on the machine: pending tasks that want it look again.
+        in_use = set(report.ports_in_use)
+        changed = changed or in_use != node.ports_in_use
         if token is not None and token != node.token:
             node.token, changed = token, True
         self._node_changed(node.name)
@@ -704,6 +707,7 @@ class Manager:
         node.capacity = report.capacity
         node.labels = dict(report.labels)
         node.allows = list(report.allows)
+        node.ports_in_use = in_use
         node.stats = report.stats
         node.last_seen = _now()
         if node.state is NodeState.DOWN:

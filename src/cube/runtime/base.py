@@ -86,7 +86,8 @@ class ContainerStats:
 
 class ContainerRuntime(Protocol):
     async def ping(self) -> None:
-        """Raise :class:`cube.errors.RuntimeUnavailable` unless the engine answers."""
+        """Raise :class:`cube.errors.RuntimeUnavailable` unless the engine answers a new
+        caller: a stopping engine that still serves the calls under way does not."""
 
     async def ensure_image(
         self, image: str, *, on_progress: ProgressCallback | None = None
@@ -100,7 +101,8 @@ class ContainerRuntime(Protocol):
         """Pull the image if it is missing, create and start the container.
 
         Raises :class:`cube.errors.ContainerError` with the engine's message when any
-        step fails; a container created before the failure is removed again.
+        step fails (:class:`cube.errors.NotFound` when the image or the container vanished
+        between two steps); a container created before the failure is removed again.
         """
 
     async def stop(self, container_id: str, *, grace: float) -> None:

@@ -78,7 +78,19 @@ class DockerRuntime:
 
     # --- ContainerRuntime ----------------------------------------------------------------------
     async def ping(self) -> None:
-        await self._call("GET", "/_ping")
+        # On a new connection, not one of the pool: a stopping dockerd closes its socket
+        # first, then stops its containers, answering all the while on the connections
+        # already open. A pooled ping would call a stopping engine up.
+        transport = httpx.AsyncHTTPTransport(uds=self.socket)
+        async with httpx.AsyncClient(
+            transport=transport, base_url=f"http://docker/{API_VERSION}", timeout=10.0
+        ) as client:
+            try:
+                response = await client.get("/_ping")
+            except httpx.TransportError as exc:
+                raise self._unavailable(exc) from None
+        if response.status_code != 200:
+            raise _engine_error(response)
 
     async def run(
         self, config: ContainerConfig, *, on_progress: ProgressCallback | None = None

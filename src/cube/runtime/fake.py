@@ -2,7 +2,8 @@
 
 It behaves like a tiny, instant Docker engine: containers "run" until a test (or a
 simulation) makes them exit with :meth:`FakeRuntime.crash`, or until they are
-stopped. Images named in ``missing_images`` fail to pull, like a registry 404.
+stopped. Images named in ``missing_images`` fail to pull, like a registry 404;
+errors put in ``start_errors`` are raised by the next starts, one each.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ class FakeRuntime:
     def __init__(self, *, missing_images: Iterable[str] = ()) -> None:
         self.missing_images = set(missing_images)
         self.available = True
+        #: Raised by the next calls of :meth:`run`, after the pull, first one first: e.g.
+        #: NotFound for a container removed between its create and its start.
+        self.start_errors: list[Exception] = []
         self.containers: dict[str, _FakeContainer] = {}
         self._exit_queues: list[tuple[Mapping[str, str], asyncio.Queue[str | None]]] = []
         self._host_ports = itertools.count(32768)
@@ -63,6 +67,8 @@ class FakeRuntime:
         self, config: ContainerConfig, *, on_progress: ProgressCallback | None = None
     ) -> ContainerInfo:
         await self.ensure_image(config.image, on_progress=on_progress)
+        if self.start_errors:
+            raise self.start_errors.pop(0)
         if any(c.info.name == config.name for c in self.containers.values()):
             raise ContainerError(f"Conflict. The container name {config.name!r} is already in use")
         taken = {p.host for c in self.containers.values() if c.info.running for p in c.info.ports}

@@ -39,6 +39,8 @@ from cube.scheduler.feasibility import (
     Rejection,
     format_cpu,
     host_ports,
+    in_use,
+    taken_ports,
 )
 from cube.task.spec import TaskSpec, privileges
 from cube.units import format_size
@@ -165,6 +167,13 @@ def _privileges(spec: TaskSpec) -> str:
     return ", ".join(sorted(p.value for p in privileges(spec)))
 
 
+def _ports_taken(spec: TaskSpec, nodes: Sequence[Node]) -> str:
+    """One node: which port, where ("host port 8080 is in use on w1"); several: which ports."""
+    if len(nodes) == 1:
+        return f"{in_use(taken_ports(host_ports(spec), nodes[0]))} on {nodes[0].name}"
+    return f"no node has {_port_list(spec)} free"
+
+
 def _port_list(spec: TaskSpec) -> str:
     ports = sorted(host_ports(spec))
     if len(ports) == 1:
@@ -184,7 +193,7 @@ def _other(checker: str) -> Explain:
 _ALL: dict[str, Explain] = {
     STATE: lambda spec, nodes: f"no node is ready ({_states(nodes)})",
     CONSTRAINTS: lambda spec, nodes: f"no node has labels {_labels(spec)}",
-    PORTS: lambda spec, nodes: f"no node has {_port_list(spec)} free",
+    PORTS: _ports_taken,
     PRIVILEGES: lambda spec, nodes: (
         f"no node allows {_privileges(spec)} (start a worker with --allow)"
     ),

@@ -117,16 +117,29 @@ def privilege_checker(wanted: Iterable[str]) -> Checker:
 
 
 def port_checker(ports: Iterable[int]) -> Checker:
-    """The task's fixed host ports must not be in ``node.used_ports`` (TCP and UDP alike)."""
+    """The task's fixed host ports must be neither published by the node's tasks
+    (``node.used_ports``) nor taken on its machine by anything else (``node.ports_in_use``,
+    as the worker last reported), TCP and UDP alike."""
     wanted = frozenset(ports)
 
     def check(node: Node) -> str | None:
-        taken = wanted.intersection(node.used_ports)
-        if not taken:
-            return None
-        return f"host port{'s' if len(taken) > 1 else ''} {_ports(taken)} in use"
+        taken = taken_ports(wanted, node)
+        return in_use(taken) if taken else None
 
     return Checker(PORTS, check)
+
+
+def taken_ports(wanted: frozenset[int], node: Node) -> frozenset[int]:
+    """Which of the ``wanted`` host ports are in use on ``node``, by its tasks or otherwise."""
+    return wanted.intersection(node.used_ports) | wanted.intersection(node.ports_in_use)
+
+
+def in_use(ports: Iterable[int]) -> str:
+    """``"host port 8080 is in use"``, ``"host ports 8080, 9090 are in use"``."""
+    listed = sorted(ports)
+    if len(listed) == 1:
+        return f"host port {listed[0]} is in use"
+    return f"host ports {_ports(listed)} are in use"
 
 
 # Formatting numbers is most of the cost of explaining a rejection, so the resource

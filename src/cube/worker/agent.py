@@ -39,6 +39,7 @@ from cube.task.model import DesiredState, Task, TaskEvent
 from cube.task.spec import Privilege, TaskRequest, TaskSpec, privileges
 from cube.task.state import State
 from cube.worker.changes import ChangeFeed, TaskChanges
+from cube.worker.engine import EngineWatch
 from cube.worker.health import Prober, probe
 from cube.worker.metrics import MachineSampler
 from cube.worker.runner import TaskRunner, needs_runner
@@ -84,6 +85,10 @@ class Worker:
         self._runner_tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[None]] = []
         self._stats = MachineStats()
+        #: Host ports taken on the machine by any process, as last sampled.
+        self._ports_in_use: set[int] = set()
+        #: When this worker lost its engine and got it back: runners ask before counting.
+        self.engine = EngineWatch()
 
     # --- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -234,10 +239,20 @@ class Worker:
             allocated=allocated,
             labels=self.labels,
             used_ports=sorted({p.host for t in holding for p in t.spec.ports if p.host}),
+            ports_in_use=sorted(self._ports_in_use | self._published()),
             tasks=len(holding),
             allows=sorted(p.value for p in self.allow),
             stats=self._stats,
         )
+
+    def _published(self) -> set[int]:
+        """Host ports its live containers publish: without docker-proxy nothing listens there."""
+        return {
+            p.host
+            for r in self.runners.values()
+            if r.task.container_id and not r.task.is_terminal
+            for p in r.task.ports
+        }
 
     # --- supervision ---------------------------------------------------------------------------
     def _supervise(self, task: Task, *, fresh: bool = False) -> TaskRunner:
@@ -250,6 +265,7 @@ class Worker:
             on_change=self.feed.changed,
             fresh=fresh,
             starts=self._starts,
+            engine=self.engine,
         )
         self.runners[task.id] = runner
 
@@ -322,6 +338,8 @@ class Worker:
                     self._notify_container(container_id)
             except RuntimeUnavailable as exc:
                 log.warning("event stream lost, reconnecting", node=self.name, error=exc.message)
+            # The stream only ends when the engine closes it: it stopped (or restarted).
+            self.engine.lost()
             await asyncio.sleep(self.poll_interval)
 
     async def _poll_loop(self) -> None:
@@ -332,7 +350,9 @@ class Worker:
                     c.id for c in await self.runtime.list(worker_selector(self.name)) if c.running
                 }
             except RuntimeUnavailable:
+                self.engine.lost()
                 continue  # the runners retry on their own; the exits loop logs the outage
+            self.engine.back()
             for runner in list(self.runners.values()):
                 if runner.task.state is State.RUNNING and runner.task.container_id not in running:
                     runner.notify()
@@ -346,6 +366,7 @@ class Worker:
         if self.sampler is not None:
             running = sum(1 for r in self.runners.values() if r.task.state is State.RUNNING)
             self._stats = self.sampler.sample(tasks_running=running)
+            self._ports_in_use = self.sampler.ports_in_use()
 
 
 def _pick_container(task: Task, containers: list[ContainerSummary]) -> ContainerSummary:

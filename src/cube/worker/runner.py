@@ -16,7 +16,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 
-from cube.errors import ContainerError, RuntimeUnavailable
+from cube.errors import CubeError, RuntimeUnavailable
 from cube.log import get_logger
 from cube.runtime.base import (
     LABEL_TASK_ID,
@@ -31,13 +31,16 @@ from cube.task.model import DesiredState, Health, Task
 from cube.task.spec import HealthCheck, RestartPolicyName
 from cube.task.state import TERMINAL, State
 from cube.units import format_size
+from cube.worker.engine import EngineWatch
 from cube.worker.health import HealthTracker, Prober, Verdict, probe
-from cube.worker.restart import decide_restart
+from cube.worker.restart import decide_restart, ended_by_engine
 
 log = get_logger("cube.worker")
 
 #: How long to wait before retrying when the container engine does not answer.
 ENGINE_RETRY = 1.0
+#: How the reason of a container stopped for failing its health check begins.
+UNHEALTHY = "unhealthy: "
 
 
 def container_name(task: Task, node: str) -> str:
@@ -83,6 +86,7 @@ class TaskRunner:
         on_change: Callable[[str], None] | None = None,
         fresh: bool = False,
         starts: asyncio.Semaphore | None = None,
+        engine: EngineWatch | None = None,
     ) -> None:
         self.task = task
         self.node = node
@@ -97,6 +101,11 @@ class TaskRunner:
         self._starts = starts or asyncio.Semaphore(1)
         #: What the engine said about the container this runner just started (see _supervise).
         self._started: ContainerInfo | None = None
+        #: The worker's record of engine outages, asked before a failure is counted.
+        self.engine = engine or EngineWatch()
+        #: How and when (Unix time) the last attempt ended: the reason of its Failed or
+        #: Completed event, and the container's end or the refusal of its start.
+        self._ended: tuple[str, float] | None = None
         self._wake = asyncio.Event()
         self._health: HealthTracker | None = None
         self.done = asyncio.Event()
@@ -134,6 +143,7 @@ class TaskRunner:
             else:
                 return await self._maybe_restart()
         except RuntimeUnavailable as exc:
+            self.engine.lost()
             log.warning("container engine unavailable, retrying", task=task.id, error=exc.message)
             await self._sleep(ENGINE_RETRY)
         return True
@@ -166,8 +176,14 @@ class TaskRunner:
                 # its ID is recorded (Worker._notify_container): _supervise then asks again.
                 self._wake.clear()
                 info = await self.runtime.run(config, on_progress=progress)
-        except ContainerError as exc:
+        except RuntimeUnavailable:
+            raise  # not the task's failure: _step retries once the engine answers
+        except CubeError as exc:  # refused, or its image or container vanished meanwhile (404)
             self._move(State.FAILED, f"container did not start: {exc.message}")
+            return
+        except Exception as exc:  # an answer the runtime did not expect: still a failed start
+            log.error("starting a container failed", exc=True, task=task.id, node=self.node)
+            self._move(State.FAILED, f"container did not start: {exc!r}")
             return
         task.container_id = info.id
         task.ports = info.ports
@@ -228,7 +244,7 @@ class TaskRunner:
             ended = await self.runtime.inspect(info.id)
             self._move(
                 State.FAILED,
-                f"unhealthy: {failures} checks failed in a row, last: {result.detail}",
+                f"{UNHEALTHY}{failures} checks failed in a row, last: {result.detail}",
                 exit_code=ended.exit_code if ended else None,
             )
         elif verdict is Verdict.FAILING and task.health is not Health.UNHEALTHY:
@@ -238,25 +254,37 @@ class TaskRunner:
 
     def _record_exit(self, info: ContainerInfo) -> None:
         code = info.exit_code
+        at = info.finished_at.timestamp() if info.finished_at else None
         if info.oom_killed:
             memory = format_size(self.task.spec.resources.memory)
-            self._move(State.FAILED, f"killed: out of memory (limit {memory})", exit_code=code)
+            self._move(
+                State.FAILED, f"killed: out of memory (limit {memory})", exit_code=code, at=at
+            )
         elif code == 0:
-            self._move(State.COMPLETED, "exited with code 0", exit_code=0)
+            self._move(State.COMPLETED, "exited with code 0", exit_code=0, at=at)
         else:
             detail = f": {info.error}" if info.error else ""
-            self._move(State.FAILED, f"exited with code {code}{detail}", exit_code=code)
+            self._move(State.FAILED, f"exited with code {code}{detail}", exit_code=code, at=at)
 
     async def _maybe_restart(self) -> bool:
         task = self.task
+        policy = task.spec.restart
+        how, ended_at = self._ending()
+        by_engine = False
+        if policy.policy is not RestartPolicyName.NEVER:
+            engine = await self.engine.facts(self.runtime)
+            by_engine = ended_by_engine(engine, ended_at=ended_at)
         decision = decide_restart(
-            task.spec.restart,
+            policy,
             exit_code=task.exit_code,
             restarts_so_far=task.restarts,
-            cause=task.reason if task.health is Health.UNHEALTHY else "",
+            cause=how,
+            # Stopped for failing its check, not a container that merely ended while failing.
+            unhealthy=how.startswith(UNHEALTHY),
+            by_engine=by_engine,
         )
         if not decision.restart:
-            if task.spec.restart.policy is not RestartPolicyName.NEVER:
+            if policy.policy is not RestartPolicyName.NEVER:
                 task.reason = decision.reason  # say why it stays down: "gave up after 2 of 2"
                 self._save()
             log.info(
@@ -271,14 +299,33 @@ class TaskRunner:
         task.reason = decision.reason
         self._save()
         await self._sleep(decision.delay)
+        if by_engine:
+            await self._until_engine_answers()  # a start now would only be refused again
         if task.desired is DesiredState.STOP:
             # Take back the restart just announced ("restart 1 of 2 in 5s"): it will not come.
             task.reason = f"{ended}; restart cancelled: stopped by user"
             return True
-        task.restarts += 1
+        if decision.counted:
+            task.restarts += 1
         task.container_id = None  # the next start replaces the old container
         self._move(State.SCHEDULED, decision.reason.replace(f" in {decision.delay:g}s", ""))
         return True
+
+    def _ending(self) -> tuple[str, float | None]:
+        """How and when the last attempt ended, in the words of its event ("container did
+        not start: port is already allocated"); from the store if this runner is new."""
+        if self._ended is not None:
+            return self._ended
+        for event in reversed(self.store.task_events(self.task.id)):
+            if event.state in TERMINAL:
+                return event.reason, event.time.timestamp()
+        return "", None
+
+    async def _until_engine_answers(self) -> None:
+        while self.task.desired is DesiredState.RUN:
+            if (await self.engine.facts(self.runtime)).answering:
+                return
+            await self._sleep(ENGINE_RETRY)
 
     async def _stop(self) -> None:
         task = self.task
@@ -341,10 +388,15 @@ class TaskRunner:
             return False
         return True
 
-    def _move(self, target: State, reason: str, *, exit_code: int | None = None) -> None:
+    def _move(
+        self, target: State, reason: str, *, exit_code: int | None = None, at: float | None = None
+    ) -> None:
+        """Change state; ``at``: when a container ended, if the engine said (else now)."""
         task = self.task
         task.node = self.node
         event = task.transition(target, reason, exit_code=exit_code)
+        if target in TERMINAL:
+            self._ended = (reason, at or event.time.timestamp())
         self.store.save_task(task, [event])
         self._changed()
         level = log.warning if target is State.FAILED else log.info
