@@ -198,8 +198,17 @@ def test_two_holders_of_one_index_keep_the_running_one() -> None:
 
 def test_a_group_removed_from_the_job_is_stopped() -> None:
     v1 = version(spec())
-    v2 = version(parse_job({"job": "shop", "groups": [{"name": "db", "count": 0, "tasks": [
-        {"name": "pg", "image": "cube-busybox"}]}]}), 2)  # fmt: skip
+    v2 = version(
+        parse_job(
+            {
+                "job": "shop",
+                "groups": [
+                    {"name": "db", "count": 0, "tasks": [{"name": "pg", "image": "cube-busybox"}]}
+                ],
+            }
+        ),
+        2,
+    )
     plan = plan_for(v2, running(v1, 1))
 
     assert shape(plan) == {"stop": [("a0", False)]}

@@ -90,11 +90,11 @@ class ReschedulePolicy(_Model):
 
     def delay_before(self, attempt: int) -> float:
         """Seconds between a failure and the ``attempt``-th replacement (1-based)."""
-        exponent = max(attempt - 1, 0)
-        # Capped before the power can overflow: backoff**exponent grows without bound.
-        if exponent > 64:
+        try:
+            grown = self.delay * self.backoff ** max(attempt - 1, 0)
+        except OverflowError:  # a float power past 1e308: far beyond any cap
             return self.max_delay
-        return min(self.delay * self.backoff**exponent, self.max_delay)
+        return min(grown, self.max_delay)
 
     def exhausted(self, done: int) -> bool:
         """Whether ``done`` replacements use up the policy."""
