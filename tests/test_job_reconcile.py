@@ -25,6 +25,7 @@ from cube.job.model import (
     JobVersion,
     RescheduleEvent,
     group_hash,
+    next_version,
 )
 from cube.job.plan import Plan
 from cube.job.reconcile import datacenter_of, ineligibility, is_holder, reconcile
@@ -133,6 +134,26 @@ def test_steady_service_changes_nothing() -> None:
     assert plan.changes_nothing
     assert plan.keep[0].reason == "running on n1"
     assert plan.status is JobStatus.RUNNING
+
+
+def test_resubmitting_the_same_spec_changes_nothing() -> None:
+    """Submit is idempotent: no new version, so the same plan as before: keep everything."""
+    v = version(spec())
+    assert next_version(v, spec(), now=at(60)) is None
+    plan = plan_for(v, running(v), now=at(60))
+    assert plan.changes_nothing
+    assert shape(plan) == {"keep": ["a0", "a1", "a2"]}
+
+
+def test_a_plan_describes_itself_one_line_per_entry() -> None:
+    v = version(spec(count=2))
+    plan = plan_for(v, [alloc(v, 0, id="a0"), alloc(v, 5, id="a5")])
+    assert plan.describe() == [
+        "job shop version 1: Running",
+        "place   web[1]: count is 2; index 1 has no allocation",
+        "stop    a5: web was scaled to 2",
+        "keep    a0: running on n1",
+    ]
 
 
 def test_pending_allocations_are_kept_while_they_wait_for_a_node() -> None:
@@ -316,6 +337,10 @@ def test_a_failed_allocation_whose_attempts_are_used_up_stays_failed() -> None:
         "failed: api exited with code 1; failed for good after 3 reschedule attempts"
     )
     assert plan.wake_at is None
+    assert (plan.status, plan.status_reason) == (
+        JobStatus.PENDING,
+        "no allocation runs; 1 failed for good",
+    )
 
 
 def test_a_service_reschedules_without_limit_by_default() -> None:
@@ -330,7 +355,7 @@ def test_a_service_allocation_that_ends_is_replaced_like_a_failed_one() -> None:
     done = alloc(v, 0, status=AllocStatus.COMPLETE, id="a0")
     plan = plan_for(v, [done], now=at(5))
     assert shape(plan) == {"place": [(0, "a0", None)]}
-    assert "ended (a service runs until stopped)" in plan.place[0].reason
+    assert "ended (a service job runs until stopped)" in plan.place[0].reason
 
 
 # --- updates -------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ allocations are history. A system group has one slot per eligible node instead.
 * *migrate*: its node is draining. Stop it and place a replacement elsewhere at once.
 * *lost*: its node is down or gone. Mark it lost and place a replacement at once (a
   lost allocation did not fail: it uses no reschedule attempt).
-* *terminal*: it failed (or, for a service, ended). Replace it when its reschedule
+* *terminal*: it failed (or, unless batch, ended). Replace it when its reschedule
   delay is over, unless its attempts are used up: then it has failed for good.
 
 A system group replaces nothing elsewhere: a drained or lost node's allocation just
@@ -172,7 +172,7 @@ def reconcile(
             _reconcile_system(state)
         else:
             _reconcile_counted(state)
-    plan.status, plan.status_reason = _job_status(spec, mine, plan, doomed)
+    plan.status, plan.status_reason = _job_status(spec, mine, doomed)
     return plan
 
 
@@ -398,7 +398,9 @@ def _terminal(state: _GroupPass, alloc: Allocation) -> Place | None:
         return None
     done, policy = alloc.reschedule_attempts, state.policy
     ended = (
-        "failed" if alloc.status is AllocStatus.FAILED else "ended (a service runs until stopped)"
+        "failed"
+        if alloc.status is AllocStatus.FAILED
+        else f"ended (a {state.spec.type} job runs until stopped)"
     )
     detail = f": {alloc.status_reason}" if alloc.status_reason else ""
     if policy.exhausted(done):
@@ -479,9 +481,9 @@ def _reconcile_system(state: _GroupPass) -> None:
 
 
 def _job_status(
-    spec: JobSpec, allocs: Sequence[Allocation], plan: Plan, doomed: Allocation | None
+    spec: JobSpec, allocs: Sequence[Allocation], doomed: Allocation | None
 ) -> tuple[JobStatus, str]:
-    """The job's status once the plan is applied, derived from its holders."""
+    """The job's status and why, derived from its holders as they stand."""
     holders = [a for a in allocs if is_holder(a)]
     live = [a for a in holders if not a.is_terminal]
     if doomed is not None:
@@ -504,4 +506,14 @@ def _job_status(
         return JobStatus.RUNNING, f"{running} allocations running"
     if spec.type is not JobType.SYSTEM and all(g.wanted == 0 for g in spec.groups):
         return JobStatus.RUNNING, "every group is scaled to 0"
+    policies = {g.name: reschedule_policy(spec, g) for g in spec.groups}
+    given_up = sum(
+        1
+        for a in holders
+        if a.status is AllocStatus.FAILED
+        and a.group in policies
+        and policies[a.group].exhausted(a.reschedule_attempts)
+    )
+    if given_up:
+        return JobStatus.PENDING, f"no allocation runs; {given_up} failed for good"
     return JobStatus.PENDING, "no allocation runs yet"
