@@ -388,6 +388,17 @@ def test_the_next_update_waits_for_the_previous_to_stop_and_to_run() -> None:
     assert shape(plan_for(v2, [stopped, up, *rest])) == {"update": ["a1"], "keep": ["b0", "a2"]}
 
 
+def test_a_stopping_allocation_on_a_down_node_does_not_hold_the_update_up() -> None:
+    """Its node will never report it stopped; waiting for it would wait forever."""
+    v1 = version(spec(count=2))
+    v2 = version(spec(count=2, tasks=[{"name": "api", "image": "cube-busybox:2"}]), 2)
+    stuck = alloc(v1, 0, "n3", id="stuck", desired=AllocDesired.STOP, replaced_by="a0")
+    allocs = [stuck, alloc(v2, 0, id="a0", replaces="stuck"), alloc(v1, 1, id="a1")]
+
+    plan = plan_for(v2, allocs, [N("n1"), N("n2"), N("n3", state=NodeState.DOWN)])
+    assert shape(plan) == {"update": ["a1"], "keep": ["a0"]}
+
+
 def test_an_allocation_not_placed_yet_moves_to_the_new_version_at_once() -> None:
     v1 = version(spec())
     v2 = version(spec(tasks=[{"name": "api", "image": "cube-busybox:2"}]), 2)

@@ -224,18 +224,21 @@ def _update_budget(state: _GroupPass) -> int:
 
     In flight: an old allocation still stopping, or a replacement of the current version
     that does not run yet. The next update waits for both (stop-then-start, one at a time).
+    A stopping allocation on a node that is down or gone does not count: its node will
+    not report it stopped, and waiting for it would hold the update up forever.
     """
-    in_flight = sum(
-        1
-        for a in state.allocs
-        if (a.desired is AllocDesired.STOP and not a.is_terminal and a.group_hash != state.hash)
-        or (
+    in_flight = 0
+    for a in state.allocs:
+        if a.desired is AllocDesired.STOP and not a.is_terminal and a.group_hash != state.hash:
+            node = state.nodes.get(a.node) if a.node is not None else None
+            in_flight += node is not None and node.state is not NodeState.DOWN
+        elif (
             is_holder(a)
             and a.status is AllocStatus.PENDING
             and a.replaces is not None
             and a.group_hash == state.hash
-        )
-    )
+        ):
+            in_flight += 1
     return max(0, MAX_PARALLEL_UPDATES - in_flight)
 
 
