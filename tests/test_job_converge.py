@@ -23,14 +23,13 @@ from cube.job.model import (
     Job,
     JobStatus,
     JobVersion,
-    RescheduleEvent,
     group_hash,
 )
 from cube.job.plan import Plan
 from cube.job.reconcile import ineligibility, is_holder, reconcile
 from cube.job.spec import JobType
 from cube.node import NodeState
-from tests.test_job_reconcile import T0, N, alloc, spec, version
+from tests.test_job_reconcile import T0, N, some_allocations, spec, two_versions, version
 
 #: Each round moves the clock past the longest default reschedule delay (5 minutes).
 ROUND = timedelta(minutes=6)
@@ -141,14 +140,7 @@ class Cluster:
 
 @st.composite
 def clusters(draw: st.DrawFn) -> Cluster:
-    kind = draw(st.sampled_from(["service", "batch", "system"]))
-    fields: dict[str, Any] = {}
-    if kind != "system":
-        fields["count"] = draw(st.integers(0, 6))
-    if kind == "batch":
-        fields["parallelism"] = draw(st.integers(1, 3))
-    old = version(spec(kind, **fields))
-    new = version(spec(kind, **{**fields, "tasks": [{"name": "api", "image": "img:2"}]}), 2)
+    versions = draw(two_versions())
     nodes = [
         N(
             f"n{i}",
@@ -157,18 +149,8 @@ def clusters(draw: st.DrawFn) -> Cluster:
         )
         for i in range(draw(st.integers(1, 4)))
     ]
-    allocs = [
-        alloc(
-            draw(st.sampled_from([old, new])),
-            draw(st.integers(0, 7)),
-            draw(st.sampled_from(["n0", "n1", "n2", "n3", "gone"])),
-            draw(st.sampled_from(list(AllocStatus))),
-            desired=draw(st.sampled_from(list(AllocDesired))),
-            reschedule_events=[RescheduleEvent(time=T0, prev_alloc="x")] * draw(st.integers(0, 2)),
-        )
-        for _ in range(draw(st.integers(0, 8)))
-    ]
-    return Cluster(new, nodes, {a.id: a for a in allocs})
+    allocs = some_allocations(draw, versions, ["n0", "n1", "n2", "n3", "gone"])
+    return Cluster(versions[1], nodes, {a.id: a for a in allocs})
 
 
 @settings(max_examples=200, deadline=None)

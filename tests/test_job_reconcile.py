@@ -639,31 +639,45 @@ STATUSES = st.sampled_from(list(AllocStatus))
 
 
 @st.composite
-def situations(draw: st.DrawFn) -> tuple[JobVersion, list[Allocation], list[N], datetime]:
+def two_versions(draw: st.DrawFn) -> tuple[JobVersion, JobVersion]:
+    """A job of any type and size at version 1, and version 2 that runs another image."""
     kind = draw(st.sampled_from(["service", "batch", "system"]))
     fields: dict[str, Any] = {}
     if kind != "system":
-        fields["count"] = draw(st.integers(0, 5))
+        fields["count"] = draw(st.integers(0, 6))
     if kind == "batch":
         fields["parallelism"] = draw(st.integers(1, 3))
     old = version(spec(kind, **fields))
-    new = version(spec(kind, **{**fields, "tasks": [{"name": "api", "image": "img:2"}]}), 2)
+    return old, version(spec(kind, **fields, tasks=[{"name": "api", "image": "img:2"}]), 2)
+
+
+def some_allocations(
+    draw: st.DrawFn, versions: tuple[JobVersion, JobVersion], nodes: list[str | None]
+) -> list[Allocation]:
+    """Allocations in any state: either version, any index, node, status, desire, history."""
+    return [
+        alloc(
+            draw(st.sampled_from(versions)),
+            draw(st.integers(0, 7)),
+            draw(st.sampled_from(nodes)),
+            draw(STATUSES),
+            id=f"a{i}",
+            desired=draw(st.sampled_from(list(AllocDesired))),
+            reschedule_events=[RescheduleEvent(time=T0, prev_alloc="x")] * draw(st.integers(0, 2)),
+        )
+        for i in range(draw(st.integers(0, 8)))
+    ]
+
+
+@st.composite
+def situations(draw: st.DrawFn) -> tuple[JobVersion, list[Allocation], list[N], datetime]:
+    versions = draw(two_versions())
     nodes = [
         N(f"n{i}", state=draw(st.sampled_from(list(NodeState))), drain=draw(st.booleans()))
         for i in range(draw(st.integers(0, 4)))
     ]
-    allocs = [
-        alloc(
-            draw(st.sampled_from([old, new])),
-            draw(st.integers(0, 6)),
-            draw(st.sampled_from([None, "n0", "n1", "n2", "n3", "gone"])),
-            draw(STATUSES),
-            id=f"a{i}",
-            desired=draw(st.sampled_from(list(AllocDesired))),
-        )
-        for i in range(draw(st.integers(0, 8)))
-    ]
-    return new, allocs, nodes, at(draw(st.integers(0, 600)))
+    allocs = some_allocations(draw, versions, [None, "n0", "n1", "n2", "n3", "gone"])
+    return versions[1], allocs, nodes, at(draw(st.integers(0, 600)))
 
 
 @settings(max_examples=300)
