@@ -13,10 +13,20 @@
 
 Allocation statuses move through one table, like a task's (:mod:`cube.task.state`)::
 
-    Pending ──► Running ──► Complete
+    Pending ──► Running ──► Complete | Failed
        │           │
-       ├──► Failed ◄┘        (every status but Complete may become Lost, and a Lost
-       └──► Lost             allocation is Complete or Failed once its node returns)
+       └─────┬─────┘
+             ▼
+           Lost ──► Complete | Failed      (its node came back and stopped it)
+
+    (Pending may also end Complete or Failed at once: a quick batch run, a failed start.)
+
+* Pending: created; not placed yet, or its tasks not all started.
+* Running: every task of it runs on its node.
+* Complete: every task exited 0 (batch), or it was stopped.
+* Failed: a task failed and its restart policy, on the node, gave up.
+* Lost: its node went down or away. The node may still run it, unseen; if the node
+  comes back, it stops the allocation, which ends Complete (or Failed).
 
 Complete, Failed and Lost are terminal: a terminal allocation never runs again; the
 reconciler *replaces* it with a new one that says which one it replaces.

@@ -77,10 +77,13 @@ class JobType(StrEnum):
 
 
 class ReschedulePolicy(_Model):
-    """How an allocation that failed for good is replaced (by the manager, on another node).
+    """How the manager replaces an allocation that failed for good.
 
     Restarts in place are the task's ``restart`` policy, on the node; rescheduling starts
-    where restarting gives up. ``attempts: null`` means no limit (a service's default).
+    where restarting gives up: a new allocation, on another node if one fits (a system
+    job's on the same node). ``attempts: null`` means no limit (a service's default).
+    An allocation lost with its node is replaced at once and uses no attempt: it did
+    not fail.
     """
 
     attempts: int | None = Field(default=None, ge=0, le=1_000_000)
@@ -101,8 +104,9 @@ class ReschedulePolicy(_Model):
         return self.attempts is not None and done >= self.attempts
 
 
-#: Defaults by job type, as Nomad's: a service retries forever (slower and slower), a
-#: batch job a few times (a program that fails three times in a row will fail a fourth).
+#: Defaults by job type, in the spirit of Nomad's: a service retries forever (slower and
+#: slower, up to 5 minutes apart), a batch job a few times (a program that fails three
+#: times in a row will likely fail a fourth, and the job should say Failed).
 DEFAULT_RESCHEDULE: Mapping[JobType, ReschedulePolicy] = {
     JobType.SERVICE: ReschedulePolicy(attempts=None, delay=5.0, max_delay=300.0),
     JobType.BATCH: ReschedulePolicy(attempts=3, delay=5.0, max_delay=60.0),
