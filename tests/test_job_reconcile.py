@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import TypeAdapter
 
 from cube.job.model import (
     Allocation,
@@ -154,6 +155,16 @@ def test_a_plan_describes_itself_one_line_per_entry() -> None:
         "stop    a5: web was scaled to 2",
         "keep    a0: running on n1",
     ]
+
+
+def test_a_plan_round_trips_through_json() -> None:
+    """What ``cube job plan`` and the HTTP API would send: pydantic reads the dataclasses."""
+    v = version(spec(count=2, reschedule=RESCHEDULE))
+    plan = plan_for(v, [failed(v, 1)], now=at(5))  # a wait with a due time
+    plan.place.append(plan_for(v, [failed(v, 1)], now=at(60)).place[0])  # with history
+
+    adapter = TypeAdapter(Plan)
+    assert adapter.validate_json(adapter.dump_json(plan)) == plan
 
 
 def test_pending_allocations_are_kept_while_they_wait_for_a_node() -> None:
