@@ -10,6 +10,7 @@ the API, one line and exit code 1 when an agent starts).
 from __future__ import annotations
 
 import functools
+import os
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -32,7 +33,7 @@ def store_error(path: Path, exc: sqlite3.Error) -> StoreUnavailable:
     code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # the primary code of an extended one
     if code == sqlite3.SQLITE_FULL:
         return StoreFull(f"cannot save: disk full at {path}")
-    if code == sqlite3.SQLITE_READONLY:
+    if code == sqlite3.SQLITE_READONLY or (code in _NO_ACCESS and _read_only(path)):
         return StoreUnavailable(
             f"cannot write {path}: the file or its file system is read-only ({exc});"
             " make it writable for this user, or start with another --data-dir"
@@ -49,6 +50,18 @@ def store_error(path: Path, exc: sqlite3.Error) -> StoreUnavailable:
     if code == sqlite3.SQLITE_IOERR:
         return StoreUnavailable(f"cannot read or write {path} ({exc}); check its disk")
     return StoreUnavailable(f"{path}: {exc}")
+
+
+def _read_only(path: Path) -> bool:
+    """Whether ``path`` (or, if missing, its directory) cannot be written by this process:
+    SQLite says only "unable to open database file" then."""
+    target = path if path.exists() else path.parent
+    try:
+        if os.statvfs(target).f_flag & os.ST_RDONLY:
+            return True
+    except OSError:
+        return False
+    return not os.access(target, os.W_OK)
 
 
 class _HasPath(Protocol):

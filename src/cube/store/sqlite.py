@@ -33,6 +33,7 @@ from pathlib import Path
 from cube.errors import NotFound, StoreUnavailable
 from cube.node import Node
 from cube.store.failures import MOVE_IT_AWAY, explained, store_error
+from cube.store.files import private
 from cube.task.model import Task, TaskEvent
 from cube.task.state import State
 
@@ -349,12 +350,6 @@ class SqliteStore:
             "INSERT INTO events (task_id, data) VALUES (?, ?)",
             [(task_id, event.model_dump_json()) for event in events],
         )
-
-
-def private(path: Path) -> None:
-    """Make a file readable by its owner only (0600): the store holds tokens and secrets."""
-    if path.stat().st_mode & 0o077:
-        path.chmod(0o600)
 
 
 @contextmanager
