@@ -438,6 +438,7 @@ class Manager:
         del reported  # its progress arrives with the next collection
 
     async def _dispatch_loop(self) -> None:
+        self._dispatch_wake.set()  # a pass at once, also when started again after a crash
         while True:
             try:
                 await asyncio.wait_for(self._dispatch_wake.wait(), 5.0)
