@@ -84,6 +84,23 @@ async def test_a_crashed_loop_runs_again_and_its_trouble_is_reported(
     assert all("crashed again" in line for line in logged[1:])
 
 
+async def test_a_crashed_background_call_logs_its_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def bug() -> None:
+        raise KeyError("gone")
+
+    with caplog.at_level(logging.ERROR, logger="cube"):
+        task = background.spawn(bug(), "node call")
+        await asyncio.gather(task, return_exceptions=True)
+        await asyncio.sleep(0)  # the done callback runs on the next turn of the loop
+
+    (line,) = [line for line in lines(caplog) if "background task crashed" in line]
+    assert 'what="node call"' in line
+    assert "Traceback (most recent call last):\\n" in line
+    assert "KeyError: 'gone'" in line
+
+
 async def test_a_500_logs_the_traceback_once_on_one_line(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

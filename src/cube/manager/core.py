@@ -774,7 +774,10 @@ class Manager:
     def _deadline_passed(self, name: str, error: str) -> None:
         del self._deadlines[name]
         if (node := self.nodes.get(name)) is not None:
-            self._check_deadline(node, error)  # answered meanwhile: a new deadline, or none
+            try:
+                self._check_deadline(node, error)  # answered meanwhile: a new deadline, or none
+            except StoreUnavailable as exc:  # a timer's callback: nobody else would log it
+                log.warning("cannot record a lost node", node=name, error=exc.message)
 
     def _move_tasks_off(self, node: Node, why: str) -> list[str]:
         """Send every task placed on ``node`` back to the scheduler (same ID, history kept).
