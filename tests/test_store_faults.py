@@ -141,6 +141,16 @@ def test_full_disk_under_a_worker_restarts_its_crashed_runner_and_reports_it(
     assert "Traceback (most recent call last):\\n" in crash
     assert "cube.errors.StoreFull: " + message in crash
 
+    # A task sent to the worker meanwhile is refused by it, and waits.
+    waiting = submit(manager, sleeper("waiting"))
+    reason = f"could not start on {worker.name}: {message}"
+
+    def refused() -> bool:
+        task = api.get(f"{manager.url}/v1/tasks/{waiting}", timeout=10).json()
+        return bool(task["state"] == "pending" and task["reason"] == reason)
+
+    wait_for(refused, timeout=30, what="the task to wait with the worker's reason")
+
     filler.unlink()
     restarts = task_restarts(manager, flapping)
     wait_for(
@@ -150,7 +160,7 @@ def test_full_disk_under_a_worker_restarts_its_crashed_runner_and_reports_it(
     )
     after = submit(manager, sleeper("after"))
     assert stop(manager, flapping).status_code == 200
-    expected = {flapping: "completed", after: "running"}
+    expected = {flapping: "completed", after: "running", waiting: "running"}
     assert_converges(manager.url, [worker.name], expected, timeout=60)
 
 

@@ -187,3 +187,34 @@ async def test_the_dispatch_loop_survives_a_full_store_and_places_once_space_is_
         )
     finally:
         await manager.close()
+
+
+class FullNode(WorkerClient):
+    """A node whose store is full: it refuses every task sent (no HTTP)."""
+
+    sent = 0
+
+    async def run(self, address: str, request: TaskRequest) -> Task:
+        self.sent += 1
+        raise StoreFull("cannot save: disk full at /node/cube.db")
+
+
+async def test_a_task_a_full_node_refused_waits_for_a_change_of_the_cluster() -> None:
+    store = MemoryStore()
+    store.save_node(Node(name="n1", address="http://n1", capacity=Resources(cpu=4, memory=GiB)))
+    node = FullNode()
+    manager = Manager(store=store, scheduler=make_scheduler(), workers=node)
+    task, _ = manager.submit(TaskRequest(name="a", image="busybox"))
+
+    await manager.dispatch()
+    shown = manager.get(task.id)
+    assert (shown.state, shown.reason) == (
+        State.PENDING,
+        "could not start on n1: " + ("cannot save: disk full at /node/cube.db"),
+    )
+    await manager.dispatch()  # nothing changed: not sent again, in a loop against the node
+    assert node.sent == 1
+    manager.undrain("n1")  # a change of the cluster (as a node joining or a task ending)
+    await manager.dispatch()
+    assert node.sent == 2
+    await manager.close()

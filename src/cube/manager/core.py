@@ -433,6 +433,10 @@ class Manager:
                 self._node_unreachable(node.name, exc.message)
             if task.state is State.SCHEDULED and task.desired is DesiredState.RUN:
                 self._unplace(task, f"could not start on {node.name}: {exc.message}")
+                if isinstance(exc, StoreUnavailable):
+                    # The node cannot save it (a full disk): placed again once the cluster
+                    # changes (or by the dispatch's safety net), not in a loop against it.
+                    self._tried[task.id] = self._generation
             return
         log.info("task sent", task=task.id, node=node.name)
         del reported  # its progress arrives with the next collection
