@@ -253,8 +253,12 @@ class Worker:
             runner, pending = pending, None
             if runner is None:
                 # A runner that crashed (a change the store refused) left its record ahead
-                # of the store: its successor starts from what was saved.
-                runner = self._runner(self.store.get_task(task.id), fresh=False)
+                # of the store: its successor starts from what was saved. Unless the task
+                # got a runner meanwhile (sent again, stopped) or is gone: one runner a task.
+                saved = self.store.find_task(task.id)
+                if task.id in self.runners or saved is None:
+                    return
+                runner = self._runner(saved, fresh=False)
             try:
                 await runner.run()
             finally:
