@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
 
 import httpx
 import pytest
@@ -23,27 +22,14 @@ from cube.errors import StoreFull
 from cube.log import KeyValueFormatter
 from cube.manager import Manager, WorkerClient
 from cube.node import Node, Resources
-from cube.runtime.fake import FakeRuntime
 from cube.scheduler import make_scheduler
 from cube.store.memory import MemoryStore
-from cube.task.model import DesiredState, Task, TaskEvent
+from cube.task.model import Task
 from cube.task.spec import TaskRequest
 from cube.task.state import State
-from cube.worker import Worker
-from tests.test_worker_logic import container_of, request, restart, running, wait_until
+from tests.test_worker_logic import FullStore, wait_until
 
 GiB = 1024**3
-
-
-class FullStore(MemoryStore):
-    """A MemoryStore whose writes fail while ``full`` is set, as on a full disk."""
-
-    full = False
-
-    def save_task(self, task: Task, events: Sequence[TaskEvent] = ()) -> None:
-        if self.full:
-            raise StoreFull("cannot save: disk full at /data/cube.db")
-        super().save_task(task, events)
 
 
 def lines(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -220,39 +206,3 @@ async def test_a_task_a_full_node_refused_waits_for_a_change_of_the_cluster() ->
     await manager.dispatch()
     assert node.sent == 2
     await manager.close()
-
-
-async def test_a_worker_runner_the_store_failed_runs_again_from_what_was_saved(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(background, "FIRST_BACKOFF", 0.01)
-    monkeypatch.setattr(background, "MAX_BACKOFF", 0.05)
-    store, runtime = FullStore(), FakeRuntime()
-    worker = Worker(
-        name="w1",
-        runtime=runtime,
-        store=store,
-        capacity=Resources(cpu=4, memory=4 * GiB),
-        poll_interval=0.05,
-    )
-    await worker.start()
-    try:
-        task, _ = worker.submit(request(restart=restart("always")))
-        first = await running(worker, task.id)
-
-        store.full = True
-        runtime.crash(container_of(first), 0)
-        await wait_until(lambda: f"task {task.id}" in worker.loops.trouble)
-        # Its exit could not be saved: shown as saved, not as the crashed runner had it.
-        assert worker.get(task.id).state is State.RUNNING
-        with pytest.raises(StoreFull):
-            await worker.stop(task.id, wait=False)
-        assert worker.get(task.id).desired is DesiredState.RUN
-
-        store.full = False
-        second = await running(worker, task.id, restarts=1)
-        assert second.container_id != first.container_id
-        assert len(worker.runners) == 1
-    finally:
-        await worker.close()
-        await runtime.close()
