@@ -13,7 +13,7 @@
     POST   /v1/nodes              a worker registers itself
     POST   /v1/nodes/{name}/drain   move its tasks away, place nothing new there
     POST   /v1/nodes/{name}/undrain
-    GET    /v1/health             liveness, and the collection interval in force
+    GET    /v1/health             liveness, the intervals in force; "degraded" while a loop crashes
 """
 
 from __future__ import annotations

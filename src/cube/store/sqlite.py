@@ -98,6 +98,11 @@ class SqliteStore:
         except sqlite3.Error as exc:
             self.close()
             raise store_error(self.path, exc) from exc
+        except OSError as exc:  # the directory lock, the mode of the files
+            self.close()
+            raise StoreUnavailable(
+                f"cannot open {self.path}: {exc.strerror} ({exc.filename})"
+            ) from exc
         except BaseException:
             self.close()
             raise
