@@ -266,7 +266,7 @@ def modes(directory: Path) -> dict[str, str]:
 
 
 def test_every_file_an_agent_leaves_in_its_data_dir_is_private(
-    tmp_path: Path, start_manager: Any, start_worker: Any
+    tmp_path: Path, start_manager: Any, start_worker: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     manager_dir = tmp_path / "manager-data"
     worker_dir = tmp_path / "worker-data"
@@ -274,15 +274,22 @@ def test_every_file_an_agent_leaves_in_its_data_dir_is_private(
     worker_dir.chmod(0o755)
     (worker_dir / "notes").write_text("left here by the operator")
     (worker_dir / "notes").chmod(0o644)
+    # Without these in the environment, the agents write the join token and the worker's
+    # token to files in their data dirs (the cluster token stays the tests' own).
+    monkeypatch.setenv("CUBE_JOIN_TOKEN", "")
+    monkeypatch.setenv("CUBE_WORKER_TOKEN", "")
     manager = start_manager("--data-dir", str(manager_dir))
-    worker = start_worker("--manager", manager.url, "--data-dir", str(worker_dir))
+    join = (manager_dir / "join-token").read_text().strip()
+    worker = start_worker(
+        "--manager", manager.url, "--data-dir", str(worker_dir), "--join-token", join
+    )
     wait_nodes(manager, [worker])
     task_id = submit(manager, {**sleeper("secret"), "env": {"PASSWORD": "hunter2"}})
     wait_state(manager, task_id, "running")
 
-    for directory in (manager_dir, worker_dir):
+    for directory, token in ((manager_dir, "join-token"), (worker_dir, "token")):
         found = modes(directory)
-        assert {"cube.db", "cube.db-wal", "cube.db-shm"} <= set(found), found
+        assert {"cube.db", "cube.db-wal", "cube.db-shm", token} <= set(found), found
         assert found.pop(".") == "0o700", directory
         assert set(found.values()) == {"0o600"}, found
     assert "data dir was open to other users; made it 0700" in worker.logs()
