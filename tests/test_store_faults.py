@@ -104,6 +104,24 @@ def test_full_disk_refuses_tasks_with_503_and_shows_nothing_unsaved_then_resumes
     assert set(tasks_of(manager)) == set(expected)
 
 
+def test_a_worker_joining_a_manager_whose_disk_is_full_joins_once_space_is_back(
+    small_fs: Path, start_manager: Any, start_worker: Any
+) -> None:
+    data = small_fs / "manager"
+    manager = start_manager("--data-dir", str(data))
+    waiting = submit(manager, sleeper("waiting"))  # no node yet: Pending
+    filler = fill(small_fs)
+
+    worker = start_worker("--manager", manager.url)
+    message = f"cannot save: disk full at {data / 'cube.db'}"
+    wait_for(lambda: message in worker.logs(), timeout=30, what="the manager to refuse the join")
+    assert api.get(f"{manager.url}/v1/nodes", timeout=10).json() == []  # not saved: not shown
+
+    filler.unlink()
+    wait_nodes(manager, [worker])
+    assert_converges(manager.url, [worker.name], {waiting: "running"}, timeout=60)
+
+
 def test_full_disk_under_a_worker_restarts_its_crashed_runner_and_reports_it(
     small_fs: Path, start_manager: Any, start_worker: Any
 ) -> None:
