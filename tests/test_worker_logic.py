@@ -7,17 +7,18 @@ containers after a worker restart, and an engine outage, each in milliseconds.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
 
 import pytest
 
-from cube.errors import Conflict, NotFound
+from cube import background
+from cube.errors import Conflict, NotFound, StoreFull
 from cube.node import Resources
 from cube.runtime.fake import FakeRuntime
 from cube.store.memory import MemoryStore
-from cube.task.model import DesiredState, Task
+from cube.task.model import DesiredState, Task, TaskEvent
 from cube.task.spec import TaskRequest
 from cube.task.state import State
 from cube.worker import runner as runner_module
@@ -616,3 +617,40 @@ async def test_an_exit_while_the_engine_is_away_is_restarted_without_counting_it
     final = await finished(worker, task.id)
     assert final.state is State.FAILED
     assert final.reason == "exited with code 143; gave up after 0 of 0 restarts"
+
+
+# --- a store that refuses writes (a full disk) ------------------------------------------------
+class FullStore(MemoryStore):
+    """A MemoryStore whose writes fail while ``full`` is set, as on a full disk."""
+
+    full = False
+
+    def save_task(self, task: Task, events: Sequence[TaskEvent] = ()) -> None:
+        if self.full:
+            raise StoreFull("cannot save: disk full at /data/cube.db")
+        super().save_task(task, events)
+
+
+async def test_a_runner_the_store_failed_runs_again_from_what_was_saved(
+    make_worker: MakeWorker, runtime: FakeRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(background, "FIRST_BACKOFF", 0.01)
+    monkeypatch.setattr(background, "MAX_BACKOFF", 0.05)
+    store = FullStore()
+    worker = await make_worker(store=store)
+    task, _ = worker.submit(request(restart=restart("always")))
+    first = await running(worker, task.id)
+
+    store.full = True
+    runtime.crash(container_of(first), 0)
+    await wait_until(lambda: f"task {task.id}" in worker.loops.trouble)
+    # Its exit could not be saved: shown as saved, not as the crashed runner had it.
+    assert worker.get(task.id).state is State.RUNNING
+    with pytest.raises(StoreFull):
+        await worker.stop(task.id, wait=False)
+    assert worker.get(task.id).desired is DesiredState.RUN
+
+    store.full = False
+    second = await running(worker, task.id, restarts=1)
+    assert second.container_id != first.container_id
+    assert len(worker.runners) == 1

@@ -73,3 +73,14 @@ class ContainerError(CubeError):
 
 class Unavailable(CubeError):
     """A remote Cube component (manager or worker) cannot be reached."""
+
+
+class StoreUnavailable(CubeError):
+    """The store cannot be read or written: a corrupt, unreadable or read-only file.
+
+    The message names the file and what to do about it.
+    """
+
+
+class StoreFull(StoreUnavailable):
+    """A write was refused because the store's file system is full; nothing was saved."""

@@ -1,21 +1,30 @@
 """Structured logging: ``time level component message key=value ...``.
 
 Every line names what it is about (``task=... node=...``) so that one grep follows
-a task across manager and workers. Values are quoted when they contain spaces.
+a task across manager and workers. Values are quoted when they contain spaces, and
+newlines in them are escaped: one record is one line, a traceback included (in its
+``traceback=`` field), so a grep for a task or an error finds the whole record.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import traceback
 from typing import Any
 
 
 def _format_value(value: Any) -> str:
     text = str(value)
-    if not text or any(c in text for c in ' "='):
-        return '"' + text.replace('"', '\\"') + '"'
+    if not text or any(c in text for c in ' "=\n\r'):
+        escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+        return '"' + escaped.replace("\n", "\\n").replace("\r", "\\r") + '"'
     return text
+
+
+def format_traceback(exc: BaseException) -> str:
+    """The traceback of ``exc`` as Python prints it, without the trailing newline."""
+    return "".join(traceback.format_exception(exc)).rstrip("\n")
 
 
 class KeyValueFormatter(logging.Formatter):
@@ -38,9 +47,9 @@ class Logger:
     def __init__(self, name: str) -> None:
         self._logger = logging.getLogger(name)
 
-    def _log(self, level: int, msg: str, fields: dict[str, Any], exc: bool = False) -> None:
+    def _log(self, level: int, msg: str, fields: dict[str, Any]) -> None:
         if self._logger.isEnabledFor(level):
-            self._logger.log(level, msg, extra={"kv": fields}, exc_info=exc)
+            self._logger.log(level, msg, extra={"kv": fields})
 
     def debug(self, msg: str, **fields: Any) -> None:
         self._log(logging.DEBUG, msg, fields)
@@ -51,8 +60,11 @@ class Logger:
     def warning(self, msg: str, **fields: Any) -> None:
         self._log(logging.WARNING, msg, fields)
 
-    def error(self, msg: str, *, exc: bool = False, **fields: Any) -> None:
-        self._log(logging.ERROR, msg, fields, exc)
+    def error(self, msg: str, *, exc: BaseException | None = None, **fields: Any) -> None:
+        """With ``exc``, its traceback goes in the ``traceback`` field (last, one line)."""
+        if exc is not None:
+            fields["traceback"] = format_traceback(exc)
+        self._log(logging.ERROR, msg, fields)
 
 
 def get_logger(name: str) -> Logger:

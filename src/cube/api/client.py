@@ -18,6 +18,8 @@ _BY_CODE: dict[str, type[errors.CubeError]] = {
     "runtime_unavailable": errors.RuntimeUnavailable,
     "unavailable": errors.Unavailable,
     "container_error": errors.ContainerError,
+    "store_full": errors.StoreFull,
+    "store_unavailable": errors.StoreUnavailable,
 }
 
 

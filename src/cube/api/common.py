@@ -3,15 +3,40 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Self
 
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
+from cube.background import Supervisor
+
+
+class LoopHealth(BaseModel):
+    """A background loop that crashed (and was started again) since the agent started."""
+
+    restarts: int
+    last_error: str
+    #: Whether it crashed recently (see cube.background.TROUBLE_WINDOW).
+    failing: bool
+
 
 class Health(BaseModel):
+    #: "ok", or "degraded" while one of the agent's loops keeps crashing (see ``loops``).
     status: str = "ok"
     role: str
     name: str
+    #: Only the loops that crashed at least once, by name.
+    loops: dict[str, LoopHealth] = {}
+
+    def with_loops(self, supervisor: Supervisor, now: float) -> Self:
+        """This answer with the trouble of ``supervisor``'s loops as of ``now`` (monotonic)."""
+        self.loops = {
+            name: LoopHealth(restarts=t.restarts, last_error=t.last_error, failing=t.failing(now))
+            for name, t in sorted(supervisor.trouble.items())
+        }
+        if supervisor.degraded(now):
+            self.status = "degraded"
+        return self
 
 
 class ManagerHealth(Health):

@@ -32,6 +32,8 @@ STATUS: dict[type[errors.CubeError], tuple[int, str]] = {
     errors.Conflict: (409, "conflict"),
     errors.IllegalTransition: (409, "illegal_transition"),
     errors.RuntimeUnavailable: (503, "runtime_unavailable"),
+    errors.StoreFull: (503, "store_full"),
+    errors.StoreUnavailable: (503, "store_unavailable"),
     errors.Unavailable: (503, "unavailable"),
     errors.ContainerError: (502, "container_error"),
     errors.CubeError: (400, "error"),
@@ -117,5 +119,5 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.error("unexpected error", path=request.url.path, error=repr(exc))
+        log.error("unexpected error", path=request.url.path, error=repr(exc), exc=exc)
         return error_response(500, "internal", "internal error; see the server's log")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import socket
 import sys
 from collections.abc import Awaitable, Callable
@@ -39,6 +40,7 @@ from cube.node import Resources
 from cube.runtime.docker import DockerRuntime
 from cube.scheduler import ALGORITHMS, DEFAULT_ALGORITHM, make_scheduler
 from cube.store import Store, StoreKind, open_store
+from cube.store.files import secure_data_dir
 from cube.task.spec import Privilege
 from cube.worker import MachineSampler, Worker
 from cube.worker import create_app as worker_app
@@ -57,11 +59,14 @@ def default_data_dir(role: str) -> Path:
 def _data_dir(given: Path | None, role: str) -> Path:
     """The directory to use (created if needed): the one given, else the default for ``role``.
 
-    Created 0700: besides the 0600 token files it holds the store, and a manager's store
-    keeps every worker's token (a token that can run containers on that worker).
+    Private (see cube.store.files): besides the token files it holds the store, and a
+    manager's store keeps every worker's token (a token that can run containers on that
+    worker). The agent's umask makes whatever it creates later private too (SQLite's
+    -wal and -shm files, a token file).
     """
+    os.umask(0o077)
     path = given or default_data_dir(role)
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    secure_data_dir(path)
     return path
 
 

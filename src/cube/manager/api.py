@@ -13,11 +13,12 @@
     POST   /v1/nodes              a worker registers itself
     POST   /v1/nodes/{name}/drain   move its tasks away, place nothing new there
     POST   /v1/nodes/{name}/undrain
-    GET    /v1/health             liveness, and the collection interval in force
+    GET    /v1/health             liveness, the intervals in force; "degraded" while a loop crashes
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated
@@ -162,12 +163,13 @@ def create_app(manager: Manager, *, authenticator: Authenticator | None = None) 
     @app.get("/v1/health")
     async def health() -> ManagerHealth:
         pace = manager.pace
-        return ManagerHealth(
+        health = ManagerHealth(
             role="manager",
             name="manager",
             nodes=len(manager.nodes),
             collect_interval=pace.collect,
             node_timeout=pace.node_timeout,
         )
+        return health.with_loops(manager.loops, time.monotonic())
 
     return app

@@ -18,13 +18,23 @@ loops do the work:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import time
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from cube.background import cancel_all, spawn
-from cube.errors import Conflict, CubeError, FieldError, InvalidSpec, NotFound, Unavailable
+from cube.background import Supervisor, cancel_all, spawn
+from cube.errors import (
+    Conflict,
+    CubeError,
+    FieldError,
+    InvalidSpec,
+    NotFound,
+    StoreUnavailable,
+    Unavailable,
+)
 from cube.log import get_logger
 from cube.manager.lookup import find_task
 from cube.manager.pacing import Pace, pace
@@ -110,6 +120,8 @@ class Manager:
         self._generation = 0
         self._tried: dict[str, int] = {}
         self._loops: list[asyncio.Task[None]] = []
+        #: Runs the loops below, and starts one that crashed again (see GET /v1/health).
+        self.loops = Supervisor("manager")
         self._background: set[asyncio.Task[Any]] = set()
         #: Task ID -> set when its send to a node ended. A stop waits for it: otherwise it can
         #: overtake the send, find nothing to stop, and the node starts the task after all.
@@ -154,9 +166,12 @@ class Manager:
             node.last_seen = started
             self._node_changed(node.name)
         self._loops = [
-            spawn(self._dispatch_loop(), "dispatch"),
-            spawn(self._collect_loop(), "collect"),
-            *(spawn(self._join_loop(a), f"join {a}") for a in self.static_workers),
+            self.loops.start("dispatch", self._dispatch_loop),
+            self.loops.start("collect", self._collect_loop),
+            *(
+                self.loops.start(f"join {a}", functools.partial(self._join_loop, a))
+                for a in self.static_workers
+            ),
         ]
         for node in self.nodes.values():
             self._watch(node)
@@ -184,8 +199,9 @@ class Manager:
                 raise Conflict(f"task {request.id} exists with a different spec")
             return existing.model_copy(deep=True), False
         task = Task(spec=spec) if request.id is None else Task(id=request.id, spec=spec)
-        self.tasks[task.id] = task
+        # Saved first: a task the store refused (a full disk) must not be listed.
         self.store.save_task(task, [TaskEvent(state=State.PENDING, reason="submitted")])
+        self.tasks[task.id] = task
         log.info("task submitted", task=task.id, name=spec.name)
         self._dispatch_wake.set()
         return task.model_copy(deep=True), True
@@ -299,7 +315,7 @@ class Manager:
         if node.state is NodeState.READY:
             node.state = NodeState.DRAINING
         node.reason = "drained by operator"
-        self.store.save_node(node)
+        self._save_node(node)
         for task_id in self._move_tasks_off(node, f"node {name} draining"):
             # The node answers: stop its copies now. Its blocking query reports only tasks
             # that change, and these do not until they are stopped.
@@ -315,7 +331,7 @@ class Manager:
         if node.state is NodeState.DRAINING:
             node.state = NodeState.READY
         node.reason = ""
-        self.store.save_node(node)
+        self._save_node(node)
         self._capacity_changed()
         log.info("node undrained", node=name)
         return self.get_node(name)
@@ -365,24 +381,26 @@ class Manager:
             async with gate:
                 await self._send(task, node)
 
-        for task in pending:
-            decision = self.scheduler.place(task.spec, views)
-            task.placement = decision.model_dump(mode="json")
-            if decision.node is None:
-                self._tried[task.id] = self._generation
-                if task.reason != decision.reason:
-                    task.reason = decision.reason
-                    self._save(task)
-                continue
-            self._tried.pop(task.id, None)
-            i = index[decision.node]
-            views[i] = allocate(views[i], task.spec)
-            self._assign(task, decision.node)
-            task.node_events = 0  # a new placement: the node's history of it starts now
-            self._save(task, task.transition(State.SCHEDULED, f"placed on {decision.node}"))
-            self._sending.setdefault(task.id, asyncio.Event())  # before anything else runs
-            sends.append(send(task, views[i]))
-        await asyncio.gather(*sends)
+        try:
+            for task in pending:
+                decision = self.scheduler.place(task.spec, views)
+                task.placement = decision.model_dump(mode="json")
+                if decision.node is None:
+                    self._tried[task.id] = self._generation
+                    if task.reason != decision.reason:
+                        task.reason = decision.reason
+                        self._save(task)
+                    continue
+                self._tried.pop(task.id, None)
+                i = index[decision.node]
+                views[i] = allocate(views[i], task.spec)
+                self._assign(task, decision.node)
+                task.node_events = 0  # a new placement: the node's history of it starts now
+                self._save(task, task.transition(State.SCHEDULED, f"placed on {decision.node}"))
+                self._sending.setdefault(task.id, asyncio.Event())  # before anything else runs
+                sends.append(send(task, views[i]))
+        finally:  # a save refused (a full disk) ends the pass: the tasks saved still go
+            await asyncio.gather(*sends)
 
     async def _send(self, task: Task, node: Node) -> None:
         sending = self._sending.setdefault(task.id, asyncio.Event())
@@ -406,11 +424,16 @@ class Manager:
                 self._node_unreachable(node.name, exc.message)
             if task.state is State.SCHEDULED and task.desired is DesiredState.RUN:
                 self._unplace(task, f"could not start on {node.name}: {exc.message}")
+                if isinstance(exc, StoreUnavailable):
+                    # The node cannot save it (a full disk): placed again once the cluster
+                    # changes (or by the dispatch's safety net), not in a loop against it.
+                    self._tried[task.id] = self._generation
             return
         log.info("task sent", task=task.id, node=node.name)
         del reported  # its progress arrives with the next collection
 
     async def _dispatch_loop(self) -> None:
+        self._dispatch_wake.set()  # a pass at once, also when started again after a crash
         while True:
             try:
                 await asyncio.wait_for(self._dispatch_wake.wait(), 5.0)
@@ -480,7 +503,9 @@ class Manager:
 
     def _watch(self, node: Node) -> None:
         if node.name not in self._watches:
-            self._watches[node.name] = spawn(self._watch_loop(node.name), f"watch {node.name}")
+            self._watches[node.name] = self.loops.start(
+                f"watch {node.name}", functools.partial(self._watch_loop, node.name)
+            )
 
     async def _watch_loop(self, name: str) -> None:
         """Reconcile ``name``'s tasks as they change: a blocking query, like Nomad's."""
@@ -715,7 +740,14 @@ class Manager:
             node.reason, changed = "", True
             log.info("node is back", node=node.name)
         if changed:
-            self.store.save_node(node)
+            try:
+                self._save_node(node)
+            except StoreUnavailable:
+                if is_new:  # not saved: not joined
+                    del self.nodes[node.name]
+                    if (watch := self._watches.pop(node.name, None)) is not None:
+                        watch.cancel()
+                raise
             self._capacity_changed()
         return node
 
@@ -741,7 +773,10 @@ class Manager:
     def _deadline_passed(self, name: str, error: str) -> None:
         del self._deadlines[name]
         if (node := self.nodes.get(name)) is not None:
-            self._check_deadline(node, error)  # answered meanwhile: a new deadline, or none
+            try:
+                self._check_deadline(node, error)  # answered meanwhile: a new deadline, or none
+            except StoreUnavailable as exc:  # a timer's callback: nobody else would log it
+                log.warning("cannot record a lost node", node=name, error=exc.message)
 
     def _move_tasks_off(self, node: Node, why: str) -> list[str]:
         """Send every task placed on ``node`` back to the scheduler (same ID, history kept).
@@ -805,7 +840,7 @@ class Manager:
     def _mark_down(self, node: Node, reason: str) -> None:
         self._node_changed(node.name)
         node.state, node.reason = NodeState.DOWN, reason
-        self.store.save_node(node)
+        self._save_node(node)
         log.warning("node down", node=node.name, reason=reason)
 
     # --- helpers -------------------------------------------------------------------------------
@@ -813,4 +848,31 @@ class Manager:
         """Record a change of ``task`` (every change of a task is saved at once)."""
         self._listed.pop(task.id, None)
         self._node_changed(task.node)  # its state may have freed or taken resources there
-        self.store.save_task(task, events)
+        try:
+            self.store.save_task(task, events)
+        except StoreUnavailable:
+            self._restore(task)
+            raise
+
+    def _save_node(self, node: Node) -> None:
+        """Record a change of ``node``; one the store refused is undone, as for tasks."""
+        try:
+            self.store.save_node(node)
+        except StoreUnavailable:
+            self._node_changed(node.name)
+            with contextlib.suppress(NotFound):  # a new node: _join forgets it
+                saved = self.store.get_node(node.name)
+                for field in Node.model_fields:
+                    setattr(node, field, getattr(saved, field))
+            raise
+
+    def _restore(self, task: Task) -> None:
+        """Undo the changes of ``task`` that the store refused: the record goes back to
+        what was saved last, so the API never shows a change that a restart would lose."""
+        saved = self.store.get_task(task.id)
+        if saved.node != task.node:
+            self._assign(task, saved.node)
+        for field in Task.model_fields:
+            setattr(task, field, getattr(saved, field))
+        self._listed.pop(task.id, None)
+        self._node_changed(task.node)

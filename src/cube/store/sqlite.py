@@ -21,6 +21,8 @@ Each value is stored as the JSON of its pydantic model; the few columns next to 
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 import threading
 import time
@@ -28,8 +30,10 @@ from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from cube.errors import CubeError, NotFound
+from cube.errors import NotFound, StoreUnavailable
 from cube.node import Node
+from cube.store.failures import MOVE_IT_AWAY, explained, store_error
+from cube.store.files import private
 from cube.store.sqlite_jobs import SqliteJobTables, create_job_tables
 from cube.task.model import Task, TaskEvent
 from cube.task.state import State
@@ -86,35 +90,76 @@ class SqliteStore(SqliteJobTables):
             # Each thread would get its own, empty, database.
             raise ValueError("SqliteStore needs a file; use MemoryStore for an in-memory store")
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._local = threading.local()
         self._lock = threading.Lock()  # guards _conns and _closed
         self._conns: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._closed = False
         try:
-            self._enable_wal()
-            self._create_schema()
+            with _opening(self.path.parent):
+                self._open()
+        except sqlite3.Error as exc:
+            self.close()
+            raise store_error(self.path, exc) from exc
+        except OSError as exc:  # the directory lock, the mode of the files
+            self.close()
+            raise StoreUnavailable(
+                f"cannot open {self.path}: {exc.strerror} ({exc.filename})"
+            ) from exc
         except BaseException:
             self.close()
             raise
 
+    def _open(self) -> None:
+        """Check the file, make it private, then set it up: called under :func:`_opening`.
+
+        A file that exists but is empty is refused: it held a cluster once (SQLite writes
+        its header before any data), and starting an empty cluster over it silently would
+        hide the loss. A file that exists is checked page by page (``quick_check``, a few
+        milliseconds for thousands of tasks), so a truncated file is refused at start
+        rather than failing reads of some tasks later.
+        """
+        existed = self.path.exists()
+        if existed and self.path.stat().st_size == 0:
+            raise StoreUnavailable(
+                f"{self.path} is empty (0 bytes) though it should hold the saved state;"
+                f" {MOVE_IT_AWAY}"
+            )
+        conn = self._conn()  # creates the file if missing
+        private(self.path)
+        self._enable_wal()
+        for suffix in ("-wal", "-shm"):  # SQLite gives them the file's mode; older ones: now
+            if (extra := self.path.with_name(self.path.name + suffix)).exists():
+                private(extra)
+        if existed:
+            problems = [row[0] for row in conn.execute("PRAGMA quick_check(3)")]
+            if problems != ["ok"]:
+                raise StoreUnavailable(
+                    f"{self.path} is damaged ({'; '.join(problems)}); {MOVE_IT_AWAY}"
+                )
+        self._create_schema()
+
     # --- tasks -----------------------------------------------------------------------------
+    @explained
     def save_task(self, task: Task, events: Sequence[TaskEvent] = ()) -> None:
         data = task.model_dump_json()
         with self._write() as conn:
             conn.execute(_UPSERT_TASK, (task.id, task.name, task.state.value, task.node, data))
             self._insert_events(conn, task.id, events)
 
+    @explained
     def get_task(self, task_id: str) -> Task:
         task = self.find_task(task_id)
         if task is None:
             raise NotFound(f"task {task_id} not found")
         return task
 
+    @explained
     def find_task(self, task_id: str) -> Task | None:
         row = self._conn().execute("SELECT data FROM tasks WHERE id = ?", (task_id,)).fetchone()
         return None if row is None else Task.model_validate_json(row[0])
 
+    @explained
     def list_tasks(
         self, *, node: str | None = None, states: Collection[State] | None = None
     ) -> list[Task]:
@@ -132,17 +177,20 @@ class SqliteStore(SqliteJobTables):
         rows = self._conn().execute(f"SELECT data FROM tasks {where} ORDER BY seq", params)
         return [Task.model_validate_json(data) for (data,) in rows]
 
+    @explained
     def delete_task(self, task_id: str) -> None:
         with self._write() as conn:
             conn.execute("DELETE FROM events WHERE task_id = ?", (task_id,))
             if conn.execute("DELETE FROM tasks WHERE id = ?", (task_id,)).rowcount == 0:
                 raise NotFound(f"task {task_id} not found")
 
+    @explained
     def add_events(self, task_id: str, events: Sequence[TaskEvent]) -> None:
         with self._write() as conn:
             self._check_task_exists(conn, task_id)
             self._insert_events(conn, task_id, events)
 
+    @explained
     def task_events(self, task_id: str) -> list[TaskEvent]:
         with self._read() as conn:
             self._check_task_exists(conn, task_id)
@@ -152,6 +200,7 @@ class SqliteStore(SqliteJobTables):
         return [TaskEvent.model_validate_json(data) for (data,) in rows]
 
     # --- nodes -----------------------------------------------------------------------------
+    @explained
     def save_node(self, node: Node) -> None:
         data = node.model_dump_json()
         with self._write() as conn:
@@ -161,16 +210,19 @@ class SqliteStore(SqliteJobTables):
                 (node.name, data),
             )
 
+    @explained
     def get_node(self, name: str) -> Node:
         row = self._conn().execute("SELECT data FROM nodes WHERE name = ?", (name,)).fetchone()
         if row is None:
             raise NotFound(f"node {name} not found")
         return Node.model_validate_json(row[0])
 
+    @explained
     def list_nodes(self) -> list[Node]:
         rows = self._conn().execute("SELECT data FROM nodes ORDER BY name")
         return [Node.model_validate_json(data) for (data,) in rows]
 
+    @explained
     def delete_node(self, name: str) -> None:
         with self._write() as conn:
             if conn.execute("DELETE FROM nodes WHERE name = ?", (name,)).rowcount == 0:
@@ -253,7 +305,10 @@ class SqliteStore(SqliteJobTables):
                     raise
                 time.sleep(0.01)
         if mode != "wal":  # e.g. a file system without shared memory
-            raise CubeError(f"{self.path}: SQLite refused WAL journal mode (got {mode!r})")
+            raise StoreUnavailable(
+                f"{self.path}: SQLite refused WAL journal mode (got {mode!r});"
+                " keep the data dir on a local file system"
+            )
 
     def _create_schema(self) -> None:
         # Inside a write transaction, so that two processes opening a new file at once
@@ -264,7 +319,7 @@ class SqliteStore(SqliteJobTables):
                 for statement in _SCHEMA:
                     conn.execute(statement)
             elif version != SCHEMA_VERSION:
-                raise CubeError(
+                raise StoreUnavailable(
                     f"{self.path} has schema version {version};"
                     f" this version of Cube reads version {SCHEMA_VERSION}"
                 )
@@ -304,3 +359,18 @@ class SqliteStore(SqliteJobTables):
             "INSERT INTO events (task_id, data) VALUES (?, ?)",
             [(task_id, event.model_dump_json()) for event in events],
         )
+
+
+@contextmanager
+def _opening(directory: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``directory`` while a store in it is opened.
+
+    Processes that open a new file together must not see one another's empty file,
+    just created and not yet set up, as an empty store that existed (see ``_open``).
+    """
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock

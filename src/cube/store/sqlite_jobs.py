@@ -14,11 +14,13 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cube.errors import Conflict, NotFound
 from cube.job.model import Allocation, Job, JobVersion
 from cube.store.base import found
+from cube.store.failures import explained
 
 JOB_TABLES = (
     # seq orders jobs and allocations oldest first; an upsert keeps it, as for tasks.
@@ -73,7 +75,10 @@ class SqliteJobTables:
         def _read(self) -> AbstractContextManager[sqlite3.Connection]: ...
         def _write(self) -> AbstractContextManager[sqlite3.Connection]: ...
 
+        path: Path
+
     # --- jobs ------------------------------------------------------------------------------
+    @explained
     def save_job(self, job: Job, versions: Sequence[JobVersion] = ()) -> None:
         data = job.model_dump_json()
         with self._write() as conn:
@@ -91,17 +96,21 @@ class SqliteJobTables:
                 [(v.job, v.number, v.spec_hash, v.model_dump_json()) for v in versions],
             )
 
+    @explained
     def get_job(self, job_id: str) -> Job:
         return found(self.find_job(job_id), f"job {job_id}")
 
+    @explained
     def find_job(self, job_id: str) -> Job | None:
         row = self._conn().execute("SELECT data FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return None if row is None else Job.model_validate_json(row[0])
 
+    @explained
     def list_jobs(self) -> list[Job]:
         rows = self._conn().execute("SELECT data FROM jobs ORDER BY seq")
         return [Job.model_validate_json(data) for (data,) in rows]
 
+    @explained
     def delete_job(self, job_id: str) -> None:
         with self._write() as conn:
             conn.execute("DELETE FROM allocations WHERE job = ?", (job_id,))
@@ -109,6 +118,7 @@ class SqliteJobTables:
             if conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,)).rowcount == 0:
                 raise NotFound(f"job {job_id} not found")
 
+    @explained
     def job_versions(self, job_id: str) -> list[JobVersion]:
         with self._read() as conn:
             if conn.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is None:
@@ -118,6 +128,7 @@ class SqliteJobTables:
             ).fetchall()
         return [JobVersion.model_validate_json(data) for (data,) in rows]
 
+    @explained
     def get_job_version(self, job_id: str, number: int) -> JobVersion:
         row = (
             self._conn()
@@ -129,6 +140,7 @@ class SqliteJobTables:
         return JobVersion.model_validate_json(row[0])
 
     # --- allocations -----------------------------------------------------------------------
+    @explained
     def save_allocations(self, allocations: Sequence[Allocation]) -> None:
         rows = [(a.id, a.job, a.node, a.model_dump_json()) for a in allocations]
         with self._write() as conn:
@@ -137,9 +149,11 @@ class SqliteJobTables:
                     raise NotFound(f"job {job} not found")
             conn.executemany(_UPSERT_ALLOC, rows)
 
+    @explained
     def get_allocation(self, alloc_id: str) -> Allocation:
         return found(self.find_allocation(alloc_id), f"allocation {alloc_id}")
 
+    @explained
     def find_allocation(self, alloc_id: str) -> Allocation | None:
         row = (
             self._conn()
@@ -148,6 +162,7 @@ class SqliteJobTables:
         )
         return None if row is None else Allocation.model_validate_json(row[0])
 
+    @explained
     def list_allocations(
         self, *, job: str | None = None, node: str | None = None
     ) -> list[Allocation]:

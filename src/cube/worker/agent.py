@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from cube.background import cancel_all, spawn
+from cube.background import Supervisor, cancel_all
 from cube.errors import Conflict, FieldError, InvalidSpec, NotFound, RuntimeUnavailable
 from cube.log import get_logger
 from cube.node import MachineStats, NodeReport, Resources
@@ -84,6 +84,9 @@ class Worker:
         self.feed = ChangeFeed()
         self._runner_tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[None]] = []
+        #: Runs the loops and the task runners, and starts one that crashed again (a full
+        #: disk under the store): see GET /v1/health.
+        self.loops = Supervisor("worker")
         self._stats = MachineStats()
         #: Host ports taken on the machine by any process, as last sampled.
         self._ports_in_use: set[int] = set()
@@ -100,9 +103,9 @@ class Worker:
                 self._supervise(task)
         self._sample()
         self._loops = [
-            spawn(self._exits_loop(), "exits"),
-            spawn(self._poll_loop(), "poll"),
-            spawn(self._metrics_loop(), "metrics"),
+            self.loops.start("exits", self._exits_loop),
+            self.loops.start("poll", self._poll_loop),
+            self.loops.start("metrics", self._metrics_loop),
         ]
         log.info("worker started", node=self.name, tasks=len(self.runners))
 
@@ -171,8 +174,9 @@ class Worker:
         """Ask for a task to stop; with ``wait``, return once its container is gone."""
         runner = self.runners.get(task_id)
         task = runner.task if runner else self.store.get_task(task_id)
+        # Saved before the runner sees it: a stop the store refused (a full disk) is not made.
+        self.store.save_task(task.model_copy(update={"desired": DesiredState.STOP}))
         task.desired = DesiredState.STOP
-        self.store.save_task(task)
         self.feed.changed(task_id)
         if runner is None or runner.done.is_set():
             runner = self._supervise(task)
@@ -256,6 +260,30 @@ class Worker:
 
     # --- supervision ---------------------------------------------------------------------------
     def _supervise(self, task: Task, *, fresh: bool = False) -> TaskRunner:
+        first = self._runner(task, fresh=fresh)
+        pending: TaskRunner | None = first
+
+        async def run() -> None:
+            nonlocal pending
+            runner, pending = pending, None
+            if runner is None:
+                # A runner that crashed (a change the store refused) left its record ahead
+                # of the store: its successor starts from what was saved. Unless the task
+                # got a runner meanwhile (sent again, stopped) or is gone: one runner a task.
+                saved = self.store.find_task(task.id)
+                if task.id in self.runners or saved is None:
+                    return
+                runner = self._runner(saved, fresh=False)
+            try:
+                await runner.run()
+            finally:
+                if self.runners.get(task.id) is runner:
+                    del self.runners[task.id]
+
+        self.loops.start(f"task {task.id}", run, keep=self._runner_tasks)
+        return first
+
+    def _runner(self, task: Task, *, fresh: bool) -> TaskRunner:
         runner = TaskRunner(
             task,
             node=self.name,
@@ -268,15 +296,6 @@ class Worker:
             engine=self.engine,
         )
         self.runners[task.id] = runner
-
-        async def run() -> None:
-            try:
-                await runner.run()
-            finally:
-                if self.runners.get(task.id) is runner:
-                    del self.runners[task.id]
-
-        spawn(run(), f"task {task.id}", keep=self._runner_tasks)
         return runner
 
     async def _adopt(self) -> None:

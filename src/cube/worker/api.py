@@ -11,11 +11,12 @@
     GET    /v1/tasks/{id}/events  its history
     GET    /v1/tasks/{id}/logs    its container's output (?tail=N&follow=true)
     GET    /v1/stats              capacity, allocation and machine metrics
-    GET    /v1/health             liveness
+    GET    /v1/health             liveness; "degraded", naming the loops, while one crashes
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated
@@ -103,6 +104,6 @@ def create_app(worker: Worker, *, authenticator: Authenticator | None = None) ->
 
     @app.get("/v1/health")
     async def health() -> Health:
-        return Health(role="worker", name=worker.name)
+        return Health(role="worker", name=worker.name).with_loops(worker.loops, time.monotonic())
 
     return app

@@ -182,7 +182,7 @@ class TaskRunner:
             self._move(State.FAILED, f"container did not start: {exc.message}")
             return
         except Exception as exc:  # an answer the runtime did not expect: still a failed start
-            log.error("starting a container failed", exc=True, task=task.id, node=self.node)
+            log.error("starting a container failed", exc=exc, task=task.id, node=self.node)
             self._move(State.FAILED, f"container did not start: {exc!r}")
             return
         task.container_id = info.id
