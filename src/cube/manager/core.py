@@ -26,10 +26,11 @@ from typing import Any
 from cube.background import cancel_all, spawn
 from cube.errors import Conflict, CubeError, FieldError, InvalidSpec, NotFound, Unavailable
 from cube.log import get_logger
+from cube.manager.identity import check_claim, new_secret
 from cube.manager.pacing import Pace, pace
-from cube.manager.reconcile import merge_report, needs_merge
+from cube.manager.reconcile import gave_up, merge_report, needs_merge
 from cube.manager.workers import WorkerClient
-from cube.node import Node, NodeReport, NodeState
+from cube.node import JoinAnswer, Node, NodeReport, NodeState
 from cube.scheduler import Scheduler, allocate, allocate_all
 from cube.store.base import Store
 from cube.task.model import DesiredState, Task, TaskEvent
@@ -269,9 +270,16 @@ class Manager:
             yield chunk
 
     # --- nodes ---------------------------------------------------------------------------------
-    async def register(self, name: str, address: str, token: str | None) -> Node:
-        """Add (or update) a node, after checking that its API answers at ``address``
-        to ``token``: a worker can only join with a credential it really accepts."""
+    async def register(
+        self, name: str, address: str, token: str | None, *, secret: str | None = None
+    ) -> JoinAnswer:
+        """Add (or update) a node, after checking that the name is the caller's to take
+        (see :mod:`cube.manager.identity`) and that its API answers at ``address`` to
+        ``token``: a worker can only join with a credential it really accepts.
+
+        The answer carries a new node secret if one was issued, and the tasks placed on
+        the node: a returning worker runs only those (see Worker.assigned)."""
+        issue = check_claim(self.nodes.get(name), address=address, secret=secret)
         previous = self.workers.credentials.get(address)
         self._remember(address, token)
         try:
@@ -283,7 +291,17 @@ class Manager:
             raise InvalidSpec(
                 [FieldError("name", f"the worker at {address} is named {report.name!r}")]
             )
-        return self._join(address, report, token=token)
+        # Checked again: another join under this name may have been accepted meanwhile.
+        issue = check_claim(self.nodes.get(name), address=address, secret=secret)
+        issued, digest = new_secret() if issue else (None, None)
+        self._join(address, report, token=token, secret_hash=digest)
+        assigned = [t.id for t in self._tasks_on(name) if t.desired is DesiredState.RUN]
+        return JoinAnswer(
+            node=self._view(name),
+            secret=issued,
+            tasks=assigned,
+            node_timeout=self.pace.node_timeout,
+        )
 
     def _remember(self, address: str, token: str | None) -> None:
         if token:
@@ -563,6 +581,10 @@ class Manager:
                     task.transition(State.SCHEDULED, reason),
                     task.transition(State.RUNNING, reason),
                 )
+            if gave_up(task, copy, node.name) and task.id not in self._sending:
+                # Stopped by the node on its own (its manager was silent too long, or it
+                # came back to find the task moved): place it again, here or elsewhere.
+                self._unplace(task, f"node {node.name} stopped it ({copy.reason}); rescheduling")
             if task.node != node.name:
                 if not copy.is_terminal or copy.container_id:
                     self._stop_copy(node, copy.id)
@@ -691,8 +713,16 @@ class Manager:
             await asyncio.sleep(max(1.0, self.collect_interval))
 
     # --- node bookkeeping ----------------------------------------------------------------------
-    def _join(self, address: str, report: NodeReport, *, token: str | None = None) -> Node:
-        """Record what a node reported (a join, or a collection pass with token None)."""
+    def _join(
+        self,
+        address: str,
+        report: NodeReport,
+        *,
+        token: str | None = None,
+        secret_hash: str | None = None,
+    ) -> Node:
+        """Record what a node reported (a join, or a collection pass with token None);
+        ``secret_hash``: the digest of a node secret just issued to it."""
         node = self.nodes.get(report.name)
         is_new = node is None
         if node is None:
@@ -708,6 +738,8 @@ class Manager:
         )
         if token is not None and token != node.token:
             node.token, changed = token, True
+        if secret_hash is not None:
+            node.secret_hash, changed = secret_hash, True
         self._node_changed(node.name)
         node.address = address
         node.capacity = report.capacity
@@ -791,6 +823,7 @@ class Manager:
             and task.desired is DesiredState.RUN
             and task.node is None
             and copy.state is State.RUNNING
+            and copy.desired is DesiredState.RUN  # not a copy its node is stopping
             and node.state is NodeState.READY
             # Not a copy already being stopped (seen before it ran): the stop would end
             # the task just taken back, Completed though it should run.

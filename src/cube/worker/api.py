@@ -16,7 +16,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated
 
@@ -33,6 +33,8 @@ from cube.task.model import Task, TaskEvent
 from cube.task.spec import TaskRequest
 from cube.worker.agent import Worker
 from cube.worker.changes import MAX_WAIT, TaskChanges
+
+CallNext = Callable[[Request], Awaitable[Response]]
 
 
 def create_app(worker: Worker, *, authenticator: Authenticator | None = None) -> FastAPI:
@@ -55,6 +57,15 @@ def create_app(worker: Worker, *, authenticator: Authenticator | None = None) ->
     )
     install_error_handlers(app)
     publish_schemas(app, TaskRequest)
+
+    @app.middleware("http")
+    async def heard_from_manager(request: Request, call_next: CallNext) -> Response:
+        # Added before the authentication below, so inside it: with an authenticator only
+        # the manager's calls get here. Counted when they arrive: a blocking query is held.
+        if request.url.path != "/v1/health":
+            worker.heard()
+        return await call_next(request)
+
     if authenticator is not None:
         rule = open_health(frozenset({Role.MANAGER}))
         app.add_middleware(BearerAuth, authenticator=authenticator, rule=rule)
