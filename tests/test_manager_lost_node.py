@@ -158,6 +158,27 @@ async def test_a_task_its_node_stopped_on_its_own_is_placed_again_not_completed(
     await manager.close()
 
 
+async def test_the_copy_a_node_gave_up_reported_late_does_not_end_its_new_placement() -> None:
+    node = FakeNode()
+    manager, task_id = await one_task_on(node)
+    node.start(task_id)
+    await collect(manager)
+    given_up = node.copies[task_id]
+    given_up.desired = DesiredState.STOP
+    node.history[task_id].append(given_up.transition(State.COMPLETED, "stopped: no call"))
+    old_history = list(node.history[task_id])
+    await collect(manager)
+    await manager.dispatch()  # placed on n1 again: the node has a fresh copy
+    assert manager.get(task_id).state is State.SCHEDULED
+
+    # A report read before that send, handled after it: the old, stopped copy.
+    node.copies[task_id], node.history[task_id] = given_up, old_history
+    await collect(manager)
+    task = manager.get(task_id)
+    assert (task.state, task.node) == (State.SCHEDULED, "n1"), manager.events(task_id)
+    await manager.close()
+
+
 async def test_a_running_copy_its_node_is_stopping_is_not_taken_back() -> None:
     node = FakeNode()
     manager, task_id = await one_task_on(node)

@@ -120,6 +120,9 @@ class Manager:
         self._stopping: dict[str, asyncio.Task[None]] = {}
         #: (node, task) of copies being stopped because the task is placed elsewhere.
         self._stopping_copies: set[tuple[str, str]] = set()
+        #: (node, task) of copies a node stopped on its own (see gave_up): until the node
+        #: reports a copy it runs, a stopped one is that copy, not news of a new placement.
+        self._given_up: set[tuple[str, str]] = set()
         #: Node name -> its watch; the names of nodes whose watch currently works.
         self._watches: dict[str, asyncio.Task[None]] = {}
         self._watched: set[str] = set()
@@ -581,9 +584,19 @@ class Manager:
                     task.transition(State.SCHEDULED, reason),
                     task.transition(State.RUNNING, reason),
                 )
-            if gave_up(task, copy, node.name) and task.id not in self._sending:
-                # Stopped by the node on its own (its manager was silent too long, or it
-                # came back to find the task moved): place it again, here or elsewhere.
+            key = (node.name, copy.id)
+            if copy.desired is DesiredState.RUN:
+                self._given_up.discard(key)
+            elif (
+                task.node == node.name
+                and task.desired is DesiredState.RUN
+                and (key in self._given_up or task.id in self._sending)
+            ):
+                continue  # the copy it gave up, in a report older than the task's new send
+            if gave_up(task, copy, node.name):
+                # Stopped by the node on its own (its manager was silent too long): place
+                # it again, here or elsewhere.
+                self._given_up.add(key)
                 self._unplace(task, f"node {node.name} stopped it ({copy.reason}); rescheduling")
             if task.node != node.name:
                 if not copy.is_terminal or copy.container_id:
