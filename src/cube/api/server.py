@@ -77,7 +77,7 @@ async def serve(
         try:
             await func()
         except CubeError as exc:
-            log.error("cannot go on", error=exc.message)
+            log.error("stopping", error=exc.message)
             failed = True
             stop_all(signal.SIGTERM)
 

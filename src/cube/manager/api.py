@@ -10,7 +10,7 @@
     GET    /v1/tasks/{id}/logs    its container's output, proxied from its node
     GET    /v1/nodes              every node, with capacity, allocation and metrics
     GET    /v1/nodes/{name}       one node
-    POST   /v1/nodes              a worker registers itself
+    POST   /v1/nodes              a worker joins (409 if the name is another worker's)
     POST   /v1/nodes/{name}/drain   move its tasks away, place nothing new there
     POST   /v1/nodes/{name}/undrain
     GET    /v1/health             liveness, and the collection interval in force
