@@ -75,6 +75,12 @@ async def join_manager(
                 )
             except httpx.HTTPError as exc:
                 log.warning("manager not answering yet", manager=manager_url, error=str(exc))
+            except ValueError as exc:  # pydantic's ValidationError too: not a join answer
+                log.warning(
+                    "manager's answer to the join is unreadable (another version?)",
+                    manager=manager_url,
+                    error=str(exc).splitlines()[0],
+                )
             except Conflict as exc:
                 raise Conflict(f"the manager at {manager_url} refused: {exc.message}") from None
             except CubeError as exc:
