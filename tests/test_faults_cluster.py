@@ -572,3 +572,24 @@ def test_workers_whose_manager_is_paused_stop_their_tasks_and_all_resume_once(
     resumed = time.monotonic()
     assert_converges(manager.url, [a.name, b.name], dict.fromkeys(running, "running"))
     report("manager resumed -> every task running once", time.monotonic() - resumed)
+
+
+def test_a_worker_that_never_joined_learns_its_window_from_the_managers_calls(
+    start_manager: Any, start_worker: Any
+) -> None:
+    worker = start_worker()  # no --manager: the manager calls it (--workers), it never joins
+    manager = start_manager(
+        "--node-timeout", str(NODE_TIMEOUT), "--workers", f"127.0.0.1:{worker.port}"
+    )
+    wait_node(manager.url, worker.name, "ready")
+    task_id = submit(manager.url, "static")
+    container = wait_running(manager.url, [task_id])[task_id]["container_id"]
+    assert manager.proc is not None
+
+    manager.proc.send_signal(signal.SIGSTOP)
+    try:
+        wait_for(lambda: gone([container]), timeout=NODE_TIMEOUT + SLACK, what="the task to stop")
+    finally:
+        manager.proc.send_signal(signal.SIGCONT)
+    assert f"(--stop-after-disconnect {NODE_TIMEOUT:g}s)" in worker.logs()
+    assert_converges(manager.url, [worker.name], {task_id: "running"})

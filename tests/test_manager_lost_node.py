@@ -203,6 +203,7 @@ async def test_a_name_is_bound_to_the_secret_issued_at_the_first_join() -> None:
     first = await manager.register("n1", "http://n1:1", "t" * 16)
     assert first.secret is not None
     assert first.tasks == []
+    assert first.node_timeout == node.node_timeout == manager.pace.node_timeout  # told to all
     assert manager.nodes["n1"].secret_hash not in (None, first.secret)  # only a digest kept
     task, _ = manager.submit(TaskRequest(name="web", image="busybox"))
     await manager.dispatch()

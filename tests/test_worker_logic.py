@@ -23,7 +23,7 @@ from cube.task.spec import TaskRequest
 from cube.task.state import State
 from cube.worker import runner as runner_module
 from cube.worker.agent import Worker
-from cube.worker.authority import should_stop_tasks
+from cube.worker.authority import announced_timeout, should_stop_tasks
 from cube.worker.runner import container_config
 
 T = TypeVar("T")
@@ -562,13 +562,30 @@ def test_the_disconnect_window_counts_from_the_last_call_and_zero_means_never() 
     assert not should_stop_tasks(0.0, 1e6, 0.0)
 
 
-async def test_a_join_sets_the_disconnect_window_unless_one_was_given(
+async def test_a_join_and_each_call_set_the_disconnect_window_unless_one_was_given(
     make_worker: MakeWorker,
 ) -> None:
     default, given = await make_worker(), await make_worker(stop_after_disconnect=30.0)
     for worker in (default, given):
         worker.joined(answer(node_timeout=4.0))
     assert (default.stop_after_disconnect, given.stop_after_disconnect) == (4.0, 30.0)
+    for worker in (default, given):  # the fleet grew: the manager's timeout with it
+        worker.heard(node_timeout=28.0)
+    assert (default.stop_after_disconnect, given.stop_after_disconnect) == (28.0, 30.0)
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        ("28", 28.0),
+        ("2.5", 2.5),
+        *((unusable, None) for unusable in (None, "", "x", "0", "-1", "inf", "nan")),
+    ],
+)
+def test_only_a_usable_announced_timeout_is_taken(
+    header: str | None, seconds: float | None
+) -> None:
+    assert announced_timeout(header) == seconds
 
 
 # --- the container engine goes away ---------------------------------------------------------------

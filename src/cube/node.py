@@ -105,6 +105,9 @@ class NodeReport(BaseModel):
 
 #: The file in a worker's data dir that keeps its node secret (see cube.manager.identity).
 NODE_SECRET_FILE = "node-secret"
+#: The header of the manager's calls to a worker that carries the node timeout in force
+#: (seconds): it grows with the fleet, and a worker's disconnect window follows it.
+NODE_TIMEOUT_HEADER = "Cube-Node-Timeout"
 
 
 class JoinAnswer(BaseModel):

@@ -249,7 +249,7 @@ def _run_servers(
     metavar="DURATION",
     callback=optional_duration_callback,
     help="Stop every task after this long without a call from the manager; 0: never  "
-    "[default: the manager's node timeout with --manager, else never]",
+    "[default: the node timeout the manager tells it (at its join, with every call)]",
 )
 @_store_option
 @_node_options

@@ -158,6 +158,7 @@ class Manager:
             # A restarted manager gives every known node a fresh deadline before calling it Down.
             node.last_seen = started
             self._node_changed(node.name)
+        self.workers.node_timeout = self.pace.node_timeout
         self._loops = [
             spawn(self._dispatch_loop(), "dispatch"),
             spawn(self._collect_loop(), "collect"),
@@ -743,6 +744,7 @@ class Manager:
             self.nodes[node.name] = node
             log.info("node joined", node=node.name, address=address)
             self._watch(node)
+            self.workers.node_timeout = self.pace.node_timeout  # it grows with the fleet
         changed = is_new or (node.address, node.capacity, node.labels, node.allows) != (
             address,
             report.capacity,

@@ -78,7 +78,8 @@ class Worker:
         """``wait_for_assignment``: this worker joins a manager, and must not start or
         restart any task of its store before :meth:`joined` says it is still its own.
         ``stop_after_disconnect``: seconds without a call from the manager after which
-        every task is stopped (None: never; a join sets the manager's node timeout)."""
+        every task is stopped (None: the node timeout the manager tells, at its join and with
+        every call; none told yet: never)."""
         self.name = name
         self.runtime = runtime
         self.store = store
@@ -152,9 +153,13 @@ class Worker:
                 log.warning("task no longer placed here; stopping it", task=task.id)
                 self._request_stop(task.id, "stopped: its manager placed it elsewhere")
 
-    def heard(self) -> None:
-        """The manager called (its API calls reach this worker through :func:`create_app`)."""
+    def heard(self, *, node_timeout: float | None = None) -> None:
+        """The manager called (its API calls reach this worker through :func:`create_app`),
+        telling the node timeout in force, which is the disconnect window unless one was
+        given: it grows with the fleet, and so do the gaps between the manager's calls."""
         self.last_heard = time.monotonic()
+        if node_timeout is not None and not self._stop_after_given:
+            self.stop_after_disconnect = node_timeout
         if self._cut_off:
             self._cut_off = False
             log.info("the manager is calling again", node=self.name)

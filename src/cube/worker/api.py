@@ -28,10 +28,11 @@ from cube.api.body import RESUBMITTED, TASK_REQUEST_BODY, publish_schemas, read_
 from cube.api.common import Health, stream_text
 from cube.api.errors import ERROR_RESPONSES, install_error_handlers
 from cube.auth import Authenticator, Role
-from cube.node import NodeReport
+from cube.node import NODE_TIMEOUT_HEADER, NodeReport
 from cube.task.model import Task, TaskEvent
 from cube.task.spec import TaskRequest
 from cube.worker.agent import Worker
+from cube.worker.authority import announced_timeout
 from cube.worker.changes import MAX_WAIT, TaskChanges
 
 CallNext = Callable[[Request], Awaitable[Response]]
@@ -63,7 +64,7 @@ def create_app(worker: Worker, *, authenticator: Authenticator | None = None) ->
         # Added before the authentication below, so inside it: with an authenticator only
         # the manager's calls get here. Counted when they arrive: a blocking query is held.
         if request.url.path != "/v1/health":
-            worker.heard()
+            worker.heard(node_timeout=announced_timeout(request.headers.get(NODE_TIMEOUT_HEADER)))
         return await call_next(request)
 
     if authenticator is not None:

@@ -18,6 +18,7 @@ run. Two moments put them at odds:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection
 from enum import StrEnum
 
@@ -48,3 +49,12 @@ def should_stop_tasks(last_heard: float, now: float, after: float | None) -> boo
     """Whether a worker that last heard from its manager at ``last_heard`` must stop its
     tasks at ``now`` (both on one monotonic clock). ``after`` None or 0: never."""
     return bool(after) and now - last_heard >= (after or 0.0)
+
+
+def announced_timeout(value: str | None) -> float | None:
+    """The node timeout a manager's call announced (a header), if it is a usable one."""
+    try:
+        seconds = float(value) if value is not None else math.nan
+    except ValueError:
+        return None
+    return seconds if math.isfinite(seconds) and seconds > 0 else None
