@@ -138,6 +138,23 @@ async def test_a_copy_being_stopped_is_not_taken_back() -> None:
     await manager.close()
 
 
+async def test_a_returning_node_gets_back_at_its_join_the_tasks_it_still_runs() -> None:
+    node = FakeNode()
+    manager, task_id = await one_task_on(node)
+    node.start(task_id)
+    await collect(manager)
+    await lose(manager, node)  # nowhere else to go: Pending
+    node.silent = False
+
+    answer = await manager.register("n1", "http://n1", None, running=[task_id, "unknown"])
+
+    assert answer.tasks == [task_id]  # so the worker keeps its container
+    task = manager.get(task_id)
+    assert (task.state, task.node) == (State.RUNNING, "n1")
+    assert manager.events(task_id)[-1].reason == "node n1 is back and still runs it"
+    await manager.close()
+
+
 async def test_a_task_its_node_stopped_on_its_own_is_placed_again_not_completed() -> None:
     node = FakeNode()
     manager, task_id = await one_task_on(node)

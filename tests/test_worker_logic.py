@@ -526,6 +526,7 @@ async def test_a_returning_worker_starts_nothing_until_its_manager_says_what_is_
     new = await make_worker(wait_for_assignment=True)
     assert new.runners == {}  # adopted, supervised by nobody: nothing can start
     assert new.get(moved).container_id == containers[moved]
+    assert new.adopted_running() == [moved]  # what its join tells the manager
 
     new.joined(answer(kept))  # the manager moved the other two while it was away
 

@@ -319,6 +319,7 @@ def worker_command(
                 token=worker_token,
                 join_token=join_token,
                 secret_file=data / NODE_SECRET_FILE,
+                running=parts.worker.adopted_running(),
                 verify=security.verify,
             )
             parts.worker.joined(answer)

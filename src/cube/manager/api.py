@@ -61,6 +61,11 @@ class NodeRegistration(BaseModel):
         default=None,
         description="the node secret issued at this node's first join (proves it is that node)",
     )
+    running: list[Annotated[str, StringConstraints(max_length=64)]] = Field(
+        default_factory=list,
+        max_length=100_000,
+        description="IDs of the tasks whose containers the worker found running when it started",
+    )
 
     @field_validator("address")
     @classmethod
@@ -165,7 +170,11 @@ def create_app(manager: Manager, *, authenticator: Authenticator | None = None) 
         """A worker joins (or joins again): 409 if the name is another worker's."""
         address = registration.address.rstrip("/")
         return await manager.register(
-            registration.name, address, registration.token, secret=registration.secret
+            registration.name,
+            address,
+            registration.token,
+            secret=registration.secret,
+            running=registration.running,
         )
 
     @app.get("/v1/health")

@@ -275,15 +275,23 @@ class Manager:
 
     # --- nodes ---------------------------------------------------------------------------------
     async def register(
-        self, name: str, address: str, token: str | None, *, secret: str | None = None
+        self,
+        name: str,
+        address: str,
+        token: str | None,
+        *,
+        secret: str | None = None,
+        running: Sequence[str] = (),
     ) -> JoinAnswer:
         """Add (or update) a node, after checking that the name is the caller's to take
         (see :mod:`cube.manager.identity`) and that its API answers at ``address`` to
         ``token``: a worker can only join with a credential it really accepts.
 
         The answer carries a new node secret if one was issued, and the tasks placed on
-        the node: a returning worker runs only those (see Worker.assigned)."""
-        issue = check_claim(self.nodes.get(name), address=address, secret=secret)
+        the node: a returning worker runs only those (see Worker.joined). ``running``: the
+        tasks whose containers the worker found running; those moved off it and not yet
+        placed elsewhere are taken back rather than started anew."""
+        check_claim(self.nodes.get(name), address=address, secret=secret)
         previous = self.workers.credentials.get(address)
         self._remember(address, token)
         try:
@@ -298,7 +306,11 @@ class Manager:
         # Checked again: another join under this name may have been accepted meanwhile.
         issue = check_claim(self.nodes.get(name), address=address, secret=secret)
         issued, digest = new_secret() if issue else (None, None)
-        self._join(address, report, token=token, secret_hash=digest)
+        node = self._join(address, report, token=token, secret_hash=digest)
+        for task_id in running:
+            task = self.tasks.get(task_id)
+            if task is not None and self._may_take_back(task, node):
+                self._take_back(task, node)
         assigned = [t.id for t in self._tasks_on(name) if t.desired is DesiredState.RUN]
         return JoinAnswer(
             node=self._view(name),
@@ -576,15 +588,7 @@ class Manager:
             if task is None:
                 continue  # run on the node directly, not through the manager: not ours to judge
             if self._can_readopt(task, copy, node):
-                self._assign(task, node.name)
-                reason = f"node {node.name} is back and still runs it"
-                # Straight to Running: the node's events up to its Running may have been
-                # merged before the node was lost, and would not be replayed.
-                self._save(
-                    task,
-                    task.transition(State.SCHEDULED, reason),
-                    task.transition(State.RUNNING, reason),
-                )
+                self._take_back(task, node)
             key = (node.name, copy.id)
             if copy.desired is DesiredState.RUN:
                 self._given_up.discard(key)
@@ -834,15 +838,30 @@ class Manager:
         """A task moved off a lost node that came back still running it, before it found
         another node: take the running copy back instead of stopping it and starting anew."""
         return (
+            copy.state is State.RUNNING
+            and copy.desired is DesiredState.RUN  # not a copy its node is stopping
+            and self._may_take_back(task, node)
+        )
+
+    def _may_take_back(self, task: Task, node: Node) -> bool:
+        """Whether ``task`` may go back to ``node``, which says it still runs it."""
+        return (
             task.state is State.PENDING
             and task.desired is DesiredState.RUN
             and task.node is None
-            and copy.state is State.RUNNING
-            and copy.desired is DesiredState.RUN  # not a copy its node is stopping
             and node.state is NodeState.READY
             # Not a copy already being stopped (seen before it ran): the stop would end
             # the task just taken back, Completed though it should run.
             and (node.name, task.id) not in self._stopping_copies
+        )
+
+    def _take_back(self, task: Task, node: Node) -> None:
+        self._assign(task, node.name)
+        reason = f"node {node.name} is back and still runs it"
+        # Straight to Running: the node's events up to its Running may have been merged
+        # before the node was lost, and would not be replayed.
+        self._save(
+            task, task.transition(State.SCHEDULED, reason), task.transition(State.RUNNING, reason)
         )
 
     def _capacity_changed(self) -> None:

@@ -105,6 +105,8 @@ class Worker:
         self.last_heard = time.monotonic()
         #: The tasks were stopped for the manager's silence, and it has not called since.
         self._cut_off = False
+        #: IDs of the tasks whose containers were found running at start (see _adopt).
+        self._adopted_running: set[str] = set()
 
     # --- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -139,6 +141,12 @@ class Worker:
         if self.awaiting_assignment:
             self.awaiting_assignment = False
             self._resume(frozenset(answer.tasks))
+
+    def adopted_running(self) -> list[str]:
+        """The tasks whose running containers this worker adopted and has not yet been
+        told about: its join says so, and the manager takes back those it has not placed
+        elsewhere meanwhile."""
+        return sorted(self._adopted_running) if self.awaiting_assignment else []
 
     def _resume(self, assigned: frozenset[str] | None) -> None:
         """Supervise the store's tasks again; with the manager's ``assigned`` IDs, stop
@@ -352,6 +360,8 @@ class Worker:
                     await self.runtime.remove(extra.id)
             task.container_id = keep.id
             task.node = self.name
+            if keep.running and task.desired is DesiredState.RUN:
+                self._adopted_running.add(task_id)
             events = []
             if task.state is State.PENDING:
                 events.append(task.transition(State.SCHEDULED, "adopted by node " + self.name))

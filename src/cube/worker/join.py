@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -53,6 +54,7 @@ async def join_manager(
     token: str | None = None,
     join_token: str | None = None,
     secret_file: Path | None = None,
+    running: Sequence[str] = (),
     verify: Verify = True,
     retry: float = 2.0,
 ) -> JoinAnswer:
@@ -60,7 +62,8 @@ async def join_manager(
 
     ``join_token`` proves the worker may join; ``token`` is what the manager must
     present when it calls this worker back; ``secret_file`` keeps the node secret
-    (presented if there, written when the manager issues one). Raises
+    (presented if there, written when the manager issues one); ``running``: the tasks
+    whose containers it found running, for the manager to take back. Raises
     :class:`Conflict` if the name belongs to another worker: retrying cannot help.
     """
     headers = {"Authorization": f"Bearer {join_token}"} if join_token else {}
@@ -68,7 +71,13 @@ async def join_manager(
     async with httpx.AsyncClient(timeout=10.0, verify=verify) as http:
         while True:
             secret = read_secret(secret_file) if secret_file else None
-            body = {"name": name, "address": address, "token": token, "secret": secret}
+            body = {
+                "name": name,
+                "address": address,
+                "token": token,
+                "secret": secret,
+                "running": list(running),
+            }
             try:
                 answer = JoinAnswer.model_validate(
                     check(await http.post(url, json=body, headers=headers)).json()
