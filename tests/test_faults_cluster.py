@@ -276,6 +276,28 @@ def test_a_returning_worker_starts_nothing_the_manager_moved_away(
     assert created_since(since, a.name) == []
 
 
+def test_a_returning_worker_keeps_the_tasks_that_found_no_other_node(
+    start_manager: Any, start_worker: Any
+) -> None:
+    manager = start_manager("--node-timeout", str(NODE_TIMEOUT))
+    (a,) = start_workers(start_worker, manager.url, 1)
+    wait_node(manager.url, a.name, "ready")
+    running = spread_tasks(manager.url, "stay", 2, {a.name})
+
+    a.kill()
+    wait_for(
+        lambda: all(t["state"] == "pending" for t in tasks_of(manager.url).values()),
+        timeout=NODE_TIMEOUT + SLACK,
+        what="its tasks to be Pending, with nowhere to go",
+    )
+    a.start()
+    back = wait_running(manager.url, running, on=a.name)
+    for task_id, task in running.items():  # taken back: the same container, not a new one
+        assert back[task_id]["container_id"] == task["container_id"]
+        assert containers_of(f"cube.task-id={task_id}") == [task["container_id"]]
+    assert_converges(manager.url, [a.name], dict.fromkeys(running, "running"))
+
+
 # --- 2. drain and undrain -------------------------------------------------------------------------
 def test_drain_moves_tasks_away_and_takes_none_until_undrained(
     start_manager: Any, start_worker: Any
