@@ -1,7 +1,7 @@
 """The worker agent: runs the tasks placed on this node as containers.
 
 It keeps one :class:`~cube.worker.runner.TaskRunner` per task it supervises and
-three background loops:
+four background loops:
 
 * exits: Docker ``die`` events, so a crash is noticed at once;
 * poll: a container listing every ``poll_interval`` seconds, the level-triggered
