@@ -19,9 +19,17 @@ def running_containers(workers: Iterable[str]) -> dict[str, list[tuple[str, str]
     """task ID -> [(container ID, worker name)] of running containers of these workers."""
     out: dict[str, list[tuple[str, str]]] = {}
     for worker in workers:
-        ids = docker("ps", "-q", "--no-trunc", "--filter", f"label=cube.worker={worker}").split()
-        for cid in ids:
-            task_id = docker("inspect", "-f", '{{index .Config.Labels "cube.task-id"}}', cid)
+        # One call per worker (not one per container): tests sample this twice a second.
+        listing = docker(
+            "ps",
+            "--no-trunc",
+            "--filter",
+            f"label=cube.worker={worker}",
+            "--format",
+            '{{.ID}} {{.Label "cube.task-id"}}',
+        )
+        for line in listing.splitlines():
+            cid, _, task_id = line.partition(" ")
             out.setdefault(task_id, []).append((cid, worker))
     return out
 

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -38,7 +40,7 @@ from tests.conftest import (
     unique_name,
     wait_for,
 )
-from tests.invariants import assert_converges
+from tests.invariants import assert_converges, running_containers
 
 pytestmark = pytest.mark.docker
 
@@ -46,6 +48,9 @@ pytestmark = pytest.mark.docker
 NODE_TIMEOUT = 2.0
 #: How long after the deadline a recovery may take before the test calls it a failure.
 SLACK = 8.0
+#: Worker flags for tests that restart the manager: a restart (a few seconds on a busy
+#: machine) must not pass for a silence that stops every task.
+PATIENT = ("--stop-after-disconnect", "60s")
 
 
 # --- talking to the manager -----------------------------------------------------------------------
@@ -55,9 +60,10 @@ def get_json(url: str, path: str) -> Any:
     return response.json()
 
 
-def submit(url: str, name: str) -> str:
+def submit(url: str, name: str, **extra: Any) -> str:
     """Submit a sleeper that stops within a second; return its task ID."""
     spec = {"name": name, "image": IMAGE, "command": ["sleep", "600"], "stop_timeout": "1s"}
+    spec |= extra
     response = api.post(f"{url}/v1/tasks", json=spec, timeout=30)
     assert response.status_code == 201, response.text
     return str(response.json()["id"])
@@ -117,17 +123,24 @@ def report(what: str, seconds: float) -> None:
 
 
 # --- setting up a cluster -------------------------------------------------------------------------
-def start_workers(start_worker: Any, manager_url: str, count: int) -> list[AgentProcess]:
+def start_workers(
+    start_worker: Any, manager_url: str, count: int, *extra: str
+) -> list[AgentProcess]:
     with ThreadPoolExecutor(count) as pool:  # each takes a second or so to come up
-        return list(pool.map(lambda _: start_worker("--manager", manager_url), range(count)))
+        return list(
+            pool.map(lambda _: start_worker("--manager", manager_url, *extra), range(count))
+        )
 
 
 def two_node_cluster(
-    start_manager: Any, start_worker: Any
+    start_manager: Any, start_worker: Any, *worker_args: str
 ) -> tuple[AgentProcess, AgentProcess, AgentProcess]:
-    """A manager with the short node timeout and two workers that joined it, both ready."""
+    """A manager with the short node timeout and two workers that joined it, both ready.
+
+    The workers stop their tasks after the manager's node timeout of silence, unless
+    ``worker_args`` say otherwise (a test that restarts the manager gives them longer)."""
     manager = start_manager("--node-timeout", str(NODE_TIMEOUT))
-    a, b = start_workers(start_worker, manager.url, 2)
+    a, b = start_workers(start_worker, manager.url, 2, *worker_args)
     for worker in (a, b):
         wait_node(manager.url, worker.name, "ready")
     return manager, a, b
@@ -178,6 +191,113 @@ def test_lost_worker_tasks_move_and_its_stale_copies_go_when_it_returns(
     assert_converges(manager.url, [a.name, b.name], dict.fromkeys(running, "running"))
 
 
+def created_since(since: float, worker: str) -> list[str]:
+    """IDs of the containers Docker created for ``worker`` since ``since`` (Unix time)."""
+    listing = docker(
+        "events",
+        "--since",
+        f"{since:.3f}",
+        "--until",
+        f"{time.time():.3f}",
+        "--filter",
+        "type=container",
+        "--filter",
+        "event=create",
+        "--filter",
+        f"label=cube.worker={worker}",
+        "--format",
+        "{{.ID}}",
+    )
+    return listing.split()
+
+
+class Sampler:
+    """Docker's running containers of some workers, every 0.5 s, in a thread."""
+
+    def __init__(self, workers: Iterable[str]) -> None:
+        self.workers = list(workers)
+        self.samples: list[dict[str, list[tuple[str, str]]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append(running_containers(self.workers))
+            self._stop.wait(0.5)
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+
+def test_a_returning_worker_starts_nothing_the_manager_moved_away(
+    start_manager: Any, start_worker: Any
+) -> None:
+    manager, a, b = two_node_cluster(start_manager, start_worker)
+    restarts = {"restart": {"policy": "on-failure", "delay": "0s"}}
+    ids = [submit(manager.url, f"back{i}", **restarts) for i in range(6)]
+    running = wait_running(manager.url, ids)
+    moved = sorted(tid for tid, t in running.items() if t["node"] == a.name)
+    assert moved
+    assert len(moved) < len(ids)
+
+    a.kill()
+    wait_running(manager.url, ids, on=b.name, timeout=NODE_TIMEOUT + SLACK)
+    # Some of its copies die while it is away: a worker trusting its own store would
+    # restart them when it is back, next to their new copies on b.
+    for task_id in moved[::2]:
+        docker("kill", running[task_id]["container_id"])
+    stale = set(containers_of(f"cube.worker={a.name}"))
+
+    with Sampler([a.name, b.name]) as sampler:
+        since = time.time()
+        a.start()  # same data dir: it adopts its containers, then asks the manager
+        back = time.monotonic()
+        wait_node(manager.url, a.name, "ready")
+        wait_for(lambda: gone(stale), timeout=30, what="the stale copies to be removed")
+        report("worker back -> its stale copies removed", time.monotonic() - back)
+        assert_converges(manager.url, [a.name, b.name], dict.fromkeys(ids, "running"))
+        settled = len(sampler.samples)
+        wait_for(lambda: len(sampler.samples) >= settled + 4, what="two more seconds of samples")
+
+    assert len(sampler.samples) > 4
+    for sample in sampler.samples:
+        for task_id, copies in sample.items():
+            fresh = [(cid, worker) for cid, worker in copies if cid not in stale]
+            # Only the copies a dead worker could not stop may double a task, until it is back.
+            assert len(fresh) <= 1, f"task {task_id} has two running containers: {copies}"
+            assert all(worker == b.name for _, worker in fresh), (task_id, copies)
+    # Docker's own record: not one container created there since it came back (a copy
+    # started and stopped again between two samples would escape the sampler).
+    assert created_since(since, a.name) == []
+
+
+def test_a_returning_worker_keeps_the_tasks_that_found_no_other_node(
+    start_manager: Any, start_worker: Any
+) -> None:
+    manager = start_manager("--node-timeout", str(NODE_TIMEOUT))
+    (a,) = start_workers(start_worker, manager.url, 1)
+    wait_node(manager.url, a.name, "ready")
+    running = spread_tasks(manager.url, "stay", 2, {a.name})
+
+    a.kill()
+    wait_for(
+        lambda: all(t["state"] == "pending" for t in tasks_of(manager.url).values()),
+        timeout=NODE_TIMEOUT + SLACK,
+        what="its tasks to be Pending, with nowhere to go",
+    )
+    a.start()
+    back = wait_running(manager.url, running, on=a.name)
+    for task_id, task in running.items():  # taken back: the same container, not a new one
+        assert back[task_id]["container_id"] == task["container_id"]
+        assert containers_of(f"cube.task-id={task_id}") == [task["container_id"]]
+    assert_converges(manager.url, [a.name], dict.fromkeys(running, "running"))
+
+
 # --- 2. drain and undrain -------------------------------------------------------------------------
 def test_drain_moves_tasks_away_and_takes_none_until_undrained(
     start_manager: Any, start_worker: Any
@@ -215,7 +335,8 @@ def test_drain_moves_tasks_away_and_takes_none_until_undrained(
 def test_manager_killed_and_restarted_knows_every_task_and_node(
     start_manager: Any, start_worker: Any
 ) -> None:
-    manager, a, b = two_node_cluster(start_manager, start_worker)
+    # A restart longer than the workers' --stop-after-disconnect would stop every task.
+    manager, a, b = two_node_cluster(start_manager, start_worker, *PATIENT)
     ids = list(spread_tasks(manager.url, "keep", 4, {a.name, b.name}))
     before = placement(manager.url, ids)
 
@@ -241,7 +362,7 @@ def test_manager_killed_and_restarted_knows_every_task_and_node(
 def test_worker_lost_while_the_manager_is_down_is_detected_after_restart(
     start_manager: Any, start_worker: Any
 ) -> None:
-    manager, a, b = two_node_cluster(start_manager, start_worker)
+    manager, a, b = two_node_cluster(start_manager, start_worker, *PATIENT)
     running = spread_tasks(manager.url, "orphan", 4, {a.name, b.name})
     before = placement(manager.url, running)
     stale = {tid: t["container_id"] for tid, t in running.items() if t["node"] == b.name}
@@ -433,16 +554,64 @@ def test_partitioned_worker_loses_its_tasks_and_its_copies_stop_when_healed(
     report("partition -> node down", time.monotonic() - cut)
     wait_running(manager.url, running, on=outside.name, timeout=NODE_TIMEOUT + SLACK)
     report("partition -> its tasks running elsewhere", time.monotonic() - cut)
-    # The partitioned worker is alive and, unaware, still runs its copies.
+    # The partitioned worker is alive, and stops its copies itself once its manager has been
+    # silent for its --stop-after-disconnect (the node timeout the manager announced).
     assert inside.proc is not None
     assert inside.proc.poll() is None
-    for task_id, old in stale.items():
-        assert old in running_container_ids(task_id)
+    wait_for(lambda: gone(stale.values()), timeout=SLACK, what="the cut-off worker to stop")
+    report("partition -> cut-off worker stopped its copies", time.monotonic() - cut)
+    assert "stopped: no call from the manager for" in inside.logs()
 
     link.heal()
     healed = time.monotonic()
     wait_node(manager.url, inside.name, "ready")
     report("heal -> node ready", time.monotonic() - healed)
-    wait_for(lambda: gone(stale.values()), timeout=30, what="the stale copies to be removed")
-    report("heal -> stale copies removed", time.monotonic() - healed)
     assert_converges(manager.url, [inside.name, outside.name], dict.fromkeys(running, "running"))
+
+
+def test_workers_whose_manager_is_paused_stop_their_tasks_and_all_resume_once(
+    start_manager: Any, start_worker: Any
+) -> None:
+    manager, a, b = two_node_cluster(start_manager, start_worker)
+    running = spread_tasks(manager.url, "paused", 4, {a.name, b.name})
+    copies = {tid: t["container_id"] for tid, t in running.items()}
+    assert manager.proc is not None
+
+    manager.proc.send_signal(signal.SIGSTOP)  # alive, and silent: as a partition looks
+    paused = time.monotonic()
+    try:
+        wait_for(
+            lambda: gone(copies.values()),
+            timeout=NODE_TIMEOUT + SLACK,
+            what="the workers to stop their tasks",
+        )
+        report("manager paused -> workers stopped their tasks", time.monotonic() - paused)
+    finally:
+        manager.proc.send_signal(signal.SIGCONT)
+    for worker in (a, b):
+        assert "stopped: no call from the manager for" in worker.logs(), worker.name
+
+    resumed = time.monotonic()
+    assert_converges(manager.url, [a.name, b.name], dict.fromkeys(running, "running"))
+    report("manager resumed -> every task running once", time.monotonic() - resumed)
+
+
+def test_a_worker_that_never_joined_learns_its_window_from_the_managers_calls(
+    start_manager: Any, start_worker: Any
+) -> None:
+    worker = start_worker()  # no --manager: the manager calls it (--workers), it never joins
+    manager = start_manager(
+        "--node-timeout", str(NODE_TIMEOUT), "--workers", f"127.0.0.1:{worker.port}"
+    )
+    wait_node(manager.url, worker.name, "ready")
+    task_id = submit(manager.url, "static")
+    container = wait_running(manager.url, [task_id])[task_id]["container_id"]
+    assert manager.proc is not None
+
+    manager.proc.send_signal(signal.SIGSTOP)
+    try:
+        wait_for(lambda: gone([container]), timeout=NODE_TIMEOUT + SLACK, what="the task to stop")
+    finally:
+        manager.proc.send_signal(signal.SIGCONT)
+    assert f"(--stop-after-disconnect {NODE_TIMEOUT:g}s)" in worker.logs()
+    assert_converges(manager.url, [worker.name], {task_id: "running"})

@@ -1,4 +1,5 @@
-"""A node lost and back: the manager takes back the copies it still runs, correctly.
+"""A node lost and back: the manager takes back the copies it still runs, correctly, and
+only from the worker that owns the node's name.
 
 Pure manager logic: an in-process manager and a fake node (a WorkerClient whose answers
 the test sets), driven through collection passes.
@@ -9,13 +10,15 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
-from cube.errors import Unavailable
+import pytest
+
+from cube.errors import Conflict, Unavailable
 from cube.manager.core import Manager
 from cube.manager.workers import WorkerClient
 from cube.node import MachineStats, Node, NodeReport, NodeState, Resources
 from cube.scheduler import make_scheduler
 from cube.store.memory import MemoryStore
-from cube.task.model import Task, TaskEvent
+from cube.task.model import DesiredState, Task, TaskEvent
 from cube.task.spec import TaskRequest
 from cube.task.state import State
 
@@ -132,4 +135,117 @@ async def test_a_copy_being_stopped_is_not_taken_back() -> None:
     await collect(manager)
     assert manager.get(task_id).state is State.PENDING
     node.release_stops.set()
+    await manager.close()
+
+
+async def test_a_returning_node_gets_back_at_its_join_the_tasks_it_still_runs() -> None:
+    node = FakeNode()
+    manager, task_id = await one_task_on(node)
+    node.start(task_id)
+    await collect(manager)
+    await lose(manager, node)  # nowhere else to go: Pending
+    node.silent = False
+
+    answer = await manager.register("n1", "http://n1", None, running=[task_id, "unknown"])
+
+    assert answer.tasks == [task_id]  # so the worker keeps its container
+    task = manager.get(task_id)
+    assert (task.state, task.node) == (State.RUNNING, "n1")
+    assert manager.events(task_id)[-1].reason == "node n1 is back and still runs it"
+    await manager.close()
+
+
+async def test_a_task_its_node_stopped_on_its_own_is_placed_again_not_completed() -> None:
+    node = FakeNode()
+    manager, task_id = await one_task_on(node)
+    node.start(task_id)
+    await collect(manager)
+    assert manager.get(task_id).state is State.RUNNING
+
+    # The node stops it without being asked (its manager was silent too long).
+    copy = node.copies[task_id]
+    copy.desired = DesiredState.STOP
+    reason = "stopped: no call from the manager for 10s (--stop-after-disconnect 10s)"
+    node.history[task_id].append(copy.transition(State.COMPLETED, reason))
+    await collect(manager)
+
+    task = manager.get(task_id)
+    assert (task.state, task.node) == (State.PENDING, None), task
+    assert f"node n1 stopped it ({reason})" in manager.events(task_id)[-1].reason
+    await manager.close()
+
+
+async def test_the_copy_a_node_gave_up_reported_late_does_not_end_its_new_placement() -> None:
+    node = FakeNode()
+    manager, task_id = await one_task_on(node)
+    node.start(task_id)
+    await collect(manager)
+    given_up = node.copies[task_id]
+    given_up.desired = DesiredState.STOP
+    node.history[task_id].append(given_up.transition(State.COMPLETED, "stopped: no call"))
+    old_history = list(node.history[task_id])
+    await collect(manager)
+    await manager.dispatch()  # placed on n1 again: the node has a fresh copy
+    assert manager.get(task_id).state is State.SCHEDULED
+
+    # A report read before that send, handled after it: the old, stopped copy.
+    node.copies[task_id], node.history[task_id] = given_up, old_history
+    await collect(manager)
+    task = manager.get(task_id)
+    assert (task.state, task.node) == (State.SCHEDULED, "n1"), manager.events(task_id)
+    await manager.close()
+
+
+async def test_a_running_copy_its_node_is_stopping_is_not_taken_back() -> None:
+    node = FakeNode()
+    manager, task_id = await one_task_on(node)
+    node.start(task_id)
+    await collect(manager)
+    await lose(manager, node)
+
+    # Back, still running the copy, but stopping it: the task is no longer its own.
+    node.copies[task_id].desired = DesiredState.STOP
+    node.silent = False
+    await collect(manager)
+    task = manager.get(task_id)
+    assert (task.state, task.node) == (State.PENDING, None), task
+    await manager.close()
+
+
+# --- a node joining again: its name is bound to the worker that first took it ---------------------
+async def test_a_name_is_bound_to_the_secret_issued_at_the_first_join() -> None:
+    node = FakeNode()
+    manager = Manager(store=MemoryStore(), scheduler=make_scheduler(), workers=node)
+
+    first = await manager.register("n1", "http://n1:1", "t" * 16)
+    assert first.secret is not None
+    assert first.tasks == []
+    assert first.node_timeout == node.node_timeout == manager.pace.node_timeout  # told to all
+    assert manager.nodes["n1"].secret_hash not in (None, first.secret)  # only a digest kept
+    task, _ = manager.submit(TaskRequest(name="web", image="busybox"))
+    await manager.dispatch()
+    before = manager.nodes["n1"].model_copy()
+
+    # Anyone else with the join token, at another address: refused, the node unchanged.
+    for secret in (None, "x" * 43):
+        with pytest.raises(Conflict, match="node name 'n1' is taken by another worker"):
+            await manager.register("n1", "http://impostor:1", "i" * 16, secret=secret)
+        assert manager.nodes["n1"] == before
+        assert manager.workers.credentials.get("http://impostor:1") is None
+
+    # The same worker, moved: accepted, told its tasks, no new secret.
+    moved = await manager.register("n1", "http://n1:2", "t" * 16, secret=first.secret)
+    assert (moved.node.address, moved.secret, moved.tasks) == ("http://n1:2", None, [task.id])
+    await manager.close()
+
+
+async def test_a_node_known_before_secrets_can_claim_its_name_from_its_own_address_only() -> None:
+    store = MemoryStore()
+    store.save_node(Node(name="n1", address="http://n1", capacity=CAPACITY))
+    manager = Manager(store=store, scheduler=make_scheduler(), workers=FakeNode())
+
+    with pytest.raises(Conflict, match="can only join again from that address"):
+        await manager.register("n1", "http://elsewhere", None)
+    answer = await manager.register("n1", "http://n1", None)
+    assert answer.secret is not None
     await manager.close()

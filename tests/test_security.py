@@ -462,29 +462,41 @@ def test_tokens_are_created_0600_kept_found_locally_and_never_shown(
     assert len(worker_token) >= 32
     assert worker_token not in (cluster, join)
     assert "token" not in node
+    assert "secret_hash" not in node
+    node_secret_file = worker.data_dir / "node-secret"
+    assert mode(node_secret_file) == 0o600
+    node_secret = node_secret_file.read_text().strip()
+    assert len(node_secret) >= 32
     answers = [
         call("GET", f"{manager.url}/v1/nodes", cluster),
         call("GET", f"{manager.url}/v1/nodes/{worker.name}", cluster),
         call("POST", f"{manager.url}/v1/nodes/{worker.name}/drain", cluster),
         call("POST", f"{manager.url}/v1/nodes/{worker.name}/undrain", cluster),
-        # Registering again (as a worker restarting would) echoes the node, without its token.
+        # Registering again (as a worker restarting would, with its node secret) echoes the
+        # node, without its token.
         call(
             "POST",
             f"{manager.url}/v1/nodes",
             join,
-            json={"name": worker.name, "address": worker.url, "token": worker_token},
+            json={
+                "name": worker.name,
+                "address": worker.url,
+                "token": worker_token,
+                "secret": node_secret,
+            },
         ),
     ]
     for response in answers:
         assert response.status_code == 200, response.text
         assert worker_token not in response.text, response.request.url
+        assert node_secret not in response.text, response.request.url
     ok("GET", f"{worker.url}/v1/stats", worker_token)
     assert call("GET", f"{worker.url}/v1/stats", cluster).status_code == 401
 
     # No secret in any log, and no one else on the machine can read the manager's store,
     # which keeps every worker's token.
     for agent in (manager, worker):
-        for secret in (cluster, join, worker_token):
+        for secret in (cluster, join, worker_token, node_secret):
             assert secret not in agent.logs(), f"{agent.name}'s log shows a token"
     for directory in (data, worker.data_dir):
         assert mode(directory) & 0o077 == 0, f"{directory} is open to others: {mode(directory):o}"
@@ -532,6 +544,57 @@ def test_the_cli_and_a_worker_use_the_token_of_the_manager_at_the_address_given(
     assert json.loads(pointer.read_text())["data_dir"] == str(other_dir)
     assert other.terminate() == 0
     assert not pointer.exists()
+
+
+def test_a_node_name_belongs_to_the_worker_that_first_joined_under_it(
+    agents: Agents, tmp_path: Path
+) -> None:
+    manager = agents.manager()
+    worker = agents.worker("--manager", manager.url)
+    joined(manager, api.TOKEN, worker.name)
+    task = ok("POST", f"{manager.url}/v1/tasks", api.TOKEN, json=sleeper("owned"))
+    container = wait_state(manager, api.TOKEN, task["id"], "running")["container_id"]
+    before = snapshot(manager, api.TOKEN)
+
+    # The join token, the node's name, another address: refused; nothing changes.
+    claim = {"name": worker.name, "address": "http://127.0.0.1:9", "token": "i" * 32}
+    for secret in ({}, {"secret": "s" * 43}):
+        response = call("POST", f"{manager.url}/v1/nodes", api.TOKEN, json=claim | secret)
+        assert response.status_code == 409, response.text
+        assert f"node name {worker.name!r} is taken by another worker" in response.text
+        assert snapshot(manager, api.TOKEN) == before
+
+    # A second real worker started with the same name: one clear line, exit code 1.
+    args = ["worker", "--name", worker.name, "--manager", manager.url, "--port", str(free_port())]
+    second = subprocess.run(
+        [sys.executable, "-m", "cube", *args, "--data-dir", str(tmp_path / "second")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    output = second.stdout + second.stderr
+    assert second.returncode == 1, output
+    assert "Traceback" not in output
+    refusals = [line for line in output.splitlines() if "is taken by another worker" in line]
+    assert len(refusals) == 1, output
+    assert snapshot(manager, api.TOKEN) == before
+
+    # The same worker (its data dir, so its node secret) moved to another port: it moves,
+    # and keeps its task.
+    worker.kill()
+    worker.port = free_port()
+    worker.args[-1] = str(worker.port)
+    worker.start()
+    wait_for(
+        lambda: (
+            ok("GET", f"{manager.url}/v1/nodes/{worker.name}", api.TOKEN)["address"] == worker.url
+        ),
+        timeout=30,
+        what="the node to move",
+    )
+    joined(manager, api.TOKEN, worker.name)
+    assert task_of(manager, api.TOKEN, task["id"])["container_id"] == container
+    assert containers_of(f"cube.task-id={task['id']}", running_only=True) == [container]
 
 
 # --- 3. TLS ---------------------------------------------------------------------------------------

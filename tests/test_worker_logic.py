@@ -15,7 +15,8 @@ import pytest
 
 from cube import background
 from cube.errors import Conflict, NotFound, StoreFull
-from cube.node import Resources
+from cube.node import JoinAnswer, Node, Resources
+from cube.runtime.base import LABEL_TASK_ID
 from cube.runtime.fake import FakeRuntime
 from cube.store.memory import MemoryStore
 from cube.task.model import DesiredState, Task, TaskEvent
@@ -23,6 +24,7 @@ from cube.task.spec import TaskRequest
 from cube.task.state import State
 from cube.worker import runner as runner_module
 from cube.worker.agent import Worker
+from cube.worker.authority import announced_timeout, should_stop_tasks
 from cube.worker.runner import container_config
 
 T = TypeVar("T")
@@ -112,13 +114,14 @@ async def make_worker(runtime: FakeRuntime, store: MemoryStore) -> AsyncIterator
     """Factory: start worker "w1", on the shared runtime and store by default; all closed after."""
     started: list[Worker] = []
 
-    async def make(*, store: MemoryStore = store) -> Worker:
+    async def make(*, store: MemoryStore = store, **options: Any) -> Worker:
         worker = Worker(
             name="w1",
             runtime=runtime,
             store=store,
             capacity=Resources(cpu=4, memory=4 * GiB),
             poll_interval=0.05,
+            **options,
         )
         await worker.start()
         started.append(worker)
@@ -541,6 +544,94 @@ async def test_without_a_record_the_running_duplicate_is_kept(
 
     assert list(runtime.containers) == [duplicate.id]
     assert (await running(new, task.id)).container_id == duplicate.id
+
+
+# --- a worker and its manager: what is still its own --------------------------------------------
+def containers_of_task(runtime: FakeRuntime, task_id: str) -> list[str]:
+    return [i for i, c in runtime.containers.items() if c.info.labels[LABEL_TASK_ID] == task_id]
+
+
+def answer(*tasks: str, node_timeout: float = 10.0) -> JoinAnswer:
+    return JoinAnswer(
+        node=Node(name="w1", address="http://w1"), tasks=list(tasks), node_timeout=node_timeout
+    )
+
+
+async def test_a_returning_worker_starts_nothing_until_its_manager_says_what_is_its_own(
+    make_worker: MakeWorker, runtime: FakeRuntime
+) -> None:
+    old = await make_worker()
+    always = {"restart": restart("always")}
+    moved, crashed_moved, kept = (old.submit(request(n, **always))[0].id for n in "abc")
+    containers = {t: container_of(await running(old, t)) for t in (moved, crashed_moved, kept)}
+    await old.close()
+    runtime.crash(containers[crashed_moved], 1)  # while the worker is away
+    runtime.crash(containers[kept], 1)
+
+    new = await make_worker(wait_for_assignment=True)
+    assert new.runners == {}  # adopted, supervised by nobody: nothing can start
+    assert new.get(moved).container_id == containers[moved]
+    assert new.adopted_running() == [moved]  # what its join tells the manager
+
+    new.joined(answer(kept))  # the manager moved the other two while it was away
+
+    assert (await running(new, kept, restarts=1)).container_id != containers[kept]
+    for task_id in (moved, crashed_moved):
+        task = await finished(new, task_id)
+        assert (task.state, task.reason) == (
+            State.COMPLETED,
+            "stopped: its manager placed it elsewhere",
+        )
+        assert containers_of_task(runtime, task_id) == []  # none started, the old one gone
+
+
+async def test_a_worker_its_manager_leaves_silent_stops_every_task_and_says_why(
+    make_worker: MakeWorker, runtime: FakeRuntime
+) -> None:
+    worker = await make_worker(stop_after_disconnect=0.2)
+    ids = [worker.submit(request(n))[0].id for n in "ab"]
+    for task_id in ids:
+        await running(worker, task_id)
+
+    for task_id in ids:  # nobody calls this worker: no manager
+        task = await finished(worker, task_id)
+        assert task.state is State.COMPLETED
+        assert task.reason.startswith("stopped: no call from the manager for "), task.reason
+        assert task.reason.endswith("(--stop-after-disconnect 0.2s)"), task.reason
+    assert runtime.containers == {}
+
+
+def test_the_disconnect_window_counts_from_the_last_call_and_zero_means_never() -> None:
+    assert not should_stop_tasks(100.0, 109.9, 10.0)
+    assert should_stop_tasks(100.0, 110.0, 10.0)
+    assert not should_stop_tasks(0.0, 1e6, None)
+    assert not should_stop_tasks(0.0, 1e6, 0.0)
+
+
+async def test_a_join_and_each_call_set_the_disconnect_window_unless_one_was_given(
+    make_worker: MakeWorker,
+) -> None:
+    default, given = await make_worker(), await make_worker(stop_after_disconnect=30.0)
+    for worker in (default, given):
+        worker.joined(answer(node_timeout=4.0))
+    assert (default.stop_after_disconnect, given.stop_after_disconnect) == (4.0, 30.0)
+    for worker in (default, given):  # the fleet grew: the manager's timeout with it
+        worker.heard(node_timeout=28.0)
+    assert (default.stop_after_disconnect, given.stop_after_disconnect) == (28.0, 30.0)
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        ("28", 28.0),
+        ("2.5", 2.5),
+        *((unusable, None) for unusable in (None, "", "x", "0", "-1", "inf", "nan")),
+    ],
+)
+def test_only_a_usable_announced_timeout_is_taken(
+    header: str | None, seconds: float | None
+) -> None:
+    assert announced_timeout(header) == seconds
 
 
 # --- the container engine goes away ---------------------------------------------------------------

@@ -80,6 +80,9 @@ class Node(BaseModel):
     allows: list[str] = Field(default_factory=list)  # privileges its operator allowed
     #: The token the node's API accepts. Kept in the store, never shown by the API.
     token: str | None = None
+    #: SHA-256 of the node secret issued at its first join (see cube.manager.identity).
+    #: Kept in the store, never shown by the API.
+    secret_hash: str | None = None
     drain: bool = False  # set by an operator: take no new tasks, move the current ones away
     registered_at: datetime = Field(default_factory=utcnow)
     last_seen: datetime | None = None
@@ -102,3 +105,25 @@ class NodeReport(BaseModel):
     tasks: int = 0
     allows: list[str] = Field(default_factory=list)
     stats: MachineStats
+
+
+#: The file in a worker's data dir that keeps its node secret (see cube.manager.identity).
+NODE_SECRET_FILE = "node-secret"
+#: The header of the manager's calls to a worker that carries the node timeout in force
+#: (seconds): it grows with the fleet, and a worker's disconnect window follows it.
+NODE_TIMEOUT_HEADER = "Cube-Node-Timeout"
+
+
+class JoinAnswer(BaseModel):
+    """The manager's answer to a worker's join (``POST /v1/nodes``)."""
+
+    node: Node
+    #: Issued at the node's first join, and only then: the worker keeps it and presents
+    #: it at every later join, to prove it is this node.
+    secret: str | None = None
+    #: The IDs of the tasks the manager places on this node. A returning worker starts,
+    #: restarts or keeps only these, and stops the others (moved while it was away).
+    tasks: list[str] = Field(default_factory=list)
+    #: Seconds of silence after which the manager calls a node Down (the pace in force):
+    #: a worker's default for ``--stop-after-disconnect``.
+    node_timeout: float

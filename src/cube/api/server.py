@@ -16,6 +16,10 @@ import uvicorn
 from fastapi import FastAPI
 
 from cube.api.tls import Tls
+from cube.errors import CubeError
+from cube.log import get_logger
+
+log = get_logger("cube.server")
 
 
 class Server(uvicorn.Server):
@@ -46,9 +50,11 @@ async def serve(
     after_start: Callable[[], Awaitable[None]] | None = None,
     on_exit: Callable[[], None] | None = None,
 ) -> bool:
-    """Run ``servers`` until a signal (or one of them stops); True if all started.
+    """Run ``servers`` until a signal (or one of them stops); True if all started and
+    ``after_start`` did not fail.
 
-    ``after_start`` runs once every server listens (a worker joins its manager then).
+    ``after_start`` runs once every server listens (a worker joins its manager then);
+    if it raises a CubeError, the error is logged in one line and the servers stop.
     ``on_exit`` runs when they are told to stop, before they wait for the requests in
     flight: a worker answers its blocking queries then, instead of holding them.
     """
@@ -64,6 +70,17 @@ async def serve(
         loop.add_signal_handler(sig, stop_all, sig)
     running = [loop.create_task(s.serve()) for s in servers]
     helper: asyncio.Task[None] | None = None
+    failed = False
+
+    async def run_after_start(func: Callable[[], Awaitable[None]]) -> None:
+        nonlocal failed
+        try:
+            await func()
+        except CubeError as exc:
+            log.error("stopping", error=exc.message)
+            failed = True
+            stop_all(signal.SIGTERM)
+
     try:
         while not all(s.started for s in servers):
             if any(t.done() for t in running):  # one failed to start (port taken, ...)
@@ -72,7 +89,7 @@ async def serve(
             await asyncio.sleep(0.05)
         else:
             if after_start is not None:
-                helper = loop.create_task(_run(after_start))
+                helper = loop.create_task(run_after_start(after_start))
         await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
         stop_all(signal.SIGTERM)
         await asyncio.gather(*running, return_exceptions=True)
@@ -82,8 +99,4 @@ async def serve(
             await asyncio.gather(helper, return_exceptions=True)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
-    return all(s.started for s in servers)
-
-
-async def _run(func: Callable[[], Awaitable[None]]) -> None:
-    await func()
+    return all(s.started for s in servers) and not failed

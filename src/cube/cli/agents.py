@@ -31,12 +31,12 @@ from cube.cli.credentials import (
     security_options,
 )
 from cube.cli.errors import EXIT_FAILED, handle_errors
-from cube.cli.options import SIZE, parse_labels
+from cube.cli.options import SIZE, optional_duration_callback, parse_labels
 from cube.heap import freeze_survivors
 from cube.log import get_logger, setup_logging
 from cube.manager import Manager, WorkerClient
 from cube.manager import create_app as manager_app
-from cube.node import Resources
+from cube.node import NODE_SECRET_FILE, Resources
 from cube.runtime.docker import DockerRuntime
 from cube.scheduler import ALGORITHMS, DEFAULT_ALGORITHM, make_scheduler
 from cube.store import Store, StoreKind, open_store
@@ -156,7 +156,15 @@ class WorkerParts:
     store: Store
 
 
-def _build_worker(name: str, data: Path, store_kind: StoreKind, node: NodeOptions) -> WorkerParts:
+def _build_worker(
+    name: str,
+    data: Path,
+    store_kind: StoreKind,
+    node: NodeOptions,
+    *,
+    joins: bool = False,
+    stop_after_disconnect: float | None = None,
+) -> WorkerParts:
     sampler = MachineSampler(data)
     found = sampler.capacity()
     capacity = Resources(
@@ -174,6 +182,8 @@ def _build_worker(name: str, data: Path, store_kind: StoreKind, node: NodeOption
         sampler=sampler,
         labels=parse_labels(node.labels),
         allow=[Privilege(p) for p in node.allow],
+        wait_for_assignment=joins,
+        stop_after_disconnect=stop_after_disconnect,
     )
     return WorkerParts(worker, runtime, store)
 
@@ -242,6 +252,13 @@ def _run_servers(
     help="The manager's join token  [default: the join-token file of the manager at "
     "--manager, when it runs on this machine]",
 )
+@click.option(
+    "--stop-after-disconnect",
+    metavar="DURATION",
+    callback=optional_duration_callback,
+    help="Stop every task after this long without a call from the manager; 0: never  "
+    "[default: the node timeout the manager tells it (at its join, with every call)]",
+)
 @_store_option
 @_node_options
 @security_options
@@ -256,6 +273,7 @@ def worker_command(
     data_dir: Path | None,
     token: str | None,
     join_token: str | None,
+    stop_after_disconnect: float | None,
     store_kind: StoreKind,
     node: NodeOptions,
     security: Security,
@@ -273,7 +291,14 @@ def worker_command(
     """
     setup_logging(log_level)
     data = _data_dir(data_dir, f"worker-{name}")
-    parts = _build_worker(name, data, store_kind, node)
+    parts = _build_worker(
+        name,
+        data,
+        store_kind,
+        node,
+        joins=bool(manager_url),
+        stop_after_disconnect=stop_after_disconnect,
+    )
     worker_token, source = own_token(token, data, TOKEN_FILE)
     server = make_server(
         worker_app(parts.worker, authenticator=Authenticator({Role.MANAGER: [worker_token]})),
@@ -295,14 +320,17 @@ def worker_command(
 
     async def join() -> None:
         if manager_url:
-            await join_manager(
+            answer = await join_manager(
                 manager_url,
                 name=name,
                 address=address,
                 token=worker_token,
                 join_token=join_token,
+                secret_file=data / NODE_SECRET_FILE,
+                running=parts.worker.adopted_running(),
                 verify=security.verify,
             )
+            parts.worker.joined(answer)
 
     _run_servers(
         server,

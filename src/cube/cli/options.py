@@ -57,3 +57,10 @@ def duration_callback(ctx: click.Context, param: click.Parameter, value: str) ->
         return parse_duration(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+
+
+def optional_duration_callback(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> float | None:
+    """:func:`duration_callback` for an option that may be left out (None)."""
+    return None if value is None else duration_callback(ctx, param, value)

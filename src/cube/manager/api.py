@@ -10,7 +10,7 @@
     GET    /v1/tasks/{id}/logs    its container's output, proxied from its node
     GET    /v1/nodes              every node, with capacity, allocation and metrics
     GET    /v1/nodes/{name}       one node
-    POST   /v1/nodes              a worker registers itself
+    POST   /v1/nodes              a worker joins (409 if the name is another worker's)
     POST   /v1/nodes/{name}/drain   move its tasks away, place nothing new there
     POST   /v1/nodes/{name}/undrain
     GET    /v1/health             liveness, the intervals in force; "degraded" while a loop crashes
@@ -26,7 +26,7 @@ from typing import Annotated
 import httpx
 from fastapi import FastAPI, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, StringConstraints, field_validator
 
 from cube.api.auth import BearerAuth
 from cube.api.body import RESUBMITTED, TASK_REQUEST_BODY, publish_schemas, read_task_request
@@ -34,10 +34,15 @@ from cube.api.common import ManagerHealth, stream_text
 from cube.api.errors import ERROR_RESPONSES, install_error_handlers
 from cube.auth import Authenticator, Role
 from cube.manager.core import Manager
-from cube.node import Node
+from cube.node import JoinAnswer, Node
 from cube.task.model import Task, TaskEvent
 from cube.task.spec import NAME_PATTERN, TaskRequest
 from cube.task.state import State
+
+#: A token or node secret, as a worker presents it.
+Credential = Annotated[
+    str, StringConstraints(min_length=16, max_length=256, pattern=r"^[A-Za-z0-9_.~+/=-]+$")
+]
 
 
 class NodeRegistration(BaseModel):
@@ -49,12 +54,18 @@ class NodeRegistration(BaseModel):
     address: str = Field(
         min_length=1, max_length=255, pattern=r"^https?://[^\s/]+(:\d+)?(/[A-Za-z0-9._/-]*)?$"
     )
-    token: str | None = Field(
+    token: Credential | None = Field(
         default=None,
-        min_length=16,
-        max_length=256,
-        pattern=r"^[A-Za-z0-9_.~+/=-]+$",
         description="the token the worker's API accepts; the manager calls it with this",
+    )
+    secret: Credential | None = Field(
+        default=None,
+        description="the node secret issued at this node's first join (proves it is that node)",
+    )
+    running: list[Annotated[str, StringConstraints(max_length=64)]] = Field(
+        default_factory=list,
+        max_length=100_000,
+        description="IDs of the tasks whose containers the worker found running when it started",
     )
 
     @field_validator("address")
@@ -75,8 +86,8 @@ class NodeRegistration(BaseModel):
 
 JSON = "application/json"
 
-#: Node answers never include the node's token.
-NO_TOKEN: set[str] = {"token"}
+#: Node answers never include the node's token or the digest of its secret.
+NO_TOKEN: set[str] = {"token", "secret_hash"}
 
 
 def manager_rule(method: str, path: str) -> frozenset[Role] | None:
@@ -139,7 +150,7 @@ def create_app(manager: Manager, *, authenticator: Authenticator | None = None) 
     ) -> StreamingResponse:
         return await stream_text(manager.logs(task_id, tail=tail, follow=follow))
 
-    @app.get("/v1/nodes", response_model_exclude={"__all__": {"token"}})
+    @app.get("/v1/nodes", response_model_exclude={"__all__": NO_TOKEN})
     async def list_nodes() -> list[Node]:
         return manager.list_nodes()
 
@@ -155,10 +166,17 @@ def create_app(manager: Manager, *, authenticator: Authenticator | None = None) 
     async def undrain_node(name: str) -> Node:
         return manager.undrain(name)
 
-    @app.post("/v1/nodes", response_model_exclude=NO_TOKEN)
-    async def register_node(registration: NodeRegistration) -> Node:
+    @app.post("/v1/nodes", response_model_exclude={"node": NO_TOKEN})
+    async def register_node(registration: NodeRegistration) -> JoinAnswer:
+        """A worker joins (or joins again): 409 if the name is another worker's."""
         address = registration.address.rstrip("/")
-        return await manager.register(registration.name, address, registration.token)
+        return await manager.register(
+            registration.name,
+            address,
+            registration.token,
+            secret=registration.secret,
+            running=registration.running,
+        )
 
     @app.get("/v1/health")
     async def health() -> ManagerHealth:

@@ -36,11 +36,12 @@ from cube.errors import (
     Unavailable,
 )
 from cube.log import get_logger
+from cube.manager.identity import check_claim, new_secret
 from cube.manager.lookup import find_task
 from cube.manager.pacing import Pace, pace
-from cube.manager.reconcile import merge_report, needs_merge
+from cube.manager.reconcile import gave_up, merge_report, needs_merge
 from cube.manager.workers import WorkerClient
-from cube.node import Node, NodeReport, NodeState
+from cube.node import JoinAnswer, Node, NodeReport, NodeState
 from cube.scheduler import Scheduler, allocate, allocate_all
 from cube.store.base import Store
 from cube.task.model import DesiredState, Task, TaskEvent
@@ -130,6 +131,9 @@ class Manager:
         self._stopping: dict[str, asyncio.Task[None]] = {}
         #: (node, task) of copies being stopped because the task is placed elsewhere.
         self._stopping_copies: set[tuple[str, str]] = set()
+        #: (node, task) of copies a node stopped on its own (see gave_up): until the node
+        #: reports a copy it runs, a stopped one is that copy, not news of a new placement.
+        self._given_up: set[tuple[str, str]] = set()
         #: Node name -> its watch; the names of nodes whose watch currently works.
         self._watches: dict[str, asyncio.Task[None]] = {}
         self._watched: set[str] = set()
@@ -165,6 +169,7 @@ class Manager:
             # A restarted manager gives every known node a fresh deadline before calling it Down.
             node.last_seen = started
             self._node_changed(node.name)
+        self.workers.node_timeout = self.pace.node_timeout
         self._loops = [
             self.loops.start("dispatch", self._dispatch_loop),
             self.loops.start("collect", self._collect_loop),
@@ -276,9 +281,24 @@ class Manager:
             yield chunk
 
     # --- nodes ---------------------------------------------------------------------------------
-    async def register(self, name: str, address: str, token: str | None) -> Node:
-        """Add (or update) a node, after checking that its API answers at ``address``
-        to ``token``: a worker can only join with a credential it really accepts."""
+    async def register(
+        self,
+        name: str,
+        address: str,
+        token: str | None,
+        *,
+        secret: str | None = None,
+        running: Sequence[str] = (),
+    ) -> JoinAnswer:
+        """Add (or update) a node, after checking that the name is the caller's to take
+        (see :mod:`cube.manager.identity`) and that its API answers at ``address`` to
+        ``token``: a worker can only join with a credential it really accepts.
+
+        The answer carries a new node secret if one was issued, and the tasks placed on
+        the node: a returning worker runs only those (see Worker.joined). ``running``: the
+        tasks whose containers the worker found running; those moved off it and not yet
+        placed elsewhere are taken back rather than started anew."""
+        check_claim(self.nodes.get(name), address=address, secret=secret)
         previous = self.workers.credentials.get(address)
         self._remember(address, token)
         try:
@@ -290,7 +310,21 @@ class Manager:
             raise InvalidSpec(
                 [FieldError("name", f"the worker at {address} is named {report.name!r}")]
             )
-        return self._join(address, report, token=token)
+        # Checked again: another join under this name may have been accepted meanwhile.
+        issue = check_claim(self.nodes.get(name), address=address, secret=secret)
+        issued, digest = new_secret() if issue else (None, None)
+        node = self._join(address, report, token=token, secret_hash=digest)
+        for task_id in running:
+            task = self.tasks.get(task_id)
+            if task is not None and self._may_take_back(task, node):
+                self._take_back(task, node)
+        assigned = [t.id for t in self._tasks_on(name) if t.desired is DesiredState.RUN]
+        return JoinAnswer(
+            node=self._view(name),
+            secret=issued,
+            tasks=assigned,
+            node_timeout=self.pace.node_timeout,
+        )
 
     def _remember(self, address: str, token: str | None) -> None:
         if token:
@@ -570,15 +604,21 @@ class Manager:
             if task is None:
                 continue  # run on the node directly, not through the manager: not ours to judge
             if self._can_readopt(task, copy, node):
-                self._assign(task, node.name)
-                reason = f"node {node.name} is back and still runs it"
-                # Straight to Running: the node's events up to its Running may have been
-                # merged before the node was lost, and would not be replayed.
-                self._save(
-                    task,
-                    task.transition(State.SCHEDULED, reason),
-                    task.transition(State.RUNNING, reason),
-                )
+                self._take_back(task, node)
+            key = (node.name, copy.id)
+            if copy.desired is DesiredState.RUN:
+                self._given_up.discard(key)
+            elif (
+                task.node == node.name
+                and task.desired is DesiredState.RUN
+                and (key in self._given_up or task.id in self._sending)
+            ):
+                continue  # the copy it gave up, in a report older than the task's new send
+            if gave_up(task, copy, node.name):
+                # Stopped by the node on its own (its manager was silent too long): place
+                # it again, here or elsewhere.
+                self._given_up.add(key)
+                self._unplace(task, f"node {node.name} stopped it ({copy.reason}); rescheduling")
             if task.node != node.name:
                 if not copy.is_terminal or copy.container_id:
                     self._stop_copy(node, copy.id)
@@ -707,8 +747,16 @@ class Manager:
             await asyncio.sleep(max(1.0, self.collect_interval))
 
     # --- node bookkeeping ----------------------------------------------------------------------
-    def _join(self, address: str, report: NodeReport, *, token: str | None = None) -> Node:
-        """Record what a node reported (a join, or a collection pass with token None)."""
+    def _join(
+        self,
+        address: str,
+        report: NodeReport,
+        *,
+        token: str | None = None,
+        secret_hash: str | None = None,
+    ) -> Node:
+        """Record what a node reported (a join, or a collection pass with token None);
+        ``secret_hash``: the digest of a node secret just issued to it."""
         node = self.nodes.get(report.name)
         is_new = node is None
         if node is None:
@@ -716,6 +764,7 @@ class Manager:
             self.nodes[node.name] = node
             log.info("node joined", node=node.name, address=address)
             self._watch(node)
+            self.workers.node_timeout = self.pace.node_timeout  # it grows with the fleet
         changed = is_new or (node.address, node.capacity, node.labels, node.allows) != (
             address,
             report.capacity,
@@ -727,6 +776,8 @@ class Manager:
         changed = changed or in_use != node.ports_in_use
         if token is not None and token != node.token:
             node.token, changed = token, True
+        if secret_hash is not None:
+            node.secret_hash, changed = secret_hash, True
         self._node_changed(node.name)
         node.address = address
         node.capacity = report.capacity
@@ -817,14 +868,30 @@ class Manager:
         """A task moved off a lost node that came back still running it, before it found
         another node: take the running copy back instead of stopping it and starting anew."""
         return (
+            copy.state is State.RUNNING
+            and copy.desired is DesiredState.RUN  # not a copy its node is stopping
+            and self._may_take_back(task, node)
+        )
+
+    def _may_take_back(self, task: Task, node: Node) -> bool:
+        """Whether ``task`` may go back to ``node``, which says it still runs it."""
+        return (
             task.state is State.PENDING
             and task.desired is DesiredState.RUN
             and task.node is None
-            and copy.state is State.RUNNING
             and node.state is NodeState.READY
             # Not a copy already being stopped (seen before it ran): the stop would end
             # the task just taken back, Completed though it should run.
             and (node.name, task.id) not in self._stopping_copies
+        )
+
+    def _take_back(self, task: Task, node: Node) -> None:
+        self._assign(task, node.name)
+        reason = f"node {node.name} is back and still runs it"
+        # Straight to Running: the node's events up to its Running may have been merged
+        # before the node was lost, and would not be replayed.
+        self._save(
+            task, task.transition(State.SCHEDULED, reason), task.transition(State.RUNNING, reason)
         )
 
     def _capacity_changed(self) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from cube.task.model import Task, TaskEvent
+from cube.task.model import DesiredState, Task, TaskEvent
 from cube.task.state import State, can_transition
 
 
@@ -63,3 +63,19 @@ def merge_report(task: Task, reported: Task, node_events: Sequence[TaskEvent]) -
     task.started_at = reported.started_at
     task.finished_at = reported.finished_at
     return added
+
+
+def gave_up(task: Task, reported: Task, node: str) -> bool:
+    """Whether ``node`` stopped, on its own, a task the manager still wants run there.
+
+    Only a node can stop a copy the manager did not ask it to: one whose manager was
+    silent longer than its ``--stop-after-disconnect``, or one that came back and was
+    told the task was no longer its own. Merging that end would finish the task
+    (Completed) though its user wants it running; it must be placed again instead.
+    """
+    return (
+        task.node == node
+        and task.desired is DesiredState.RUN
+        and task.state in (State.SCHEDULED, State.RUNNING)
+        and reported.desired is DesiredState.STOP
+    )

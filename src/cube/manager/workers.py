@@ -9,7 +9,7 @@ from pydantic import TypeAdapter
 
 from cube.api.client import check, unreachable
 from cube.api.tls import Verify, shared_verify
-from cube.node import NodeReport
+from cube.node import NODE_TIMEOUT_HEADER, NodeReport
 from cube.task.model import Task, TaskEvent
 from cube.task.spec import TaskRequest
 from cube.worker.changes import TaskChanges
@@ -47,6 +47,8 @@ class WorkerClient:
         self._watch_clients: dict[str, httpx.AsyncClient] = {}
         #: Worker address -> the token its API accepts (given by the worker when it joined).
         self.credentials: dict[str, str] = {}
+        #: The node timeout in force, told to workers with every call (NODE_TIMEOUT_HEADER).
+        self.node_timeout: float | None = None
 
     def _watch_client(self, address: str) -> httpx.AsyncClient:
         """The node's own client for its blocking queries: one connection, held open.
@@ -69,8 +71,12 @@ class WorkerClient:
         return client
 
     def _headers(self, address: str) -> dict[str, str]:
-        token = self.credentials.get(address)
-        return {"Authorization": f"Bearer {token}"} if token else {}
+        headers = {}
+        if (token := self.credentials.get(address)) is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        if self.node_timeout is not None:
+            headers[NODE_TIMEOUT_HEADER] = f"{self.node_timeout:g}"
+        return headers
 
     async def _request(
         self, method: str, address: str, path: str, **kwargs: object

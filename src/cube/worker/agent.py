@@ -1,15 +1,19 @@
 """The worker agent: runs the tasks placed on this node as containers.
 
 It keeps one :class:`~cube.worker.runner.TaskRunner` per task it supervises and
-three background loops:
+four background loops:
 
 * exits: Docker ``die`` events, so a crash is noticed at once;
 * poll: a container listing every ``poll_interval`` seconds, the level-triggered
   safety net for anything an event stream can miss (an engine restart, say);
-* metrics: a machine sample every ``stats_interval`` seconds.
+* metrics: a machine sample every ``stats_interval`` seconds;
+* disconnect: stops every task once the manager has been silent for
+  ``stop_after_disconnect`` seconds (see :mod:`cube.worker.authority`).
 
 On start it adopts the containers that carry its labels, so a worker restart
-(even ``kill -9``) neither loses nor duplicates a running task.
+(even ``kill -9``) neither loses nor duplicates a running task. A worker that joins
+a manager (``wait_for_assignment``) then starts and restarts nothing until the answer
+to its join says which of its tasks are still its own (:meth:`Worker.joined`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import os
+import time
 from collections.abc import AsyncIterator, Collection
 from typing import Any
 
@@ -26,7 +31,7 @@ from pydantic import ValidationError
 from cube.background import Supervisor, cancel_all
 from cube.errors import Conflict, FieldError, InvalidSpec, NotFound, RuntimeUnavailable
 from cube.log import get_logger
-from cube.node import MachineStats, NodeReport, Resources
+from cube.node import JoinAnswer, MachineStats, NodeReport, Resources
 from cube.runtime.base import (
     LABEL_SPEC,
     LABEL_TASK_ID,
@@ -38,6 +43,7 @@ from cube.store.base import Store
 from cube.task.model import DesiredState, Task, TaskEvent
 from cube.task.spec import Privilege, TaskRequest, TaskSpec, privileges
 from cube.task.state import State
+from cube.worker.authority import Resume, resume, should_stop_tasks
 from cube.worker.changes import ChangeFeed, TaskChanges
 from cube.worker.engine import EngineWatch
 from cube.worker.health import Prober, probe
@@ -67,7 +73,14 @@ class Worker:
         prober: Prober = probe,
         allow: Collection[Privilege] = (),
         start_concurrency: int = START_CONCURRENCY,
+        wait_for_assignment: bool = False,
+        stop_after_disconnect: float | None = None,
     ) -> None:
+        """``wait_for_assignment``: this worker joins a manager, and must not start or
+        restart any task of its store before :meth:`joined` says it is still its own.
+        ``stop_after_disconnect``: seconds without a call from the manager after which
+        every task is stopped (None: the node timeout the manager tells, at its join and with
+        every call; none told yet: never)."""
         self.name = name
         self.runtime = runtime
         self.store = store
@@ -92,22 +105,80 @@ class Worker:
         self._ports_in_use: set[int] = set()
         #: When this worker lost its engine and got it back: runners ask before counting.
         self.engine = EngineWatch()
+        #: Waiting for the manager's word on which tasks of the store are still ours.
+        self.awaiting_assignment = wait_for_assignment
+        self.stop_after_disconnect = stop_after_disconnect
+        self._stop_after_given = stop_after_disconnect is not None
+        #: When the manager last called (time.monotonic()); see heard().
+        self.last_heard = time.monotonic()
+        #: The tasks were stopped for the manager's silence, and it has not called since.
+        self._cut_off = False
+        #: IDs of the tasks whose containers were found running at start (see _adopt).
+        self._adopted_running: set[str] = set()
 
     # --- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
         """Adopt this node's containers, resume supervision, start the background loops."""
         await self.runtime.ping()
         await self._adopt()
-        for task in self.store.list_tasks(node=self.name):
-            if task.id not in self.runners and needs_runner(task):
-                self._supervise(task)
+        if self.awaiting_assignment:
+            log.info(
+                "waiting for the manager to say which tasks are still this node's; "
+                "running containers are kept, nothing is started until then",
+                node=self.name,
+            )
+        else:
+            self._resume(None)
+        self.last_heard = time.monotonic()
         self._sample()
         self._loops = [
             self.loops.start("exits", self._exits_loop),
             self.loops.start("poll", self._poll_loop),
             self.loops.start("metrics", self._metrics_loop),
+            self.loops.start("disconnect", self._disconnect_loop),
         ]
         log.info("worker started", node=self.name, tasks=len(self.runners))
+
+    def joined(self, answer: JoinAnswer) -> None:
+        """The manager accepted this worker's join: supervise the tasks it still places
+        here, stop the others, and take its node timeout as the disconnect window unless
+        one was given."""
+        self.heard()
+        if not self._stop_after_given:
+            self.stop_after_disconnect = answer.node_timeout
+        if self.awaiting_assignment:
+            self.awaiting_assignment = False
+            self._resume(frozenset(answer.tasks))
+
+    def adopted_running(self) -> list[str]:
+        """The tasks whose running containers this worker adopted and has not yet been
+        told about: its join says so, and the manager takes back those it has not placed
+        elsewhere meanwhile."""
+        return sorted(self._adopted_running) if self.awaiting_assignment else []
+
+    def _resume(self, assigned: frozenset[str] | None) -> None:
+        """Supervise the store's tasks again; with the manager's ``assigned`` IDs, stop
+        those it placed elsewhere (or stopped) while this worker was away."""
+        for task in self.store.list_tasks(node=self.name):
+            if task.id in self.runners:  # the manager already sent or stopped it
+                continue
+            step = resume(task, assigned)
+            if step is Resume.SUPERVISE:
+                self._supervise(task)
+            elif step is Resume.STOP:
+                log.warning("task no longer placed here; stopping it", task=task.id)
+                self._request_stop(task.id, "stopped: its manager placed it elsewhere")
+
+    def heard(self, *, node_timeout: float | None = None) -> None:
+        """The manager called (its API calls reach this worker through :func:`create_app`),
+        telling the node timeout in force, which is the disconnect window unless one was
+        given: it grows with the fleet, and so do the gaps between the manager's calls."""
+        self.last_heard = time.monotonic()
+        if node_timeout is not None and not self._stop_after_given:
+            self.stop_after_disconnect = node_timeout
+        if self._cut_off:
+            self._cut_off = False
+            log.info("the manager is calling again", node=self.name)
 
     async def close(self) -> None:
         """Stop supervising. Containers keep running; the next start adopts them."""
@@ -172,6 +243,15 @@ class Worker:
 
     async def stop(self, task_id: str, *, wait: bool = True) -> Task:
         """Ask for a task to stop; with ``wait``, return once its container is gone."""
+        runner = self._request_stop(task_id, "stopped by user")
+        task = runner.task
+        if wait:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(runner.done.wait(), task.spec.stop_timeout + 15.0)
+        return self.get(task_id)
+
+    def _request_stop(self, task_id: str, reason: str) -> TaskRunner:
+        """Mark a task to stop, its end to be recorded with ``reason``; returns its runner."""
         runner = self.runners.get(task_id)
         task = runner.task if runner else self.store.get_task(task_id)
         # Saved before the runner sees it: a stop the store refused (a full disk) is not made.
@@ -180,11 +260,9 @@ class Worker:
         self.feed.changed(task_id)
         if runner is None or runner.done.is_set():
             runner = self._supervise(task)
+        runner.stop_reason = reason
         runner.notify()
-        if wait:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(runner.done.wait(), task.spec.stop_timeout + 15.0)
-        return self.get(task_id)
+        return runner
 
     def get(self, task_id: str) -> Task:
         runner = self.runners.get(task_id)
@@ -317,6 +395,8 @@ class Worker:
                     await self.runtime.remove(extra.id)
             task.container_id = keep.id
             task.node = self.name
+            if keep.running and task.desired is DesiredState.RUN:
+                self._adopted_running.add(task_id)
             events = []
             if task.state is State.PENDING:
                 events.append(task.transition(State.SCHEDULED, "adopted by node " + self.name))
@@ -375,6 +455,26 @@ class Worker:
             for runner in list(self.runners.values()):
                 if runner.task.state is State.RUNNING and runner.task.container_id not in running:
                     runner.notify()
+
+    async def _disconnect_loop(self) -> None:
+        """Stop every task once the manager has been silent too long (see heard())."""
+        while True:
+            await asyncio.sleep(min(self.poll_interval, self.stop_after_disconnect or 1.0))
+            after, now = self.stop_after_disconnect, time.monotonic()
+            if self._cut_off or not should_stop_tasks(self.last_heard, now, after):
+                continue
+            self._cut_off = True
+            silent = now - self.last_heard
+            reason = (
+                f"stopped: no call from the manager for {silent:.0f}s "
+                f"(--stop-after-disconnect {after:g}s)"
+            )
+            stopping = [
+                t.id for t in self.list_tasks() if t.desired is DesiredState.RUN and needs_runner(t)
+            ]
+            log.warning(reason, node=self.name, tasks=len(stopping))
+            for task_id in stopping:
+                self._request_stop(task_id, reason)
 
     async def _metrics_loop(self) -> None:
         while True:

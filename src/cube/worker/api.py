@@ -17,7 +17,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated
 
@@ -29,11 +29,14 @@ from cube.api.body import RESUBMITTED, TASK_REQUEST_BODY, publish_schemas, read_
 from cube.api.common import Health, stream_text
 from cube.api.errors import ERROR_RESPONSES, install_error_handlers
 from cube.auth import Authenticator, Role
-from cube.node import NodeReport
+from cube.node import NODE_TIMEOUT_HEADER, NodeReport
 from cube.task.model import Task, TaskEvent
 from cube.task.spec import TaskRequest
 from cube.worker.agent import Worker
+from cube.worker.authority import announced_timeout
 from cube.worker.changes import MAX_WAIT, TaskChanges
+
+CallNext = Callable[[Request], Awaitable[Response]]
 
 
 def create_app(worker: Worker, *, authenticator: Authenticator | None = None) -> FastAPI:
@@ -56,6 +59,15 @@ def create_app(worker: Worker, *, authenticator: Authenticator | None = None) ->
     )
     install_error_handlers(app)
     publish_schemas(app, TaskRequest)
+
+    @app.middleware("http")
+    async def heard_from_manager(request: Request, call_next: CallNext) -> Response:
+        # Added before the authentication below, so inside it: with an authenticator only
+        # the manager's calls get here. Counted when they arrive: a blocking query is held.
+        if request.url.path != "/v1/health":
+            worker.heard(node_timeout=announced_timeout(request.headers.get(NODE_TIMEOUT_HEADER)))
+        return await call_next(request)
+
     if authenticator is not None:
         rule = open_health(frozenset({Role.MANAGER}))
         app.add_middleware(BearerAuth, authenticator=authenticator, rule=rule)

@@ -39,7 +39,7 @@ from cube.api.common import Health
 from cube.api.errors import error_response
 from cube.api.tls import Verify
 from cube.auth import Authenticator, Role
-from cube.errors import CubeError
+from cube.errors import Conflict, CubeError
 from cube.log import get_logger
 from cube.node import Resources
 from cube.runtime.fake import FakeRuntime
@@ -128,7 +128,9 @@ class Fleet:
         retry: float = 2.0,
     ) -> None:
         """Register every worker with the manager (``POST /v1/nodes``), retrying each until
-        it is accepted; a few at a time, through one HTTP client."""
+        it is accepted; a few at a time, through one HTTP client. Simulated workers keep
+        no node secret: a name the manager already knows is refused (Conflict), so a
+        fleet started again against the same manager needs another ``--prefix``."""
         url = f"{manager_url.rstrip('/')}/v1/nodes"
         headers = {"Authorization": f"Bearer {join_token}"} if join_token else {}
         gate = asyncio.Semaphore(JOIN_CONCURRENCY)
@@ -142,6 +144,8 @@ class Fleet:
                         try:
                             check(await http.post(url, json=body, headers=headers))
                             return
+                        except Conflict as exc:  # the name is another worker's (409)
+                            raise Conflict(f"{name}: {exc.message}") from None
                         except (httpx.HTTPError, CubeError) as exc:
                             error = exc.message if isinstance(exc, CubeError) else str(exc)
                             log.warning("join failed, retrying", node=name, error=error)

@@ -109,6 +109,8 @@ class TaskRunner:
         self._wake = asyncio.Event()
         self._health: HealthTracker | None = None
         self.done = asyncio.Event()
+        #: Recorded as the reason of the task's end when it is stopped.
+        self.stop_reason = "stopped by user"
 
     def notify(self) -> None:
         """Something may have changed: look again."""
@@ -344,7 +346,7 @@ class TaskRunner:
         if task.state in TERMINAL:  # already ended: keep its true final state
             self._save()
         else:
-            self._move(State.COMPLETED, "stopped by user", exit_code=exit_code)
+            self._move(State.COMPLETED, self.stop_reason, exit_code=exit_code)
 
     # --- helpers -------------------------------------------------------------------------------
     async def _remove_leftovers(self, *, keep: str | None = None) -> None:
