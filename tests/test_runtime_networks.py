@@ -85,30 +85,25 @@ async def test_containers_on_a_network_reach_each_other_by_alias(
     labels: dict[str, str], network: str
 ) -> None:
     runtime = DockerRuntime()
+
+    def shell(name: str, script: str, *aliases: str) -> ContainerConfig:
+        return ContainerConfig(
+            name=f"{network}-{name}",
+            image=IMAGE,
+            command=["sh", "-c", script],
+            labels=labels,
+            network=network,
+            aliases=list(aliases),
+        )
+
     try:
         await runtime.ensure_network(network, labels=labels)
-        serve = "echo reached-api > /tmp/index.html && httpd -f -p 8000 -h /tmp"
         await runtime.run(
-            ContainerConfig(
-                name=f"{network}-api",
-                image=IMAGE,
-                command=["sh", "-c", serve],
-                labels=labels,
-                network=network,
-                aliases=["api"],
-            )
+            shell("api", "echo reached-api > /tmp/index.html && httpd -f -p 8000 -h /tmp", "api")
         )
         # The client retries: httpd may need a moment before it listens.
         fetch = "for i in $(seq 50); do wget -qO- http://api:8000/ && exit; sleep 0.1; done; false"
-        client = await runtime.run(
-            ContainerConfig(
-                name=f"{network}-client",
-                image=IMAGE,
-                command=["sh", "-c", fetch],
-                labels=labels,
-                network=network,
-            )
-        )
+        client = await runtime.run(shell("client", fetch))
         for _ in range(150):
             info = await runtime.inspect(client.id)
             if info is not None and not info.running:

@@ -10,6 +10,7 @@ found again, adopted after a worker restart, or cleaned up.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -152,7 +153,7 @@ class ContainerRuntime(Protocol):
     async def remove_network(self, name: str) -> None:
         """Remove the network. No-op if it is gone; ContainerError while containers use it."""
 
-    async def networks(self, labels: Mapping[str, str]) -> list[NetworkSummary]:
+    async def networks(self, labels: Mapping[str, str]) -> builtins.list[NetworkSummary]:
         """Every network carrying all of ``labels``."""
 
     async def close(self) -> None:

@@ -9,6 +9,7 @@ and log streams lets the worker reconnect on its own terms after an engine resta
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import json
 import os
@@ -215,7 +216,7 @@ class DockerRuntime:
             await self._call("DELETE", f"/networks/{name}")
         self._network_locks.pop(name, None)
 
-    async def networks(self, labels: Mapping[str, str]) -> list[NetworkSummary]:
+    async def networks(self, labels: Mapping[str, str]) -> builtins.list[NetworkSummary]:
         filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
         response = await self._call("GET", "/networks", params={"filters": json.dumps(filters)})
         return [

@@ -8,6 +8,7 @@ stopped. Images named in ``missing_images`` fail to pull, like a registry 404.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import itertools
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -166,7 +167,7 @@ class FakeRuntime:
             raise ContainerError(f"error while removing network {name}: it has active endpoints")
         del self.networks_by_name[name]
 
-    async def networks(self, labels: Mapping[str, str]) -> list[NetworkSummary]:
+    async def networks(self, labels: Mapping[str, str]) -> builtins.list[NetworkSummary]:
         self._check()
         return [n for n in self.networks_by_name.values() if _matches(n.labels, labels)]
 
