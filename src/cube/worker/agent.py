@@ -27,6 +27,7 @@ from cube.background import cancel_all, spawn
 from cube.errors import Conflict, FieldError, InvalidSpec, NotFound, RuntimeUnavailable
 from cube.log import get_logger
 from cube.node import MachineStats, NodeReport, Resources
+from cube.protocol import TaskChanges
 from cube.runtime.base import (
     LABEL_SPEC,
     LABEL_TASK_ID,
@@ -38,7 +39,7 @@ from cube.store.base import Store
 from cube.task.model import DesiredState, Task, TaskEvent
 from cube.task.spec import Privilege, TaskRequest, TaskSpec, privileges
 from cube.task.state import State
-from cube.worker.changes import ChangeFeed, TaskChanges
+from cube.worker.changes import ChangeFeed
 from cube.worker.health import Prober, probe
 from cube.worker.metrics import MachineSampler
 from cube.worker.runner import TaskRunner, needs_runner

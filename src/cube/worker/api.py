@@ -29,10 +29,10 @@ from cube.api.common import Health, stream_text
 from cube.api.errors import ERROR_RESPONSES, install_error_handlers
 from cube.auth import Authenticator, Role
 from cube.node import NodeReport
+from cube.protocol import MAX_WAIT, TaskChanges
 from cube.task.model import Task, TaskEvent
 from cube.task.spec import TaskRequest
 from cube.worker.agent import Worker
-from cube.worker.changes import MAX_WAIT, TaskChanges
 
 
 def create_app(worker: Worker, *, authenticator: Authenticator | None = None) -> FastAPI:
