@@ -1,4 +1,4 @@
-"""The store seam: where tasks, their events and nodes are kept.
+"""The store seam: where tasks, their events, nodes, jobs and allocations are kept.
 
 Two implementations ship side by side: :class:`~cube.store.memory.MemoryStore`
 (tests, simulations, ``--store memory``) and :class:`~cube.store.sqlite.SqliteStore`
@@ -12,8 +12,10 @@ safe to call from several threads at once.
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from typing import Protocol
+from typing import Protocol, TypeVar
 
+from cube.errors import NotFound
+from cube.job.model import Allocation, Job, JobVersion
 from cube.node import Node
 from cube.task.model import Task, TaskEvent
 from cube.task.state import State
@@ -57,6 +59,64 @@ class Store(Protocol):
     def delete_node(self, name: str) -> None:
         """Forget a node; raises NotFound if unknown."""
 
+    # --- jobs ------------------------------------------------------------------------------
+    def save_job(self, job: Job, versions: Sequence[JobVersion] = ()) -> None:
+        """Insert or replace ``job`` and add ``versions`` of it, atomically.
+
+        A submit saves the job pointing at its new version together with that version,
+        so that no crash leaves a job whose current version is missing. Versions are
+        immutable: saving a number again with the same spec changes nothing, with
+        another spec raises :class:`cube.errors.Conflict` (and nothing is saved).
+        """
+
+    def get_job(self, job_id: str) -> Job:
+        """The job with this ID; raises NotFound."""
+
+    def find_job(self, job_id: str) -> Job | None:
+        """The job with this ID, or None."""
+
+    def list_jobs(self) -> list[Job]:
+        """Every job, oldest first (replacing a job keeps its place)."""
+
+    def delete_job(self, job_id: str) -> None:
+        """Purge a job with its versions and allocations; raises NotFound if unknown."""
+
+    def job_versions(self, job_id: str) -> list[JobVersion]:
+        """A job's versions, oldest (1) first; raises NotFound if the job is unknown."""
+
+    def get_job_version(self, job_id: str, number: int) -> JobVersion:
+        """One version of a job; raises NotFound."""
+
+    # --- allocations -----------------------------------------------------------------------
+    def save_allocations(self, allocations: Sequence[Allocation]) -> None:
+        """Insert or replace allocations, all or none.
+
+        One call per change that touches several (a replacement and the allocation it
+        replaces), so that a crash cannot leave both holding one slot. Raises NotFound,
+        saving nothing, if an allocation's job is unknown.
+        """
+
+    def get_allocation(self, alloc_id: str) -> Allocation:
+        """The allocation with this ID; raises NotFound."""
+
+    def find_allocation(self, alloc_id: str) -> Allocation | None:
+        """The allocation with this ID, or None."""
+
+    def list_allocations(
+        self, *, job: str | None = None, node: str | None = None
+    ) -> list[Allocation]:
+        """Allocations, oldest first, optionally only those of ``job`` and/or on ``node``."""
+
     # --- lifecycle -------------------------------------------------------------------------
     def close(self) -> None:
         """Release files and connections. The store is unusable afterwards."""
+
+
+_T = TypeVar("_T")
+
+
+def found(value: _T | None, what: str) -> _T:
+    """``value``, or :class:`~cube.errors.NotFound` naming ``what`` ("job shop") if None."""
+    if value is None:
+        raise NotFound(f"{what} not found")
+    return value

@@ -10,8 +10,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Collection, Sequence
 
-from cube.errors import NotFound
+from cube.errors import Conflict, NotFound
+from cube.job.model import Allocation, Job, JobVersion
 from cube.node import Node
+from cube.store.base import found
 from cube.task.model import Task, TaskEvent
 from cube.task.state import State
 
@@ -26,6 +28,9 @@ class MemoryStore:
         self._tasks: dict[str, Task] = {}
         self._events: dict[str, list[TaskEvent]] = {}
         self._nodes: dict[str, Node] = {}
+        self._jobs: dict[str, Job] = {}
+        self._versions: dict[str, dict[int, JobVersion]] = {}
+        self._allocs: dict[str, Allocation] = {}
 
     # --- tasks -----------------------------------------------------------------------------
     def save_task(self, task: Task, events: Sequence[TaskEvent] = ()) -> None:
@@ -108,6 +113,91 @@ class MemoryStore:
             if self._nodes.pop(name, None) is None:
                 raise NotFound(f"node {name} not found")
 
+    # --- jobs ------------------------------------------------------------------------------
+    def save_job(self, job: Job, versions: Sequence[JobVersion] = ()) -> None:
+        job = job.model_copy(deep=True)
+        new_versions = [version.model_copy(deep=True) for version in versions]
+        with self._lock:
+            self._check_open()
+            kept = self._versions.get(job.id, {})
+            for version in new_versions:  # check them all before changing anything
+                old = kept.get(version.number)
+                if old is not None and old.spec_hash != version.spec_hash:
+                    raise Conflict(f"job {job.id} version {version.number} has another spec")
+            self._jobs[job.id] = job
+            kept = self._versions.setdefault(job.id, {})
+            for version in new_versions:
+                kept.setdefault(version.number, version)
+
+    def get_job(self, job_id: str) -> Job:
+        return found(self.find_job(job_id), f"job {job_id}")
+
+    def find_job(self, job_id: str) -> Job | None:
+        with self._lock:
+            self._check_open()
+            job = self._jobs.get(job_id)
+            return None if job is None else job.model_copy(deep=True)
+
+    def list_jobs(self) -> list[Job]:
+        with self._lock:
+            self._check_open()
+            return [job.model_copy(deep=True) for job in self._jobs.values()]
+
+    def delete_job(self, job_id: str) -> None:
+        with self._lock:
+            self._check_open()
+            if self._jobs.pop(job_id, None) is None:
+                raise NotFound(f"job {job_id} not found")
+            self._versions.pop(job_id, None)
+            self._allocs = {k: a for k, a in self._allocs.items() if a.job != job_id}
+
+    def job_versions(self, job_id: str) -> list[JobVersion]:
+        with self._lock:
+            self._check_open()
+            if job_id not in self._jobs:
+                raise NotFound(f"job {job_id} not found")
+            kept = self._versions.get(job_id, {})
+            return [kept[n].model_copy(deep=True) for n in sorted(kept)]
+
+    def get_job_version(self, job_id: str, number: int) -> JobVersion:
+        with self._lock:
+            self._check_open()
+            version = self._versions.get(job_id, {}).get(number)
+            if version is None:
+                raise NotFound(f"job {job_id} has no version {number}")
+            return version.model_copy(deep=True)
+
+    # --- allocations -----------------------------------------------------------------------
+    def save_allocations(self, allocations: Sequence[Allocation]) -> None:
+        copies = [alloc.model_copy(deep=True) for alloc in allocations]
+        with self._lock:
+            self._check_open()
+            for alloc in copies:
+                if alloc.job not in self._jobs:
+                    raise NotFound(f"job {alloc.job} not found")
+            for alloc in copies:
+                self._allocs[alloc.id] = alloc
+
+    def get_allocation(self, alloc_id: str) -> Allocation:
+        return found(self.find_allocation(alloc_id), f"allocation {alloc_id}")
+
+    def find_allocation(self, alloc_id: str) -> Allocation | None:
+        with self._lock:
+            self._check_open()
+            alloc = self._allocs.get(alloc_id)
+            return None if alloc is None else alloc.model_copy(deep=True)
+
+    def list_allocations(
+        self, *, job: str | None = None, node: str | None = None
+    ) -> list[Allocation]:
+        with self._lock:
+            self._check_open()
+            return [
+                alloc.model_copy(deep=True)
+                for alloc in self._allocs.values()
+                if (job is None or alloc.job == job) and (node is None or alloc.node == node)
+            ]
+
     # --- lifecycle -------------------------------------------------------------------------
     def close(self) -> None:
         """Drop everything; later calls raise RuntimeError, as they do on a closed SqliteStore."""
@@ -116,6 +206,9 @@ class MemoryStore:
             self._tasks.clear()
             self._events.clear()
             self._nodes.clear()
+            self._jobs.clear()
+            self._versions.clear()
+            self._allocs.clear()
 
     def _check_open(self) -> None:
         """Called with the lock held."""

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from cube.errors import CubeError, NotFound
 from cube.node import Node
+from cube.store.sqlite_jobs import SqliteJobTables, create_job_tables
 from cube.task.model import Task, TaskEvent
 from cube.task.state import State
 
@@ -71,8 +72,10 @@ _UPSERT_TASK = """
 """
 
 
-class SqliteStore:
+class SqliteStore(SqliteJobTables):
     """A :class:`~cube.store.base.Store` in one SQLite file; safe across threads and processes.
+
+    Jobs, versions and allocations are in :class:`~cube.store.sqlite_jobs.SqliteJobTables`.
 
     Call :meth:`close` once no other thread uses the store any more: it closes the
     connections of every thread.
@@ -265,6 +268,7 @@ class SqliteStore:
                     f"{self.path} has schema version {version};"
                     f" this version of Cube reads version {SCHEMA_VERSION}"
                 )
+            create_job_tables(conn)  # added to version-1 files too: see sqlite_jobs
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
