@@ -1,0 +1,176 @@
+"""The manager's HTTP routes for jobs and allocations (``/v1/jobs``, ``/v1/allocations``).
+
+::
+
+    POST   /v1/jobs                  submit a job file (JSON or YAML): 201 new version, 200 same
+    GET    /v1/jobs                  every job
+    POST   /v1/jobs/plan             what a submit would do now; changes nothing
+    GET    /v1/jobs/{id}             one job, with its current spec
+    DELETE /v1/jobs/{id}             stop every allocation (?purge=true: and forget the job)
+    GET    /v1/jobs/{id}/versions    every submitted version, oldest first
+    POST   /v1/jobs/{id}/scale       {"group": "web", "count": 5}: a new version, count only
+    GET    /v1/allocations           every allocation (?job=shop)
+    GET    /v1/allocations/{id}      one allocation (a unique ID prefix works too)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from pydantic import BaseModel, Field
+
+from cube.api.body import read_body
+from cube.job.model import Allocation, Job, JobVersion
+from cube.job.plan import Plan
+from cube.job.spec import MAX_COUNT, JobSpec, parse_job
+from cube.manager.jobs import JobService
+from cube.scheduler import Decision
+
+#: OpenAPI description of a job file body (read by hand: JSON or YAML).
+JOB_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/JobSpec"}},
+            "application/yaml": {"schema": {"$ref": "#/components/schemas/JobSpec"}},
+        },
+    }
+}
+
+
+class JobDetail(BaseModel):
+    """A job with its current version's spec and its allocations."""
+
+    job: Job
+    spec: JobSpec
+    allocations: list[Allocation]
+
+
+class ScaleRequest(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    group: str = Field(min_length=1, max_length=63)
+    count: int = Field(ge=0, le=MAX_COUNT)
+
+
+class PlanEntry(BaseModel):
+    """One line of a plan: what would happen to which allocation or slot, and why."""
+
+    action: str  # place, stop, update, inplace, keep, wait
+    reason: str
+    group: str | None = None
+    index: int | None = None
+    alloc: str | None = None
+    #: For placements: the node the scheduler would choose (None: none fits).
+    node: str | None = None
+    placement: Decision | None = None
+
+
+class JobPlan(BaseModel):
+    """The answer of ``POST /v1/jobs/plan``."""
+
+    job: str
+    version: int
+    status: str
+    status_reason: str
+    entries: list[PlanEntry]
+    #: Placements that would find no node (each entry's reason says why).
+    unplaceable: int
+
+
+def plan_entries(plan: Plan, decisions: dict[str, Decision]) -> list[PlanEntry]:
+    entries: list[PlanEntry] = []
+    for p in plan.place:
+        d = decisions.get(f"{p.group}[{p.index}]")
+        entries.append(
+            PlanEntry(
+                action="place",
+                reason=p.reason if d is None or d.node else f"{p.reason}; cannot: {d.reason}",
+                group=p.group,
+                index=p.index,
+                alloc=p.replaces,
+                node=d.node if d else None,
+                placement=d,
+            )
+        )
+    entries += [PlanEntry(action="stop", reason=s.reason, alloc=s.alloc) for s in plan.stop]
+    for u in plan.update:
+        d = decisions.get(f"{u.group}[{u.index}]")
+        entries.append(
+            PlanEntry(
+                action="update",
+                reason=u.reason,
+                group=u.group,
+                index=u.index,
+                alloc=u.alloc,
+                node=d.node if d else None,
+                placement=d,
+            )
+        )
+    entries += [PlanEntry(action="inplace", reason=i.reason, alloc=i.alloc) for i in plan.in_place]
+    entries += [
+        PlanEntry(action="wait", reason=w.reason, group=w.group, index=w.index, alloc=w.alloc)
+        for w in plan.wait
+    ]
+    entries += [PlanEntry(action="keep", reason=k.reason, alloc=k.alloc) for k in plan.keep]
+    return entries
+
+
+def install_job_routes(app: FastAPI, jobs: JobService) -> None:
+    """Add the job and allocation routes to the manager's app."""
+
+    async def read_job(request: Request) -> JobSpec:
+        return parse_job(await read_body(request))
+
+    @app.post("/v1/jobs", status_code=201, openapi_extra=JOB_BODY)
+    async def submit_job(request: Request, response: Response) -> Job:
+        """Submit a job file. 201: a new version; 200: the current spec again, nothing changes."""
+        job, created = jobs.submit(await read_job(request))
+        if not created:
+            response.status_code = 200
+        return job
+
+    @app.get("/v1/jobs")
+    async def list_jobs() -> list[Job]:
+        return [jobs.jobs[j] for j in sorted(jobs.jobs)]
+
+    @app.post("/v1/jobs/plan", openapi_extra=JOB_BODY)
+    async def plan_job(request: Request) -> JobPlan:
+        """A dry run of a submit against the cluster as it is: nothing is created or changed."""
+        plan, decisions = jobs.plan(await read_job(request))
+        return JobPlan(
+            job=plan.job,
+            version=plan.version,
+            status=plan.status.value,
+            status_reason=plan.status_reason,
+            entries=plan_entries(plan, decisions),
+            unplaceable=sum(1 for d in decisions.values() if d.node is None),
+        )
+
+    @app.get("/v1/jobs/{job_id}")
+    async def get_job(job_id: str) -> JobDetail:
+        job = jobs.job(job_id)
+        return JobDetail(
+            job=job, spec=jobs.current_version(job).spec, allocations=jobs.allocations(job=job.id)
+        )
+
+    @app.delete("/v1/jobs/{job_id}")
+    async def stop_job(job_id: str, purge: bool = False) -> Job:
+        return jobs.stop(job_id, purge=purge)
+
+    @app.get("/v1/jobs/{job_id}/versions")
+    async def job_versions(job_id: str) -> list[JobVersion]:
+        return jobs.job_versions(job_id)
+
+    @app.post("/v1/jobs/{job_id}/scale")
+    async def scale_job(job_id: str, body: ScaleRequest) -> Job:
+        return jobs.scale(job_id, body.group, body.count)
+
+    @app.get("/v1/allocations")
+    async def list_allocations(job: str | None = None) -> list[Allocation]:
+        return jobs.allocations(job=job)
+
+    @app.get("/v1/allocations/{alloc_id}")
+    async def get_allocation(alloc_id: str) -> Allocation:
+        return jobs.allocation(alloc_id)
