@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Set
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -187,9 +188,11 @@ class JobService:
         views = self.manager.list_nodes()
         plan = reconcile(draft, version, self.allocations(job=spec.job), views, now)
         decisions: dict[str, Decision] = {}
+        chosen: set[str] = set()
         for place in [*plan.place, *self._update_places(plan)]:
-            decision, views = self._choose(spec, place, views)
+            decision, views = self._choose(spec, place, views, also_taken=chosen)
             decisions[f"{place.group}[{place.index}]"] = decision
+            chosen.update([decision.node] if decision.node else [])
         return plan, decisions
 
     def job(self, job_id: str) -> Job:
@@ -314,13 +317,13 @@ class JobService:
 
     # --- placing ------------------------------------------------------------------------------
     def _choose(
-        self, spec: JobSpec, place: Place, views: list[Node]
+        self, spec: JobSpec, place: Place, views: list[Node], *, also_taken: Set[str] = frozenset()
     ) -> tuple[Decision, list[Node]]:
         """A node for one allocation of ``place.group``, and the views with it allocated there.
 
         Nodes outside the job's datacenters are out; a system placement names its node;
         otherwise nodes without a live allocation of the job (nor the node ``place.avoid``)
-        are tried first, then every node.
+        are tried first, then every node. ``also_taken``: nodes a dry run placed on already.
         """
         group = spec.group(place.group)
         request = placement_spec(spec, group)
@@ -342,7 +345,9 @@ class JobService:
             and not a.is_terminal
             and a.desired is AllocDesired.RUN
         }
-        first = preferred_nodes(eligible, [n for n in taken if n], avoid=place.avoid)
+        first = preferred_nodes(
+            eligible, [*(n for n in taken if n), *also_taken], avoid=place.avoid
+        )
         decision = None
         if first and len(first) < len(eligible):
             decision = scheduler.place(request, first)

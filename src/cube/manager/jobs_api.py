@@ -18,12 +18,12 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
-from pydantic import BaseModel, Field
 
 from cube.api.body import read_body
 from cube.job.model import Allocation, Job, JobVersion
 from cube.job.plan import Plan
-from cube.job.spec import MAX_COUNT, JobSpec, parse_job
+from cube.job.spec import JobSpec, parse_job
+from cube.job.wire import JobDetail, JobPlan, PlanEntry, ScaleRequest
 from cube.manager.jobs import JobService
 from cube.scheduler import Decision
 
@@ -37,46 +37,6 @@ JOB_BODY: dict[str, Any] = {
         },
     }
 }
-
-
-class JobDetail(BaseModel):
-    """A job with its current version's spec and its allocations."""
-
-    job: Job
-    spec: JobSpec
-    allocations: list[Allocation]
-
-
-class ScaleRequest(BaseModel):
-    model_config = {"extra": "forbid"}
-
-    group: str = Field(min_length=1, max_length=63)
-    count: int = Field(ge=0, le=MAX_COUNT)
-
-
-class PlanEntry(BaseModel):
-    """One line of a plan: what would happen to which allocation or slot, and why."""
-
-    action: str  # place, stop, update, inplace, keep, wait
-    reason: str
-    group: str | None = None
-    index: int | None = None
-    alloc: str | None = None
-    #: For placements: the node the scheduler would choose (None: none fits).
-    node: str | None = None
-    placement: Decision | None = None
-
-
-class JobPlan(BaseModel):
-    """The answer of ``POST /v1/jobs/plan``."""
-
-    job: str
-    version: int
-    status: str
-    status_reason: str
-    entries: list[PlanEntry]
-    #: Placements that would find no node (each entry's reason says why).
-    unplaceable: int
 
 
 def plan_entries(plan: Plan, decisions: dict[str, Decision]) -> list[PlanEntry]:
