@@ -478,3 +478,37 @@ async def test_job_routes_name_the_field_path_of_a_bad_job_and_create_nothing() 
         assert (await client.get("/v1/jobs/shop")).status_code == 404
         assert (await client.get("/v1/allocations/nope")).status_code == 404
     await manager.close()
+
+
+async def test_a_group_that_fits_nowhere_waits_for_the_cluster_to_change() -> None:
+    store, workers = MemoryStore(), FakeWorkers()
+    manager = make_manager(store, workers)  # no node at all
+    manager.jobs.submit(job_spec(count=5))
+    for _ in range(3):
+        manager.jobs.reconcile_all(NOW)
+    (stuck,) = manager.jobs.allocations()  # one tried, the others wait: not five failures
+    assert (stuck.node, stuck.status_reason) == (None, "no node in datacenter dc1")
+
+    manager.nodes["n1"] = node("n1")
+    manager._capacity_changed()  # a node joined
+    manager.jobs.reconcile_all(NOW)
+    await settle(manager)
+    allocs = manager.jobs.allocations()
+    assert len(allocs) == 5
+    assert {a.node for a in allocs} == {"n1"}
+    await manager.close()
+
+
+async def test_a_large_count_is_placed_over_several_passes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("cube.manager.jobs.MAX_PLACEMENTS_PER_PASS", 4)
+    store, workers = MemoryStore(), FakeWorkers()
+    store.save_node(node("n1"))
+    manager = make_manager(store, workers)
+    manager.jobs.submit(job_spec(count=6))
+    manager.jobs.reconcile_all(NOW)
+    assert len(manager.jobs.allocations()) == 4
+    assert manager.jobs._wake.is_set()  # the next pass goes on at once
+    manager.jobs.reconcile_all(NOW)
+    await settle(manager)
+    assert len(manager.jobs.allocations()) == 6
+    await manager.close()

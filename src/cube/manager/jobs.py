@@ -66,6 +66,9 @@ log = get_logger("cube.manager.jobs")
 
 #: The longest pause between two passes when nothing wakes the loop (the safety net).
 SAFETY_PASS = 5.0
+#: Placements tried in one pass (and in one dry run). A job of count 100,000 is placed
+#: over many passes, so that the manager's other loops and its API run in between.
+MAX_PLACEMENTS_PER_PASS = 500
 
 
 def _now() -> datetime:
@@ -87,8 +90,14 @@ class JobService:
         self._wake_at: datetime | None = None
         self._loop: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
-        #: Passes completed: tests and ``cube job run`` wait for one after a change.
+        #: Passes completed.
         self.passes = 0
+        #: (job, group) -> the manager's capacity generation when a placement of the group
+        #: found no node: its other placements wait for the cluster to change, as the task
+        #: dispatcher's do, instead of each failing the same way on every pass.
+        self._blocked: dict[tuple[str, str], int] = {}
+        #: Placements this pass may still try (see MAX_PLACEMENTS_PER_PASS).
+        self._budget = MAX_PLACEMENTS_PER_PASS
 
     # --- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -189,8 +198,13 @@ class JobService:
         plan = reconcile(draft, version, self.allocations(job=spec.job), views, now)
         decisions: dict[str, Decision] = {}
         chosen: set[str] = set()
-        for place in [*plan.place, *self._update_places(plan)]:
-            decision, views = self._choose(spec, place, views, also_taken=chosen)
+        failed: dict[str, Decision] = {}  # group -> its first failure: the rest fail alike
+        for place in [*plan.place, *self._update_places(plan)][:MAX_PLACEMENTS_PER_PASS]:
+            decision = failed.get(place.group)
+            if decision is None:
+                decision, views = self._choose(spec, place, views, also_taken=chosen)
+            if decision.node is None:
+                failed[place.group] = decision
             decisions[f"{place.group}[{place.index}]"] = decision
             chosen.update([decision.node] if decision.node else [])
         return plan, decisions
@@ -225,6 +239,7 @@ class JobService:
     def reconcile_all(self, now: datetime) -> None:
         """One pass over every job (see the module docstring)."""
         self._wake_at = None
+        self._budget = MAX_PLACEMENTS_PER_PASS
         self._stop_orphans()
         views = self.manager.list_nodes()
         for job in list(self.jobs.values()):
@@ -232,6 +247,8 @@ class JobService:
                 views = self.reconcile_job(job, views, now)
             except Exception:
                 log.error("reconciling a job failed", job=job.id, exc=True)
+        if self._budget <= 0:
+            self.wake()  # more to place: the next pass goes on
 
     def reconcile_job(self, job: Job, views: list[Node], now: datetime) -> list[Node]:
         """Derive, reconcile and apply one job; returns the node views with its placements."""
@@ -287,6 +304,8 @@ class JobService:
             self._stop_alloc(self.allocs[stop.alloc], stop.reason, lost=stop.lost, now=now)
         for update in plan.update:
             old = self.allocs[update.alloc]
+            if old.node is not None and not self._may_place(job.id, update.group):
+                continue  # the old one keeps running until its successor has somewhere to go
             if old.node is None:  # nothing runs yet: the waiting allocation takes the new spec
                 group = spec.group(old.group)
                 old.version, old.group_hash = version.number, group_hash(spec, group)
@@ -298,16 +317,29 @@ class JobService:
             )
             views = self._place(job, version, place, views, now)
         for place in plan.place:
-            views = self._place(job, version, place, views, now)
+            if self._may_place(job.id, place.group):
+                views = self._place(job, version, place, views, now)
         for entry in plan.in_place:
             alloc = self.allocs[entry.alloc]
             alloc.version, alloc.updated_at = version.number, now
             self.manager.store.save_allocations([alloc])
         for keep in plan.keep:
             alloc = self.allocs[keep.alloc]
-            if alloc.node is None and not alloc.is_terminal and alloc.desired is AllocDesired.RUN:
+            if (
+                alloc.node is None
+                and not alloc.is_terminal
+                and alloc.desired is AllocDesired.RUN
+                and self._may_place(job.id, alloc.group)
+            ):
                 views = self._retry(job, version, alloc, views, now)
         return views
+
+    def _may_place(self, job: str, group: str) -> bool:
+        """Whether a placement of ``group`` may be tried now (budget, and not blocked)."""
+        if self._budget <= 0:
+            return False
+        blocked = self._blocked.get((job, group))
+        return blocked is None or blocked != self.manager._generation
 
     @staticmethod
     def _update_places(plan: Plan) -> list[Place]:
@@ -398,13 +430,15 @@ class JobService:
         views: list[Node],
         changed: list[Allocation],
     ) -> list[Node]:
+        self._budget -= 1
         decision, views = self._choose(spec, place, views)
         alloc.placement = decision.model_dump(mode="json")
         if decision.node is None:
-            if alloc.status_reason != decision.reason:
-                alloc.status_reason = decision.reason
+            self._blocked[(alloc.job, alloc.group)] = self.manager._generation
+            alloc.status_reason = decision.reason
             self.manager.store.save_allocations(changed)
             return views
+        self._blocked.pop((alloc.job, alloc.group), None)
         alloc.node = decision.node
         alloc.status_reason = f"placed on {decision.node}"
         self.manager.store.save_allocations(changed)  # the allocation first, then its tasks
