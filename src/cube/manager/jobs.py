@@ -69,6 +69,8 @@ SAFETY_PASS = 5.0
 #: Placements tried in one pass (and in one dry run). A job of count 100,000 is placed
 #: over many passes, so that the manager's other loops and its API run in between.
 MAX_PLACEMENTS_PER_PASS = 500
+#: Job names that are routes under ``/v1/jobs/`` (see cube.manager.jobs_api).
+RESERVED_JOB_NAMES = frozenset({"plan"})
 
 
 def _now() -> datetime:
@@ -128,6 +130,9 @@ class JobService:
     # --- the API's operations -----------------------------------------------------------------
     def submit(self, spec: JobSpec) -> tuple[Job, bool]:
         """Store ``spec`` as the job's next version; False when it is the current one again."""
+        if spec.job in RESERVED_JOB_NAMES:
+            why = f"{spec.job!r} is reserved: POST /v1/jobs/{spec.job} is another route"
+            raise InvalidSpec([FieldError("job", why)])
         now = _now()
         job = self.jobs.get(spec.job)
         current = self.current_version(job) if job is not None else None

@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
+from starlette.convertors import StringConvertor, register_url_convertor
 
 from cube.api.body import read_body
 from cube.job.model import Allocation, Job, JobVersion
@@ -26,6 +27,19 @@ from cube.job.spec import JobSpec, parse_job
 from cube.job.wire import JobDetail, JobPlan, PlanEntry, ScaleRequest
 from cube.manager.jobs import JobService
 from cube.scheduler import Decision
+
+
+class JobIdConvertor(StringConvertor):
+    """A job ID in a path: any segment but ``plan``, which is ``POST /v1/jobs/plan``.
+
+    Without it ``/v1/jobs/plan`` would also be job "plan" (a 405 there would list GET and
+    DELETE); a job may not be named ``plan`` (:data:`cube.manager.jobs.RESERVED_JOB_NAMES`).
+    """
+
+    regex = "(?!plan(?:/|$))[^/]+"
+
+
+register_url_convertor("jobid", JobIdConvertor())
 
 #: OpenAPI description of a job file body (read by hand: JSON or YAML).
 JOB_BODY: dict[str, Any] = {
@@ -83,7 +97,12 @@ def install_job_routes(app: FastAPI, jobs: JobService) -> None:
     async def read_job(request: Request) -> JobSpec:
         return parse_job(await read_body(request))
 
-    @app.post("/v1/jobs", status_code=201, openapi_extra=JOB_BODY)
+    @app.post(
+        "/v1/jobs",
+        status_code=201,
+        openapi_extra=JOB_BODY,
+        responses={200: {"model": Job, "description": "The current spec again: nothing changes."}},
+    )
     async def submit_job(request: Request, response: Response) -> Job:
         """Submit a job file. 201: a new version; 200: the current spec again, nothing changes."""
         job, created = jobs.submit(await read_job(request))
@@ -108,22 +127,22 @@ def install_job_routes(app: FastAPI, jobs: JobService) -> None:
             unplaceable=sum(1 for d in decisions.values() if d.node is None),
         )
 
-    @app.get("/v1/jobs/{job_id}")
+    @app.get("/v1/jobs/{job_id:jobid}")
     async def get_job(job_id: str) -> JobDetail:
         job = jobs.job(job_id)
         return JobDetail(
             job=job, spec=jobs.current_version(job).spec, allocations=jobs.allocations(job=job.id)
         )
 
-    @app.delete("/v1/jobs/{job_id}")
+    @app.delete("/v1/jobs/{job_id:jobid}")
     async def stop_job(job_id: str, purge: bool = False) -> Job:
         return jobs.stop(job_id, purge=purge)
 
-    @app.get("/v1/jobs/{job_id}/versions")
+    @app.get("/v1/jobs/{job_id:jobid}/versions")
     async def job_versions(job_id: str) -> list[JobVersion]:
         return jobs.job_versions(job_id)
 
-    @app.post("/v1/jobs/{job_id}/scale")
+    @app.post("/v1/jobs/{job_id:jobid}/scale")
     async def scale_job(job_id: str, body: ScaleRequest) -> Job:
         return jobs.scale(job_id, body.group, body.count)
 
