@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Set
+import time
+from collections.abc import Iterator, Set
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -69,6 +70,8 @@ SAFETY_PASS = 5.0
 #: Placements tried in one pass (and in one dry run). A job of count 100,000 is placed
 #: over many passes, so that the manager's other loops and its API run in between.
 MAX_PLACEMENTS_PER_PASS = 500
+#: The longest pause between two passes that were woken (see JobService._run).
+MAX_PAUSE = 0.5
 #: Job names that are routes under ``/v1/jobs/`` (see cube.manager.jobs_api).
 RESERVED_JOB_NAMES = frozenset({"plan"})
 
@@ -120,12 +123,17 @@ class JobService:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
             self._wake.clear()
+            started = time.process_time()
             try:
-                self.reconcile_all(_now())
+                for _ in self._pass(_now()):
+                    await asyncio.sleep(0)
             except Exception:  # a pass that fails must not end the loop: the next one heals
                 log.error("job pass failed", exc=True)
             self.passes += 1
-            await asyncio.sleep(0.05)  # let a burst of wakes gather into the next pass
+            # As the task dispatcher does: a pause as long as the CPU the pass took lets a
+            # burst of wakes (every task change wakes it) gather into the next pass, so
+            # that passes take at most about half the manager's time.
+            await asyncio.sleep(max(0.05, min(time.process_time() - started, MAX_PAUSE)))
 
     # --- the API's operations -----------------------------------------------------------------
     def submit(self, spec: JobSpec) -> tuple[Job, bool]:
@@ -242,16 +250,27 @@ class JobService:
 
     # --- the pass -----------------------------------------------------------------------------
     def reconcile_all(self, now: datetime) -> None:
-        """One pass over every job (see the module docstring)."""
+        """One pass over every job (see the module docstring), without pausing."""
+        for _ in self._pass(now):
+            pass
+
+    def _pass(self, now: datetime) -> Iterator[None]:
+        """One pass, pausing after each job (the loop lets the API answer meanwhile).
+
+        Each job starts from fresh node views: the manager's own, which already count
+        what this pass placed (and what the task dispatcher placed during a pause).
+        """
         self._wake_at = None
         self._budget = MAX_PLACEMENTS_PER_PASS
         self._stop_orphans()
-        views = self.manager.list_nodes()
         for job in list(self.jobs.values()):
+            if self.jobs.get(job.id) is not job:  # purged (or replaced) during a pause
+                continue
             try:
-                views = self.reconcile_job(job, views, now)
+                self.reconcile_job(job, self.manager.list_nodes(), now)
             except Exception:
                 log.error("reconciling a job failed", job=job.id, exc=True)
+            yield
         if self._budget <= 0:
             self.wake()  # more to place: the next pass goes on
 
