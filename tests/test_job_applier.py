@@ -12,9 +12,11 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import click
 import httpx
 import pytest
 
+from cube.cli.agents import NodeOptions
 from cube.cli.jobs import judge
 from cube.errors import NotFound
 from cube.job.model import (
@@ -254,7 +256,9 @@ def make_manager(store: MemoryStore, workers: FakeWorkers) -> Manager:
 async def settle(manager: Manager) -> None:
     """Let the sends and stops the pass started finish."""
     for _ in range(3):
-        await asyncio.gather(*list(manager._background), *list(manager.jobs._background))
+        await asyncio.gather(
+            *manager._background, *manager.jobs._background, return_exceptions=True
+        )
 
 
 def job_spec(count: int = 3, **group: Any) -> JobSpec:
@@ -511,4 +515,52 @@ async def test_a_large_count_is_placed_over_several_passes(monkeypatch: pytest.M
     manager.jobs.reconcile_all(NOW)
     await settle(manager)
     assert len(manager.jobs.allocations()) == 6
+    await manager.close()
+
+
+async def test_a_drained_nodes_allocations_are_replaced_elsewhere() -> None:
+    store, workers = MemoryStore(), FakeWorkers()
+    for name in ("n1", "n2"):
+        store.save_node(node(name))
+    manager = make_manager(store, workers)
+    manager.jobs.submit(job_spec(count=2))
+    manager.jobs.reconcile_all(NOW)
+    await settle(manager)
+    run_all(manager)
+    manager.jobs.reconcile_all(NOW)
+    drained = next(a for a in manager.jobs.allocations() if a.node == "n2")
+
+    manager.drain("n2")
+    manager.jobs.reconcile_all(NOW)
+    await settle(manager)
+    old = manager.jobs.allocation(drained.id)
+    assert (old.desired, old.desired_reason) == (AllocDesired.STOP, "node n2 is draining")
+    new = manager.jobs.allocation(old.replaced_by or "")
+    assert (new.index, new.node) == (drained.index, "n1")
+    manager.jobs.reconcile_all(NOW)  # its tasks ended: the migrated allocation is Complete
+    assert manager.jobs.allocation(drained.id).status is AllocStatus.COMPLETE
+    await manager.close()
+
+
+def test_a_workers_datacenter_is_a_label_that_another_label_may_not_contradict() -> None:
+    def options(labels: tuple[str, ...], datacenter: str | None) -> NodeOptions:
+        return NodeOptions(None, None, None, labels, (), datacenter)
+
+    assert options((), None).node_labels() == {"datacenter": "dc1"}
+    assert options(("zone=a",), "eu1").node_labels() == {"zone": "a", "datacenter": "eu1"}
+    assert options(("datacenter=eu1",), None).node_labels() == {"datacenter": "eu1"}
+    with pytest.raises(click.BadParameter, match="contradicts --datacenter"):
+        options(("datacenter=us1",), "eu1").node_labels()
+
+
+async def test_a_job_may_not_be_named_like_a_route() -> None:
+    manager = make_manager(MemoryStore(), FakeWorkers())
+    transport = httpx.ASGITransport(app=create_app(manager))
+    body = {"job": "plan", "groups": [{"name": "g", "tasks": [{"name": "a", "image": "b"}]}]}
+    async with httpx.AsyncClient(transport=transport, base_url="http://m") as client:
+        response = await client.post("/v1/jobs", json=body)
+        assert response.status_code == 422
+        assert [f["field"] for f in response.json()["fields"]] == ["job"]
+        wrong = await client.get("/v1/jobs/plan")
+        assert (wrong.status_code, wrong.headers["allow"]) == (405, "POST")
     await manager.close()
