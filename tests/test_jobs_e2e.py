@@ -38,7 +38,7 @@ pytestmark = pytest.mark.docker
 #: runner (private network, DNS aliases), which comes with the branch ``jobworker``.
 needs_alloc_runner = pytest.mark.xfail(
     reason="needs the worker's allocation runner (branch jobworker): tasks reach each other"
-    " by name on the allocation's network",
+    " by name on the allocation's network, and ports: ['8080'] get a host port per allocation",
     strict=True,
 )
 
@@ -262,6 +262,39 @@ def test_batch_job_with_parallelism_completes(
     for i, (start, _) in enumerate(spans):
         overlapping = [s for s in spans[:i] if s[1] > start]
         assert len(overlapping) <= 1, spans
+    assert_converges(manager.url, [a.name, b.name], {})
+
+
+def test_batch_job_that_always_fails_ends_failed_with_its_exit_code_and_log_tail(
+    start_manager: Any, start_worker: Any, tmp_path: Path
+) -> None:
+    manager, a, b = two_node_cluster(start_manager, start_worker)
+    spec = {
+        "job": "doomed",
+        "type": "batch",
+        "groups": [
+            {
+                "name": "work",
+                "reschedule": {"attempts": 1, "delay": "1s"},
+                "tasks": [
+                    {"name": "step", "image": IMAGE, "command": ["sh", "-c", "echo boom; exit 3"]}
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "doomed.json"
+    path.write_text(json.dumps(spec))
+    ran = cube(manager, "job", "run", str(path))
+    assert ran.returncode == 1, ran
+    assert "job doomed failed: doomed.work[0] failed for good" in ran.stderr
+    allocs = get_json(manager.url, "/allocations?job=doomed")
+    assert [x["status"] for x in allocs] == ["failed", "failed"]  # the first, and its one retry
+    assert allocs[1]["replaces"] == allocs[0]["id"]
+    status = cube(manager, "job", "status", "doomed")
+    assert status.returncode == 0, status.stderr
+    assert "Failed" in status.stdout
+    assert "exit code 3" in status.stdout
+    assert "boom" in status.stdout  # the failed task's last log line
     assert_converges(manager.url, [a.name, b.name], {})
 
 

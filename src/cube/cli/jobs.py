@@ -23,11 +23,12 @@ from cube.cli.client import ManagerClient, manager_option
 from cube.cli.errors import EXIT_FAILED, handle_errors
 from cube.cli.output import short
 from cube.cli.tasks import placement_view
-from cube.errors import FieldError, InvalidSpec
+from cube.errors import CubeError, FieldError, InvalidSpec
 from cube.job.model import Allocation, AllocDesired, AllocStatus, JobStatus
 from cube.job.spec import JobSpec, JobType, load_job_file
 from cube.job.wire import JobDetail
 from cube.task.model import utcnow
+from cube.task.state import State
 
 #: Seconds between two looks at the job while ``cube job run`` follows it.
 POLL = 0.5
@@ -253,7 +254,8 @@ def plan_command(client: ManagerClient, file: str, output: out.Format) -> None:
 @handle_errors
 @manager_option
 def status_command(client: ManagerClient, job_id: str | None, output: out.Format) -> None:
-    """List jobs, or show one: its groups by state and its allocations.
+    """List jobs, or show one: its groups by state, its allocations, and for the newest
+    failed allocations the reason (exit code) and the last lines their task wrote.
 
     \b
     Example:
@@ -279,7 +281,8 @@ def status_command(client: ManagerClient, job_id: str | None, output: out.Format
     if output == "json":
         out.print_json(detail)
         return
-    out.show(*job_view(detail))
+    failures = failure_view(client, detail)
+    out.show(*job_view(detail), *([out.section("Failures", failures)] if failures else []))
 
 
 def job_view(detail: JobDetail) -> list[RenderableType]:
@@ -304,6 +307,30 @@ def job_view(detail: JobDetail) -> list[RenderableType]:
         out.section("Groups", groups),
         out.section("Allocations", alloc_table(detail.allocations)),
     ]
+
+
+#: Failed allocations whose last log lines ``cube job status JOB`` shows, newest first.
+FAILURES_SHOWN = 3
+#: Log lines shown of each.
+LOG_TAIL = 5
+
+
+def failure_view(client: ManagerClient, detail: JobDetail) -> Table | None:
+    """The newest failed allocations: why, and the last lines their failed task wrote."""
+    failed = [a for a in detail.allocations if a.status is AllocStatus.FAILED]
+    if not failed:
+        return None
+    table = out.make_table("ALLOC", Column("REASON"), Column("LAST LOG LINES"))
+    for alloc in sorted(failed, key=lambda a: a.updated_at, reverse=True)[:FAILURES_SHOWN]:
+        task = next((t for t in alloc.tasks.values() if t.state is State.FAILED), None)
+        tail = ""
+        if task is not None:
+            try:
+                tail = b"".join(client.logs(task.id, tail=LOG_TAIL)).decode(errors="replace")
+            except CubeError as exc:
+                tail = f"(no logs: {exc.message})"
+        out.add_row(table, alloc.name, alloc.status_reason, tail.rstrip())
+    return table
 
 
 def alloc_table(allocs: Sequence[Allocation]) -> Table:
