@@ -15,9 +15,11 @@ from typing import Any
 import click
 import httpx
 import pytest
+from click.testing import CliRunner
 
 from cube.cli.agents import NodeOptions
 from cube.cli.jobs import judge
+from cube.cli.main import cli
 from cube.errors import NotFound
 from cube.job.model import (
     Allocation,
@@ -564,3 +566,26 @@ async def test_a_job_may_not_be_named_like_a_route() -> None:
         wrong = await client.get("/v1/jobs/plan")
         assert (wrong.status_code, wrong.headers["allow"]) == (405, "POST")
     await manager.close()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["job"],
+        ["job", "run"],
+        ["job", "plan"],
+        ["job", "status"],
+        ["job", "stop"],
+        ["job", "scale"],
+        ["job", "history"],
+        ["alloc"],
+        ["alloc", "status"],
+        ["worker"],
+    ],
+)
+def test_every_job_command_has_help_with_an_example(command: list[str]) -> None:
+    result = CliRunner().invoke(cli, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Example:" in result.output
+    if command == ["worker"]:
+        assert "--datacenter" in result.output
