@@ -589,3 +589,17 @@ def test_every_job_command_has_help_with_an_example(command: list[str]) -> None:
     assert "Example:" in result.output
     if command == ["worker"]:
         assert "--datacenter" in result.output
+
+
+async def test_a_new_submit_is_pending_until_a_pass_judges_it() -> None:
+    store, workers = MemoryStore(), FakeWorkers()
+    manager = make_manager(store, workers)
+    manager.jobs.submit(job_spec(count=0))
+    manager.jobs.reconcile_all(NOW)
+    assert manager.jobs.job("shop").status is JobStatus.RUNNING  # scaled to 0: where it should be
+    manager.jobs.stop("shop")
+    assert manager.jobs.job("shop").status is JobStatus.DEAD
+    job, created = manager.jobs.submit(job_spec(count=0))  # the same file starts it again
+    assert created
+    assert (job.status, job.stopped) == (JobStatus.PENDING, False)
+    await manager.close()

@@ -38,6 +38,7 @@ from cube.job.model import (
     AllocStatus,
     AllocTask,
     Job,
+    JobStatus,
     JobVersion,
     group_hash,
     next_version,
@@ -155,6 +156,9 @@ class JobService:
         if version is not None:
             job.version = version.number
             versions.append(version)
+        # Until the next pass judges it, the job is not what it was (Complete, Dead): a
+        # client following the submit must not take the old status for the new version's.
+        job.status, job.status_reason = JobStatus.PENDING, f"version {job.version} submitted"
         self.manager.store.save_job(job, versions)
         self.jobs[job.id] = job
         for v in versions:
