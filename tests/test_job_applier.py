@@ -17,6 +17,7 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
+from cube.auth import Authenticator, Role
 from cube.cli.agents import NodeOptions
 from cube.cli.jobs import judge
 from cube.cli.main import cli
@@ -602,4 +603,27 @@ async def test_a_new_submit_is_pending_until_a_pass_judges_it() -> None:
     job, created = manager.jobs.submit(job_spec(count=0))  # the same file starts it again
     assert created
     assert (job.status, job.stopped) == (JobStatus.PENDING, False)
+    await manager.close()
+
+
+async def test_job_routes_need_the_cluster_token() -> None:
+    user, join = "u" * 32, "j" * 32
+    manager = make_manager(MemoryStore(), FakeWorkers())
+    app = create_app(manager, authenticator=Authenticator({Role.USER: [user], Role.JOIN: [join]}))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://m") as client:
+        for method, path in [
+            ("GET", "/v1/jobs"),
+            ("POST", "/v1/jobs"),
+            ("POST", "/v1/jobs/plan"),
+            ("GET", "/v1/jobs/shop"),
+            ("DELETE", "/v1/jobs/shop"),
+            ("POST", "/v1/jobs/shop/scale"),
+            ("GET", "/v1/allocations"),
+        ]:
+            assert (await client.request(method, path)).status_code == 401, path
+            joining = {"Authorization": f"Bearer {join}"}
+            assert (await client.request(method, path, headers=joining)).status_code == 403, path
+        answer = await client.get("/v1/jobs", headers={"Authorization": f"Bearer {user}"})
+        assert answer.status_code == 200
     await manager.close()
