@@ -405,11 +405,13 @@ class Manager:
 
         The job service placed the allocation; the task goes the way every task goes.
         """
+        ref = task.alloc
+        made = f"created for {ref.job}.{ref.group}[{ref.index}] ({ref.id})" if ref else "created"
         self.tasks[task.id] = task
         self._assign(task, node.name)
         self._save(
             task,
-            TaskEvent(state=State.PENDING, reason=f"created for allocation {task.alloc}"),
+            TaskEvent(state=State.PENDING, reason=made),
             task.transition(State.SCHEDULED, reason),
         )
         self._sending.setdefault(task.id, asyncio.Event())
