@@ -85,3 +85,26 @@ def assert_converges(
         wait_for(holds, timeout=timeout, interval=0.25, what="the cluster to converge")
     except AssertionError:
         raise AssertionError("invariant violated:\n  " + "\n  ".join(last)) from None
+
+
+def job_expectations(manager_url: str, job: str) -> dict[str, str]:
+    """task ID -> "running" for every task of the job's allocations that should run.
+
+    Also checks the allocations themselves: one holder per slot, each Running, each on the
+    node its tasks run on. (The allocation's private network is the worker's: its check
+    comes with the worker's allocation runner.)
+    """
+    detail = api.get(f"{manager_url}/v1/jobs/{job}", timeout=10).json()
+    tasks = {t["id"]: t for t in api.get(f"{manager_url}/v1/tasks", timeout=10).json()}
+    holders = [
+        a for a in detail["allocations"] if a["desired"] == "run" and a["replaced_by"] is None
+    ]
+    slots = [(a["group"], a["index"]) for a in holders]
+    assert len(slots) == len(set(slots)), f"two allocations hold one slot: {slots}"
+    expected: dict[str, str] = {}
+    for alloc in holders:
+        assert alloc["status"] == "running", alloc
+        for record in alloc["tasks"].values():
+            assert tasks[record["id"]]["node"] == alloc["node"], (alloc, tasks[record["id"]])
+            expected[record["id"]] = "running"
+    return expected

@@ -25,9 +25,9 @@ from cube.manager.pacing import (
 )
 from cube.manager.workers import WorkerClient
 from cube.node import Node, NodeState, Resources
+from cube.protocol import MAX_WAIT
 from cube.scheduler import make_scheduler
 from cube.store.memory import MemoryStore
-from cube.worker.changes import MAX_WAIT
 
 INTERVAL = 0.1
 HTTP_TIMEOUT = 0.5

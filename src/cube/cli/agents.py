@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import re
 import socket
 import sys
 from collections.abc import Awaitable, Callable
@@ -33,6 +34,7 @@ from cube.cli.credentials import (
 from cube.cli.errors import EXIT_FAILED, handle_errors
 from cube.cli.options import SIZE, optional_duration_callback, parse_labels
 from cube.heap import freeze_survivors
+from cube.job.spec import DEFAULT_DATACENTER
 from cube.log import get_logger, setup_logging
 from cube.manager import Manager, WorkerClient
 from cube.manager import create_app as manager_app
@@ -41,7 +43,7 @@ from cube.runtime.docker import DockerRuntime
 from cube.scheduler import ALGORITHMS, DEFAULT_ALGORITHM, make_scheduler
 from cube.store import Store, StoreKind, open_store
 from cube.store.files import secure_data_dir
-from cube.task.spec import Privilege
+from cube.task.spec import NAME_PATTERN, Privilege
 from cube.worker import MachineSampler, Worker
 from cube.worker import create_app as worker_app
 from cube.worker.join import join_manager
@@ -110,6 +112,27 @@ class NodeOptions:
     disk: int | None
     labels: tuple[str, ...]
     allow: tuple[str, ...]
+    datacenter: str | None = None
+
+    def node_labels(self) -> dict[str, str]:
+        """The labels the node reports: ``--label`` ones, and ``datacenter`` (see
+        :func:`cube.job.reconcile.datacenter_of`), which a ``--label`` may not contradict."""
+        labels = parse_labels(self.labels)
+        if self.datacenter is None:
+            labels.setdefault("datacenter", DEFAULT_DATACENTER)
+        elif labels.setdefault("datacenter", self.datacenter) != self.datacenter:
+            raise click.BadParameter(
+                f"--label datacenter={labels['datacenter']} contradicts --datacenter"
+                f" {self.datacenter}",
+                param_hint="--label",
+            )
+        return labels
+
+
+def _datacenter_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not re.fullmatch(NAME_PATTERN, value):
+        raise click.BadParameter(f"{value!r} is not a DNS label (a-z, 0-9, -)")
+    return value
 
 
 def _node_options(func: Callable[..., None]) -> Callable[..., None]:
@@ -117,7 +140,8 @@ def _node_options(func: Callable[..., None]) -> Callable[..., None]:
 
     @functools.wraps(func)
     def wrapper(**kwargs: Any) -> None:
-        node = NodeOptions(*(kwargs.pop(k) for k in ("cpu", "memory", "disk", "labels", "allow")))
+        keys = ("cpu", "memory", "disk", "labels", "allow", "datacenter")
+        node = NodeOptions(*(kwargs.pop(k) for k in keys))
         func(node=node, **kwargs)
 
     options = [
@@ -141,6 +165,12 @@ def _node_options(func: Callable[..., None]) -> Callable[..., None]:
             type=click.Choice([p.value for p in Privilege]),
             help="Let tasks here ask for this (repeatable). Off by default: privileged "
             "containers, the host's network and host mounts all escape isolation.",
+        ),
+        click.option(
+            "--datacenter",
+            callback=_datacenter_name,
+            help=f"The datacenter this node is in; jobs name the datacenters they run in"
+            f"  [default: {DEFAULT_DATACENTER}]",
         ),
     ]
     out: Callable[..., None] = wrapper
@@ -180,7 +210,7 @@ def _build_worker(
         store=store,
         capacity=capacity,
         sampler=sampler,
-        labels=parse_labels(node.labels),
+        labels=node.node_labels(),
         allow=[Privilege(p) for p in node.allow],
         wait_for_assignment=joins,
         stop_after_disconnect=stop_after_disconnect,
@@ -288,6 +318,7 @@ def worker_command(
     Example:
       cube worker --name w1 --port 5556 --manager http://127.0.0.1:5555
       cube worker --name big --port 5557 --cpu 8 --memory 16GiB --label zone=a
+      cube worker --name e1 --port 5558 --datacenter eu1   # jobs with datacenters: [eu1]
     """
     setup_logging(log_level)
     data = _data_dir(data_dir, f"worker-{name}")

@@ -23,6 +23,8 @@ from cube.api.client import check, error_from_response, unreachable
 from cube.api.tls import Verify, client_verify
 from cube.cli.credentials import CA_ENV, TOKEN_ENV, TOKEN_FILE, FoundToken, find_token
 from cube.errors import FieldError
+from cube.job.model import Allocation, Job, JobVersion
+from cube.job.wire import JobDetail, JobPlan
 from cube.node import Node
 from cube.task.model import Task, TaskEvent
 from cube.task.spec import TaskRequest
@@ -43,6 +45,14 @@ _EVENTS = TypeAdapter(list[TaskEvent])
 _NODE = TypeAdapter(Node)
 _NODES = TypeAdapter(list[Node])
 _HEALTH = TypeAdapter(dict[str, Any])
+_JOB = TypeAdapter(Job)
+_JOBS = TypeAdapter(list[Job])
+_JOB_DETAIL = TypeAdapter(JobDetail)
+_JOB_PLAN = TypeAdapter(JobPlan)
+_VERSIONS = TypeAdapter(list[JobVersion])
+_ALLOC = TypeAdapter(Allocation)
+_ALLOCS = TypeAdapter(list[Allocation])
+_YAML = {"Content-Type": "application/yaml"}
 
 
 def normalise_url(url: str) -> str:
@@ -148,6 +158,42 @@ class ManagerClient:
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from None
 
+    # --- jobs and allocations
+
+    def submit_job(self, text: str) -> tuple[Job, bool]:
+        """Submit a job file's text (YAML or JSON) as it is; True when a new version."""
+        response = self._send("POST", "/v1/jobs", content=text.encode(), headers=_YAML)
+        return self._parse(_JOB, response), response.status_code == 201
+
+    def plan_job(self, text: str) -> JobPlan:
+        response = self._send("POST", "/v1/jobs/plan", content=text.encode(), headers=_YAML)
+        return self._parse(_JOB_PLAN, response)
+
+    def jobs(self) -> list[Job]:
+        return self._parse(_JOBS, self._send("GET", "/v1/jobs"))
+
+    def job(self, job_id: str) -> JobDetail:
+        return self._parse(_JOB_DETAIL, self._send("GET", _job_path(job_id)))
+
+    def job_versions(self, job_id: str) -> list[JobVersion]:
+        return self._parse(_VERSIONS, self._send("GET", _job_path(job_id, "/versions")))
+
+    def stop_job(self, job_id: str, *, purge: bool = False) -> Job:
+        params = {"purge": "true"} if purge else {}
+        return self._parse(_JOB, self._send("DELETE", _job_path(job_id), params=params))
+
+    def scale_job(self, job_id: str, group: str, count: int) -> Job:
+        body = {"group": group, "count": count}
+        return self._parse(_JOB, self._send("POST", _job_path(job_id, "/scale"), json=body))
+
+    def allocations(self, *, job: str | None = None) -> list[Allocation]:
+        params = {"job": job} if job is not None else {}
+        return self._parse(_ALLOCS, self._send("GET", "/v1/allocations", params=params))
+
+    def allocation(self, alloc_id: str) -> Allocation:
+        path = f"/v1/allocations/{_segment(alloc_id, 'id')}"
+        return self._parse(_ALLOC, self._send("GET", path))
+
     # --- nodes and the manager itself
 
     def nodes(self) -> list[Node]:
@@ -216,6 +262,10 @@ def _given_token_source(ctx: click.Context) -> str:
             return "--token"
         current = current.parent
     return TOKEN_ENV
+
+
+def _job_path(job_id: str, suffix: str = "") -> str:
+    return f"/v1/jobs/{_segment(job_id, 'job')}{suffix}"
 
 
 def manager_option(func: Callable[..., R]) -> Callable[..., R]:

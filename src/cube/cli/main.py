@@ -17,6 +17,8 @@ COMMANDS = {
     "logs": "cube.cli.tasks:logs_command",
     "stop": "cube.cli.tasks:stop_command",
     "nodes": "cube.cli.nodes:nodes_group",
+    "job": "cube.cli.jobs:job_group",
+    "alloc": "cube.cli.jobs:alloc_group",
     "sim-fleet": "cube.cli.sim:sim_fleet_command",
 }
 

@@ -263,6 +263,9 @@ class Allocation(BaseModel):
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
     finished_at: datetime | None = None
+    #: The scheduler's explanation of where the allocation went, or why nowhere (a
+    #: cube.scheduler Decision as JSON), kept per allocation as Nomad keeps its metrics.
+    placement: dict[str, Any] | None = None
 
     @property
     def name(self) -> str:

@@ -14,6 +14,8 @@
     POST   /v1/nodes/{name}/drain   move its tasks away, place nothing new there
     POST   /v1/nodes/{name}/undrain
     GET    /v1/health             liveness, the intervals in force; "degraded" while a loop crashes
+
+Jobs and allocations: see :mod:`cube.manager.jobs_api`.
 """
 
 from __future__ import annotations
@@ -33,7 +35,10 @@ from cube.api.body import RESUBMITTED, TASK_REQUEST_BODY, publish_schemas, read_
 from cube.api.common import ManagerHealth, stream_text
 from cube.api.errors import ERROR_RESPONSES, install_error_handlers
 from cube.auth import Authenticator, Role
+from cube.errors import FieldError, InvalidSpec
+from cube.job.spec import JobSpec
 from cube.manager.core import Manager
+from cube.manager.jobs_api import install_job_routes
 from cube.node import JoinAnswer, Node
 from cube.task.model import Task, TaskEvent
 from cube.task.spec import NAME_PATTERN, TaskRequest
@@ -112,13 +117,17 @@ def create_app(manager: Manager, *, authenticator: Authenticator | None = None) 
 
     app = FastAPI(title="Cube manager", version="1", lifespan=lifespan, responses=ERROR_RESPONSES)
     install_error_handlers(app)
-    publish_schemas(app, TaskRequest)
+    publish_schemas(app, TaskRequest, JobSpec)
     if authenticator is not None:
         app.add_middleware(BearerAuth, authenticator=authenticator, rule=manager_rule)
 
     @app.post("/v1/tasks", status_code=201, responses=RESUBMITTED, openapi_extra=TASK_REQUEST_BODY)
     async def submit_task(request: Request, response: Response) -> Task:
-        task, created = manager.submit(await read_task_request(request))
+        submitted = await read_task_request(request)
+        if submitted.alloc is not None:
+            why = "set by the manager on the tasks of a job's allocation; submit a job instead"
+            raise InvalidSpec([FieldError("alloc", why)])
+        task, created = manager.submit(submitted)
         if not created:
             response.status_code = 200
         return task
@@ -177,6 +186,8 @@ def create_app(manager: Manager, *, authenticator: Authenticator | None = None) 
             secret=registration.secret,
             running=registration.running,
         )
+
+    install_job_routes(app, manager.jobs)
 
     @app.get("/v1/health")
     async def health() -> ManagerHealth:

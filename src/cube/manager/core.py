@@ -37,6 +37,7 @@ from cube.errors import (
 )
 from cube.log import get_logger
 from cube.manager.identity import check_claim, new_secret
+from cube.manager.jobs import JobService
 from cube.manager.lookup import find_task
 from cube.manager.pacing import Pace, pace
 from cube.manager.reconcile import gave_up, merge_report, needs_merge
@@ -150,6 +151,8 @@ class Manager:
         #: Collection: polls in flight at once, and the nodes they are polling.
         self._poll_slots = asyncio.Semaphore(COLLECT_CONCURRENCY)
         self._polling: set[str] = set()
+        #: Jobs and their allocations: they place their tasks through this manager.
+        self.jobs = JobService(self)
 
     @property
     def pace(self) -> Pace:
@@ -181,6 +184,7 @@ class Manager:
         for node in self.nodes.values():
             self._watch(node)
         self._dispatch_wake.set()
+        self.jobs.start()
         log.info(
             "manager started",
             tasks=len(self.tasks),
@@ -191,6 +195,7 @@ class Manager:
     async def close(self) -> None:
         for timer in self._deadlines.values():
             timer.cancel()
+        await self.jobs.close()
         await cancel_all([*self._loops, *self._watches.values(), *self._background])
         await self.workers.aclose()
         log.info("manager stopped")
@@ -350,6 +355,7 @@ class Manager:
             node.state = NodeState.DRAINING
         node.reason = "drained by operator"
         self._save_node(node)
+        self.jobs.wake()
         for task_id in self._move_tasks_off(node, f"node {name} draining"):
             # The node answers: stop its copies now. Its blocking query reports only tasks
             # that change, and these do not until they are stopped.
@@ -402,6 +408,7 @@ class Manager:
             for t in self.tasks.values()
             if t.state is State.PENDING
             and t.desired is DesiredState.RUN
+            and t.alloc is None  # an allocation's tasks are placed together, by the job service
             and self._tried.get(t.id) != self._generation
         ]
         if not pending:
@@ -436,6 +443,34 @@ class Manager:
         finally:  # a save refused (a full disk) ends the pass: the tasks saved still go
             await asyncio.gather(*sends)
 
+    def start_alloc_task(self, task: Task, node: Node, reason: str) -> None:
+        """Record a task of a job's allocation as Scheduled on ``node`` and send it there.
+
+        The job service placed the allocation; the task goes the way every task goes.
+        """
+        ref = task.alloc
+        made = f"created for {ref.job}.{ref.group}[{ref.index}] ({ref.id})" if ref else "created"
+        self.tasks[task.id] = task
+        self._assign(task, node.name)
+        self._save(
+            task,
+            TaskEvent(state=State.PENDING, reason=made),
+            task.transition(State.SCHEDULED, reason),
+        )
+        self._sending.setdefault(task.id, asyncio.Event())
+        spawn(self._send(task, node), "send allocation task", keep=self._background)
+
+    def _end_alloc_task(self, task: Task, reason: str) -> None:
+        """A task of an allocation is not placed again on its own: it ends, and the job
+        service replaces its allocation as a whole. It stays on its node, so that a copy
+        the node still runs when it comes back is stopped (``desired: stop``)."""
+        task.desired = DesiredState.STOP
+        if task.is_terminal:
+            self._save(task)
+        else:
+            self._save(task, task.transition(State.FAILED, reason))
+        self._capacity_changed()
+
     async def _send(self, task: Task, node: Node) -> None:
         sending = self._sending.setdefault(task.id, asyncio.Event())
         try:
@@ -446,7 +481,10 @@ class Manager:
                 del self._sending[task.id]
 
     async def _send_once(self, task: Task, node: Node) -> None:
-        request = TaskRequest.model_validate({**task.spec.model_dump(), "id": task.id})
+        alloc = None if task.alloc is None else task.alloc.model_dump()
+        request = TaskRequest.model_validate(
+            {**task.spec.model_dump(), "id": task.id, "alloc": alloc}
+        )
         try:
             reported = await self.workers.run(node.address, request)
         except InvalidSpec as exc:  # the node refuses this spec: trying again will not help
@@ -456,7 +494,9 @@ class Manager:
         except CubeError as exc:
             if isinstance(exc, Unavailable):
                 self._node_unreachable(node.name, exc.message)
-            if task.state is State.SCHEDULED and task.desired is DesiredState.RUN:
+            if task.alloc is not None and task.state is State.SCHEDULED:
+                self._end_alloc_task(task, f"could not start on {node.name}: {exc.message}")
+            elif task.state is State.SCHEDULED and task.desired is DesiredState.RUN:
                 self._unplace(task, f"could not start on {node.name}: {exc.message}")
                 if isinstance(exc, StoreUnavailable):
                     # The node cannot save it (a full disk): placed again once the cluster
@@ -836,7 +876,10 @@ class Manager:
         moved = []
         for task in self._tasks_on(node.name):
             if task.state in PLACED and task.desired is DesiredState.RUN:
-                self._unplace(task, f"{why}; rescheduling")
+                if task.alloc is not None:
+                    self._end_alloc_task(task, f"{why}; its allocation is replaced")
+                else:
+                    self._unplace(task, f"{why}; rescheduling")
                 moved.append(task.id)
         if moved:
             log.warning("tasks moved off node", node=node.name, tasks=len(moved), why=why)
@@ -897,6 +940,7 @@ class Manager:
     def _capacity_changed(self) -> None:
         self._generation += 1
         self._dispatch_wake.set()
+        self.jobs.wake()
 
     def _node_unreachable(self, name: str, error: str) -> None:
         """A failed call to a node: stop placing tasks there until it answers again."""
@@ -908,6 +952,7 @@ class Manager:
         self._node_changed(node.name)
         node.state, node.reason = NodeState.DOWN, reason
         self._save_node(node)
+        self.jobs.wake()
         log.warning("node down", node=node.name, reason=reason)
 
     # --- helpers -------------------------------------------------------------------------------
@@ -920,6 +965,8 @@ class Manager:
         except StoreUnavailable:
             self._restore(task)
             raise
+        if task.alloc is not None:
+            self.jobs.wake()  # its allocation's status may change
 
     def _save_node(self, node: Node) -> None:
         """Record a change of ``node``; one the store refused is undone, as for tasks."""

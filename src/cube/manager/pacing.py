@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cube.worker.changes import MAX_WAIT
+from cube.protocol import MAX_WAIT
 
 #: Metrics polls per second, whatever the fleet's size (Nomad: 50 heartbeats/s).
 POLLS_PER_SECOND = 100.0

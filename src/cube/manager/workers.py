@@ -10,9 +10,9 @@ from pydantic import TypeAdapter
 from cube.api.client import check, unreachable
 from cube.api.tls import Verify, shared_verify
 from cube.node import NODE_TIMEOUT_HEADER, NodeReport
+from cube.protocol import TaskChanges
 from cube.task.model import Task, TaskEvent
 from cube.task.spec import TaskRequest
-from cube.worker.changes import TaskChanges
 
 _TASKS = TypeAdapter(list[Task])
 _EVENTS = TypeAdapter(list[TaskEvent])

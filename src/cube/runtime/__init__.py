@@ -12,6 +12,7 @@ from cube.runtime.base import (
     ContainerRuntime,
     ContainerStats,
     ContainerSummary,
+    NetworkSummary,
     task_labels,
     worker_selector,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "ContainerSummary",
     "DockerRuntime",
     "FakeRuntime",
+    "NetworkSummary",
     "task_labels",
     "worker_selector",
 ]

@@ -10,6 +10,7 @@ found again, adopted after a worker restart, or cleaned up.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -43,6 +44,9 @@ class ContainerConfig:
     memory: int = 64 * 1024**2  # bytes
     privileged: bool = False
     network: str = "bridge"
+    #: Names other containers on ``network`` reach this one by (a user-defined network only:
+    #: Docker's default bridge has no DNS). An allocation's tasks find each other this way.
+    aliases: list[str] = field(default_factory=list)
     mounts: list[Mount] = field(default_factory=list)
 
 
@@ -75,6 +79,15 @@ class ContainerInfo:
     cpu: float = 0.0  # limit in cores, 0 = none
     memory: int = 0  # limit in bytes, 0 = none
     ip: str = ""  # address on the engine's network, where health checks reach it
+
+
+@dataclass(frozen=True)
+class NetworkSummary:
+    """A network the engine has, as listed."""
+
+    id: str
+    name: str
+    labels: Mapping[str, str]
 
 
 @dataclass(frozen=True)
@@ -131,6 +144,19 @@ class ContainerRuntime(Protocol):
 
     async def stats(self, container_id: str) -> ContainerStats:
         """One sample of the container's CPU and memory use."""
+
+    async def ensure_network(self, name: str, *, labels: Mapping[str, str]) -> str:
+        """Create a private bridge network called ``name`` unless it exists; its ID.
+
+        Idempotent and safe to race: two callers get the same network. Containers on it
+        reach each other by name and alias through the engine's DNS.
+        """
+
+    async def remove_network(self, name: str) -> None:
+        """Remove the network. No-op if it is gone; ContainerError while containers use it."""
+
+    async def networks(self, labels: Mapping[str, str]) -> builtins.list[NetworkSummary]:
+        """Every network carrying all of ``labels``."""
 
     async def close(self) -> None:
         """Release connections."""

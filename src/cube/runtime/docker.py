@@ -8,6 +8,9 @@ and log streams lets the worker reconnect on its own terms after an engine resta
 
 from __future__ import annotations
 
+import asyncio
+import builtins
+import contextlib
 import json
 import os
 import struct
@@ -23,6 +26,7 @@ from cube.runtime.base import (
     ContainerInfo,
     ContainerStats,
     ContainerSummary,
+    NetworkSummary,
     ProgressCallback,
 )
 from cube.runtime.pulls import SharedPulls
@@ -59,6 +63,8 @@ class DockerRuntime:
             timeout=httpx.Timeout(30.0, read=None),
         )
         self._pulls = SharedPulls(self._find_or_pull)
+        #: Network name -> the lock its creation takes (see ensure_network).
+        self._network_locks: dict[str, asyncio.Lock] = {}
 
     # --- plumbing ------------------------------------------------------------------------------
     async def _call(
@@ -202,6 +208,34 @@ class DockerRuntime:
         )
         return _stats_from_engine(response.json())
 
+    async def ensure_network(self, name: str, *, labels: Mapping[str, str]) -> str:
+        # The engine does not refuse a second network of the same name (CheckDuplicate is
+        # best effort, and ignored since API 1.44): concurrent creates here would make two,
+        # and containers would land on either. So creates of one name take turns.
+        lock = self._network_locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            try:
+                found = await self._call("GET", f"/networks/{name}")
+                return str(found.json()["Id"])
+            except NotFound:
+                pass
+            body = {"Name": name, "Driver": "bridge", "Labels": dict(labels)}
+            created = await self._call("POST", "/networks/create", json=body)
+            return str(created.json()["Id"])
+
+    async def remove_network(self, name: str) -> None:
+        with contextlib.suppress(NotFound):
+            await self._call("DELETE", f"/networks/{name}")
+        self._network_locks.pop(name, None)
+
+    async def networks(self, labels: Mapping[str, str]) -> builtins.list[NetworkSummary]:
+        filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
+        response = await self._call("GET", "/networks", params={"filters": json.dumps(filters)})
+        return [
+            NetworkSummary(id=row["Id"], name=row["Name"], labels=row.get("Labels") or {})
+            for row in response.json()
+        ]
+
     async def close(self) -> None:
         await self._client.aclose()
 
@@ -281,7 +315,7 @@ def _create_body(config: ContainerConfig) -> dict[str, Any]:
             bindings.setdefault(key, []).append(
                 {"HostIp": "", "HostPort": str(port.host) if port.host else ""}
             )
-    return {
+    body: dict[str, Any] = {
         "Image": config.image,
         "Cmd": config.command or None,
         "Env": [f"{k}={v}" for k, v in config.env.items()],
@@ -302,6 +336,15 @@ def _create_body(config: ContainerConfig) -> dict[str, Any]:
             "LogConfig": {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "3"}},
         },
     }
+    if config.network not in _ENGINE_NETWORKS:
+        # A user-defined network: the engine's DNS answers for the aliases there.
+        endpoint = {"Aliases": config.aliases} if config.aliases else {}
+        body["NetworkingConfig"] = {"EndpointsConfig": {config.network: endpoint}}
+    return body
+
+
+#: Networks every engine has; aliases mean nothing on them.
+_ENGINE_NETWORKS = frozenset({"bridge", "host", "none", "default"})
 
 
 def _parse_time(value: str | None) -> datetime | None:

@@ -9,6 +9,7 @@ errors put in ``start_errors`` are raised by the next starts, one each.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import itertools
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -20,6 +21,7 @@ from cube.runtime.base import (
     ContainerInfo,
     ContainerStats,
     ContainerSummary,
+    NetworkSummary,
     ProgressCallback,
 )
 from cube.task.model import PublishedPort, utcnow
@@ -29,6 +31,7 @@ from cube.task.model import PublishedPort, utcnow
 class _FakeContainer:
     info: ContainerInfo
     logs: list[bytes] = field(default_factory=list)
+    network: str = "bridge"
 
 
 class FakeRuntime:
@@ -43,6 +46,8 @@ class FakeRuntime:
         self.containers: dict[str, _FakeContainer] = {}
         self._exit_queues: list[tuple[Mapping[str, str], asyncio.Queue[str | None]]] = []
         self._host_ports = itertools.count(32768)
+        #: Network name -> its summary; containers name theirs in ContainerConfig.network.
+        self.networks_by_name: dict[str, NetworkSummary] = {}
 
     # --- test controls -------------------------------------------------------------------------
     def crash(self, container_id: str, exit_code: int = 1, *, oom: bool = False) -> None:
@@ -69,6 +74,10 @@ class FakeRuntime:
         await self.ensure_image(config.image, on_progress=on_progress)
         if self.start_errors:
             raise self.start_errors.pop(0)
+        if config.network not in ("bridge", "host", "none") and (
+            config.network not in self.networks_by_name
+        ):
+            raise NotFound(f"network {config.network} not found")
         if any(c.info.name == config.name for c in self.containers.values()):
             raise ContainerError(f"Conflict. The container name {config.name!r} is already in use")
         taken = {p.host for c in self.containers.values() if c.info.running for p in c.info.ports}
@@ -93,7 +102,9 @@ class FakeRuntime:
             cpu=config.cpu,
             memory=config.memory,
         )
-        self.containers[info.id] = _FakeContainer(info, logs=[f"started {config.name}\n".encode()])
+        self.containers[info.id] = _FakeContainer(
+            info, logs=[f"started {config.name}\n".encode()], network=config.network
+        )
         return info
 
     async def stop(self, container_id: str, *, grace: float) -> None:
@@ -147,6 +158,24 @@ class FakeRuntime:
         if info is None:
             raise NotFound(f"container {container_id} not found")
         return ContainerStats(cpu_percent=0.0, memory_usage=0, memory_limit=info.memory)
+
+    async def ensure_network(self, name: str, *, labels: Mapping[str, str]) -> str:
+        self._check()
+        if name not in self.networks_by_name:
+            self.networks_by_name[name] = NetworkSummary(uuid.uuid4().hex, name, dict(labels))
+        return self.networks_by_name[name].id
+
+    async def remove_network(self, name: str) -> None:
+        self._check()
+        if name not in self.networks_by_name:
+            return
+        if any(c.network == name for c in self.containers.values()):
+            raise ContainerError(f"error while removing network {name}: it has active endpoints")
+        del self.networks_by_name[name]
+
+    async def networks(self, labels: Mapping[str, str]) -> builtins.list[NetworkSummary]:
+        self._check()
+        return [n for n in self.networks_by_name.values() if _matches(n.labels, labels)]
 
     async def close(self) -> None:
         for _, queue in self._exit_queues:

@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from cube.task.spec import Protocol, TaskSpec
+from cube.task.spec import AllocRef, Protocol, TaskSpec
 from cube.task.state import TERMINAL, State, check_transition
 
 
@@ -62,6 +62,8 @@ class Task(BaseModel):
 
     id: str = Field(default_factory=new_task_id)
     spec: TaskSpec
+    #: The job allocation this task is part of; None for a task run on its own.
+    alloc: AllocRef | None = None
     state: State = State.PENDING
     desired: DesiredState = DesiredState.RUN
     node: str | None = None

@@ -240,16 +240,36 @@ def privileges(spec: TaskSpec) -> set[Privilege]:
     return wanted
 
 
+class AllocRef(BaseModel):
+    """The allocation of a job that a task belongs to (see :mod:`cube.job`).
+
+    Set by the manager only, on the tasks it creates for a job's allocation; a task run
+    on its own (``cube run``) has none. A worker runs the tasks of one allocation
+    together: on one private network where each reaches the others by task name, with
+    ``CUBE_JOB``, ``CUBE_GROUP``, ``CUBE_ALLOC_INDEX`` and ``CUBE_TASK`` in their
+    environment.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    job: str = Field(min_length=1, max_length=63)
+    group: str = Field(min_length=1, max_length=63)
+    index: int = Field(ge=0)
+
+
 class TaskRequest(TaskSpec):
     """The body of ``POST /v1/tasks``: a spec, plus an optional client-chosen ID.
 
-    Giving the ID makes the request idempotent: sending it twice runs one task.
+    Giving the ID makes the request idempotent: sending it twice runs one task. ``alloc``
+    is for the manager's calls to workers: the manager's own API refuses it.
     """
 
     id: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    alloc: AllocRef | None = None
 
     def spec(self) -> TaskSpec:
-        return TaskSpec.model_validate(self.model_dump(exclude={"id"}))
+        return TaskSpec.model_validate(self.model_dump(exclude={"id", "alloc"}))
 
 
 #: The longest key an error message repeats: an unknown key can be a whole body long.

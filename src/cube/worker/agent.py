@@ -32,6 +32,7 @@ from cube.background import Supervisor, cancel_all
 from cube.errors import Conflict, FieldError, InvalidSpec, NotFound, RuntimeUnavailable
 from cube.log import get_logger
 from cube.node import JoinAnswer, MachineStats, NodeReport, Resources
+from cube.protocol import TaskChanges
 from cube.runtime.base import (
     LABEL_SPEC,
     LABEL_TASK_ID,
@@ -44,7 +45,7 @@ from cube.task.model import DesiredState, Task, TaskEvent
 from cube.task.spec import Privilege, TaskRequest, TaskSpec, privileges
 from cube.task.state import State
 from cube.worker.authority import Resume, resume, should_stop_tasks
-from cube.worker.changes import ChangeFeed, TaskChanges
+from cube.worker.changes import ChangeFeed
 from cube.worker.engine import EngineWatch
 from cube.worker.health import Prober, probe
 from cube.worker.metrics import MachineSampler

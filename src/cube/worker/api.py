@@ -30,11 +30,11 @@ from cube.api.common import Health, stream_text
 from cube.api.errors import ERROR_RESPONSES, install_error_handlers
 from cube.auth import Authenticator, Role
 from cube.node import NODE_TIMEOUT_HEADER, NodeReport
+from cube.protocol import MAX_WAIT, TaskChanges
 from cube.task.model import Task, TaskEvent
 from cube.task.spec import TaskRequest
 from cube.worker.agent import Worker
 from cube.worker.authority import announced_timeout
-from cube.worker.changes import MAX_WAIT, TaskChanges
 
 CallNext = Callable[[Request], Awaitable[Response]]
 

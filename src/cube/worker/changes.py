@@ -17,28 +17,6 @@ import asyncio
 import contextlib
 import secrets
 
-from pydantic import BaseModel
-
-from cube.task.model import Task, TaskEvent
-
-#: The longest a blocking query may wait (the manager's waits stay under it). A stopping
-#: worker answers its queries at once (ChangeFeed.close), so a long wait does not hold
-#: its shutdown up.
-MAX_WAIT = 60.0
-
-
-class TaskChanges(BaseModel):
-    """A worker's answer to a blocking query (``GET /v1/changes``)."""
-
-    #: Where the next query starts (``?since=``).
-    index: str
-    #: Whether ``tasks`` is every task of the node, or only those changed since the query's.
-    complete: bool
-    tasks: list[Task]
-    #: Each listed task's history, as ``GET /v1/tasks/{id}/events`` would give it: read with
-    #: the task, so the two agree, and no call per task to ask for it.
-    events: dict[str, list[TaskEvent]]
-
 
 class ChangeFeed:
     """A version counter bumped by every recorded change of a task, and who changed when."""

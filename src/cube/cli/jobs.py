@@ -1,0 +1,473 @@
+"""``cube job ...`` and ``cube alloc status``: jobs and their allocations, through the manager.
+
+``cube job run`` submits a job file and follows it until the job is where it should be
+(service and system: every allocation running; batch: complete), or cannot get there
+(an allocation that fits no node, a batch that failed). Whether it is there is a pure
+judgement of the manager's answer (:func:`judge`), so it is tested without a cluster.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+from rich.console import RenderableType
+from rich.table import Column, Table
+
+from cube.cli import output as out
+from cube.cli.client import ManagerClient, manager_option
+from cube.cli.errors import EXIT_FAILED, handle_errors
+from cube.cli.output import short
+from cube.cli.tasks import placement_view
+from cube.errors import CubeError, FieldError, InvalidSpec
+from cube.job.model import Allocation, AllocDesired, AllocStatus, JobStatus
+from cube.job.spec import JobSpec, JobType, load_job_file
+from cube.job.wire import JobDetail
+from cube.task.model import utcnow
+from cube.task.state import State
+
+#: Seconds between two looks at the job while ``cube job run`` follows it.
+POLL = 0.5
+
+
+def read_job_file(path: str) -> tuple[JobSpec, str]:
+    """The job file's spec and text; errors name the file and the field path (exit 2)."""
+    try:
+        spec = load_job_file(path)
+    except InvalidSpec as exc:
+        raise InvalidSpec(
+            [FieldError(f"{path}: {e.field}", e.message) for e in exc.errors]
+        ) from None
+    return spec, Path(path).read_text(encoding="utf-8")
+
+
+def is_holder(alloc: Allocation) -> bool:
+    return alloc.desired is AllocDesired.RUN and alloc.replaced_by is None
+
+
+# --- following a job ----------------------------------------------------------------------------
+
+
+@dataclass
+class GroupProgress:
+    name: str
+    wanted: int | None  # None: a system group (one per eligible node)
+    placed: int = 0
+    running: int = 0
+    complete: int = 0
+    failed: int = 0
+
+    def line(self) -> str:
+        of = f" of {self.wanted}" if self.wanted is not None else ""
+        text = f"{self.name}: {self.placed} placed, {self.running} running{of}"
+        if self.complete:
+            text += f", {self.complete} complete"
+        if self.failed:
+            text += f", {self.failed} failed"
+        return text
+
+
+@dataclass
+class Verdict:
+    """Where a job stands: done, failed (with reasons), or still on its way."""
+
+    done: bool
+    failed: list[str] = field(default_factory=list)
+    groups: list[GroupProgress] = field(default_factory=list)
+
+    def line(self) -> str:
+        return "; ".join(g.line() for g in self.groups)
+
+
+def judge(detail: JobDetail) -> Verdict:
+    """Whether ``detail``'s job is where it should be, cannot get there, or is on its way.
+
+    Only allocations of the current version count. A placement that found no node
+    fails the run once nothing else is in flight (no allocation starting or stopping,
+    which could free what it needs); its reason names the filter that stopped it.
+    """
+    job, spec = detail.job, detail.spec
+    current = [a for a in detail.allocations if is_holder(a) and a.version == job.version]
+    groups = []
+    for group in spec.groups:
+        mine = [a for a in current if a.group == group.name]
+        wanted = None if spec.type is JobType.SYSTEM else group.wanted
+        counts = Counter(a.status for a in mine)
+        groups.append(
+            GroupProgress(
+                group.name,
+                wanted,
+                placed=sum(1 for a in mine if a.node is not None),
+                running=counts[AllocStatus.RUNNING],
+                complete=counts[AllocStatus.COMPLETE],
+                failed=counts[AllocStatus.FAILED],
+            )
+        )
+    verdict = Verdict(done=False, groups=groups)
+    if job.status is JobStatus.FAILED:
+        verdict.failed.append(f"job {job.id} failed: {job.status_reason}")
+        return verdict
+    if job.status is JobStatus.DEAD:
+        verdict.failed.append(f"job {job.id} was stopped")
+        return verdict
+    if spec.type is JobType.BATCH:
+        verdict.done = job.status is JobStatus.COMPLETE
+    elif spec.type is JobType.SYSTEM:
+        verdict.done = bool(current) and all(a.status is AllocStatus.RUNNING for a in current)
+    else:
+        verdict.done = all(g.running == g.wanted for g in groups) and not any(
+            not is_holder(a) and a.desired is AllocDesired.STOP and not a.is_terminal
+            for a in detail.allocations
+        )
+    if verdict.done:
+        return verdict
+    unplaced = [a for a in current if a.node is None and a.placement is not None]
+    in_flight = any(
+        (a.node is not None and a.status is AllocStatus.PENDING)
+        or (a.desired is AllocDesired.STOP and not a.is_terminal)
+        for a in detail.allocations
+    )
+    if unplaced and not in_flight:
+        verdict.failed += [f"{a.name} cannot be placed: {a.status_reason}" for a in unplaced]
+    return verdict
+
+
+def follow(client: ManagerClient, job_id: str, *, timeout: float) -> Verdict:
+    """Show the job's progress until :func:`judge` says it is done or failed."""
+    deadline = time.monotonic() + timeout
+    with out.progress(f"job {job_id}: submitted") as update:
+        while True:
+            verdict = judge(client.job(job_id))
+            update(f"job {job_id}: {verdict.line()}")
+            if verdict.done or verdict.failed:
+                return verdict
+            if time.monotonic() > deadline:
+                verdict.failed.append(f"not there after {timeout:g}s: {verdict.line()}")
+                return verdict
+            time.sleep(POLL)
+
+
+# --- commands -----------------------------------------------------------------------------------
+
+
+@click.group("job")
+def job_group() -> None:
+    """Run, inspect, scale and stop jobs: groups of tasks that run together.
+
+    \b
+    Example:
+      cube job run examples/shop.yaml
+      cube job status shop
+      cube job scale shop web 5
+      cube job stop shop
+    """
+
+
+@job_group.command("run")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--detach", is_flag=True, help="Return once submitted; do not follow the job.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=300.0,
+    show_default=True,
+    help="Seconds to follow the job before giving up (exit 1).",
+)
+@handle_errors
+@manager_option
+def run_command(client: ManagerClient, file: str, detach: bool, timeout: float) -> None:
+    """Submit a job file and follow it until it is where it should be.
+
+    Progress per group goes to stderr: placed / running of count. Exit 0 once
+    every allocation runs (service, system) or the job is complete (batch);
+    exit 1 when it cannot get there, with the reasons (an allocation that fits
+    no node names the filter that stopped it). The same file again changes
+    nothing; a changed one becomes the job's next version.
+
+    \b
+    Example:
+      cube job run examples/shop.yaml
+      cube job run examples/batch.yaml --detach
+    """
+    spec, text = read_job_file(file)
+    job, created = client.submit_job(text)
+    note = f"version {job.version}" if created else f"version {job.version} (unchanged)"
+    out.stderr_console().print(f"job {job.id}: {note}")
+    if detach:
+        click.echo(job.id)
+        return
+    verdict = follow(client, spec.job, timeout=timeout)
+    if verdict.failed:
+        for reason in verdict.failed:
+            click.echo(f"Error: {reason}", err=True)
+        raise SystemExit(EXIT_FAILED)
+    click.echo(f"job {job.id}: {verdict.line()}")
+
+
+@job_group.command("plan")
+@click.argument("file", type=click.Path(dir_okay=False))
+@out.output_option
+@handle_errors
+@manager_option
+def plan_command(client: ManagerClient, file: str, output: out.Format) -> None:
+    """Show what running a job file would do now, without changing anything.
+
+    What would be placed (and where), stopped, updated, kept, and what could not
+    be placed and why. Exit 0 when everything can be placed, 1 when something
+    cannot.
+
+    \b
+    Example:
+      cube job plan examples/shop.yaml
+      cube job plan examples/shop.yaml -o json | jq '.entries[] | select(.action == "place")'
+    """
+    _, text = read_job_file(file)
+    plan = client.plan_job(text)
+    if output == "json":
+        out.print_json(plan)
+    else:
+        table = out.make_table("ACTION", "SLOT", "ALLOC", "NODE", Column("REASON", overflow="fold"))
+        for e in plan.entries:
+            slot = f"{e.group}[{e.index}]" if e.group is not None else out.DASH
+            node = e.node or (out.DASH if e.placement is None else "none fits")
+            out.add_row(table, e.action, slot, short(e.alloc or "") or out.DASH, node, e.reason)
+        out.show(
+            out.details(
+                [
+                    ("Job", f"{plan.job} version {plan.version}"),
+                    ("Status", f"{out.title(plan.status)}: {plan.status_reason}"),
+                ]
+            ),
+            out.section("Plan", table),
+        )
+    if plan.unplaceable:
+        raise SystemExit(EXIT_FAILED)
+
+
+@job_group.command("status")
+@click.argument("job_id", metavar="[JOB]", required=False)
+@out.output_option
+@handle_errors
+@manager_option
+def status_command(client: ManagerClient, job_id: str | None, output: out.Format) -> None:
+    """List jobs, or show one: its groups by state, its allocations, and for the newest
+    failed allocations the reason (exit code) and the last lines their task wrote.
+
+    \b
+    Example:
+      cube job status
+      cube job status shop
+      cube job status shop -o json | jq '.allocations[] | {node, status}'
+    """
+    if job_id is None:
+        jobs = client.jobs()
+        if output == "json":
+            out.print_json(jobs)
+        elif jobs:
+            table = out.make_table("JOB", "VERSION", "STATUS", Column("REASON"), "AGE")
+            now = utcnow()
+            for j in jobs:
+                age = out.age(j.created_at, now=now)
+                out.add_row(table, j.id, str(j.version), out.title(j.status), j.status_reason, age)
+            out.show(table)
+        else:
+            out.stderr_console().print("No jobs: submit one with `cube job run FILE`.")
+        return
+    detail = client.job(job_id)
+    if output == "json":
+        out.print_json(detail)
+        return
+    failures = failure_view(client, detail)
+    out.show(*job_view(detail), *([out.section("Failures", failures)] if failures else []))
+
+
+def job_view(detail: JobDetail) -> list[RenderableType]:
+    job, spec = detail.job, detail.spec
+    head = out.details(
+        [
+            ("Job", job.id),
+            ("Type", spec.type.value),
+            ("Version", str(job.version)),
+            ("Status", f"{out.title(job.status)}: {job.status_reason}"),
+            ("Datacenters", ", ".join(spec.datacenters)),
+        ]
+    )
+    groups = out.make_table("GROUP", "DESIRED", *(s.value.upper() for s in AllocStatus))
+    for group in spec.groups:
+        mine = [a for a in detail.allocations if a.group == group.name and is_holder(a)]
+        counts = Counter(a.status for a in mine)
+        desired = "per node" if spec.type is JobType.SYSTEM else str(group.wanted)
+        out.add_row(groups, group.name, desired, *(str(counts[s]) for s in AllocStatus))
+    return [
+        head,
+        out.section("Groups", groups),
+        out.section("Allocations", alloc_table(detail.allocations)),
+    ]
+
+
+#: Failed allocations whose last log lines ``cube job status JOB`` shows, newest first.
+FAILURES_SHOWN = 3
+#: Log lines shown of each.
+LOG_TAIL = 5
+
+
+def failure_view(client: ManagerClient, detail: JobDetail) -> Table | None:
+    """The newest failed allocations: why, and the last lines their failed task wrote."""
+    failed = [a for a in detail.allocations if a.status is AllocStatus.FAILED]
+    if not failed:
+        return None
+    table = out.make_table("ALLOC", Column("REASON"), Column("LAST LOG LINES"))
+    for alloc in sorted(failed, key=lambda a: a.updated_at, reverse=True)[:FAILURES_SHOWN]:
+        task = next((t for t in alloc.tasks.values() if t.state is State.FAILED), None)
+        tail = ""
+        if task is not None:
+            try:
+                tail = b"".join(client.logs(task.id, tail=LOG_TAIL)).decode(errors="replace")
+            except CubeError as exc:
+                tail = f"(no logs: {exc.message})"
+        out.add_row(table, alloc.name, alloc.status_reason, tail.rstrip())
+    return table
+
+
+def alloc_table(allocs: Sequence[Allocation]) -> Table:
+    table = out.make_table(
+        "ID", "NAME", "NODE", "VERSION", "DESIRED", "STATUS", "RESTARTS", "AGE", Column("REASON")
+    )
+    now = utcnow()
+    for a in sorted(allocs, key=lambda a: (a.group, a.index, a.created_at)):
+        restarts = sum(t.restarts for t in a.tasks.values())
+        out.add_row(
+            table,
+            short(a.id),
+            a.name,
+            out.or_dash(a.node),
+            str(a.version),
+            a.desired.value,
+            out.title(a.status),
+            str(restarts),
+            out.age(a.created_at, now=now),
+            a.status_reason,
+        )
+    return table
+
+
+@job_group.command("stop")
+@click.argument("job_id", metavar="JOB")
+@click.option("--purge", is_flag=True, help="Also forget the job, its versions and allocations.")
+@handle_errors
+@manager_option
+def stop_command(client: ManagerClient, job_id: str, purge: bool) -> None:
+    """Stop every allocation of a job (a later `cube job run` starts it again).
+
+    \b
+    Example:
+      cube job stop shop
+      cube job stop shop --purge
+    """
+    job = client.stop_job(job_id, purge=purge)
+    click.echo(f"job {job.id}: {'purged' if purge else 'stopping'}")
+
+
+@job_group.command("scale")
+@click.argument("job_id", metavar="JOB")
+@click.argument("group")
+@click.argument("count", type=click.IntRange(min=0))
+@handle_errors
+@manager_option
+def scale_command(client: ManagerClient, job_id: str, group: str, count: int) -> None:
+    """Set how many allocations of a group run; nothing else changes.
+
+    \b
+    Example:
+      cube job scale shop web 5
+    """
+    job = client.scale_job(job_id, group, count)
+    click.echo(f"job {job.id}: version {job.version}, {group} at {count}")
+
+
+@job_group.command("history")
+@click.argument("job_id", metavar="JOB")
+@out.output_option
+@handle_errors
+@manager_option
+def history_command(client: ManagerClient, job_id: str, output: out.Format) -> None:
+    """List the versions of a job, oldest first.
+
+    \b
+    Example:
+      cube job history shop
+      cube job history shop -o json | jq '.[-1].spec'
+    """
+    versions = client.job_versions(job_id)
+    if output == "json":
+        out.print_json(versions)
+        return
+    table = out.make_table("VERSION", "SUBMITTED", "GROUPS", "HASH")
+    for v in versions:
+        groups = ", ".join(
+            f"{g.name}={'system' if v.spec.type is JobType.SYSTEM else g.wanted}"
+            for g in v.spec.groups
+        )
+        out.add_row(table, str(v.number), out.timestamp(v.submitted_at), groups, v.spec_hash[:12])
+    out.show(table)
+
+
+@click.group("alloc")
+def alloc_group() -> None:
+    """Inspect allocations: one copy of a job's group on one node.
+
+    \b
+    Example:
+      cube alloc status 1a2b3c
+    """
+
+
+@alloc_group.command("status")
+@click.argument("alloc_id", metavar="ID")
+@out.output_option
+@handle_errors
+@manager_option
+def alloc_status_command(client: ManagerClient, alloc_id: str, output: out.Format) -> None:
+    """Show one allocation: node, status, its tasks, history and placement.
+
+    \b
+    Example:
+      cube alloc status 1a2b3c
+      cube alloc status 1a2b3c -o json | jq .tasks
+    """
+    alloc = client.allocation(alloc_id)
+    if output == "json":
+        out.print_json(alloc)
+        return
+    parts: list[RenderableType] = [
+        out.details(
+            [
+                ("ID", alloc.id),
+                ("Name", alloc.name),
+                ("Node", out.or_dash(alloc.node)),
+                ("Version", str(alloc.version)),
+                ("Desired", f"{alloc.desired.value} {alloc.desired_reason}".strip()),
+                ("Status", f"{out.title(alloc.status)}: {alloc.status_reason}"),
+                ("Replaces", alloc.replaces or ""),
+                ("Replaced by", alloc.replaced_by or ""),
+                ("Reschedules", str(alloc.reschedule_attempts) if alloc.reschedule_events else ""),
+            ]
+        )
+    ]
+    tasks = out.make_table("TASK", "ID", "STATE", "EXIT", "RESTARTS")
+    for name, t in alloc.tasks.items():
+        exit_code = out.or_dash(t.exit_code)
+        out.add_row(tasks, name, t.id, out.title(t.state), exit_code, str(t.restarts))
+    parts.append(out.section("Tasks", tasks))
+    if alloc.events:
+        events = out.make_table("TIME", "STATUS", Column("REASON"))
+        for e in alloc.events:
+            out.add_row(events, out.timestamp(e.time), out.title(e.status), e.reason)
+        parts.append(out.section("Events", events))
+    if alloc.placement is not None:
+        parts.append(out.section("Placement", placement_view(alloc.placement)))
+    out.show(*parts)

@@ -1,0 +1,49 @@
+"""The answers of the manager's job API that the CLI reads too: one definition for both."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from cube.job.model import Allocation, Job
+from cube.job.spec import MAX_COUNT, JobSpec
+from cube.scheduler.decision import Decision
+
+
+class JobDetail(BaseModel):
+    """A job with its current version's spec and its allocations."""
+
+    job: Job
+    spec: JobSpec
+    allocations: list[Allocation]
+
+
+class ScaleRequest(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    group: str = Field(min_length=1, max_length=63)
+    count: int = Field(ge=0, le=MAX_COUNT)
+
+
+class PlanEntry(BaseModel):
+    """One line of a plan: what would happen to which allocation or slot, and why."""
+
+    action: str  # place, stop, update, inplace, keep, wait
+    reason: str
+    group: str | None = None
+    index: int | None = None
+    alloc: str | None = None
+    #: For placements: the node the scheduler would choose (None: none fits).
+    node: str | None = None
+    placement: Decision | None = None
+
+
+class JobPlan(BaseModel):
+    """The answer of ``POST /v1/jobs/plan``."""
+
+    job: str
+    version: int
+    status: str
+    status_reason: str
+    entries: list[PlanEntry]
+    #: Placements that would find no node (each entry's reason says why).
+    unplaceable: int

@@ -1,0 +1,155 @@
+"""The manager's HTTP routes for jobs and allocations (``/v1/jobs``, ``/v1/allocations``).
+
+::
+
+    POST   /v1/jobs                  submit a job file (JSON or YAML): 201 new version, 200 same
+    GET    /v1/jobs                  every job
+    POST   /v1/jobs/plan             what a submit would do now; changes nothing
+    GET    /v1/jobs/{id}             one job, with its current spec
+    DELETE /v1/jobs/{id}             stop every allocation (?purge=true: and forget the job)
+    GET    /v1/jobs/{id}/versions    every submitted version, oldest first
+    POST   /v1/jobs/{id}/scale       {"group": "web", "count": 5}: a new version, count only
+    GET    /v1/allocations           every allocation (?job=shop)
+    GET    /v1/allocations/{id}      one allocation (a unique ID prefix works too)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from starlette.convertors import StringConvertor, register_url_convertor
+
+from cube.api.body import read_body
+from cube.job.model import Allocation, Job, JobVersion
+from cube.job.plan import Plan
+from cube.job.spec import JobSpec, parse_job
+from cube.job.wire import JobDetail, JobPlan, PlanEntry, ScaleRequest
+from cube.manager.jobs import JobService
+from cube.scheduler import Decision
+
+
+class JobIdConvertor(StringConvertor):
+    """A job ID in a path: any segment but ``plan``, which is ``POST /v1/jobs/plan``.
+
+    Without it ``/v1/jobs/plan`` would also be job "plan" (a 405 there would list GET and
+    DELETE); a job may not be named ``plan`` (:data:`cube.manager.jobs.RESERVED_JOB_NAMES`).
+    """
+
+    regex = "(?!plan(?:/|$))[^/]+"
+
+
+register_url_convertor("jobid", JobIdConvertor())
+
+#: OpenAPI description of a job file body (read by hand: JSON or YAML).
+JOB_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/JobSpec"}},
+            "application/yaml": {"schema": {"$ref": "#/components/schemas/JobSpec"}},
+        },
+    }
+}
+
+
+def plan_entries(plan: Plan, decisions: dict[str, Decision]) -> list[PlanEntry]:
+    entries: list[PlanEntry] = []
+    for p in plan.place:
+        d = decisions.get(f"{p.group}[{p.index}]")
+        entries.append(
+            PlanEntry(
+                action="place",
+                reason=p.reason if d is None or d.node else f"{p.reason}; cannot: {d.reason}",
+                group=p.group,
+                index=p.index,
+                alloc=p.replaces,
+                node=d.node if d else None,
+                placement=d,
+            )
+        )
+    entries += [PlanEntry(action="stop", reason=s.reason, alloc=s.alloc) for s in plan.stop]
+    for u in plan.update:
+        d = decisions.get(f"{u.group}[{u.index}]")
+        entries.append(
+            PlanEntry(
+                action="update",
+                reason=u.reason,
+                group=u.group,
+                index=u.index,
+                alloc=u.alloc,
+                node=d.node if d else None,
+                placement=d,
+            )
+        )
+    entries += [PlanEntry(action="inplace", reason=i.reason, alloc=i.alloc) for i in plan.in_place]
+    entries += [
+        PlanEntry(action="wait", reason=w.reason, group=w.group, index=w.index, alloc=w.alloc)
+        for w in plan.wait
+    ]
+    entries += [PlanEntry(action="keep", reason=k.reason, alloc=k.alloc) for k in plan.keep]
+    return entries
+
+
+def install_job_routes(app: FastAPI, jobs: JobService) -> None:
+    """Add the job and allocation routes to the manager's app."""
+
+    async def read_job(request: Request) -> JobSpec:
+        return parse_job(await read_body(request))
+
+    @app.post(
+        "/v1/jobs",
+        status_code=201,
+        openapi_extra=JOB_BODY,
+        responses={200: {"model": Job, "description": "The current spec again: nothing changes."}},
+    )
+    async def submit_job(request: Request, response: Response) -> Job:
+        """Submit a job file. 201: a new version; 200: the current spec again, nothing changes."""
+        job, created = jobs.submit(await read_job(request))
+        if not created:
+            response.status_code = 200
+        return job
+
+    @app.get("/v1/jobs")
+    async def list_jobs() -> list[Job]:
+        return [jobs.jobs[j] for j in sorted(jobs.jobs)]
+
+    @app.post("/v1/jobs/plan", openapi_extra=JOB_BODY)
+    async def plan_job(request: Request) -> JobPlan:
+        """A dry run of a submit against the cluster as it is: nothing is created or changed."""
+        plan, decisions = jobs.plan(await read_job(request))
+        return JobPlan(
+            job=plan.job,
+            version=plan.version,
+            status=plan.status.value,
+            status_reason=plan.status_reason,
+            entries=plan_entries(plan, decisions),
+            unplaceable=sum(1 for d in decisions.values() if d.node is None),
+        )
+
+    @app.get("/v1/jobs/{job_id:jobid}")
+    async def get_job(job_id: str) -> JobDetail:
+        job = jobs.job(job_id)
+        return JobDetail(
+            job=job, spec=jobs.current_version(job).spec, allocations=jobs.allocations(job=job.id)
+        )
+
+    @app.delete("/v1/jobs/{job_id:jobid}")
+    async def stop_job(job_id: str, purge: bool = False) -> Job:
+        return jobs.stop(job_id, purge=purge)
+
+    @app.get("/v1/jobs/{job_id:jobid}/versions")
+    async def job_versions(job_id: str) -> list[JobVersion]:
+        return jobs.job_versions(job_id)
+
+    @app.post("/v1/jobs/{job_id:jobid}/scale")
+    async def scale_job(job_id: str, body: ScaleRequest) -> Job:
+        return jobs.scale(job_id, body.group, body.count)
+
+    @app.get("/v1/allocations")
+    async def list_allocations(job: str | None = None) -> list[Allocation]:
+        return jobs.allocations(job=job)
+
+    @app.get("/v1/allocations/{alloc_id}")
+    async def get_allocation(alloc_id: str) -> Allocation:
+        return jobs.allocation(alloc_id)
