@@ -9,7 +9,9 @@ three background loops:
 * metrics: a machine sample every ``stats_interval`` seconds.
 
 On start it adopts the containers that carry its labels, so a worker restart
-(even ``kill -9``) neither loses nor duplicates a running task.
+(even ``kill -9``) neither loses nor duplicates a running task. The tasks of a job
+allocation share one :class:`~cube.worker.alloc_runner.AllocRunner` (their network);
+at start the networks of live allocations are adopted and this worker's others removed.
 """
 
 from __future__ import annotations
@@ -33,15 +35,18 @@ from cube.runtime.base import (
     LABEL_TASK_ID,
     ContainerRuntime,
     ContainerSummary,
+    alloc_from_labels,
     worker_selector,
 )
 from cube.store.base import Store
 from cube.task.model import DesiredState, Task, TaskEvent
 from cube.task.spec import Privilege, TaskRequest, TaskSpec, privileges
 from cube.task.state import State
+from cube.worker.alloc_runner import Allocations
 from cube.worker.changes import ChangeFeed
 from cube.worker.health import Prober, probe
 from cube.worker.metrics import MachineSampler
+from cube.worker.ports import HostPorts
 from cube.worker.runner import TaskRunner, needs_runner
 
 log = get_logger("cube.worker")
@@ -67,6 +72,7 @@ class Worker:
         prober: Prober = probe,
         allow: Collection[Privilege] = (),
         start_concurrency: int = START_CONCURRENCY,
+        host_ports: HostPorts | None = None,
     ) -> None:
         self.name = name
         self.runtime = runtime
@@ -79,6 +85,10 @@ class Worker:
         self.prober = prober
         self.allow = frozenset(allow)
         self.runners: dict[str, TaskRunner] = {}
+        #: The job allocations whose tasks run here, and their networks.
+        self.allocs = Allocations(
+            node=name, runtime=runtime, ports=host_ports or HostPorts(), live=self._runs
+        )
         self._starts = asyncio.Semaphore(start_concurrency)
         #: Every recorded change of a task, for the manager's blocking queries.
         self.feed = ChangeFeed()
@@ -94,6 +104,7 @@ class Worker:
         for task in self.store.list_tasks(node=self.name):
             if task.id not in self.runners and needs_runner(task):
                 self._supervise(task)
+        await self.allocs.adopt_networks()
         self._sample()
         self._loops = [
             spawn(self._exits_loop(), "exits"),
@@ -123,6 +134,8 @@ class Worker:
             if existing is not None:
                 if existing.spec != spec:
                     raise Conflict(f"task {request.id} exists with a different spec")
+                if existing.alloc != request.alloc:
+                    raise Conflict(f"task {request.id} exists in another allocation")
                 if existing.desired is DesiredState.RUN:
                     return existing.model_copy(deep=True), False
                 if request.id in self.runners:
@@ -132,9 +145,9 @@ class Worker:
                 self.store.delete_task(request.id)
                 fresh = False
         task = (
-            Task(spec=spec, node=self.name)
+            Task(spec=spec, node=self.name, alloc=request.alloc)
             if request.id is None
-            else Task(id=request.id, spec=spec, node=self.name)
+            else Task(id=request.id, spec=spec, node=self.name, alloc=request.alloc)
         )
         event = TaskEvent(
             state=State.PENDING, reason=f"submitted to node {self.name}", node=self.name
@@ -176,6 +189,9 @@ class Worker:
         if wait:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(runner.done.wait(), task.spec.stop_timeout + 15.0)
+            if task.alloc is not None and runner.done.is_set():
+                # The allocation's last task gone: its network goes before the answer.
+                await self.allocs.release(task.alloc.id)
         return self.get(task_id)
 
     def get(self, task_id: str) -> Task:
@@ -242,6 +258,7 @@ class Worker:
 
     # --- supervision ---------------------------------------------------------------------------
     def _supervise(self, task: Task, *, fresh: bool = False) -> TaskRunner:
+        alloc = self.allocs.join(task.id, task.alloc) if task.alloc else None
         runner = TaskRunner(
             task,
             node=self.name,
@@ -251,6 +268,7 @@ class Worker:
             on_change=self.feed.changed,
             fresh=fresh,
             starts=self._starts,
+            launch=alloc.launcher(task) if alloc else None,
         )
         self.runners[task.id] = runner
 
@@ -260,6 +278,8 @@ class Worker:
             finally:
                 if self.runners.get(task.id) is runner:
                     del self.runners[task.id]
+            if alloc is not None:  # not when cancelled: the worker closes, the task lives on
+                await self.allocs.release(alloc.alloc.id)
 
         spawn(run(), f"task {task.id}", keep=self._runner_tasks)
         return runner
@@ -302,9 +322,21 @@ class Worker:
                 task=task_id,
             )
             return None
-        task = Task(id=task_id, spec=spec, node=self.name)
+        alloc = alloc_from_labels(container.labels)
+        task = Task(id=task_id, spec=spec, node=self.name, alloc=alloc)
         self.store.save_task(task, [TaskEvent(state=State.PENDING, reason="rebuilt from labels")])
         return task
+
+    # --- allocations ---------------------------------------------------------------------------
+    def _runs(self, task_id: str) -> bool:
+        """Whether the task's runner is at work: only then may it start a container.
+
+        A task whose runner finished (stopped, or ended for good) never starts one again
+        unless it is placed here anew, which gives it a new runner; its exited container,
+        if kept, needs no network (the engine removes a network from under stopped ones).
+        """
+        runner = self.runners.get(task_id)
+        return runner is not None and not runner.done.is_set()
 
     # --- background loops ----------------------------------------------------------------------
     def _notify_container(self, container_id: str) -> None:
@@ -334,6 +366,7 @@ class Worker:
                 }
             except RuntimeUnavailable:
                 continue  # the runners retry on their own; the exits loop logs the outage
+            await self.allocs.retry_releases()
             for runner in list(self.runners.values()):
                 if runner.task.state is State.RUNNING and runner.task.container_id not in running:
                     runner.notify()
