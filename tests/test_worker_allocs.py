@@ -107,7 +107,10 @@ def test_an_allocations_tasks_reach_each_other_by_name_and_know_their_place(
 ) -> None:
     worker = start_worker()
     alloc = alloc_ref(index=2)
-    api_task, proxy = run_shop(worker.url, alloc)
+    # Running only once healthy: the worker's probe reaches it on the allocation's network.
+    health = {"http": {"port": 8080, "path": "/cgi-bin/api"}, "interval": "1s"}
+    api_task, proxy = run_shop(worker.url, alloc, health=health)
+    assert proxy["health"] == "healthy"
 
     [published] = proxy["ports"]
     assert published["container"] == 8080
@@ -146,6 +149,21 @@ def test_an_allocations_tasks_reach_each_other_by_name_and_know_their_place(
     assert api.delete(f"{worker.url}/v1/tasks/{proxy['id']}", timeout=30).status_code == 200
     assert networks_of(net_label(alloc)) == []
     assert_converges(worker.url, [worker.name], {})
+
+
+def test_a_task_on_no_network_stays_there_and_still_knows_its_place(start_worker: Any) -> None:
+    worker = start_worker()
+    alloc = alloc_ref()
+    spec = member(alloc, "batch", "env | grep ^CUBE_ | sort", network="none", ports=["8080"])
+    post_task(worker.url, spec)
+    task = wait_state(worker.url, spec["id"], "completed")
+
+    assert "CUBE_TASK=batch" in logs(worker.url, task["id"]).splitlines()
+    assert "CUBE_PORT" not in logs(worker.url, task["id"])
+    inspect = json.loads(docker("inspect", task["container_id"]))[0]
+    assert inspect["HostConfig"]["NetworkMode"] == "none"
+    assert inspect["Config"]["Labels"]["cube.alloc-id"] == alloc["id"]
+    assert networks_of(net_label(alloc)) == []
 
 
 def test_the_same_task_id_in_another_allocation_is_a_conflict(start_worker: Any) -> None:

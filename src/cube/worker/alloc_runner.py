@@ -77,19 +77,31 @@ def alloc_config(
     network: str,
     ports: list[PortMapping],
 ) -> ContainerConfig:
-    """A task's container config as a member of ``alloc`` on ``network``.
+    """A task's container config as a member of ``alloc``, on ``network`` with ``ports``.
 
     Cube's variables win over the spec's own of the same name: a task cannot be told a
-    wrong host port.
+    wrong host port. A task on the host's network stack (or on none) stays there, without
+    an alias; on the host's, its ports are the host's own.
     """
+    labels = {**config.labels, **alloc_labels(alloc)}
+    if not joins(config):
+        own = [p.model_copy(update={"host": p.container}) for p in config.ports]
+        env = alloc_env(alloc, task_name, own if config.network == "host" else [])
+        return dataclasses.replace(config, env={**config.env, **env}, labels=labels)
     return dataclasses.replace(
         config,
         env={**config.env, **alloc_env(alloc, task_name, ports)},
-        labels={**config.labels, **alloc_labels(alloc)},
+        labels=labels,
         ports=ports,
         network=network,
         aliases=[task_name],
     )
+
+
+def joins(config: ContainerConfig) -> bool:
+    """Whether the container joins its allocation's network: unless it asked for the
+    host's network stack, or for none."""
+    return config.network not in ("host", "none")
 
 
 class AllocRunner:
@@ -150,6 +162,13 @@ class AllocRunner:
         async def launch(
             config: ContainerConfig, on_progress: ProgressCallback | None
         ) -> ContainerInfo:
+            if not joins(config):
+                return await self.runtime.run(
+                    alloc_config(
+                        config, self.alloc, task_name=task.name, network=self.network, ports=[]
+                    ),
+                    on_progress=on_progress,
+                )
             await self.ensure_network()
             pinned = {p.host for p in config.ports if p.host}
             failed: set[int] = set()
