@@ -191,11 +191,17 @@ def test_a_killed_worker_adopts_its_allocation_and_duplicates_nothing(start_work
     for before in (api_task, proxy):
         after = task_of(worker.url, before["id"])
         assert (after["state"], after["container_id"]) == ("running", before["container_id"])
+        assert after["alloc"] == alloc
         assert containers_of(f"cube.task-id={before['id']}") == [before["container_id"]]
     assert networks_of(net_label(alloc)) == [network]
     assert docker("network", "inspect", "-f", "{{.Id}}", network) == network_id
+    assert "adopted allocation network" in worker.logs()
     assert through_proxy(proxy["ports"][0]["host"]) == f"api of {alloc['id']}"
     assert_converges(worker.url, [worker.name], {api_task["id"]: "running", proxy["id"]: "running"})
+
+    for task in (api_task, proxy):  # the restarted worker still owns the network
+        api.delete(f"{worker.url}/v1/tasks/{task['id']}", timeout=30)
+    assert networks_of(net_label(alloc)) == []
 
 
 def test_a_restarted_task_rejoins_its_network_on_the_same_host_port(start_worker: Any) -> None:
@@ -243,6 +249,24 @@ def test_an_orphaned_network_of_this_worker_is_removed_at_start_and_others_kept(
     finally:
         remove_networks(f"cube.worker={other_worker}")
         remove_networks(f"cube.worker={name}")
+
+
+def test_the_network_of_an_allocation_whose_tasks_ended_while_away_goes_at_restart(
+    start_worker: Any,
+) -> None:
+    worker = start_worker()
+    alloc = alloc_ref()
+    api_task, proxy = run_shop(worker.url, alloc)
+    worker.kill()
+    docker("rm", "-f", api_task["container_id"], proxy["container_id"])
+    assert len(networks_of(net_label(alloc))) == 1
+
+    worker.start()
+
+    for task in (api_task, proxy):
+        assert "container disappeared" in wait_state(worker.url, task["id"], "failed")["reason"]
+    wait_for(lambda: networks_of(net_label(alloc)) == [], what="the network to go")
+    assert_converges(worker.url, [worker.name], {api_task["id"]: "failed", proxy["id"]: "failed"})
 
 
 def test_two_allocations_on_one_worker_cannot_see_each_other(start_worker: Any) -> None:
