@@ -98,6 +98,16 @@ def remove_containers(label: str) -> None:
         docker("rm", "-f", *ids, check=False)
 
 
+def networks_of(label: str) -> list[str]:
+    """Names of networks carrying ``label`` (``key=value``), as Docker itself sees them."""
+    return docker("network", "ls", "--filter", f"label={label}", "--format", "{{.Name}}").split()
+
+
+def remove_networks(label: str) -> None:
+    for name in networks_of(label):
+        docker("network", "rm", name, check=False)
+
+
 def wait_for(
     predicate: Any, *, timeout: float = 30.0, interval: float = 0.1, what: str = ""
 ) -> Any:
@@ -151,6 +161,18 @@ def _remove_session_containers() -> Iterator[None]:
             )
             if worker.startswith(f"t{SESSION}-"):
                 docker("rm", "-f", cid, check=False)
+        for row in docker(
+            "network",
+            "ls",
+            "--filter",
+            "label=cube.managed-by=cube",
+            "--format",
+            '{{.Name}} {{.Label "cube.worker"}}',
+            check=False,
+        ).splitlines():
+            name, _, worker = row.partition(" ")
+            if worker.startswith(f"t{SESSION}-"):
+                docker("network", "rm", name, check=False)
 
 
 @dataclass
@@ -236,6 +258,7 @@ def start_worker(docker_engine: None, tmp_path: Path) -> Iterator[Any]:
     for agent in started:
         agent.kill()
         remove_containers(f"cube.worker={agent.name}")
+        remove_networks(f"cube.worker={agent.name}")
 
 
 @pytest.fixture

@@ -3,7 +3,10 @@
 * every task the user asked for is in its expected state (per the manager);
 * exactly one container runs per Running task, on the node the manager names;
 * no container is orphaned: every running Cube container of these workers belongs
-  to a task the manager says is Running there.
+  to a task the manager says is Running there;
+* no allocation network is left over: each network of these workers belongs to an
+  allocation with a task that is not over there (pending, scheduled or running), and
+  each running task of an allocation has exactly one network of its allocation on its node.
 """
 
 from __future__ import annotations
@@ -32,6 +35,46 @@ def running_containers(workers: Iterable[str]) -> dict[str, list[tuple[str, str]
             cid, _, task_id = line.partition(" ")
             out.setdefault(task_id, []).append((cid, worker))
     return out
+
+
+def alloc_networks(workers: Iterable[str]) -> dict[tuple[str, str], list[str]]:
+    """(allocation ID, worker) -> names of that allocation's networks on that worker."""
+    out: dict[tuple[str, str], list[str]] = {}
+    for worker in workers:
+        rows = docker(
+            "network",
+            "ls",
+            "--filter",
+            f"label=cube.worker={worker}",
+            "--format",
+            '{{.Name}} {{.Label "cube.alloc-id"}}',
+        )
+        for row in rows.splitlines():
+            name, _, alloc_id = row.partition(" ")
+            if alloc_id:
+                out.setdefault((alloc_id, worker), []).append(name)
+    return out
+
+
+def network_violations(tasks: Iterable[dict[str, Any]], workers: Iterable[str]) -> list[str]:
+    """What is wrong with the allocation networks of ``workers``, given every task."""
+    networks = alloc_networks(workers)
+    tasks = [t for t in tasks if t.get("alloc")]
+    wanted = {
+        (t["alloc"]["id"], t["node"])
+        for t in tasks
+        if t["state"] in ("pending", "scheduled", "running")
+    }
+    problems = [
+        f"leftover network(s) {names} of allocation {alloc_id} on {worker}"
+        for (alloc_id, worker), names in networks.items()
+        if (alloc_id, worker) not in wanted
+    ]
+    for task in tasks:
+        names = networks.get((task["alloc"]["id"], task["node"]), [])
+        if task["state"] == "running" and len(names) != 1:
+            problems.append(f"task {task['id']} runs with allocation networks {names}")
+    return problems
 
 
 def invariant_violations(
@@ -66,7 +109,7 @@ def invariant_violations(
         task = tasks.get(task_id)
         if task is None or task["state"] != "running":
             problems.append(f"orphaned container(s) {copies} for task {task_id}")
-    return problems
+    return problems + network_violations(tasks.values(), workers)
 
 
 def assert_converges(

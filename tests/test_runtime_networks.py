@@ -80,6 +80,25 @@ async def test_a_network_in_use_is_kept_and_a_removed_one_is_gone(
     await runtime.remove_network(network)  # gone already: a no-op, not an error
 
 
+async def test_a_network_whose_containers_exited_can_be_removed(
+    runtime: ContainerRuntime, labels: dict[str, str], network: str
+) -> None:
+    """An allocation's network goes when its tasks ended for good, though their exited
+    containers are kept for their logs: they hold no endpoint on it any more."""
+    await runtime.ensure_network(network, labels=labels)
+    config = ContainerConfig(
+        name=f"{network}-c", image=IMAGE, command=["sleep", "60"], labels=labels, network=network
+    )
+    container = await runtime.run(config)
+    await runtime.stop(container.id, grace=0)
+
+    await runtime.remove_network(network)
+
+    assert await runtime.networks(labels) == []
+    assert await runtime.inspect(container.id) is not None
+    await runtime.remove(container.id)
+
+
 @pytest.mark.docker
 async def test_containers_on_a_network_reach_each_other_by_alias(
     labels: dict[str, str], network: str

@@ -14,13 +14,13 @@ from typing import Any, TypeVar
 import pytest
 
 from cube import background
-from cube.errors import Conflict, NotFound, StoreFull
+from cube.errors import Conflict, NotFound, RuntimeUnavailable, StoreFull
 from cube.node import JoinAnswer, Node, Resources
-from cube.runtime.base import LABEL_TASK_ID
+from cube.runtime.base import LABEL_ALLOC_ID, LABEL_TASK_ID
 from cube.runtime.fake import FakeRuntime
 from cube.store.memory import MemoryStore
 from cube.task.model import DesiredState, Task, TaskEvent
-from cube.task.spec import TaskRequest
+from cube.task.spec import AllocRef, TaskRequest
 from cube.task.state import State
 from cube.worker import runner as runner_module
 from cube.worker.agent import Worker
@@ -745,3 +745,76 @@ async def test_a_runner_the_store_failed_runs_again_from_what_was_saved(
     second = await running(worker, task.id, restarts=1)
     assert second.container_id != first.container_id
     assert len(worker.runners) == 1
+
+
+# --- allocations ---------------------------------------------------------------------------
+
+ALLOC = AllocRef(id="a1b2c3d4e5f6a7b8", job="shop", group="web", index=0)
+
+
+def member(name: str, **fields: Any) -> TaskRequest:
+    """A task of ALLOC, with the ID the manager gives it."""
+    return request(name, id=f"{ALLOC.id}-{name}", alloc=ALLOC.model_dump(), **fields)
+
+
+def alloc_networks(runtime: FakeRuntime) -> list[str]:
+    return [n.name for n in runtime.networks_by_name.values() if LABEL_ALLOC_ID in n.labels]
+
+
+async def test_an_allocation_with_an_empty_store_is_rebuilt_from_labels_and_its_network_kept(
+    make_worker: MakeWorker, runtime: FakeRuntime
+) -> None:
+    old = await make_worker()
+    task, _ = old.submit(member("api"))
+    container = container_of(await running(old, task.id))
+    network = runtime.containers[container].network
+    await old.close()
+
+    new = await make_worker(store=MemoryStore())
+
+    assert new.get(task.id).alloc == ALLOC
+    assert alloc_networks(runtime) == [network]
+    await new.stop(task.id)
+    assert alloc_networks(runtime) == []
+
+
+async def test_the_network_goes_when_the_tasks_ended_for_good_and_comes_back_with_a_new_one(
+    worker: Worker, runtime: FakeRuntime
+) -> None:
+    api, _ = worker.submit(member("api"))
+    step, _ = worker.submit(member("step"))
+    runtime.crash(container_of(await running(worker, api.id)), 0)
+    await finished(worker, api.id)
+    assert len(alloc_networks(runtime)) == 1  # the other task still runs
+    runtime.crash(container_of(await running(worker, step.id)), 3)
+    await finished(worker, step.id)
+    await wait_until(lambda: alloc_networks(runtime) == [])
+    assert len(runtime.containers) == 2  # exited, kept for their logs
+
+    await worker.stop(api.id)  # the manager places it here again: a new attempt
+    worker.submit(member("api"))
+    again = await running(worker, api.id)
+    assert alloc_networks(runtime) == [runtime.containers[container_of(again)].network]
+
+
+async def test_a_network_the_engine_would_not_remove_is_removed_on_a_later_pass(
+    worker: Worker, runtime: FakeRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    task, _ = worker.submit(member("api"))
+    await running(worker, task.id)
+    remove = runtime.remove_network
+    refusals = 0
+
+    async def refuse_once(name: str) -> None:
+        nonlocal refusals
+        refusals += 1
+        if refusals == 1:
+            raise RuntimeUnavailable("engine away")
+        await remove(name)
+
+    monkeypatch.setattr(runtime, "remove_network", refuse_once)
+
+    await worker.stop(task.id)
+
+    await wait_until(lambda: alloc_networks(runtime) == [])
+    assert refusals == 2

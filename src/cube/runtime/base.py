@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Protocol
 
 from cube.task.model import PublishedPort
-from cube.task.spec import Mount, PortMapping
+from cube.task.spec import AllocRef, Mount, PortMapping
 
 LABEL_MANAGED_BY = "cube.managed-by"
 MANAGED_BY = "cube"
@@ -26,6 +26,12 @@ LABEL_TASK_NAME = "cube.task-name"
 LABEL_WORKER = "cube.worker"
 #: The task's spec as JSON, so a container describes itself even if a store is lost.
 LABEL_SPEC = "cube.spec"
+#: The job allocation a container (or an allocation's network) belongs to, if any: with
+#: these a container describes its allocation too, and a network can be found by it.
+LABEL_ALLOC_ID = "cube.alloc-id"
+LABEL_JOB = "cube.job"
+LABEL_GROUP = "cube.group"
+LABEL_ALLOC_INDEX = "cube.alloc-index"
 
 ProgressCallback = Callable[[str], None]
 
@@ -171,6 +177,31 @@ def task_labels(*, task_id: str, task_name: str, worker: str, spec_json: str) ->
         LABEL_WORKER: worker,
         LABEL_SPEC: spec_json,
     }
+
+
+def alloc_labels(alloc: AllocRef) -> dict[str, str]:
+    """The labels every container of an allocation carries (its network, all but the index)."""
+    return {
+        LABEL_ALLOC_ID: alloc.id,
+        LABEL_JOB: alloc.job,
+        LABEL_GROUP: alloc.group,
+        LABEL_ALLOC_INDEX: str(alloc.index),
+    }
+
+
+def alloc_from_labels(labels: Mapping[str, str]) -> AllocRef | None:
+    """The allocation :func:`alloc_labels` describe; None without (or with unreadable) ones."""
+    if LABEL_ALLOC_ID not in labels:
+        return None
+    try:
+        return AllocRef(
+            id=labels[LABEL_ALLOC_ID],
+            job=labels.get(LABEL_JOB, ""),
+            group=labels.get(LABEL_GROUP, ""),
+            index=int(labels.get(LABEL_ALLOC_INDEX, "")),
+        )
+    except ValueError:  # pydantic's ValidationError is one
+        return None
 
 
 def worker_selector(worker: str) -> dict[str, str]:

@@ -14,6 +14,9 @@ On start it adopts the containers that carry its labels, so a worker restart
 (even ``kill -9``) neither loses nor duplicates a running task. A worker that joins
 a manager (``wait_for_assignment``) then starts and restarts nothing until the answer
 to its join says which of its tasks are still its own (:meth:`Worker.joined`).
+The tasks of a job allocation share one :class:`~cube.worker.alloc_runner.AllocRunner`
+(their network); once supervision resumes, the networks of live allocations are adopted
+and this worker's others removed.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from cube.background import Supervisor, cancel_all
+from cube.background import Supervisor, cancel_all, spawn
 from cube.errors import Conflict, FieldError, InvalidSpec, NotFound, RuntimeUnavailable
 from cube.log import get_logger
 from cube.node import JoinAnswer, MachineStats, NodeReport, Resources
@@ -38,17 +41,20 @@ from cube.runtime.base import (
     LABEL_TASK_ID,
     ContainerRuntime,
     ContainerSummary,
+    alloc_from_labels,
     worker_selector,
 )
 from cube.store.base import Store
 from cube.task.model import DesiredState, Task, TaskEvent
 from cube.task.spec import Privilege, TaskRequest, TaskSpec, privileges
 from cube.task.state import State
+from cube.worker.alloc_runner import Allocations, AllocRunner
 from cube.worker.authority import Resume, resume, should_stop_tasks
 from cube.worker.changes import ChangeFeed
 from cube.worker.engine import EngineWatch
 from cube.worker.health import Prober, probe
 from cube.worker.metrics import MachineSampler
+from cube.worker.ports import HostPorts
 from cube.worker.runner import TaskRunner, needs_runner
 
 log = get_logger("cube.worker")
@@ -76,6 +82,7 @@ class Worker:
         start_concurrency: int = START_CONCURRENCY,
         wait_for_assignment: bool = False,
         stop_after_disconnect: float | None = None,
+        host_ports: HostPorts | None = None,
     ) -> None:
         """``wait_for_assignment``: this worker joins a manager, and must not start or
         restart any task of its store before :meth:`joined` says it is still its own.
@@ -93,6 +100,10 @@ class Worker:
         self.prober = prober
         self.allow = frozenset(allow)
         self.runners: dict[str, TaskRunner] = {}
+        #: The job allocations whose tasks run here, and their networks.
+        self.allocs = Allocations(
+            node=name, runtime=runtime, ports=host_ports or HostPorts(), live=self._runs
+        )
         self._starts = asyncio.Semaphore(start_concurrency)
         #: Every recorded change of a task, for the manager's blocking queries.
         self.feed = ChangeFeed()
@@ -169,6 +180,8 @@ class Worker:
             elif step is Resume.STOP:
                 log.warning("task no longer placed here; stopping it", task=task.id)
                 self._request_stop(task.id, "stopped: its manager placed it elsewhere")
+        # Only now: an allocation's network is kept while one of its tasks has a runner.
+        spawn(self.allocs.adopt_networks(), "adopt networks", keep=self._runner_tasks)
 
     def heard(self, *, node_timeout: float | None = None) -> None:
         """The manager called (its API calls reach this worker through :func:`create_app`),
@@ -202,6 +215,8 @@ class Worker:
             if existing is not None:
                 if existing.spec != spec:
                     raise Conflict(f"task {request.id} exists with a different spec")
+                if existing.alloc != request.alloc:
+                    raise Conflict(f"task {request.id} exists in another allocation")
                 if existing.desired is DesiredState.RUN:
                     return existing.model_copy(deep=True), False
                 if request.id in self.runners:
@@ -211,9 +226,9 @@ class Worker:
                 self.store.delete_task(request.id)
                 fresh = False
         task = (
-            Task(spec=spec, node=self.name)
+            Task(spec=spec, node=self.name, alloc=request.alloc)
             if request.id is None
-            else Task(id=request.id, spec=spec, node=self.name)
+            else Task(id=request.id, spec=spec, node=self.name, alloc=request.alloc)
         )
         event = TaskEvent(
             state=State.PENDING, reason=f"submitted to node {self.name}", node=self.name
@@ -249,6 +264,9 @@ class Worker:
         if wait:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(runner.done.wait(), task.spec.stop_timeout + 15.0)
+            if task.alloc is not None and runner.done.is_set():
+                # The allocation's last task gone: its network goes before the answer.
+                await self.allocs.release(task.alloc.id)
         return self.get(task_id)
 
     def _request_stop(self, task_id: str, reason: str) -> TaskRunner:
@@ -339,7 +357,8 @@ class Worker:
 
     # --- supervision ---------------------------------------------------------------------------
     def _supervise(self, task: Task, *, fresh: bool = False) -> TaskRunner:
-        first = self._runner(task, fresh=fresh)
+        alloc = self.allocs.join(task.id, task.alloc) if task.alloc else None
+        first = self._runner(task, fresh=fresh, alloc=alloc)
         pending: TaskRunner | None = first
 
         async def run() -> None:
@@ -352,17 +371,19 @@ class Worker:
                 saved = self.store.find_task(task.id)
                 if task.id in self.runners or saved is None:
                     return
-                runner = self._runner(saved, fresh=False)
+                runner = self._runner(saved, fresh=False, alloc=alloc)
             try:
                 await runner.run()
             finally:
                 if self.runners.get(task.id) is runner:
                     del self.runners[task.id]
+            if alloc is not None:  # not when cancelled: the worker closes, the task lives on
+                await self.allocs.release(alloc.alloc.id)
 
         self.loops.start(f"task {task.id}", run, keep=self._runner_tasks)
         return first
 
-    def _runner(self, task: Task, *, fresh: bool) -> TaskRunner:
+    def _runner(self, task: Task, *, fresh: bool, alloc: AllocRunner | None) -> TaskRunner:
         runner = TaskRunner(
             task,
             node=self.name,
@@ -373,6 +394,7 @@ class Worker:
             fresh=fresh,
             starts=self._starts,
             engine=self.engine,
+            launch=alloc.launcher(task) if alloc else None,
         )
         self.runners[task.id] = runner
         return runner
@@ -417,9 +439,21 @@ class Worker:
                 task=task_id,
             )
             return None
-        task = Task(id=task_id, spec=spec, node=self.name)
+        alloc = alloc_from_labels(container.labels)
+        task = Task(id=task_id, spec=spec, node=self.name, alloc=alloc)
         self.store.save_task(task, [TaskEvent(state=State.PENDING, reason="rebuilt from labels")])
         return task
+
+    # --- allocations ---------------------------------------------------------------------------
+    def _runs(self, task_id: str) -> bool:
+        """Whether the task's runner is at work: only then may it start a container.
+
+        A task whose runner finished (stopped, or ended for good) never starts one again
+        unless it is placed here anew, which gives it a new runner; its exited container,
+        if kept, needs no network (the engine removes a network from under stopped ones).
+        """
+        runner = self.runners.get(task_id)
+        return runner is not None and not runner.done.is_set()
 
     # --- background loops ----------------------------------------------------------------------
     def _notify_container(self, container_id: str) -> None:
@@ -453,6 +487,7 @@ class Worker:
                 self.engine.lost()
                 continue  # the runners retry on their own; the exits loop logs the outage
             self.engine.back()
+            await self.allocs.retry_releases()
             for runner in list(self.runners.values()):
                 if runner.task.state is State.RUNNING and runner.task.container_id not in running:
                     runner.notify()

@@ -2,7 +2,9 @@
 
 ::
 
-    POST   /v1/tasks              run a task (201; 200 if the same ID and spec exist)
+    POST   /v1/tasks              run a task (201; 200 if the same ID and spec exist); with
+                                  ``alloc``, as one task of a job allocation (the manager
+                                  sends each of its tasks so, all to the same worker)
     GET    /v1/tasks              every task this node knows
     GET    /v1/changes            a blocking query (?since=INDEX&wait=SECONDS): the tasks that
                                   changed after INDEX, with their histories, once one does

@@ -23,6 +23,7 @@ from cube.runtime.base import (
     ContainerConfig,
     ContainerInfo,
     ContainerRuntime,
+    ProgressCallback,
     task_labels,
     worker_selector,
 )
@@ -74,6 +75,19 @@ def container_config(task: Task, node: str) -> ContainerConfig:
     )
 
 
+#: Creates and starts a container from its config, reporting progress.
+Launch = Callable[[ContainerConfig, ProgressCallback | None], Awaitable[ContainerInfo]]
+
+
+def _run_on(runtime: ContainerRuntime) -> Launch:
+    async def launch(
+        config: ContainerConfig, on_progress: ProgressCallback | None
+    ) -> ContainerInfo:
+        return await runtime.run(config, on_progress=on_progress)
+
+    return launch
+
+
 class TaskRunner:
     def __init__(
         self,
@@ -87,6 +101,7 @@ class TaskRunner:
         fresh: bool = False,
         starts: asyncio.Semaphore | None = None,
         engine: EngineWatch | None = None,
+        launch: Launch | None = None,
     ) -> None:
         self.task = task
         self.node = node
@@ -99,6 +114,9 @@ class TaskRunner:
         self._fresh = fresh
         #: Turns to create and start a container, shared by the worker's runners.
         self._starts = starts or asyncio.Semaphore(1)
+        #: How a container is created and started: an allocation's tasks start theirs on
+        #: its network (:meth:`cube.worker.alloc_runner.AllocRunner.launcher`).
+        self._launch: Launch = launch or _run_on(runtime)
         #: What the engine said about the container this runner just started (see _supervise).
         self._started: ContainerInfo | None = None
         #: The worker's record of engine outages, asked before a failure is counted.
@@ -177,7 +195,7 @@ class TaskRunner:
                 # From here on an exit of the new container wakes this runner, even before
                 # its ID is recorded (Worker._notify_container): _supervise then asks again.
                 self._wake.clear()
-                info = await self.runtime.run(config, on_progress=progress)
+                info = await self._launch(config, progress)
         except RuntimeUnavailable:
             raise  # not the task's failure: _step retries once the engine answers
         except CubeError as exc:  # refused, or its image or container vanished meanwhile (404)
