@@ -3,10 +3,6 @@
 Each test runs ``cube job ...`` as a user would, checks the allocations the manager
 reports against the containers Docker runs, and ends with the invariant check
 (:func:`tests.invariants.assert_converges`) over the job's tasks.
-
-Until the worker's allocation runner is merged (branch ``jobworker``), an allocation's
-tasks run as plain tasks on their node: everything here but the test marked
-``needs_alloc_runner`` (tasks reaching each other by name) works without it.
 """
 
 from __future__ import annotations
