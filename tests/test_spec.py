@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +154,37 @@ def test_errors_name_the_field(fields: dict[str, Any], field: str, fragment: str
     errors = invalid(**fields)
     assert field in errors, errors
     assert fragment in errors[field]
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"mounts": [{"source": "/a", "target": "/b", "read_only": 0}]}, "mounts.0.read_only"),
+        ({"privileged": "yes"}, "privileged"),
+        ({"resources": {"cpu": True}}, "resources.cpu"),
+        ({"resources": {"cpu": "0.5"}}, "resources.cpu"),
+        ({"ports": [{"container": 80.0}]}, "ports.0.container"),
+        ({"ports": [{"container": "80"}]}, "ports.0.container"),
+        ({"restart": {"max_attempts": True}}, "restart.max_attempts"),
+        ({"restart": {"max_attempts": 2.5}}, "restart.max_attempts"),
+        ({"health": {"tcp": {"port": "80"}}}, "health.tcp.port"),
+    ],
+)
+def test_booleans_and_numbers_are_strict(fields: dict[str, Any], field: str) -> None:
+    """API input is JSON: ``read_only: 0`` is not ``false``, ``"80"`` is not a port number."""
+    assert field in invalid(**fields)
+
+
+def test_the_schema_carries_every_limit_the_validators_enforce() -> None:
+    """A schema-valid request must not be refused for a limit only the code knows."""
+    schema = TaskRequest.model_json_schema()
+    resources = schema["$defs"]["Resources"]["properties"]
+    assert resources["memory"]["minimum"] == 6 * 1024**2
+    assert resources["disk"]["minimum"] == 0
+    assert "ge" not in resources["memory"]  # pydantic's keyword, not JSON schema's
+    names = schema["properties"]["env"]["propertyNames"]["pattern"]
+    assert re.match(names, "GREETING") and not re.match(names, "1BAD")
+    assert schema["properties"]["stop_timeout"]["maximum"] == 7 * 24 * 3600
 
 
 def test_missing_required_fields_are_named() -> None:

@@ -278,7 +278,9 @@ class Manager:
             report = await self.workers.stats(address)
         except CubeError as exc:
             self._remember(address, previous)
-            raise Unavailable(f"cannot reach the worker at {address}: {exc.message}") from None
+            # The caller's input: an address nobody answers at is a 422 naming it.
+            why = f"no worker answers here: {exc.message}"
+            raise InvalidSpec([FieldError("address", why)]) from None
         if report.name != name:
             raise InvalidSpec(
                 [FieldError("name", f"the worker at {address} is named {report.name!r}")]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -28,6 +29,9 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
     ValidationError,
     field_validator,
     model_validator,
@@ -40,18 +44,54 @@ from cube.units import parse_duration, parse_size
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 #: Image references: registry/repo:tag@digest, conservatively.
 IMAGE_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9._/:@-]{0,254}$"
-_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: Environment variable names, as POSIX shells take them.
+ENV_KEY_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+_ENV_KEY = re.compile(ENV_KEY_PATTERN)
 
 MAX_CPU = 1024.0
 MAX_MEMORY = 1 << 50  # 1 PiB: anything larger is a typo
+MIN_MEMORY = 6 * 1024**2  # the Docker engine refuses a smaller memory limit
 MAX_DURATION = 7 * 24 * 3600.0
 
-Bytes = Annotated[int, BeforeValidator(parse_size), Field(ge=0, le=MAX_MEMORY)]
-Seconds = Annotated[float, BeforeValidator(parse_duration), Field(ge=0, le=MAX_DURATION)]
+
+def _bounds(minimum: float, maximum: float) -> Callable[[dict[str, Any]], None]:
+    """JSON schema bounds for a parsed field: pydantic cannot put ``ge``/``le`` behind a
+    ``BeforeValidator`` into the schema (it leaves them as unknown keywords)."""
+
+    def extra(schema: dict[str, Any]) -> None:
+        schema.pop("ge", None)
+        schema.pop("le", None)
+        schema.update(minimum=minimum, maximum=maximum)
+
+    return extra
+
+
+Bytes = Annotated[
+    int,
+    BeforeValidator(parse_size),
+    Field(ge=0, le=MAX_MEMORY, json_schema_extra=_bounds(0, MAX_MEMORY)),
+]
+Seconds = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    Field(ge=0, le=MAX_DURATION, json_schema_extra=_bounds(0, MAX_DURATION)),
+]
+#: Memory a container may be limited to: Bytes, with the engine's floor (checked by
+#: Resources._memory_floor, to say it in MiB).
+Memory = Annotated[
+    int,
+    BeforeValidator(parse_size),
+    Field(ge=0, le=MAX_MEMORY, json_schema_extra=_bounds(MIN_MEMORY, MAX_MEMORY)),
+]
 
 
 class _Model(BaseModel):
-    """Base of every spec model: unknown fields are an error, not silently ignored."""
+    """Base of every spec model: unknown fields are an error, not silently ignored.
+
+    Booleans, integers and floats are strict (``StrictBool`` and friends): ``read_only: 0``
+    or ``privileged: "yes"`` is an error, not a guess. Sizes and durations keep their
+    short forms (``64MiB``, ``5s``): they are parsed, once, by their own validators.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -64,8 +104,8 @@ class Protocol(StrEnum):
 class PortMapping(_Model):
     """A container port, optionally published on the node at ``host`` (0 = any free port)."""
 
-    container: int = Field(ge=1, le=65535)
-    host: int | None = Field(default=None, ge=0, le=65535)
+    container: StrictInt = Field(ge=1, le=65535)
+    host: StrictInt | None = Field(default=None, ge=0, le=65535)
     protocol: Protocol = Protocol.TCP
 
     @model_validator(mode="before")
@@ -93,14 +133,14 @@ class Resources(_Model):
     (Docker cannot cap a container's writable layer on every storage driver).
     """
 
-    cpu: float = Field(default=0.1, gt=0, le=MAX_CPU)
-    memory: Bytes = Field(default=64 * 1024**2)
+    cpu: StrictFloat = Field(default=0.1, gt=0, le=MAX_CPU)
+    memory: Memory = Field(default=64 * 1024**2)
     disk: Bytes = Field(default=0)
 
     @field_validator("memory")
     @classmethod
     def _memory_floor(cls, value: int) -> int:
-        if value < 6 * 1024**2:
+        if value < MIN_MEMORY:
             raise ValueError("must be at least 6MiB (the Docker engine's minimum)")
         return value
 
@@ -119,9 +159,9 @@ class RestartPolicy(_Model):
     """
 
     policy: RestartPolicyName = RestartPolicyName.NEVER
-    max_attempts: int | None = Field(default=None, ge=0, le=1_000_000)
+    max_attempts: StrictInt | None = Field(default=None, ge=0, le=1_000_000)
     delay: Seconds = 1.0
-    backoff: float = Field(default=2.0, ge=1.0, le=10.0)
+    backoff: StrictFloat = Field(default=2.0, ge=1.0, le=10.0)
     max_delay: Seconds = 30.0
 
     @model_validator(mode="before")
@@ -132,13 +172,13 @@ class RestartPolicy(_Model):
 
 
 class HttpCheck(_Model):
-    port: int = Field(ge=1, le=65535)
+    port: StrictInt = Field(ge=1, le=65535)
     path: str = Field(default="/", max_length=1024, pattern=r"^/")
-    expected_status: int = Field(default=200, ge=100, le=599)
+    expected_status: StrictInt = Field(default=200, ge=100, le=599)
 
 
 class TcpCheck(_Model):
-    port: int = Field(ge=1, le=65535)
+    port: StrictInt = Field(ge=1, le=65535)
 
 
 class HealthCheck(_Model):
@@ -148,7 +188,7 @@ class HealthCheck(_Model):
     tcp: TcpCheck | None = None
     interval: Seconds = 5.0
     timeout: Seconds = 2.0
-    failure_threshold: int = Field(default=3, ge=1, le=100)
+    failure_threshold: StrictInt = Field(default=3, ge=1, le=100)
     start_period: Seconds = 0.0
 
     @model_validator(mode="after")
@@ -163,7 +203,7 @@ class Mount(_Model):
 
     source: str = Field(min_length=1, max_length=4096, pattern=r"^/")
     target: str = Field(min_length=1, max_length=4096, pattern=r"^/")
-    read_only: bool = True
+    read_only: StrictBool = True
 
 
 class Privilege(StrEnum):
@@ -187,14 +227,17 @@ class TaskSpec(_Model):
     command: Annotated[
         list[Annotated[str, Field(max_length=4096)]], BeforeValidator(_split_command)
     ] = Field(default_factory=list, max_length=256)
+    # Names are checked by _env_keys (to name the variable) and shown in the schema.
     env: dict[str, Annotated[str, Field(max_length=32768)]] = Field(
-        default_factory=dict, max_length=256
+        default_factory=dict,
+        max_length=256,
+        json_schema_extra={"propertyNames": {"pattern": ENV_KEY_PATTERN}},
     )
     ports: list[PortMapping] = Field(default_factory=list, max_length=64)
     resources: Resources = Field(default_factory=Resources)
     restart: RestartPolicy = Field(default_factory=RestartPolicy)
     health: HealthCheck | None = None
-    privileged: bool = Field(default=False, description="full access to the host's devices")
+    privileged: StrictBool = Field(default=False, description="full access to the host's devices")
     network: Literal["bridge", "host", "none"] = "bridge"
     mounts: list[Mount] = Field(default_factory=list, max_length=32)
     stop_timeout: Seconds = Field(
