@@ -10,13 +10,17 @@ by ``openssl`` for the TLS test); containers are real and inspected with ``docke
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
+import resource
 import secrets
 import stat
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +59,8 @@ class Agent(AgentProcess):
     #: Environment variables removed from the agent's environment (after ``env`` is applied).
     drop_env: tuple[str, ...] = ()
     data_dir: Path = field(default_factory=Path)
+    #: (soft, hard) limit of open files to start the process with; None: this process' own.
+    open_files: tuple[int, int] | None = None
 
     @property
     def url(self) -> str:
@@ -64,12 +70,19 @@ class Agent(AgentProcess):
         env = {**os.environ, **self.env}
         for key in self.drop_env:
             env.pop(key, None)
+        limits = self.open_files
+
+        def set_limits() -> None:
+            if limits is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "cube", *self.args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
+                preexec_fn=set_limits if limits else None,
             )
         verify = trust(self.ca)
 
@@ -115,6 +128,7 @@ class Agents:
         drop_env: tuple[str, ...] = (),
         scheme: str = "http",
         ca: Path | None = None,
+        open_files: tuple[int, int] | None = None,
     ) -> Agent:
         port = free_port()
         agent = Agent(
@@ -127,6 +141,7 @@ class Agents:
             ca=ca,
             drop_env=drop_env,
             data_dir=data,
+            open_files=open_files,
         )
         self.started.append(agent)
         agent.start()
@@ -785,3 +800,111 @@ def test_agents_listen_on_loopback_only_by_default(cluster: Cluster) -> None:
         assert listening, f"{agent.name} listens nowhere"
         assert {a.ip for a in listening} == {"127.0.0.1"}, listening
         assert {a.port for a in listening} == {agent.port}, listening
+
+
+# --- 6. slow clients ------------------------------------------------------------------------------
+#: The issue's attack: connections that send a request's headers a byte a second.
+SLOW_CLIENTS = 2000
+SLOW_REQUEST = b"GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"x" * 200
+
+
+class SlowClients:
+    """``count`` connections to ``port`` that send ``SLOW_REQUEST`` a byte a second, and
+    open again (after ``RECONNECT`` seconds) when the server closes them: the pressure
+    stays on."""
+
+    RECONNECT = 3.0
+
+    def __init__(self, port: int, count: int) -> None:
+        self.port = port
+        self.count = count
+        self.connected = 0  # connections made, reconnections included
+        self.closed_by_server = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=asyncio.run, args=(self._main(),), daemon=True)
+
+    def __enter__(self) -> SlowClients:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+    async def _main(self) -> None:
+        await asyncio.gather(*(self._client() for _ in range(self.count)))
+
+    async def _client(self) -> None:
+        while not self._stop.is_set():
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+            except OSError:
+                await asyncio.sleep(1)
+                continue
+            self.connected += 1
+            try:
+                for byte in SLOW_REQUEST:
+                    if self._stop.is_set() or reader.at_eof():
+                        break
+                    writer.write(bytes([byte]))
+                    await writer.drain()
+                    await asyncio.sleep(1)
+            except OSError:
+                pass
+            if not self._stop.is_set():
+                self.closed_by_server += 1
+            writer.close()
+            await asyncio.sleep(self.RECONNECT)
+
+
+def test_slow_clients_cannot_lock_out_health(agents: Agents) -> None:
+    """2,000 connections sending headers a byte a second, against a manager started with the
+    issue's open-file limits (soft 256, hard 1,024): health answers each probe within 1 s,
+    the log says once that the limit was reached, and the manager serves normally after."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 2 * SLOW_CLIENTS < hard:  # this test's own sockets
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    t = Tokens()
+    manager = agents.manager(*t.manager_flags(), open_files=(256, 1024))
+    assert manager.proc is not None
+    limits = psutil.Process(manager.proc.pid).rlimit(psutil.RLIMIT_NOFILE)
+    assert limits == (1024, 1024), "the soft limit was not raised to the hard one"
+    log_before = manager.log_path.stat().st_size
+
+    probes: list[float] = []
+    no_reuse = httpx.Limits(max_keepalive_connections=0)  # a new connection per probe
+    with (
+        SlowClients(manager.port, SLOW_CLIENTS) as attack,
+        httpx.Client(timeout=1.0, limits=no_reuse) as client,
+    ):
+        wait_for(lambda: attack.connected >= SLOW_CLIENTS, timeout=60, what="every slow client")
+        # Past the header timeout (10 s): connections were closed for it, and opened again.
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            started = time.monotonic()
+            response = client.get(f"{manager.url}/v1/health")
+            assert response.status_code == 200, response.text
+            probes.append(time.monotonic() - started)
+            time.sleep(0.25)
+        assert attack.closed_by_server > SLOW_CLIENTS // 2, attack.closed_by_server
+
+    assert len(probes) >= 20, probes
+    # A correctness bound, not a benchmark: unguarded, every probe timed out.
+    assert max(probes) < 1.0, sorted(probes)[-5:]
+    logs = manager.logs()
+    assert logs.count("connection limit reached") == 1, logs[-4000:]
+    assert "Too many open files" not in logs
+    assert manager.log_path.stat().st_size - log_before < 64 * 1024
+
+    # The manager serves normally after, and let go of the attack's connections.
+    assert ok("GET", f"{manager.url}/v1/tasks", t.cluster) == []
+    task = ok("POST", f"{manager.url}/v1/tasks", t.cluster, json=sleeper("after"))
+    assert task["state"] == "pending"
+
+    def connections_closed() -> bool:
+        assert manager.proc is not None
+        mine = psutil.Process(manager.proc.pid).net_connections(kind="tcp")
+        return sum(c.status == psutil.CONN_ESTABLISHED for c in mine) < 16
+
+    wait_for(connections_closed, timeout=30, what="the slow connections to close")
+    assert manager.proc.poll() is None

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Iterator
 import uvicorn
 from fastapi import FastAPI
 
+from cube.api.guard import IDLE_TIMEOUT, guarded_protocol, process_guard, quiet_accept_errors
 from cube.api.tls import Tls
 
 
@@ -27,6 +28,7 @@ class Server(uvicorn.Server):
 
 
 def make_server(app: FastAPI, *, host: str, port: int, tls: Tls | None = None) -> Server:
+    guard = process_guard()
     config = uvicorn.Config(
         app,
         host=host,
@@ -37,6 +39,10 @@ def make_server(app: FastAPI, *, host: str, port: int, tls: Tls | None = None) -
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=10,
+        # A header timeout and a connection cap (see cube.api.guard), and an idle timeout.
+        http=guarded_protocol(guard),
+        backlog=guard.backlog,
+        timeout_keep_alive=int(IDLE_TIMEOUT),
     )
     return Server(config)
 
@@ -53,6 +59,7 @@ async def serve(
     flight: a worker answers its blocking queries then, instead of holding them.
     """
     loop = asyncio.get_running_loop()
+    quiet_accept_errors(loop)
 
     def stop_all(sig: int) -> None:
         if on_exit is not None:
