@@ -802,6 +802,49 @@ def test_agents_listen_on_loopback_only_by_default(cluster: Cluster) -> None:
         assert {a.port for a in listening} == {agent.port}, listening
 
 
+def listeners(port: int) -> set[str]:
+    """The addresses something on this machine listens on at TCP ``port`` (Docker's proxy)."""
+    return {
+        c.laddr.ip
+        for c in psutil.net_connections(kind="tcp")
+        if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+    }
+
+
+def test_ports_publish_on_the_address_a_port_or_its_worker_names(agents: Agents) -> None:
+    """By default a port is published on every address (0.0.0.0 and ::); ``IP:HOST:PORT``
+    in the spec, or ``cube worker --port-address``, publish it on one address only."""
+    t = Tokens()
+    plain = agents.worker(*t.worker_flags())
+    loopback = agents.worker(*t.worker_flags(), "--port-address", "127.0.0.1")
+    web = sleeper("web", command=["httpd", "-f", "-p", "80"])
+    cases = [  # (worker, ports, the address Docker was asked for)
+        (plain, ["127.0.0.1::80"], "127.0.0.1"),
+        (loopback, ["0:80"], "127.0.0.1"),
+        (plain, ["0:80"], ""),
+    ]
+    for worker, ports, host_ip in cases:
+        task = ok("POST", f"{worker.url}/v1/tasks", t.worker, json={**web, "ports": ports})
+        running = wait_state(worker, t.worker, task["id"], "running")
+        (published,) = running["ports"]
+        assert published["host_ip"] == host_ip, running
+        inspect = json.loads(docker("inspect", running["container_id"]))[0]
+        bindings = inspect["HostConfig"]["PortBindings"]["80/tcp"]
+        assert [b["HostIp"] for b in bindings] == [host_ip], bindings
+        bound = {b["HostIp"] for b in inspect["NetworkSettings"]["Ports"]["80/tcp"]}
+        # The socket itself, where Docker's userland proxy holds one (else iptables does).
+        heard = listeners(published["host"])
+        if host_ip:
+            assert bound == {host_ip}, bound
+            assert heard <= {host_ip}, heard
+        else:
+            assert "0.0.0.0" in bound, bound
+            assert bound <= {"0.0.0.0", "::"}, bound
+            assert heard <= {"0.0.0.0", "::"}, heard
+        response = httpx.get(f"http://127.0.0.1:{published['host']}/", timeout=10)
+        assert response.status_code < 500, response.text
+
+
 # --- 6. slow clients ------------------------------------------------------------------------------
 #: The issue's attack: connections that send a request's headers a byte a second.
 SLOW_CLIENTS = 2000

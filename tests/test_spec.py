@@ -183,7 +183,8 @@ def test_the_schema_carries_every_limit_the_validators_enforce() -> None:
     assert resources["disk"]["minimum"] == 0
     assert "ge" not in resources["memory"]  # pydantic's keyword, not JSON schema's
     names = schema["properties"]["env"]["propertyNames"]["pattern"]
-    assert re.match(names, "GREETING") and not re.match(names, "1BAD")
+    assert re.match(names, "GREETING")
+    assert not re.match(names, "1BAD")
     assert schema["properties"]["stop_timeout"]["maximum"] == 7 * 24 * 3600
 
 
@@ -222,7 +223,37 @@ def test_port_short_forms(
     ]
 
 
-@pytest.mark.parametrize("bad", [":80", "80:", "a:80", "0", "70000", "8080:80:80", True])
+@pytest.mark.parametrize(
+    ("short", "host_ip", "host"),
+    [
+        ("127.0.0.1:8080:80", "127.0.0.1", 8080),
+        ("[::1]:8080:80", "::1", 8080),
+        ("127.0.0.1::80", "127.0.0.1", 0),
+        ({"container": 80, "host": 8080, "host_ip": "127.0.0.1"}, "127.0.0.1", 8080),
+    ],
+)
+def test_a_port_may_name_the_host_address(short: Any, host_ip: str, host: int) -> None:
+    """Docker's ``IP:HOST:CONTAINER``, and ``host_ip`` in the long form."""
+    (port,) = spec(ports=[short]).ports
+    assert (port.host_ip, port.host, port.container) == (host_ip, host, 80)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ":80",
+        "80:",
+        "a:80",
+        "0",
+        "70000",
+        "8080:80:80",
+        True,
+        "999.0.0.1:8080:80",
+        "localhost:8080:80",
+        {"container": 80, "host": 1, "host_ip": "example.com"},
+        {"container": 80, "host_ip": "127.0.0.1"},  # an address, but nothing published
+    ],
+)
 def test_bad_ports(bad: Any) -> None:
     assert any(f.startswith("ports.0") for f in invalid(ports=[bad]))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import socket
 import sys
 from collections.abc import Awaitable, Callable
@@ -103,6 +104,14 @@ class NodeOptions:
     disk: int | None
     labels: tuple[str, ...]
     allow: tuple[str, ...]
+    port_address: str
+
+
+def _ip_address(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value)) if value else ""
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an IP address") from None
 
 
 def _node_options(func: Callable[..., None]) -> Callable[..., None]:
@@ -110,7 +119,8 @@ def _node_options(func: Callable[..., None]) -> Callable[..., None]:
 
     @functools.wraps(func)
     def wrapper(**kwargs: Any) -> None:
-        node = NodeOptions(*(kwargs.pop(k) for k in ("cpu", "memory", "disk", "labels", "allow")))
+        keys = ("cpu", "memory", "disk", "labels", "allow", "port_address")
+        node = NodeOptions(*(kwargs.pop(k) for k in keys))
         func(node=node, **kwargs)
 
     options = [
@@ -135,6 +145,14 @@ def _node_options(func: Callable[..., None]) -> Callable[..., None]:
             help="Let tasks here ask for this (repeatable). Off by default: privileged "
             "containers, the host's network and host mounts all escape isolation.",
         ),
+        click.option(
+            "--port-address",
+            default="",
+            callback=_ip_address,
+            metavar="IP",
+            help="Publish task ports on this address only, unless a port names its own "
+            "(IP:HOST:CONTAINER)  [default: every address, 0.0.0.0 and ::]",
+        ),
     ]
     out: Callable[..., None] = wrapper
     for option in reversed(options):
@@ -158,7 +176,7 @@ def _build_worker(name: str, data: Path, store_kind: StoreKind, node: NodeOption
         disk=node.disk if node.disk is not None else found.disk,
     )
     store = open_store(store_kind, data)
-    runtime = DockerRuntime()
+    runtime = DockerRuntime(port_address=node.port_address)
     worker = Worker(
         name=name,
         runtime=runtime,

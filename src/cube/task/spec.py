@@ -15,6 +15,7 @@ Sizes and durations are parsed here, once, into bytes and seconds.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import shlex
@@ -25,6 +26,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -101,29 +103,67 @@ class Protocol(StrEnum):
     UDP = "udp"
 
 
+#: Docker's short form of a port: ``[IP:][HOST:]CONTAINER[/PROTOCOL]``, IPv6 in brackets.
+_PORT_SHORT = re.compile(
+    r"^(?:(?P<ip>\d{1,3}(?:\.\d{1,3}){3}|\[[0-9A-Fa-f:.]+\]):)?"
+    r"(?:(?P<host>\d*):)?(?P<container>\d+)(?:/(?P<protocol>[a-z]+))?$"
+)
+
+
+def _check_ip(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError(f"not an IP address: {value!r}") from None
+    return value
+
+
 class PortMapping(_Model):
-    """A container port, optionally published on the node at ``host`` (0 = any free port)."""
+    """A container port, optionally published on the node at ``host`` (0 = any free port),
+    on ``host_ip`` only if given (else the worker's ``--port-address``, else every address)."""
 
     container: StrictInt = Field(ge=1, le=65535)
     host: StrictInt | None = Field(default=None, ge=0, le=65535)
+    host_ip: Annotated[str | None, AfterValidator(_check_ip)] = Field(
+        default=None,
+        max_length=45,
+        pattern=r"^[0-9A-Fa-f:.]+$",
+        description="the node's address to publish on, e.g. 127.0.0.1 or ::1",
+    )
     protocol: Protocol = Protocol.TCP
 
     @model_validator(mode="before")
     @classmethod
     def _from_string(cls, value: Any) -> Any:
-        """Accept Docker's short forms: ``"8080"``, ``"8080:80"``, ``"53:53/udp"``, ``80``."""
+        """Accept Docker's short forms: ``"8080"``, ``"8080:80"``, ``"53:53/udp"``, ``80``,
+        ``"127.0.0.1:8080:80"``, ``"[::1]:8080:80"``, ``"127.0.0.1::80"`` (any free port)."""
         if isinstance(value, int) and not isinstance(value, bool):
             return {"container": value}
         if not isinstance(value, str):
             return value
-        text, _, proto = value.partition("/")
-        host, sep, container = text.rpartition(":")
-        if not container.isdigit() or (sep and not host.isdigit()):
-            raise ValueError(f"invalid port {value!r}: use CONTAINER, HOST:CONTAINER or add /udp")
-        out: dict[str, Any] = {"container": int(container), "protocol": proto or "tcp"}
-        if sep:
-            out["host"] = int(host)
+        match = _PORT_SHORT.match(value)
+        if match is None or (match["host"] == "" and not match["ip"]):
+            raise ValueError(
+                f"invalid port {value!r}: use CONTAINER, HOST:CONTAINER or IP:HOST:CONTAINER, "
+                "and add /udp for UDP"
+            )
+        out: dict[str, Any] = {
+            "container": int(match["container"]),
+            "protocol": match["protocol"] or "tcp",
+        }
+        if match["host"] is not None:
+            out["host"] = int(match["host"] or 0)
+        if match["ip"]:
+            out["host_ip"] = match["ip"].strip("[]")
+            out.setdefault("host", 0)
         return out
+
+    @model_validator(mode="after")
+    def _published_if_addressed(self) -> PortMapping:
+        if self.host_ip is not None and self.host is None:
+            raise ValueError("host_ip needs host (0 for any free port)")
+        return self
 
 
 class Resources(_Model):
