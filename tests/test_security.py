@@ -11,6 +11,7 @@ by ``openssl`` for the TLS test); containers are real and inspected with ``docke
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import re
@@ -31,6 +32,7 @@ import psutil
 import pytest
 
 from cube.api.tls import Verify, client_verify
+from cube.task.spec import HIDDEN
 from tests import api
 from tests.conftest import (
     IMAGE,
@@ -42,6 +44,7 @@ from tests.conftest import (
     unique_name,
     wait_for,
 )
+from tests.invariants import assert_converges
 
 pytestmark = pytest.mark.docker
 
@@ -843,6 +846,85 @@ def test_ports_publish_on_the_address_a_port_or_its_worker_names(agents: Agents)
             assert heard <= {"0.0.0.0", "::"}, heard
         response = httpx.get(f"http://127.0.0.1:{published['host']}/", timeout=10)
         assert response.status_code < 500, response.text
+
+
+# --- secrets --------------------------------------------------------------------------------------
+def test_a_secret_env_value_is_shown_nowhere_but_to_its_container(agents: Agents) -> None:
+    """A task with a secret env value, run from a spec file through the CLI: the value is in
+    no API answer of the manager or the worker, no ``-o json`` output, no container label and
+    no log; the container has it (its output is the value's hash), and after a ``kill -9``
+    of the worker and a restart of the container it has it still (the worker's store)."""
+    secret = "s3cret-" + secrets.token_hex(12)
+    digest = hashlib.sha256(secret.encode()).hexdigest()
+    manager = agents.manager()
+    worker = agents.worker("--manager", manager.url)
+    joined(manager, api.TOKEN, worker.name)
+    spec_file = agents.tmp_path / "secret.yaml"
+    spec_file.write_text(
+        "name: vault\n"
+        f"image: {IMAGE}\n"
+        "command: [sh, -c, 'printf %s \"$TOKEN\" | sha256sum; sleep 600']\n"
+        "env: {PLAIN: visible, TOKEN: {secret: true, value: " + secret + "}}\n"
+        "restart: {policy: always, delay: 0s}\n"
+        "stop_timeout: 1s\n"
+    )
+    run = cube_cli("run", str(spec_file), "--manager", manager.url, env={}, drop_env=())
+    assert run.returncode == 0, run.stderr
+    task_id = run.stdout.strip()
+
+    def container_says(worker_side: bool = False) -> str:
+        where = worker.url if worker_side else manager.url
+        return str(call("GET", f"{where}/v1/tasks/{task_id}/logs", api.TOKEN).text)
+
+    first = wait_state(manager, api.TOKEN, task_id, "running")
+    wait_for(lambda: digest in container_says(), timeout=30, what="the container's hash")
+    assert first["spec"]["env"] == {"PLAIN": "visible", "TOKEN": {"secret": True, "value": HIDDEN}}
+
+    def everything_shown() -> dict[str, str]:
+        """Every answer, CLI output, label and log a reader might look at."""
+        shown: dict[str, str] = {}
+        for agent, paths in (
+            (manager, ["/v1/tasks", "/v1/nodes", f"/v1/nodes/{worker.name}"]),
+            (worker, ["/v1/tasks", "/v1/changes?wait=0", "/v1/stats"]),
+        ):
+            for path in [*paths, f"/v1/tasks/{task_id}", f"/v1/tasks/{task_id}/events"]:
+                shown[agent.name + path] = call("GET", agent.url + path, api.TOKEN).text
+            shown[f"{agent.name} log"] = agent.logs()
+        stop = call("DELETE", f"{manager.url}/v1/tasks/no-such-task", api.TOKEN)
+        shown["404"] = stop.text
+        for args in (["status"], ["status", task_id], ["nodes"]):
+            out = cube_cli(*args, "-o", "json", "--manager", manager.url, env={}, drop_env=())
+            assert out.returncode == 0, out.stderr
+            shown[" ".join(args)] = out.stdout + out.stderr
+        for cid in containers_of(f"cube.worker={worker.name}"):
+            shown[f"labels of {cid[:12]}"] = docker("inspect", "-f", "{{json .Config.Labels}}", cid)
+        return shown
+
+    for where, text in everything_shown().items():
+        assert secret not in text, f"the secret is shown in {where}"
+    labels = json.loads(docker("inspect", "-f", "{{json .Config.Labels}}", first["container_id"]))
+    assert "visible" not in labels["cube.spec"]  # no env value at all in labels
+    env = json.loads(docker("inspect", "-f", "{{json .Config.Env}}", first["container_id"]))
+    assert f"TOKEN={secret}" in env  # the one place it must be
+
+    # The worker comes back from kill -9 and starts a new container with the value: from
+    # its own store, as labels no longer carry it.
+    worker.kill()
+    worker.start()
+    docker("kill", first["container_id"])
+
+    def restarted() -> dict[str, Any] | None:
+        task = task_of(manager, api.TOKEN, task_id)
+        fresh = task["state"] == "running" and task["container_id"] != first["container_id"]
+        return task if fresh else None
+
+    again = wait_for(restarted, timeout=60, what="the task to run in a new container")
+    env = json.loads(docker("inspect", "-f", "{{json .Config.Env}}", again["container_id"]))
+    assert f"TOKEN={secret}" in env
+    wait_for(lambda: digest in container_says(worker_side=True), timeout=30, what="the hash again")
+    for where, text in everything_shown().items():
+        assert secret not in text, f"the secret is shown in {where} after the restart"
+    assert_converges(manager.url, [worker.name], {task_id: "running"})
 
 
 # --- 6. slow clients ------------------------------------------------------------------------------

@@ -14,6 +14,9 @@ from hypothesis import strategies as st
 
 from cube.errors import InvalidSpec
 from cube.task.spec import (
+    FOR_LABELS,
+    HIDDEN,
+    KEEP_SECRETS,
     HealthCheck,
     PortMapping,
     Protocol,
@@ -395,3 +398,29 @@ def test_parse_request_only_raises_invalid_spec(data: Any) -> None:
         assert all(e.field and e.message for e in outcome.errors)
     else:  # what the API returns as JSON must parse back to the same request
         assert parse_request(outcome.model_dump(mode="json")) == outcome
+
+
+# ----------------------------------------------------------------- secret env
+
+
+def test_secret_env_values_are_hidden_unless_kept() -> None:
+    """Every answer and log shows HIDDEN; the stores and the requests between agents keep the
+    value (KEEP_SECRETS); container labels carry no env value at all (FOR_LABELS)."""
+    request = parse_request(
+        {"name": "a", "image": "b", "env": {"A": "1", "S": {"secret": True, "value": "pw"}}}
+    )
+    assert request.spec().env_values() == {"A": "1", "S": "pw"}  # the container's
+    shown = request.model_dump(mode="json")["env"]
+    assert shown == {"A": "1", "S": {"secret": True, "value": HIDDEN}}
+    assert "pw" not in request.model_dump_json()
+    assert "pw" not in repr(request.model_dump())
+    kept = TaskRequest.model_validate_json(request.model_dump_json(context=KEEP_SECRETS))
+    assert kept == request
+    label = TaskSpec.model_validate_json(request.spec().model_dump_json(context=FOR_LABELS))
+    assert label.env_values() == {"A": HIDDEN, "S": HIDDEN}
+    assert label.env_hidden
+    assert not request.spec().env_hidden
+
+
+def test_a_secret_env_value_must_say_secret_true() -> None:
+    assert "env.S" in "".join(invalid(env={"S": {"value": "pw"}}))

@@ -33,7 +33,7 @@ from cube.node import Node, NodeReport, NodeState
 from cube.scheduler import Scheduler, allocate, allocate_all
 from cube.store.base import Store
 from cube.task.model import DesiredState, Task, TaskEvent
-from cube.task.spec import TaskRequest
+from cube.task.spec import KEEP_SECRETS, TaskRequest
 from cube.task.state import TERMINAL, State
 
 log = get_logger("cube.manager")
@@ -405,7 +405,8 @@ class Manager:
                 del self._sending[task.id]
 
     async def _send_once(self, task: Task, node: Node) -> None:
-        request = TaskRequest.model_validate({**task.spec.model_dump(), "id": task.id})
+        spec = task.spec.model_dump(context=KEEP_SECRETS)
+        request = TaskRequest.model_validate({**spec, "id": task.id})
         try:
             reported = await self.workers.run(node.address, request)
         except InvalidSpec as exc:  # the node refuses this spec: trying again will not help

@@ -11,7 +11,7 @@ from cube.api.client import check, unreachable
 from cube.api.tls import Verify, shared_verify
 from cube.node import NodeReport
 from cube.task.model import Task, TaskEvent
-from cube.task.spec import TaskRequest
+from cube.task.spec import KEEP_SECRETS, TaskRequest
 from cube.worker.changes import TaskChanges
 
 _TASKS = TypeAdapter(list[Task])
@@ -119,7 +119,7 @@ class WorkerClient:
         return TaskChanges.model_validate_json(check(response).content)
 
     async def run(self, address: str, request: TaskRequest) -> Task:
-        body = request.model_dump(mode="json")
+        body = request.model_dump(mode="json", context=KEEP_SECRETS)
         response = await self._request("POST", address, "/tasks", json=body)
         return Task.model_validate_json(response.content)
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from cube.errors import CubeError, NotFound
 from cube.node import Node
 from cube.task.model import Task, TaskEvent
+from cube.task.spec import KEEP_SECRETS
 from cube.task.state import State
 
 #: Stored in ``PRAGMA user_version``; bump it and add a migration when the schema changes.
@@ -97,7 +98,7 @@ class SqliteStore:
 
     # --- tasks -----------------------------------------------------------------------------
     def save_task(self, task: Task, events: Sequence[TaskEvent] = ()) -> None:
-        data = task.model_dump_json()
+        data = task.model_dump_json(context=KEEP_SECRETS)  # the file is 0600
         with self._write() as conn:
             conn.execute(_UPSERT_TASK, (task.id, task.name, task.state.value, task.node, data))
             self._insert_events(conn, task.id, events)

@@ -31,10 +31,12 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    SerializationInfo,
     StrictBool,
     StrictFloat,
     StrictInt,
     ValidationError,
+    field_serializer,
     field_validator,
     model_validator,
 )
@@ -254,6 +256,31 @@ class Privilege(StrEnum):
     HOST_MOUNTS = "host-mounts"
 
 
+#: What an answer, a label or a log shows in place of a secret env value.
+HIDDEN = "<secret>"
+#: Serialization contexts (``model_dump(context=...)``). Without one, secret env values are
+#: shown as HIDDEN: every API answer and log. KEEP_SECRETS is for the few places that must
+#: carry them: the stores (files of mode 0600), the manager's request to a worker, the CLI's
+#: request to the manager. FOR_LABELS hides every env value, secret or not: container
+#: labels are readable by anyone who may run ``docker inspect``.
+KEEP_SECRETS: dict[str, str] = {"env": "keep"}
+FOR_LABELS: dict[str, str] = {"env": "hide-all"}
+
+EnvText = Annotated[str, Field(max_length=32768)]
+
+
+class SecretValue(_Model):
+    """An env value no answer, label or log shows: ``{secret: true, value: ...}``."""
+
+    secret: Literal[True]
+    value: EnvText
+
+
+def _env_mode(info: SerializationInfo) -> str:
+    context = info.context
+    return str(context.get("env", "")) if isinstance(context, dict) else ""
+
+
 def _split_command(value: Any) -> Any:
     """``command: "sleep 60"`` is split like a shell would; a list is taken as is."""
     return shlex.split(value) if isinstance(value, str) else value
@@ -268,10 +295,11 @@ class TaskSpec(_Model):
         list[Annotated[str, Field(max_length=4096)]], BeforeValidator(_split_command)
     ] = Field(default_factory=list, max_length=256)
     # Names are checked by _env_keys (to name the variable) and shown in the schema.
-    env: dict[str, Annotated[str, Field(max_length=32768)]] = Field(
+    env: dict[str, EnvText | SecretValue] = Field(
         default_factory=dict,
         max_length=256,
         json_schema_extra={"propertyNames": {"pattern": ENV_KEY_PATTERN}},
+        description="a value, or {secret: true, value: ...} for one no answer shows back",
     )
     ports: list[PortMapping] = Field(default_factory=list, max_length=64)
     resources: Resources = Field(default_factory=Resources)
@@ -292,11 +320,35 @@ class TaskSpec(_Model):
 
     @field_validator("env")
     @classmethod
-    def _env_keys(cls, value: dict[str, str]) -> dict[str, str]:
+    def _env_keys(cls, value: dict[str, str | SecretValue]) -> dict[str, str | SecretValue]:
         for key in value:
             if not _ENV_KEY.match(key):
                 raise ValueError(f"invalid variable name {key!r}")
         return value
+
+    @field_serializer("env")
+    def _hide_secrets(
+        self, env: dict[str, str | SecretValue], info: SerializationInfo
+    ) -> dict[str, Any]:
+        """Secret values become HIDDEN unless the context is KEEP_SECRETS (see there)."""
+        mode = _env_mode(info)
+        out: dict[str, Any] = {}
+        for key, value in env.items():
+            if isinstance(value, str):
+                out[key] = HIDDEN if mode == "hide-all" else value
+            else:
+                shown = value.value if mode == "keep" else HIDDEN
+                out[key] = {"secret": True, "value": shown}
+        return out
+
+    def env_values(self) -> dict[str, str]:
+        """The environment the container gets: every value, in clear."""
+        return {k: v if isinstance(v, str) else v.value for k, v in self.env.items()}
+
+    @property
+    def env_hidden(self) -> bool:
+        """Whether env values were lost (a spec rebuilt from a container's label)."""
+        return HIDDEN in self.env_values().values()
 
     @field_validator("ports")
     @classmethod
@@ -332,7 +384,7 @@ class TaskRequest(TaskSpec):
     id: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
 
     def spec(self) -> TaskSpec:
-        return TaskSpec.model_validate(self.model_dump(exclude={"id"}))
+        return TaskSpec.model_validate(self.model_dump(exclude={"id"}, context=KEEP_SECRETS))
 
 
 #: The longest key an error message repeats: an unknown key can be a whole body long.
