@@ -15,8 +15,8 @@ Each operation gets schemathesis' coverage cases (boundaries, wrong types, missi
 unexpected methods...), then ``MAX_EXAMPLES`` fuzzed ones, valid and invalid mixed; then
 the stateful phase chains calls along the links schemathesis infers from the schema (a task
 created, then read, its events and logs asked for, stopped), ``STATEFUL_EXAMPLES`` scenarios
-of up to ``STATEFUL_STEPS`` calls, under the same checks. A
-fixed seed and derandomized generation make CI send the same cases every time;
+of up to ``STATEFUL_STEPS`` calls, under the same checks. A fixed seed and derandomized
+generation make CI send the same cases every time;
 ``REQUEST_TIMEOUT`` bounds each case and the timeout mark the whole run. The number of cases
 sent, per operation, is printed and written to ``$CUBE_FUZZ_REPORT`` (default:
 ``fuzz-api-cases.json`` in pytest's temporary directory).
@@ -189,6 +189,8 @@ def fuzz_stateful(schema: BaseSchema, who: str) -> list[str]:
             judge(case, response, found)
 
     Machine.run(settings=STATEFUL_SETTINGS)
+    chained = {op for op in SENT[who] if op.startswith("stateful ")}
+    assert len(chained) >= 5, f"the stateful phase reached only {sorted(chained)}"
     return list(found.values())
 
 
