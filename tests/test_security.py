@@ -928,17 +928,19 @@ def test_a_secret_env_value_is_shown_nowhere_but_to_its_container(agents: Agents
 
 
 # --- 6. slow clients ------------------------------------------------------------------------------
-#: The issue's attack: connections that send a request's headers a byte a second.
+#: The issue's attack: connections that send a request's headers a byte a second; and its
+#: variant, whose headers come at once (and get a 401) but whose body never ends.
 SLOW_CLIENTS = 2000
 SLOW_REQUEST = b"GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"x" * 200
+SLOW_BODY = b"POST /v1/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000000\r\n\r\n"
 
 
 class SlowClients:
-    """``count`` connections to ``port`` that send ``SLOW_REQUEST`` a byte a second, and
-    open again (after ``RECONNECT`` seconds) when the server closes them: the pressure
-    stays on."""
+    """``count`` connections to ``port``: half send ``SLOW_REQUEST`` a byte a second, half
+    ``SLOW_BODY`` at once then a body a byte a second. Each opens again (after ``RECONNECT``
+    seconds) when the server closes it: the pressure stays on."""
 
-    RECONNECT = 3.0
+    RECONNECT = 5.0
 
     def __init__(self, port: int, count: int) -> None:
         self.port = port
@@ -957,9 +959,9 @@ class SlowClients:
         self._thread.join(timeout=60)
 
     async def _main(self) -> None:
-        await asyncio.gather(*(self._client() for _ in range(self.count)))
+        await asyncio.gather(*(self._client(body=i % 2 == 1) for i in range(self.count)))
 
-    async def _client(self) -> None:
+    async def _client(self, *, body: bool) -> None:
         while not self._stop.is_set():
             try:
                 reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
@@ -968,7 +970,9 @@ class SlowClients:
                 continue
             self.connected += 1
             try:
-                for byte in SLOW_REQUEST:
+                if body:
+                    writer.write(SLOW_BODY)
+                for byte in b"x" * 300 if body else SLOW_REQUEST:
                     if self._stop.is_set() or reader.at_eof():
                         break
                     writer.write(bytes([byte]))

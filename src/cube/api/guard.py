@@ -18,10 +18,11 @@ may open, and then every request fails, ``GET /v1/health`` included, while async
 from __future__ import annotations
 
 import asyncio
+import os
 import resource
+import socket
 from typing import Any
 
-import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from cube.log import get_logger
@@ -35,6 +36,9 @@ HEADER_TIMEOUT = 10.0
 IDLE_TIMEOUT = 5.0
 #: The most connections an agent keeps open, if its descriptor limit allows that many.
 MAX_CONNECTIONS = 4096
+#: Connections the kernel queues for accept: a short queue drops a client's SYN when many
+#: connect at once, and its connect then waits a second for the retry.
+KERNEL_BACKLOG = 2048
 
 
 def raise_open_files() -> int:
@@ -62,9 +66,10 @@ class ConnectionGuard:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        #: The listen backlog, which is also how many connections asyncio accepts in one go
-        #: before any of them reaches connection_made (where the limit is enforced): a
-        #: fraction of the limit, so a burst cannot overshoot the descriptors left.
+        #: How many connections asyncio accepts in one go before any of them reaches
+        #: connection_made (where the limit is enforced): a fraction of the limit, so a
+        #: burst cannot overshoot the descriptors left. asyncio takes it from the listen
+        #: backlog, which widen_backlog() then sets back to KERNEL_BACKLOG.
         self.backlog = max(16, min(128, limit // 4))
         self.open: set[GuardedProtocol] = set()
         #: Connections without a request in progress, oldest first (dicts keep insertion order).
@@ -127,6 +132,8 @@ class GuardedProtocol(H11Protocol):
         super().__init__(*args, **kwargs)
         self._header_timer: asyncio.TimerHandle | None = None
         self._waiting = False  # for a request's headers
+        #: The request cycle when the connection began to wait: a new one is a new request.
+        self._answered: object = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -142,14 +149,16 @@ class GuardedProtocol(H11Protocol):
 
     def handle_events(self) -> None:
         super().handle_events()
-        if self._waiting and self.conn.their_state is not h11.IDLE:
-            self._waiting = False  # the request's headers are in
+        if self._waiting and self.cycle is not self._answered:
+            self._waiting = False  # a new request's headers are in
             self._cancel_header_timer()
             self.guard.busy(self)
 
     def on_response_complete(self) -> None:
         super().on_response_complete()  # may start a pipelined request at once
-        if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
+        if not self.transport.is_closing() and self.cycle.response_complete:
+            # Answered: waiting for the next request, even while the client still sends a
+            # body nobody reads (a 401 answered before it): that must not hold a slot.
             self._expect_headers()
 
     def close(self) -> None:
@@ -159,6 +168,7 @@ class GuardedProtocol(H11Protocol):
     def _expect_headers(self) -> None:
         self._cancel_header_timer()
         self._waiting = True
+        self._answered = self.cycle
         self.guard.idle(self)
         self._header_timer = self.loop.call_later(HEADER_TIMEOUT, self.close)
 
@@ -207,3 +217,12 @@ def quiet_accept_errors(loop: asyncio.AbstractEventLoop) -> None:
             loop.default_exception_handler(context)
 
     loop.set_exception_handler(handler)
+
+
+def widen_backlog(server: asyncio.Server) -> None:
+    """Let the kernel queue ``KERNEL_BACKLOG`` connections on ``server``'s sockets while
+    asyncio keeps accepting ``ConnectionGuard.backlog`` at a time (see there). On Linux a
+    second ``listen()`` changes the backlog of a listening socket."""
+    for transport_socket in server.sockets:
+        with socket.socket(fileno=os.dup(transport_socket.fileno())) as sock:
+            sock.listen(KERNEL_BACKLOG)

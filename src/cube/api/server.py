@@ -10,12 +10,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
 from collections.abc import Awaitable, Callable, Iterator
 
 import uvicorn
 from fastapi import FastAPI
 
-from cube.api.guard import IDLE_TIMEOUT, guarded_protocol, process_guard, quiet_accept_errors
+from cube.api.guard import (
+    IDLE_TIMEOUT,
+    guarded_protocol,
+    process_guard,
+    quiet_accept_errors,
+    widen_backlog,
+)
 from cube.api.tls import Tls
 
 
@@ -25,6 +32,11 @@ class Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        for server in getattr(self, "servers", []):  # none if the port was taken
+            widen_backlog(server)
 
 
 def make_server(app: FastAPI, *, host: str, port: int, tls: Tls | None = None) -> Server:
