@@ -423,4 +423,20 @@ def test_secret_env_values_are_hidden_unless_kept() -> None:
 
 
 def test_a_secret_env_value_must_say_secret_true() -> None:
-    assert "env.S" in "".join(invalid(env={"S": {"value": "pw"}}))
+    assert list(invalid(env={"S": {"value": "pw"}})) == ["env.S"]
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        (1, "{secret: true, value: STRING}"),
+        ({"value": "pw"}, "{secret: true, value: STRING}"),
+        ("x" * 40000, "at most 32768"),
+        ({"secret": True, "value": "x" * 40000}, "at most 32768"),
+    ],
+)
+def test_a_bad_env_value_is_one_error_naming_the_variable(value: Any, fragment: str) -> None:
+    """Not one error per form an env value may take (``env.A.constrained-str``...)."""
+    errors = invalid(env={"A": value})
+    assert list(errors) == ["env.A"], errors
+    assert fragment in errors["env.A"]

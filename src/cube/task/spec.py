@@ -404,11 +404,27 @@ def field_errors(exc: ValidationError, *, prefix: str = "") -> list[FieldError]:
     """Turn pydantic's errors into ``FieldError`` with dotted paths (``resources.memory``)."""
     out: list[FieldError] = []
     for err in exc.errors(include_url=False):
-        path = ".".join(_key(p) for p in err["loc"])
-        path = f"{prefix}.{path}" if prefix and path else (prefix or path)
+        loc = err["loc"]
         message = err["msg"].removeprefix("Value error, ")
-        out.append(FieldError(path or "body", message))
+        if _ENV_UNION in loc or "SecretValue" in loc:  # an env value: one error, not one per form
+            as_text = _ENV_UNION in loc
+            cut = loc.index(_ENV_UNION if as_text else "SecretValue")
+            whole = cut == len(loc) - 1  # about the value itself, not a field of a secret
+            if whole and as_text != isinstance(err["input"], str):
+                continue  # a string was given and this is the secret form's error, or back
+            loc = loc[:cut]
+            message = message if err["type"] == "string_too_long" else ENV_VALUE_FORMS
+        path = ".".join(_key(p) for p in loc)
+        path = f"{prefix}.{path}" if prefix and path else (prefix or path)
+        error = FieldError(path or "body", message)
+        if error not in out:
+            out.append(error)
     return out
+
+
+#: How pydantic names the plain-string form of an env value in an error's location.
+_ENV_UNION = "constrained-str"
+ENV_VALUE_FORMS = "expected a string, or {secret: true, value: STRING}"
 
 
 def parse_request(data: Any) -> TaskRequest:
