@@ -464,9 +464,11 @@ def test_bad_input_gets_422_naming_the_field_and_unknown_ids_404(
         response = http.post("/v1/nodes", json=lie)
         assert response.status_code == 422, response.text
         assert [f["field"] for f in response.json()["fields"]] == ["name"]
-        # A well-formed address where nothing answers cannot join either.
+        # A well-formed address where nothing answers cannot join either: the caller's input.
         response = http.post("/v1/nodes", json={"name": "w-bad", "address": "http://127.0.0.1:1"})
-        assert response.status_code == 503, response.text
+        assert response.status_code == 422, response.text
+        assert [f["field"] for f in response.json()["fields"]] == ["address"]
+        assert "no worker answers" in response.json()["message"]
         assert [n["name"] for n in http.get("/v1/nodes").json()] == [worker.name]
 
 

@@ -2,9 +2,8 @@
 
 Every generated request goes to a real ``cube manager`` (with one real worker joined)
 or to a standalone ``cube worker``, with the session's token. The checks (``CHECKS``):
-no 5xx (but one, see :func:`unreachable_worker`); status code, content type, headers and
-body as the schema documents them; a method a path does not have answers 405 with an
-``Allow`` header listing the ones it has.
+no 5xx at all; status code, content type, headers and body as the schema documents them;
+a method a path does not have answers 405 with an ``Allow`` header listing the ones it has.
 
 Left out, on purpose: ``positive_data_acceptance`` (a spec can be schema-valid and still
 refused: exactly one of ``health.http``/``health.tcp``, a host port published twice, a
@@ -13,8 +12,11 @@ forms a YAML author writes, ``command: "sleep 60"``, ``memory: 64MiB``, ``ports:
 ["8080:80"]``, which the JSON schema does not spell out).
 
 Each operation gets schemathesis' coverage cases (boundaries, wrong types, missing and
-unexpected methods...), then ``MAX_EXAMPLES`` fuzzed ones, valid and invalid mixed. A
-fixed seed and derandomized generation make CI send the same cases every time;
+unexpected methods...), then ``MAX_EXAMPLES`` fuzzed ones, valid and invalid mixed; then
+the stateful phase chains calls along the links schemathesis infers from the schema (a task
+created, then read, its events and logs asked for, stopped), ``STATEFUL_EXAMPLES`` scenarios
+of up to ``STATEFUL_STEPS`` calls, under the same checks. A fixed seed and derandomized
+generation make CI send the same cases every time;
 ``REQUEST_TIMEOUT`` bounds each case and the timeout mark the whole run. The number of cases
 sent, per operation, is printed and written to ``$CUBE_FUZZ_REPORT`` (default:
 ``fuzz-api-cases.json`` in pytest's temporary directory).
@@ -104,17 +106,6 @@ def load_schema(url: str) -> BaseSchema:
     return schema
 
 
-def unreachable_worker(case: Case, response: Response) -> bool:
-    """A node registering with an address where no worker answers: the manager cannot call
-    it back and says so with a documented 503 (the worker's join retries). The fuzzer's
-    addresses are made up, so this is their fault, not a server error."""
-    return (
-        case.operation.label == "POST /v1/nodes"
-        and response.status_code == 503
-        and response.json().get("error") == "unavailable"
-    )
-
-
 #: Operations run in this order: tasks get created first, so that reading and stopping
 #: them (an ID like "0" is a likely guess, and the manager takes unique prefixes) also
 #: meets real tasks, not only 404s.
@@ -127,7 +118,7 @@ def fuzz(schema: BaseSchema, who: str) -> list[str]:
     Returns one description per distinct failure (operation, check, message), with a
     curl command that reproduces it; the run goes on after a failure to find them all.
     """
-    found: dict[tuple[str, str, str], str] = {}
+    found: Found = {}
     operations = sorted(
         (result.ok() for result in schema.get_all_operations()),
         key=lambda op: (METHOD_ORDER.get(op.method.upper(), 1), op.path),
@@ -136,19 +127,7 @@ def fuzz(schema: BaseSchema, who: str) -> list[str]:
 
     def send(case: Case) -> None:
         SENT[who][case.operation.label] += 1
-        response = case.call(headers=api.HEADERS)
-        excluded = [not_a_server_error] if unreachable_worker(case, response) else []
-        try:
-            case.validate_response(
-                response, checks=CHECKS, excluded_checks=excluded, headers=api.HEADERS
-            )
-        except FailureGroup as group:
-            for failure in group.exceptions:
-                key = (case.operation.label, type(failure).__name__, failure.message)
-                found.setdefault(key, f"{case.operation.label}: {group}")
-        except Failure as failure:
-            key = (case.operation.label, type(failure).__name__, failure.message)
-            found.setdefault(key, f"{case.operation.label}: {failure}\n{case.as_curl_command()}")
+        judge(case, case.call(headers=api.HEADERS), found)
 
     modes = [GenerationMode.POSITIVE, GenerationMode.NEGATIVE]
     for operation in operations:
@@ -165,6 +144,53 @@ def fuzz(schema: BaseSchema, who: str) -> list[str]:
             send(case)
 
         fuzzed()
+    return list(found.values())
+
+
+#: Distinct failures: (operation, check, message) -> a description with a curl command.
+Found = dict[tuple[str, str, str], str]
+
+
+def judge(case: Case, response: Response, found: Found) -> None:
+    """Run ``CHECKS`` on one answer, adding each new failure to ``found``."""
+    try:
+        case.validate_response(response, checks=CHECKS, headers=api.HEADERS)
+    except FailureGroup as group:
+        for failure in group.exceptions:
+            key = (case.operation.label, type(failure).__name__, failure.message)
+            found.setdefault(key, f"{case.operation.label}: {group}")
+    except Failure as failure:
+        key = (case.operation.label, type(failure).__name__, failure.message)
+        found.setdefault(key, f"{case.operation.label}: {failure}\n{case.as_curl_command()}")
+
+
+#: Stateful scenarios per schema, and the most calls in one.
+STATEFUL_EXAMPLES = 40
+STATEFUL_STEPS = 8
+
+STATEFUL_SETTINGS = settings(
+    FUZZ_SETTINGS, max_examples=STATEFUL_EXAMPLES, stateful_step_count=STATEFUL_STEPS
+)
+
+
+def fuzz_stateful(schema: BaseSchema, who: str) -> list[str]:
+    """Schemathesis' stateful phase: scenarios that chain calls along inferred links
+    (the ID a POST answers is the one the next GET or DELETE asks for)."""
+    found: Found = {}
+
+    class Machine(schema.as_state_machine()):  # type: ignore[misc]
+        def get_call_kwargs(self, case: Case) -> dict[str, Any]:
+            return {"headers": api.HEADERS}
+
+        def validate_response(
+            self, response: Response, case: Case, additional_checks: Any = None, **kwargs: Any
+        ) -> None:
+            SENT[who][f"stateful {case.operation.label}"] += 1
+            judge(case, response, found)
+
+    Machine.run(settings=STATEFUL_SETTINGS)
+    chained = {op for op in SENT[who] if op.startswith("stateful ")}
+    assert len(chained) >= 5, f"the stateful phase reached only {sorted(chained)}"
     return list(found.values())
 
 
@@ -185,7 +211,8 @@ def test_manager_api(start_manager: Any, start_worker: Any) -> None:
         return any(n["name"] == worker.name for n in nodes)
 
     wait_for(joined, timeout=30, what=f"{worker.name} to join the manager")
-    problems = fuzz(load_schema(manager.url), "manager")
+    schema = load_schema(manager.url)
+    problems = fuzz(schema, "manager") + fuzz_stateful(schema, "manager")
     assert not problems, "\n\n".join(problems)
     check_agent(manager)
     check_agent(worker)
@@ -193,7 +220,8 @@ def test_manager_api(start_manager: Any, start_worker: Any) -> None:
 
 def test_worker_api(start_worker: Any) -> None:
     worker = start_worker()
-    problems = fuzz(load_schema(worker.url), "worker")
+    schema = load_schema(worker.url)
+    problems = fuzz(schema, "worker") + fuzz_stateful(schema, "worker")
     assert not problems, "\n\n".join(problems)
     check_agent(worker)
 

@@ -10,13 +10,18 @@ by ``openssl`` for the TLS test); containers are real and inspected with ``docke
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import os
 import re
+import resource
 import secrets
 import stat
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +32,7 @@ import psutil
 import pytest
 
 from cube.api.tls import Verify, client_verify
+from cube.task.spec import HIDDEN
 from tests import api
 from tests.conftest import (
     IMAGE,
@@ -38,6 +44,7 @@ from tests.conftest import (
     unique_name,
     wait_for,
 )
+from tests.invariants import assert_converges
 
 pytestmark = pytest.mark.docker
 
@@ -55,6 +62,8 @@ class Agent(AgentProcess):
     #: Environment variables removed from the agent's environment (after ``env`` is applied).
     drop_env: tuple[str, ...] = ()
     data_dir: Path = field(default_factory=Path)
+    #: (soft, hard) limit of open files to start the process with; None: this process' own.
+    open_files: tuple[int, int] | None = None
 
     @property
     def url(self) -> str:
@@ -64,12 +73,19 @@ class Agent(AgentProcess):
         env = {**os.environ, **self.env}
         for key in self.drop_env:
             env.pop(key, None)
+        limits = self.open_files
+
+        def set_limits() -> None:
+            if limits is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "cube", *self.args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
+                preexec_fn=set_limits if limits else None,
             )
         verify = trust(self.ca)
 
@@ -115,6 +131,7 @@ class Agents:
         drop_env: tuple[str, ...] = (),
         scheme: str = "http",
         ca: Path | None = None,
+        open_files: tuple[int, int] | None = None,
     ) -> Agent:
         port = free_port()
         agent = Agent(
@@ -127,6 +144,7 @@ class Agents:
             ca=ca,
             drop_env=drop_env,
             data_dir=data,
+            open_files=open_files,
         )
         self.started.append(agent)
         agent.start()
@@ -892,3 +910,237 @@ def test_agents_listen_on_loopback_only_by_default(cluster: Cluster) -> None:
         assert listening, f"{agent.name} listens nowhere"
         assert {a.ip for a in listening} == {"127.0.0.1"}, listening
         assert {a.port for a in listening} == {agent.port}, listening
+
+
+def listeners(port: int) -> set[str]:
+    """The addresses something on this machine listens on at TCP ``port`` (Docker's proxy)."""
+    return {
+        c.laddr.ip
+        for c in psutil.net_connections(kind="tcp")
+        if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+    }
+
+
+def test_ports_publish_on_the_address_a_port_or_its_worker_names(agents: Agents) -> None:
+    """By default a port is published on every address (0.0.0.0 and ::); ``IP:HOST:PORT``
+    in the spec, or ``cube worker --port-address``, publish it on one address only."""
+    t = Tokens()
+    plain = agents.worker(*t.worker_flags())
+    loopback = agents.worker(*t.worker_flags(), "--port-address", "127.0.0.1")
+    web = sleeper("web", command=["httpd", "-f", "-p", "80"])
+    cases = [  # (worker, ports, the address Docker was asked for)
+        (plain, ["127.0.0.1::80"], "127.0.0.1"),
+        (loopback, ["0:80"], "127.0.0.1"),
+        (plain, ["0:80"], ""),
+    ]
+    for worker, ports, host_ip in cases:
+        task = ok("POST", f"{worker.url}/v1/tasks", t.worker, json={**web, "ports": ports})
+        running = wait_state(worker, t.worker, task["id"], "running")
+        (published,) = running["ports"]
+        assert published["host_ip"] == host_ip, running
+        inspect = json.loads(docker("inspect", running["container_id"]))[0]
+        bindings = inspect["HostConfig"]["PortBindings"]["80/tcp"]
+        assert [b["HostIp"] for b in bindings] == [host_ip], bindings
+        bound = {b["HostIp"] for b in inspect["NetworkSettings"]["Ports"]["80/tcp"]}
+        # The socket itself, where Docker's userland proxy holds one (else iptables does).
+        heard = listeners(published["host"])
+        if host_ip:
+            assert bound == {host_ip}, bound
+            assert heard <= {host_ip}, heard
+        else:
+            assert "0.0.0.0" in bound, bound
+            assert bound <= {"0.0.0.0", "::"}, bound
+            assert heard <= {"0.0.0.0", "::"}, heard
+        response = httpx.get(f"http://127.0.0.1:{published['host']}/", timeout=10)
+        assert response.status_code < 500, response.text
+
+
+# --- secrets --------------------------------------------------------------------------------------
+def test_a_secret_env_value_is_shown_nowhere_but_to_its_container(agents: Agents) -> None:
+    """A task with a secret env value, run from a spec file through the CLI: the value is in
+    no API answer of the manager or the worker, no ``-o json`` output, no container label and
+    no log; the container has it (its output is the value's hash), and after a ``kill -9``
+    of the worker and a restart of the container it has it still (the worker's store)."""
+    secret = "s3cret-" + secrets.token_hex(12)
+    digest = hashlib.sha256(secret.encode()).hexdigest()
+    manager = agents.manager()
+    worker = agents.worker("--manager", manager.url)
+    joined(manager, api.TOKEN, worker.name)
+    spec_file = agents.tmp_path / "secret.yaml"
+    spec_file.write_text(
+        "name: vault\n"
+        f"image: {IMAGE}\n"
+        "command: [sh, -c, 'printf %s \"$TOKEN\" | sha256sum; sleep 600']\n"
+        "env: {PLAIN: visible, TOKEN: {secret: true, value: " + secret + "}}\n"
+        "restart: {policy: always, delay: 0s}\n"
+        "stop_timeout: 1s\n"
+    )
+    run = cube_cli("run", str(spec_file), "--manager", manager.url, env={}, drop_env=())
+    assert run.returncode == 0, run.stderr
+    task_id = run.stdout.strip()
+
+    def container_says(worker_side: bool = False) -> str:
+        where = worker.url if worker_side else manager.url
+        return str(call("GET", f"{where}/v1/tasks/{task_id}/logs", api.TOKEN).text)
+
+    first = wait_state(manager, api.TOKEN, task_id, "running")
+    wait_for(lambda: digest in container_says(), timeout=30, what="the container's hash")
+    assert first["spec"]["env"] == {"PLAIN": "visible", "TOKEN": {"secret": True, "value": HIDDEN}}
+
+    def everything_shown() -> dict[str, str]:
+        """Every answer, CLI output, label and log a reader might look at."""
+        shown: dict[str, str] = {}
+        for agent, paths in (
+            (manager, ["/v1/tasks", "/v1/nodes", f"/v1/nodes/{worker.name}"]),
+            (worker, ["/v1/tasks", "/v1/changes?wait=0", "/v1/stats"]),
+        ):
+            for path in [*paths, f"/v1/tasks/{task_id}", f"/v1/tasks/{task_id}/events"]:
+                shown[agent.name + path] = call("GET", agent.url + path, api.TOKEN).text
+            shown[f"{agent.name} log"] = agent.logs()
+        stop = call("DELETE", f"{manager.url}/v1/tasks/no-such-task", api.TOKEN)
+        shown["404"] = stop.text
+        for args in (["status"], ["status", task_id], ["nodes"]):
+            out = cube_cli(*args, "-o", "json", "--manager", manager.url, env={}, drop_env=())
+            assert out.returncode == 0, out.stderr
+            shown[" ".join(args)] = out.stdout + out.stderr
+        for cid in containers_of(f"cube.worker={worker.name}"):
+            shown[f"labels of {cid[:12]}"] = docker("inspect", "-f", "{{json .Config.Labels}}", cid)
+        return shown
+
+    for where, text in everything_shown().items():
+        assert secret not in text, f"the secret is shown in {where}"
+    labels = json.loads(docker("inspect", "-f", "{{json .Config.Labels}}", first["container_id"]))
+    assert "visible" not in labels["cube.spec"]  # no env value at all in labels
+    env = json.loads(docker("inspect", "-f", "{{json .Config.Env}}", first["container_id"]))
+    assert f"TOKEN={secret}" in env  # the one place it must be
+
+    # The worker comes back from kill -9 and starts a new container with the value: from
+    # its own store, as labels no longer carry it.
+    worker.kill()
+    worker.start()
+    docker("kill", first["container_id"])
+
+    def restarted() -> dict[str, Any] | None:
+        task = task_of(manager, api.TOKEN, task_id)
+        fresh = task["state"] == "running" and task["container_id"] != first["container_id"]
+        return task if fresh else None
+
+    again = wait_for(restarted, timeout=60, what="the task to run in a new container")
+    env = json.loads(docker("inspect", "-f", "{{json .Config.Env}}", again["container_id"]))
+    assert f"TOKEN={secret}" in env
+    wait_for(lambda: digest in container_says(worker_side=True), timeout=30, what="the hash again")
+    for where, text in everything_shown().items():
+        assert secret not in text, f"the secret is shown in {where} after the restart"
+    assert_converges(manager.url, [worker.name], {task_id: "running"})
+
+
+# --- 6. slow clients ------------------------------------------------------------------------------
+#: The issue's attack: connections that send a request's headers a byte a second; and its
+#: variant, whose headers come at once (and get a 401) but whose body never ends.
+SLOW_CLIENTS = 2000
+SLOW_REQUEST = b"GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"x" * 200
+SLOW_BODY = b"POST /v1/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000000\r\n\r\n"
+
+
+class SlowClients:
+    """``count`` connections to ``port``: half send ``SLOW_REQUEST`` a byte a second, half
+    ``SLOW_BODY`` at once then a body a byte a second. Each opens again (after ``RECONNECT``
+    seconds) when the server closes it: the pressure stays on."""
+
+    RECONNECT = 5.0
+
+    def __init__(self, port: int, count: int) -> None:
+        self.port = port
+        self.count = count
+        self.connected = 0  # connections made, reconnections included
+        self.closed_by_server = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=asyncio.run, args=(self._main(),), daemon=True)
+
+    def __enter__(self) -> SlowClients:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+    async def _main(self) -> None:
+        await asyncio.gather(*(self._client(body=i % 2 == 1) for i in range(self.count)))
+
+    async def _client(self, *, body: bool) -> None:
+        while not self._stop.is_set():
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+            except OSError:
+                await asyncio.sleep(1)
+                continue
+            self.connected += 1
+            try:
+                if body:
+                    writer.write(SLOW_BODY)
+                for byte in b"x" * 300 if body else SLOW_REQUEST:
+                    if self._stop.is_set() or reader.at_eof():
+                        break
+                    writer.write(bytes([byte]))
+                    await writer.drain()
+                    await asyncio.sleep(1)
+            except OSError:
+                pass
+            if not self._stop.is_set():
+                self.closed_by_server += 1
+            writer.close()
+            await asyncio.sleep(self.RECONNECT)
+
+
+def test_slow_clients_cannot_lock_out_health(agents: Agents) -> None:
+    """2,000 connections sending headers a byte a second, against a manager started with the
+    issue's open-file limits (soft 256, hard 1,024): health answers each probe within 1 s,
+    the log says once that the limit was reached, and the manager serves normally after."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 2 * SLOW_CLIENTS < hard:  # this test's own sockets
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    t = Tokens()
+    manager = agents.manager(*t.manager_flags(), open_files=(256, 1024))
+    assert manager.proc is not None
+    limits = psutil.Process(manager.proc.pid).rlimit(psutil.RLIMIT_NOFILE)
+    assert limits == (1024, 1024), "the soft limit was not raised to the hard one"
+    log_before = manager.log_path.stat().st_size
+
+    probes: list[float] = []
+    no_reuse = httpx.Limits(max_keepalive_connections=0)  # a new connection per probe
+    with (
+        SlowClients(manager.port, SLOW_CLIENTS) as attack,
+        httpx.Client(timeout=1.0, limits=no_reuse) as client,
+    ):
+        wait_for(lambda: attack.connected >= SLOW_CLIENTS, timeout=60, what="every slow client")
+        # Past the header timeout (10 s): connections were closed for it, and opened again.
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            started = time.monotonic()
+            response = client.get(f"{manager.url}/v1/health")
+            assert response.status_code == 200, response.text
+            probes.append(time.monotonic() - started)
+            time.sleep(0.25)
+        assert attack.closed_by_server > SLOW_CLIENTS // 2, attack.closed_by_server
+
+    assert len(probes) >= 20, probes
+    # A correctness bound, not a benchmark: unguarded, every probe timed out.
+    assert max(probes) < 1.0, sorted(probes)[-5:]
+    logs = manager.logs()
+    assert logs.count("connection limit reached") == 1, logs[-4000:]
+    assert "Too many open files" not in logs
+    assert manager.log_path.stat().st_size - log_before < 64 * 1024
+
+    # The manager serves normally after, and let go of the attack's connections.
+    assert ok("GET", f"{manager.url}/v1/tasks", t.cluster) == []
+    task = ok("POST", f"{manager.url}/v1/tasks", t.cluster, json=sleeper("after"))
+    assert task["state"] == "pending"
+
+    def connections_closed() -> bool:
+        assert manager.proc is not None
+        mine = psutil.Process(manager.proc.pid).net_connections(kind="tcp")
+        return sum(c.status == psutil.CONN_ESTABLISHED for c in mine) < 16
+
+    wait_for(connections_closed, timeout=30, what="the slow connections to close")
+    assert manager.proc.poll() is None

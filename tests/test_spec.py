@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,9 @@ from hypothesis import strategies as st
 
 from cube.errors import InvalidSpec
 from cube.task.spec import (
+    FOR_LABELS,
+    HIDDEN,
+    KEEP_SECRETS,
     HealthCheck,
     PortMapping,
     Protocol,
@@ -155,6 +159,38 @@ def test_errors_name_the_field(fields: dict[str, Any], field: str, fragment: str
     assert fragment in errors[field]
 
 
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"mounts": [{"source": "/a", "target": "/b", "read_only": 0}]}, "mounts.0.read_only"),
+        ({"privileged": "yes"}, "privileged"),
+        ({"resources": {"cpu": True}}, "resources.cpu"),
+        ({"resources": {"cpu": "0.5"}}, "resources.cpu"),
+        ({"ports": [{"container": 80.0}]}, "ports.0.container"),
+        ({"ports": [{"container": "80"}]}, "ports.0.container"),
+        ({"restart": {"max_attempts": True}}, "restart.max_attempts"),
+        ({"restart": {"max_attempts": 2.5}}, "restart.max_attempts"),
+        ({"health": {"tcp": {"port": "80"}}}, "health.tcp.port"),
+    ],
+)
+def test_booleans_and_numbers_are_strict(fields: dict[str, Any], field: str) -> None:
+    """API input is JSON: ``read_only: 0`` is not ``false``, ``"80"`` is not a port number."""
+    assert field in invalid(**fields)
+
+
+def test_the_schema_carries_every_limit_the_validators_enforce() -> None:
+    """A schema-valid request must not be refused for a limit only the code knows."""
+    schema = TaskRequest.model_json_schema()
+    resources = schema["$defs"]["Resources"]["properties"]
+    assert resources["memory"]["minimum"] == 6 * 1024**2
+    assert resources["disk"]["minimum"] == 0
+    assert "ge" not in resources["memory"]  # pydantic's keyword, not JSON schema's
+    names = schema["properties"]["env"]["propertyNames"]["pattern"]
+    assert re.match(names, "GREETING")
+    assert not re.match(names, "1BAD")
+    assert schema["properties"]["stop_timeout"]["maximum"] == 7 * 24 * 3600
+
+
 def test_missing_required_fields_are_named() -> None:
     with pytest.raises(InvalidSpec) as excinfo:
         parse_request({})
@@ -190,7 +226,37 @@ def test_port_short_forms(
     ]
 
 
-@pytest.mark.parametrize("bad", [":80", "80:", "a:80", "0", "70000", "8080:80:80", True])
+@pytest.mark.parametrize(
+    ("short", "host_ip", "host"),
+    [
+        ("127.0.0.1:8080:80", "127.0.0.1", 8080),
+        ("[::1]:8080:80", "::1", 8080),
+        ("127.0.0.1::80", "127.0.0.1", 0),
+        ({"container": 80, "host": 8080, "host_ip": "127.0.0.1"}, "127.0.0.1", 8080),
+    ],
+)
+def test_a_port_may_name_the_host_address(short: Any, host_ip: str, host: int) -> None:
+    """Docker's ``IP:HOST:CONTAINER``, and ``host_ip`` in the long form."""
+    (port,) = spec(ports=[short]).ports
+    assert (port.host_ip, port.host, port.container) == (host_ip, host, 80)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ":80",
+        "80:",
+        "a:80",
+        "0",
+        "70000",
+        "8080:80:80",
+        True,
+        "999.0.0.1:8080:80",
+        "localhost:8080:80",
+        {"container": 80, "host": 1, "host_ip": "example.com"},
+        {"container": 80, "host_ip": "127.0.0.1"},  # an address, but nothing published
+    ],
+)
 def test_bad_ports(bad: Any) -> None:
     assert any(f.startswith("ports.0") for f in invalid(ports=[bad]))
 
@@ -303,7 +369,7 @@ def test_invalid_fields_of_a_file_say_file_line_and_column(tmp_path: Path) -> No
         load_spec_file(path)
     assert sorted(str(e) for e in excinfo.value.errors) == [
         f"{path}:5:3: resources.memory: must be at least 6MiB (the Docker engine's minimum)",
-        f"{path}:6:22: ports.1: invalid port 'bad': use CONTAINER, HOST:CONTAINER or add /udp",
+        f"{path}:6:22: ports.1: invalid port 'bad': use CONTAINER, HOST:CONTAINER or IP:HOST:CONTAINER, and add /udp for UDP",
         f"{path}:9:3: restart.max_atempts: Extra inputs are not permitted",
     ]
     as_json = tmp_path / "web.json"
@@ -357,3 +423,45 @@ def test_parse_request_only_raises_invalid_spec(data: Any) -> None:
         assert all(e.field and e.message for e in outcome.errors)
     else:  # what the API returns as JSON must parse back to the same request
         assert parse_request(outcome.model_dump(mode="json")) == outcome
+
+
+# ----------------------------------------------------------------- secret env
+
+
+def test_secret_env_values_are_hidden_unless_kept() -> None:
+    """Every answer and log shows HIDDEN; the stores and the requests between agents keep the
+    value (KEEP_SECRETS); container labels carry no env value at all (FOR_LABELS)."""
+    request = parse_request(
+        {"name": "a", "image": "b", "env": {"A": "1", "S": {"secret": True, "value": "pw"}}}
+    )
+    assert request.spec().env_values() == {"A": "1", "S": "pw"}  # the container's
+    shown = request.model_dump(mode="json")["env"]
+    assert shown == {"A": "1", "S": {"secret": True, "value": HIDDEN}}
+    assert "pw" not in request.model_dump_json()
+    assert "pw" not in repr(request.model_dump())
+    kept = TaskRequest.model_validate_json(request.model_dump_json(context=KEEP_SECRETS))
+    assert kept == request
+    label = TaskSpec.model_validate_json(request.spec().model_dump_json(context=FOR_LABELS))
+    assert label.env_values() == {"A": HIDDEN, "S": HIDDEN}
+    assert label.env_hidden
+    assert not request.spec().env_hidden
+
+
+def test_a_secret_env_value_must_say_secret_true() -> None:
+    assert list(invalid(env={"S": {"value": "pw"}})) == ["env.S"]
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        (1, "{secret: true, value: STRING}"),
+        ({"value": "pw"}, "{secret: true, value: STRING}"),
+        ("x" * 40000, "at most 32768"),
+        ({"secret": True, "value": "x" * 40000}, "at most 32768"),
+    ],
+)
+def test_a_bad_env_value_is_one_error_naming_the_variable(value: Any, fragment: str) -> None:
+    """Not one error per form an env value may take (``env.A.constrained-str``...)."""
+    errors = invalid(env={"A": value})
+    assert list(errors) == ["env.A"], errors
+    assert fragment in errors["env.A"]

@@ -66,6 +66,24 @@ def test_a_saved_job_and_its_version_come_back_equal(store: Store) -> None:
     assert store.get_job_version("shop", 1) == version
 
 
+def test_a_secret_env_value_is_kept_by_the_store_and_counts_in_the_spec_hash(
+    store: Store,
+) -> None:
+    """Answers show ``<secret>``; the store must keep the value, or a restarted manager
+    would start the job's containers with ``<secret>`` in their environment."""
+
+    def with_secret(value: str) -> JobSpec:
+        task = {"name": "api", "image": "busybox", "env": {"K": {"secret": True, "value": value}}}
+        return parse_job({"job": "vault", "groups": [{"name": "g", "tasks": [task]}]})
+
+    version = JobVersion.of(with_secret("s3cret"), 1, now=T0)
+    store.save_job(Job(id="vault", created_at=T0, updated_at=T0), [version])
+    (back,) = store.job_versions("vault")
+    assert back.spec.groups[0].tasks[0].env_values() == {"K": "s3cret"}
+    assert "s3cret" not in back.model_dump_json()  # what an answer would show
+    assert JobVersion.of(with_secret("other"), 1, now=T0).spec_hash != version.spec_hash
+
+
 def test_unknown_jobs_and_versions_are_not_found(store: Store) -> None:
     assert store.find_job("nope") is None
     with pytest.raises(NotFound, match="job nope not found"):

@@ -80,7 +80,7 @@ def test_httpd_task_runs_and_answers_on_its_published_port(start_worker: Any) ->
     )
     assert response.status_code == 201, response.text
     task = wait_state(worker.url, response.json()["id"], "running")
-    assert task["ports"] == [{"container": 8080, "host": port, "protocol": "tcp"}]
+    assert task["ports"] == [{"container": 8080, "host": port, "protocol": "tcp", "host_ip": ""}]
 
     def answers() -> str | None:
         try:

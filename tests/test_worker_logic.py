@@ -20,7 +20,7 @@ from cube.runtime.base import LABEL_ALLOC_ID, LABEL_TASK_ID
 from cube.runtime.fake import FakeRuntime
 from cube.store.memory import MemoryStore
 from cube.task.model import DesiredState, Task, TaskEvent
-from cube.task.spec import AllocRef, TaskRequest
+from cube.task.spec import HIDDEN, AllocRef, RestartPolicy, TaskRequest
 from cube.task.state import State
 from cube.worker import runner as runner_module
 from cube.worker.agent import Worker
@@ -478,7 +478,11 @@ async def test_adoption_with_an_empty_store_rebuilds_the_task_from_labels(
     new = await make_worker(store=MemoryStore())
 
     rebuilt = new.get(task.id)
-    assert rebuilt.spec == submitted.spec()
+    # Labels carry no env value: the container runs on with its own, but a new one would
+    # not get them, so the rebuilt task is not restarted (README: --store memory).
+    hidden = {"env": {"A": HIDDEN}, "restart": RestartPolicy()}
+    assert rebuilt.spec == submitted.spec().model_copy(update=hidden)
+    assert "will not be restarted" in new.events(task.id)[0].reason
     assert rebuilt.state is State.RUNNING
     assert rebuilt.container_id == container
     assert rebuilt.node == "w1"

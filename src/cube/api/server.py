@@ -10,11 +10,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
 from collections.abc import Awaitable, Callable, Iterator
 
 import uvicorn
 from fastapi import FastAPI
 
+from cube.api.guard import (
+    IDLE_TIMEOUT,
+    guarded_protocol,
+    process_guard,
+    quiet_accept_errors,
+    widen_backlog,
+)
 from cube.api.tls import Tls
 from cube.errors import CubeError
 from cube.log import get_logger
@@ -29,8 +37,14 @@ class Server(uvicorn.Server):
     def capture_signals(self) -> Iterator[None]:
         yield
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        for server in getattr(self, "servers", []):  # none if the port was taken
+            widen_backlog(server)
+
 
 def make_server(app: FastAPI, *, host: str, port: int, tls: Tls | None = None) -> Server:
+    guard = process_guard()
     config = uvicorn.Config(
         app,
         host=host,
@@ -41,6 +55,10 @@ def make_server(app: FastAPI, *, host: str, port: int, tls: Tls | None = None) -
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=10,
+        # A header timeout and a connection cap (see cube.api.guard), and an idle timeout.
+        http=guarded_protocol(guard),
+        backlog=guard.backlog,
+        timeout_keep_alive=int(IDLE_TIMEOUT),
     )
     return Server(config)
 
@@ -59,6 +77,7 @@ async def serve(
     flight: a worker answers its blocking queries then, instead of holding them.
     """
     loop = asyncio.get_running_loop()
+    quiet_accept_errors(loop)
 
     def stop_all(sig: int) -> None:
         if on_exit is not None:

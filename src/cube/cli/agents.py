@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import os
 import re
 import socket
@@ -113,6 +114,7 @@ class NodeOptions:
     labels: tuple[str, ...]
     allow: tuple[str, ...]
     datacenter: str | None = None
+    port_address: str = ""
 
     def node_labels(self) -> dict[str, str]:
         """The labels the node reports: ``--label`` ones, and ``datacenter`` (see
@@ -135,12 +137,19 @@ def _datacenter_name(ctx: click.Context, param: click.Parameter, value: str | No
     return value
 
 
+def _ip_address(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value)) if value else ""
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an IP address") from None
+
+
 def _node_options(func: Callable[..., None]) -> Callable[..., None]:
     """Add the worker's capacity, label and privilege flags, passed on as ``node=NodeOptions``."""
 
     @functools.wraps(func)
     def wrapper(**kwargs: Any) -> None:
-        keys = ("cpu", "memory", "disk", "labels", "allow", "datacenter")
+        keys = ("cpu", "memory", "disk", "labels", "allow", "datacenter", "port_address")
         node = NodeOptions(*(kwargs.pop(k) for k in keys))
         func(node=node, **kwargs)
 
@@ -171,6 +180,14 @@ def _node_options(func: Callable[..., None]) -> Callable[..., None]:
             callback=_datacenter_name,
             help=f"The datacenter this node is in; jobs name the datacenters they run in"
             f"  [default: {DEFAULT_DATACENTER}]",
+        ),
+        click.option(
+            "--port-address",
+            default="",
+            callback=_ip_address,
+            metavar="IP",
+            help="Publish task ports on this address only, unless a port names its own "
+            "(IP:HOST:CONTAINER)  [default: every address, 0.0.0.0 and ::]",
         ),
     ]
     out: Callable[..., None] = wrapper
@@ -203,7 +220,7 @@ def _build_worker(
         disk=node.disk if node.disk is not None else found.disk,
     )
     store = open_store(store_kind, data)
-    runtime = DockerRuntime()
+    runtime = DockerRuntime(port_address=node.port_address)
     worker = Worker(
         name=name,
         runtime=runtime,

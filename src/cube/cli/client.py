@@ -27,7 +27,7 @@ from cube.job.model import Allocation, Job, JobVersion
 from cube.job.wire import JobDetail, JobPlan
 from cube.node import Node
 from cube.task.model import Task, TaskEvent
-from cube.task.spec import TaskRequest
+from cube.task.spec import KEEP_SECRETS, TaskRequest
 
 DEFAULT_ADDR = "http://127.0.0.1:5555"
 ADDR_ENV = "CUBE_ADDR"
@@ -123,7 +123,7 @@ class ManagerClient:
     # --- tasks
 
     def run(self, request: TaskRequest) -> Task:
-        body = request.model_dump(mode="json", exclude_none=True)
+        body = request.model_dump(mode="json", exclude_none=True, context=KEEP_SECRETS)
         return self._parse(_TASK, self._send("POST", "/v1/tasks", json=body))
 
     def tasks(self, *, state: str | None = None, node: str | None = None) -> list[Task]:

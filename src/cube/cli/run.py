@@ -17,7 +17,13 @@ from cube.cli.errors import handle_errors
 from cube.cli.options import SIZE, duration_callback, pairs_callback
 from cube.cli.output import short
 from cube.task.model import DesiredState, Task
-from cube.task.spec import RestartPolicyName, TaskRequest, load_spec_file, parse_request
+from cube.task.spec import (
+    KEEP_SECRETS,
+    RestartPolicyName,
+    TaskRequest,
+    load_spec_file,
+    parse_request,
+)
 from cube.task.state import State
 from cube.units import format_duration
 
@@ -80,7 +86,11 @@ def build_request(spec_file: Path | None, flags: RunFlags) -> TaskRequest:
     Validation is the spec's own, so an error names the field (``resources.memory``)
     and the limits live in one place.
     """
-    base = load_spec_file(spec_file).model_dump(mode="json", exclude_none=True) if spec_file else {}
+    base = (
+        load_spec_file(spec_file).model_dump(mode="json", exclude_none=True, context=KEEP_SECRETS)
+        if spec_file
+        else {}
+    )
     return parse_request(flags.apply(base))
 
 

@@ -46,6 +46,7 @@ from pydantic import BaseModel, Field
 from cube.errors import IllegalTransition
 from cube.job.spec import GroupSpec, JobSpec
 from cube.task.model import utcnow
+from cube.task.spec import KEEP_SECRETS
 from cube.task.state import State
 
 
@@ -64,7 +65,7 @@ def spec_hash(spec: JobSpec) -> str:
 
     Hashed after parsing, so ``memory: 64MiB`` and ``memory: 67108864`` are the same spec.
     """
-    return _digest(spec.model_dump(mode="json"))
+    return _digest(spec.model_dump(mode="json", context=KEEP_SECRETS))
 
 
 def group_hash(spec: JobSpec, group: GroupSpec) -> str:
@@ -77,7 +78,7 @@ def group_hash(spec: JobSpec, group: GroupSpec) -> str:
     """
     return _digest(
         {
-            "tasks": [task.model_dump(mode="json") for task in group.tasks],
+            "tasks": [task.model_dump(mode="json", context=KEEP_SECRETS) for task in group.tasks],
             "constraints": [spec.constraints, group.constraints],
             "datacenters": sorted(spec.datacenters),
         }

@@ -46,7 +46,7 @@ from cube.node import JoinAnswer, Node, NodeReport, NodeState
 from cube.scheduler import Scheduler, allocate, allocate_all
 from cube.store.base import Store
 from cube.task.model import DesiredState, Task, TaskEvent
-from cube.task.spec import TaskRequest
+from cube.task.spec import KEEP_SECRETS, TaskRequest
 from cube.task.state import TERMINAL, State
 
 log = get_logger("cube.manager")
@@ -310,7 +310,9 @@ class Manager:
             report = await self.workers.stats(address)
         except CubeError as exc:
             self._remember(address, previous)
-            raise Unavailable(f"cannot reach the worker at {address}: {exc.message}") from None
+            # The caller's input: an address nobody answers at is a 422 naming it.
+            why = f"no worker answers here: {exc.message}"
+            raise InvalidSpec([FieldError("address", why)]) from None
         if report.name != name:
             raise InvalidSpec(
                 [FieldError("name", f"the worker at {address} is named {report.name!r}")]
@@ -482,9 +484,8 @@ class Manager:
 
     async def _send_once(self, task: Task, node: Node) -> None:
         alloc = None if task.alloc is None else task.alloc.model_dump()
-        request = TaskRequest.model_validate(
-            {**task.spec.model_dump(), "id": task.id, "alloc": alloc}
-        )
+        spec = task.spec.model_dump(context=KEEP_SECRETS)
+        request = TaskRequest.model_validate({**spec, "id": task.id, "alloc": alloc})
         try:
             reported = await self.workers.run(node.address, request)
         except InvalidSpec as exc:  # the node refuses this spec: trying again will not help

@@ -59,7 +59,7 @@ from cube.manager.allocs import (
 from cube.node import Node
 from cube.scheduler import Decision, allocate
 from cube.task.model import DesiredState, Task
-from cube.task.spec import AllocRef
+from cube.task.spec import KEEP_SECRETS, AllocRef
 
 if TYPE_CHECKING:
     from cube.manager.core import Manager
@@ -180,7 +180,7 @@ class JobService:
             ) from None
         if spec.type is JobType.SYSTEM:
             raise InvalidSpec([FieldError("count", "a system job runs on every eligible node")])
-        data = spec.model_dump(mode="json")
+        data = spec.model_dump(mode="json", context=KEEP_SECRETS)
         data["groups"][index]["count"] = count
         scaled, _ = self.submit(JobSpec.model_validate(data))
         return scaled

@@ -12,7 +12,7 @@ from cube.api.tls import Verify, shared_verify
 from cube.node import NODE_TIMEOUT_HEADER, NodeReport
 from cube.protocol import TaskChanges
 from cube.task.model import Task, TaskEvent
-from cube.task.spec import TaskRequest
+from cube.task.spec import KEEP_SECRETS, TaskRequest
 
 _TASKS = TypeAdapter(list[Task])
 _EVENTS = TypeAdapter(list[TaskEvent])
@@ -125,7 +125,7 @@ class WorkerClient:
         return TaskChanges.model_validate_json(check(response).content)
 
     async def run(self, address: str, request: TaskRequest) -> Task:
-        body = request.model_dump(mode="json")
+        body = request.model_dump(mode="json", context=KEEP_SECRETS)
         response = await self._request("POST", address, "/tasks", json=body)
         return Task.model_validate_json(response.content)
 

@@ -47,9 +47,14 @@ def socket_from_env() -> str:
 class DockerRuntime:
     """:class:`~cube.runtime.base.ContainerRuntime` on a local Docker engine."""
 
-    def __init__(self, *, socket: str | None = None, pull_timeout: float = 600.0) -> None:
+    def __init__(
+        self, *, socket: str | None = None, pull_timeout: float = 600.0, port_address: str = ""
+    ) -> None:
         self.socket = socket or socket_from_env()
         self.pull_timeout = pull_timeout
+        #: Where a port that names no ``host_ip`` is published: "" is every address
+        #: (Docker's 0.0.0.0 and ::), else one (``cube worker --port-address``).
+        self.port_address = port_address
         self._client = httpx.AsyncClient(
             # The limits go on the transport: a client given a transport ignores its own.
             # No cap on connections: a short call must never queue behind the log and
@@ -103,7 +108,10 @@ class DockerRuntime:
     ) -> ContainerInfo:
         await self.ensure_image(config.image, on_progress=on_progress)
         created = await self._call(
-            "POST", "/containers/create", params={"name": config.name}, json=_create_body(config)
+            "POST",
+            "/containers/create",
+            params={"name": config.name},
+            json=_create_body(config, port_address=self.port_address),
         )
         container_id: str = created.json()["Id"]
         try:
@@ -305,7 +313,7 @@ def _engine_error(response: httpx.Response, *, prefix: str = "") -> Exception:
     return ContainerError(message)
 
 
-def _create_body(config: ContainerConfig) -> dict[str, Any]:
+def _create_body(config: ContainerConfig, *, port_address: str = "") -> dict[str, Any]:
     exposed: dict[str, dict[str, Any]] = {}
     bindings: dict[str, list[dict[str, str]]] = {}
     for port in config.ports:
@@ -313,7 +321,10 @@ def _create_body(config: ContainerConfig) -> dict[str, Any]:
         exposed[key] = {}
         if port.host is not None:
             bindings.setdefault(key, []).append(
-                {"HostIp": "", "HostPort": str(port.host) if port.host else ""}
+                {
+                    "HostIp": port.host_ip or port_address,
+                    "HostPort": str(port.host) if port.host else "",
+                }
             )
     body: dict[str, Any] = {
         "Image": config.image,
@@ -369,13 +380,16 @@ def _info_from_inspect(data: dict[str, Any]) -> ContainerInfo:
     ports: list[PublishedPort] = []
     for key, binds in ((data.get("NetworkSettings") or {}).get("Ports") or {}).items():
         number, _, proto = key.partition("/")
-        for bind in binds or []:
-            if bind.get("HostIp") in ("", "0.0.0.0", "127.0.0.1"):  # skip the IPv6 duplicate
-                ports.append(
-                    PublishedPort(
-                        container=int(number), host=int(bind["HostPort"]), protocol=Protocol(proto)
-                    )
+        for bind in _without_ipv6_twins(binds or []):
+            ip = bind.get("HostIp") or ""
+            ports.append(
+                PublishedPort(
+                    container=int(number),
+                    host=int(bind["HostPort"]),
+                    protocol=Protocol(proto),
+                    host_ip="" if ip in ("0.0.0.0", "::") else ip,
                 )
+            )
     running = bool(state.get("Running"))
     return ContainerInfo(
         id=data["Id"],
@@ -394,6 +408,14 @@ def _info_from_inspect(data: dict[str, Any]) -> ContainerInfo:
         memory=host.get("Memory") or 0,
         ip=_container_ip(data.get("NetworkSettings") or {}),
     )
+
+
+def _without_ipv6_twins(binds: list[dict[str, str]]) -> list[dict[str, str]]:
+    """A port published on every address is listed twice, 0.0.0.0 and :: (with another host
+    port when Docker picked a free one, on 20.10): keep the IPv4 one, as clients use it."""
+    if any(b.get("HostIp") == "0.0.0.0" for b in binds):
+        return [b for b in binds if b.get("HostIp") != "::"]
+    return binds
 
 
 def _container_ip(network: dict[str, Any]) -> str:

@@ -36,6 +36,7 @@ from cube.store.failures import MOVE_IT_AWAY, explained, store_error
 from cube.store.files import private
 from cube.store.sqlite_jobs import SqliteJobTables, create_job_tables
 from cube.task.model import Task, TaskEvent
+from cube.task.spec import KEEP_SECRETS
 from cube.task.state import State
 
 #: Stored in ``PRAGMA user_version``; bump it and add a migration when the schema changes.
@@ -142,7 +143,7 @@ class SqliteStore(SqliteJobTables):
     # --- tasks -----------------------------------------------------------------------------
     @explained
     def save_task(self, task: Task, events: Sequence[TaskEvent] = ()) -> None:
-        data = task.model_dump_json()
+        data = task.model_dump_json(context=KEEP_SECRETS)  # the file is 0600
         with self._write() as conn:
             conn.execute(_UPSERT_TASK, (task.id, task.name, task.state.value, task.node, data))
             self._insert_events(conn, task.id, events)

@@ -21,6 +21,7 @@ from cube.errors import Conflict, NotFound
 from cube.job.model import Allocation, Job, JobVersion
 from cube.store.base import found
 from cube.store.failures import explained
+from cube.task.spec import KEEP_SECRETS
 
 JOB_TABLES = (
     # seq orders jobs and allocations oldest first; an upsert keeps it, as for tasks.
@@ -93,7 +94,10 @@ class SqliteJobTables:
             conn.executemany(
                 "INSERT INTO job_versions (job, number, spec_hash, data) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT (job, number) DO NOTHING",
-                [(v.job, v.number, v.spec_hash, v.model_dump_json()) for v in versions],
+                [
+                    (v.job, v.number, v.spec_hash, v.model_dump_json(context=KEEP_SECRETS))
+                    for v in versions
+                ],
             )
 
     @explained
@@ -142,7 +146,7 @@ class SqliteJobTables:
     # --- allocations -----------------------------------------------------------------------
     @explained
     def save_allocations(self, allocations: Sequence[Allocation]) -> None:
-        rows = [(a.id, a.job, a.node, a.model_dump_json()) for a in allocations]
+        rows = [(a.id, a.job, a.node, a.model_dump_json(context=KEEP_SECRETS)) for a in allocations]
         with self._write() as conn:
             for job in {a.job for a in allocations}:
                 if conn.execute("SELECT 1 FROM jobs WHERE id = ?", (job,)).fetchone() is None:

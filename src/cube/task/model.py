@@ -40,6 +40,8 @@ class PublishedPort(BaseModel):
     container: int
     host: int
     protocol: Protocol = Protocol.TCP
+    #: The one node address it is published on; "" for every address (0.0.0.0 and ::).
+    host_ip: str = ""
 
 
 class TaskEvent(BaseModel):

@@ -15,20 +15,28 @@ Sizes and durations are parsed here, once, into bytes and seconds.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import shlex
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
+    SerializationInfo,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
     ValidationError,
+    field_serializer,
     field_validator,
     model_validator,
 )
@@ -40,18 +48,54 @@ from cube.units import parse_duration, parse_size
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 #: Image references: registry/repo:tag@digest, conservatively.
 IMAGE_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9._/:@-]{0,254}$"
-_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: Environment variable names, as POSIX shells take them.
+ENV_KEY_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+_ENV_KEY = re.compile(ENV_KEY_PATTERN)
 
 MAX_CPU = 1024.0
 MAX_MEMORY = 1 << 50  # 1 PiB: anything larger is a typo
+MIN_MEMORY = 6 * 1024**2  # the Docker engine refuses a smaller memory limit
 MAX_DURATION = 7 * 24 * 3600.0
 
-Bytes = Annotated[int, BeforeValidator(parse_size), Field(ge=0, le=MAX_MEMORY)]
-Seconds = Annotated[float, BeforeValidator(parse_duration), Field(ge=0, le=MAX_DURATION)]
+
+def _bounds(minimum: float, maximum: float) -> Callable[[dict[str, Any]], None]:
+    """JSON schema bounds for a parsed field: pydantic cannot put ``ge``/``le`` behind a
+    ``BeforeValidator`` into the schema (it leaves them as unknown keywords)."""
+
+    def extra(schema: dict[str, Any]) -> None:
+        schema.pop("ge", None)
+        schema.pop("le", None)
+        schema.update(minimum=minimum, maximum=maximum)
+
+    return extra
+
+
+Bytes = Annotated[
+    int,
+    BeforeValidator(parse_size),
+    Field(ge=0, le=MAX_MEMORY, json_schema_extra=_bounds(0, MAX_MEMORY)),
+]
+Seconds = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    Field(ge=0, le=MAX_DURATION, json_schema_extra=_bounds(0, MAX_DURATION)),
+]
+#: Memory a container may be limited to: Bytes, with the engine's floor (checked by
+#: Resources._memory_floor, to say it in MiB).
+Memory = Annotated[
+    int,
+    BeforeValidator(parse_size),
+    Field(ge=0, le=MAX_MEMORY, json_schema_extra=_bounds(MIN_MEMORY, MAX_MEMORY)),
+]
 
 
 class _Model(BaseModel):
-    """Base of every spec model: unknown fields are an error, not silently ignored."""
+    """Base of every spec model: unknown fields are an error, not silently ignored.
+
+    Booleans, integers and floats are strict (``StrictBool`` and friends): ``read_only: 0``
+    or ``privileged: "yes"`` is an error, not a guess. Sizes and durations keep their
+    short forms (``64MiB``, ``5s``): they are parsed, once, by their own validators.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -61,29 +105,67 @@ class Protocol(StrEnum):
     UDP = "udp"
 
 
-class PortMapping(_Model):
-    """A container port, optionally published on the node at ``host`` (0 = any free port)."""
+#: Docker's short form of a port: ``[IP:][HOST:]CONTAINER[/PROTOCOL]``, IPv6 in brackets.
+_PORT_SHORT = re.compile(
+    r"^(?:(?P<ip>\d{1,3}(?:\.\d{1,3}){3}|\[[0-9A-Fa-f:.]+\]):)?"
+    r"(?:(?P<host>\d*):)?(?P<container>\d+)(?:/(?P<protocol>[a-z]+))?$"
+)
 
-    container: int = Field(ge=1, le=65535)
-    host: int | None = Field(default=None, ge=0, le=65535)
+
+def _check_ip(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError(f"not an IP address: {value!r}") from None
+    return value
+
+
+class PortMapping(_Model):
+    """A container port, optionally published on the node at ``host`` (0 = any free port),
+    on ``host_ip`` only if given (else the worker's ``--port-address``, else every address)."""
+
+    container: StrictInt = Field(ge=1, le=65535)
+    host: StrictInt | None = Field(default=None, ge=0, le=65535)
+    host_ip: Annotated[str | None, AfterValidator(_check_ip)] = Field(
+        default=None,
+        max_length=45,
+        pattern=r"^[0-9A-Fa-f:.]+$",
+        description="the node's address to publish on, e.g. 127.0.0.1 or ::1",
+    )
     protocol: Protocol = Protocol.TCP
 
     @model_validator(mode="before")
     @classmethod
     def _from_string(cls, value: Any) -> Any:
-        """Accept Docker's short forms: ``"8080"``, ``"8080:80"``, ``"53:53/udp"``, ``80``."""
+        """Accept Docker's short forms: ``"8080"``, ``"8080:80"``, ``"53:53/udp"``, ``80``,
+        ``"127.0.0.1:8080:80"``, ``"[::1]:8080:80"``, ``"127.0.0.1::80"`` (any free port)."""
         if isinstance(value, int) and not isinstance(value, bool):
             return {"container": value}
         if not isinstance(value, str):
             return value
-        text, _, proto = value.partition("/")
-        host, sep, container = text.rpartition(":")
-        if not container.isdigit() or (sep and not host.isdigit()):
-            raise ValueError(f"invalid port {value!r}: use CONTAINER, HOST:CONTAINER or add /udp")
-        out: dict[str, Any] = {"container": int(container), "protocol": proto or "tcp"}
-        if sep:
-            out["host"] = int(host)
+        match = _PORT_SHORT.match(value)
+        if match is None or (match["host"] == "" and not match["ip"]):
+            raise ValueError(
+                f"invalid port {value!r}: use CONTAINER, HOST:CONTAINER or IP:HOST:CONTAINER, "
+                "and add /udp for UDP"
+            )
+        out: dict[str, Any] = {
+            "container": int(match["container"]),
+            "protocol": match["protocol"] or "tcp",
+        }
+        if match["host"] is not None:
+            out["host"] = int(match["host"] or 0)
+        if match["ip"]:
+            out["host_ip"] = match["ip"].strip("[]")
+            out.setdefault("host", 0)
         return out
+
+    @model_validator(mode="after")
+    def _published_if_addressed(self) -> PortMapping:
+        if self.host_ip is not None and self.host is None:
+            raise ValueError("host_ip needs host (0 for any free port)")
+        return self
 
 
 class Resources(_Model):
@@ -93,14 +175,14 @@ class Resources(_Model):
     (Docker cannot cap a container's writable layer on every storage driver).
     """
 
-    cpu: float = Field(default=0.1, gt=0, le=MAX_CPU)
-    memory: Bytes = Field(default=64 * 1024**2)
+    cpu: StrictFloat = Field(default=0.1, gt=0, le=MAX_CPU)
+    memory: Memory = Field(default=64 * 1024**2)
     disk: Bytes = Field(default=0)
 
     @field_validator("memory")
     @classmethod
     def _memory_floor(cls, value: int) -> int:
-        if value < 6 * 1024**2:
+        if value < MIN_MEMORY:
             raise ValueError("must be at least 6MiB (the Docker engine's minimum)")
         return value
 
@@ -119,9 +201,9 @@ class RestartPolicy(_Model):
     """
 
     policy: RestartPolicyName = RestartPolicyName.NEVER
-    max_attempts: int | None = Field(default=None, ge=0, le=1_000_000)
+    max_attempts: StrictInt | None = Field(default=None, ge=0, le=1_000_000)
     delay: Seconds = 1.0
-    backoff: float = Field(default=2.0, ge=1.0, le=10.0)
+    backoff: StrictFloat = Field(default=2.0, ge=1.0, le=10.0)
     max_delay: Seconds = 30.0
 
     @model_validator(mode="before")
@@ -132,13 +214,13 @@ class RestartPolicy(_Model):
 
 
 class HttpCheck(_Model):
-    port: int = Field(ge=1, le=65535)
+    port: StrictInt = Field(ge=1, le=65535)
     path: str = Field(default="/", max_length=1024, pattern=r"^/")
-    expected_status: int = Field(default=200, ge=100, le=599)
+    expected_status: StrictInt = Field(default=200, ge=100, le=599)
 
 
 class TcpCheck(_Model):
-    port: int = Field(ge=1, le=65535)
+    port: StrictInt = Field(ge=1, le=65535)
 
 
 class HealthCheck(_Model):
@@ -148,7 +230,7 @@ class HealthCheck(_Model):
     tcp: TcpCheck | None = None
     interval: Seconds = 5.0
     timeout: Seconds = 2.0
-    failure_threshold: int = Field(default=3, ge=1, le=100)
+    failure_threshold: StrictInt = Field(default=3, ge=1, le=100)
     start_period: Seconds = 0.0
 
     @model_validator(mode="after")
@@ -163,7 +245,7 @@ class Mount(_Model):
 
     source: str = Field(min_length=1, max_length=4096, pattern=r"^/")
     target: str = Field(min_length=1, max_length=4096, pattern=r"^/")
-    read_only: bool = True
+    read_only: StrictBool = True
 
 
 class Privilege(StrEnum):
@@ -172,6 +254,31 @@ class Privilege(StrEnum):
     PRIVILEGED = "privileged"
     HOST_NETWORK = "host-network"
     HOST_MOUNTS = "host-mounts"
+
+
+#: What an answer, a label or a log shows in place of a secret env value.
+HIDDEN = "<secret>"
+#: Serialization contexts (``model_dump(context=...)``). Without one, secret env values are
+#: shown as HIDDEN: every API answer and log. KEEP_SECRETS is for the few places that must
+#: carry them: the stores (files of mode 0600), the manager's request to a worker, the CLI's
+#: request to the manager. FOR_LABELS hides every env value, secret or not: container
+#: labels are readable by anyone who may run ``docker inspect``.
+KEEP_SECRETS: dict[str, str] = {"env": "keep"}
+FOR_LABELS: dict[str, str] = {"env": "hide-all"}
+
+EnvText = Annotated[str, Field(max_length=32768)]
+
+
+class SecretValue(_Model):
+    """An env value no answer, label or log shows: ``{secret: true, value: ...}``."""
+
+    secret: Literal[True]
+    value: EnvText
+
+
+def _env_mode(info: SerializationInfo) -> str:
+    context = info.context
+    return str(context.get("env", "")) if isinstance(context, dict) else ""
 
 
 def _split_command(value: Any) -> Any:
@@ -187,14 +294,18 @@ class TaskSpec(_Model):
     command: Annotated[
         list[Annotated[str, Field(max_length=4096)]], BeforeValidator(_split_command)
     ] = Field(default_factory=list, max_length=256)
-    env: dict[str, Annotated[str, Field(max_length=32768)]] = Field(
-        default_factory=dict, max_length=256
+    # Names are checked by _env_keys (to name the variable) and shown in the schema.
+    env: dict[str, EnvText | SecretValue] = Field(
+        default_factory=dict,
+        max_length=256,
+        json_schema_extra={"propertyNames": {"pattern": ENV_KEY_PATTERN}},
+        description="a value, or {secret: true, value: ...} for one no answer shows back",
     )
     ports: list[PortMapping] = Field(default_factory=list, max_length=64)
     resources: Resources = Field(default_factory=Resources)
     restart: RestartPolicy = Field(default_factory=RestartPolicy)
     health: HealthCheck | None = None
-    privileged: bool = Field(default=False, description="full access to the host's devices")
+    privileged: StrictBool = Field(default=False, description="full access to the host's devices")
     network: Literal["bridge", "host", "none"] = "bridge"
     mounts: list[Mount] = Field(default_factory=list, max_length=32)
     stop_timeout: Seconds = Field(
@@ -209,11 +320,35 @@ class TaskSpec(_Model):
 
     @field_validator("env")
     @classmethod
-    def _env_keys(cls, value: dict[str, str]) -> dict[str, str]:
+    def _env_keys(cls, value: dict[str, str | SecretValue]) -> dict[str, str | SecretValue]:
         for key in value:
             if not _ENV_KEY.match(key):
                 raise ValueError(f"invalid variable name {key!r}")
         return value
+
+    @field_serializer("env")
+    def _hide_secrets(
+        self, env: dict[str, str | SecretValue], info: SerializationInfo
+    ) -> dict[str, Any]:
+        """Secret values become HIDDEN unless the context is KEEP_SECRETS (see there)."""
+        mode = _env_mode(info)
+        out: dict[str, Any] = {}
+        for key, value in env.items():
+            if isinstance(value, str):
+                out[key] = HIDDEN if mode == "hide-all" else value
+            else:
+                shown = value.value if mode == "keep" else HIDDEN
+                out[key] = {"secret": True, "value": shown}
+        return out
+
+    def env_values(self) -> dict[str, str]:
+        """The environment the container gets: every value, in clear."""
+        return {k: v if isinstance(v, str) else v.value for k, v in self.env.items()}
+
+    @property
+    def env_hidden(self) -> bool:
+        """Whether env values were lost (a spec rebuilt from a container's label)."""
+        return HIDDEN in self.env_values().values()
 
     @field_validator("ports")
     @classmethod
@@ -269,7 +404,9 @@ class TaskRequest(TaskSpec):
     alloc: AllocRef | None = None
 
     def spec(self) -> TaskSpec:
-        return TaskSpec.model_validate(self.model_dump(exclude={"id", "alloc"}))
+        return TaskSpec.model_validate(
+            self.model_dump(exclude={"id", "alloc"}, context=KEEP_SECRETS)
+        )
 
 
 #: The longest key an error message repeats: an unknown key can be a whole body long.
@@ -289,11 +426,27 @@ def field_errors(exc: ValidationError, *, prefix: str = "") -> list[FieldError]:
     """Turn pydantic's errors into ``FieldError`` with dotted paths (``resources.memory``)."""
     out: list[FieldError] = []
     for err in exc.errors(include_url=False):
-        path = ".".join(_key(p) for p in err["loc"])
-        path = f"{prefix}.{path}" if prefix and path else (prefix or path)
+        loc = err["loc"]
         message = err["msg"].removeprefix("Value error, ")
-        out.append(FieldError(path or "body", message))
+        if _ENV_UNION in loc or "SecretValue" in loc:  # an env value: one error, not one per form
+            as_text = _ENV_UNION in loc
+            cut = loc.index(_ENV_UNION if as_text else "SecretValue")
+            whole = cut == len(loc) - 1  # about the value itself, not a field of a secret
+            if whole and as_text != isinstance(err["input"], str):
+                continue  # a string was given and this is the secret form's error, or back
+            loc = loc[:cut]
+            message = message if err["type"] == "string_too_long" else ENV_VALUE_FORMS
+        path = ".".join(_key(p) for p in loc)
+        path = f"{prefix}.{path}" if prefix and path else (prefix or path)
+        error = FieldError(path or "body", message)
+        if error not in out:
+            out.append(error)
     return out
+
+
+#: How pydantic names the plain-string form of an env value in an error's location.
+_ENV_UNION = "constrained-str"
+ENV_VALUE_FORMS = "expected a string, or {secret: true, value: STRING}"
 
 
 def parse_request(data: Any) -> TaskRequest:

@@ -46,7 +46,7 @@ from cube.runtime.base import (
 )
 from cube.store.base import Store
 from cube.task.model import DesiredState, Task, TaskEvent
-from cube.task.spec import Privilege, TaskRequest, TaskSpec, privileges
+from cube.task.spec import Privilege, RestartPolicy, TaskRequest, TaskSpec, privileges
 from cube.task.state import State
 from cube.worker.alloc_runner import Allocations, AllocRunner
 from cube.worker.authority import Resume, resume, should_stop_tasks
@@ -439,9 +439,15 @@ class Worker:
                 task=task_id,
             )
             return None
+        reason = "rebuilt from labels"
+        if spec.env_hidden:
+            # Labels carry no env value: this container keeps the ones it was started with,
+            # but a new one would get "<secret>". So it runs until it exits, and no longer.
+            spec = spec.model_copy(update={"restart": RestartPolicy()})
+            reason += " without env values (labels carry none): it will not be restarted"
         alloc = alloc_from_labels(container.labels)
         task = Task(id=task_id, spec=spec, node=self.name, alloc=alloc)
-        self.store.save_task(task, [TaskEvent(state=State.PENDING, reason="rebuilt from labels")])
+        self.store.save_task(task, [TaskEvent(state=State.PENDING, reason=reason)])
         return task
 
     # --- allocations ---------------------------------------------------------------------------

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import Awaitable, Callable
 
@@ -29,7 +28,7 @@ from cube.runtime.base import (
 )
 from cube.store.base import Store
 from cube.task.model import DesiredState, Health, Task
-from cube.task.spec import HealthCheck, RestartPolicyName
+from cube.task.spec import FOR_LABELS, HealthCheck, RestartPolicyName
 from cube.task.state import TERMINAL, State
 from cube.units import format_size
 from cube.worker.engine import EngineWatch
@@ -56,14 +55,14 @@ def container_config(task: Task, node: str) -> ContainerConfig:
         name=container_name(task, node),
         image=spec.image,
         command=list(spec.command),
-        env=dict(spec.env),
+        env=spec.env_values(),
         labels={
             **spec.labels,
             **task_labels(
                 task_id=task.id,
                 task_name=spec.name,
                 worker=node,
-                spec_json=json.dumps(spec.model_dump(mode="json"), separators=(",", ":")),
+                spec_json=spec.model_dump_json(context=FOR_LABELS),  # no env value
             ),
         },
         ports=list(spec.ports),
