@@ -291,7 +291,13 @@ def test_a_returning_worker_keeps_the_tasks_that_found_no_other_node(
         what="its tasks to be Pending, with nowhere to go",
     )
     a.start()
-    back = wait_running(manager.url, running, on=a.name)
+    wait_running(manager.url, running, on=a.name)
+    # Taken back at the join, where the worker names the tasks it runs but not their
+    # containers: the record has its container again once the node's report is merged.
+    back = wait_for(
+        lambda: (t := tasks_of(manager.url)) and all(t[i]["container_id"] for i in running) and t,
+        what="the container IDs of the tasks taken back",
+    )
     for task_id, task in running.items():  # taken back: the same container, not a new one
         assert back[task_id]["container_id"] == task["container_id"]
         assert containers_of(f"cube.task-id={task_id}") == [task["container_id"]]

@@ -369,7 +369,8 @@ def test_invalid_fields_of_a_file_say_file_line_and_column(tmp_path: Path) -> No
         load_spec_file(path)
     assert sorted(str(e) for e in excinfo.value.errors) == [
         f"{path}:5:3: resources.memory: must be at least 6MiB (the Docker engine's minimum)",
-        f"{path}:6:22: ports.1: invalid port 'bad': use CONTAINER, HOST:CONTAINER or IP:HOST:CONTAINER, and add /udp for UDP",
+        f"{path}:6:22: ports.1: invalid port 'bad': use CONTAINER, HOST:CONTAINER"
+        " or IP:HOST:CONTAINER, and add /udp for UDP",
         f"{path}:9:3: restart.max_atempts: Extra inputs are not permitted",
     ]
     as_json = tmp_path / "web.json"
