@@ -859,3 +859,33 @@ def test_a_refused_token_is_named_by_where_it_came_from() -> None:
     assert missing.hint(option="--token", env="CUBE_TOKEN") == (
         "no token given with --token or CUBE_TOKEN, and no token file at /a/token, /b/token"
     )
+
+
+def test_a_bad_job_file_is_one_line_naming_the_file_once_and_where(
+    cube: Callable[..., Result], tmp_path: Path
+) -> None:
+    """``cube job run missing.yaml`` said ``missing.yaml: missing.yaml: cannot read job
+    file: [Errno 2] ...`` and a YAML syntax error ``bad.yaml: body: not valid YAML``; they
+    now read as ``cube run``'s: the file once, and the line and column."""
+    missing = tmp_path / "missing.yaml"
+    for command in ("run", "plan"):
+        result = cube("job", command, str(missing))
+        assert result.exit_code == 2
+        line = assert_one_error_line(result, "does not exist")
+        assert line.count("missing.yaml") == 1
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("job: shop\ngroups: [\n")
+    result = cube("job", "plan", str(broken))
+    assert result.exit_code == 2
+    assert (
+        assert_one_error_line(result)
+        == f"Error: {broken}:3:1: not valid YAML: while parsing a flow node"
+    )
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    result = cube("job", "run", str(empty))
+    assert result.exit_code == 2
+    assert (
+        assert_one_error_line(result)
+        == f"Error: {empty}: expected a mapping of job fields (job, groups)"
+    )
