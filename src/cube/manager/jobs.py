@@ -48,7 +48,6 @@ from cube.job.reconcile import reconcile
 from cube.job.spec import JobSpec, JobType, placement_spec
 from cube.log import get_logger
 from cube.manager.allocs import (
-    MIN_PREFIX,
     alloc_task_id,
     derive_status,
     in_datacenters,
@@ -56,6 +55,7 @@ from cube.manager.allocs import (
     preferred_nodes,
     task_views,
 )
+from cube.manager.lookup import find_alloc
 from cube.node import Node
 from cube.scheduler import Decision, allocate
 from cube.task.model import DesiredState, Task
@@ -244,14 +244,7 @@ class JobService:
         return sorted(allocs, key=lambda a: a.created_at)
 
     def allocation(self, alloc_id: str) -> Allocation:
-        if (alloc := self.allocs.get(alloc_id)) is not None:
-            return alloc
-        if len(alloc_id) < MIN_PREFIX:
-            raise NotFound(f"allocation {alloc_id} not found")
-        matches = [a for a in self.allocs.values() if a.id.startswith(alloc_id)]
-        if len(matches) == 1:
-            return matches[0]
-        raise NotFound(f"allocation {alloc_id} not found")
+        return find_alloc(self.allocs, alloc_id)
 
     # --- the pass -----------------------------------------------------------------------------
     def reconcile_all(self, now: datetime) -> None:
