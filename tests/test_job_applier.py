@@ -627,3 +627,29 @@ async def test_job_routes_need_the_cluster_token() -> None:
         answer = await client.get("/v1/jobs", headers={"Authorization": f"Bearer {user}"})
         assert answer.status_code == 200
     await manager.close()
+
+
+def sized_job(cpu: float) -> JobSpec:
+    tasks = [{"name": "api", "image": "busybox", "resources": {"cpu": cpu, "memory": "16MiB"}}]
+    return parse_job({"job": "shop", "groups": [{"name": "web", "count": 3, "tasks": tasks}]})
+
+
+async def test_a_plan_counts_what_an_update_frees_where_the_old_allocation_stops() -> None:
+    """A full node: ``cube job plan`` of a smaller version said "update web[0]: none fits"
+    (exit 1), though ``cube job run`` of it went through: the update stops, then starts."""
+    store, workers = MemoryStore(), FakeWorkers()
+    store.save_node(node("n1"))  # 4 CPU: three allocations of 1.2 leave 0.4
+    manager = make_manager(store, workers)
+    manager.jobs.submit(sized_job(1.2))
+    manager.jobs.reconcile_all(NOW)
+    await settle(manager)
+    run_all(manager)
+    manager.jobs.reconcile_all(NOW)
+    assert manager.jobs.job("shop").status is JobStatus.RUNNING
+
+    plan, decisions = manager.jobs.plan(sized_job(1.0))
+    (update,) = plan.update  # one at a time
+    assert decisions[f"web[{update.index}]"].node == "n1", decisions
+    plan, decisions = manager.jobs.plan(sized_job(1.7))  # more than 1.2 + 0.4: still none
+    assert decisions[f"web[{plan.update[0].index}]"].node is None
+    await manager.close()

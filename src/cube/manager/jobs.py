@@ -28,6 +28,7 @@ import contextlib
 import time
 from collections.abc import Iterator, Set
 from datetime import UTC, datetime
+from functools import reduce
 from typing import TYPE_CHECKING, Any
 
 from cube.background import cancel_all, spawn
@@ -57,7 +58,7 @@ from cube.manager.allocs import (
 )
 from cube.manager.lookup import find_alloc
 from cube.node import Node
-from cube.scheduler import Decision, allocate
+from cube.scheduler import Decision, allocate, release
 from cube.task.model import DesiredState, Task
 from cube.task.spec import KEEP_SECRETS, AllocRef
 
@@ -218,7 +219,9 @@ class JobService:
         chosen: set[str] = set()
         failed: dict[str, Decision] = {}  # group -> its first failure: the rest fail alike
         for place in [*plan.place, *self._update_places(plan)][:MAX_PLACEMENTS_PER_PASS]:
-            decision = failed.get(place.group)
+            if place.replaces is not None:  # stop, then start: what the old one holds is free
+                views = self._released(place.replaces, views)
+            decision = None if place.replaces is not None else failed.get(place.group)
             if decision is None:
                 decision, views = self._choose(spec, place, views, also_taken=chosen)
             if decision.node is None:
@@ -226,6 +229,15 @@ class JobService:
             decisions[f"{place.group}[{place.index}]"] = decision
             chosen.update([decision.node] if decision.node else [])
         return plan, decisions
+
+    def _released(self, alloc_id: str, views: list[Node]) -> list[Node]:
+        """``views`` without what allocation ``alloc_id``'s live tasks hold on its node."""
+        alloc = self.allocs.get(alloc_id)
+        if alloc is None or alloc.node is None:
+            return views
+        live = [self.manager.tasks.get(t.id) for t in alloc.tasks.values()]
+        specs = [t.spec for t in live if t is not None and not t.is_terminal]
+        return [reduce(release, specs, v) if v.name == alloc.node else v for v in views]
 
     def job(self, job_id: str) -> Job:
         if (job := self.jobs.get(job_id)) is None:
