@@ -653,3 +653,30 @@ async def test_a_plan_counts_what_an_update_frees_where_the_old_allocation_stops
     plan, decisions = manager.jobs.plan(sized_job(1.7))  # more than 1.2 + 0.4: still none
     assert decisions[f"web[{plan.update[0].index}]"].node is None
     await manager.close()
+
+
+async def test_one_task_of_an_allocation_that_runs_is_not_stopped_alone() -> None:
+    """``cube stop 1952438f1afa-api`` ended the api while its allocation stayed Running,
+    "every task runs", the proxy beside it without its api; nothing replaced it."""
+    store, workers = MemoryStore(), FakeWorkers()
+    store.save_node(node("n1"))
+    manager = make_manager(store, workers)
+    manager.jobs.submit(job_spec(count=1))
+    manager.jobs.reconcile_all(NOW)
+    await settle(manager)
+    run_all(manager)
+    (a,) = manager.jobs.allocations()
+    transport = httpx.ASGITransport(app=create_app(manager))
+    async with httpx.AsyncClient(transport=transport, base_url="http://m") as client:
+        refused = await client.delete(f"/v1/tasks/{a.id[:12]}-api")
+        assert refused.status_code == 409
+        assert f"{a.id[:12]}-api is part of allocation shop.web[0]" in refused.text
+        assert "cube job stop shop" in refused.text
+        assert manager.tasks[f"{a.id}-api"].desired is DesiredState.RUN
+        assert workers.stopped == []
+
+        manager.jobs.stop("shop")  # the allocation is to stop: its tasks may be stopped too
+        stopped = await client.delete(f"/v1/tasks/{a.id}-api")
+        assert stopped.status_code == 200
+    assert manager.tasks[f"{a.id}-api"].desired is DesiredState.STOP
+    await manager.close()

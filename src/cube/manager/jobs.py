@@ -32,7 +32,7 @@ from functools import reduce
 from typing import TYPE_CHECKING, Any
 
 from cube.background import cancel_all, spawn
-from cube.errors import FieldError, InvalidSpec, NotFound
+from cube.errors import Conflict, FieldError, InvalidSpec, NotFound
 from cube.job.model import (
     Allocation,
     AllocDesired,
@@ -59,7 +59,7 @@ from cube.manager.allocs import (
 from cube.manager.lookup import find_alloc
 from cube.node import Node
 from cube.scheduler import Decision, allocate, release
-from cube.task.model import DesiredState, Task
+from cube.task.model import DesiredState, Task, short_task_id
 from cube.task.spec import KEEP_SECRETS, AllocRef
 
 if TYPE_CHECKING:
@@ -238,6 +238,24 @@ class JobService:
         live = [self.manager.tasks.get(t.id) for t in alloc.tasks.values()]
         specs = [t.spec for t in live if t is not None and not t.is_terminal]
         return [reduce(release, specs, v) if v.name == alloc.node else v for v in views]
+
+    def check_user_stop(self, task: Task) -> None:
+        """Refuse ``cube stop`` of one task of an allocation that is to run.
+
+        Stopped alone, the task ended and its allocation went on as Running ("every task
+        runs"), its siblings without it (a proxy without its api), and nothing replaced it:
+        a group is one unit, so it stops with its job or by a smaller count, as in Nomad.
+        """
+        if task.alloc is None or task.is_terminal:
+            return
+        alloc = self.allocs.get(task.alloc.id)
+        if alloc is None or alloc.desired is not AllocDesired.RUN:
+            return
+        raise Conflict(
+            f"task {short_task_id(task.id)} is part of allocation {alloc.name}, which runs its"
+            f" tasks together: stop the job (cube job stop {alloc.job}) or run fewer copies"
+            f" (cube job scale {alloc.job} {alloc.group} N)"
+        )
 
     def job(self, job_id: str) -> Job:
         if (job := self.jobs.get(job_id)) is None:
