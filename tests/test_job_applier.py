@@ -274,6 +274,18 @@ def job_spec(count: int = 3, **group: Any) -> JobSpec:
     )
 
 
+async def submitted(spec: JobSpec, *nodes: str) -> tuple[MemoryStore, FakeWorkers, Manager]:
+    """A manager with ``nodes`` that took ``spec`` and sent what its first pass placed."""
+    store, workers = MemoryStore(), FakeWorkers()
+    for name in nodes:
+        store.save_node(node(name))
+    manager = make_manager(store, workers)
+    manager.jobs.submit(spec)
+    manager.jobs.reconcile_all(NOW)
+    await settle(manager)
+    return store, workers, manager
+
+
 def run_all(manager: Manager) -> None:
     """Mark every task of every allocation Running, as the nodes would report."""
     for t in manager.tasks.values():
@@ -350,12 +362,7 @@ async def test_a_lost_nodes_tasks_end_and_their_allocations_are_replaced_elsewhe
 
 
 async def test_a_restarted_manager_resumes_the_job_and_doubles_nothing() -> None:
-    store, workers = MemoryStore(), FakeWorkers()
-    store.save_node(node("n1"))
-    manager = make_manager(store, workers)
-    manager.jobs.submit(job_spec(count=2))
-    manager.jobs.reconcile_all(NOW)
-    await settle(manager)
+    store, workers, manager = await submitted(job_spec(count=2), "n1")
     await manager.close()
 
     again = make_manager(store, workers)
@@ -372,12 +379,7 @@ async def test_a_restarted_manager_resumes_the_job_and_doubles_nothing() -> None
 
 
 async def test_an_allocation_saved_before_its_tasks_gets_them_on_the_next_pass() -> None:
-    store, workers = MemoryStore(), FakeWorkers()
-    store.save_node(node("n1"))
-    manager = make_manager(store, workers)
-    manager.jobs.submit(job_spec(count=1))
-    manager.jobs.reconcile_all(NOW)
-    await settle(manager)
+    store, workers, manager = await submitted(job_spec(count=1), "n1")
     a = manager.jobs.allocations()[0]
     await manager.close()
     for t in a.tasks.values():  # as if the manager crashed between the two writes
@@ -637,12 +639,7 @@ def sized_job(cpu: float) -> JobSpec:
 async def test_a_plan_counts_what_an_update_frees_where_the_old_allocation_stops() -> None:
     """A full node: ``cube job plan`` of a smaller version said "update web[0]: none fits"
     (exit 1), though ``cube job run`` of it went through: the update stops, then starts."""
-    store, workers = MemoryStore(), FakeWorkers()
-    store.save_node(node("n1"))  # 4 CPU: three allocations of 1.2 leave 0.4
-    manager = make_manager(store, workers)
-    manager.jobs.submit(sized_job(1.2))
-    manager.jobs.reconcile_all(NOW)
-    await settle(manager)
+    _, _, manager = await submitted(sized_job(1.2), "n1")  # 4 CPU: 3 x 1.2 leave 0.4
     run_all(manager)
     manager.jobs.reconcile_all(NOW)
     assert manager.jobs.job("shop").status is JobStatus.RUNNING
@@ -658,12 +655,7 @@ async def test_a_plan_counts_what_an_update_frees_where_the_old_allocation_stops
 async def test_one_task_of_an_allocation_that_runs_is_not_stopped_alone() -> None:
     """``cube stop 1952438f1afa-api`` ended the api while its allocation stayed Running,
     "every task runs", the proxy beside it without its api; nothing replaced it."""
-    store, workers = MemoryStore(), FakeWorkers()
-    store.save_node(node("n1"))
-    manager = make_manager(store, workers)
-    manager.jobs.submit(job_spec(count=1))
-    manager.jobs.reconcile_all(NOW)
-    await settle(manager)
+    _, workers, manager = await submitted(job_spec(count=1), "n1")
     run_all(manager)
     (a,) = manager.jobs.allocations()
     transport = httpx.ASGITransport(app=create_app(manager))
