@@ -889,3 +889,24 @@ def test_a_bad_job_file_is_one_line_naming_the_file_once_and_where(
         assert_one_error_line(result)
         == f"Error: {empty}: expected a mapping of job fields (job, groups)"
     )
+
+
+def test_a_workers_address_is_named_as_one_not_as_a_bad_token() -> None:
+    """``cube status --manager http://127.0.0.1:5556`` (the worker of ``cube dev``) said
+    "invalid token: the token sent came from .../manager/token": the token was right."""
+
+    def worker(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/health":
+            return httpx.Response(200, json={"status": "ok", "role": "worker", "name": "w1"})
+        return httpx.Response(401, json={"error": "unauthorized", "detail": "invalid token"})
+
+    client = ManagerClient(
+        "http://127.0.0.1:5556",
+        transport=httpx.MockTransport(worker),
+        token="t",
+        credential_hint="h",
+    )
+    with pytest.raises(
+        CubeError, match=r"^http://127.0.0.1:5556 is a Cube worker \(w1\), not a manager;"
+    ):
+        client.tasks()
