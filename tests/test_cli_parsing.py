@@ -389,6 +389,7 @@ def test_wait_times_out_saying_why(manager: FakeManager, cube: Callable[..., Res
     result = cube("run", "--name", "web", "--image", "x", "--wait", "--timeout", "50ms")
     assert result.exit_code == 1
     assert_one_error_line(result, "still pending", "no node has 64.0 free CPU")
+    assert result.stdout == f"{TASK_ID}\n", "the ID first, to look at the task (README)"
 
 
 @pytest.mark.parametrize(
