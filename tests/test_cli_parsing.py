@@ -911,3 +911,17 @@ def test_a_workers_address_is_named_as_one_not_as_a_bad_token() -> None:
         CubeError, match=r"^http://127.0.0.1:5556 is a Cube worker \(w1\), not a manager;"
     ):
         client.tasks()
+
+
+def test_a_task_that_ended_shows_no_health(
+    manager: FakeManager, cube: Callable[..., Result]
+) -> None:
+    """``cube status`` showed Completed tasks "stopped by user" as Healthy."""
+    spec = TaskSpec(name="web", image="x", health=HealthCheck(http={"port": 80}))
+    running = make_task(spec=spec, state=State.RUNNING, health=Health.HEALTHY)
+    ended = make_task(spec=spec, state=State.COMPLETED, health=Health.HEALTHY)
+    assert (task_cli.health_text(running), task_cli.health_text(ended)) == ("Healthy", "")
+    manager.on("GET /v1/tasks", 200, [running, ended])
+    header, *rows = cube("status").stdout.splitlines()
+    at = header.index("HEALTH")
+    assert [row[at:].split()[0] for row in rows] == ["Healthy", "-"]
