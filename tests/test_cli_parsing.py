@@ -389,6 +389,7 @@ def test_wait_times_out_saying_why(manager: FakeManager, cube: Callable[..., Res
     result = cube("run", "--name", "web", "--image", "x", "--wait", "--timeout", "50ms")
     assert result.exit_code == 1
     assert_one_error_line(result, "still pending", "no node has 64.0 free CPU")
+    assert result.stdout == f"{TASK_ID}\n", "the ID first, to look at the task (README)"
 
 
 @pytest.mark.parametrize(
@@ -859,3 +860,68 @@ def test_a_refused_token_is_named_by_where_it_came_from() -> None:
     assert missing.hint(option="--token", env="CUBE_TOKEN") == (
         "no token given with --token or CUBE_TOKEN, and no token file at /a/token, /b/token"
     )
+
+
+def test_a_bad_job_file_is_one_line_naming_the_file_once_and_where(
+    cube: Callable[..., Result], tmp_path: Path
+) -> None:
+    """``cube job run missing.yaml`` said ``missing.yaml: missing.yaml: cannot read job
+    file: [Errno 2] ...`` and a YAML syntax error ``bad.yaml: body: not valid YAML``; they
+    now read as ``cube run``'s: the file once, and the line and column."""
+    missing = tmp_path / "missing.yaml"
+    for command in ("run", "plan"):
+        result = cube("job", command, str(missing))
+        assert result.exit_code == 2
+        line = assert_one_error_line(result, "does not exist")
+        assert line.count("missing.yaml") == 1
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("job: shop\ngroups: [\n")
+    result = cube("job", "plan", str(broken))
+    assert result.exit_code == 2
+    assert (
+        assert_one_error_line(result)
+        == f"Error: {broken}:3:1: not valid YAML: while parsing a flow node"
+    )
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    result = cube("job", "run", str(empty))
+    assert result.exit_code == 2
+    assert (
+        assert_one_error_line(result)
+        == f"Error: {empty}: expected a mapping of job fields (job, groups)"
+    )
+
+
+def test_a_workers_address_is_named_as_one_not_as_a_bad_token() -> None:
+    """``cube status --manager http://127.0.0.1:5556`` (the worker of ``cube dev``) said
+    "invalid token: the token sent came from .../manager/token": the token was right."""
+
+    def worker(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/health":
+            return httpx.Response(200, json={"status": "ok", "role": "worker", "name": "w1"})
+        return httpx.Response(401, json={"error": "unauthorized", "detail": "invalid token"})
+
+    client = ManagerClient(
+        "http://127.0.0.1:5556",
+        transport=httpx.MockTransport(worker),
+        token="t",
+        credential_hint="h",
+    )
+    with pytest.raises(
+        CubeError, match=r"^http://127.0.0.1:5556 is a Cube worker \(w1\), not a manager;"
+    ):
+        client.tasks()
+
+
+def test_a_task_that_ended_shows_no_health(
+    manager: FakeManager, cube: Callable[..., Result]
+) -> None:
+    """``cube status`` showed Completed tasks "stopped by user" as Healthy."""
+    spec = TaskSpec(name="web", image="x", health=HealthCheck(http={"port": 80}))
+    running = make_task(spec=spec, state=State.RUNNING, health=Health.HEALTHY)
+    ended = make_task(spec=spec, state=State.COMPLETED, health=Health.HEALTHY)
+    assert (task_cli.health_text(running), task_cli.health_text(ended)) == ("Healthy", "")
+    manager.on("GET /v1/tasks", 200, [running, ended])
+    header, *rows = cube("status").stdout.splitlines()
+    at = header.index("HEALTH")
+    assert [row[at:].split()[0] for row in rows] == ["Healthy", "-"]

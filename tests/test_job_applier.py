@@ -274,6 +274,18 @@ def job_spec(count: int = 3, **group: Any) -> JobSpec:
     )
 
 
+async def submitted(spec: JobSpec, *nodes: str) -> tuple[MemoryStore, FakeWorkers, Manager]:
+    """A manager with ``nodes`` that took ``spec`` and sent what its first pass placed."""
+    store, workers = MemoryStore(), FakeWorkers()
+    for name in nodes:
+        store.save_node(node(name))
+    manager = make_manager(store, workers)
+    manager.jobs.submit(spec)
+    manager.jobs.reconcile_all(NOW)
+    await settle(manager)
+    return store, workers, manager
+
+
 def run_all(manager: Manager) -> None:
     """Mark every task of every allocation Running, as the nodes would report."""
     for t in manager.tasks.values():
@@ -350,12 +362,7 @@ async def test_a_lost_nodes_tasks_end_and_their_allocations_are_replaced_elsewhe
 
 
 async def test_a_restarted_manager_resumes_the_job_and_doubles_nothing() -> None:
-    store, workers = MemoryStore(), FakeWorkers()
-    store.save_node(node("n1"))
-    manager = make_manager(store, workers)
-    manager.jobs.submit(job_spec(count=2))
-    manager.jobs.reconcile_all(NOW)
-    await settle(manager)
+    store, workers, manager = await submitted(job_spec(count=2), "n1")
     await manager.close()
 
     again = make_manager(store, workers)
@@ -372,12 +379,7 @@ async def test_a_restarted_manager_resumes_the_job_and_doubles_nothing() -> None
 
 
 async def test_an_allocation_saved_before_its_tasks_gets_them_on_the_next_pass() -> None:
-    store, workers = MemoryStore(), FakeWorkers()
-    store.save_node(node("n1"))
-    manager = make_manager(store, workers)
-    manager.jobs.submit(job_spec(count=1))
-    manager.jobs.reconcile_all(NOW)
-    await settle(manager)
+    store, workers, manager = await submitted(job_spec(count=1), "n1")
     a = manager.jobs.allocations()[0]
     await manager.close()
     for t in a.tasks.values():  # as if the manager crashed between the two writes
@@ -626,4 +628,47 @@ async def test_job_routes_need_the_cluster_token() -> None:
             assert (await client.request(method, path, headers=joining)).status_code == 403, path
         answer = await client.get("/v1/jobs", headers={"Authorization": f"Bearer {user}"})
         assert answer.status_code == 200
+    await manager.close()
+
+
+def sized_job(cpu: float) -> JobSpec:
+    tasks = [{"name": "api", "image": "busybox", "resources": {"cpu": cpu, "memory": "16MiB"}}]
+    return parse_job({"job": "shop", "groups": [{"name": "web", "count": 3, "tasks": tasks}]})
+
+
+async def test_a_plan_counts_what_an_update_frees_where_the_old_allocation_stops() -> None:
+    """A full node: ``cube job plan`` of a smaller version said "update web[0]: none fits"
+    (exit 1), though ``cube job run`` of it went through: the update stops, then starts."""
+    _, _, manager = await submitted(sized_job(1.2), "n1")  # 4 CPU: 3 x 1.2 leave 0.4
+    run_all(manager)
+    manager.jobs.reconcile_all(NOW)
+    assert manager.jobs.job("shop").status is JobStatus.RUNNING
+
+    plan, decisions = manager.jobs.plan(sized_job(1.0))
+    (update,) = plan.update  # one at a time
+    assert decisions[f"web[{update.index}]"].node == "n1", decisions
+    plan, decisions = manager.jobs.plan(sized_job(1.7))  # more than 1.2 + 0.4: still none
+    assert decisions[f"web[{plan.update[0].index}]"].node is None
+    await manager.close()
+
+
+async def test_one_task_of_an_allocation_that_runs_is_not_stopped_alone() -> None:
+    """``cube stop 1952438f1afa-api`` ended the api while its allocation stayed Running,
+    "every task runs", the proxy beside it without its api; nothing replaced it."""
+    _, workers, manager = await submitted(job_spec(count=1), "n1")
+    run_all(manager)
+    (a,) = manager.jobs.allocations()
+    transport = httpx.ASGITransport(app=create_app(manager))
+    async with httpx.AsyncClient(transport=transport, base_url="http://m") as client:
+        refused = await client.delete(f"/v1/tasks/{a.id[:12]}-api")
+        assert refused.status_code == 409
+        assert f"{a.id[:12]}-api is part of allocation shop.web[0]" in refused.text
+        assert "cube job stop shop" in refused.text
+        assert manager.tasks[f"{a.id}-api"].desired is DesiredState.RUN
+        assert workers.stopped == []
+
+        manager.jobs.stop("shop")  # the allocation is to stop: its tasks may be stopped too
+        stopped = await client.delete(f"/v1/tasks/{a.id}-api")
+        assert stopped.status_code == 200
+    assert manager.tasks[f"{a.id}-api"].desired is DesiredState.STOP
     await manager.close()

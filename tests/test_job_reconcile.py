@@ -137,6 +137,15 @@ def test_steady_service_changes_nothing() -> None:
     assert plan.status is JobStatus.RUNNING
 
 
+def test_one_running_allocation_is_counted_in_the_singular() -> None:
+    """``cube job status`` of a system job on one node said "1 allocations running"."""
+    v = version(spec(count=1))
+    assert plan_for(v, running(v, 1)).status_reason == "1 allocation running"
+    b = version(spec("batch", count=1))
+    done = [alloc(b, 0, status=AllocStatus.COMPLETE, id="a0")]
+    assert plan_for(b, done).status_reason == "the allocation completed"
+
+
 def test_resubmitting_the_same_spec_changes_nothing() -> None:
     """Submit is idempotent: no new version, so the same plan as before: keep everything."""
     v = version(spec())

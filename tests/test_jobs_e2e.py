@@ -351,3 +351,13 @@ def test_shop_example_reaches_the_api_through_the_proxy(
         assert page.status_code == 200
         # The api task's page (scripts/build-image.sh writes it), fetched by the proxy.
         assert "Hello from a Cube task." in page.text
+        # Where a user finds that port, and how they name each task of the allocation.
+        shown = cube(manager, "alloc", "status", alloc["id"][:6])
+        assert shown.returncode == 0, shown.stderr
+        short = alloc["id"][:12]
+        assert f"{short}-proxy" in shown.stdout
+        assert f"{port}->8080/tcp" in shown.stdout
+        assert f"{short}-api" in cube(manager, "status").stdout
+        one = cube(manager, "status", f"{short}-proxy", "-o", "json")
+        assert one.returncode == 0, one.stderr
+        assert json.loads(one.stdout)["id"] == proxy["id"]

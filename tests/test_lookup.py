@@ -7,8 +7,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from cube.errors import Conflict, NotFound
-from cube.manager.lookup import find_task
-from cube.task.model import Task
+from cube.job.model import Allocation
+from cube.manager.lookup import find_alloc, find_task
+from cube.task.model import Task, short_task_id
 from cube.task.spec import TaskSpec
 from cube.task.state import State
 
@@ -70,3 +71,45 @@ def test_nothing_fits() -> None:
         find_task(tasks(("f00d", "web")), "x")
     with pytest.raises(NotFound):
         find_task(tasks(("f00d", "web")), "")
+
+
+ALLOC = "2224dd37d6174f3780cb86687c1db949"
+
+
+def test_the_tasks_of_one_allocation_are_told_apart_by_their_short_ids() -> None:
+    """``cube status`` showed ``2224dd37d617`` for both tasks of an allocation, and a
+    refusal listed ``2224dd37d617 (running), 2224dd37d617 (running)``: nothing to pick."""
+    assert short_task_id(f"{ALLOC}-proxy") == "2224dd37d617-proxy"
+    assert short_task_id("f00dbeef00dbeef00d") == "f00dbeef00db"
+    assert short_task_id("my-task") == "my-task", "a short head is kept whole"
+    known = tasks((f"{ALLOC}-api", "api"), (f"{ALLOC}-proxy", "proxy"), ("beef", "api"))
+    with pytest.raises(Conflict, match=r"2224dd37d617-api \(pending\), 2224dd37d617-proxy"):
+        find_task(known, "2224")
+
+
+def test_a_short_id_shown_for_an_allocation_task_finds_it() -> None:
+    known = tasks((f"{ALLOC}-api", "api"), (f"{ALLOC}-proxy", "proxy"), ("2224beef-api", "x"))
+    assert find_task(known, "2224dd37d617-proxy").id == f"{ALLOC}-proxy"
+    assert find_task(known, "2224d-api").id == f"{ALLOC}-api"
+    with pytest.raises(Conflict, match="prefix '2224-api' matches 2 tasks"):
+        find_task(known, "2224-api")
+    with pytest.raises(NotFound):
+        find_task(known, "2224dd37d617-db")
+
+
+def test_an_allocation_is_found_by_a_unique_prefix_of_any_length() -> None:
+    """``cube alloc status 86`` said "not found" for the one allocation starting with 86
+    (4 characters were the least), and a prefix fitting two said "not found" too."""
+    made = [
+        Allocation(id=aid, job="shop", group="web", index=i, version=1, group_hash="h")
+        for i, aid in enumerate(("86911173c24b4046", "8f00", "5d2d"))
+    ]
+    allocs = {a.id: a for a in made}
+    assert find_alloc(allocs, "86").id == "86911173c24b4046"
+    assert find_alloc(allocs, "5").id == "5d2d"
+    assert find_alloc(allocs, "8f00").id == "8f00"
+    with pytest.raises(Conflict, match=r"prefix '8' matches 2 allocations: 86911173c24b "):
+        find_alloc(allocs, "8")
+    for ref in ("", "7"):
+        with pytest.raises(NotFound, match=f"allocation {ref} not found"):
+            find_alloc(allocs, ref)

@@ -223,9 +223,28 @@ class ManagerClient:
 
     def _check(self, response: httpx.Response) -> httpx.Response:
         """:func:`check`, and a refused token says which token it was."""
-        if response.status_code == 401 and self._credential_hint:
-            raise errors.CubeError(f"{error_from_response(response)}: {self._credential_hint}")
+        if response.status_code == 401:
+            self._check_is_manager()
+            if self._credential_hint:
+                hint = self._credential_hint
+                raise errors.CubeError(f"{error_from_response(response)}: {hint}")
         return check(response)
+
+    def _check_is_manager(self) -> None:
+        """After a refused token: a worker's address (its port is next to the manager's)
+        refuses every token a user has, and "invalid token" sends them after the wrong
+        thing. ``GET /v1/health`` needs none and says what answers."""
+        try:
+            health = self._http.get("/v1/health").json()
+        except (httpx.HTTPError, ValueError):
+            return
+        role = health.get("role") if isinstance(health, dict) else None
+        if isinstance(role, str) and role != "manager":
+            name = health.get("name")
+            raise errors.CubeError(
+                f"{self.base_url} is a Cube {role}{f' ({name})' if name else ''}, not a manager;"
+                " give the manager's address with --manager or CUBE_ADDR"
+            )
 
     def _parse(self, adapter: TypeAdapter[T], response: httpx.Response) -> T:
         """Decode a success answer; one that does not fit means the address is not a manager."""

@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import click
 from rich.console import RenderableType
@@ -22,12 +23,13 @@ from cube.cli import output as out
 from cube.cli.client import ManagerClient, manager_option
 from cube.cli.errors import EXIT_FAILED, handle_errors
 from cube.cli.output import short
-from cube.cli.tasks import placement_view
+from cube.cli.tasks import placement_view, task_ports
 from cube.errors import CubeError, FieldError, InvalidSpec
 from cube.job.model import Allocation, AllocDesired, AllocStatus, JobStatus
-from cube.job.spec import JobSpec, JobType, load_job_file
+from cube.job.spec import JobSpec, JobType, parse_job_text
 from cube.job.wire import JobDetail
 from cube.task.model import utcnow
+from cube.task.specfile import place, syntax_error_at
 from cube.task.state import State
 
 #: Seconds between two looks at the job while ``cube job run`` follows it.
@@ -35,14 +37,24 @@ POLL = 0.5
 
 
 def read_job_file(path: str) -> tuple[JobSpec, str]:
-    """The job file's spec and text; errors name the file and the field path (exit 2)."""
+    """The job file's spec and text; errors name the file and the field path (exit 2),
+    or the line and column of a syntax error, as ``cube run``'s do."""
     try:
-        spec = load_job_file(path)
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise InvalidSpec([FieldError(path, f"cannot read job file: {reason}")]) from None
+    fmt: Literal["json", "yaml"] = "json" if Path(path).suffix.lower() == ".json" else "yaml"
+    try:
+        return parse_job_text(text, fmt=fmt), text
     except InvalidSpec as exc:
+        where = place(path, syntax_error_at(text, fmt))
         raise InvalidSpec(
-            [FieldError(f"{path}: {e.field}", e.message) for e in exc.errors]
+            [
+                FieldError(where if e.field == "body" else f"{path}: {e.field}", e.message)
+                for e in exc.errors
+            ]
         ) from None
-    return spec, Path(path).read_text(encoding="utf-8")
 
 
 def is_holder(alloc: Allocation) -> bool:
@@ -168,7 +180,7 @@ def job_group() -> None:
 
 
 @job_group.command("run")
-@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--detach", is_flag=True, help="Return once submitted; do not follow the job.")
 @click.option(
     "--timeout",
@@ -209,7 +221,7 @@ def run_command(client: ManagerClient, file: str, detach: bool, timeout: float) 
 
 
 @job_group.command("plan")
-@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @out.output_option
 @handle_errors
 @manager_option
@@ -426,6 +438,20 @@ def alloc_group() -> None:
     """
 
 
+def alloc_tasks_table(client: ManagerClient, alloc: Allocation) -> Table:
+    """An allocation's tasks, with the host ports their containers hold: where to reach
+    each copy of a service (``curl 127.0.0.1:PORT``), which the allocation does not record."""
+    table = out.make_table("TASK", "ID", "STATE", "PORTS", "EXIT", "RESTARTS")
+    for name, t in alloc.tasks.items():
+        try:
+            ports = task_ports(client.task(t.id))
+        except CubeError:  # forgotten meanwhile (a purge): the rest of the view still holds
+            ports = ""
+        row = (short(t.id), out.title(t.state), ports or out.DASH, out.or_dash(t.exit_code))
+        out.add_row(table, name, *row, str(t.restarts))
+    return table
+
+
 @alloc_group.command("status")
 @click.argument("alloc_id", metavar="ID")
 @out.output_option
@@ -458,11 +484,7 @@ def alloc_status_command(client: ManagerClient, alloc_id: str, output: out.Forma
             ]
         )
     ]
-    tasks = out.make_table("TASK", "ID", "STATE", "EXIT", "RESTARTS")
-    for name, t in alloc.tasks.items():
-        exit_code = out.or_dash(t.exit_code)
-        out.add_row(tasks, name, t.id, out.title(t.state), exit_code, str(t.restarts))
-    parts.append(out.section("Tasks", tasks))
+    parts.append(out.section("Tasks", alloc_tasks_table(client, alloc)))
     if alloc.events:
         events = out.make_table("TIME", "STATUS", Column("REASON"))
         for e in alloc.events:

@@ -23,10 +23,11 @@ from rich.table import Column, Table
 from rich.text import Text
 
 from cube.scheduler.feasibility import format_cpu
-from cube.task.model import utcnow
+from cube.task.model import SHORT_ID, short_task_id, utcnow
 from cube.units import format_duration, format_size
 
 __all__ = [
+    "SHORT_ID",
     "Format",
     "add_row",
     "age",
@@ -239,9 +240,6 @@ def percent(value: float) -> str:
     return f"{value:.0f}%"
 
 
-#: How many characters of a task ID the tables show (like docker's 12).
-SHORT_ID = 12
-
-
 def short(task_id: str) -> str:
-    return task_id[:SHORT_ID]
+    """An ID as tables show it (see :func:`cube.task.model.short_task_id`)."""
+    return short_task_id(task_id)

@@ -113,6 +113,12 @@ def list_reason(task: Task) -> str:
     return reason if len(reason) <= REASON_WIDTH else reason[: REASON_WIDTH - 1] + "…"
 
 
+def health_text(task: Task) -> str:
+    """The last check's verdict, while the task's container lives: a task that ended
+    is not Healthy any more, whatever its last check said."""
+    return out.title(task.health) if task.spec.health and not task.is_terminal else ""
+
+
 def task_table(tasks: Sequence[Task]) -> Table:
     with_health = any(t.spec.health for t in tasks)
     with_reason = any(list_reason(t) for t in tasks)
@@ -137,7 +143,7 @@ def task_table(tasks: Sequence[Task]) -> Table:
             str(t.restarts),
         ]
         if with_health:
-            row.append(out.title(t.health) if t.spec.health else out.DASH)
+            row.append(health_text(t) or out.DASH)
         if with_reason:
             row.append(list_reason(t) or out.DASH)
         out.add_row(table, *row)
@@ -179,7 +185,7 @@ def task_details(task: Task) -> Table:
             ("Image", spec.image),
             ("Command", shlex.join(spec.command)),
             ("State", state_line(task)),
-            ("Health", out.title(task.health) if spec.health else ""),
+            ("Health", health_text(task)),
             ("Node", out.or_dash(task.node)),
             ("Container", short(task.container_id or "")),
             ("Ports", ports_line(task)),

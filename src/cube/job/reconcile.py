@@ -503,10 +503,11 @@ def _job_status(
             sum(1 for g in spec.groups for i in range(g.wanted) if (g.name, i) in complete)
             == wanted
         ):
-            return JobStatus.COMPLETE, f"all {wanted} allocations completed"
+            done = "the allocation" if wanted == 1 else f"all {wanted} allocations"
+            return JobStatus.COMPLETE, f"{done} completed"
     running = sum(1 for a in live if a.status is AllocStatus.RUNNING)
     if running:
-        return JobStatus.RUNNING, f"{running} allocations running"
+        return JobStatus.RUNNING, f"{running} allocation{'' if running == 1 else 's'} running"
     if spec.type is not JobType.SYSTEM and all(g.wanted == 0 for g in spec.groups):
         return JobStatus.RUNNING, "every group is scaled to 0"
     policies = {g.name: reschedule_policy(spec, g) for g in spec.groups}

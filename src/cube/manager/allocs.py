@@ -26,8 +26,6 @@ from cube.worker.restart import decide_restart
 
 #: The longest task ID the API accepts (``TaskRequest.id``).
 MAX_TASK_ID = 64
-#: Shortest allocation ID prefix accepted in place of a full ID (as for tasks).
-MIN_PREFIX = 4
 
 
 def alloc_task_id(alloc_id: str, task_name: str) -> str:

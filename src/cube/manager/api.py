@@ -145,7 +145,9 @@ def create_app(manager: Manager, *, authenticator: Authenticator | None = None) 
 
     @app.delete("/v1/tasks/{task_id}")
     async def stop_task(task_id: str) -> Task:
-        return await manager.stop(task_id)
+        task = manager.resolve(task_id)
+        manager.jobs.check_user_stop(task)
+        return await manager.stop(task.id)
 
     @app.get("/v1/tasks/{task_id}/events")
     async def task_events(task_id: str) -> list[TaskEvent]:

@@ -28,10 +28,11 @@ import contextlib
 import time
 from collections.abc import Iterator, Set
 from datetime import UTC, datetime
+from functools import reduce
 from typing import TYPE_CHECKING, Any
 
 from cube.background import cancel_all, spawn
-from cube.errors import FieldError, InvalidSpec, NotFound
+from cube.errors import Conflict, FieldError, InvalidSpec, NotFound
 from cube.job.model import (
     Allocation,
     AllocDesired,
@@ -48,7 +49,6 @@ from cube.job.reconcile import reconcile
 from cube.job.spec import JobSpec, JobType, placement_spec
 from cube.log import get_logger
 from cube.manager.allocs import (
-    MIN_PREFIX,
     alloc_task_id,
     derive_status,
     in_datacenters,
@@ -56,9 +56,10 @@ from cube.manager.allocs import (
     preferred_nodes,
     task_views,
 )
+from cube.manager.lookup import find_alloc
 from cube.node import Node
-from cube.scheduler import Decision, allocate
-from cube.task.model import DesiredState, Task
+from cube.scheduler import Decision, allocate, release
+from cube.task.model import DesiredState, Task, short_task_id
 from cube.task.spec import KEEP_SECRETS, AllocRef
 
 if TYPE_CHECKING:
@@ -218,7 +219,9 @@ class JobService:
         chosen: set[str] = set()
         failed: dict[str, Decision] = {}  # group -> its first failure: the rest fail alike
         for place in [*plan.place, *self._update_places(plan)][:MAX_PLACEMENTS_PER_PASS]:
-            decision = failed.get(place.group)
+            if place.replaces is not None:  # stop, then start: what the old one holds is free
+                views = self._released(place.replaces, views)
+            decision = None if place.replaces is not None else failed.get(place.group)
             if decision is None:
                 decision, views = self._choose(spec, place, views, also_taken=chosen)
             if decision.node is None:
@@ -226,6 +229,33 @@ class JobService:
             decisions[f"{place.group}[{place.index}]"] = decision
             chosen.update([decision.node] if decision.node else [])
         return plan, decisions
+
+    def _released(self, alloc_id: str, views: list[Node]) -> list[Node]:
+        """``views`` without what allocation ``alloc_id``'s live tasks hold on its node."""
+        alloc = self.allocs.get(alloc_id)
+        if alloc is None or alloc.node is None:
+            return views
+        live = [self.manager.tasks.get(t.id) for t in alloc.tasks.values()]
+        specs = [t.spec for t in live if t is not None and not t.is_terminal]
+        return [reduce(release, specs, v) if v.name == alloc.node else v for v in views]
+
+    def check_user_stop(self, task: Task) -> None:
+        """Refuse ``cube stop`` of one task of an allocation that is to run.
+
+        Stopped alone, the task ended and its allocation went on as Running ("every task
+        runs"), its siblings without it (a proxy without its api), and nothing replaced it:
+        a group is one unit, so it stops with its job or by a smaller count, as in Nomad.
+        """
+        if task.alloc is None or task.is_terminal:
+            return
+        alloc = self.allocs.get(task.alloc.id)
+        if alloc is None or alloc.desired is not AllocDesired.RUN:
+            return
+        raise Conflict(
+            f"task {short_task_id(task.id)} is part of allocation {alloc.name}, which runs its"
+            f" tasks together: stop the job (cube job stop {alloc.job}) or run fewer copies"
+            f" (cube job scale {alloc.job} {alloc.group} N)"
+        )
 
     def job(self, job_id: str) -> Job:
         if (job := self.jobs.get(job_id)) is None:
@@ -244,14 +274,7 @@ class JobService:
         return sorted(allocs, key=lambda a: a.created_at)
 
     def allocation(self, alloc_id: str) -> Allocation:
-        if (alloc := self.allocs.get(alloc_id)) is not None:
-            return alloc
-        if len(alloc_id) < MIN_PREFIX:
-            raise NotFound(f"allocation {alloc_id} not found")
-        matches = [a for a in self.allocs.values() if a.id.startswith(alloc_id)]
-        if len(matches) == 1:
-            return matches[0]
-        raise NotFound(f"allocation {alloc_id} not found")
+        return find_alloc(self.allocs, alloc_id)
 
     # --- the pass -----------------------------------------------------------------------------
     def reconcile_all(self, now: datetime) -> None:

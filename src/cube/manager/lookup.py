@@ -1,7 +1,10 @@
 """Which task a user means: ``cube status web``, ``cube stop 1a2``.
 
 Like ``docker``: an exact ID first, then a task's name, then a prefix of an ID. A
-prefix of any length is fine while only one ID starts with it. Names are not unique
+prefix of any length is fine while only one ID starts with it. A task of a job's
+allocation (``<alloc id>-<task name>``) is also found by the form ``cube status`` shows,
+a prefix of its allocation's ID and its name (``1a2b3c4d5e6f-api``). Allocations are
+found by their ID or a unique prefix of it, of any length too. Names are not unique
 (running ``web`` again after it completed makes a second ``web``), so a name that fits
 several tasks means the one of them that is not over yet, if there is exactly one: the
 task a user is looking at. Otherwise a name or prefix that fits more than one task is
@@ -13,12 +16,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from cube.errors import Conflict, NotFound
-from cube.task.model import Task
+from cube.job.model import Allocation
+from cube.task.model import Task, abbreviates, short_task_id
 
 #: How many candidate IDs an ambiguity error lists.
 MAX_CANDIDATES = 10
-#: How many characters of each candidate ID it shows (as ``cube status`` does).
-SHORT_ID = 12
 
 
 def find_task(tasks: Mapping[str, Task], ref: str) -> Task:
@@ -36,7 +38,7 @@ def find_task(tasks: Mapping[str, Task], ref: str) -> Task:
         return (live or named)[0]
     if named:
         raise Conflict(f"{len(named)} tasks are named {ref!r}: {_candidates(named)}; give an ID")
-    prefixed = [t for tid, t in tasks.items() if tid.startswith(ref)]
+    prefixed = [t for tid, t in tasks.items() if abbreviates(ref, tid)]
     if len(prefixed) == 1:
         return prefixed[0]
     if prefixed:
@@ -49,6 +51,30 @@ def find_task(tasks: Mapping[str, Task], ref: str) -> Task:
 
 def _candidates(tasks: Sequence[Task]) -> str:
     ordered = sorted(tasks, key=lambda t: t.created_at)
-    shown = ", ".join(f"{t.id[:SHORT_ID]} ({t.state.value})" for t in ordered[:MAX_CANDIDATES])
+    shown = ", ".join(f"{short_task_id(t.id)} ({t.state.value})" for t in ordered[:MAX_CANDIDATES])
     more = len(tasks) - MAX_CANDIDATES
     return shown + (f" and {more} more" if more > 0 else "")
+
+
+def find_alloc(allocs: Mapping[str, Allocation], ref: str) -> Allocation:
+    """The allocation ``ref`` names: its ID or a unique prefix of it (any length).
+
+    Raises :class:`NotFound` when none fits and :class:`Conflict` when several do.
+    """
+    if (alloc := allocs.get(ref)) is not None:
+        return alloc
+    prefixed = [a for aid, a in allocs.items() if ref and aid.startswith(ref)]
+    if len(prefixed) == 1:
+        return prefixed[0]
+    if prefixed:
+        ordered = sorted(prefixed, key=lambda a: a.created_at)
+        shown = ", ".join(
+            f"{short_task_id(a.id)} ({a.name}, {a.status.value})" for a in ordered[:MAX_CANDIDATES]
+        )
+        more = len(prefixed) - MAX_CANDIDATES
+        raise Conflict(
+            f"allocation ID prefix {ref!r} matches {len(prefixed)} allocations: {shown}"
+            + (f" and {more} more" if more > 0 else "")
+            + "; give more of the ID"
+        )
+    raise NotFound(f"allocation {ref} not found")

@@ -21,6 +21,30 @@ def new_task_id() -> str:
     return uuid.uuid4().hex
 
 
+#: How many characters of an ID the tables show (like docker's 12).
+SHORT_ID = 12
+
+
+def short_task_id(task_id: str) -> str:
+    """A task ID as tables show it: its first 12 characters, like ``docker``.
+
+    The tasks of a job's allocation are ``<alloc id>-<task name>``, and the first 12
+    characters of ``api`` and ``proxy`` in one allocation are the same: they keep what
+    follows the first dash (``1a2b3c4d5e6f-api``), a form :func:`abbreviates` reads back.
+    """
+    head, dash, tail = task_id.partition("-")
+    return head[:SHORT_ID] + dash + tail if dash else task_id[:SHORT_ID]
+
+
+def abbreviates(ref: str, task_id: str) -> bool:
+    """Whether ``ref`` is a prefix of ``task_id`` or of its form ``<prefix>-<rest>``."""
+    if task_id.startswith(ref):
+        return True
+    head, dash, tail = ref.partition("-")
+    id_head, id_dash, id_tail = task_id.partition("-")
+    return bool(dash and id_dash and head and tail == id_tail and id_head.startswith(head))
+
+
 class DesiredState(StrEnum):
     """What the user wants: the task running, or stopped. Reconcilers chase this."""
 

@@ -33,7 +33,7 @@ def read_spec_file(path: str | Path) -> TaskRequest:
     try:
         data = decode_spec_text(text, fmt=fmt)
     except InvalidSpec as exc:
-        where = _place(str(p), syntax_error_at(text, fmt))
+        where = place(str(p), syntax_error_at(text, fmt))
         raise InvalidSpec([FieldError(where, e.message) for e in exc.errors]) from None
     if not isinstance(data, dict):
         raise InvalidSpec(
@@ -45,14 +45,15 @@ def read_spec_file(path: str | Path) -> TaskRequest:
         root = _compose(text)
         located = [
             FieldError(
-                f"{_place(str(p), _position(root, err['loc']))}: {found.field}", found.message
+                f"{place(str(p), _position(root, err['loc']))}: {found.field}", found.message
             )
             for err, found in zip(exc.errors(include_url=False), field_errors(exc), strict=True)
         ]
         raise InvalidSpec(located) from None
 
 
-def _place(name: str, position: tuple[int, int] | None) -> str:
+def place(name: str, position: tuple[int, int] | None) -> str:
+    """``web.yaml:7:3``, or the name alone when the position is not known."""
     return f"{name}:{position[0]}:{position[1]}" if position else name
 
 
