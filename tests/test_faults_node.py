@@ -409,7 +409,7 @@ def test_a_host_port_taken_outside_cube_keeps_the_task_pending_until_freed(
 
     held_port.close()
     running = cluster.wait_state(task_id, "running")  # placed once the worker reports it free
-    assert running["ports"] == [{"container": 8080, "host": port, "protocol": "tcp"}]
+    assert running["ports"] == [{"container": 8080, "host": port, "protocol": "tcp", "host_ip": ""}]
     cluster.converges({task_id: "running"})
 
 

@@ -383,6 +383,19 @@ def test_invalid_fields_of_a_file_say_file_line_and_column(tmp_path: Path) -> No
         load_spec_file(missing)
 
 
+def test_a_bad_env_value_in_a_file_is_one_error_with_its_line(tmp_path: Path) -> None:
+    """An env value has two forms, and pydantic gives an error for each: the file's errors
+    stay one per field, each with its own position (the fuzz test found a crash here)."""
+    path = tmp_path / "env.yaml"
+    path.write_text("name: web\nimage: x\nenv:\n  A: [1]\n  B: {secret: true}\n")
+    with pytest.raises(InvalidSpec) as excinfo:
+        load_spec_file(path)
+    errors = sorted(str(e) for e in excinfo.value.errors)
+    assert errors[0] == f"{path}:4:3: env.A: expected a string, or {{secret: true, value: STRING}}"
+    assert errors[1].startswith(f"{path}:5:3: env.B")
+    assert len(errors) == 2, errors
+
+
 def test_yaml_with_odd_keys_is_invalid_not_a_crash() -> None:
     with pytest.raises(InvalidSpec):
         parse_request(decode_spec_text("name: web\nimage: x\n1: 2\nnull: 3\n"))

@@ -424,9 +424,18 @@ def _key(part: str | int) -> str:
 
 def field_errors(exc: ValidationError, *, prefix: str = "") -> list[FieldError]:
     """Turn pydantic's errors into ``FieldError`` with dotted paths (``resources.memory``)."""
-    out: list[FieldError] = []
+    return [error for _, error in located_errors(exc, prefix=prefix)]
+
+
+def located_errors(
+    exc: ValidationError, *, prefix: str = ""
+) -> list[tuple[tuple[str | int, ...], FieldError]]:
+    """Each error of :func:`field_errors` with the location it names in the input, so that
+    a spec file can say on which line it is. Not one per pydantic error: an env value's
+    two forms make one error, and repeats are left out."""
+    out: list[tuple[tuple[str | int, ...], FieldError]] = []
     for err in exc.errors(include_url=False):
-        loc = err["loc"]
+        loc = tuple(err["loc"])
         message = err["msg"].removeprefix("Value error, ")
         if _ENV_UNION in loc or "SecretValue" in loc:  # an env value: one error, not one per form
             as_text = _ENV_UNION in loc
@@ -439,8 +448,8 @@ def field_errors(exc: ValidationError, *, prefix: str = "") -> list[FieldError]:
         path = ".".join(_key(p) for p in loc)
         path = f"{prefix}.{path}" if prefix and path else (prefix or path)
         error = FieldError(path or "body", message)
-        if error not in out:
-            out.append(error)
+        if all(error != seen for _, seen in out):
+            out.append((loc, error))
     return out
 
 

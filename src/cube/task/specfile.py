@@ -19,7 +19,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from cube.errors import FieldError, InvalidSpec
 from cube.task.spec import _YAML_LOADER as _LOADER
-from cube.task.spec import TaskRequest, decode_spec_text, field_errors
+from cube.task.spec import TaskRequest, decode_spec_text, located_errors
 
 
 def read_spec_file(path: str | Path) -> TaskRequest:
@@ -44,10 +44,8 @@ def read_spec_file(path: str | Path) -> TaskRequest:
     except ValidationError as exc:
         root = _compose(text)
         located = [
-            FieldError(
-                f"{place(str(p), _position(root, err['loc']))}: {found.field}", found.message
-            )
-            for err, found in zip(exc.errors(include_url=False), field_errors(exc), strict=True)
+            FieldError(f"{place(str(p), _position(root, loc))}: {found.field}", found.message)
+            for loc, found in located_errors(exc)
         ]
         raise InvalidSpec(located) from None
 
