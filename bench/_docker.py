@@ -206,6 +206,17 @@ class Engine:
         await self.remove(ids)
         return len(ids)
 
+    async def remove_networks(self, labels: Mapping[str, str]) -> int:
+        """Remove every network carrying all of ``labels`` (after its containers); how many."""
+        filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
+        response = await self._call("GET", "/networks", params={"filters": json.dumps(filters)})
+        ids = [row["Id"] for row in response.json()]
+        for network_id in ids:
+            gone = await self._http.delete(f"/networks/{network_id}")
+            if gone.status_code not in (204, 404):
+                raise EngineError(f"remove network {network_id}: {gone.text.strip()}")
+        return len(ids)
+
     # --- swarm ---------------------------------------------------------------------------------
     async def swarm_state(self) -> str:
         info = (await self._call("GET", "/info")).json()

@@ -32,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -251,28 +251,35 @@ async def wait_for(
 
 
 # --- the run --------------------------------------------------------------------------------------
-async def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+@dataclass
+class SimCluster:
+    """A real ``cube manager`` and a real ``cube sim-fleet`` registering with it."""
+
+    manager: subprocess.Popen[bytes]
+    fleet: subprocess.Popen[bytes]
+    url: str
+    #: ``Authorization`` for the manager's API.
+    headers: dict[str, str]
+
+
+@contextlib.asynccontextmanager
+async def sim_cluster(
+    work: Path, *, workers: int, collect_interval: float, scheduler: str
+) -> AsyncIterator[SimCluster]:
+    """Start the manager (SQLite store in ``work``), wait until it answers, then start a
+    fleet of ``workers`` simulated workers (4 CPU, 8 GiB each) that join it; both are
+    stopped afterwards. The workers may still be joining when the block begins."""
     env = agent_env(CUBE_DATA_DIR=str(work))
     manager_port, fleet_port = free_port(), free_port()
     url = f"http://127.0.0.1:{manager_port}"
     manager_args = [
         cube(),
         "manager",
-        "--port",
-        str(manager_port),
-        "--data-dir",
-        str(work / "manager"),
-        "--store",
-        "sqlite",
-        "--collect-interval",
-        str(args.collect_interval),
-        "--scheduler",
-        args.scheduler,
-        "--log-level",
-        "warning",
+        *("--port", str(manager_port), "--data-dir", str(work / "manager")),
+        *("--store", "sqlite", "--collect-interval", str(collect_interval)),
+        *("--scheduler", scheduler, "--log-level", "warning"),
     ]
     manager = start(manager_args, work / "manager.log", env)
-    run = Run()
     fleet: subprocess.Popen[bytes] | None = None
     try:
         async with httpx.AsyncClient(base_url=url, timeout=10.0) as probe:
@@ -288,21 +295,27 @@ async def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         fleet_args = [
             cube(),
             "sim-fleet",
-            "--count",
-            str(args.workers),
-            "--port",
-            str(fleet_port),
-            "--manager",
-            url,
-            "--join-token",
-            join_token,
-            "--cpu",
-            "4",
-            "--memory",
-            "8GiB",
+            *("--count", str(workers), "--port", str(fleet_port)),
+            *("--manager", url, "--join-token", join_token),
+            *("--cpu", "4", "--memory", "8GiB"),
         ]
         fleet = start(fleet_args, work / "fleet.log", env)
-        headers = {"Authorization": f"Bearer {token}"}
+        yield SimCluster(manager, fleet, url, {"Authorization": f"Bearer {token}"})
+    finally:
+        if fleet is not None:
+            stop(fleet)
+        stop(manager)
+
+
+async def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    run = Run()
+    async with sim_cluster(
+        work,
+        workers=args.workers,
+        collect_interval=args.collect_interval,
+        scheduler=args.scheduler,
+    ) as cluster:
+        manager, fleet, url, headers = cluster.manager, cluster.fleet, cluster.url, cluster.headers
         limits = httpx.Limits(max_connections=args.concurrency + 8)
         async with (
             httpx.AsyncClient(base_url=url, headers=headers, limits=limits) as http,
@@ -346,10 +359,6 @@ async def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         peak = peak_rss(manager.pid)
         manager_cpu = psutil.Process(manager.pid).cpu_times()
         fleet_cpu = psutil.Process(fleet.pid).cpu_times()
-    finally:
-        if fleet is not None:
-            stop(fleet)
-        stop(manager)
     return summarise(
         run,
         args,

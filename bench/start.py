@@ -32,12 +32,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -98,6 +99,8 @@ class Run:
     submitted: float = float("nan")
     docker_running: float = float("nan")
     worker_running: float = float("nan")
+    #: A job (bench/jobs.py): when the manager lists every allocation Running.
+    manager_running: float = float("nan")
     #: CPU seconds used during the measurement by the Cube process, the engine (dockerd and
     #: containerd) and the benchmark's own process (the client: for docker-api, all of it).
     cube_cpu: float = float("nan")
@@ -129,8 +132,12 @@ class Bench:
         self._count += 1
         return f"{self.rid}-{prefix}{self._count}"
 
-    # --- Cube ----------------------------------------------------------------------------------
-    async def cube(self, run: Run) -> None:
+    # --- Cube ---------------------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def dev_node(self) -> AsyncIterator[tuple[Agent, httpx.AsyncClient, str]]:
+        """A fresh ``cube dev`` (manager and worker in one process) whose worker has joined:
+        the agent, a client for its API, and the worker's name. Killed afterwards, and
+        every container of its worker removed."""
         name = self._name("w")
         port = free_port(2)
         data = self.workdir / name
@@ -144,7 +151,6 @@ class Bench:
             log_path=self.workdir / f"{name}.log",
             env=self.env,
         )
-        selector = {"cube.managed-by": "cube", "cube.worker": name}
         try:
             await asyncio.to_thread(agent.start)
             agent.token_path = token_file(data)
@@ -156,41 +162,48 @@ class Bench:
                 limits=httpx.Limits(max_connections=None, keepalive_expiry=2.0),
             ) as client:
                 await until(lambda: _node_ready(client, name), what="the worker to join")
-                started: asyncio.Queue[str] = asyncio.Queue()
-                ids: list[str] = []
-                async with self.engine.starts(selector, started):
-                    assert agent.proc is not None
-                    meter = CpuMeter(agent.proc.pid)
-                    t0, wall0 = time.monotonic(), time.time()
-
-                    async def submit(i: int) -> None:
-                        response = await client.post("/v1/tasks", json=task_body(f"{name}-{i}"))
-                        response.raise_for_status()
-                        ids.append(response.json()["id"])
-
-                    async def submit_all() -> None:
-                        await asyncio.gather(*(submit(i) for i in range(run.size)))
-                        run.submitted = time.monotonic() - t0
-
-                    async def manager_running() -> None:
-                        await _confirm_running(client, started, ids, run.size)
-                        run.seconds = time.monotonic() - t0
-                        run.cube_cpu, run.engine_cpu, run.client_cpu = meter.read()
-
-                    await asyncio.wait_for(asyncio.gather(submit_all(), manager_running()), TIMEOUT)
-                listed = (await client.get("/v1/tasks", params={"state": "running"})).json()
-                if len(listed) != run.size:
-                    raise RuntimeError(f"{len(listed)} of {run.size} tasks Running at the end")
-                running = await _running_events(client, ids)
-                run.worker_running = max(running) - wall0
-                run.curve = _cumulative([t - wall0 for t in running])
-                run.docker_running = await self._last_started(selector) - wall0
+                yield agent, client, name
         finally:
             agent.kill()
-            await self.engine.remove_labelled(selector)
+            await self.engine.remove_labelled(worker_selector(name))
+            # A job's allocations have networks of their own, which the killed agent leaves.
+            await self.engine.remove_networks(worker_selector(name))
             shutil.rmtree(data, ignore_errors=True)
 
-    async def _last_started(self, labels: dict[str, str]) -> float:
+    async def cube(self, run: Run) -> None:
+        async with self.dev_node() as (agent, client, name):
+            selector = worker_selector(name)
+            started: asyncio.Queue[str] = asyncio.Queue()
+            ids: list[str] = []
+            async with self.engine.starts(selector, started):
+                assert agent.proc is not None
+                meter = CpuMeter(agent.proc.pid)
+                t0, wall0 = time.monotonic(), time.time()
+
+                async def submit(i: int) -> None:
+                    response = await client.post("/v1/tasks", json=task_body(f"{name}-{i}"))
+                    response.raise_for_status()
+                    ids.append(response.json()["id"])
+
+                async def submit_all() -> None:
+                    await asyncio.gather(*(submit(i) for i in range(run.size)))
+                    run.submitted = time.monotonic() - t0
+
+                async def manager_running() -> None:
+                    await _confirm_running(client, started, ids, run.size)
+                    run.seconds = time.monotonic() - t0
+                    run.cube_cpu, run.engine_cpu, run.client_cpu = meter.read()
+
+                await asyncio.wait_for(asyncio.gather(submit_all(), manager_running()), TIMEOUT)
+            listed = (await client.get("/v1/tasks", params={"state": "running"})).json()
+            if len(listed) != run.size:
+                raise RuntimeError(f"{len(listed)} of {run.size} tasks Running at the end")
+            running = await _running_events(client, ids)
+            run.worker_running = max(running) - wall0
+            run.curve = _cumulative([t - wall0 for t in running])
+            run.docker_running = await self.last_started(selector) - wall0
+
+    async def last_started(self, labels: dict[str, str]) -> float:
         """When the last of the containers with ``labels`` started (Docker's ``StartedAt``)."""
         latest = 0.0
         for row in await self.engine.containers(labels, running=False):
@@ -242,7 +255,7 @@ class Bench:
             await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(run.size))), TIMEOUT)
             run.seconds = time.monotonic() - t0
             _, run.engine_cpu, run.client_cpu = meter.read()
-            run.docker_running = await self._last_started(self.labels) - wall0
+            run.docker_running = await self.last_started(self.labels) - wall0
         finally:
             await self.engine.remove_labelled(self.labels)
 
@@ -298,7 +311,7 @@ class Bench:
                     raise TimeoutError(f"swarm: {count} of {run.size} running after {TIMEOUT}s")
                 await asyncio.sleep(POLL)
             run.seconds = time.monotonic() - t0
-            run.docker_running = await self._last_started(self.labels) - wall0
+            run.docker_running = await self.last_started(self.labels) - wall0
         finally:
             await self.remove_services()
 
@@ -315,10 +328,9 @@ class Bench:
             await asyncio.sleep(0.2)
 
     # --- one measurement -----------------------------------------------------------------------
-    async def measure(self, system: str, size: int, trial: int, *, attempts: int = 3) -> Run:
-        """Run one measurement; again (up to ``attempts``) if the engine went away meanwhile
-        (others restart it on a shared machine)."""
-        actions: dict[str, Callable[[Run], Awaitable[None]]] = {
+    def actions(self) -> dict[str, Callable[[Run], Awaitable[None]]]:
+        """System name -> how to measure one run of it."""
+        return {
             "cube": self.cube,
             "docker-api-parallel": lambda r: self.docker_api(r, parallel=True),
             "docker-api-sequential": lambda r: self.docker_api(r, parallel=False),
@@ -326,6 +338,11 @@ class Bench:
             "docker-cli-sequential": lambda r: self.docker_cli(r, parallel=False),
             "swarm": self.swarm,
         }
+
+    async def measure(self, system: str, size: int, trial: int, *, attempts: int = 3) -> Run:
+        """Run one measurement; again (up to ``attempts``) if the engine went away meanwhile
+        (others restart it on a shared machine)."""
+        actions = self.actions()
         for attempt in range(1, attempts + 1):
             run = Run(system=system, size=size, trial=trial)
             try:
@@ -374,6 +391,11 @@ def _docker_run_args(name: str, labels: dict[str, str]) -> list[str]:
         IMAGE,
         *COMMAND,
     ]
+
+
+def worker_selector(name: str) -> dict[str, str]:
+    """The labels of every container Cube's worker ``name`` runs."""
+    return {"cube.managed-by": "cube", "cube.worker": name}
 
 
 async def _node_ready(client: httpx.AsyncClient, name: str) -> bool:
@@ -433,10 +455,11 @@ async def _confirm_running(
 
 
 # --- the report -----------------------------------------------------------------------------------
-def summarise(runs: Sequence[Run]) -> list[dict[str, Any]]:
+def summarise(runs: Sequence[Run], known: Sequence[str] = SYSTEMS) -> list[dict[str, Any]]:
+    """One row per size and system of ``known`` (in that order), medians over the trials."""
     rows: list[dict[str, Any]] = []
     sizes = sorted({r.size for r in runs})
-    systems = [s for s in SYSTEMS if any(r.system == s for r in runs)]
+    systems = [s for s in known if any(r.system == s for r in runs)]
     for size in sizes:
         baseline = median([r.seconds for r in runs if _ok(r, BASELINE, size)])
         for system in systems:
@@ -559,28 +582,25 @@ def plot(runs: Sequence[Run], rows: Sequence[dict[str, Any]], path: Path) -> Non
     save_figure(fig, path)
 
 
-async def amain(args: argparse.Namespace) -> int:
-    info = machine()
-    rid = run_id()
-    workdir = Path(tempfile.mkdtemp(prefix=f"cube-start-{rid}-", dir=WORKDIR))
-    engine = Engine()
-    env = dict(item.split("=", 1) for item in args.agent_env)
-    bench = Bench(engine, rid, workdir, env=env)
+async def run_trials(
+    bench: Bench, systems: Sequence[str], sizes: Sequence[int], trials: int, *, attempts: int = 3
+) -> list[Run]:
+    """Each system once per trial and size, in an order rotated from trial to trial; then
+    remove what the runs left, leave the swarm if this run made one, close the engine."""
     runs: list[Run] = []
-    systems = [s for s in SYSTEMS if s in args.systems]
-    print(f"run {rid}: logs in {workdir}", file=sys.stderr)
     try:
         if "swarm" in systems:
             await bench.setup_swarm()
-        for size in args.sizes:
-            for trial in range(1, args.trials + 1):
+        for size in sizes:
+            for trial in range(1, trials + 1):
                 k = (trial - 1) % len(systems)
-                for system in systems[k:] + systems[:k]:
-                    run = await bench.measure(system, size, trial)
+                for system in [*systems[k:], *systems[:k]]:
+                    run = await bench.measure(system, size, trial, attempts=attempts)
                     runs.append(run)
                     extra = (
-                        f" (docker {run.docker_running:.2f}s, worker {run.worker_running:.2f}s)"
-                        if system == "cube"
+                        f" (docker {run.docker_running:.2f}s, worker {run.worker_running:.2f}s, "
+                        f"manager {run.manager_running:.2f}s)"
+                        if system.startswith("cube")
                         else ""
                     )
                     print(
@@ -590,10 +610,23 @@ async def amain(args: argparse.Namespace) -> int:
     finally:
         try:
             await bench.remove_services()
-            await engine.remove_labelled(bench.labels)
+            await bench.engine.remove_labelled(bench.labels)
         finally:
             bench.teardown_swarm()
-            await engine.aclose()
+            await bench.engine.aclose()
+    return runs
+
+
+async def amain(args: argparse.Namespace) -> int:
+    info = machine()
+    rid = run_id()
+    workdir = Path(tempfile.mkdtemp(prefix=f"cube-start-{rid}-", dir=WORKDIR))
+    engine = Engine()
+    env = dict(item.split("=", 1) for item in args.agent_env)
+    bench = Bench(engine, rid, workdir, env=env)
+    systems = [s for s in SYSTEMS if s in args.systems]
+    print(f"run {rid}: logs in {workdir}", file=sys.stderr)
+    runs = await run_trials(bench, systems, args.sizes, args.trials)
     rows = summarise(runs)
     if rows:
         print(table(rows, COLUMNS))

@@ -88,3 +88,32 @@ def test_manager_bench_runs_a_small_simulated_fleet(tmp_path: Path) -> None:
     assert result["post_burst_ms"]["n"] == 200, result
     assert result["get_tasks_ms"]["n"] == 10, result
     assert result["staleness_steady"]["max"] is not None, result
+
+
+@pytest.mark.docker
+def test_jobs_bench_starts_a_job_against_the_engine(tmp_path: Path) -> None:
+    saved = run_bench(
+        "jobs.py",
+        tmp_path / "j.json",
+        *("--parts", "docker", "--systems", "cube-job,docker-api-parallel"),
+        *("--sizes", "2", "--trials", "1"),
+    )
+    docker = saved["docker"]
+    assert not [r for r in docker["runs"] if r["error"]], docker["runs"]
+    systems = {r["system"]: r for r in docker["summary"]}
+    assert set(systems) == {"cube-job", "docker-api-parallel"}
+    assert systems["cube-job"]["median_s"] > 0, systems
+    assert systems["cube-job"]["manager_running_s"] > 0, systems
+
+
+def test_jobs_bench_runs_jobs_on_a_small_simulated_fleet(tmp_path: Path) -> None:
+    saved = run_bench(
+        "jobs.py",
+        tmp_path / "j.json",
+        *("--parts", "sim", "--nodes", "10", "--jobs", "2", "--count", "10", "--every", "0.5"),
+    )
+    sim = saved["sim"]
+    assert sim["error"] == "", sim
+    assert sim["running"] == 20, sim
+    assert sim["rate"] > 0, sim
+    assert sim["manager_peak_rss"] > 0, sim

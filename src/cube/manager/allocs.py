@@ -18,7 +18,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from cube.job.model import Allocation, AllocDesired, AllocStatus, AllocTask, can_alloc_transition
-from cube.job.reconcile import datacenter_of
 from cube.node import Node, NodeState
 from cube.task.model import DesiredState, Task
 from cube.task.state import TERMINAL, State
@@ -129,11 +128,6 @@ def on_bad_node(alloc: Allocation, nodes: Mapping[str, Node]) -> bool:
     if node is None or node.state is NodeState.DOWN:
         return True
     return alloc.desired is AllocDesired.RUN and (node.drain or node.state is NodeState.DRAINING)
-
-
-def in_datacenters(views: Sequence[Node], datacenters: Sequence[str]) -> list[Node]:
-    """The nodes in one of the job's datacenters."""
-    return [v for v in views if datacenter_of(v) in datacenters]
 
 
 def preferred_nodes(

@@ -56,6 +56,11 @@ PLACED = frozenset({State.SCHEDULED, State.RUNNING})
 #: Calls to nodes in flight at once, per collection pass and per dispatch pass (see
 #: Manager.collect).
 COLLECT_CONCURRENCY = 16
+#: Task sends in flight at once (see Manager._send). Without a bound, a job pass of 500
+#: placements queued 500 requests in the fleet's connection pool: each waited there past
+#: its timeout, counted as the node being unreachable, and the node was marked down
+#: (bench/jobs.py: 0 of 10,000 allocations ever ran on 1,000 simulated nodes).
+SEND_CONCURRENCY = 32
 #: The longest pause between two dispatch passes (see Manager._dispatch_loop).
 MAX_DISPATCH_PAUSE = 0.5
 #: Serialises the API's task lists straight from the manager's records.
@@ -151,6 +156,7 @@ class Manager:
         #: Collection: polls in flight at once, and the nodes they are polling.
         self._poll_slots = asyncio.Semaphore(COLLECT_CONCURRENCY)
         self._polling: set[str] = set()
+        self._send_slots = asyncio.Semaphore(SEND_CONCURRENCY)
         #: Jobs and their allocations: they place their tasks through this manager.
         self.jobs = JobService(self)
 
@@ -476,7 +482,9 @@ class Manager:
     async def _send(self, task: Task, node: Node) -> None:
         sending = self._sending.setdefault(task.id, asyncio.Event())
         try:
-            await self._send_once(task, node)
+            # The wait for a slot is the manager's, not the node's: outside the timeout.
+            async with self._send_slots:
+                await self._send_once(task, node)
         finally:
             sending.set()
             if self._sending.get(task.id) is sending:

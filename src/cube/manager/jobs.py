@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterator, Set
+from collections.abc import Iterator, Sequence, Set
 from datetime import UTC, datetime
 from functools import reduce
 from typing import TYPE_CHECKING, Any
@@ -45,13 +45,12 @@ from cube.job.model import (
     next_version,
 )
 from cube.job.plan import Place, Plan
-from cube.job.reconcile import reconcile
+from cube.job.reconcile import datacenter_of, reconcile
 from cube.job.spec import JobSpec, JobType, placement_spec
 from cube.log import get_logger
 from cube.manager.allocs import (
     alloc_task_id,
     derive_status,
-    in_datacenters,
     on_bad_node,
     preferred_nodes,
     task_views,
@@ -105,6 +104,12 @@ class JobService:
         self._blocked: dict[tuple[str, str], int] = {}
         #: Placements this pass may still try (see MAX_PLACEMENTS_PER_PASS).
         self._budget = MAX_PLACEMENTS_PER_PASS
+        #: Kept for one pass, because each placement needs them and computing them anew
+        #: cost O(nodes + allocations) per placement (py-spy, bench/jobs.py: a third of the
+        #: manager's CPU at 300 nodes): node name -> its datacenter, and job -> the nodes
+        #: its live allocations are on (grown by each placement of the pass).
+        self._datacenter: dict[str, str] = {}
+        self._taken: dict[str, set[str]] = {}
 
     # --- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -214,6 +219,7 @@ class JobService:
         assert version is not None
         draft = (job or Job(id=spec.job)).model_copy(update={"stopped": False})
         views = self.manager.list_nodes()
+        self._datacenter = {}  # read afresh: a node may have joined again elsewhere
         plan = reconcile(draft, version, self.allocations(job=spec.job), views, now)
         decisions: dict[str, Decision] = {}
         chosen: set[str] = set()
@@ -290,6 +296,7 @@ class JobService:
         """
         self._wake_at = None
         self._budget = MAX_PLACEMENTS_PER_PASS
+        self._datacenter, self._taken = {}, {}
         self._stop_orphans()
         for job in list(self.jobs.values()):
             if self.jobs.get(job.id) is not job:  # purged (or replaced) during a pause
@@ -401,18 +408,25 @@ class JobService:
 
     # --- placing ------------------------------------------------------------------------------
     def _choose(
-        self, spec: JobSpec, place: Place, views: list[Node], *, also_taken: Set[str] = frozenset()
+        self,
+        spec: JobSpec,
+        place: Place,
+        views: list[Node],
+        *,
+        also_taken: Set[str] = frozenset(),
+        taken: Set[str] | None = None,
     ) -> tuple[Decision, list[Node]]:
         """A node for one allocation of ``place.group``, and the views with it allocated there.
 
         Nodes outside the job's datacenters are out; a system placement names its node;
         otherwise nodes without a live allocation of the job (nor the node ``place.avoid``)
-        are tried first, then every node. ``also_taken``: nodes a dry run placed on already.
+        are tried first, then every node. ``also_taken``: nodes a dry run placed on already;
+        ``taken``: the nodes of the job's live allocations, if the caller knows them.
         """
         group = spec.group(place.group)
         request = placement_spec(spec, group)
         scheduler = self.manager.scheduler
-        eligible = in_datacenters(views, spec.datacenters)
+        eligible = self._in_datacenters(views, spec.datacenters)
         if place.node is not None:
             eligible = [v for v in eligible if v.name == place.node]
         if not eligible:
@@ -421,14 +435,8 @@ class JobService:
             if place.node is not None:
                 reason = f"node {place.node} is not in datacenter {where}"
             return Decision(node=None, algorithm=scheduler.algorithm, reason=reason), views
-        taken = {
-            a.node
-            for a in self.allocs.values()
-            if a.job == spec.job
-            and a.node is not None
-            and not a.is_terminal
-            and a.desired is AllocDesired.RUN
-        }
+        if taken is None:
+            taken = self._live_nodes(spec.job)
         first = preferred_nodes(
             eligible, [*(n for n in taken if n), *also_taken], avoid=place.avoid
         )
@@ -440,6 +448,26 @@ class JobService:
         if decision.node is not None:
             views = [allocate(v, request) if v.name == decision.node else v for v in views]
         return decision, views
+
+    def _in_datacenters(self, views: list[Node], datacenters: Sequence[str]) -> list[Node]:
+        """The nodes in one of ``datacenters``; each node's datacenter is read once per pass."""
+        known = self._datacenter
+        for view in views:
+            if view.name not in known:
+                known[view.name] = datacenter_of(view)
+        wanted = set(datacenters)
+        return [v for v in views if known[v.name] in wanted]
+
+    def _live_nodes(self, job: str) -> set[str]:
+        """The nodes the job's live allocations are on."""
+        return {
+            a.node
+            for a in self.allocs.values()
+            if a.job == job
+            and a.node is not None
+            and not a.is_terminal
+            and a.desired is AllocDesired.RUN
+        }
 
     def _place(
         self, job: Job, version: JobVersion, place: Place, views: list[Node], now: datetime
@@ -483,7 +511,10 @@ class JobService:
         changed: list[Allocation],
     ) -> list[Node]:
         self._budget -= 1
-        decision, views = self._choose(spec, place, views)
+        taken = self._taken.get(alloc.job)
+        if taken is None:
+            taken = self._taken[alloc.job] = self._live_nodes(alloc.job)
+        decision, views = self._choose(spec, place, views, taken=taken)
         alloc.placement = decision.model_dump(mode="json")
         if decision.node is None:
             self._blocked[(alloc.job, alloc.group)] = self.manager._generation
@@ -491,6 +522,7 @@ class JobService:
             self.manager.store.save_allocations(changed)
             return views
         self._blocked.pop((alloc.job, alloc.group), None)
+        taken.add(decision.node)
         alloc.node = decision.node
         alloc.status_reason = f"placed on {decision.node}"
         self.manager.store.save_allocations(changed)  # the allocation first, then its tasks
