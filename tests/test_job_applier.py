@@ -302,7 +302,8 @@ async def test_a_group_is_placed_as_one_unit_spread_over_the_nodes() -> None:
             t = manager.tasks[task_id]
             assert (t.node, t.state, t.alloc) == (a.node, State.SCHEDULED, t.alloc)
             assert t.alloc is not None
-            assert (t.alloc.id, t.alloc.index) == (a.id, a.index)
+            # size: the group's two tasks, so the worker gives them a network to share
+            assert (t.alloc.id, t.alloc.index, t.alloc.size) == (a.id, a.index, 2)
     # Every task was sent with its allocation, to its allocation's node.
     assert len(workers.sent) == 6
     assert all(r.alloc is not None and r.id == f"{r.alloc.id}-{r.name}" for _, r in workers.sent)

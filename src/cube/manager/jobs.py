@@ -478,7 +478,9 @@ class JobService:
 
     def _start_tasks(self, alloc: Allocation, node: Node) -> None:
         spec = self.versions[alloc.job][alloc.version].spec.group(alloc.group)
-        ref = AllocRef(id=alloc.id, job=alloc.job, group=alloc.group, index=alloc.index)
+        ref = AllocRef(
+            id=alloc.id, job=alloc.job, group=alloc.group, index=alloc.index, size=len(spec.tasks)
+        )
         for task_spec in spec.tasks:
             task_id = alloc_task_id(alloc.id, task_spec.name)
             if task_id in self.manager.tasks:
