@@ -293,6 +293,8 @@ async def test_a_group_is_placed_as_one_unit_spread_over_the_nodes() -> None:
     allocs = manager.jobs.allocations(job="shop")
     assert sorted(a.index for a in allocs) == [0, 1, 2]
     assert {a.node for a in allocs} == {"n1", "n2"}  # spread: both nodes, not one
+    on_n1 = manager.jobs.allocations(node="n1")
+    assert on_n1 == [a for a in allocs if a.node == "n1"] and on_n1
     for a in allocs:
         assert a.placement is not None
         assert a.placement["node"] == a.node

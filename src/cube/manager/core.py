@@ -451,7 +451,7 @@ class Manager:
         The job service placed the allocation; the task goes the way every task goes.
         """
         ref = task.alloc
-        made = f"created for {ref.job}.{ref.group}[{ref.index}] ({ref.id})" if ref else "created"
+        made = f"created for {ref.name} ({ref.id})" if ref else "created"
         self.tasks[task.id] = task
         self._assign(task, node.name)
         self._save(

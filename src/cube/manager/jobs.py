@@ -239,8 +239,12 @@ class JobService:
         self.job(job_id)
         return [self.versions[job_id][n] for n in sorted(self.versions.get(job_id, {}))]
 
-    def allocations(self, *, job: str | None = None) -> list[Allocation]:
-        allocs = [a for a in self.allocs.values() if job is None or a.job == job]
+    def allocations(self, *, job: str | None = None, node: str | None = None) -> list[Allocation]:
+        allocs = [
+            a
+            for a in self.allocs.values()
+            if (job is None or a.job == job) and (node is None or a.node == node)
+        ]
         return sorted(allocs, key=lambda a: a.created_at)
 
     def allocation(self, alloc_id: str) -> Allocation:

@@ -375,6 +375,11 @@ def privileges(spec: TaskSpec) -> set[Privilege]:
     return wanted
 
 
+def alloc_name(job: str, group: str, index: int) -> str:
+    """``shop.web[2]``: the ``index``-th allocation of ``group`` of ``job``."""
+    return f"{job}.{group}[{index}]"
+
+
 class AllocRef(BaseModel):
     """The allocation of a job that a task belongs to (see :mod:`cube.job`).
 
@@ -394,6 +399,11 @@ class AllocRef(BaseModel):
     #: How many tasks the group has. None in records (and container labels) from before
     #: Cube sent it: those allocations were given a network, and keep it.
     size: int | None = Field(default=None, ge=1, le=1000)
+
+    @property
+    def name(self) -> str:
+        """``shop.web[2]``: how people (and Nomad) name an allocation."""
+        return alloc_name(self.job, self.group, self.index)
 
     @property
     def shared(self) -> bool:
