@@ -1,4 +1,6 @@
-"""The task: what users submit (spec), what Cube tracks (model), how it moves (state)."""
+"""The task: what users submit (spec), what Cube tracks (model), how it moves (state), and
+whether its container is restarted (restart: decided alike by the worker, which restarts it,
+and the manager, which tells from it whether a failure is final)."""
 
 from cube.task.model import DesiredState, Health, PublishedPort, Task, TaskEvent, new_task_id
 from cube.task.spec import (
@@ -12,6 +14,7 @@ from cube.task.spec import (
     load_spec_file,
     parse_request,
 )
+from cube.task.restart import RestartDecision, decide_restart
 from cube.task.state import TERMINAL, TRANSITIONS, State, can_transition, check_transition
 
 __all__ = [
@@ -23,6 +26,7 @@ __all__ = [
     "PortMapping",
     "PublishedPort",
     "Resources",
+    "RestartDecision",
     "RestartPolicy",
     "RestartPolicyName",
     "State",
@@ -32,6 +36,7 @@ __all__ = [
     "TaskSpec",
     "can_transition",
     "check_transition",
+    "decide_restart",
     "load_spec_file",
     "new_task_id",
     "parse_request",
