@@ -24,6 +24,7 @@ from tests.test_faults_cluster import (
     get_json,
     gone,
     report,
+    start_workers,
     two_node_cluster,
     wait_node,
 )
@@ -286,16 +287,46 @@ def test_batch_job_that_always_fails_ends_failed_with_its_exit_code_and_log_tail
     assert_converges(manager.url, [a.name, b.name], {})
 
 
-def test_system_job_runs_one_allocation_per_node(
+def test_system_job_follows_the_nodes_that_join_drain_and_come_back(
     start_manager: Any, start_worker: Any, tmp_path: Path
 ) -> None:
-    manager, a, b = two_node_cluster(start_manager, start_worker)
+    manager = start_manager("--node-timeout", str(NODE_TIMEOUT))
+    workers = start_workers(start_worker, manager.url, 3)
+    for worker in workers:
+        wait_node(manager.url, worker.name, "ready")
     path = job_file(tmp_path, "agent", count=None, type="system")
     ran = cube(manager, "job", "run", str(path))
     assert ran.returncode == 0, ran.stderr
-    allocs = wait_allocs(manager.url, "agent", 2)
-    assert sorted(x["node"] for x in allocs) == sorted([a.name, b.name])
-    assert_job_converges(manager, "agent", [a, b])
+    allocs = wait_allocs(manager.url, "agent", 3)
+    assert sorted(x["node"] for x in allocs) == sorted(w.name for w in workers)
+
+    fourth = start_worker("--manager", manager.url)  # a node that joins gets one
+    workers.append(fourth)
+    allocs = wait_allocs(manager.url, "agent", 4)
+    assert sorted(x["node"] for x in allocs) == sorted(w.name for w in workers)
+    assert_job_converges(manager, "agent", workers)
+
+    drained = workers[0]
+    (on_drained,) = [x for x in allocs if x["node"] == drained.name]
+    assert cube(manager, "nodes", "drain", drained.name).returncode == 0
+    rest = wait_allocs(manager.url, "agent", 3)
+    assert drained.name not in {x["node"] for x in rest}
+    assert {x["id"] for x in rest} < {x["id"] for x in allocs}  # nothing new elsewhere
+    wait_for(
+        lambda: all(
+            not containers_of(f"cube.task-id={t}", running_only=True)
+            for t in task_ids([on_drained])
+        ),
+        what="the drained node's allocation to stop",
+    )
+    stopped = get_json(manager.url, f"/allocations/{on_drained['id']}")
+    assert (stopped["desired"], stopped["replaced_by"]) == ("stop", None)
+    assert_job_converges(manager, "agent", workers)
+
+    assert cube(manager, "nodes", "undrain", drained.name).returncode == 0
+    back = wait_allocs(manager.url, "agent", 4)
+    assert sorted(x["node"] for x in back) == sorted(w.name for w in workers)
+    assert_job_converges(manager, "agent", workers)
 
 
 # --- bad input ------------------------------------------------------------------------------------
