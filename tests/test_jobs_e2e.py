@@ -18,7 +18,7 @@ import pytest
 
 from tests import api
 from tests.conftest import IMAGE, AgentProcess, containers_of, wait_for
-from tests.invariants import assert_converges, job_expectations
+from tests.invariants import alloc_networks, assert_converges, job_expectations
 from tests.test_faults_cluster import (
     NODE_TIMEOUT,
     get_json,
@@ -367,15 +367,38 @@ def test_plan_changes_nothing_and_says_what_cannot_be_placed(
 
 
 # --- tasks that reach each other by name (the worker's allocation runner) -------------------------
-def test_shop_example_reaches_the_api_through_the_proxy(
+def test_shop_example_reaches_the_api_through_the_proxy_and_survives_a_killed_worker(
     start_manager: Any, start_worker: Any
 ) -> None:
-    manager, _, _ = two_node_cluster(start_manager, start_worker)
+    manager, a, b = two_node_cluster(start_manager, start_worker)
     shop = Path(__file__).parent.parent / "examples" / "shop.yaml"
     ran = cube(manager, "job", "run", str(shop), "--timeout", "60")
     assert ran.returncode == 0, ran.stderr
-    tasks = {t["id"]: t for t in get_json(manager.url, "/tasks")}
-    for alloc in wait_allocs(manager.url, "shop", 3):
+    allocs = wait_allocs(manager.url, "shop", 3)
+    assert {x["node"] for x in allocs} == {a.name, b.name}  # spread over both
+    assert_proxies_answer(manager.url, allocs)
+
+    a.kill()  # kill -9: its allocations are replaced on b, then it comes back
+    wait_node(manager.url, a.name, "down", timeout=NODE_TIMEOUT + 5)
+    moved = wait_for(
+        lambda: [x for x in running_holders(manager.url, "shop", 3) if x["node"] == b.name],
+        timeout=60,
+        what="every allocation of shop running on the worker left",
+    )
+    assert len(moved) == 3
+    assert_proxies_answer(manager.url, moved)
+    a.start()
+    wait_node(manager.url, a.name, "ready")
+    # One live copy of each task, and no network of a lost allocation left on either node.
+    assert_job_converges(manager, "shop", [a, b])
+    networks = alloc_networks([a.name, b.name])
+    assert set(networks) == {(x["id"], x["node"]) for x in holders(manager.url, "shop")}
+
+
+def assert_proxies_answer(url: str, allocs: list[dict[str, Any]]) -> None:
+    """``curl`` on each allocation's host port reaches its API through its proxy."""
+    tasks = {t["id"]: t for t in get_json(url, "/tasks")}
+    for alloc in allocs:
         proxy = tasks[alloc["tasks"]["proxy"]["id"]]
         (port,) = [p["host"] for p in proxy["ports"] if p["container"] == 8080]
         page = api.get(f"http://127.0.0.1:{port}/", timeout=5)
