@@ -21,6 +21,7 @@ from tests.conftest import IMAGE, AgentProcess, containers_of, wait_for
 from tests.invariants import alloc_networks, assert_converges, job_expectations
 from tests.test_faults_cluster import (
     NODE_TIMEOUT,
+    PATIENT,
     get_json,
     gone,
     report,
@@ -208,7 +209,8 @@ def test_scale_update_stop_and_purge(start_manager: Any, start_worker: Any, tmp_
 def test_manager_killed_and_restarted_resumes_the_job_and_doubles_nothing(
     start_manager: Any, start_worker: Any, tmp_path: Path
 ) -> None:
-    manager, a, b = two_node_cluster(start_manager, start_worker)
+    # PATIENT: a restart on a busy machine must not pass for a silence that stops every task.
+    manager, a, b = two_node_cluster(start_manager, start_worker, *PATIENT)
     detached = cube(manager, "job", "run", str(job_file(tmp_path, "resume", count=4)), "--detach")
     assert detached.returncode == 0, detached.stderr
     manager.kill()  # in the middle of placing and starting
