@@ -156,6 +156,17 @@ async def test_a_returning_node_gets_back_at_its_join_the_tasks_it_still_runs() 
     await manager.close()
 
 
+async def stopped_by_its_node(manager: Manager, node: FakeNode, task_id: str) -> str:
+    """The node stops the task without being asked (its manager was silent too long), and
+    the manager collects; the reason the node gave."""
+    copy = node.copies[task_id]
+    copy.desired = DesiredState.STOP
+    reason = "stopped: no call from the manager for 10s (--stop-after-disconnect 10s)"
+    node.history[task_id].append(copy.transition(State.COMPLETED, reason))
+    await collect(manager)
+    return reason
+
+
 async def test_a_task_its_node_stopped_on_its_own_is_placed_again_not_completed() -> None:
     node = FakeNode()
     manager, task_id = await one_task_on(node)
@@ -163,12 +174,7 @@ async def test_a_task_its_node_stopped_on_its_own_is_placed_again_not_completed(
     await collect(manager)
     assert manager.get(task_id).state is State.RUNNING
 
-    # The node stops it without being asked (its manager was silent too long).
-    copy = node.copies[task_id]
-    copy.desired = DesiredState.STOP
-    reason = "stopped: no call from the manager for 10s (--stop-after-disconnect 10s)"
-    node.history[task_id].append(copy.transition(State.COMPLETED, reason))
-    await collect(manager)
+    reason = await stopped_by_its_node(manager, node, task_id)
 
     task = manager.get(task_id)
     assert (task.state, task.node) == (State.PENDING, None), task
@@ -185,11 +191,7 @@ async def test_an_allocation_task_its_node_stopped_on_its_own_ends_for_its_alloc
     node.start(task_id)
     await collect(manager)
 
-    copy = node.copies[task_id]
-    copy.desired = DesiredState.STOP
-    reason = "stopped: no call from the manager for 10s (--stop-after-disconnect 10s)"
-    node.history[task_id].append(copy.transition(State.COMPLETED, reason))
-    await collect(manager)
+    await stopped_by_its_node(manager, node, task_id)
 
     task = manager.get(task_id)
     assert (task.state, task.desired, task.node) == (State.FAILED, DesiredState.STOP, "n1")
