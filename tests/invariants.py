@@ -5,8 +5,9 @@
 * no container is orphaned: every running Cube container of these workers belongs
   to a task the manager says is Running there;
 * no allocation network is left over: each network of these workers belongs to an
-  allocation with a task that is not over there (pending, scheduled or running), and
-  each running task of an allocation has exactly one network of its allocation on its node.
+  allocation of several tasks with a task that is not over there (pending, scheduled or
+  running), and each running task of such an allocation has exactly one network of its
+  allocation on its node; an allocation of one task has none.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from cube.task.spec import AllocRef
 from tests import api
 from tests.conftest import docker, wait_for
 
@@ -63,7 +65,7 @@ def network_violations(tasks: Iterable[dict[str, Any]], workers: Iterable[str]) 
     wanted = {
         (t["alloc"]["id"], t["node"])
         for t in tasks
-        if t["state"] in ("pending", "scheduled", "running")
+        if t["state"] in ("pending", "scheduled", "running") and shared(t["alloc"])
     }
     problems = [
         f"leftover network(s) {names} of allocation {alloc_id} on {worker}"
@@ -72,9 +74,14 @@ def network_violations(tasks: Iterable[dict[str, Any]], workers: Iterable[str]) 
     ]
     for task in tasks:
         names = networks.get((task["alloc"]["id"], task["node"]), [])
-        if task["state"] == "running" and len(names) != 1:
+        if task["state"] == "running" and shared(task["alloc"]) and len(names) != 1:
             problems.append(f"task {task['id']} runs with allocation networks {names}")
     return problems
+
+
+def shared(alloc: dict[str, Any]) -> bool:
+    """Whether the allocation's tasks share a network (see ``AllocRef.shared``)."""
+    return bool(AllocRef.model_validate(alloc).shared)
 
 
 def invariant_violations(

@@ -28,11 +28,13 @@ from cube.cli.errors import handle_errors
 from cube.cli.main import cli
 from cube.cli.run import RunFlags, build_request, check_running, describe, wait_status
 from cube.errors import CubeError, InvalidSpec, NotFound
+from cube.job.model import Allocation, AllocStatus
 from cube.job.spec import is_job_document
 from cube.node import MachineStats, Node, Resources
 from cube.scheduler import Decision, NodeScore
 from cube.task.model import DesiredState, Health, PublishedPort, Task, TaskEvent
 from cube.task.spec import (
+    AllocRef,
     HealthCheck,
     PortMapping,
     Protocol,
@@ -470,6 +472,28 @@ def test_status_shows_health_when_a_task_has_a_check(
     assert lines[2].split()[-1] == "-"
 
 
+SHOP_WEB_2 = AllocRef(id="a1b2c3d4e5f6", job="shop", group="web", index=2, size=2)
+
+
+def test_status_names_the_allocation_of_a_jobs_task(
+    manager: FakeManager, cube: Callable[..., Result]
+) -> None:
+    proxy = make_task(spec=TaskSpec(name="proxy", image="x"), alloc=SHOP_WEB_2)
+    manager.on("GET /v1/tasks", 200, [proxy, make_task()])
+    header, of_job, alone = (line.split() for line in cube("status").stdout.splitlines())
+    assert header[:4] == ["ID", "NAME", "ALLOC", "STATE"]
+    assert of_job[1:4] == ["proxy", "shop.web[2]", "Pending"]
+    assert alone[1:4] == ["web", "-", "Pending"]
+    listed = json.loads(cube("status", "-o", "json").stdout)
+    assert listed[0]["alloc"] == SHOP_WEB_2.model_dump(mode="json")
+    assert listed[1]["alloc"] is None
+
+    manager.on(f"GET /v1/tasks/{TASK_ID}", 200, proxy)
+    manager.on(f"GET /v1/tasks/{TASK_ID}/events", 200, [])
+    detail = cube("status", TASK_ID).stdout
+    assert re.search(r"Allocation:\s+shop\.web\[2\] \(a1b2c3d4e5f6\)\n", detail)
+
+
 def test_status_json_is_the_api_json(manager: FakeManager, cube: Callable[..., Result]) -> None:
     tasks = [make_task(state=State.RUNNING, node="w1")]
     manager.on("GET /v1/tasks", 200, tasks)
@@ -651,6 +675,7 @@ def test_nodes_table(manager: FakeManager, cube: Callable[..., Result]) -> None:
 
 def test_nodes_show(manager: FakeManager, cube: Callable[..., Result]) -> None:
     manager.on("GET /v1/nodes/w1", 200, make_node(labels={"zone": "a"}, reason="drained"))
+    manager.on("GET /v1/allocations", 200, [])
     result = cube("nodes", "show", "w1")
     assert result.exit_code == 0, result.output
     assert re.search(r"State:\s+Ready: drained", result.stdout)
@@ -658,14 +683,40 @@ def test_nodes_show(manager: FakeManager, cube: Callable[..., Result]) -> None:
     assert re.search(r"memory\s+8GiB\s+64MiB\s+7.9GiB", result.stdout)
 
 
+def test_nodes_show_lists_the_allocations_it_holds(
+    manager: FakeManager, cube: Callable[..., Result]
+) -> None:
+    web = Allocation(
+        job="shop", group="web", index=2, version=1, group_hash="h", node="w1", tasks={}
+    )
+    web.transition(AllocStatus.RUNNING, "every task running", now=datetime.now(UTC))
+    ended = Allocation(job="shop", group="web", index=0, version=1, group_hash="h", node="w1")
+    ended.transition(AllocStatus.COMPLETE, "stopped", now=datetime.now(UTC))
+    manager.on("GET /v1/nodes/w1", 200, make_node())
+    manager.on("GET /v1/allocations", 200, [web, ended])
+    result = cube("nodes", "show", "w1")
+    assert result.exit_code == 0, result.output
+    assert manager.requests[-1].url.params == httpx.QueryParams(node="w1")
+    _, listed = result.stdout.split("Allocations\n")
+    header, row = listed.splitlines()
+    assert header.split()[:6] == ["ID", "NAME", "NODE", "VERSION", "DESIRED", "STATUS"]
+    assert row.split()[:6] == [web.id[:12], "shop.web[2]", "w1", "1", "run", "Running"]
+    assert "shop.web[0]" not in result.stdout  # ended: history, not what the node holds
+
+    shown = json.loads(cube("nodes", "show", "w1", "-o", "json").stdout)
+    assert shown.pop("allocations") == _jsonable([web])
+    assert shown == _jsonable(make_node()) | {"registered_at": shown["registered_at"]}
+
+
 def test_a_subcommand_uses_its_groups_manager(
     manager: FakeManager, cube: Callable[..., Result]
 ) -> None:
     manager.on("GET /v1/nodes/w1", 200, make_node())
+    manager.on("GET /v1/allocations", 200, [])
     assert cube("nodes", "--manager", "10.1.2.3:7000", "show", "w1").exit_code == 0
-    assert str(manager.requests[-1].url) == "http://10.1.2.3:7000/v1/nodes/w1"
+    assert str(manager.requests[-2].url) == "http://10.1.2.3:7000/v1/nodes/w1"
     assert cube("nodes", "show", "w1", env={"CUBE_ADDR": "10.9.9.9:1"}).exit_code == 0
-    assert manager.requests[-1].url.host == "10.9.9.9"
+    assert {r.url.host for r in manager.requests[-2:]} == {"10.9.9.9"}
 
 
 # ---------------------------------------------------------- client and helpers
@@ -796,6 +847,7 @@ def test_nodes_show_labels_a_worker_reported_inert(
 ) -> None:
     manager.on("GET /v1/nodes/w1", 200, make_node(labels={"zone": HOSTILE}))
     manager.on("GET /v1/nodes", 200, [make_node(reason=HOSTILE)])
+    manager.on("GET /v1/allocations", 200, [])
     result = cube("nodes", "show", "w1")
     _no_control(result.stdout)
     assert f"zone={SHOWN}" in result.stdout

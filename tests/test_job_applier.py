@@ -305,6 +305,9 @@ async def test_a_group_is_placed_as_one_unit_spread_over_the_nodes() -> None:
     allocs = manager.jobs.allocations(job="shop")
     assert sorted(a.index for a in allocs) == [0, 1, 2]
     assert {a.node for a in allocs} == {"n1", "n2"}  # spread: both nodes, not one
+    on_n1 = manager.jobs.allocations(node="n1")
+    assert on_n1
+    assert on_n1 == [a for a in allocs if a.node == "n1"]
     for a in allocs:
         assert a.placement is not None
         assert a.placement["node"] == a.node
@@ -314,7 +317,8 @@ async def test_a_group_is_placed_as_one_unit_spread_over_the_nodes() -> None:
             t = manager.tasks[task_id]
             assert (t.node, t.state, t.alloc) == (a.node, State.SCHEDULED, t.alloc)
             assert t.alloc is not None
-            assert (t.alloc.id, t.alloc.index) == (a.id, a.index)
+            # size: the group's two tasks, so the worker gives them a network to share
+            assert (t.alloc.id, t.alloc.index, t.alloc.size) == (a.id, a.index, 2)
     # Every task was sent with its allocation, to its allocation's node.
     assert len(workers.sent) == 6
     assert all(r.alloc is not None and r.id == f"{r.alloc.id}-{r.name}" for _, r in workers.sent)

@@ -18,12 +18,14 @@ import pytest
 
 from tests import api
 from tests.conftest import IMAGE, AgentProcess, containers_of, wait_for
-from tests.invariants import assert_converges, job_expectations
+from tests.invariants import alloc_networks, assert_converges, job_expectations
 from tests.test_faults_cluster import (
     NODE_TIMEOUT,
+    PATIENT,
     get_json,
     gone,
     report,
+    start_workers,
     two_node_cluster,
     wait_node,
 )
@@ -207,7 +209,8 @@ def test_scale_update_stop_and_purge(start_manager: Any, start_worker: Any, tmp_
 def test_manager_killed_and_restarted_resumes_the_job_and_doubles_nothing(
     start_manager: Any, start_worker: Any, tmp_path: Path
 ) -> None:
-    manager, a, b = two_node_cluster(start_manager, start_worker)
+    # PATIENT: a restart on a busy machine must not pass for a silence that stops every task.
+    manager, a, b = two_node_cluster(start_manager, start_worker, *PATIENT)
     detached = cube(manager, "job", "run", str(job_file(tmp_path, "resume", count=4)), "--detach")
     assert detached.returncode == 0, detached.stderr
     manager.kill()  # in the middle of placing and starting
@@ -286,16 +289,46 @@ def test_batch_job_that_always_fails_ends_failed_with_its_exit_code_and_log_tail
     assert_converges(manager.url, [a.name, b.name], {})
 
 
-def test_system_job_runs_one_allocation_per_node(
+def test_system_job_follows_the_nodes_that_join_drain_and_come_back(
     start_manager: Any, start_worker: Any, tmp_path: Path
 ) -> None:
-    manager, a, b = two_node_cluster(start_manager, start_worker)
+    manager = start_manager("--node-timeout", str(NODE_TIMEOUT))
+    workers = start_workers(start_worker, manager.url, 3)
+    for worker in workers:
+        wait_node(manager.url, worker.name, "ready")
     path = job_file(tmp_path, "agent", count=None, type="system")
     ran = cube(manager, "job", "run", str(path))
     assert ran.returncode == 0, ran.stderr
-    allocs = wait_allocs(manager.url, "agent", 2)
-    assert sorted(x["node"] for x in allocs) == sorted([a.name, b.name])
-    assert_job_converges(manager, "agent", [a, b])
+    allocs = wait_allocs(manager.url, "agent", 3)
+    assert sorted(x["node"] for x in allocs) == sorted(w.name for w in workers)
+
+    fourth = start_worker("--manager", manager.url)  # a node that joins gets one
+    workers.append(fourth)
+    allocs = wait_allocs(manager.url, "agent", 4)
+    assert sorted(x["node"] for x in allocs) == sorted(w.name for w in workers)
+    assert_job_converges(manager, "agent", workers)
+
+    drained = workers[0]
+    (on_drained,) = [x for x in allocs if x["node"] == drained.name]
+    assert cube(manager, "nodes", "drain", drained.name).returncode == 0
+    rest = wait_allocs(manager.url, "agent", 3)
+    assert drained.name not in {x["node"] for x in rest}
+    assert {x["id"] for x in rest} < {x["id"] for x in allocs}  # nothing new elsewhere
+    wait_for(
+        lambda: all(
+            not containers_of(f"cube.task-id={t}", running_only=True)
+            for t in task_ids([on_drained])
+        ),
+        what="the drained node's allocation to stop",
+    )
+    stopped = get_json(manager.url, f"/allocations/{on_drained['id']}")
+    assert (stopped["desired"], stopped["replaced_by"]) == ("stop", None)
+    assert_job_converges(manager, "agent", workers)
+
+    assert cube(manager, "nodes", "undrain", drained.name).returncode == 0
+    back = wait_allocs(manager.url, "agent", 4)
+    assert sorted(x["node"] for x in back) == sorted(w.name for w in workers)
+    assert_job_converges(manager, "agent", workers)
 
 
 # --- bad input ------------------------------------------------------------------------------------
@@ -336,15 +369,39 @@ def test_plan_changes_nothing_and_says_what_cannot_be_placed(
 
 
 # --- tasks that reach each other by name (the worker's allocation runner) -------------------------
-def test_shop_example_reaches_the_api_through_the_proxy(
+def test_shop_example_reaches_the_api_through_the_proxy_and_survives_a_killed_worker(
     start_manager: Any, start_worker: Any
 ) -> None:
-    manager, _, _ = two_node_cluster(start_manager, start_worker)
+    manager, a, b = two_node_cluster(start_manager, start_worker)
     shop = Path(__file__).parent.parent / "examples" / "shop.yaml"
     ran = cube(manager, "job", "run", str(shop), "--timeout", "60")
     assert ran.returncode == 0, ran.stderr
+    allocs = wait_allocs(manager.url, "shop", 3)
+    assert {x["node"] for x in allocs} == {a.name, b.name}  # spread over both
+    assert_proxies_answer(manager, allocs)
+
+    a.kill()  # kill -9: its allocations are replaced on b, then it comes back
+    wait_node(manager.url, a.name, "down", timeout=NODE_TIMEOUT + 5)
+    moved = wait_for(
+        lambda: [x for x in running_holders(manager.url, "shop", 3) if x["node"] == b.name],
+        timeout=60,
+        what="every allocation of shop running on the worker left",
+    )
+    assert len(moved) == 3
+    assert_proxies_answer(manager, moved)
+    a.start()
+    wait_node(manager.url, a.name, "ready")
+    # One live copy of each task, and no network of a lost allocation left on either node.
+    assert_job_converges(manager, "shop", [a, b])
+    networks = alloc_networks([a.name, b.name])
+    assert set(networks) == {(x["id"], x["node"]) for x in holders(manager.url, "shop")}
+
+
+def assert_proxies_answer(manager: Any, allocs: list[dict[str, Any]]) -> None:
+    """``curl`` on each allocation's host port reaches its API through its proxy, and the
+    CLI shows that port and names each task of the allocation."""
     tasks = {t["id"]: t for t in get_json(manager.url, "/tasks")}
-    for alloc in wait_allocs(manager.url, "shop", 3):
+    for alloc in allocs:
         proxy = tasks[alloc["tasks"]["proxy"]["id"]]
         (port,) = [p["host"] for p in proxy["ports"] if p["container"] == 8080]
         page = api.get(f"http://127.0.0.1:{port}/", timeout=5)

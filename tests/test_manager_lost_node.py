@@ -13,13 +13,14 @@ from datetime import timedelta
 import pytest
 
 from cube.errors import Conflict, Unavailable
+from cube.manager.allocs import ended_for_good
 from cube.manager.core import Manager
 from cube.manager.workers import WorkerClient
 from cube.node import MachineStats, Node, NodeReport, NodeState, Resources
 from cube.scheduler import make_scheduler
 from cube.store.memory import MemoryStore
 from cube.task.model import DesiredState, Task, TaskEvent
-from cube.task.spec import TaskRequest
+from cube.task.spec import AllocRef, TaskRequest
 from cube.task.state import State
 
 CAPACITY = Resources(cpu=4, memory=1024**3)
@@ -155,6 +156,17 @@ async def test_a_returning_node_gets_back_at_its_join_the_tasks_it_still_runs() 
     await manager.close()
 
 
+async def stopped_by_its_node(manager: Manager, node: FakeNode, task_id: str) -> str:
+    """The node stops the task without being asked (its manager was silent too long), and
+    the manager collects; the reason the node gave."""
+    copy = node.copies[task_id]
+    copy.desired = DesiredState.STOP
+    reason = "stopped: no call from the manager for 10s (--stop-after-disconnect 10s)"
+    node.history[task_id].append(copy.transition(State.COMPLETED, reason))
+    await collect(manager)
+    return reason
+
+
 async def test_a_task_its_node_stopped_on_its_own_is_placed_again_not_completed() -> None:
     node = FakeNode()
     manager, task_id = await one_task_on(node)
@@ -162,16 +174,29 @@ async def test_a_task_its_node_stopped_on_its_own_is_placed_again_not_completed(
     await collect(manager)
     assert manager.get(task_id).state is State.RUNNING
 
-    # The node stops it without being asked (its manager was silent too long).
-    copy = node.copies[task_id]
-    copy.desired = DesiredState.STOP
-    reason = "stopped: no call from the manager for 10s (--stop-after-disconnect 10s)"
-    node.history[task_id].append(copy.transition(State.COMPLETED, reason))
-    await collect(manager)
+    reason = await stopped_by_its_node(manager, node, task_id)
 
     task = manager.get(task_id)
     assert (task.state, task.node) == (State.PENDING, None), task
     assert f"node n1 stopped it ({reason})" in manager.events(task_id)[-1].reason
+    await manager.close()
+
+
+async def test_an_allocation_task_its_node_stopped_on_its_own_ends_for_its_allocation() -> None:
+    """Not Pending: the dispatcher never places an allocation's task on its own, so it
+    would wait there for good. It ends, and the job service replaces its allocation."""
+    node = FakeNode()
+    manager, task_id = await one_task_on(node)
+    manager.tasks[task_id].alloc = AllocRef(id="a1", job="shop", group="web", index=0, size=1)
+    node.start(task_id)
+    await collect(manager)
+
+    await stopped_by_its_node(manager, node, task_id)
+
+    task = manager.get(task_id)
+    assert (task.state, task.desired, task.node) == (State.FAILED, DesiredState.STOP, "n1")
+    assert ended_for_good(task)  # what makes the job service replace the allocation
+    assert "its allocation is replaced" in manager.events(task_id)[-1].reason
     await manager.close()
 
 

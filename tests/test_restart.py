@@ -1,4 +1,4 @@
-"""The restart policy as a pure decision: cube.worker.restart, every case in one table."""
+"""The restart policy as a pure decision: cube.task.restart, every case in one table."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cube.task.spec import RestartPolicy, RestartPolicyName
-from cube.worker.restart import (
+from cube.task.restart import (
     ENGINE_SHUTDOWN_GRACE,
     EngineFacts,
     Outage,
@@ -16,6 +15,7 @@ from cube.worker.restart import (
     ended_by_engine,
     restart_delay,
 )
+from cube.task.spec import RestartPolicy, RestartPolicyName
 
 NEVER, ON_FAILURE, ALWAYS = RestartPolicyName
 

@@ -48,8 +48,9 @@ PROXY_COMMAND = (
 )
 
 
-def alloc_ref(job: str = "shop", index: int = 0) -> dict[str, Any]:
-    return {"id": uuid.uuid4().hex, "job": job, "group": "web", "index": index}
+def alloc_ref(job: str = "shop", index: int = 0, size: int = 2) -> dict[str, Any]:
+    """An allocation of a group of ``size`` tasks (the shop's: an API and its proxy)."""
+    return {"id": uuid.uuid4().hex, "job": job, "group": "web", "index": index, "size": size}
 
 
 def member(alloc: dict[str, Any], name: str, command: str, **extra: Any) -> dict[str, Any]:
@@ -83,15 +84,20 @@ def run_shop(
 
 def through_proxy(port: int) -> str:
     """What the proxy published on ``port`` answers once it answers (the API's page)."""
+    return page(port, "/cgi-bin/api")
+
+
+def page(port: int, path: str = "/") -> str:
+    """The page at ``path`` on the host's ``port``, once something answers there."""
 
     def answer() -> str | None:
         try:
-            response = api.get(f"http://127.0.0.1:{port}/cgi-bin/api", timeout=5)
+            response = api.get(f"http://127.0.0.1:{port}{path}", timeout=5)
         except httpx.HTTPError:
             return None
         return response.text.strip() if response.status_code == 200 else None
 
-    return str(wait_for(answer, timeout=30, what=f"the proxy on port {port}"))
+    return str(wait_for(answer, timeout=30, what=f"an answer on port {port}"))
 
 
 def logs(url: str, task_id: str) -> str:
@@ -149,6 +155,44 @@ def test_an_allocations_tasks_reach_each_other_by_name_and_know_their_place(
     assert api.delete(f"{worker.url}/v1/tasks/{proxy['id']}", timeout=30).status_code == 200
     assert networks_of(net_label(alloc)) == []
     assert_converges(worker.url, [worker.name], {})
+
+
+def test_an_allocation_of_one_task_has_no_network_but_knows_its_place_and_port(
+    start_worker: Any,
+) -> None:
+    worker = start_worker()
+    alloc = alloc_ref(size=1)
+    spec = member(
+        alloc,
+        "web",
+        "env | grep ^CUBE_ | sort; mkdir /w && echo solo > /w/index.html && httpd -f -p 80 -h /w",
+        ports=["80"],
+    )
+    assert post_task(worker.url, spec).status_code == 201
+    task = wait_state(worker.url, spec["id"], "running")
+
+    [published] = task["ports"]
+    assert published["host"] > 0
+    assert page(published["host"]) == "solo"
+    assert {
+        "CUBE_JOB=shop",
+        "CUBE_GROUP=web",
+        "CUBE_TASK=web",
+        f"CUBE_ALLOC_ID={alloc['id']}",
+        f"CUBE_PORT_80={published['host']}",
+    } <= set(logs(worker.url, task["id"]).splitlines())
+    inspect = json.loads(docker("inspect", task["container_id"]))[0]
+    assert list(inspect["NetworkSettings"]["Networks"]) == ["bridge"]
+    assert not inspect["NetworkSettings"]["Networks"]["bridge"]["Aliases"]
+    assert inspect["Config"]["Labels"]["cube.alloc-size"] == "1"
+    assert networks_of(net_label(alloc)) == []
+
+    worker.kill()  # rebuilt from the store: still one of one, still without a network
+    worker.start()
+    assert task_of(worker.url, task["id"])["alloc"] == alloc
+    assert networks_of(net_label(alloc)) == []
+    assert api.delete(f"{worker.url}/v1/tasks/{task['id']}", timeout=30).status_code == 200
+    assert_converges(worker.url, [worker.name], {task["id"]: "completed"})
 
 
 def test_a_task_on_no_network_stays_there_and_still_knows_its_place(start_worker: Any) -> None:

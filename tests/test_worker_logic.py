@@ -753,6 +753,7 @@ async def test_a_runner_the_store_failed_runs_again_from_what_was_saved(
 
 # --- allocations ---------------------------------------------------------------------------
 
+#: No ``size``: as recorded before Cube sent it. Such an allocation has a network, as it had.
 ALLOC = AllocRef(id="a1b2c3d4e5f6a7b8", job="shop", group="web", index=0)
 
 

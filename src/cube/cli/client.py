@@ -186,8 +186,8 @@ class ManagerClient:
         body = {"group": group, "count": count}
         return self._parse(_JOB, self._send("POST", _job_path(job_id, "/scale"), json=body))
 
-    def allocations(self, *, job: str | None = None) -> list[Allocation]:
-        params = {"job": job} if job is not None else {}
+    def allocations(self, *, job: str | None = None, node: str | None = None) -> list[Allocation]:
+        params = {k: v for k, v in (("job", job), ("node", node)) if v is not None}
         return self._parse(_ALLOCS, self._send("GET", "/v1/allocations", params=params))
 
     def allocation(self, alloc_id: str) -> Allocation:

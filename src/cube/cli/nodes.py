@@ -12,6 +12,7 @@ from rich.text import Text
 from cube.cli import output as out
 from cube.cli.client import ManagerClient, manager_option
 from cube.cli.errors import handle_errors
+from cube.cli.jobs import alloc_table
 from cube.node import MachineStats, Node
 from cube.task.model import utcnow
 
@@ -51,17 +52,23 @@ def nodes_group(ctx: click.Context, client: ManagerClient, output: out.Format) -
 @handle_errors
 @manager_option
 def show_command(client: ManagerClient, name: str, output: out.Format) -> None:
-    """Show one node in detail.
+    """Show one node in detail, with the job allocations it holds (with -o json: the
+    node's JSON and "allocations").
 
     \b
     Example:
       cube nodes show w1
+      cube nodes show w1 -o json | jq -r '.allocations[].name'
     """
     node = client.node(name)
+    allocs = [a for a in client.allocations(node=node.name) if not a.is_terminal]
     if output == "json":
-        out.print_json(node)
-    else:
-        out.show(node_details(node))
+        out.echo_json({**out.jsonable(node), "allocations": out.jsonable(allocs)})
+        return
+    parts: list[RenderableType] = [node_details(node)]
+    if allocs:
+        parts.append(out.section("Allocations", alloc_table(allocs)))
+    out.show(*parts)
 
 
 @nodes_group.command("drain")

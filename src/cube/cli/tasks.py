@@ -119,12 +119,19 @@ def health_text(task: Task) -> str:
     return out.title(task.health) if task.spec.health and not task.is_terminal else ""
 
 
+def alloc_line(task: Task) -> str:
+    """The job allocation the task belongs to, as people name it: ``shop.web[2]``."""
+    return task.alloc.name if task.alloc is not None else ""
+
+
 def task_table(tasks: Sequence[Task]) -> Table:
+    with_alloc = any(t.alloc for t in tasks)
     with_health = any(t.spec.health for t in tasks)
     with_reason = any(list_reason(t) for t in tasks)
     table = out.make_table(
         Column("ID", no_wrap=True, min_width=SHORT_ID),  # on a narrow terminal, others give way
         "NAME",
+        *(["ALLOC"] if with_alloc else []),
         Column("STATE", no_wrap=True, min_width=len("Completed")),
         *("NODE", "IMAGE", "PORTS", "AGE", "RESTARTS"),
         *(["HEALTH"] if with_health else []),
@@ -135,6 +142,7 @@ def task_table(tasks: Sequence[Task]) -> Table:
         row = [
             short(t.id),
             t.name,
+            *([alloc_line(t) or out.DASH] if with_alloc else []),
             out.title(t.state),
             out.or_dash(t.node),
             t.spec.image,
@@ -182,6 +190,7 @@ def task_details(task: Task) -> Table:
         [
             ("ID", task.id),
             ("Name", spec.name),
+            ("Allocation", f"{alloc_line(task)} ({task.alloc.id})" if task.alloc else ""),
             ("Image", spec.image),
             ("Command", shlex.join(spec.command)),
             ("State", state_line(task)),

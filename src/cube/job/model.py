@@ -46,7 +46,7 @@ from pydantic import BaseModel, Field
 from cube.errors import IllegalTransition
 from cube.job.spec import GroupSpec, JobSpec
 from cube.task.model import utcnow
-from cube.task.spec import KEEP_SECRETS
+from cube.task.spec import KEEP_SECRETS, alloc_name
 from cube.task.state import State
 
 
@@ -271,7 +271,7 @@ class Allocation(BaseModel):
     @property
     def name(self) -> str:
         """``shop.web[2]``: how people (and Nomad) name an allocation."""
-        return f"{self.job}.{self.group}[{self.index}]"
+        return alloc_name(self.job, self.group, self.index)
 
     @property
     def is_terminal(self) -> bool:

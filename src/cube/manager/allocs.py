@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from cube.job.model import Allocation, AllocDesired, AllocStatus, AllocTask, can_alloc_transition
 from cube.node import Node, NodeState
 from cube.task.model import DesiredState, Task
+from cube.task.restart import decide_restart
 from cube.task.state import TERMINAL, State
-from cube.worker.restart import decide_restart
 
 #: The longest task ID the API accepts (``TaskRequest.id``).
 MAX_TASK_ID = 64
@@ -41,7 +41,7 @@ def ended_for_good(task: Task) -> bool:
 
     A task the manager ended (its send failed, its allocation stops) has ``desired: stop``;
     otherwise the node restarts it unless its restart policy gives up, the same pure
-    decision the worker takes (:func:`cube.worker.restart.decide_restart`).
+    decision the worker takes (:func:`cube.task.restart.decide_restart`).
     """
     if task.state not in TERMINAL:
         return False

@@ -457,7 +457,7 @@ class Manager:
         The job service placed the allocation; the task goes the way every task goes.
         """
         ref = task.alloc
-        made = f"created for {ref.job}.{ref.group}[{ref.index}] ({ref.id})" if ref else "created"
+        made = f"created for {ref.name} ({ref.id})" if ref else "created"
         self.tasks[task.id] = task
         self._assign(task, node.name)
         self._save(
@@ -667,7 +667,11 @@ class Manager:
                 # Stopped by the node on its own (its manager was silent too long): place
                 # it again, here or elsewhere.
                 self._given_up.add(key)
-                self._unplace(task, f"node {node.name} stopped it ({copy.reason}); rescheduling")
+                why = f"node {node.name} stopped it ({copy.reason})"
+                if task.alloc is not None:  # only the job service places it again
+                    self._end_alloc_task(task, f"{why}; its allocation is replaced")
+                else:
+                    self._unplace(task, f"{why}; rescheduling")
             if task.node != node.name:
                 if not copy.is_terminal or copy.container_id:
                     self._stop_copy(node, copy.id)

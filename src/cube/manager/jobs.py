@@ -275,8 +275,12 @@ class JobService:
         self.job(job_id)
         return [self.versions[job_id][n] for n in sorted(self.versions.get(job_id, {}))]
 
-    def allocations(self, *, job: str | None = None) -> list[Allocation]:
-        allocs = [a for a in self.allocs.values() if job is None or a.job == job]
+    def allocations(self, *, job: str | None = None, node: str | None = None) -> list[Allocation]:
+        allocs = [
+            a
+            for a in self.allocs.values()
+            if (job is None or a.job == job) and (node is None or a.node == node)
+        ]
         return sorted(allocs, key=lambda a: a.created_at)
 
     def allocation(self, alloc_id: str) -> Allocation:
@@ -533,7 +537,9 @@ class JobService:
 
     def _start_tasks(self, alloc: Allocation, node: Node) -> None:
         spec = self.versions[alloc.job][alloc.version].spec.group(alloc.group)
-        ref = AllocRef(id=alloc.id, job=alloc.job, group=alloc.group, index=alloc.index)
+        ref = AllocRef(
+            id=alloc.id, job=alloc.job, group=alloc.group, index=alloc.index, size=len(spec.tasks)
+        )
         for task_spec in spec.tasks:
             task_id = alloc_task_id(alloc.id, task_spec.name)
             if task_id in self.manager.tasks:

@@ -9,7 +9,7 @@
     DELETE /v1/jobs/{id}             stop every allocation (?purge=true: and forget the job)
     GET    /v1/jobs/{id}/versions    every submitted version, oldest first
     POST   /v1/jobs/{id}/scale       {"group": "web", "count": 5}: a new version, count only
-    GET    /v1/allocations           every allocation (?job=shop)
+    GET    /v1/allocations           every allocation (?job=shop, ?node=w1)
     GET    /v1/allocations/{id}      one allocation (a unique ID prefix works too)
 """
 
@@ -147,8 +147,8 @@ def install_job_routes(app: FastAPI, jobs: JobService) -> None:
         return jobs.scale(job_id, body.group, body.count)
 
     @app.get("/v1/allocations")
-    async def list_allocations(job: str | None = None) -> list[Allocation]:
-        return jobs.allocations(job=job)
+    async def list_allocations(job: str | None = None, node: str | None = None) -> list[Allocation]:
+        return jobs.allocations(job=job, node=node)
 
     @app.get("/v1/allocations/{alloc_id}")
     async def get_allocation(alloc_id: str) -> Allocation:

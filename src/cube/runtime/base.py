@@ -32,6 +32,7 @@ LABEL_ALLOC_ID = "cube.alloc-id"
 LABEL_JOB = "cube.job"
 LABEL_GROUP = "cube.group"
 LABEL_ALLOC_INDEX = "cube.alloc-index"
+LABEL_ALLOC_SIZE = "cube.alloc-size"
 
 ProgressCallback = Callable[[str], None]
 
@@ -186,6 +187,7 @@ def alloc_labels(alloc: AllocRef) -> dict[str, str]:
         LABEL_JOB: alloc.job,
         LABEL_GROUP: alloc.group,
         LABEL_ALLOC_INDEX: str(alloc.index),
+        **({LABEL_ALLOC_SIZE: str(alloc.size)} if alloc.size is not None else {}),
     }
 
 
@@ -199,6 +201,7 @@ def alloc_from_labels(labels: Mapping[str, str]) -> AllocRef | None:
             job=labels.get(LABEL_JOB, ""),
             group=labels.get(LABEL_GROUP, ""),
             index=int(labels.get(LABEL_ALLOC_INDEX, "")),
+            size=int(labels[LABEL_ALLOC_SIZE]) if LABEL_ALLOC_SIZE in labels else None,
         )
     except ValueError:  # pydantic's ValidationError is one
         return None

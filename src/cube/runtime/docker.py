@@ -228,7 +228,10 @@ class DockerRuntime:
             except NotFound:
                 pass
             body = {"Name": name, "Driver": "bridge", "Labels": dict(labels)}
-            created = await self._call("POST", "/networks/create", json=body)
+            try:
+                created = await self._call("POST", "/networks/create", json=body)
+            except ContainerError as exc:
+                raise ContainerError(network_refused(name, exc.message)) from None
             return str(created.json()["Id"])
 
     async def remove_network(self, name: str) -> None:
@@ -298,6 +301,31 @@ def split_image(image: str) -> tuple[str, str]:
     if sep and "/" not in tag:
         return name, tag
     return image, "latest"
+
+
+#: How engines say that their address pools have no subnet left for one more network
+#: (Docker 23 and later; before).
+POOLS_EXHAUSTED = (
+    "could not find an available, non-overlapping IPv4 address pool",
+    "all predefined address pools have been fully subnetted",
+)
+
+
+def network_refused(name: str, message: str) -> str:
+    """Why the engine would not create network ``name``, and, when its address pools are
+    used up, what to do about it.
+
+    By default an engine gives each bridge network a /16 or /20 of a few ranges, about 30
+    networks in all: past that many allocations of several tasks, new ones fail here.
+    """
+    why = f"network {name}: {message}"
+    if not any(marker in message for marker in POOLS_EXHAUSTED):
+        return why
+    return (
+        f"{why} (the Docker engine has no address pool left for another network: give it"
+        ' more with "default-address-pools" in /etc/docker/daemon.json, e.g.'
+        ' [{"base": "10.200.0.0/16", "size": 24}] for 256 networks, then restart dockerd)'
+    )
 
 
 def _engine_error(response: httpx.Response, *, prefix: str = "") -> Exception:

@@ -1,6 +1,9 @@
-"""The task: what users submit (spec), what Cube tracks (model), how it moves (state)."""
+"""The task: what users submit (spec), what Cube tracks (model), how it moves (state), and
+whether its container is restarted (restart: decided alike by the worker, which restarts it,
+and the manager, which tells from it whether a failure is final)."""
 
 from cube.task.model import DesiredState, Health, PublishedPort, Task, TaskEvent, new_task_id
+from cube.task.restart import RestartDecision, decide_restart
 from cube.task.spec import (
     HealthCheck,
     PortMapping,
@@ -23,6 +26,7 @@ __all__ = [
     "PortMapping",
     "PublishedPort",
     "Resources",
+    "RestartDecision",
     "RestartPolicy",
     "RestartPolicyName",
     "State",
@@ -32,6 +36,7 @@ __all__ = [
     "TaskSpec",
     "can_transition",
     "check_transition",
+    "decide_restart",
     "load_spec_file",
     "new_task_id",
     "parse_request",

@@ -375,6 +375,11 @@ def privileges(spec: TaskSpec) -> set[Privilege]:
     return wanted
 
 
+def alloc_name(job: str, group: str, index: int) -> str:
+    """``shop.web[2]``: the ``index``-th allocation of ``group`` of ``job``."""
+    return f"{job}.{group}[{index}]"
+
+
 class AllocRef(BaseModel):
     """The allocation of a job that a task belongs to (see :mod:`cube.job`).
 
@@ -382,7 +387,7 @@ class AllocRef(BaseModel):
     on its own (``cube run``) has none. A worker runs the tasks of one allocation
     together: on one private network where each reaches the others by task name, with
     ``CUBE_JOB``, ``CUBE_GROUP``, ``CUBE_ALLOC_INDEX`` and ``CUBE_TASK`` in their
-    environment.
+    environment. An allocation of one task needs no network of its own (:attr:`shared`).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -391,6 +396,23 @@ class AllocRef(BaseModel):
     job: str = Field(min_length=1, max_length=63)
     group: str = Field(min_length=1, max_length=63)
     index: int = Field(ge=0)
+    #: How many tasks the group has. None in records (and container labels) from before
+    #: Cube sent it: those allocations were given a network, and keep it.
+    size: int | None = Field(default=None, ge=1, le=1000)
+
+    @property
+    def name(self) -> str:
+        """``shop.web[2]``: how people (and Nomad) name an allocation."""
+        return alloc_name(self.job, self.group, self.index)
+
+    @property
+    def shared(self) -> bool:
+        """Whether its tasks share a private network: only when there are several.
+
+        A network per allocation would cap a worker at the engine's address pools (about 30
+        bridge networks by default), so a group of one task goes without.
+        """
+        return self.size is None or self.size > 1
 
 
 class TaskRequest(TaskSpec):

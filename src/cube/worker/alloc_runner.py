@@ -10,6 +10,11 @@ one :class:`AllocRunner` per allocation owns the allocation's private network:
   was stopped, or was moved away by the manager), and never while one can;
 * found again by its labels after a worker restart (:meth:`Allocations.adopt_networks`).
 
+An allocation of a group of one task has no network (:attr:`AllocRef.shared
+<cube.task.spec.AllocRef.shared>`): it has nobody to reach by name, and the engine's default
+address pools allow only about 30 bridge networks, so a network each would stop a worker
+at about 30 allocations. Its container stays on the engine's default bridge.
+
 Every container of an allocation also gets ``CUBE_JOB``, ``CUBE_GROUP``,
 ``CUBE_ALLOC_INDEX``, ``CUBE_ALLOC_ID``, ``CUBE_TASK`` and ``CUBE_PORT_<container port>``
 in its environment, and the allocation's labels. In an allocation every port a task
@@ -74,27 +79,26 @@ def alloc_config(
     alloc: AllocRef,
     *,
     task_name: str,
-    network: str,
+    network: str | None,
     ports: list[PortMapping],
 ) -> ContainerConfig:
     """A task's container config as a member of ``alloc``, on ``network`` with ``ports``.
 
     Cube's variables win over the spec's own of the same name: a task cannot be told a
     wrong host port. A task on the host's network stack (or on none) stays there, without
-    an alias; on the host's, its ports are the host's own.
+    an alias; on the host's, its ports are the host's own. Without ``network`` (an
+    allocation of one task) it stays on the engine's default one, without an alias.
     """
     labels = {**config.labels, **alloc_labels(alloc)}
     if not joins(config):
         own = [p.model_copy(update={"host": p.container}) for p in config.ports]
         env = alloc_env(alloc, task_name, own if config.network == "host" else [])
         return dataclasses.replace(config, env={**config.env, **env}, labels=labels)
+    env = {**config.env, **alloc_env(alloc, task_name, ports)}
+    if network is None:
+        return dataclasses.replace(config, env=env, labels=labels, ports=ports)
     return dataclasses.replace(
-        config,
-        env={**config.env, **alloc_env(alloc, task_name, ports)},
-        labels=labels,
-        ports=ports,
-        network=network,
-        aliases=[task_name],
+        config, env=env, labels=labels, ports=ports, network=network, aliases=[task_name]
     )
 
 
@@ -138,6 +142,8 @@ class AllocRunner:
         return any(self._live(task_id) for task_id in self.tasks)
 
     async def ensure_network(self) -> None:
+        if not self.alloc.shared:
+            return
         async with self._lock:
             await self.runtime.ensure_network(
                 self.network, labels=network_labels(self.alloc, self.node)
@@ -152,6 +158,8 @@ class AllocRunner:
         async with self._lock:
             if self.live:
                 return False
+            if not self.alloc.shared:
+                return True
             await self.runtime.remove_network(self.network)
         log.info("allocation network removed", alloc=self.alloc.id, network=self.network)
         return True
@@ -170,12 +178,13 @@ class AllocRunner:
                     on_progress=on_progress,
                 )
             await self.ensure_network()
+            network = self.network if self.alloc.shared else None
             pinned = {p.host for p in config.ports if p.host}
             failed: set[int] = set()
             for attempt in range(1, PORT_ATTEMPTS + 1):
                 ports = self._ports.choose(config.ports, previous=task.ports, avoid=failed)
                 member = alloc_config(
-                    config, self.alloc, task_name=task.name, network=self.network, ports=ports
+                    config, self.alloc, task_name=task.name, network=network, ports=ports
                 )
                 try:
                     return await self.runtime.run(member, on_progress=on_progress)

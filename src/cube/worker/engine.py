@@ -1,7 +1,7 @@
 """What a worker knows of its container engine's outages: the facts behind "not counted".
 
 An engine restart stops every container, and a stopping engine refuses starts for
-a moment: none of that is a task's failure (see :func:`cube.worker.restart.ended_by_engine`).
+a moment: none of that is a task's failure (see :func:`cube.task.restart.ended_by_engine`).
 The worker notes each time it loses the engine (a refused call, a dropped event
 stream) and when it answers again; a runner asks for the facts, and a fresh ping,
 before it counts an ending against ``max_attempts``.
@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from cube.errors import RuntimeUnavailable
 from cube.runtime.base import ContainerRuntime
-from cube.worker.restart import EngineFacts, Outage
+from cube.task.restart import EngineFacts, Outage
 
 #: Outages remembered: only recent ones can explain an ending a runner is deciding about.
 KEEP_OUTAGES = 16

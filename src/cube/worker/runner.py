@@ -28,12 +28,12 @@ from cube.runtime.base import (
 )
 from cube.store.base import Store
 from cube.task.model import DesiredState, Health, Task
+from cube.task.restart import decide_restart, ended_by_engine
 from cube.task.spec import FOR_LABELS, HealthCheck, RestartPolicyName
 from cube.task.state import TERMINAL, State
 from cube.units import format_size
 from cube.worker.engine import EngineWatch
 from cube.worker.health import HealthTracker, Prober, Verdict, probe
-from cube.worker.restart import decide_restart, ended_by_engine
 
 log = get_logger("cube.worker")
 

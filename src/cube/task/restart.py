@@ -4,6 +4,10 @@ Kept apart from the worker's I/O so every case is a one-line unit test. The
 runner gathers the facts (the exit code, whether Cube stopped the container for
 failing its health check, what it knows of the engine's outages) and this module
 decides; nothing here reads a clock or calls the engine.
+
+It belongs to neither agent: the worker restarts by it, and the manager asks it whether a
+task that failed will run again (:func:`cube.manager.allocs.ended_for_good`) before it
+replaces the task's allocation.
 """
 
 from __future__ import annotations
