@@ -331,13 +331,7 @@ async def test_a_group_is_placed_as_one_unit_spread_over_the_nodes() -> None:
 
 
 async def test_a_lost_nodes_tasks_end_and_their_allocations_are_replaced_elsewhere() -> None:
-    store, workers = MemoryStore(), FakeWorkers()
-    for name in ("n1", "n2"):
-        store.save_node(node(name))
-    manager = make_manager(store, workers)
-    manager.jobs.submit(job_spec(count=2))
-    manager.jobs.reconcile_all(NOW)
-    await settle(manager)
+    _, _, manager = await submitted(job_spec(count=2), "n1", "n2")
     run_all(manager)
     manager.jobs.reconcile_all(NOW)
     lost = next(a for a in manager.jobs.allocations() if a.node == "n2")
@@ -528,13 +522,7 @@ async def test_a_large_count_is_placed_over_several_passes(monkeypatch: pytest.M
 
 
 async def test_a_drained_nodes_allocations_are_replaced_elsewhere() -> None:
-    store, workers = MemoryStore(), FakeWorkers()
-    for name in ("n1", "n2"):
-        store.save_node(node(name))
-    manager = make_manager(store, workers)
-    manager.jobs.submit(job_spec(count=2))
-    manager.jobs.reconcile_all(NOW)
-    await settle(manager)
+    _, _, manager = await submitted(job_spec(count=2), "n1", "n2")
     run_all(manager)
     manager.jobs.reconcile_all(NOW)
     drained = next(a for a in manager.jobs.allocations() if a.node == "n2")
