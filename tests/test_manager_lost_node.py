@@ -16,7 +16,8 @@ from cube.errors import Conflict, Unavailable
 from cube.manager.allocs import ended_for_good
 from cube.manager.core import Manager
 from cube.manager.workers import WorkerClient
-from cube.node import MachineStats, Node, NodeReport, NodeState, Resources
+from cube.node import MachineStats, Node, NodeState, Resources
+from cube.protocol import NodeReport
 from cube.scheduler import make_scheduler
 from cube.store.memory import MemoryStore
 from cube.task.model import DesiredState, Task, TaskEvent

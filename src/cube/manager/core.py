@@ -41,7 +41,8 @@ from cube.manager.pacing import Pace
 from cube.manager.registry import TaskRegistry
 from cube.manager.stops import Stops
 from cube.manager.workers import WorkerClient
-from cube.node import JoinAnswer, Node
+from cube.node import Node
+from cube.protocol import JoinAnswer
 from cube.scheduler import Scheduler
 from cube.store.base import Store
 from cube.task.model import Task, TaskEvent

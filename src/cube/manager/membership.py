@@ -27,7 +27,8 @@ from cube.manager.nodes import NodeRegistry
 from cube.manager.registry import TaskRegistry
 from cube.manager.stops import Stops
 from cube.manager.workers import WorkerClient
-from cube.node import JoinAnswer, Node, NodeReport, NodeState
+from cube.node import Node, NodeState
+from cube.protocol import JoinAnswer, NodeReport
 from cube.task.model import DesiredState, Task, TaskEvent
 
 log = get_logger("cube.manager")
