@@ -105,7 +105,7 @@ def create_app(manager: Manager, *, authenticator: Authenticator | None = None) 
 
     @app.get("/v1/tasks/{task_id}/events")
     async def task_events(task_id: str) -> list[TaskEvent]:
-        return manager.events(task_id)
+        return await manager.events(task_id)
 
     @app.get("/v1/tasks/{task_id}/logs", response_class=StreamingResponse)
     async def task_logs(

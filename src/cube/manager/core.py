@@ -20,6 +20,16 @@ their fields, and tells them of changes through the callbacks it is given:
 
 :class:`Manager` composes them, owns the loops they run, and is what the HTTP API and
 the job service call.
+
+What outlives the process: the records (tasks, nodes, jobs, versions, allocations) are
+written through to the store, and every cache (each task's JSON in lists, node views
+with their allocation, the index of tasks by node) is derived from them, so a manager
+built from the store alone shows the same (tests/test_manager_takeover.py): a restart
+today, another manager taking over later. What is lost is soft, and heals: when each
+node was last heard (a new manager gives every node a fresh deadline), node metrics
+(the next poll), the sends and stops in flight (collection finds what a node lacks
+or still runs), and the capacity generation (the first dispatch pass tries every
+Pending task).
 """
 
 from __future__ import annotations
@@ -44,6 +54,7 @@ from cube.manager.workers import WorkerClient
 from cube.node import Node
 from cube.protocol import JoinAnswer
 from cube.scheduler import Scheduler
+from cube.store.aio import AsyncStore, OffLoopStore
 from cube.store.base import Store
 from cube.task.model import Task, TaskEvent
 from cube.task.spec import TaskRequest
@@ -65,6 +76,9 @@ class Manager:
         node_timeout: float = 10.0,
     ) -> None:
         self.store = store
+        #: The store as the loop awaits it (see :mod:`cube.store.aio`): the reads made
+        #: where the manager awaits anyway go through it, off the loop for SQLite.
+        self.async_store: AsyncStore = OffLoopStore(store)
         self.scheduler = scheduler
         self.workers = workers or WorkerClient(timeout=max(2.0, collect_interval * 2))
         self.static_workers = list(static_workers)
@@ -180,6 +194,7 @@ class Manager:
         await self.jobs.close()
         await cancel_all([*self._loops, *watches, *self._background])
         await self.workers.aclose()
+        await self.async_store.aclose()  # not the store: its opener closes it
         log.info("manager stopped")
 
     # --- tasks ---------------------------------------------------------------------------------
@@ -212,8 +227,8 @@ class Manager:
         """The tasks as ``GET /v1/tasks`` lists them (see TaskRegistry.tasks_json)."""
         return self.registry.tasks_json(state=state, node=node)
 
-    def events(self, task_id: str) -> list[TaskEvent]:
-        return self.store.task_events(self.resolve(task_id).id)
+    async def events(self, task_id: str) -> list[TaskEvent]:
+        return await self.async_store.task_events(self.resolve(task_id).id)
 
     async def stop(self, task_id: str) -> Task:
         """Stop a task in any state; returns once its node stopped it (or is unreachable)."""
