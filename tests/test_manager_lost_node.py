@@ -96,7 +96,7 @@ async def one_task_on(node: FakeNode) -> tuple[Manager, str]:
     store = MemoryStore()
     store.save_node(Node(name="n1", address="http://n1", capacity=CAPACITY))
     manager = Manager(store=store, scheduler=make_scheduler(), workers=node)
-    task, _ = manager.submit(TaskRequest(name="web", image="busybox"))
+    task, _ = await manager.submit(TaskRequest(name="web", image="busybox"))
     await manager.dispatch()
     return manager, task.id
 
@@ -248,7 +248,7 @@ async def test_a_name_is_bound_to_the_secret_issued_at_the_first_join() -> None:
     assert first.tasks == []
     assert first.node_timeout == node.node_timeout == manager.pace.node_timeout  # told to all
     assert manager.nodes["n1"].secret_hash not in (None, first.secret)  # only a digest kept
-    task, _ = manager.submit(TaskRequest(name="web", image="busybox"))
+    task, _ = await manager.submit(TaskRequest(name="web", image="busybox"))
     await manager.dispatch()
     before = manager.nodes["n1"].model_copy()
 

@@ -23,7 +23,7 @@ from tests.test_job_applier import (
 async def test_a_manager_built_from_the_store_shows_the_same_tasks_nodes_and_jobs() -> None:
     store, _, first = await submitted(job_spec(count=3), "n1", "n2")
     run_all(first)
-    lone, _ = first.submit(TaskRequest(name="lone", image="busybox", resources={"cpu": 1}))
+    lone, _ = await first.submit(TaskRequest(name="lone", image="busybox", resources={"cpu": 1}))
     await first.dispatch()
     await settle(first)
     first.drain("n2")  # its tasks move: the first manager's caches change again

@@ -81,7 +81,7 @@ def create_app(manager: Manager, *, authenticator: Authenticator | None = None) 
         if submitted.alloc is not None:
             why = "set by the manager on the tasks of a job's allocation; submit a job instead"
             raise InvalidSpec([FieldError("alloc", why)])
-        task, created = manager.submit(submitted)
+        task, created = await manager.submit(submitted)
         if not created:
             response.status_code = 200
         return task

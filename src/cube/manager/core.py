@@ -88,6 +88,8 @@ class Manager:
         self._loops: list[asyncio.Task[None]] = []
         #: Runs the loops below, and starts one that crashed again (see GET /v1/health).
         self.loops = Supervisor("manager")
+        #: Task ID -> the lock its submissions take turns on, and how many hold or wait.
+        self._submitting: dict[str, tuple[asyncio.Lock, int]] = {}
         #: Calls to nodes that nobody awaits (sends, stops, polls): cancelled at close.
         self._background: set[asyncio.Task[Any]] = set()
         # The parts, lowest first; each is told of the changes of those above it through
@@ -198,18 +200,34 @@ class Manager:
         log.info("manager stopped")
 
     # --- tasks ---------------------------------------------------------------------------------
-    def submit(self, request: TaskRequest) -> tuple[Task, bool]:
-        """Accept a task as Pending and wake the dispatcher. Same ID and spec: a no-op."""
+    async def submit(self, request: TaskRequest) -> tuple[Task, bool]:
+        """Accept a task as Pending and wake the dispatcher. Same ID and spec: a no-op.
+
+        The task is saved before it is listed: a task the store refused (a full disk) must
+        not be. The save is awaited off the loop (see :mod:`cube.store.aio`), so two
+        submissions of one ID are taken one after the other: the second finds the first.
+        """
         spec = request.spec()
-        if request.id is not None and (existing := self.tasks.get(request.id)) is not None:
-            if existing.spec != spec:
-                raise Conflict(f"task {request.id} exists with a different spec")
-            return existing.model_copy(deep=True), False
-        task = Task(spec=spec) if request.id is None else Task(id=request.id, spec=spec)
-        # Saved first: a task the store refused (a full disk) must not be listed.
-        self.store.save_task(task, [TaskEvent(state=State.PENDING, reason="submitted")])
+        if request.id is None:
+            return await self._accept(Task(spec=spec))
+        lock, users = self._submitting.get(request.id, (asyncio.Lock(), 0))
+        self._submitting[request.id] = (lock, users + 1)
+        try:
+            async with lock:
+                if (existing := self.tasks.get(request.id)) is not None:
+                    if existing.spec != spec:
+                        raise Conflict(f"task {request.id} exists with a different spec")
+                    return existing.model_copy(deep=True), False
+                return await self._accept(Task(id=request.id, spec=spec))
+        finally:
+            lock, users = self._submitting.pop(request.id)
+            if users > 1:
+                self._submitting[request.id] = (lock, users - 1)
+
+    async def _accept(self, task: Task) -> tuple[Task, bool]:
+        await self.async_store.save_task(task, [TaskEvent(state=State.PENDING, reason="submitted")])
         self.tasks[task.id] = task
-        log.info("task submitted", task=task.id, name=spec.name)
+        log.info("task submitted", task=task.id, name=task.spec.name)
         self.dispatcher.wake()
         return task.model_copy(deep=True), True
 

@@ -28,12 +28,16 @@ How each store serves it:
   :mod:`cube.manager.core`), so another manager that takes over builds the same state
   from the store alone.
 
-Where the manager stands: it reads through this interface where it already awaits (a
-task's history for the API); its writes still call the synchronous store, because each
-one is undone at once if the store refuses it (a full disk), so that the API never shows
-a change a restart would lose, and its callers (the dispatcher, collection, the job
-service) are synchronous between two awaits. Moving them means awaiting each write
-where it is made, or a single writer that the API awaits before it answers.
+Where the manager stands: it awaits this interface where a call is made on behalf of an
+API request that awaits anyway: a submitted task is saved off the loop before it is
+listed (:meth:`cube.manager.core.Manager.submit`), and a task's history is read off the
+loop. The changes it makes on its own (placements, reconciled states, node records, the
+job service's jobs and allocations) still call the synchronous store: each is undone at
+once if the store refuses it (a full disk), so that the API never shows a change a
+restart would lose, and their callers are synchronous between two awaits. Moving them
+is the next step: each caller awaits its write where it makes it (the pattern of
+``submit``: save, then publish to the records), or one writer takes the changes of a
+pass in one transaction and the API awaits it before answering.
 """
 
 from __future__ import annotations
