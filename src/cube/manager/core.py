@@ -161,10 +161,6 @@ class Manager:
         """The time between the starts of the last two collection passes (see Collector)."""
         return self.collector.collect_period
 
-    @property
-    def _generation(self) -> int:
-        return self.dispatcher.generation
-
     # --- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
         self.membership.start()
@@ -299,7 +295,7 @@ class Manager:
         """One collection pass over every node (see Collector.collect)."""
         await self.collector.collect(over=over)
 
-    # --- the parts' callbacks, and the operations tests and the job service call --------------
+    # --- the parts' callbacks, and the parts' operations that tests call ----------------------
     def _node_changed(self, name: str | None) -> None:
         self.node_registry.node_changed(name)
 
