@@ -222,7 +222,7 @@ class Manager:
 
     async def _accept(self, task: Task) -> tuple[Task, bool]:
         await self.async_store.save_task(task, [TaskEvent(state=State.PENDING, reason="submitted")])
-        self.tasks[task.id] = task
+        self.registry.add(task)
         log.info("task submitted", task=task.id, name=task.spec.name)
         self.dispatcher.wake()
         return task.model_copy(deep=True), True

@@ -142,7 +142,7 @@ class Dispatcher:
         """
         ref = task.alloc
         made = f"created for {ref.name} ({ref.id})" if ref else "created"
-        self.registry.tasks[task.id] = task
+        self.registry.add(task)
         self.registry.assign(task, node.name)
         self.registry.save(
             task,

@@ -204,7 +204,7 @@ class Membership:
         is_new = node is None
         if node is None:
             node = Node(name=report.name, address=address)
-            self.nodes.nodes[node.name] = node
+            self.nodes.add(node)
             log.info("node joined", node=node.name, address=address)
             self._watch(node)
             self.workers.node_timeout = self.nodes.pace.node_timeout  # it grows with the fleet
@@ -238,7 +238,7 @@ class Membership:
                 self.nodes.save_node(node)
             except StoreUnavailable:
                 if is_new:  # not saved: not joined
-                    del self.nodes.nodes[node.name]
+                    self.nodes.forget(node.name)
                     if (watch := self._watches.pop(node.name, None)) is not None:
                         watch.cancel()
                 raise

@@ -73,6 +73,15 @@ class NodeRegistry:
             resync=WATCH_RESYNC,
         )
 
+    def add(self, node: Node) -> None:
+        """A node joining: known from now on (saved by the caller, or forgotten)."""
+        self.nodes[node.name] = node
+
+    def forget(self, name: str) -> None:
+        """A node whose join the store refused: not saved, not joined."""
+        self.nodes.pop(name, None)
+        self.node_changed(name)
+
     def remember(self, address: str, token: str | None) -> None:
         if token:
             self.workers.credentials[address] = token

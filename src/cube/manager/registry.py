@@ -51,6 +51,12 @@ class TaskRegistry:
         #: Task ID -> its JSON in task lists, until it changes (see tasks_json).
         self._listed: dict[str, bytes] = {}
 
+    def add(self, task: Task) -> None:
+        """A new task, saved already (see Manager.submit) or about to be (start_alloc_task)."""
+        self.tasks[task.id] = task
+        if task.node is not None:
+            self._on_node.setdefault(task.node, {})[task.id] = None
+
     def resolve(self, ref: str) -> Task:
         """The task with this ID, name or unique ID prefix (see :mod:`cube.manager.lookup`)."""
         return find_task(self.tasks, ref)
