@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from cube.auth import Authenticator, Role
-from cube.cli.agents import NodeOptions
+from cube.cli.agent_options import NodeOptions
 from cube.cli.jobs import judge
 from cube.cli.main import cli
 from cube.errors import NotFound

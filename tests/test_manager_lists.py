@@ -30,8 +30,8 @@ def listed(manager: Manager, **filters: Any) -> dict[str, dict[str, Any]]:
 
 async def test_a_list_shows_every_change_and_leaves_the_placement_out() -> None:
     manager = Manager(store=MemoryStore(), scheduler=make_scheduler())
-    a, _ = manager.submit(TaskRequest(name="a", image="busybox"))
-    b, _ = manager.submit(TaskRequest(name="b", image="busybox"))
+    a, _ = await manager.submit(TaskRequest(name="a", image="busybox"))
+    b, _ = await manager.submit(TaskRequest(name="b", image="busybox"))
     first = listed(manager)
     assert {t["state"] for t in first.values()} == {"pending"}
     assert first[a.id]["spec"]["name"] == "a"
@@ -50,9 +50,9 @@ async def test_a_list_shows_every_change_and_leaves_the_placement_out() -> None:
     assert listed(manager, state=State.RUNNING) == {}  # and of none
 
 
-def test_the_cached_bytes_are_the_tasks_own_json() -> None:
+async def test_the_cached_bytes_are_the_tasks_own_json() -> None:
     manager = Manager(store=MemoryStore(), scheduler=make_scheduler())
-    task, _ = manager.submit(TaskRequest(name="a", image="busybox", command=["sleep", "1"]))
+    task, _ = await manager.submit(TaskRequest(name="a", image="busybox", command=["sleep", "1"]))
     manager.tasks_json()  # fills the cache
     want = json.loads(manager.get(task.id).model_dump_json(exclude={"placement"}))
     assert json.loads(manager.tasks_json()) == [want]
@@ -74,7 +74,7 @@ async def test_node_views_follow_placements_stops_and_drains() -> None:
     manager = Manager(store=store, scheduler=make_scheduler(), workers=NodeThatNeverHeardOfIt())
     assert manager.get_node("n1").allocated.cpu == 0
 
-    task, _ = manager.submit(TaskRequest(name="a", image="busybox", resources={"cpu": 1.5}))
+    task, _ = await manager.submit(TaskRequest(name="a", image="busybox", resources={"cpu": 1.5}))
     await manager.dispatch()
     assert manager.get(task.id).node == "n1"
     assert manager.get_node("n1").allocated.cpu == 1.5

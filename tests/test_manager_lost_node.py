@@ -16,7 +16,8 @@ from cube.errors import Conflict, Unavailable
 from cube.manager.allocs import ended_for_good
 from cube.manager.core import Manager
 from cube.manager.workers import WorkerClient
-from cube.node import MachineStats, Node, NodeReport, NodeState, Resources
+from cube.node import MachineStats, Node, NodeState, Resources
+from cube.protocol import NodeReport
 from cube.scheduler import make_scheduler
 from cube.store.memory import MemoryStore
 from cube.task.model import DesiredState, Task, TaskEvent
@@ -95,7 +96,7 @@ async def one_task_on(node: FakeNode) -> tuple[Manager, str]:
     store = MemoryStore()
     store.save_node(Node(name="n1", address="http://n1", capacity=CAPACITY))
     manager = Manager(store=store, scheduler=make_scheduler(), workers=node)
-    task, _ = manager.submit(TaskRequest(name="web", image="busybox"))
+    task, _ = await manager.submit(TaskRequest(name="web", image="busybox"))
     await manager.dispatch()
     return manager, task.id
 
@@ -114,7 +115,7 @@ async def test_a_returning_node_that_still_runs_a_task_gets_it_back_as_running()
     await collect(manager)
     task = manager.get(task_id)
     assert (task.state, task.node) == (State.RUNNING, "n1")
-    last = manager.events(task_id)[-1]
+    last = (await manager.events(task_id))[-1]
     assert (last.state, last.reason) == (State.RUNNING, "node n1 is back and still runs it")
     assert node.stops == []
     await manager.close()
@@ -152,7 +153,7 @@ async def test_a_returning_node_gets_back_at_its_join_the_tasks_it_still_runs() 
     assert answer.tasks == [task_id]  # so the worker keeps its container
     task = manager.get(task_id)
     assert (task.state, task.node) == (State.RUNNING, "n1")
-    assert manager.events(task_id)[-1].reason == "node n1 is back and still runs it"
+    assert (await manager.events(task_id))[-1].reason == "node n1 is back and still runs it"
     await manager.close()
 
 
@@ -178,7 +179,7 @@ async def test_a_task_its_node_stopped_on_its_own_is_placed_again_not_completed(
 
     task = manager.get(task_id)
     assert (task.state, task.node) == (State.PENDING, None), task
-    assert f"node n1 stopped it ({reason})" in manager.events(task_id)[-1].reason
+    assert f"node n1 stopped it ({reason})" in (await manager.events(task_id))[-1].reason
     await manager.close()
 
 
@@ -196,7 +197,7 @@ async def test_an_allocation_task_its_node_stopped_on_its_own_ends_for_its_alloc
     task = manager.get(task_id)
     assert (task.state, task.desired, task.node) == (State.FAILED, DesiredState.STOP, "n1")
     assert ended_for_good(task)  # what makes the job service replace the allocation
-    assert "its allocation is replaced" in manager.events(task_id)[-1].reason
+    assert "its allocation is replaced" in (await manager.events(task_id))[-1].reason
     await manager.close()
 
 
@@ -217,7 +218,7 @@ async def test_the_copy_a_node_gave_up_reported_late_does_not_end_its_new_placem
     node.copies[task_id], node.history[task_id] = given_up, old_history
     await collect(manager)
     task = manager.get(task_id)
-    assert (task.state, task.node) == (State.SCHEDULED, "n1"), manager.events(task_id)
+    assert (task.state, task.node) == (State.SCHEDULED, "n1"), await manager.events(task_id)
     await manager.close()
 
 
@@ -247,7 +248,7 @@ async def test_a_name_is_bound_to_the_secret_issued_at_the_first_join() -> None:
     assert first.tasks == []
     assert first.node_timeout == node.node_timeout == manager.pace.node_timeout  # told to all
     assert manager.nodes["n1"].secret_hash not in (None, first.secret)  # only a digest kept
-    task, _ = manager.submit(TaskRequest(name="web", image="busybox"))
+    task, _ = await manager.submit(TaskRequest(name="web", image="busybox"))
     await manager.dispatch()
     before = manager.nodes["n1"].model_copy()
 

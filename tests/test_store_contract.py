@@ -23,6 +23,7 @@ from cube.store.sqlite import SCHEMA_VERSION
 from cube.task.model import Task, TaskEvent
 from cube.task.spec import TaskSpec
 from cube.task.state import State
+from tests.store_kinds import KINDS, opened
 
 
 def make_task(name: str = "web", *, node: str | None = None) -> Task:
@@ -45,11 +46,11 @@ def placed(task: Task, node: str) -> TaskEvent:
     return task.transition(State.SCHEDULED, "placed")
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=KINDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    opened = open_store(request.param, tmp_path)
-    yield opened
-    opened.close()
+    """Each store, and each through AsyncStore (see tests/store_kinds)."""
+    with opened(request.param, tmp_path) as store:
+        yield store
 
 
 # --- tasks ---------------------------------------------------------------------------------

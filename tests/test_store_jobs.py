@@ -18,19 +18,19 @@ import pytest
 from cube.errors import Conflict, NotFound
 from cube.job.model import Allocation, AllocStatus, Job, JobVersion
 from cube.job.spec import JobSpec, parse_job
-from cube.store import SqliteStore, Store, open_store
+from cube.store import SqliteStore, Store
 from cube.store.sqlite import _SCHEMA, SCHEMA_VERSION
+from tests.store_kinds import KINDS, opened
 from tests.test_store_contract import make_task
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=KINDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    """Each test runs on both stores, as in test_store_contract."""
-    opened = open_store(request.param, tmp_path)
-    yield opened
-    opened.close()
+    """Each test runs on both stores, each also through AsyncStore (see tests/store_kinds)."""
+    with opened(request.param, tmp_path) as store:
+        yield store
 
 
 def make_spec(name: str = "shop", count: int = 3) -> JobSpec:

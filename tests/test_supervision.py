@@ -124,11 +124,11 @@ async def test_a_placement_the_store_refused_is_undone_and_made_once_there_is_sp
     store = FullStore()
     store.save_node(Node(name="n1", address="http://n1", capacity=Resources(cpu=4, memory=GiB)))
     manager = Manager(store=store, scheduler=make_scheduler(), workers=AcceptsEverything())
-    task, _ = manager.submit(TaskRequest(name="a", image="busybox", resources={"cpu": 1}))
+    task, _ = await manager.submit(TaskRequest(name="a", image="busybox", resources={"cpu": 1}))
 
     store.full = True
     with pytest.raises(StoreFull):
-        manager.submit(TaskRequest(name="b", image="busybox"))
+        await manager.submit(TaskRequest(name="b", image="busybox"))
     assert [t.name for t in manager.list_tasks()] == ["a"]  # b was not saved: not listed
     with pytest.raises(StoreFull):
         await manager.dispatch()
@@ -160,7 +160,7 @@ async def test_the_dispatch_loop_survives_a_full_store_and_places_once_space_is_
     manager = Manager(store=store, scheduler=make_scheduler(), workers=AcceptsEverything())
     await manager.start()
     try:
-        task, _ = manager.submit(TaskRequest(name="a", image="busybox"))
+        task, _ = await manager.submit(TaskRequest(name="a", image="busybox"))
         store.full = True  # before the dispatch pass that the submission woke runs
 
         await wait_until(lambda: "dispatch" in manager.loops.trouble)
@@ -192,7 +192,7 @@ async def test_a_task_a_full_node_refused_waits_for_a_change_of_the_cluster() ->
     store.save_node(Node(name="n1", address="http://n1", capacity=Resources(cpu=4, memory=GiB)))
     node = FullNode()
     manager = Manager(store=store, scheduler=make_scheduler(), workers=node)
-    task, _ = manager.submit(TaskRequest(name="a", image="busybox"))
+    task, _ = await manager.submit(TaskRequest(name="a", image="busybox"))
 
     await manager.dispatch()
     shown = manager.get(task.id)

@@ -15,7 +15,8 @@ import pytest
 
 from cube import background
 from cube.errors import Conflict, NotFound, RuntimeUnavailable, StoreFull
-from cube.node import JoinAnswer, Node, Resources
+from cube.node import Node, Resources
+from cube.protocol import JoinAnswer
 from cube.runtime.base import LABEL_ALLOC_ID, LABEL_TASK_ID
 from cube.runtime.fake import FakeRuntime
 from cube.store.memory import MemoryStore

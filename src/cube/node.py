@@ -93,37 +93,5 @@ class Node(BaseModel):
         return self.capacity - self.allocated
 
 
-class NodeReport(BaseModel):
-    """What a worker says about itself in ``GET /v1/stats`` (and when it registers)."""
-
-    name: str
-    capacity: Resources
-    allocated: Resources
-    labels: dict[str, str] = Field(default_factory=dict)
-    used_ports: list[int] = Field(default_factory=list)
-    ports_in_use: list[int] = Field(default_factory=list)
-    tasks: int = 0
-    allows: list[str] = Field(default_factory=list)
-    stats: MachineStats
-
-
 #: The file in a worker's data dir that keeps its node secret (see cube.manager.identity).
 NODE_SECRET_FILE = "node-secret"
-#: The header of the manager's calls to a worker that carries the node timeout in force
-#: (seconds): it grows with the fleet, and a worker's disconnect window follows it.
-NODE_TIMEOUT_HEADER = "Cube-Node-Timeout"
-
-
-class JoinAnswer(BaseModel):
-    """The manager's answer to a worker's join (``POST /v1/nodes``)."""
-
-    node: Node
-    #: Issued at the node's first join, and only then: the worker keeps it and presents
-    #: it at every later join, to prove it is this node.
-    secret: str | None = None
-    #: The IDs of the tasks the manager places on this node. A returning worker starts,
-    #: restarts or keeps only these, and stops the others (moved while it was away).
-    tasks: list[str] = Field(default_factory=list)
-    #: Seconds of silence after which the manager calls a node Down (the pace in force):
-    #: a worker's default for ``--stop-after-disconnect``.
-    node_timeout: float

@@ -2,22 +2,33 @@
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import ipaddress
-import os
-import re
 import socket
 import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import click
 
-from cube.api.server import Server, make_server, serve
-from cube.auth import Authenticator, Role
+from cube.agents import (
+    ManagerParts,
+    build_manager,
+    build_worker,
+    join_hook,
+    manager_server,
+    run_servers,
+    worker_server,
+)
+from cube.cli.agent_options import (
+    DEFAULT_MANAGER_PORT,
+    DEFAULT_WORKER_PORT,
+    NodeOptions,
+    agent_data_dir,
+    log_option,
+    manager_options,
+    node_options,
+    scheduler_option,
+    store_option,
+)
 from cube.cli.credentials import (
     JOIN_TOKEN_ENV,
     JOIN_TOKEN_FILE,
@@ -26,235 +37,21 @@ from cube.cli.credentials import (
     WORKER_TOKEN_ENV,
     Security,
     claim_address,
-    data_root,
     find_token,
     own_token,
     release_address,
     security_options,
 )
 from cube.cli.errors import EXIT_FAILED, handle_errors
-from cube.cli.options import SIZE, optional_duration_callback, parse_labels
-from cube.heap import freeze_survivors
-from cube.job.spec import DEFAULT_DATACENTER
+from cube.cli.options import optional_duration_callback
 from cube.log import get_logger, setup_logging
-from cube.manager import Manager, WorkerClient
-from cube.manager import create_app as manager_app
-from cube.node import NODE_SECRET_FILE, Resources
-from cube.runtime.docker import DockerRuntime
-from cube.scheduler import ALGORITHMS, DEFAULT_ALGORITHM, make_scheduler
-from cube.store import Store, StoreKind, open_store
-from cube.store.files import secure_data_dir
-from cube.task.spec import NAME_PATTERN, Privilege
-from cube.worker import MachineSampler, Worker
-from cube.worker import create_app as worker_app
-from cube.worker.join import join_manager
+from cube.store import StoreKind
 
 log = get_logger("cube.cli")
 
-DEFAULT_MANAGER_PORT = 5555
-DEFAULT_WORKER_PORT = 5556
 
-
-def default_data_dir(role: str) -> Path:
-    return data_root() / role
-
-
-def _data_dir(given: Path | None, role: str) -> Path:
-    """The directory to use (created if needed): the one given, else the default for ``role``.
-
-    Private (see cube.store.files): besides the token files it holds the store, and a
-    manager's store keeps every worker's token (a token that can run containers on that
-    worker). The agent's umask makes whatever it creates later private too (SQLite's
-    -wal and -shm files, a token file).
-    """
-    os.umask(0o077)
-    path = given or default_data_dir(role)
-    secure_data_dir(path)
-    return path
-
-
-# --- shared options ------------------------------------------------------------------------------
-def _store_option(func: Callable[..., None]) -> Callable[..., None]:
-    return click.option(
-        "--store",
-        "store_kind",
-        type=click.Choice(["sqlite", "memory"]),
-        default="sqlite",
-        show_default=True,
-        help="Where state is kept: sqlite survives restarts.",
-    )(func)
-
-
-def _log_option(func: Callable[..., None]) -> Callable[..., None]:
-    return click.option(
-        "--log-level",
-        default="info",
-        type=click.Choice(["debug", "info", "warning"]),
-        show_default=True,
-    )(func)
-
-
-def _scheduler_option(func: Callable[..., None]) -> Callable[..., None]:
-    return click.option(
-        "--scheduler",
-        type=click.Choice(ALGORITHMS),
-        default=DEFAULT_ALGORITHM,
-        show_default=True,
-        help="Placement algorithm.",
-    )(func)
-
-
-@dataclass(frozen=True)
-class NodeOptions:
-    """What a worker offers to the cluster, from its command-line flags."""
-
-    cpu: float | None
-    memory: int | None
-    disk: int | None
-    labels: tuple[str, ...]
-    allow: tuple[str, ...]
-    datacenter: str | None = None
-    port_address: str = ""
-
-    def node_labels(self) -> dict[str, str]:
-        """The labels the node reports: ``--label`` ones, and ``datacenter`` (see
-        :func:`cube.job.reconcile.datacenter_of`), which a ``--label`` may not contradict."""
-        labels = parse_labels(self.labels)
-        if self.datacenter is None:
-            labels.setdefault("datacenter", DEFAULT_DATACENTER)
-        elif labels.setdefault("datacenter", self.datacenter) != self.datacenter:
-            raise click.BadParameter(
-                f"--label datacenter={labels['datacenter']} contradicts --datacenter"
-                f" {self.datacenter}",
-                param_hint="--label",
-            )
-        return labels
-
-
-def _datacenter_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    if value is not None and not re.fullmatch(NAME_PATTERN, value):
-        raise click.BadParameter(f"{value!r} is not a DNS label (a-z, 0-9, -)")
-    return value
-
-
-def _ip_address(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    try:
-        return str(ipaddress.ip_address(value)) if value else ""
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not an IP address") from None
-
-
-def _node_options(func: Callable[..., None]) -> Callable[..., None]:
-    """Add the worker's capacity, label and privilege flags, passed on as ``node=NodeOptions``."""
-
-    @functools.wraps(func)
-    def wrapper(**kwargs: Any) -> None:
-        keys = ("cpu", "memory", "disk", "labels", "allow", "datacenter", "port_address")
-        node = NodeOptions(*(kwargs.pop(k) for k in keys))
-        func(node=node, **kwargs)
-
-    options = [
-        click.option(
-            "--cpu",
-            type=click.FloatRange(min=0, min_open=True),
-            help="CPU cores to offer  [default: all]",
-        ),
-        click.option("--memory", type=SIZE, help="Memory to offer, e.g. 4GiB  [default: all]"),
-        click.option("--disk", type=SIZE, help="Disk to offer  [default: size of the data disk]"),
-        click.option(
-            "--label",
-            "labels",
-            multiple=True,
-            metavar="KEY=VALUE",
-            help="Node label for placement constraints (repeatable).",
-        ),
-        click.option(
-            "--allow",
-            multiple=True,
-            type=click.Choice([p.value for p in Privilege]),
-            help="Let tasks here ask for this (repeatable). Off by default: privileged "
-            "containers, the host's network and host mounts all escape isolation.",
-        ),
-        click.option(
-            "--datacenter",
-            callback=_datacenter_name,
-            help=f"The datacenter this node is in; jobs name the datacenters they run in"
-            f"  [default: {DEFAULT_DATACENTER}]",
-        ),
-        click.option(
-            "--port-address",
-            default="",
-            callback=_ip_address,
-            metavar="IP",
-            help="Publish task ports on this address only, unless a port names its own "
-            "(IP:HOST:CONTAINER)  [default: every address, 0.0.0.0 and ::]",
-        ),
-    ]
-    out: Callable[..., None] = wrapper
-    for option in reversed(options):
-        out = option(out)
-    return out
-
-
-@dataclass
-class WorkerParts:
-    worker: Worker
-    runtime: DockerRuntime
-    store: Store
-
-
-def _build_worker(
-    name: str,
-    data: Path,
-    store_kind: StoreKind,
-    node: NodeOptions,
-    *,
-    joins: bool = False,
-    stop_after_disconnect: float | None = None,
-) -> WorkerParts:
-    sampler = MachineSampler(data)
-    found = sampler.capacity()
-    capacity = Resources(
-        cpu=node.cpu if node.cpu is not None else found.cpu,
-        memory=node.memory if node.memory is not None else found.memory,
-        disk=node.disk if node.disk is not None else found.disk,
-    )
-    store = open_store(store_kind, data)
-    runtime = DockerRuntime(port_address=node.port_address)
-    worker = Worker(
-        name=name,
-        runtime=runtime,
-        store=store,
-        capacity=capacity,
-        sampler=sampler,
-        labels=node.node_labels(),
-        allow=[Privilege(p) for p in node.allow],
-        wait_for_assignment=joins,
-        stop_after_disconnect=stop_after_disconnect,
-    )
-    return WorkerParts(worker, runtime, store)
-
-
-def _run_servers(
-    *servers: Server,
-    stores: list[Store],
-    runtimes: list[DockerRuntime],
-    after_start: Callable[[], Awaitable[None]] | None = None,
-    on_exit: Callable[[], None] | None = None,
-) -> None:
-    async def main() -> bool:
-        try:
-            return await serve(*servers, after_start=after_start, on_exit=on_exit)
-        finally:
-            for runtime in runtimes:
-                await runtime.close()
-
-    freeze_survivors()  # no long GC pauses as records pile up (see cube.heap)
-    try:
-        started = asyncio.run(main())
-    finally:
-        for store in stores:
-            store.close()
+def _exit_unless(started: bool) -> None:
+    """Exit 1 if a server could not start (see :func:`cube.agents.run_servers`)."""
     if not started:
         sys.exit(EXIT_FAILED)
 
@@ -306,10 +103,10 @@ def _run_servers(
     help="Stop every task after this long without a call from the manager; 0: never  "
     "[default: the node timeout the manager tells it (at its join, with every call)]",
 )
-@_store_option
-@_node_options
+@store_option
+@node_options
 @security_options
-@_log_option
+@log_option
 @handle_errors
 def worker_command(
     name: str,
@@ -338,22 +135,17 @@ def worker_command(
       cube worker --name e1 --port 5558 --datacenter eu1   # jobs with datacenters: [eu1]
     """
     setup_logging(log_level)
-    data = _data_dir(data_dir, f"worker-{name}")
-    parts = _build_worker(
+    data = agent_data_dir(data_dir, f"worker-{name}")
+    parts = build_worker(
         name,
         data,
         store_kind,
-        node,
+        node.config(),
         joins=bool(manager_url),
         stop_after_disconnect=stop_after_disconnect,
     )
     worker_token, source = own_token(token, data, TOKEN_FILE)
-    server = make_server(
-        worker_app(parts.worker, authenticator=Authenticator({Role.MANAGER: [worker_token]})),
-        host=host,
-        port=port,
-        tls=security.tls,
-    )
+    server = worker_server(parts.worker, worker_token, host=host, port=port, tls=security.tls)
     address = advertise or f"{security.scheme}://{host}:{port}"
     log.info(
         "starting worker",
@@ -363,29 +155,26 @@ def worker_command(
         store=store_kind,
         token=source,
     )
+    join = None
     if manager_url:
-        join_token = _join_token(join_token, manager_url)
-
-    async def join() -> None:
-        if manager_url:
-            answer = await join_manager(
-                manager_url,
-                name=name,
-                address=address,
-                token=worker_token,
-                join_token=join_token,
-                secret_file=data / NODE_SECRET_FILE,
-                running=parts.worker.adopted_running(),
-                verify=security.verify,
-            )
-            parts.worker.joined(answer)
-
-    _run_servers(
-        server,
-        stores=[parts.store],
-        runtimes=[parts.runtime],
-        after_start=join,
-        on_exit=parts.worker.feed.close,
+        join = join_hook(
+            parts,
+            manager_url,
+            name=name,
+            address=address,
+            token=worker_token,
+            join_token=_join_token(join_token, manager_url),
+            data=data,
+            verify=security.verify,
+        )
+    _exit_unless(
+        run_servers(
+            server,
+            stores=[parts.store],
+            runtimes=[parts.runtime],
+            after_start=join,
+            on_exit=parts.worker.feed.close,
+        )
     )
 
 
@@ -407,7 +196,7 @@ def _join_token(given: str | None, manager_url: str) -> str | None:
 def _address_claim(
     host: str, port: int, data: Path
 ) -> tuple[Callable[[], Awaitable[None]], Callable[[], None]]:
-    """Hooks for :func:`_run_servers`: once the manager listens, point its address at its
+    """Hooks for :func:`cube.agents.run_servers`: once the manager listens, point its address at its
     data dir (for the CLI to find the right token); on exit, take the pointer back."""
     claimed: list[Path | None] = []
 
@@ -422,13 +211,6 @@ def _address_claim(
 
 
 # --- cube manager --------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ManagerParts:
-    manager: Manager
-    store: Store
-    authenticator: Authenticator
-
-
 def _build_manager(
     data: Path,
     *,
@@ -442,7 +224,8 @@ def _build_manager(
     join_token: str | None,
     security: Security,
 ) -> ManagerParts:
-    """A manager and its credentials: the cluster token and the join token."""
+    """A manager from its options, with its credentials: the cluster token and the join
+    token (given, else read from or created in ``data``)."""
     user, user_source = own_token(token, data, TOKEN_FILE)
     join, join_source = own_token(join_token, data, JOIN_TOKEN_FILE)
     log.info(
@@ -451,57 +234,23 @@ def _build_manager(
         use=f"export {TOKEN_ENV}=$(cat {user_source})" if user_source.startswith("/") else "",
     )
     log.info("join token for workers", file=join_source)
-    store = open_store(store_kind, data)
-    manager = Manager(
-        store=store,
-        scheduler=make_scheduler(scheduler),
-        workers=WorkerClient(timeout=max(2.0, collect_interval * 2), verify=security.verify),
+    return build_manager(
+        data,
+        store_kind=store_kind,
+        scheduler=scheduler,
         static_workers=[_as_url(a, security.scheme) for a in workers.split(",") if a.strip()],
-        static_token=worker_token,
+        worker_token=worker_token,
         collect_interval=collect_interval,
         node_timeout=node_timeout,
+        user_token=user,
+        join_token=join,
+        verify=security.verify,
     )
-    return ManagerParts(manager, store, Authenticator({Role.USER: [user], Role.JOIN: [join]}))
 
 
 def _as_url(address: str, scheme: str) -> str:
     address = address.strip()
     return address if "://" in address else f"{scheme}://{address}"
-
-
-def _manager_options(func: Callable[..., None]) -> Callable[..., None]:
-    for option in reversed(
-        [
-            click.option(
-                "--collect-interval",
-                type=click.FloatRange(min=0.05),
-                default=1.0,
-                show_default=True,
-                help="Seconds between two polls of every node (longer above 100 nodes: "
-                "at most 100 polls a second).",
-            ),
-            click.option(
-                "--node-timeout",
-                type=click.FloatRange(min=0.1),
-                default=10.0,
-                show_default=True,
-                help="Seconds of silence before a node is Down (longer when the poll "
-                "interval is stretched).",
-            ),
-            click.option(
-                "--token",
-                envvar=TOKEN_ENV,
-                help="The cluster token users need  [default: DATA_DIR/token, created if missing]",
-            ),
-            click.option(
-                "--join-token",
-                envvar=JOIN_TOKEN_ENV,
-                help="The token workers join with  [default: DATA_DIR/join-token, created]",
-            ),
-        ]
-    ):
-        func = option(func)
-    return func
 
 
 @click.command("manager")
@@ -525,11 +274,11 @@ def _manager_options(func: Callable[..., None]) -> Callable[..., None]:
     type=click.Path(file_okay=False, path_type=Path),
     help="Where the manager keeps its state  [default: ~/.local/share/cube/manager]",
 )
-@_scheduler_option
-@_store_option
-@_manager_options
+@scheduler_option
+@store_option
+@manager_options
 @security_options
-@_log_option
+@log_option
 @handle_errors
 def manager_command(
     host: str,
@@ -555,7 +304,7 @@ def manager_command(
       cube run examples/web.yaml --wait
     """
     setup_logging(log_level)
-    data = _data_dir(data_dir, "manager")
+    data = agent_data_dir(data_dir, "manager")
     parts = _build_manager(
         data,
         store_kind=store_kind,
@@ -575,10 +324,11 @@ def manager_command(
         scheduler=scheduler,
         store=store_kind,
     )
-    app = manager_app(parts.manager, authenticator=parts.authenticator)
-    server = make_server(app, host=host, port=port, tls=security.tls)
+    server = manager_server(parts, host=host, port=port, tls=security.tls)
     claim, release = _address_claim(host, port, data)
-    _run_servers(server, stores=[parts.store], runtimes=[], after_start=claim, on_exit=release)
+    _exit_unless(
+        run_servers(server, stores=[parts.store], runtimes=[], after_start=claim, on_exit=release)
+    )
 
 
 # --- cube dev ------------------------------------------------------------------------------------
@@ -596,11 +346,11 @@ def manager_command(
     type=click.Path(file_okay=False, path_type=Path),
     help="State of both agents  [default: ~/.local/share/cube/dev]",
 )
-@_scheduler_option
-@_store_option
-@_manager_options
-@_node_options
-@_log_option
+@scheduler_option
+@store_option
+@manager_options
+@node_options
+@log_option
 @handle_errors
 def dev_command(
     port: int,
@@ -627,13 +377,13 @@ def dev_command(
       cube status
     """
     setup_logging(log_level)
-    data = _data_dir(data_dir, "dev")
+    data = agent_data_dir(data_dir, "dev")
     worker_port = port + 1
-    worker_data = _data_dir(data / "worker", "dev")
-    parts = _build_worker(name, worker_data, store_kind, node)
+    worker_data = agent_data_dir(data / "worker", "dev")
+    parts = build_worker(name, worker_data, store_kind, node.config())
     worker_token, _ = own_token(None, worker_data, TOKEN_FILE)
     plain = Security(tls=None, ca=None)  # loopback only
-    manager_data = _data_dir(data / "manager", "dev")
+    manager_data = agent_data_dir(data / "manager", "dev")
     control = _build_manager(
         manager_data,
         store_kind=store_kind,
@@ -646,16 +396,9 @@ def dev_command(
         join_token=join_token,
         security=plain,
     )
-    worker_auth = Authenticator({Role.MANAGER: [worker_token]})
     servers = (
-        make_server(
-            manager_app(control.manager, authenticator=control.authenticator),
-            host="127.0.0.1",
-            port=port,
-        ),
-        make_server(
-            worker_app(parts.worker, authenticator=worker_auth), host="127.0.0.1", port=worker_port
-        ),
+        manager_server(control, host="127.0.0.1", port=port),
+        worker_server(parts.worker, worker_token, host="127.0.0.1", port=worker_port),
     )
     log.info(
         "starting dev cluster",
@@ -669,10 +412,12 @@ def dev_command(
         release()
         parts.worker.feed.close()
 
-    _run_servers(
-        *servers,
-        stores=[parts.store, control.store],
-        runtimes=[parts.runtime],
-        after_start=claim,
-        on_exit=on_exit,
+    _exit_unless(
+        run_servers(
+            *servers,
+            stores=[parts.store, control.store],
+            runtimes=[parts.runtime],
+            after_start=claim,
+            on_exit=on_exit,
+        )
     )

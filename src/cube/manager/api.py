@@ -25,10 +25,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated
 
-import httpx
 from fastapi import FastAPI, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field, StringConstraints, field_validator
 
 from cube.api.auth import BearerAuth
 from cube.api.body import RESUBMITTED, TASK_REQUEST_BODY, publish_schemas, read_task_request
@@ -39,55 +37,11 @@ from cube.errors import FieldError, InvalidSpec
 from cube.job.spec import JobSpec
 from cube.manager.core import Manager
 from cube.manager.jobs_api import install_job_routes
-from cube.node import JoinAnswer, Node
+from cube.node import Node
+from cube.protocol import JoinAnswer, NodeRegistration
 from cube.task.model import Task, TaskEvent
-from cube.task.spec import NAME_PATTERN, TaskRequest
+from cube.task.spec import TaskRequest
 from cube.task.state import State
-
-#: A token or node secret, as a worker presents it.
-Credential = Annotated[
-    str, StringConstraints(min_length=16, max_length=256, pattern=r"^[A-Za-z0-9_.~+/=-]+$")
-]
-
-
-class NodeRegistration(BaseModel):
-    """What a worker says when it joins: its name and where its API answers."""
-
-    model_config = {"extra": "forbid"}
-
-    name: str = Field(min_length=1, max_length=63, pattern=NAME_PATTERN)
-    address: str = Field(
-        min_length=1, max_length=255, pattern=r"^https?://[^\s/]+(:\d+)?(/[A-Za-z0-9._/-]*)?$"
-    )
-    token: Credential | None = Field(
-        default=None,
-        description="the token the worker's API accepts; the manager calls it with this",
-    )
-    secret: Credential | None = Field(
-        default=None,
-        description="the node secret issued at this node's first join (proves it is that node)",
-    )
-    running: list[Annotated[str, StringConstraints(max_length=64)]] = Field(
-        default_factory=list,
-        max_length=100_000,
-        description="IDs of the tasks whose containers the worker found running when it started",
-    )
-
-    @field_validator("address")
-    @classmethod
-    def _usable(cls, value: str) -> str:
-        """The manager's HTTP client must take it: no control character, no host IDNA
-        refuses, no port past 65535 (else a registration would end in a 500)."""
-        try:
-            url = httpx.URL(value)
-        except httpx.InvalidURL as exc:
-            raise ValueError(f"not a usable URL: {exc}") from None
-        if not url.host:
-            raise ValueError("not a usable URL: no host")
-        if url.port is not None and not 0 < url.port <= 65535:
-            raise ValueError(f"not a usable URL: port {url.port} is out of range")
-        return value
-
 
 JSON = "application/json"
 
@@ -127,7 +81,7 @@ def create_app(manager: Manager, *, authenticator: Authenticator | None = None) 
         if submitted.alloc is not None:
             why = "set by the manager on the tasks of a job's allocation; submit a job instead"
             raise InvalidSpec([FieldError("alloc", why)])
-        task, created = manager.submit(submitted)
+        task, created = await manager.submit(submitted)
         if not created:
             response.status_code = 200
         return task
@@ -151,7 +105,7 @@ def create_app(manager: Manager, *, authenticator: Authenticator | None = None) 
 
     @app.get("/v1/tasks/{task_id}/events")
     async def task_events(task_id: str) -> list[TaskEvent]:
-        return manager.events(task_id)
+        return await manager.events(task_id)
 
     @app.get("/v1/tasks/{task_id}/logs", response_class=StreamingResponse)
     async def task_logs(

@@ -402,7 +402,7 @@ class JobService:
         if self._budget <= 0:
             return False
         blocked = self._blocked.get((job, group))
-        return blocked is None or blocked != self.manager._generation
+        return blocked is None or blocked != self.manager.dispatcher.generation
 
     @staticmethod
     def _update_places(plan: Plan) -> list[Place]:
@@ -521,7 +521,7 @@ class JobService:
         decision, views = self._choose(spec, place, views, taken=taken)
         alloc.placement = decision.model_dump(mode="json")
         if decision.node is None:
-            self._blocked[(alloc.job, alloc.group)] = self.manager._generation
+            self._blocked[(alloc.job, alloc.group)] = self.manager.dispatcher.generation
             alloc.status_reason = decision.reason
             self.manager.store.save_allocations(changed)
             return views
@@ -566,7 +566,7 @@ class JobService:
         if task.is_terminal:
             if task.desired is not DesiredState.STOP:
                 task.desired = DesiredState.STOP
-                self.manager._save(task)
+                self.manager.registry.save(task)
             return
         spawn(self.manager.stop(task_id), "stop allocation task", keep=self._background)
 

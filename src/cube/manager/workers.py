@@ -9,8 +9,7 @@ from pydantic import TypeAdapter
 
 from cube.api.client import check, unreachable
 from cube.api.tls import Verify, shared_verify
-from cube.node import NODE_TIMEOUT_HEADER, NodeReport
-from cube.protocol import TaskChanges
+from cube.protocol import NODE_TIMEOUT_HEADER, NodeReport, TaskChanges
 from cube.task.model import Task, TaskEvent
 from cube.task.spec import KEEP_SECRETS, TaskRequest
 

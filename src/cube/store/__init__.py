@@ -5,11 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from cube.store.aio import AsyncStore, OffLoopStore
 from cube.store.base import Store
 from cube.store.memory import MemoryStore
 from cube.store.sqlite import SqliteStore
 
-__all__ = ["MemoryStore", "SqliteStore", "Store", "StoreKind", "open_store"]
+__all__ = [
+    "AsyncStore",
+    "MemoryStore",
+    "OffLoopStore",
+    "SqliteStore",
+    "Store",
+    "StoreKind",
+    "open_store",
+]
 
 StoreKind = Literal["memory", "sqlite"]
 

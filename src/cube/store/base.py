@@ -4,9 +4,11 @@ Two implementations ship side by side: :class:`~cube.store.memory.MemoryStore`
 (tests, simulations, ``--store memory``) and :class:`~cube.store.sqlite.SqliteStore`
 (the default; survives restarts). One contract test suite runs against both.
 
-The interface is synchronous on purpose: both stores answer in microseconds on a
-local disk, and a synchronous API keeps transactions obvious. Every method is
-safe to call from several threads at once.
+The interface is synchronous: both stores answer in microseconds on a local disk,
+and a synchronous API keeps transactions obvious. Every method is safe to call from
+several threads at once. An event loop uses a store through
+:class:`cube.store.aio.AsyncStore`, which runs a store that ``blocks`` off the loop
+(and which a PostgreSQL store would implement itself: see :mod:`cube.store.aio`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ from cube.task.state import State
 
 
 class Store(Protocol):
+    #: Whether a call may keep its thread waiting (disk, locks, network): an event loop
+    #: then runs it on a thread of its own (see :mod:`cube.store.aio`).
+    blocks: bool
+
     # --- tasks -----------------------------------------------------------------------------
     def save_task(self, task: Task, events: Sequence[TaskEvent] = ()) -> None:
         """Insert or replace ``task`` and append ``events`` to its history, atomically."""

@@ -21,6 +21,9 @@ from cube.task.state import State
 class MemoryStore:
     """A :class:`~cube.store.base.Store` kept in dicts; safe to share between threads."""
 
+    #: Calls hold a lock for microseconds, and never wait on I/O.
+    blocks = False
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._closed = False

@@ -86,6 +86,9 @@ class SqliteStore(SqliteJobTables):
     connections of every thread.
     """
 
+    #: Calls write to a disk, and wait up to BUSY_TIMEOUT_SECONDS for another's lock.
+    blocks = True
+
     def __init__(self, path: str | Path) -> None:
         if str(path) == ":memory:":
             # Each thread would get its own, empty, database.

@@ -34,8 +34,8 @@ from pydantic import ValidationError
 from cube.background import Supervisor, cancel_all, spawn
 from cube.errors import Conflict, FieldError, InvalidSpec, NotFound, RuntimeUnavailable
 from cube.log import get_logger
-from cube.node import JoinAnswer, MachineStats, NodeReport, Resources
-from cube.protocol import TaskChanges
+from cube.node import MachineStats, Resources
+from cube.protocol import JoinAnswer, NodeReport, TaskChanges
 from cube.runtime.base import (
     LABEL_SPEC,
     LABEL_TASK_ID,

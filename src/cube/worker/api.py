@@ -31,8 +31,7 @@ from cube.api.body import RESUBMITTED, TASK_REQUEST_BODY, publish_schemas, read_
 from cube.api.common import Health, stream_text
 from cube.api.errors import ERROR_RESPONSES, install_error_handlers
 from cube.auth import Authenticator, Role
-from cube.node import NODE_TIMEOUT_HEADER, NodeReport
-from cube.protocol import MAX_WAIT, TaskChanges
+from cube.protocol import MAX_WAIT, NODE_TIMEOUT_HEADER, NodeReport, TaskChanges
 from cube.task.model import Task, TaskEvent
 from cube.task.spec import TaskRequest
 from cube.worker.agent import Worker

@@ -18,7 +18,7 @@ from cube.api.client import check
 from cube.api.tls import Verify
 from cube.errors import Conflict, CubeError
 from cube.log import get_logger
-from cube.node import JoinAnswer
+from cube.protocol import JoinAnswer, NodeRegistration
 
 log = get_logger("cube.worker")
 
@@ -71,13 +71,11 @@ async def join_manager(
     async with httpx.AsyncClient(timeout=10.0, verify=verify) as http:
         while True:
             secret = read_secret(secret_file) if secret_file else None
-            body = {
-                "name": name,
-                "address": address,
-                "token": token,
-                "secret": secret,
-                "running": list(running),
-            }
+            # Not validated here: the manager judges the registration, and says why not.
+            registration = NodeRegistration.model_construct(
+                name=name, address=address, token=token, secret=secret, running=list(running)
+            )
+            body = registration.model_dump(mode="json")
             try:
                 answer = JoinAnswer.model_validate(
                     check(await http.post(url, json=body, headers=headers)).json()

@@ -1,0 +1,252 @@
+"""Placement: tasks onto nodes, sent there, and off them again.
+
+:class:`Dispatcher` owns the send queue (the sends in flight and their slots) and the
+bookkeeping that decides when a Pending task is tried again: the cluster's *capacity
+generation*, bumped by every change that may let a task fit (a node joined, capacity
+was freed...), and the generation each unplaceable task was last tried at. It is the one
+place a task is placed on or taken off a node; everything else asks it.
+
+The dispatch loop places Pending tasks as soon as they arrive (woken by submissions,
+node joins and freed capacity; a slow timer is only the safety net). Tasks of a job's
+allocation are placed by the job service, which hands them to :meth:`start_alloc_task`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from cube.background import spawn
+from cube.errors import CubeError, InvalidSpec, StoreUnavailable, Unavailable
+from cube.log import get_logger
+from cube.manager.nodes import PLACED, NodeRegistry
+from cube.manager.registry import TaskRegistry
+from cube.manager.workers import WorkerClient
+from cube.node import Node
+from cube.scheduler import Scheduler, allocate
+from cube.task.model import DesiredState, Task, TaskEvent
+from cube.task.spec import KEEP_SECRETS, TaskRequest
+from cube.task.state import State
+
+log = get_logger("cube.manager")
+
+#: Calls to nodes in flight at once per dispatch pass (see Collector.collect: same pool,
+#: same reason).
+DISPATCH_CONCURRENCY = 16
+#: Task sends in flight at once (see Dispatcher.send). Without a bound, a job pass of 500
+#: placements queued 500 requests in the fleet's connection pool: each waited there past
+#: its timeout, counted as the node being unreachable, and the node was marked down
+#: (bench/jobs.py: 0 of 10,000 allocations ever ran on 1,000 simulated nodes).
+SEND_CONCURRENCY = 32
+#: The longest pause between two dispatch passes (see Dispatcher.dispatch_loop).
+MAX_DISPATCH_PAUSE = 0.5
+
+
+class Dispatcher:
+    """Places Pending tasks and sends them to their nodes; moves tasks off nodes."""
+
+    def __init__(
+        self,
+        registry: TaskRegistry,
+        nodes: NodeRegistry,
+        scheduler: Scheduler,
+        workers: WorkerClient,
+        *,
+        background: set[asyncio.Task[Any]],
+        capacity_changed: Callable[[], None],
+    ) -> None:
+        self.registry = registry
+        self.nodes = nodes
+        self.scheduler = scheduler
+        self.workers = workers
+        self._background = background
+        self._published = capacity_changed
+        self._dispatch_wake = asyncio.Event()
+        # Placement of a task that fit nowhere is retried only once the cluster changed
+        # (a node joined, capacity was freed...): each change bumps the generation.
+        self._generation = 0
+        self._tried: dict[str, int] = {}
+        #: Task ID -> set when its send to a node ended. A stop waits for it: otherwise it can
+        #: overtake the send, find nothing to stop, and the node starts the task after all.
+        self._sending: dict[str, asyncio.Event] = {}
+        self._send_slots = asyncio.Semaphore(SEND_CONCURRENCY)
+
+    @property
+    def generation(self) -> int:
+        """The capacity generation: bumped by every change that may let a task fit."""
+        return self._generation
+
+    def wake(self) -> None:
+        """Run a dispatch pass soon (a task was submitted)."""
+        self._dispatch_wake.set()
+
+    def in_flight(self, task_id: str) -> asyncio.Event | None:
+        """The send of ``task_id`` in flight (set when it ends), if there is one."""
+        return self._sending.get(task_id)
+
+    def capacity_changed(self) -> None:
+        self._generation += 1
+        self._dispatch_wake.set()
+        self._published()
+
+    async def dispatch(self) -> None:
+        """Place every Pending task that fits, oldest first, and send each to its node."""
+        pending = [
+            t
+            for t in self.registry.tasks.values()
+            if t.state is State.PENDING
+            and t.desired is DesiredState.RUN
+            and t.alloc is None  # an allocation's tasks are placed together, by the job service
+            and self._tried.get(t.id) != self._generation
+        ]
+        if not pending:
+            return
+        views = self.nodes.list_nodes()
+        index = {n.name: i for i, n in enumerate(views)}
+        sends: list[Coroutine[Any, Any, None]] = []
+        gate = asyncio.Semaphore(DISPATCH_CONCURRENCY)
+
+        async def send(task: Task, node: Node) -> None:
+            async with gate:
+                await self.send(task, node)
+
+        try:
+            for task in pending:
+                decision = self.scheduler.place(task.spec, views)
+                task.placement = decision.model_dump(mode="json")
+                if decision.node is None:
+                    self._tried[task.id] = self._generation
+                    if task.reason != decision.reason:
+                        task.reason = decision.reason
+                        self.registry.save(task)
+                    continue
+                self._tried.pop(task.id, None)
+                i = index[decision.node]
+                views[i] = allocate(views[i], task.spec)
+                self.registry.assign(task, decision.node)
+                task.node_events = 0  # a new placement: the node's history of it starts now
+                self.registry.save(
+                    task, task.transition(State.SCHEDULED, f"placed on {decision.node}")
+                )
+                self._sending.setdefault(task.id, asyncio.Event())  # before anything else runs
+                sends.append(send(task, views[i]))
+        finally:  # a save refused (a full disk) ends the pass: the tasks saved still go
+            await asyncio.gather(*sends)
+
+    def start_alloc_task(self, task: Task, node: Node, reason: str) -> None:
+        """Record a task of a job's allocation as Scheduled on ``node`` and send it there.
+
+        The job service placed the allocation; the task goes the way every task goes.
+        """
+        ref = task.alloc
+        made = f"created for {ref.name} ({ref.id})" if ref else "created"
+        self.registry.add(task)
+        self.registry.assign(task, node.name)
+        self.registry.save(
+            task,
+            TaskEvent(state=State.PENDING, reason=made),
+            task.transition(State.SCHEDULED, reason),
+        )
+        self._sending.setdefault(task.id, asyncio.Event())
+        spawn(self.send(task, node), "send allocation task", keep=self._background)
+
+    def end_alloc_task(self, task: Task, reason: str) -> None:
+        """A task of an allocation is not placed again on its own: it ends, and the job
+        service replaces its allocation as a whole. It stays on its node, so that a copy
+        the node still runs when it comes back is stopped (``desired: stop``)."""
+        task.desired = DesiredState.STOP
+        if task.is_terminal:
+            self.registry.save(task)
+        else:
+            self.registry.save(task, task.transition(State.FAILED, reason))
+        self.capacity_changed()
+
+    async def send(self, task: Task, node: Node) -> None:
+        sending = self._sending.setdefault(task.id, asyncio.Event())
+        try:
+            # The wait for a slot is the manager's, not the node's: outside the timeout.
+            async with self._send_slots:
+                await self._send_once(task, node)
+        finally:
+            sending.set()
+            if self._sending.get(task.id) is sending:
+                del self._sending[task.id]
+
+    async def _send_once(self, task: Task, node: Node) -> None:
+        alloc = None if task.alloc is None else task.alloc.model_dump()
+        spec = task.spec.model_dump(context=KEEP_SECRETS)
+        request = TaskRequest.model_validate({**spec, "id": task.id, "alloc": alloc})
+        try:
+            reported = await self.workers.run(node.address, request)
+        except InvalidSpec as exc:  # the node refuses this spec: trying again will not help
+            if task.state is State.SCHEDULED:
+                self.registry.save(
+                    task, task.transition(State.FAILED, f"node {node.name}: {exc.message}")
+                )
+            return
+        except CubeError as exc:
+            if isinstance(exc, Unavailable):
+                self.nodes.node_unreachable(node.name, exc.message)
+            if task.alloc is not None and task.state is State.SCHEDULED:
+                self.end_alloc_task(task, f"could not start on {node.name}: {exc.message}")
+            elif task.state is State.SCHEDULED and task.desired is DesiredState.RUN:
+                self.unplace(task, f"could not start on {node.name}: {exc.message}")
+                if isinstance(exc, StoreUnavailable):
+                    # The node cannot save it (a full disk): placed again once the cluster
+                    # changes (or by the dispatch's safety net), not in a loop against it.
+                    self._tried[task.id] = self._generation
+            return
+        log.info("task sent", task=task.id, node=node.name)
+        del reported  # its progress arrives with the next collection
+
+    async def dispatch_loop(self) -> None:
+        self._dispatch_wake.set()  # a pass at once, also when started again after a crash
+        while True:
+            try:
+                await asyncio.wait_for(self._dispatch_wake.wait(), 5.0)
+            except TimeoutError:
+                self._generation += 1  # the safety net: retry everything now and then
+            self._dispatch_wake.clear()
+            started = time.process_time()
+            await self.dispatch()
+            # Each pass starts with a view of every node (O(nodes + tasks)). In a burst of
+            # submissions, each of which wakes the dispatcher, a pause as long as the CPU
+            # the pass took lets the next ones gather, so a pass places many tasks and
+            # dispatch takes at most about half the manager's time. (CPU, not wall time: a
+            # pass that waited on a slow node cost nothing, and must not slow the next.)
+            await asyncio.sleep(min(time.process_time() - started, MAX_DISPATCH_PAUSE))
+
+    def move_tasks_off(self, node: Node, why: str) -> list[str]:
+        """Send every task placed on ``node`` back to the scheduler (same ID, history kept).
+
+        Returns the IDs of the tasks moved."""
+        moved = []
+        for task in self.registry.tasks_on(node.name):
+            if task.state in PLACED and task.desired is DesiredState.RUN:
+                if task.alloc is not None:
+                    self.end_alloc_task(task, f"{why}; its allocation is replaced")
+                else:
+                    self.unplace(task, f"{why}; rescheduling")
+                moved.append(task.id)
+        if moved:
+            log.warning("tasks moved off node", node=node.name, tasks=len(moved), why=why)
+        return moved
+
+    def unplace(self, task: Task, reason: str) -> None:
+        """Back to Pending, off its node. The node's copy, if any, is stopped by reconciliation."""
+        self.registry.assign(task, None)
+        task.container_id = None
+        task.ports = []
+        self.registry.save(task, task.transition(State.PENDING, reason))
+        self.capacity_changed()
+
+    def take_back(self, task: Task, node: Node) -> None:
+        self.registry.assign(task, node.name)
+        reason = f"node {node.name} is back and still runs it"
+        # Straight to Running: the node's events up to its Running may have been merged
+        # before the node was lost, and would not be replayed.
+        self.registry.save(
+            task, task.transition(State.SCHEDULED, reason), task.transition(State.RUNNING, reason)
+        )

@@ -1,0 +1,213 @@
+"""The store as an event loop uses it: every call awaited, none blocking the loop.
+
+Why: the manager is one event loop. Every millisecond a store call blocks it, no
+request is answered, no node is polled, no task is placed. The stores that ship answer
+in microseconds from memory, but not always: SQLite commits to a disk (an fsync at
+each checkpoint) and waits up to ``busy_timeout`` (10 s) for another process's write
+lock; and a PostgreSQL store, which highly available managers need, answers every call
+over the network. So the interface the loop uses is :class:`AsyncStore`: the same
+contract as :class:`~cube.store.base.Store` (the same methods, arguments, answers and
+errors, checked by the same contract suite), each method awaitable.
+
+How each store serves it:
+
+* :class:`OffLoopStore` adapts a synchronous :class:`Store`. One that blocks
+  (``blocks = True``: :class:`~cube.store.sqlite.SqliteStore`) runs every call on one
+  thread of its own, and the loop goes on meanwhile. One thread, not a pool: calls run
+  in the order they were made (a task's save before its next one), SQLite has one
+  writer at a time anyway, and the thread keeps one connection open. A store that does
+  not block (:class:`~cube.store.memory.MemoryStore`) is called directly: a hop to a
+  thread would cost more than the call.
+* A PostgreSQL store would implement :class:`AsyncStore` itself, on an async driver's
+  connection pool (asyncpg, or psycopg's ``AsyncConnectionPool``): each method a query
+  awaited on the loop, each of today's atomic calls one transaction (a task with its
+  events, a job with its versions, allocations all or none), its errors mapped to
+  :class:`~cube.errors.StoreUnavailable` as :mod:`cube.store.failures` does SQLite's.
+  Reads need no snapshot of the manager's: the manager's records are loaded once and
+  written through, and every cache the manager keeps is derived from them (see
+  :mod:`cube.manager.core`), so another manager that takes over builds the same state
+  from the store alone.
+
+Where the manager stands: it awaits this interface where a call is made on behalf of an
+API request that awaits anyway: a submitted task is saved off the loop before it is
+listed (:meth:`cube.manager.core.Manager.submit`), and a task's history is read off the
+loop. The changes it makes on its own (placements, reconciled states, node records, the
+job service's jobs and allocations) still call the synchronous store: each is undone at
+once if the store refuses it (a full disk), so that the API never shows a change a
+restart would lose, and their callers are synchronous between two awaits. Moving them
+is the next step: each caller awaits its write where it makes it (the pattern of
+``submit``: save, then publish to the records), or one writer takes the changes of a
+pass in one transaction and the API awaits it before answering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable, Collection, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import ParamSpec, Protocol, TypeVar
+
+from cube.job.model import Allocation, Job, JobVersion
+from cube.node import Node
+from cube.store.base import Store
+from cube.task.model import Task, TaskEvent
+from cube.task.state import State
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class AsyncStore(Protocol):
+    """:class:`~cube.store.base.Store`'s contract, awaited (see the module docstring)."""
+
+    # --- tasks -----------------------------------------------------------------------------
+    async def save_task(self, task: Task, events: Sequence[TaskEvent] = ()) -> None: ...
+    async def get_task(self, task_id: str) -> Task: ...
+    async def find_task(self, task_id: str) -> Task | None: ...
+    async def list_tasks(
+        self, *, node: str | None = None, states: Collection[State] | None = None
+    ) -> list[Task]: ...
+    async def delete_task(self, task_id: str) -> None: ...
+    async def add_events(self, task_id: str, events: Sequence[TaskEvent]) -> None: ...
+    async def task_events(self, task_id: str) -> list[TaskEvent]: ...
+
+    # --- nodes -----------------------------------------------------------------------------
+    async def save_node(self, node: Node) -> None: ...
+    async def get_node(self, name: str) -> Node: ...
+    async def list_nodes(self) -> list[Node]: ...
+    async def delete_node(self, name: str) -> None: ...
+
+    # --- jobs and allocations --------------------------------------------------------------
+    async def save_job(self, job: Job, versions: Sequence[JobVersion] = ()) -> None: ...
+    async def get_job(self, job_id: str) -> Job: ...
+    async def find_job(self, job_id: str) -> Job | None: ...
+    async def list_jobs(self) -> list[Job]: ...
+    async def delete_job(self, job_id: str) -> None: ...
+    async def job_versions(self, job_id: str) -> list[JobVersion]: ...
+    async def get_job_version(self, job_id: str, number: int) -> JobVersion: ...
+    async def save_allocations(self, allocations: Sequence[Allocation]) -> None: ...
+    async def get_allocation(self, alloc_id: str) -> Allocation: ...
+    async def find_allocation(self, alloc_id: str) -> Allocation | None: ...
+    async def list_allocations(
+        self, *, job: str | None = None, node: str | None = None
+    ) -> list[Allocation]: ...
+
+    # --- lifecycle -------------------------------------------------------------------------
+    async def aclose(self) -> None:
+        """Release what serves the calls; the store itself too if this owns it."""
+
+
+class OffLoopStore:
+    """An :class:`AsyncStore` over a synchronous :class:`Store` (see the module docstring).
+
+    ``owns``: :meth:`aclose` closes ``store`` too (else its opener does).
+    """
+
+    def __init__(self, store: Store, *, owns: bool = False) -> None:
+        self.store = store
+        self._owns = owns
+        #: The store's own thread, for a store that blocks; None: called on the loop.
+        self._thread = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="cube-store")
+            if store.blocks
+            else None
+        )
+        self._closed = False
+
+    @property
+    def blocks(self) -> bool:
+        """Whether calls run on the store's own thread."""
+        return self._thread is not None
+
+    async def _call(self, method: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
+        if self._closed:
+            raise RuntimeError("the store is closed")
+        if self._thread is None:
+            return method(*args, **kwargs)
+        call = functools.partial(method, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self._thread, call)
+
+    # --- tasks -----------------------------------------------------------------------------
+    async def save_task(self, task: Task, events: Sequence[TaskEvent] = ()) -> None:
+        await self._call(self.store.save_task, task, events)
+
+    async def get_task(self, task_id: str) -> Task:
+        return await self._call(self.store.get_task, task_id)
+
+    async def find_task(self, task_id: str) -> Task | None:
+        return await self._call(self.store.find_task, task_id)
+
+    async def list_tasks(
+        self, *, node: str | None = None, states: Collection[State] | None = None
+    ) -> list[Task]:
+        return await self._call(self.store.list_tasks, node=node, states=states)
+
+    async def delete_task(self, task_id: str) -> None:
+        await self._call(self.store.delete_task, task_id)
+
+    async def add_events(self, task_id: str, events: Sequence[TaskEvent]) -> None:
+        await self._call(self.store.add_events, task_id, events)
+
+    async def task_events(self, task_id: str) -> list[TaskEvent]:
+        return await self._call(self.store.task_events, task_id)
+
+    # --- nodes -----------------------------------------------------------------------------
+    async def save_node(self, node: Node) -> None:
+        await self._call(self.store.save_node, node)
+
+    async def get_node(self, name: str) -> Node:
+        return await self._call(self.store.get_node, name)
+
+    async def list_nodes(self) -> list[Node]:
+        return await self._call(self.store.list_nodes)
+
+    async def delete_node(self, name: str) -> None:
+        await self._call(self.store.delete_node, name)
+
+    # --- jobs and allocations --------------------------------------------------------------
+    async def save_job(self, job: Job, versions: Sequence[JobVersion] = ()) -> None:
+        await self._call(self.store.save_job, job, versions)
+
+    async def get_job(self, job_id: str) -> Job:
+        return await self._call(self.store.get_job, job_id)
+
+    async def find_job(self, job_id: str) -> Job | None:
+        return await self._call(self.store.find_job, job_id)
+
+    async def list_jobs(self) -> list[Job]:
+        return await self._call(self.store.list_jobs)
+
+    async def delete_job(self, job_id: str) -> None:
+        await self._call(self.store.delete_job, job_id)
+
+    async def job_versions(self, job_id: str) -> list[JobVersion]:
+        return await self._call(self.store.job_versions, job_id)
+
+    async def get_job_version(self, job_id: str, number: int) -> JobVersion:
+        return await self._call(self.store.get_job_version, job_id, number)
+
+    async def save_allocations(self, allocations: Sequence[Allocation]) -> None:
+        await self._call(self.store.save_allocations, allocations)
+
+    async def get_allocation(self, alloc_id: str) -> Allocation:
+        return await self._call(self.store.get_allocation, alloc_id)
+
+    async def find_allocation(self, alloc_id: str) -> Allocation | None:
+        return await self._call(self.store.find_allocation, alloc_id)
+
+    async def list_allocations(
+        self, *, job: str | None = None, node: str | None = None
+    ) -> list[Allocation]:
+        return await self._call(self.store.list_allocations, job=job, node=node)
+
+    # --- lifecycle -------------------------------------------------------------------------
+    async def aclose(self) -> None:
+        """Wait for the calls in flight, stop the thread; close the store if owned."""
+        if self._closed:
+            return
+        if self._owns:
+            await self._call(self.store.close)
+        self._closed = True
+        if self._thread is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._thread.shutdown)

@@ -1,0 +1,108 @@
+"""The store as the manager's event loop uses it (cube.store.aio): what the contract suite,
+which also runs through it (tests/store_kinds.py), cannot show — where calls run, and that
+the loop goes on while one waits."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from cube.errors import NotFound
+from cube.node import Node
+from cube.store import MemoryStore, OffLoopStore, SqliteStore
+from cube.task.model import TaskEvent
+from cube.task.state import State
+from tests.test_store_contract import make_task
+
+
+class Recording(MemoryStore):
+    """A memory store that says it blocks, and notes the thread of each call."""
+
+    blocks = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: list[str] = []
+
+    def list_nodes(self) -> list[Node]:
+        self.threads.append(threading.current_thread().name)
+        return super().list_nodes()
+
+
+async def test_a_store_that_blocks_runs_every_call_on_one_thread_of_its_own() -> None:
+    store = Recording()
+    aio = OffLoopStore(store)
+    await asyncio.gather(*(aio.list_nodes() for _ in range(20)))
+    await aio.aclose()
+
+    assert len(set(store.threads)) == 1
+    assert store.threads[0].startswith("cube-store")
+    assert store.threads[0] != threading.current_thread().name
+
+
+async def test_a_store_that_does_not_block_is_called_on_the_loop() -> None:
+    store = MemoryStore()
+    aio = OffLoopStore(store)
+    task = make_task()
+    await aio.save_task(task)  # no thread: done before the call returns
+    assert not aio.blocks
+    assert store.get_task(task.id) == task
+    await aio.aclose()
+
+
+async def test_the_loop_goes_on_while_sqlite_waits_for_another_process_lock(
+    tmp_path: Path,
+) -> None:
+    store = SqliteStore(tmp_path / "cube.db")
+    aio = OffLoopStore(store, owns=True)
+    other = sqlite3.connect(tmp_path / "cube.db", isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        task = make_task()
+        save = asyncio.create_task(aio.save_task(task))
+        ticks = 0
+        while ticks < 100:  # the loop runs while the save waits for the lock
+            await asyncio.sleep(0)
+            ticks += 1
+        assert not save.done()  # it cannot have committed: the lock is still held
+        other.execute("COMMIT")
+        await save
+        assert await aio.get_task(task.id) == task
+    finally:
+        other.close()
+        await aio.aclose()
+
+
+async def test_calls_run_in_the_order_they_were_made(tmp_path: Path) -> None:
+    aio = OffLoopStore(SqliteStore(tmp_path / "cube.db"), owns=True)
+    task = make_task()
+    await aio.save_task(task)
+    notes = [TaskEvent(state=State.PENDING, reason=f"note {i}") for i in range(50)]
+    await asyncio.gather(*(aio.add_events(task.id, [note]) for note in notes))
+
+    assert [e.reason for e in await aio.task_events(task.id)] == [n.reason for n in notes]
+    await aio.aclose()
+
+
+async def test_errors_come_through_as_the_store_raises_them(tmp_path: Path) -> None:
+    aio = OffLoopStore(SqliteStore(tmp_path / "cube.db"), owns=True)
+    with pytest.raises(NotFound, match="task nope not found"):
+        await aio.get_task("nope")
+    await aio.aclose()
+
+
+async def test_closing_the_adapter_leaves_a_store_it_does_not_own_open(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "cube.db")
+    aio = OffLoopStore(store)
+    task = make_task()
+    await aio.save_task(task)
+    await aio.aclose()
+
+    with pytest.raises(RuntimeError, match="closed"):
+        await aio.list_tasks()
+    assert store.get_task(task.id) == task  # the opener closes it
+    store.close()
