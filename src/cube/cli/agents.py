@@ -33,6 +33,7 @@ from cube.cli.credentials import (
     security_options,
 )
 from cube.cli.errors import EXIT_FAILED, handle_errors
+from cube.cli.metrics import MetricsAccess, metrics_options
 from cube.cli.options import SIZE, optional_duration_callback, parse_labels
 from cube.heap import freeze_survivors
 from cube.job.spec import DEFAULT_DATACENTER
@@ -309,6 +310,7 @@ def _run_servers(
 @_store_option
 @_node_options
 @security_options
+@metrics_options
 @_log_option
 @handle_errors
 def worker_command(
@@ -324,6 +326,7 @@ def worker_command(
     store_kind: StoreKind,
     node: NodeOptions,
     security: Security,
+    metrics: MetricsAccess,
     log_level: str,
 ) -> None:
     """Run a worker agent: runs tasks on this machine as Docker containers.
@@ -348,8 +351,11 @@ def worker_command(
         stop_after_disconnect=stop_after_disconnect,
     )
     worker_token, source = own_token(token, data, TOKEN_FILE)
+    auth = Authenticator(
+        {Role.MANAGER: [worker_token], Role.METRICS: metrics.worker_tokens(manager_url)}
+    )
     server = make_server(
-        worker_app(parts.worker, authenticator=Authenticator({Role.MANAGER: [worker_token]})),
+        worker_app(parts.worker, authenticator=auth, metrics_open=metrics.open),
         host=host,
         port=port,
         tls=security.tls,
@@ -427,6 +433,8 @@ class ManagerParts:
     manager: Manager
     store: Store
     authenticator: Authenticator
+    #: The tokens that may read GET /metrics (a dev cluster's worker takes them too).
+    metrics_readers: dict[Role, list[str]]
 
 
 def _build_manager(
@@ -441,6 +449,7 @@ def _build_manager(
     token: str | None,
     join_token: str | None,
     security: Security,
+    metrics: MetricsAccess,
 ) -> ManagerParts:
     """A manager and its credentials: the cluster token and the join token."""
     user, user_source = own_token(token, data, TOKEN_FILE)
@@ -461,7 +470,9 @@ def _build_manager(
         collect_interval=collect_interval,
         node_timeout=node_timeout,
     )
-    return ManagerParts(manager, store, Authenticator({Role.USER: [user], Role.JOIN: [join]}))
+    readers = {Role.USER: [user], Role.METRICS: [metrics.manager_token(data)]}
+    auth = Authenticator({**readers, Role.JOIN: [join]})
+    return ManagerParts(manager, store, auth, readers)
 
 
 def _as_url(address: str, scheme: str) -> str:
@@ -529,6 +540,7 @@ def _manager_options(func: Callable[..., None]) -> Callable[..., None]:
 @_store_option
 @_manager_options
 @security_options
+@metrics_options
 @_log_option
 @handle_errors
 def manager_command(
@@ -544,6 +556,7 @@ def manager_command(
     token: str | None,
     join_token: str | None,
     security: Security,
+    metrics: MetricsAccess,
     log_level: str,
 ) -> None:
     """Run the manager: accepts tasks, places them on workers, tracks them.
@@ -567,6 +580,7 @@ def manager_command(
         token=token,
         join_token=join_token,
         security=security,
+        metrics=metrics,
     )
     log.info(
         "starting manager",
@@ -575,7 +589,7 @@ def manager_command(
         scheduler=scheduler,
         store=store_kind,
     )
-    app = manager_app(parts.manager, authenticator=parts.authenticator)
+    app = manager_app(parts.manager, authenticator=parts.authenticator, metrics_open=metrics.open)
     server = make_server(app, host=host, port=port, tls=security.tls)
     claim, release = _address_claim(host, port, data)
     _run_servers(server, stores=[parts.store], runtimes=[], after_start=claim, on_exit=release)
@@ -600,6 +614,7 @@ def manager_command(
 @_store_option
 @_manager_options
 @_node_options
+@metrics_options
 @_log_option
 @handle_errors
 def dev_command(
@@ -613,6 +628,7 @@ def dev_command(
     token: str | None,
     join_token: str | None,
     node: NodeOptions,
+    metrics: MetricsAccess,
     log_level: str,
 ) -> None:
     """Run a one-node cluster in one process: a manager and a local worker, on 127.0.0.1.
@@ -645,16 +661,21 @@ def dev_command(
         token=token,
         join_token=join_token,
         security=plain,
+        metrics=metrics,
     )
-    worker_auth = Authenticator({Role.MANAGER: [worker_token]})
+    worker_auth = Authenticator({Role.MANAGER: [worker_token], **control.metrics_readers})
     servers = (
         make_server(
-            manager_app(control.manager, authenticator=control.authenticator),
+            manager_app(
+                control.manager, authenticator=control.authenticator, metrics_open=metrics.open
+            ),
             host="127.0.0.1",
             port=port,
         ),
         make_server(
-            worker_app(parts.worker, authenticator=worker_auth), host="127.0.0.1", port=worker_port
+            worker_app(parts.worker, authenticator=worker_auth, metrics_open=metrics.open),
+            host="127.0.0.1",
+            port=worker_port,
         ),
     )
     log.info(

@@ -42,6 +42,7 @@ from cube.manager.lookup import find_task
 from cube.manager.pacing import Pace, pace
 from cube.manager.reconcile import gave_up, merge_report, needs_merge
 from cube.manager.workers import WorkerClient
+from cube.metrics.manager import ManagerTelemetry
 from cube.node import JoinAnswer, Node, NodeReport, NodeState
 from cube.scheduler import Scheduler, allocate, allocate_all
 from cube.store.base import Store
@@ -159,6 +160,8 @@ class Manager:
         self._send_slots = asyncio.Semaphore(SEND_CONCURRENCY)
         #: Jobs and their allocations: they place their tasks through this manager.
         self.jobs = JobService(self)
+        #: Its metrics (GET /metrics): its records read at scrape time, and these hooks.
+        self.telemetry = ManagerTelemetry(self)
 
     @property
     def pace(self) -> Pace:
@@ -432,7 +435,7 @@ class Manager:
 
         try:
             for task in pending:
-                decision = self.scheduler.place(task.spec, views)
+                decision = self.telemetry.place(self.scheduler, task.spec, views)
                 task.placement = decision.model_dump(mode="json")
                 if decision.node is None:
                     self._tried[task.id] = self._generation
@@ -783,6 +786,7 @@ class Manager:
             started = time.monotonic()
             interval = self.pace.collect
             await self.collect(over=interval)
+            self.telemetry.collected(time.monotonic() - started)
             self.collect_period = max(interval, time.monotonic() - started)
             if self.collect_period > interval:
                 log.debug("collection pass overran its interval", seconds=self.collect_period)

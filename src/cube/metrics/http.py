@@ -1,0 +1,91 @@
+"""``GET /metrics`` and the timing of every API request, shared by the manager and workers.
+
+Who may read ``/metrics`` is a rule wrapped around the agent's own (see
+:mod:`cube.api.auth`): the roles given, or anyone with ``--metrics-open``. Everything else
+stays as the agent's rule says, so the read-only metrics token opens ``/metrics`` and
+nothing more (a 403 elsewhere).
+"""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import FastAPI, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from starlette.routing import BaseRoute
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from cube.api.auth import Rule
+from cube.auth import Role
+
+METRICS_PATH = "/metrics"
+#: The ``route`` label of a request no route matched (refused before routing, or a 404):
+#: its path is the client's choice, and would make a new series of each.
+UNROUTED = "unrouted"
+
+
+def metrics_rule(rule: Rule, *, readers: frozenset[Role] | None) -> Rule:
+    """``rule``, except that ``GET /metrics`` needs one of ``readers`` (None: open)."""
+
+    def wrapped(method: str, path: str) -> frozenset[Role] | None:
+        if path == METRICS_PATH and method in ("GET", "HEAD"):
+            return readers
+        return rule(method, path)
+
+    return wrapped
+
+
+def request_histogram(registry: CollectorRegistry) -> Histogram:
+    return Histogram(
+        "cube_http_request_duration_seconds",
+        "Time to answer an API request, until its response ends, by route template "
+        "(/v1/tasks/{task_id}), method and status code.",
+        ["route", "method", "status"],
+        registry=registry,
+    )
+
+
+class RequestTimer:
+    """ASGI middleware: observes each HTTP request's duration in ``histogram``.
+
+    Labelled by the route's template, which the router records in the request's scope,
+    never by the path itself (a task ID per series would grow without end).
+    """
+
+    def __init__(self, app: ASGIApp, *, histogram: Histogram) -> None:
+        self.app = app
+        self.histogram = histogram
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # what the client gets if the app raises before answering
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route: BaseRoute | None = scope.get("route")
+            template = getattr(route, "path", None) or UNROUTED
+            self.histogram.labels(template, scope["method"], str(status)).observe(
+                time.perf_counter() - started
+            )
+
+
+def install_metrics(app: FastAPI, registry: CollectorRegistry, requests: Histogram) -> None:
+    """Serve ``registry`` at ``GET /metrics`` and time every request of ``app`` in
+    ``requests`` (see :func:`request_histogram`). Call it after adding the authentication
+    middleware: the timer then sees refused requests too."""
+    app.add_middleware(RequestTimer, histogram=requests)
+
+    @app.get(METRICS_PATH, include_in_schema=False)
+    async def metrics() -> Response:
+        """Prometheus' text format (version 0.0.4)."""
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
