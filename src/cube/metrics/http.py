@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 
 from fastapi import FastAPI, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -22,6 +22,9 @@ METRICS_PATH = "/metrics"
 #: The ``route`` label of a request no route matched (refused before routing, or a 404):
 #: its path is the client's choice, and would make a new series of each.
 UNROUTED = "unrouted"
+#: The classic text format, which generate_latest writes: prometheus-client 0.22+ calls it
+#: version 1.0.0 (UTF-8 names allowed), a type the Prometheus 2 of Debian 12 does not know.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def metrics_rule(rule: Rule, *, readers: frozenset[Role] | None) -> Rule:
@@ -88,4 +91,4 @@ def install_metrics(app: FastAPI, registry: CollectorRegistry, requests: Histogr
     @app.get(METRICS_PATH, include_in_schema=False)
     async def metrics() -> Response:
         """Prometheus' text format (version 0.0.4)."""
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(registry), headers={"Content-Type": CONTENT_TYPE})
