@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import secrets
 import shutil
+import stat
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,6 +50,8 @@ def test_metrics_need_a_token_and_the_metrics_token_opens_nothing_else(
 ) -> None:
     dev = start_dev()
     reader = metrics_token(dev, tmp_path)
+    token_file = tmp_path / dev.name / "manager" / "metrics-token"
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
     for url in (dev.url, worker_url(dev)):
         assert status("GET", f"{url}/metrics", None) == 401
         assert status("GET", f"{url}/metrics", "not-a-token-of-this-cluster") == 401
@@ -75,6 +78,31 @@ def test_a_worker_takes_the_metrics_token_it_is_given(start_worker: Any) -> None
     assert value(text, "cube_worker_containers_running", node=worker.name) == 0
     assert status("GET", f"{worker.url}/v1/tasks", reader) == 403
     assert status("GET", f"{worker.url}/metrics", None) == 401
+    scrape(worker.url, token=api.TOKEN)  # its own token (CUBE_WORKER_TOKEN in the tests)
+
+
+def test_a_worker_finds_the_metrics_token_of_its_manager_on_this_machine(
+    start_manager: Any, start_worker: Any, tmp_path: Path
+) -> None:
+    manager = start_manager()
+    reader = (tmp_path / manager.name / "metrics-token").read_text().strip()
+    worker = start_worker("--manager", manager.url)
+    assert value(scrape(worker.url, token=reader), "cube_worker_containers_running") == 0
+    assert value(scrape(manager.url, token=reader), "cube_nodes", state="ready") is not None
+
+
+def test_the_metrics_token_from_the_environment_and_metrics_open_on_each_agent(
+    start_manager: Any, start_worker: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reader = secrets.token_urlsafe(32)
+    monkeypatch.setenv("CUBE_METRICS_TOKEN", reader)
+    manager = start_manager()
+    scrape(manager.url, token=reader)
+    assert status("GET", f"{manager.url}/v1/nodes", reader) == 403
+    monkeypatch.delenv("CUBE_METRICS_TOKEN")
+    for agent in (start_manager("--metrics-open"), start_worker("--metrics-open")):
+        assert "cube_http_request_duration_seconds" in scrape(agent.url, token=None)
+        assert status("GET", f"{agent.url}/v1/tasks", None) == 401
 
 
 # --- what it says -------------------------------------------------------------------------------
@@ -118,6 +146,13 @@ def test_metric_values_follow_the_cluster(start_dev: Any) -> None:
 
     text = scrape(dev.url)
     assert value(text, "cube_scheduling_decisions_total", outcome="placed") == 2
+    assert value(text, "cube_scheduling_decision_duration_seconds_count") == 2
+    assert (value(text, "cube_collection_pass_duration_seconds_count") or 0) >= 1
+    assert (value(text, "cube_job_reconcile_pass_duration_seconds_count") or 0) >= 1
+    worker_calls = value(
+        scrape(worker_url(dev)), "cube_http_request_duration_seconds_count", route="/v1/stats"
+    )
+    assert (worker_calls or 0) >= 1  # the manager's polls
     route = {"route": "/v1/tasks/{task_id}", "method": "GET", "status": "200"}
     assert (value(text, "cube_http_request_duration_seconds_count", **route) or 0) >= 1
     assert (
@@ -130,20 +165,20 @@ def test_metric_values_follow_the_cluster(start_dev: Any) -> None:
     assert value(text, "cube_nodes", state="ready") == 0
     # The sick task is moved off the drained node, and waits: nowhere else to go.
     wait_for(lambda: value(scrape(dev.url), "cube_tasks_pending") == 1, what="a Pending task")
-    assert value(scrape(dev.url), "cube_task_state", task=sick, state="pending") == 1
+    text = scrape(dev.url)
+    assert value(text, "cube_task_state", task=sick, state="pending") == 1
+    assert (value(text, "cube_scheduling_decisions_total", outcome="unplaceable") or 0) >= 1
 
 
 # --- a real Prometheus ----------------------------------------------------------------------------
-PROMETHEUS_YML = """\
-global:
-  scrape_interval: 1s
-scrape_configs:
-  - job_name: cube
-    authorization:
-      credentials_file: {token_file}
-    static_configs:
-      - targets: ["{manager}", "{worker}"]
-"""
+README = Path(__file__).parent.parent / "README.md"
+
+
+def readme_prometheus_yml() -> str:
+    """The README's minimal prometheus.yml, as written there."""
+    text = README.read_text()
+    start = text.index("```yaml\nglobal:") + len("```yaml\n")
+    return text[start : text.index("```", start)]
 
 
 @pytest.fixture
@@ -199,9 +234,16 @@ def test_prometheus_scrapes_a_dev_cluster_and_sees_the_task_running(
 ) -> None:
     dev = start_dev()
     token_file = tmp_path / dev.name / "manager" / "metrics-token"
-    config = PROMETHEUS_YML.format(
-        token_file=token_file, manager=f"127.0.0.1:{dev.port}", worker=f"127.0.0.1:{dev.port + 1}"
-    )
+    # The README's file, for this cluster's ports and data dir, scraping every second.
+    config = readme_prometheus_yml()
+    for written, here in (
+        ("/root/.local/share/cube/dev/manager/metrics-token", str(token_file)),
+        ("127.0.0.1:5555", f"127.0.0.1:{dev.port}"),
+        ("127.0.0.1:5556", f"127.0.0.1:{dev.port + 1}"),
+        ("scrape_interval: 15s", "scrape_interval: 1s"),
+    ):
+        assert written in config
+        config = config.replace(written, here)
     server = prometheus(config)
     out = ok(
         cube(

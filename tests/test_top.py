@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import pty
 import subprocess
 import sys
 import threading
@@ -110,6 +112,46 @@ def test_top_refreshes_until_interrupted(start_dev: Any) -> None:
         top.wait(timeout=10)
         reader.join(timeout=10)
         top.stdout.close()
+
+
+@pytest.mark.docker
+def test_top_in_a_terminal_redraws_its_frame_in_place(start_dev: Any) -> None:
+    dev = start_dev()
+    run_sleeper(dev, "drawn")
+    leader, follower = pty.openpty()
+    top = subprocess.Popen(
+        [sys.executable, "-m", "cube", "top", "-n", "0.2", "--manager", dev.url],
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        env={**os.environ, "COLUMNS": "200", "LINES": "50", "TERM": "xterm"},
+    )
+    os.close(follower)
+    screen = bytearray()
+
+    def read() -> None:
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # the terminal closed: top exited
+                return
+            if not chunk:
+                return
+            screen.extend(chunk)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        # Rich's Live moves the cursor up over the last frame and draws the next one.
+        cursor_up = b"\x1b[1A"
+        wait_for(lambda: screen.count(b"tasks: 1 running") >= 3, what="three frames")
+        assert cursor_up in screen
+        assert b"drawn" in screen
+    finally:
+        top.terminate()
+        top.wait(timeout=10)
+        reader.join(timeout=10)
+        os.close(leader)
 
 
 def test_top_refuses_a_bad_interval_and_says_when_no_manager_answers() -> None:
