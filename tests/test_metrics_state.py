@@ -177,3 +177,21 @@ async def test_a_scrape_is_not_a_call_from_the_manager(worker: tuple[Worker, Fak
         assert w.last_heard == 0.0
         assert (await client.get("/v1/tasks")).status_code == 200
         assert w.last_heard > 0.0  # the manager's calls do count
+
+
+async def test_requests_are_timed_by_route_template_and_a_known_method(
+    worker: tuple[Worker, FakeRuntime],
+) -> None:
+    """Neither a task ID nor a made-up method makes a series of its own."""
+    w, _ = worker
+    transport = httpx.ASGITransport(app=create_app(w))
+    async with httpx.AsyncClient(transport=transport, base_url="http://w") as client:
+        assert (await client.get("/v1/tasks/nope")).status_code == 404
+        assert (await client.request("BREW", "/v1/tasks")).status_code == 405
+        assert (await client.request("BREW", "/no/such/path")).status_code == 404
+    text = scraped(w)
+    name = "cube_http_request_duration_seconds_count"
+    assert value(text, name, route="/v1/tasks/{task_id}", method="GET", status="404") == 1
+    assert value(text, name, route="/v1/tasks", method="other", status="405") == 1
+    assert value(text, name, route="unrouted", method="other", status="404") == 1
+    assert value(text, name, method="BREW") is None

@@ -154,7 +154,10 @@ def test_top_in_a_terminal_redraws_its_frame_in_place(start_dev: Any) -> None:
         os.close(leader)
 
 
-def test_top_refuses_a_bad_interval_and_says_when_no_manager_answers() -> None:
+def test_top_has_help_refuses_a_bad_interval_and_says_when_no_manager_answers() -> None:
+    helped = ok(cube("top", "--help"))
+    assert "Example:" in helped
+    assert "cube top --once" in helped
     bad = cube("top", "-n", "0")
     assert bad.returncode == 2
     assert "Invalid value for '-n' / '--interval'" in bad.stderr

@@ -22,6 +22,9 @@ METRICS_PATH = "/metrics"
 #: The ``route`` label of a request no route matched (refused before routing, or a 404):
 #: its path is the client's choice, and would make a new series of each.
 UNROUTED = "unrouted"
+#: Methods with a label of their own; any other is "other": requests are timed before
+#: authentication, and a client must not create a series per word it sends.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 #: The classic text format, which generate_latest writes: prometheus-client 0.22+ calls it
 #: version 1.0.0 (UTF-8 names allowed), a type the Prometheus 2 of Debian 12 does not know.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -77,7 +80,8 @@ class RequestTimer:
         finally:
             route: BaseRoute | None = scope.get("route")
             template = getattr(route, "path", None) or UNROUTED
-            self.histogram.labels(template, scope["method"], str(status)).observe(
+            method = scope["method"] if scope["method"] in METHODS else "other"
+            self.histogram.labels(template, method, str(status)).observe(
                 time.perf_counter() - started
             )
 
