@@ -10,6 +10,7 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from cube.job.model import Allocation, AllocStatus, Job, JobStatus
@@ -22,6 +23,7 @@ from cube.task.spec import AllocRef, TaskSpec
 from cube.task.state import State
 from cube.worker.agent import Worker
 from cube.worker.api import create_app
+from cube.worker.fleet import Fleet
 from tests.scrape import value
 from tests.test_worker_logic import request, restart, wait_until
 
@@ -195,3 +197,21 @@ async def test_requests_are_timed_by_route_template_and_a_known_method(
     assert value(text, name, route="/v1/tasks", method="other", status="405") == 1
     assert value(text, name, route="unrouted", method="other", status="404") == 1
     assert value(text, name, method="BREW") is None
+
+
+async def test_each_worker_of_a_simulated_fleet_has_its_own_metrics() -> None:
+    """One app serves the whole fleet: /metrics reads the worker the path names."""
+    fleet = Fleet(count=2, capacity=Resources(cpu=1, memory=GiB), token="t" * 32)
+    headers = {"Authorization": f"Bearer {'t' * 32}"}
+    transport = httpx.ASGITransport(app=fleet.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://f") as client:
+        for name in fleet.workers:
+            response = await client.get(f"/w/{name}/metrics", headers=headers)
+            assert response.status_code == 200
+            nodes = {
+                sample.labels["node"]
+                for family in text_string_to_metric_families(response.text)
+                for sample in family.samples
+                if "node" in sample.labels
+            }
+            assert nodes == {name}

@@ -131,7 +131,7 @@ def create_app(
         readers = None if metrics_open else METRICS_READERS
         rule = metrics_rule(manager_rule, readers=readers)
         app.add_middleware(BearerAuth, authenticator=authenticator, rule=rule)
-    install_metrics(app, manager.telemetry.registry, manager.telemetry.requests)
+    install_metrics(app, lambda: manager.telemetry)
 
     @app.post("/v1/tasks", status_code=201, responses=RESUBMITTED, openapi_extra=TASK_REQUEST_BODY)
     async def submit_task(request: Request, response: Response) -> Task:

@@ -9,14 +9,26 @@ nothing more (a 403 elsewhere).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import Protocol
 
 from fastapi import FastAPI, Response
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cube.api.auth import Rule
 from cube.auth import Role
+
+# No ``_created`` series beside every counter and histogram (prometheus-client's default):
+# they double what each scrape carries and no Cube query needs them. Process-wide, as the
+# library's setting is; Cube's processes are its own.
+disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped upstream
 
 METRICS_PATH = "/metrics"
 #: The ``route`` label of a request no route matched (refused before routing, or a 404):
@@ -28,6 +40,13 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 #: The classic text format, which generate_latest writes: prometheus-client 0.22+ calls it
 #: version 1.0.0 (UTF-8 names allowed), a type the Prometheus 2 of Debian 12 does not know.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class Telemetry(Protocol):
+    """What an agent's telemetry offers the API: its registry and its request histogram."""
+
+    registry: CollectorRegistry
+    requests: Histogram
 
 
 def metrics_rule(rule: Rule, *, readers: frozenset[Role] | None) -> Rule:
@@ -58,9 +77,9 @@ class RequestTimer:
     never by the path itself (a task ID per series would grow without end).
     """
 
-    def __init__(self, app: ASGIApp, *, histogram: Histogram) -> None:
+    def __init__(self, app: ASGIApp, *, telemetry: Callable[[], Telemetry]) -> None:
         self.app = app
-        self.histogram = histogram
+        self.telemetry = telemetry
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -81,18 +100,22 @@ class RequestTimer:
             route: BaseRoute | None = scope.get("route")
             template = getattr(route, "path", None) or UNROUTED
             method = scope["method"] if scope["method"] in METHODS else "other"
-            self.histogram.labels(template, method, str(status)).observe(
+            self.telemetry().requests.labels(template, method, str(status)).observe(
                 time.perf_counter() - started
             )
 
 
-def install_metrics(app: FastAPI, registry: CollectorRegistry, requests: Histogram) -> None:
-    """Serve ``registry`` at ``GET /metrics`` and time every request of ``app`` in
-    ``requests`` (see :func:`request_histogram`). Call it after adding the authentication
-    middleware: the timer then sees refused requests too."""
-    app.add_middleware(RequestTimer, histogram=requests)
+def install_metrics(app: FastAPI, telemetry: Callable[[], Telemetry]) -> None:
+    """Serve the registry of ``telemetry()`` at ``GET /metrics`` and time every request of
+    ``app`` in its ``requests``. Call it after adding the authentication middleware: the
+    timer then sees refused requests too.
+
+    ``telemetry`` is asked at each request, not once: a simulated fleet serves many
+    workers with one app (see :mod:`cube.worker.fleet`)."""
+    app.add_middleware(RequestTimer, telemetry=telemetry)
 
     @app.get(METRICS_PATH, include_in_schema=False)
     async def metrics() -> Response:
         """Prometheus' text format (version 0.0.4)."""
-        return Response(generate_latest(registry), headers={"Content-Type": CONTENT_TYPE})
+        body = generate_latest(telemetry().registry)
+        return Response(body, headers={"Content-Type": CONTENT_TYPE})

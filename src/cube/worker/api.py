@@ -87,7 +87,7 @@ def create_app(
             readers=None if metrics_open else METRICS_READERS,
         )
         app.add_middleware(BearerAuth, authenticator=authenticator, rule=rule)
-    install_metrics(app, worker.telemetry.registry, worker.telemetry.requests)
+    install_metrics(app, lambda: worker.telemetry)
 
     @app.post("/v1/tasks", status_code=201, responses=RESUBMITTED, openapi_extra=TASK_REQUEST_BODY)
     async def run_task(request: Request, response: Response) -> Task:
