@@ -149,6 +149,7 @@ def test_metric_values_follow_the_cluster(start_dev: Any) -> None:
     assert value(text, "cube_scheduling_decision_duration_seconds_count") == 2
     assert (value(text, "cube_collection_pass_duration_seconds_count") or 0) >= 1
     assert (value(text, "cube_job_reconcile_pass_duration_seconds_count") or 0) >= 1
+    assert (value(text, "cube_node_reconcile_duration_seconds_count") or 0) >= 1
     worker_calls = value(
         scrape(worker_url(dev)), "cube_http_request_duration_seconds_count", route="/v1/stats"
     )

@@ -585,7 +585,7 @@ class Manager:
         self._join(node.address, report)
         if reported is not None:
             async with self._reconciling.setdefault(node.name, asyncio.Lock()):
-                await self._reconcile(node, reported)
+                await self.telemetry.reconciling(self._reconcile(node, reported))
 
     def _watch(self, node: Node) -> None:
         if node.name not in self._watches:
@@ -623,8 +623,10 @@ class Manager:
             self._heard[name] = _now()
             try:
                 async with self._reconciling.setdefault(name, asyncio.Lock()):
-                    await self._reconcile(
-                        node, changes.tasks, complete=changes.complete, histories=changes.events
+                    await self.telemetry.reconciling(
+                        self._reconcile(
+                            node, changes.tasks, complete=changes.complete, histories=changes.events
+                        )
                     )
             except CubeError as exc:  # a history the node did not give: all again, next time
                 log.warning("reconciling failed", node=name, error=exc.message)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -185,6 +185,13 @@ class ManagerTelemetry:
             buckets=PASS_BUCKETS,
             registry=self.registry,
         )
+        self.node_reconcile_seconds = Histogram(
+            "cube_node_reconcile_duration_seconds",
+            "Time to bring the manager's tasks in line with one report of a node's tasks "
+            "(its answer to a blocking query, or a collection's list), histories included.",
+            buckets=PASS_BUCKETS,
+            registry=self.registry,
+        )
         self.reconcile_seconds = Histogram(
             "cube_job_reconcile_pass_duration_seconds",
             "Time a pass of the job service took (derive, reconcile and apply every job).",
@@ -199,6 +206,14 @@ class ManagerTelemetry:
         self.decision_seconds.observe(time.perf_counter() - started)
         self.decisions.labels("placed" if decision.node is not None else "unplaceable").inc()
         return decision
+
+    async def reconciling(self, work: Awaitable[None]) -> None:
+        """Await one reconciliation of a node's report, timed."""
+        started = time.perf_counter()
+        try:
+            await work
+        finally:
+            self.node_reconcile_seconds.observe(time.perf_counter() - started)
 
     def collected(self, seconds: float) -> None:
         self.collection_seconds.observe(seconds)
