@@ -7,6 +7,7 @@
 #      root on Debian/Ubuntu; a running engine is always reused, never restarted)
 #   3. a statically linked busybox (package busybox-static)
 #   4. the test image cube-busybox:latest (scripts/build-image.sh)
+#   5. a Prometheus server (package prometheus): tests scrape a cube dev with it
 #
 # Usage: scripts/setup.sh [--rebuild]
 #   --rebuild   rebuild the test image even if it exists
@@ -171,4 +172,14 @@ fi
 
 # --------------------------------------------------------------- 4. test image
 bash scripts/build-image.sh "${image_args[@]}"
+
+# ---------------------------------------------------------------- 5. prometheus
+# Only its binary is used (tests/test_metrics_e2e.py runs it on a free loopback port);
+# the package's own service, if the machine runs services, is left as it is.
+if [[ -x /usr/bin/prometheus ]]; then
+    log "prometheus present"
+else
+    apt_install prometheus ||
+        die "no /usr/bin/prometheus: install the prometheus package (Debian/Ubuntu)"
+fi
 log "ready"

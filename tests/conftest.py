@@ -227,6 +227,13 @@ class AgentProcess:
         return self.log_path.read_text(errors="replace")
 
 
+def _spawn(tmp_path: Path, name: str, port: int, args: list[str]) -> AgentProcess:
+    """Start ``cube ARGS`` as agent ``name``, answering on ``port``, logging in ``tmp_path``."""
+    agent = AgentProcess(args=args, port=port, log_path=tmp_path / f"{name}.log", name=name)
+    agent.start()
+    return agent
+
+
 @pytest.fixture
 def start_worker(docker_engine: None, tmp_path: Path) -> Iterator[Any]:
     """Factory: start a real ``cube worker`` process; killed and its containers removed after."""
@@ -235,8 +242,11 @@ def start_worker(docker_engine: None, tmp_path: Path) -> Iterator[Any]:
     def start(*extra: str, name: str | None = None, port: int | None = None) -> AgentProcess:
         name = name or unique_name()
         port = port or free_port()
-        agent = AgentProcess(
-            args=[
+        agent = _spawn(
+            tmp_path,
+            name,
+            port,
+            [
                 "worker",
                 "--name",
                 name,
@@ -246,11 +256,7 @@ def start_worker(docker_engine: None, tmp_path: Path) -> Iterator[Any]:
                 str(tmp_path / name),
                 *extra,
             ],
-            port=port,
-            log_path=tmp_path / f"{name}.log",
-            name=name,
         )
-        agent.start()
         started.append(agent)
         return agent
 
@@ -279,8 +285,11 @@ def start_manager(tmp_path: Path) -> Iterator[Any]:
     ) -> AgentProcess:
         name = name or unique_name("m")
         port = port or free_port()
-        agent = AgentProcess(
-            args=[
+        agent = _spawn(
+            tmp_path,
+            name,
+            port,
+            [
                 "manager",
                 "--port",
                 str(port),
@@ -292,14 +301,46 @@ def start_manager(tmp_path: Path) -> Iterator[Any]:
                 "0.2",
                 *extra,
             ],
-            port=port,
-            log_path=tmp_path / f"{name}.log",
-            name=name,
         )
-        agent.start()
         started.append(agent)
         return agent
 
     yield start
     for agent in started:
         agent.kill()
+
+
+@pytest.fixture
+def start_dev(docker_engine: None, tmp_path: Path) -> Iterator[Any]:
+    """Factory: start a real ``cube dev`` (a manager on the returned agent's port, its
+    worker on the next one); killed and its containers removed after the test."""
+    started: list[AgentProcess] = []
+
+    def start(*extra: str, name: str | None = None) -> AgentProcess:
+        name = name or unique_name("d")
+        port = free_port_pair()
+        agent = _spawn(
+            tmp_path,
+            name,
+            port,
+            [
+                "dev",
+                "--port",
+                str(port),
+                "--name",
+                name,
+                "--data-dir",
+                str(tmp_path / name),
+                "--collect-interval",
+                "0.2",
+                *extra,
+            ],
+        )
+        started.append(agent)
+        return agent
+
+    yield start
+    for agent in started:
+        agent.kill()
+        remove_containers(f"cube.worker={agent.name}")
+        remove_networks(f"cube.worker={agent.name}")

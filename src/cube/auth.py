@@ -8,9 +8,12 @@ Three kinds of bearer token, each a random 256-bit secret kept in a file of mode
   nothing else, so handing it to a machine does not hand out the cluster;
 * each **worker token** (worker data dir, ``token``): the only credential its worker API
   accepts. The worker gives it to the manager when it joins, so only the manager (and root
-  on the worker's machine) can tell a worker what to run.
+  on the worker's machine) can tell a worker what to run;
+* the **metrics token** (manager data dir, ``metrics-token``): reads ``GET /metrics`` of
+  the manager, and of the workers given it, and nothing else: the one to hand to Prometheus.
 
-Tokens are compared in constant time; only ``GET /v1/health`` is open.
+Tokens are compared in constant time; only ``GET /v1/health`` is open (and ``GET
+/metrics`` of an agent started with ``--metrics-open``).
 """
 
 from __future__ import annotations
@@ -26,12 +29,14 @@ from cube.errors import CubeError
 
 TOKEN_FILE = "token"
 JOIN_TOKEN_FILE = "join-token"
+METRICS_TOKEN_FILE = "metrics-token"
 
 
 class Role(StrEnum):
     USER = "user"  # the cluster token
     JOIN = "join"  # a worker registering
     MANAGER = "manager"  # the manager calling a worker
+    METRICS = "metrics"  # Prometheus reading GET /metrics
 
 
 def new_token() -> str:

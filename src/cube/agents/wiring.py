@@ -83,10 +83,19 @@ def build_worker(
 
 
 def worker_server(
-    worker: Worker, token: str, *, host: str, port: int, tls: Tls | None = None
+    worker: Worker,
+    token: str,
+    *,
+    host: str,
+    port: int,
+    tls: Tls | None = None,
+    readers: dict[Role, list[str]] | None = None,
+    metrics_open: bool = False,
 ) -> Server:
-    """The worker's HTTP API, answering the manager that presents ``token``."""
-    app = worker_app(worker, authenticator=Authenticator({Role.MANAGER: [token]}))
+    """The worker's HTTP API, answering the manager that presents ``token``, and
+    ``readers`` (role -> tokens) for GET /metrics, or anyone with ``metrics_open``."""
+    auth = Authenticator({Role.MANAGER: [token], **(readers or {})})
+    app = worker_app(worker, authenticator=auth, metrics_open=metrics_open)
     return make_server(app, host=host, port=port, tls=tls)
 
 
@@ -125,6 +134,8 @@ class ManagerParts:
     manager: Manager
     store: Store
     authenticator: Authenticator
+    #: The tokens that may read GET /metrics (a dev cluster's worker takes them too).
+    metrics_readers: dict[Role, list[str]]
 
 
 def build_manager(
@@ -138,11 +149,13 @@ def build_manager(
     node_timeout: float,
     user_token: str,
     join_token: str,
+    metrics_token: str,
     verify: Verify,
 ) -> ManagerParts:
     """A manager, its store, and who may call it: users with ``user_token``, workers
-    joining with ``join_token``. ``static_workers``: URLs of workers to use without
-    them joining, which accept ``worker_token``."""
+    joining with ``join_token``, Prometheus with ``metrics_token`` (GET /metrics only).
+    ``static_workers``: URLs of workers to use without them joining, which accept
+    ``worker_token``."""
     store = open_store(store_kind, data)
     manager = Manager(
         store=store,
@@ -153,13 +166,21 @@ def build_manager(
         collect_interval=collect_interval,
         node_timeout=node_timeout,
     )
-    authenticator = Authenticator({Role.USER: [user_token], Role.JOIN: [join_token]})
-    return ManagerParts(manager, store, authenticator)
+    readers = {Role.USER: [user_token], Role.METRICS: [metrics_token]}
+    authenticator = Authenticator({**readers, Role.JOIN: [join_token]})
+    return ManagerParts(manager, store, authenticator, readers)
 
 
-def manager_server(parts: ManagerParts, *, host: str, port: int, tls: Tls | None = None) -> Server:
-    """The manager's HTTP API."""
-    app = manager_app(parts.manager, authenticator=parts.authenticator)
+def manager_server(
+    parts: ManagerParts,
+    *,
+    host: str,
+    port: int,
+    tls: Tls | None = None,
+    metrics_open: bool = False,
+) -> Server:
+    """The manager's HTTP API (GET /metrics without a token with ``metrics_open``)."""
+    app = manager_app(parts.manager, authenticator=parts.authenticator, metrics_open=metrics_open)
     return make_server(app, host=host, port=port, tls=tls)
 
 

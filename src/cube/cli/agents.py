@@ -18,6 +18,7 @@ from cube.agents import (
     run_servers,
     worker_server,
 )
+from cube.auth import Role
 from cube.cli.agent_options import (
     DEFAULT_MANAGER_PORT,
     DEFAULT_WORKER_PORT,
@@ -43,6 +44,7 @@ from cube.cli.credentials import (
     security_options,
 )
 from cube.cli.errors import EXIT_FAILED, handle_errors
+from cube.cli.metrics import MetricsAccess, metrics_options
 from cube.cli.options import optional_duration_callback
 from cube.log import get_logger, setup_logging
 from cube.store import StoreKind
@@ -106,6 +108,7 @@ def _exit_unless(started: bool) -> None:
 @store_option
 @node_options
 @security_options
+@metrics_options
 @log_option
 @handle_errors
 def worker_command(
@@ -121,6 +124,7 @@ def worker_command(
     store_kind: StoreKind,
     node: NodeOptions,
     security: Security,
+    metrics: MetricsAccess,
     log_level: str,
 ) -> None:
     """Run a worker agent: runs tasks on this machine as Docker containers.
@@ -145,7 +149,15 @@ def worker_command(
         stop_after_disconnect=stop_after_disconnect,
     )
     worker_token, source = own_token(token, data, TOKEN_FILE)
-    server = worker_server(parts.worker, worker_token, host=host, port=port, tls=security.tls)
+    server = worker_server(
+        parts.worker,
+        worker_token,
+        host=host,
+        port=port,
+        tls=security.tls,
+        readers={Role.METRICS: metrics.worker_tokens(manager_url)},
+        metrics_open=metrics.open,
+    )
     address = advertise or f"{security.scheme}://{host}:{port}"
     log.info(
         "starting worker",
@@ -223,6 +235,7 @@ def _build_manager(
     token: str | None,
     join_token: str | None,
     security: Security,
+    metrics: MetricsAccess,
 ) -> ManagerParts:
     """A manager from its options, with its credentials: the cluster token and the join
     token (given, else read from or created in ``data``)."""
@@ -244,6 +257,7 @@ def _build_manager(
         node_timeout=node_timeout,
         user_token=user,
         join_token=join,
+        metrics_token=metrics.manager_token(data),
         verify=security.verify,
     )
 
@@ -278,6 +292,7 @@ def _as_url(address: str, scheme: str) -> str:
 @store_option
 @manager_options
 @security_options
+@metrics_options
 @log_option
 @handle_errors
 def manager_command(
@@ -293,6 +308,7 @@ def manager_command(
     token: str | None,
     join_token: str | None,
     security: Security,
+    metrics: MetricsAccess,
     log_level: str,
 ) -> None:
     """Run the manager: accepts tasks, places them on workers, tracks them.
@@ -316,6 +332,7 @@ def manager_command(
         token=token,
         join_token=join_token,
         security=security,
+        metrics=metrics,
     )
     log.info(
         "starting manager",
@@ -324,7 +341,9 @@ def manager_command(
         scheduler=scheduler,
         store=store_kind,
     )
-    server = manager_server(parts, host=host, port=port, tls=security.tls)
+    server = manager_server(
+        parts, host=host, port=port, tls=security.tls, metrics_open=metrics.open
+    )
     claim, release = _address_claim(host, port, data)
     _exit_unless(
         run_servers(server, stores=[parts.store], runtimes=[], after_start=claim, on_exit=release)
@@ -350,6 +369,7 @@ def manager_command(
 @store_option
 @manager_options
 @node_options
+@metrics_options
 @log_option
 @handle_errors
 def dev_command(
@@ -363,6 +383,7 @@ def dev_command(
     token: str | None,
     join_token: str | None,
     node: NodeOptions,
+    metrics: MetricsAccess,
     log_level: str,
 ) -> None:
     """Run a one-node cluster in one process: a manager and a local worker, on 127.0.0.1.
@@ -395,10 +416,18 @@ def dev_command(
         token=token,
         join_token=join_token,
         security=plain,
+        metrics=metrics,
     )
     servers = (
-        manager_server(control, host="127.0.0.1", port=port),
-        worker_server(parts.worker, worker_token, host="127.0.0.1", port=worker_port),
+        manager_server(control, host="127.0.0.1", port=port, metrics_open=metrics.open),
+        worker_server(
+            parts.worker,
+            worker_token,
+            host="127.0.0.1",
+            port=worker_port,
+            readers=control.metrics_readers,
+            metrics_open=metrics.open,
+        ),
     )
     log.info(
         "starting dev cluster",

@@ -17,6 +17,7 @@ COMMANDS = {
     "logs": "cube.cli.tasks:logs_command",
     "stop": "cube.cli.tasks:stop_command",
     "nodes": "cube.cli.nodes:nodes_group",
+    "top": "cube.cli.top:top_command",
     "job": "cube.cli.jobs:job_group",
     "alloc": "cube.cli.jobs:alloc_group",
     "sim-fleet": "cube.cli.sim:sim_fleet_command",
@@ -60,6 +61,7 @@ def cli() -> None:
       cube logs -f $ID
       cube stop $ID
       cube nodes
+      cube top                              # nodes and tasks, refreshed in place
 
     Commands that talk to the manager take --manager URL (or CUBE_ADDR) and
     --token (or CUBE_TOKEN; found by itself next to a local manager).

@@ -14,6 +14,7 @@
     POST   /v1/nodes/{name}/drain   move its tasks away, place nothing new there
     POST   /v1/nodes/{name}/undrain
     GET    /v1/health             liveness, the intervals in force; "degraded" while a loop crashes
+    GET    /metrics               Prometheus' text format (see cube.metrics)
 
 Jobs and allocations: see :mod:`cube.manager.jobs_api`.
 """
@@ -37,6 +38,7 @@ from cube.errors import FieldError, InvalidSpec
 from cube.job.spec import JobSpec
 from cube.manager.core import Manager
 from cube.manager.jobs_api import install_job_routes
+from cube.metrics import install_metrics, metrics_rule
 from cube.node import Node
 from cube.protocol import JoinAnswer, NodeRegistration
 from cube.task.model import Task, TaskEvent
@@ -58,8 +60,15 @@ def manager_rule(method: str, path: str) -> frozenset[Role] | None:
     return frozenset({Role.USER})
 
 
-def create_app(manager: Manager, *, authenticator: Authenticator | None = None) -> FastAPI:
-    """The manager's API; with an ``authenticator`` every route but health needs a token."""
+#: Who may read the manager's ``GET /metrics``: users, and the read-only metrics token.
+METRICS_READERS = frozenset({Role.USER, Role.METRICS})
+
+
+def create_app(
+    manager: Manager, *, authenticator: Authenticator | None = None, metrics_open: bool = False
+) -> FastAPI:
+    """The manager's API; with an ``authenticator`` every route but health needs a token
+    (and ``GET /metrics`` too, unless ``metrics_open``)."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -73,7 +82,10 @@ def create_app(manager: Manager, *, authenticator: Authenticator | None = None) 
     install_error_handlers(app)
     publish_schemas(app, TaskRequest, JobSpec)
     if authenticator is not None:
-        app.add_middleware(BearerAuth, authenticator=authenticator, rule=manager_rule)
+        readers = None if metrics_open else METRICS_READERS
+        rule = metrics_rule(manager_rule, readers=readers)
+        app.add_middleware(BearerAuth, authenticator=authenticator, rule=rule)
+    install_metrics(app, lambda: manager.telemetry)
 
     @app.post("/v1/tasks", status_code=201, responses=RESUBMITTED, openapi_extra=TASK_REQUEST_BODY)
     async def submit_task(request: Request, response: Response) -> Task:

@@ -24,6 +24,7 @@ from cube.manager.reconcile import gave_up, merge_report, needs_merge
 from cube.manager.registry import TaskRegistry
 from cube.manager.stops import Stops
 from cube.manager.workers import WorkerClient
+from cube.metrics.manager import ManagerTelemetry
 from cube.node import Node
 from cube.task.model import DesiredState, Task, TaskEvent
 from cube.task.state import TERMINAL
@@ -47,6 +48,7 @@ class Collector:
         stops: Stops,
         membership: Membership,
         workers: WorkerClient,
+        telemetry: ManagerTelemetry,
         *,
         background: set[asyncio.Task[Any]],
     ) -> None:
@@ -56,6 +58,7 @@ class Collector:
         self.stops = stops
         self.membership = membership
         self.workers = workers
+        self.telemetry = telemetry
         self._background = background
         #: The time between the starts of two collection passes: the interval in force (see
         #: pace), or longer when a pass overran it (see collect_loop).
@@ -83,6 +86,7 @@ class Collector:
             started = time.monotonic()
             interval = self.nodes.pace.collect
             await self.collect(over=interval)
+            self.telemetry.collected(time.monotonic() - started)
             self.collect_period = max(interval, time.monotonic() - started)
             if self.collect_period > interval:
                 log.debug("collection pass overran its interval", seconds=self.collect_period)
@@ -147,7 +151,9 @@ class Collector:
     ) -> None:
         """:meth:`_reconcile`, one report of a node at a time."""
         async with self._reconciling.setdefault(node.name, asyncio.Lock()):
-            await self._reconcile(node, reported, complete=complete, histories=histories)
+            await self.telemetry.reconciling(
+                self._reconcile(node, reported, complete=complete, histories=histories)
+            )
 
     async def _reconcile(
         self,

@@ -51,6 +51,7 @@ from cube.manager.pacing import Pace
 from cube.manager.registry import TaskRegistry
 from cube.manager.stops import Stops
 from cube.manager.workers import WorkerClient
+from cube.metrics.manager import ManagerTelemetry
 from cube.node import Node
 from cube.protocol import JoinAnswer
 from cube.scheduler import Scheduler
@@ -92,6 +93,9 @@ class Manager:
         self._submitting: dict[str, tuple[asyncio.Lock, int]] = {}
         #: Calls to nodes that nobody awaits (sends, stops, polls): cancelled at close.
         self._background: set[asyncio.Task[Any]] = set()
+        #: Its metrics (GET /metrics): its records read at scrape time (so it may be made
+        #: before the parts), and the hooks the parts call.
+        self.telemetry = ManagerTelemetry(self)
         # The parts, lowest first; each is told of the changes of those above it through
         # a callback (the job service is made last: the callbacks look it up when called).
         self.registry = TaskRegistry(
@@ -110,6 +114,7 @@ class Manager:
             self.node_registry,
             scheduler,
             self.workers,
+            self.telemetry,
             background=self._background,
             capacity_changed=self._wake_jobs,
         )
@@ -137,6 +142,7 @@ class Manager:
             self.stops,
             self.membership,
             self.workers,
+            self.telemetry,
             background=self._background,
         )
         #: Jobs and their allocations: they place their tasks through this manager.

@@ -24,6 +24,7 @@ from cube.log import get_logger
 from cube.manager.nodes import PLACED, NodeRegistry
 from cube.manager.registry import TaskRegistry
 from cube.manager.workers import WorkerClient
+from cube.metrics.manager import ManagerTelemetry
 from cube.node import Node
 from cube.scheduler import Scheduler, allocate
 from cube.task.model import DesiredState, Task, TaskEvent
@@ -53,6 +54,7 @@ class Dispatcher:
         nodes: NodeRegistry,
         scheduler: Scheduler,
         workers: WorkerClient,
+        telemetry: ManagerTelemetry,
         *,
         background: set[asyncio.Task[Any]],
         capacity_changed: Callable[[], None],
@@ -61,6 +63,7 @@ class Dispatcher:
         self.nodes = nodes
         self.scheduler = scheduler
         self.workers = workers
+        self.telemetry = telemetry
         self._background = background
         self._published = capacity_changed
         self._dispatch_wake = asyncio.Event()
@@ -114,7 +117,7 @@ class Dispatcher:
 
         try:
             for task in pending:
-                decision = self.scheduler.place(task.spec, views)
+                decision = self.telemetry.place(self.scheduler, task.spec, views)
                 task.placement = decision.model_dump(mode="json")
                 if decision.node is None:
                     self._tried[task.id] = self._generation

@@ -131,13 +131,14 @@ class JobService:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
             self._wake.clear()
-            started = time.process_time()
+            started, began = time.process_time(), time.monotonic()
             try:
                 for _ in self._pass(_now()):
                     await asyncio.sleep(0)
             except Exception as exc:  # a pass that fails must not end the loop: the next heals
                 log.error("job pass failed", exc=exc)
             self.passes += 1
+            self.manager.telemetry.reconciled(time.monotonic() - began)
             # As the task dispatcher does: a pause as long as the CPU the pass took lets a
             # burst of wakes (every task change wakes it) gather into the next pass, so
             # that passes take at most about half the manager's time.
@@ -446,9 +447,9 @@ class JobService:
         )
         decision = None
         if first and len(first) < len(eligible):
-            decision = scheduler.place(request, first)
+            decision = self.manager.telemetry.place(scheduler, request, first)
         if decision is None or decision.node is None:
-            decision = scheduler.place(request, eligible)
+            decision = self.manager.telemetry.place(scheduler, request, eligible)
         if decision.node is not None:
             views = [allocate(v, request) if v.name == decision.node else v for v in views]
         return decision, views

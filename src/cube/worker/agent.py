@@ -34,6 +34,7 @@ from pydantic import ValidationError
 from cube.background import Supervisor, cancel_all, spawn
 from cube.errors import Conflict, FieldError, InvalidSpec, NotFound, RuntimeUnavailable
 from cube.log import get_logger
+from cube.metrics.worker import WorkerTelemetry
 from cube.node import MachineStats, Resources
 from cube.protocol import JoinAnswer, NodeReport, TaskChanges
 from cube.runtime.base import (
@@ -127,6 +128,8 @@ class Worker:
         self._cut_off = False
         #: IDs of the tasks whose containers were found running at start (see _adopt).
         self._adopted_running: set[str] = set()
+        #: Its metrics (GET /metrics): its tasks read at scrape time, and these hooks.
+        self.telemetry = WorkerTelemetry(self, name=name)
 
     # --- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -395,6 +398,7 @@ class Worker:
             starts=self._starts,
             engine=self.engine,
             launch=alloc.launcher(task) if alloc else None,
+            telemetry=self.telemetry,
         )
         self.runners[task.id] = runner
         return runner
@@ -480,6 +484,7 @@ class Worker:
                 log.warning("event stream lost, reconnecting", node=self.name, error=exc.message)
             # The stream only ends when the engine closes it: it stopped (or restarted).
             self.engine.lost()
+            self.telemetry.event_stream_reconnected()
             await asyncio.sleep(self.poll_interval)
 
     async def _poll_loop(self) -> None:

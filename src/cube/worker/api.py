@@ -14,6 +14,7 @@
     GET    /v1/tasks/{id}/logs    its container's output (?tail=N&follow=true)
     GET    /v1/stats              capacity, allocation and machine metrics
     GET    /v1/health             liveness; "degraded", naming the loops, while one crashes
+    GET    /metrics               Prometheus' text format (see cube.metrics)
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from cube.api.body import RESUBMITTED, TASK_REQUEST_BODY, publish_schemas, read_
 from cube.api.common import Health, stream_text
 from cube.api.errors import ERROR_RESPONSES, install_error_handlers
 from cube.auth import Authenticator, Role
+from cube.metrics import METRICS_PATH, install_metrics, metrics_rule
 from cube.protocol import MAX_WAIT, NODE_TIMEOUT_HEADER, NodeReport, TaskChanges
 from cube.task.model import Task, TaskEvent
 from cube.task.spec import TaskRequest
@@ -39,10 +41,19 @@ from cube.worker.authority import announced_timeout
 
 CallNext = Callable[[Request], Awaitable[Response]]
 
+#: Who may read a worker's ``GET /metrics``: its manager, the metrics token (and in
+#: ``cube dev`` the cluster token), if the authenticator knows them.
+METRICS_READERS = frozenset({Role.MANAGER, Role.METRICS, Role.USER})
+#: Calls that are not the manager's: they say nothing of whether it is still there.
+NOT_THE_MANAGER = frozenset({"/v1/health", METRICS_PATH})
 
-def create_app(worker: Worker, *, authenticator: Authenticator | None = None) -> FastAPI:
+
+def create_app(
+    worker: Worker, *, authenticator: Authenticator | None = None, metrics_open: bool = False
+) -> FastAPI:
     """The worker's API; with an ``authenticator`` every route but health needs the
-    manager's credentials (the worker's own token)."""
+    manager's credentials (the worker's own token), except ``GET /metrics`` (see
+    :data:`METRICS_READERS`; open with ``metrics_open``)."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -65,13 +76,17 @@ def create_app(worker: Worker, *, authenticator: Authenticator | None = None) ->
     async def heard_from_manager(request: Request, call_next: CallNext) -> Response:
         # Added before the authentication below, so inside it: with an authenticator only
         # the manager's calls get here. Counted when they arrive: a blocking query is held.
-        if request.url.path != "/v1/health":
+        if request.url.path not in NOT_THE_MANAGER:  # a scrape keeps no worker connected
             worker.heard(node_timeout=announced_timeout(request.headers.get(NODE_TIMEOUT_HEADER)))
         return await call_next(request)
 
     if authenticator is not None:
-        rule = open_health(frozenset({Role.MANAGER}))
+        rule = metrics_rule(
+            open_health(frozenset({Role.MANAGER})),
+            readers=None if metrics_open else METRICS_READERS,
+        )
         app.add_middleware(BearerAuth, authenticator=authenticator, rule=rule)
+    install_metrics(app, lambda: worker.telemetry)
 
     @app.post("/v1/tasks", status_code=201, responses=RESUBMITTED, openapi_extra=TASK_REQUEST_BODY)
     async def run_task(request: Request, response: Response) -> Task:

@@ -27,6 +27,8 @@ class EngineWatch:
     def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self._outages: deque[Outage] = deque(maxlen=KEEP_OUTAGES)
+        #: Calls of :meth:`lost`: the worker's ``cube_worker_engine_errors_total``.
+        self.errors = 0
 
     @property
     def down(self) -> bool:
@@ -34,6 +36,7 @@ class EngineWatch:
 
     def lost(self) -> None:
         """A call was refused or the event stream dropped: an outage begins (unless one is on)."""
+        self.errors += 1
         if not self.down:
             self._outages.append(Outage(start=self._clock()))
 

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 
 from cube.errors import CubeError, RuntimeUnavailable
 from cube.log import get_logger
+from cube.metrics.worker import WorkerTelemetry
 from cube.runtime.base import (
     LABEL_TASK_ID,
     ContainerConfig,
@@ -101,6 +102,7 @@ class TaskRunner:
         starts: asyncio.Semaphore | None = None,
         engine: EngineWatch | None = None,
         launch: Launch | None = None,
+        telemetry: WorkerTelemetry | None = None,
     ) -> None:
         self.task = task
         self.node = node
@@ -128,6 +130,8 @@ class TaskRunner:
         self.done = asyncio.Event()
         #: Recorded as the reason of the task's end when it is stopped.
         self.stop_reason = "stopped by user"
+        #: The worker's metrics hooks (health-check failures, start durations).
+        self.telemetry = telemetry or WorkerTelemetry(None, name=node)
 
     def notify(self) -> None:
         """Something may have changed: look again."""
@@ -194,7 +198,9 @@ class TaskRunner:
                 # From here on an exit of the new container wakes this runner, even before
                 # its ID is recorded (Worker._notify_container): _supervise then asks again.
                 self._wake.clear()
+                launched = time.monotonic()
                 info = await self._launch(config, progress)
+                self.telemetry.container_started(time.monotonic() - launched)
         except RuntimeUnavailable:
             raise  # not the task's failure: _step retries once the engine answers
         except CubeError as exc:  # refused, or its image or container vanished meanwhile (404)
@@ -249,6 +255,8 @@ class TaskRunner:
             return  # woken up: look at the container again first
         result = await self.prober(check, info.ip or "127.0.0.1")
         verdict = self._health.record(result.ok, now=time.time())
+        if not result.ok:
+            self.telemetry.health_check_failed(task)
         if verdict is Verdict.HEALTHY:
             if task.state is State.SCHEDULED:
                 task.health = Health.HEALTHY
