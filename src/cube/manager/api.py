@@ -43,6 +43,8 @@ from cube.node import JoinAnswer, Node
 from cube.task.model import Task, TaskEvent
 from cube.task.spec import NAME_PATTERN, TaskRequest
 from cube.task.state import State
+from cube.ui import PREFIX as UI_PREFIX
+from cube.ui import create_dashboard
 
 #: A token or node secret, as a worker presents it.
 Credential = Annotated[
@@ -96,8 +98,11 @@ NO_TOKEN: set[str] = {"token", "secret_hash"}
 
 
 def manager_rule(method: str, path: str) -> frozenset[Role] | None:
-    """Health is open; a worker's join token may only register; everything else is users'."""
+    """Health is open; a worker's join token may only register; everything else is users'.
+    The dashboard (``/ui``) checks its own session cookie: see :mod:`cube.ui.guard`."""
     if path == "/v1/health" and method in ("GET", "HEAD"):
+        return None
+    if path == UI_PREFIX or path.startswith(UI_PREFIX + "/"):
         return None
     if path == "/v1/nodes" and method == "POST":
         return frozenset({Role.JOIN, Role.USER})
@@ -190,6 +195,8 @@ def create_app(manager: Manager, *, authenticator: Authenticator | None = None) 
         )
 
     install_job_routes(app, manager.jobs)
+    if authenticator is not None:  # the dashboard's login needs the cluster token to check
+        app.mount(UI_PREFIX, create_dashboard(manager, authenticator))
 
     @app.get("/v1/health")
     async def health() -> ManagerHealth:
