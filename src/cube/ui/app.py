@@ -48,6 +48,13 @@ def create_dashboard(
     return app
 
 
+#: What an HTTP error means to someone browsing.
+PLAIN = {
+    404: "No such page.",
+    405: "This address is an action: use its button on the page.",
+}
+
+
 def _install_error_pages(app: FastAPI) -> None:
     """Errors as pages that say what happened (a partial view gets the message alone,
     which its page's script shows in place of the live part)."""
@@ -63,7 +70,7 @@ def _install_error_pages(app: FastAPI) -> None:
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        message = "No such page." if exc.status_code == 404 else str(exc.detail)
+        message = PLAIN.get(exc.status_code, str(exc.detail))
         return answer(request, exc.status_code, message)
 
     async def bad_request(request: Request, exc: Exception) -> Response:
