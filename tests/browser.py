@@ -8,6 +8,7 @@ looks for (or downloads) a browser or a driver: these machines have no internet.
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import tempfile
@@ -115,6 +116,15 @@ class Dashboard:
     def screenshot(self, name: str) -> None:
         """Saved under $CUBE_UI_SCREENSHOTS (scripts/ui-screenshots.sh sets it) if set."""
         where = os.environ.get("CUBE_UI_SCREENSHOTS")
-        if where:
-            Path(where).mkdir(parents=True, exist_ok=True)
-            self.driver.save_screenshot(str(Path(where) / f"{name}.png"))
+        if not where:
+            return
+        Path(where).mkdir(parents=True, exist_ok=True)
+        # The whole page, not only what the window shows (Chromium's DevTools protocol).
+        metrics = self.driver.execute_cdp_cmd("Page.getLayoutMetrics", {})  # type: ignore[attr-defined]
+        content = metrics["cssContentSize"]
+        clip = {"x": 0, "y": 0, "width": content["width"], "height": min(content["height"], 4000)}
+        shot = self.driver.execute_cdp_cmd(  # type: ignore[attr-defined]
+            "Page.captureScreenshot",
+            {"format": "png", "captureBeyondViewport": True, "clip": {**clip, "scale": 1}},
+        )
+        (Path(where) / f"{name}.png").write_bytes(base64.b64decode(shot["data"]))

@@ -303,21 +303,26 @@ def test_a_job_is_scaled_and_stopped_from_its_page(ui: Dashboard, dev: AgentProc
 
 
 # --- the whole dashboard ----------------------------------------------------------------------
-def test_every_page_renders(ui: Dashboard, dev: AgentProcess) -> None:
-    """Every page with something on it, on a laptop screen (and screenshots if asked)."""
-    job = {"job": "shop", "groups": [{"name": "api", "count": 2, "tasks": [ticker("api")]}]}
+def test_every_page_renders(ui: Dashboard, dev: AgentProcess, start_worker: Any) -> None:
+    """Every page with something on it, on a laptop screen (and screenshots if asked);
+    the topology shows every node with its own tasks."""
+    small = start_worker("--manager", dev.url, "--cpu", "1", "--memory", "1GiB")
+    wait_for(
+        lambda: api.get(f"{dev.url}/v1/nodes/{small.name}").status_code == 200,
+        what="the second node to join",
+    )
+    tasks = [ticker("api", resources={"memory": "128MiB"}), ticker("proxy")]
+    job = {"job": "shop", "groups": [{"name": "web", "count": 4, "tasks": tasks}]}
     assert api.post(f"{dev.url}/v1/jobs", json=job).status_code in (200, 201)
     task_id = submit(dev, ticker("solo"))
     pending = submit(dev, {**ticker("too-big"), "resources": {"memory": "900GiB"}})
     wait_for(lambda: task_state(dev, task_id) == "running", what="the task to run")
-    allocs = wait_for(
-        lambda: [
-            a
-            for a in api.get(f"{dev.url}/v1/allocations", params={"job": "shop"}).json()
-            if a["status"] == "running"
-        ],
-        what="the job's allocations to run",
-    )
+
+    def running_allocs() -> list[dict[str, Any]]:
+        listed = api.get(f"{dev.url}/v1/allocations", params={"job": "shop"}).json()
+        return [a for a in listed if a["status"] == "running"]
+
+    allocs = wait_for(lambda: len(found := running_allocs()) == 4 and found, what="4 allocs")
     ui.open("/login")
     ui.screenshot("login")
     ui.login()
@@ -330,7 +335,7 @@ def test_every_page_renders(ui: Dashboard, dev: AgentProcess) -> None:
         "node": (f"/nodes/{dev.name}", f"Node {dev.name}"),
         "jobs": ("/jobs", "Jobs"),
         "job": ("/jobs/shop", "Job shop"),
-        "allocation": (f"/allocations/{allocs[0]['id']}", "Allocation shop.api"),
+        "allocation": (f"/allocations/{allocs[0]['id']}", "Allocation shop.web"),
         "topology": ("/topology", "Topology"),
     }
     for name, (path, heading) in pages.items():
@@ -340,6 +345,10 @@ def test_every_page_renders(ui: Dashboard, dev: AgentProcess) -> None:
             ui.wait_text("#logs", "tick")
         assert ui.driver.find_element(By.ID, "connection").is_displayed() is False
         ui.screenshot(name)
+    for node in (dev.name, small.name):
+        placed = [a for a in allocs if a["node"] == node]
+        card = ui.text(f"section[data-node='{node}']")
+        assert all(f"shop.web[{a['index']}]" in card for a in placed), (node, card)
     ui.driver.set_window_size(*PHONE)
     try:
         for name, path in (("phone-overview", "/"), ("phone-task", f"/tasks/{task_id}")):

@@ -77,6 +77,10 @@ def cores(value: float) -> str:
     return f"{value:.2f}".rstrip("0").rstrip(".") or "0"
 
 
+def _cores_text(value: float) -> str:
+    return f"{cores(value)} core{'' if value == 1 else 's'}"
+
+
 def node_bars(node: Node) -> list[Bar]:
     """CPU, memory and disk of ``node``: allocated and used against capacity."""
     stats = node.stats
@@ -87,7 +91,7 @@ def node_bars(node: Node) -> list[Bar]:
         disk_used = float(stats.disk_total - stats.disk_free)
     cap, alloc = node.capacity, node.allocated
     return [
-        _bar("CPU", cap.cpu, alloc.cpu, cpu_used, lambda v: f"{cores(v)} cores"),
+        _bar("CPU", cap.cpu, alloc.cpu, cpu_used, _cores_text),
         _bar("Memory", cap.memory, alloc.memory, mem_used, lambda v: format_size(int(v))),
         _bar("Disk", cap.disk, alloc.disk, disk_used, lambda v: format_size(int(v))),
     ]
