@@ -37,7 +37,7 @@ def create_dashboard(
     clock: Callable[[], float] = time.time,
 ) -> FastAPI:
     """Pages, partial views, actions and static files, behind :class:`DashboardGuard`."""
-    sessions = sessions or Sessions()
+    sessions = Sessions() if sessions is None else sessions  # (an empty one is falsy)
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     app.mount("/static", StaticFiles(packages=[("cube.ui", "static")]), name="static")
     app.include_router(login_routes(authenticator, sessions, clock))
