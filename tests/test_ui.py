@@ -21,6 +21,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 
+from cube.api.tls import client_verify
 from tests import api
 from tests.browser import PHONE, Dashboard, chromium
 from tests.conftest import (
@@ -33,6 +34,7 @@ from tests.conftest import (
     unique_name,
     wait_for,
 )
+from tests.test_security import Agents, make_certificates
 
 pytestmark = pytest.mark.docker
 
@@ -176,6 +178,23 @@ def test_an_invalid_cookie_or_one_logged_out_leads_back_to_the_login(ui: Dashboa
         assert "/ui/login?next=/ui/nodes" in ui.driver.current_url
         response = httpx.get(f"{ui.base}/partials/nodes", cookies={"cube_session": value})
         assert response.status_code == 401
+
+
+def test_over_https_the_session_cookie_is_secure(tmp_path: Path) -> None:
+    """Same port, same TLS as the API: the dashboard's cookie never travels in clear."""
+    ca, cert, key = make_certificates(tmp_path)
+    started = Agents(tmp_path)
+    try:
+        tls = ("--tls-cert", str(cert), "--tls-key", str(key))
+        manager = started.manager(*tls, scheme="https", ca=ca)
+        answer = httpx.post(
+            f"{manager.url}/ui/login", data={"token": api.TOKEN}, verify=client_verify(ca)
+        )
+        assert answer.status_code == 303
+        flags = [f.strip().lower() for f in answer.headers["set-cookie"].split(";")]
+        assert {"secure", "httponly", "samesite=strict"} <= set(flags)
+    finally:
+        started.close()
 
 
 # --- tasks ----------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ loop started): pure logic. The browser tests (tests/test_ui.py) cover the rest f
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -46,6 +47,7 @@ MiB = 1024**2
 
 # --- sessions -------------------------------------------------------------------------------
 def test_a_session_lasts_its_lifetime_and_is_forgotten_after() -> None:
+    assert Sessions().lifetime == 12 * 3600
     sessions = Sessions(lifetime=60.0)
     session_id, session = sessions.create(now=1000.0)
     assert sessions.get(session_id, now=1059.9) == session
@@ -123,6 +125,7 @@ async def test_the_login_sets_a_strict_http_only_cookie_and_no_token_in_the_page
 ) -> None:
     answer = await client.post("/login", data={"token": TOKEN})
     cookie = answer.headers["set-cookie"].lower()
+    assert "max-age=60" in cookie  # as long as the session (12 hours by default)
     assert "httponly" in cookie
     assert "samesite=strict" in cookie
     assert "path=/ui/" in cookie
@@ -130,6 +133,10 @@ async def test_the_login_sets_a_strict_http_only_cookie_and_no_token_in_the_page
     page = await client.get("/")
     assert TOKEN not in page.text
     assert "script-src 'self'" in page.headers["content-security-policy"]
+    # Everything the page loads or links to is the dashboard's own: no CDN, no other site.
+    refs = re.findall(r'(?:src|href|action)="([^"]*)"', page.text)
+    assert "/ui/static/cube.js" in refs
+    assert all(r.startswith(("/ui/", "#")) for r in refs), refs
     assert page.headers["cache-control"] == "no-store"
 
 
