@@ -222,8 +222,8 @@ def test_a_task_run_from_the_cli_appears_live_and_is_stopped_from_its_page(
     page = ui.driver.page_source
     assert SECRET not in page
     assert api.TOKEN not in page
-    assert "PLAIN=shown" in ui.text(".facts")
-    assert "PASSWORD=<secret>" in ui.text(".facts")
+    ui.wait_text(".facts", "PLAIN=shown")
+    ui.wait_text(".facts", "PASSWORD=<secret>")
 
     ui.click("#stop-task")
     ui.wait_text("#task-state", "Completed")
@@ -238,9 +238,8 @@ def test_a_pending_task_shows_why_and_which_nodes_were_rejected(
     task_id = submit(dev, {**ticker("too-big"), "resources": {"memory": "900GiB"}})
     ui.login(path=f"/tasks/{task_id}")
     ui.wait_text("#task-state", "Pending")
-    assert "no node has 900GiB free memory" in ui.text("#task-reason")
-    rejected = ui.text("#h-placement + p + p + .scroll table")
-    assert dev.name in rejected
+    ui.wait_text("#task-reason", "no node has 900GiB free memory")
+    rejected = ui.wait_text("#h-placement + p + p + .scroll table", dev.name)
     assert "needs 900GiB memory" in rejected
     ui.open("/")
     ui.wait_text("#h-pending + .reasons", "too-big")
@@ -308,6 +307,22 @@ def test_a_job_is_scaled_and_stopped_from_its_page(ui: Dashboard, dev: AgentProc
     assert api.get(f"{dev.url}/v1/jobs/uijob").json()["job"]["version"] == 2
     ui.wait_text("#h-versions + .scroll", "web (1)")
 
+    # A task of an allocation is stopped with its job: its page says so, the manager too.
+    [web, *_] = api.get(f"{dev.url}/v1/allocations", params={"job": "uijob"}).json()
+    alloc_task = next(iter(web["tasks"].values()))["id"]
+    ui.open(f"/tasks/{alloc_task}")
+    assert "stop or scale job uijob instead" in ui.wait_text("#alloc-hint", "uijob")
+    assert not ui.driver.find_elements(By.ID, "stop-task")
+    csrf = ui.driver.find_element(By.CSS_SELECTOR, "input[name=csrf]").get_attribute("value")
+    refused = httpx.post(
+        f"{ui.base}/tasks/{alloc_task}/stop",
+        data={"csrf": csrf},
+        cookies={"cube_session": session_cookie(ui.driver)["value"]},
+    )
+    assert refused.status_code == 409
+    assert "cube job stop uijob" in refused.text
+
+    ui.open("/jobs/uijob")
     ui.click("#stop-job")
     ui.wait_text("#job-status", "(stopped)")
     allocs = api.get(f"{dev.url}/v1/allocations", params={"job": "uijob"}).json()
@@ -366,7 +381,7 @@ def test_every_page_renders(ui: Dashboard, dev: AgentProcess, start_worker: Any)
         ui.screenshot(name)
     for node in (dev.name, small.name):
         placed = [a for a in allocs if a["node"] == node]
-        card = ui.text(f"section[data-node='{node}']")
+        card = ui.wait_text(f"section[data-node='{node}']", node)
         assert all(f"shop.web[{a['index']}]" in card for a in placed), (node, card)
     ui.driver.set_window_size(*PHONE)
     try:
@@ -402,14 +417,19 @@ def test_the_keyboard_reaches_the_skip_link_the_menu_and_the_actions(
     assert any("Drain" in r for r in reached), reached
 
 
-def test_a_lost_manager_is_shown_plainly(
+def test_a_new_cluster_shows_empty_states_and_a_lost_manager_plainly(
     driver: WebDriver, docker_engine: None, tmp_path: Path
 ) -> None:
     agent = start_dev(tmp_path)
     try:
         ui = Dashboard(driver, agent.url)
         driver.delete_all_cookies()
-        ui.login()
+        ui.login(path="/jobs")
+        ui.wait_text(".empty", "No jobs yet")
+        ui.open("/tasks")
+        ui.wait_text(".empty", "No tasks yet")
+        ui.open("/")
+        ui.wait_text("#h-tasks + .empty", "No tasks yet: run one with cube run.")
         ui.mark()
         agent.kill()
         ui.wait_text("#connection", "Lost the connection to the manager")

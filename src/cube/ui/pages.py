@@ -22,6 +22,9 @@ from cube.ui.render import render
 if TYPE_CHECKING:
     from cube.manager import Manager
 
+#: Tasks the task list shows at most, newest first: a page of 10,000 rows, fetched every
+#: two seconds, would be of use to nobody.
+TASKS_SHOWN = 500
 #: Lines of a task's output the log tail shows, and how long it waits for them.
 LOG_LINES = 200
 LOG_WAIT = 3.0
@@ -54,7 +57,7 @@ def page_routes(manager: Manager) -> APIRouter:
     @router.get("/partials/tasks")
     async def tasks(request: Request) -> HTMLResponse:
         listed = sorted(manager.list_tasks(), key=lambda t: t.created_at, reverse=True)
-        return render(request, "tasks", tasks=listed)
+        return render(request, "tasks", tasks=listed[:TASKS_SHOWN], total=len(listed))
 
     @router.get("/tasks/{task_id}")
     @router.get("/partials/tasks/{task_id}")
