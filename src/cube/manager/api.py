@@ -15,7 +15,8 @@
     POST   /v1/nodes/{name}/undrain
     GET    /v1/health             liveness, the intervals in force; "degraded" while a loop crashes
 
-Jobs and allocations: see :mod:`cube.manager.jobs_api`.
+Jobs and allocations: see :mod:`cube.manager.jobs_api`. The web dashboard, under ``/ui``
+with its own login: see :mod:`cube.ui`.
 """
 
 from __future__ import annotations
