@@ -134,6 +134,29 @@ def running(task_id: str) -> list[str]:
     return containers_of(f"cube.task-id={task_id}", running_only=True)
 
 
+#: What each page must have for a screen reader: one h1, a label for every field, a name
+#: for every button and every picture, a language.
+A11Y_PROBLEMS = """
+const problems = [];
+if (document.querySelectorAll("h1").length !== 1) problems.push("not one h1");
+if (!document.documentElement.lang) problems.push("no lang");
+for (const el of document.querySelectorAll("input:not([type=hidden]), select, textarea"))
+  if (el.labels.length === 0 && !el.getAttribute("aria-label"))
+    problems.push("unlabelled " + el.name);
+for (const el of document.querySelectorAll("button, a"))
+  if (!el.textContent.trim() && !el.getAttribute("aria-label"))
+    problems.push("nameless " + el.outerHTML);
+for (const el of document.querySelectorAll("svg"))
+  if (el.getAttribute("role") !== "img" || !el.getAttribute("aria-label")) problems.push("svg");
+return problems;
+"""
+
+
+def assert_accessible(driver: WebDriver) -> None:
+    problems = driver.execute_script(A11Y_PROBLEMS)
+    assert problems == [], f"{driver.current_url}: {problems}"
+
+
 def session_cookie(driver: WebDriver) -> dict[str, Any]:
     cookie = driver.get_cookie("cube_session")
     assert cookie is not None, "no session cookie"
@@ -166,7 +189,13 @@ def test_every_page_needs_a_session_and_the_cluster_token_opens_one(
 
 
 def test_an_invalid_cookie_or_one_logged_out_leads_back_to_the_login(ui: Dashboard) -> None:
-    ui.login()
+    # A session that ends under an open page: its script goes to the login, and back after.
+    ui.login(path="/nodes")
+    ui.driver.delete_cookie("cube_session")
+    wait_for(lambda: "/ui/login?next=%2Fui%2Fnodes" in ui.driver.current_url, what="the login")
+    ui.submit_token(api.TOKEN)
+    wait_for(lambda: ui.driver.current_url.endswith("/ui/nodes"), what="the nodes page again")
+
     old = session_cookie(ui.driver)
     ui.click(".logout button")
     wait_for(lambda: "/ui/login" in ui.driver.current_url, what="the login page")
@@ -358,6 +387,7 @@ def test_every_page_renders(ui: Dashboard, dev: AgentProcess, start_worker: Any)
 
     allocs = wait_for(lambda: len(found := running_allocs()) == 4 and found, what="4 allocs")
     ui.open("/login")
+    assert_accessible(ui.driver)
     ui.screenshot("login")
     ui.login()
     pages = {
@@ -378,6 +408,7 @@ def test_every_page_renders(ui: Dashboard, dev: AgentProcess, start_worker: Any)
         if name == "task":
             ui.wait_text("#logs", "tick")
         assert ui.driver.find_element(By.ID, "connection").is_displayed() is False
+        assert_accessible(ui.driver)
         ui.screenshot(name)
     for node in (dev.name, small.name):
         placed = [a for a in allocs if a["node"] == node]
