@@ -27,7 +27,7 @@ from cube.task.spec import TaskSpec
 from cube.task.state import State
 from cube.ui import create_dashboard
 from cube.ui.actions import parse_count
-from cube.ui.guard import COOKIE, form_fields, route_path
+from cube.ui.guard import COOKIE, form_fields, is_open, route_path
 from cube.ui.login import safe_next
 from cube.ui.sessions import Sessions
 from cube.ui.views import (
@@ -180,6 +180,13 @@ def test_after_login_only_dashboard_paths() -> None:
     assert safe_next("/ui", "/ui/tasks/abc") == "/ui/tasks/abc"
     for wanted in ("//evil.example/", "https://evil.example/", "/uix", "/ui/\\evil", "/ui//x", ""):
         assert safe_next("/ui", wanted) == "/ui/", wanted
+
+
+def test_only_the_login_and_static_files_are_open() -> None:
+    assert is_open("/login")
+    assert is_open("/static/cube.js")
+    for path in ("/", "/loginx", "/login/", "/static", "/partials/tasks", "/tasks/x/stop"):
+        assert not is_open(path), path
 
 
 def test_forms_and_paths() -> None:

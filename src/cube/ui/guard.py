@@ -27,7 +27,12 @@ from cube.ui.sessions import Session, Sessions
 COOKIE = "cube_session"
 #: A form bigger than this is no form of the dashboard's.
 MAX_FORM = 64 * 1024
-OPEN_PATHS = ("/login", "/static/")
+
+
+def is_open(path: str) -> bool:
+    """The login form and the stylesheet and script: all a browser needs before a session."""
+    return path == "/login" or path.startswith("/static/")
+
 
 HEADERS = {
     "content-security-policy": (
@@ -76,7 +81,7 @@ class DashboardGuard:
         session = self.sessions.get(request.cookies.get(COOKIE, ""), self.clock())
         scope.setdefault("state", {})["session"] = session
         refusal: Response | None = None
-        if session is None and not path.startswith(OPEN_PATHS):
+        if session is None and not is_open(path):
             refusal = _login_needed(scope, path)
         elif scope["method"] == "POST":
             body, refusal = await _read_form(receive)
