@@ -414,6 +414,12 @@ def test_every_page_renders(ui: Dashboard, dev: AgentProcess, start_worker: Any)
         placed = [a for a in allocs if a["node"] == node]
         card = ui.wait_text(f"section[data-node='{node}']", node)
         assert all(f"shop.web[{a['index']}]" in card for a in placed), (node, card)
+        # A memory and a CPU strip, each with a block per task on the node.
+        on_node = len(api.get(f"{dev.url}/v1/tasks", params={"node": node}).json())
+        strips = ui.driver.find_elements(By.CSS_SELECTOR, f"section[data-node='{node}'] svg")
+        assert [s.get_attribute("aria-label").split(":")[0] for s in strips] == ["Memory", "CPU"]
+        for svg in strips:
+            assert len(svg.find_elements(By.CSS_SELECTOR, "rect.slot")) == on_node
     ui.driver.set_window_size(*PHONE)
     try:
         for name, path in (("phone-overview", "/"), ("phone-task", f"/tasks/{task_id}")):

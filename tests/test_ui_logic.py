@@ -33,8 +33,9 @@ from cube.ui.sessions import Sessions
 from cube.ui.views import (
     Count,
     job_groups,
-    memory_strip,
+    live_tasks,
     node_bars,
+    node_strips,
     nodes_by_state,
     recent_events,
     tasks_by_state,
@@ -249,7 +250,9 @@ def test_the_topology_strip_gives_each_live_task_its_share_of_memory() -> None:
         task("gone", State.COMPLETED, memory=512 * MiB),
         task("quarter", State.RUNNING, memory=256 * MiB),
     ]
-    slots = memory_strip(node, tasks)
+    memory, cpu = node_strips(node, live_tasks(tasks))
+    slots = memory.slots
+    assert (memory.label, cpu.label) == ("Memory", "CPU")
     assert sorted((s.task.name, s.width) for s in slots) == [
         ("half", 50.0),
         ("quarter", 25.0),
@@ -257,7 +260,7 @@ def test_the_topology_strip_gives_each_live_task_its_share_of_memory() -> None:
     ]
     assert [s.x for s in slots] == [0.0, slots[0].width, slots[0].width + slots[1].width]
     full = [task("a", State.RUNNING, memory=1024 * MiB), task("b", State.RUNNING, memory=MiB * 6)]
-    assert [s.width for s in memory_strip(node, full)] in ([100.0], [1.0, 99.0])
+    assert [s.width for s in node_strips(node, live_tasks(full))[0].slots] in ([100.0], [1.0, 99.0])
 
 
 def test_groups_show_the_wanted_count_and_the_allocations_meant_to_run() -> None:

@@ -138,10 +138,10 @@ def page_routes(manager: Manager) -> APIRouter:
         for t in tasks:
             if t.node is not None:
                 by_node.setdefault(t.node, []).append(t)
-        rows = [
-            (n, views.node_bars(n), views.memory_strip(n, by_node.get(n.name, [])))
-            for n in sorted(manager.list_nodes(), key=lambda n: n.name)
-        ]
+        rows = []
+        for n in sorted(manager.list_nodes(), key=lambda n: n.name):
+            live = views.live_tasks(by_node.get(n.name, []))
+            rows.append((n, views.node_strips(n, live), live))
         waiting = [t for t in tasks if t.state is State.PENDING]
         return render(request, "topology", rows=rows, waiting=waiting)
 

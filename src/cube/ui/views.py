@@ -7,7 +7,7 @@ unit test can check it without a browser.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -158,29 +158,56 @@ def jobs_by_status(jobs: Iterable[Job]) -> list[Count]:
 
 @dataclass(frozen=True)
 class Slot:
-    """One task in a node's topology strip: its share of the node's memory."""
+    """One task in a node's topology strip: its share of one of the node's resources."""
 
     task: Task
     x: float  # percent from the left
     width: float  # percent of the strip
 
 
-def memory_strip(node: Node, tasks: Sequence[Task]) -> list[Slot]:
-    """The node's running and scheduled tasks side by side, each as wide as the memory
-    it requested is a share of the node's capacity (at least 1%, to stay visible)."""
+@dataclass(frozen=True)
+class Strip:
+    label: str  # "Memory", "CPU"
+    slots: list[Slot]
+    text: str = ""  # "640MiB of 23.5GiB allocated"
+
+
+def strip(
+    label: str, capacity: float, tasks: Sequence[Task], amount: Callable[[Task], float]
+) -> Strip:
+    """``tasks`` side by side, each as wide as the ``amount`` of the resource it requested
+    is a share of ``capacity`` (at least 1%, to be seen)."""
     slots: list[Slot] = []
     x = 0.0
-    capacity = node.capacity.memory
-    for task in sorted(tasks, key=lambda t: (t.alloc.id if t.alloc else "", t.id)):
-        if task.is_terminal:
-            continue
-        share = task.spec.resources.memory / capacity * 100 if capacity > 0 else 0.0
+    for task in tasks:
+        share = amount(task) / capacity * 100 if capacity > 0 else 0.0
         width = round(min(max(share, 1.0), 100.0 - x), 2)
         if width <= 0:
             break
         slots.append(Slot(task, round(x, 2), width))
         x += width
-    return slots
+    return Strip(label, slots)
+
+
+def live_tasks(tasks: Iterable[Task]) -> list[Task]:
+    """The tasks that hold resources (not ended), those of one allocation together."""
+    live = [t for t in tasks if not t.is_terminal]
+    return sorted(live, key=lambda t: (t.alloc.id if t.alloc else "", t.id))
+
+
+def node_strips(node: Node, tasks: Sequence[Task]) -> list[Strip]:
+    """The topology of one node: its live tasks' shares of its memory and of its CPU."""
+    cap, alloc = node.capacity, node.allocated
+    memory = strip("Memory", cap.memory, tasks, lambda t: t.spec.resources.memory)
+    cpu = strip("CPU", cap.cpu, tasks, lambda t: t.spec.resources.cpu)
+    return [
+        Strip(
+            memory.label,
+            memory.slots,
+            f"{format_size(alloc.memory)} of {format_size(cap.memory)} allocated",
+        ),
+        Strip(cpu.label, cpu.slots, f"{_cores_text(alloc.cpu)} of {cores(cap.cpu)} allocated"),
+    ]
 
 
 def ago(when: datetime | None, now: datetime) -> str:
