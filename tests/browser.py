@@ -119,12 +119,16 @@ class Dashboard:
         if not where:
             return
         Path(where).mkdir(parents=True, exist_ok=True)
-        # The whole page, not only what the window shows (Chromium's DevTools protocol).
-        metrics = self.driver.execute_cdp_cmd("Page.getLayoutMetrics", {})  # type: ignore[attr-defined]
-        content = metrics["cssContentSize"]
-        clip = {"x": 0, "y": 0, "width": content["width"], "height": min(content["height"], 4000)}
-        shot = self.driver.execute_cdp_cmd(  # type: ignore[attr-defined]
-            "Page.captureScreenshot",
-            {"format": "png", "captureBeyondViewport": True, "clip": {**clip, "scale": 1}},
+        # The whole page, not only what the window shows: a viewport as tall as the page, for
+        # the time of one capture (Chromium's DevTools protocol, as Puppeteer does it).
+        cdp = self.driver.execute_cdp_cmd  # type: ignore[attr-defined]
+        width, height = self.driver.execute_script(
+            "return [window.innerWidth, document.documentElement.scrollHeight]"
         )
+        metrics = {"width": width, "height": min(height, 4000), "deviceScaleFactor": 1}
+        cdp("Emulation.setDeviceMetricsOverride", {**metrics, "mobile": False})
+        try:
+            shot = cdp("Page.captureScreenshot", {"format": "png"})
+        finally:
+            cdp("Emulation.clearDeviceMetricsOverride", {})
         (Path(where) / f"{name}.png").write_bytes(base64.b64decode(shot["data"]))
