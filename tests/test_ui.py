@@ -302,6 +302,25 @@ def test_a_forged_post_stops_nothing(ui: Dashboard, dev: AgentProcess) -> None:
     assert api.delete(f"{dev.url}/v1/tasks/{task_id}").status_code == 200
 
 
+def test_markup_in_a_spec_or_in_output_stays_text(ui: Dashboard, dev: AgentProcess) -> None:
+    """Autoescaping: what a task's spec or output says is shown, never run or rendered."""
+    markup = '<img id=injected src=x onerror="document.title=1">'
+    spec = {
+        "name": "markup",
+        "image": IMAGE,
+        "command": ["sh", "-c", f"echo '{markup}'; sleep 600"],
+        "env": {"NOTE": "<b id=bold>bold</b>"},
+        "stop_timeout": "1s",
+    }
+    task_id = submit(dev, spec)
+    ui.login(path=f"/tasks/{task_id}")
+    ui.wait_text("#logs", markup)
+    ui.wait_text(".facts", "NOTE=<b id=bold>bold</b>")
+    assert ui.driver.find_elements(By.CSS_SELECTOR, "#injected, #bold") == []
+    assert ui.driver.title != "1"
+    assert api.delete(f"{dev.url}/v1/tasks/{task_id}").status_code == 200
+
+
 # --- nodes ----------------------------------------------------------------------------------
 def test_a_node_is_drained_and_undrained_from_its_page(ui: Dashboard, dev: AgentProcess) -> None:
     node = f"{dev.url}/v1/nodes/{dev.name}"
