@@ -23,7 +23,7 @@ from cube.node import MachineStats, Node, NodeState, Resources
 from cube.scheduler import make_scheduler
 from cube.store.memory import MemoryStore
 from cube.task.model import Task, TaskEvent
-from cube.task.spec import TaskSpec
+from cube.task.spec import TaskRequest, TaskSpec
 from cube.task.state import State
 from cube.ui import create_dashboard
 from cube.ui.actions import parse_count
@@ -92,8 +92,12 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-async def client(clock: Clock) -> Iterator[httpx.AsyncClient]:
-    manager = Manager(store=MemoryStore(), scheduler=make_scheduler())
+def manager() -> Manager:
+    return Manager(store=MemoryStore(), scheduler=make_scheduler())
+
+
+@pytest.fixture
+async def client(clock: Clock, manager: Manager) -> Iterator[httpx.AsyncClient]:
     app = create_dashboard(
         manager, Authenticator({Role.USER: [TOKEN]}), sessions=Sessions(lifetime=60), clock=clock
     )
@@ -288,3 +292,38 @@ def test_recent_events_are_the_newest_of_the_tasks_that_changed_last() -> None:
     }
     found = recent_events(tasks, history.__getitem__, tasks_looked_at=3, limit=2)
     assert [r.event.reason for r in found] == ["t4", "t3"]
+
+
+async def test_every_page_renders_jobs_of_each_type_and_work_no_node_can_take(
+    client: httpx.AsyncClient, manager: Manager
+) -> None:
+    """Templates against states the browser tests do not reach: no node at all, so every
+    task and allocation waits; system and batch jobs."""
+    tasks = [{"name": "t", "image": "x"}]
+    for kind in ("service", "batch", "system"):
+        manager.jobs.submit(
+            parse_job(
+                {
+                    "job": kind,
+                    "type": kind,
+                    "groups": [
+                        {"name": "g", "tasks": tasks, **({} if kind == "system" else {"count": 2})}
+                    ],
+                }
+            )
+        )
+    manager.jobs.reconcile_all(datetime.now(UTC))
+    task, _ = manager.submit(TaskRequest.model_validate({"name": "lone", "image": "x"}))
+    allocs = manager.jobs.allocations()
+    await login(client)
+    paths = ["/", "/tasks", f"/tasks/{task.id}", "/nodes", "/jobs", "/topology"]
+    paths += [f"/jobs/{kind}" for kind in ("service", "batch", "system")]
+    paths += [f"/allocations/{a.id}" for a in allocs]
+    for path in paths:
+        for prefix in ("", "/partials"):
+            page = await client.get(prefix + path)
+            assert page.status_code == 200, (path, page.text)
+    assert "No node has joined yet" in (await client.get("/nodes")).text
+    assert "one per node" in (await client.get("/jobs/system")).text
+    waiting = (await client.get(f"/tasks/{task.id}")).text  # the dispatcher has not run
+    assert "No placement decision recorded yet." in waiting
