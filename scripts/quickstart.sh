@@ -93,6 +93,7 @@ Next, try:
   cube stop $short
 
 The CLI finds the cluster token in $data/dev/manager/token (mode 0600) by itself.
+The dashboard: $CUBE_ADDR/ui/ (log in with that token).
 Stop the cluster (task containers keep running and are adopted on the next start):
   kill \$(cat $pidfile)
 Remove this cluster's containers too:

@@ -6,8 +6,9 @@
 #   2. a Docker engine that answers `docker info` (installed and started if we are
 #      root on Debian/Ubuntu; a running engine is always reused, never restarted)
 #   3. a statically linked busybox (package busybox-static)
-#   4. the test image cube-busybox:latest (scripts/build-image.sh)
-#   5. a Prometheus server (package prometheus): tests scrape a cube dev with it
+#   4. Debian's chromium and chromium-driver (the dashboard's browser tests)
+#   5. the test image cube-busybox:latest (scripts/build-image.sh)
+#   6. a Prometheus server (package prometheus): tests scrape a cube dev with it
 #
 # Usage: scripts/setup.sh [--rebuild]
 #   --rebuild   rebuild the test image even if it exists
@@ -170,10 +171,20 @@ else
         die "no static busybox: install busybox-static (Debian/Ubuntu) or set BUSYBOX=/path"
 fi
 
-# --------------------------------------------------------------- 4. test image
+# ------------------------------------------------------------------ 4. browser
+# The dashboard's tests drive this chromium through this chromedriver (tests/browser.py):
+# nothing is downloaded at test time.
+if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then
+    log "chromium and chromedriver present"
+else
+    apt_install chromium chromium-driver ||
+        die "no chromium/chromedriver: install Debian's chromium and chromium-driver packages"
+fi
+
+# --------------------------------------------------------------- 5. test image
 bash scripts/build-image.sh "${image_args[@]}"
 
-# ---------------------------------------------------------------- 5. prometheus
+# ---------------------------------------------------------------- 6. prometheus
 # Only its binary is used (tests/test_metrics_e2e.py runs it on a free loopback port);
 # the package's own service, if the machine runs services, is left as it is.
 if [[ -x /usr/bin/prometheus ]]; then

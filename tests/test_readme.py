@@ -87,6 +87,13 @@ def test_quickstart_leaves_a_cluster_serving_the_example(quickstart_env: dict[st
     )
     assert status.returncode == 0, status.stderr
     assert '"state": "running"' in status.stdout
+    # So does the dashboard it names, with the token in the file it names.
+    manager = f"http://127.0.0.1:{quickstart_env['CUBE_PORT']}"
+    token_file = Path(quickstart_env["CUBE_DATA_DIR"]) / "dev" / "manager" / "token"
+    assert f"cluster token in {token_file}" in result.stdout
+    assert f"The dashboard: {manager}/ui/" in result.stdout
+    login = httpx.post(f"{manager}/ui/login", data={"token": token_file.read_text().strip()})
+    assert (login.status_code, login.headers["location"]) == (303, "/ui/")
 
     # Run again, it finds its cluster and its web task, and starts neither twice.
     again = quickstart(quickstart_env)

@@ -16,7 +16,8 @@
     GET    /v1/health             liveness, the intervals in force; "degraded" while a loop crashes
     GET    /metrics               Prometheus' text format (see cube.metrics)
 
-Jobs and allocations: see :mod:`cube.manager.jobs_api`.
+Jobs and allocations: see :mod:`cube.manager.jobs_api`. The web dashboard, under ``/ui``
+with its own login: see :mod:`cube.ui`.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ from cube.protocol import JoinAnswer, NodeRegistration
 from cube.task.model import Task, TaskEvent
 from cube.task.spec import TaskRequest
 from cube.task.state import State
+from cube.ui import PREFIX as UI_PREFIX
+from cube.ui import create_dashboard
 
 JSON = "application/json"
 
@@ -52,8 +55,11 @@ NO_TOKEN: set[str] = {"token", "secret_hash"}
 
 
 def manager_rule(method: str, path: str) -> frozenset[Role] | None:
-    """Health is open; a worker's join token may only register; everything else is users'."""
+    """Health is open; a worker's join token may only register; everything else is users'.
+    The dashboard (``/ui``) checks its own session cookie: see :mod:`cube.ui.guard`."""
     if path == "/v1/health" and method in ("GET", "HEAD"):
+        return None
+    if path == UI_PREFIX or path.startswith(UI_PREFIX + "/"):
         return None
     if path == "/v1/nodes" and method == "POST":
         return frozenset({Role.JOIN, Role.USER})
@@ -156,6 +162,8 @@ def create_app(
         )
 
     install_job_routes(app, manager.jobs)
+    if authenticator is not None:  # the dashboard's login needs the cluster token to check
+        app.mount(UI_PREFIX, create_dashboard(manager, authenticator))
 
     @app.get("/v1/health")
     async def health() -> ManagerHealth:
