@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import click
@@ -37,10 +36,9 @@ from cube.cli.credentials import (
     TOKEN_FILE,
     WORKER_TOKEN_ENV,
     Security,
-    claim_address,
-    find_token,
+    address_claim,
+    join_token_for,
     own_token,
-    release_address,
     security_options,
 )
 from cube.cli.errors import EXIT_FAILED, handle_errors
@@ -175,7 +173,7 @@ def worker_command(
             name=name,
             address=address,
             token=worker_token,
-            join_token=_join_token(join_token, manager_url),
+            join_token=join_token_for(join_token, manager_url),
             data=data,
             verify=security.verify,
         )
@@ -188,38 +186,6 @@ def worker_command(
             on_exit=parts.worker.feed.close,
         )
     )
-
-
-def _join_token(given: str | None, manager_url: str) -> str | None:
-    """The join token to present: the one given, else the join-token file of the manager
-    at ``manager_url`` (or of a local manager); logged by source, never by value, so
-    that a refusal in the log can be traced to the file."""
-    if given:
-        log.info("join token", source=f"--join-token or {JOIN_TOKEN_ENV}")
-        return given
-    found = find_token(manager_url, JOIN_TOKEN_FILE)
-    if found.token is None:
-        log.warning("no join token", why=found.hint(option="--join-token", env=JOIN_TOKEN_ENV))
-    else:
-        log.info("join token", file=found.source)
-    return found.token
-
-
-def _address_claim(
-    host: str, port: int, data: Path
-) -> tuple[Callable[[], Awaitable[None]], Callable[[], None]]:
-    """Hooks for :func:`cube.agents.run_servers`: once the manager listens, point its address at its
-    data dir (for the CLI to find the right token); on exit, take the pointer back."""
-    claimed: list[Path | None] = []
-
-    async def claim() -> None:
-        claimed.append(claim_address(host, port, data))
-
-    def release() -> None:
-        for path in claimed:
-            release_address(path)
-
-    return claim, release
 
 
 # --- cube manager --------------------------------------------------------------------------------
@@ -344,7 +310,7 @@ def manager_command(
     server = manager_server(
         parts, host=host, port=port, tls=security.tls, metrics_open=metrics.open
     )
-    claim, release = _address_claim(host, port, data)
+    claim, release = address_claim(host, port, data)
     _exit_unless(
         run_servers(server, stores=[parts.store], runtimes=[], after_start=claim, on_exit=release)
     )
@@ -435,7 +401,7 @@ def dev_command(
         worker=f"http://127.0.0.1:{worker_port}",
         data_dir=str(data),
     )
-    claim, release = _address_claim("127.0.0.1", port, manager_data)
+    claim, release = address_claim("127.0.0.1", port, manager_data)
 
     def on_exit() -> None:
         release()

@@ -15,7 +15,7 @@ import functools
 import ipaddress
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,9 @@ import httpx
 
 from cube.api.tls import Tls, Verify, client_verify
 from cube.auth import JOIN_TOKEN_FILE, TOKEN_FILE, load_or_create_token, read_token
+from cube.log import get_logger
+
+log = get_logger("cube.cli")
 
 TOKEN_ENV = "CUBE_TOKEN"
 JOIN_TOKEN_ENV = "CUBE_JOIN_TOKEN"
@@ -218,6 +221,42 @@ def security_options(func: Callable[..., None]) -> Callable[..., None]:
     return out
 
 
+# --- what an agent claims and presents
+
+
+def join_token_for(given: str | None, manager_url: str) -> str | None:
+    """The join token to present: the one given, else the join-token file of the manager
+    at ``manager_url`` (or of a local manager); logged by source, never by value, so
+    that a refusal in the log can be traced to the file."""
+    if given:
+        log.info("join token", source=f"--join-token or {JOIN_TOKEN_ENV}")
+        return given
+    found = find_token(manager_url, JOIN_TOKEN_FILE)
+    if found.token is None:
+        log.warning("no join token", why=found.hint(option="--join-token", env=JOIN_TOKEN_ENV))
+    else:
+        log.info("join token", file=found.source)
+    return found.token
+
+
+def address_claim(
+    host: str, port: int, data: Path
+) -> tuple[Callable[[], Awaitable[None]], Callable[[], None]]:
+    """Hooks for :func:`cube.agents.run_servers`: once the manager listens, point its
+    address at its data dir (for the CLI to find the right token); on exit, take the
+    pointer back."""
+    claimed: list[Path | None] = []
+
+    async def claim() -> None:
+        claimed.append(claim_address(host, port, data))
+
+    def release() -> None:
+        for path in claimed:
+            release_address(path)
+
+    return claim, release
+
+
 __all__ = [
     "CA_ENV",
     "JOIN_TOKEN_ENV",
@@ -227,8 +266,10 @@ __all__ = [
     "WORKER_TOKEN_ENV",
     "FoundToken",
     "Security",
+    "address_claim",
     "claim_address",
     "find_token",
+    "join_token_for",
     "local_manager_dirs",
     "manager_dir_at",
     "own_token",
