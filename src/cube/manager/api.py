@@ -15,7 +15,8 @@
     POST   /v1/nodes/{name}/undrain
     GET    /v1/health             liveness, the intervals in force; "degraded" while a loop crashes
 
-Jobs and allocations: see :mod:`cube.manager.jobs_api`.
+Jobs and allocations: see :mod:`cube.manager.jobs_api`; a job's merged log stream:
+:mod:`cube.manager.joblogs_api`.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from cube.auth import Authenticator, Role
 from cube.errors import FieldError, InvalidSpec
 from cube.job.spec import JobSpec
 from cube.manager.core import Manager
+from cube.manager.joblogs_api import install_job_log_routes
 from cube.manager.jobs_api import install_job_routes
 from cube.node import JoinAnswer, Node
 from cube.task.model import Task, TaskEvent
@@ -190,6 +192,7 @@ def create_app(manager: Manager, *, authenticator: Authenticator | None = None) 
         )
 
     install_job_routes(app, manager.jobs)
+    install_job_log_routes(app, manager)
 
     @app.get("/v1/health")
     async def health() -> ManagerHealth:

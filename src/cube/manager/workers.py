@@ -138,11 +138,19 @@ class WorkerClient:
         return _EVENTS.validate_json(response.content)
 
     async def logs(
-        self, address: str, task_id: str, *, tail: int | None, follow: bool
+        self,
+        address: str,
+        task_id: str,
+        *,
+        tail: int | None,
+        follow: bool,
+        since: float | None = None,
     ) -> AsyncIterator[bytes]:
         params: dict[str, str] = {"follow": "true" if follow else "false"}
         if tail is not None:
             params["tail"] = str(tail)
+        if since is not None:
+            params["since"] = f"{since:.6f}"
         url = f"{address.rstrip('/')}/v1/tasks/{task_id}/logs"
         try:
             async with self._http.stream(

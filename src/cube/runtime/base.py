@@ -145,9 +145,15 @@ class ContainerRuntime(Protocol):
         """
 
     def logs(
-        self, container_id: str, *, tail: int | None = None, follow: bool = False
+        self,
+        container_id: str,
+        *,
+        tail: int | None = None,
+        follow: bool = False,
+        since: float | None = None,
     ) -> AsyncIterator[bytes]:
-        """The container's stdout and stderr, interleaved, as they were written."""
+        """The container's stdout and stderr, interleaved, as they were written; with
+        ``since`` (Unix time), only what was written from then on."""
 
     async def stats(self, container_id: str) -> ContainerStats:
         """One sample of the container's CPU and memory use."""

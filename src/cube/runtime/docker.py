@@ -187,7 +187,12 @@ class DockerRuntime:
             raise self._unavailable(exc) from None
 
     async def logs(
-        self, container_id: str, *, tail: int | None = None, follow: bool = False
+        self,
+        container_id: str,
+        *,
+        tail: int | None = None,
+        follow: bool = False,
+        since: float | None = None,
     ) -> AsyncIterator[bytes]:
         params = {
             "stdout": "true",
@@ -195,6 +200,8 @@ class DockerRuntime:
             "follow": "true" if follow else "false",
             "tail": "all" if tail is None else str(tail),
         }
+        if since is not None:
+            params["since"] = f"{since:.6f}"  # the engine takes seconds with a fraction
         info = await self.inspect(container_id)
         if info is None:
             raise NotFound(f"container {container_id} not found")

@@ -143,12 +143,20 @@ class FakeRuntime:
             self._exit_queues.remove(entry)
 
     async def logs(
-        self, container_id: str, *, tail: int | None = None, follow: bool = False
+        self,
+        container_id: str,
+        *,
+        tail: int | None = None,
+        follow: bool = False,
+        since: float | None = None,
     ) -> AsyncIterator[bytes]:
         self._check()
         found = self.containers.get(container_id)
         if found is None:
             raise NotFound(f"container {container_id} not found")
+        started = found.info.started_at
+        if since is not None and started is not None and started.timestamp() < since:
+            return  # the fake's lines are all written when it starts
         lines = found.logs if tail is None else found.logs[-tail:] if tail else []
         for line in lines:
             yield line

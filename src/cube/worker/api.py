@@ -11,7 +11,7 @@
     GET    /v1/tasks/{id}         one task (404 if unknown)
     DELETE /v1/tasks/{id}         stop it: container stopped and removed
     GET    /v1/tasks/{id}/events  its history
-    GET    /v1/tasks/{id}/logs    its container's output (?tail=N&follow=true)
+    GET    /v1/tasks/{id}/logs    its container's output (?tail=N&follow=true&since=UNIXTIME)
     GET    /v1/stats              capacity, allocation and machine metrics
     GET    /v1/health             liveness; "degraded", naming the loops, while one crashes
 """
@@ -109,8 +109,9 @@ def create_app(worker: Worker, *, authenticator: Authenticator | None = None) ->
         task_id: str,
         tail: Annotated[int | None, Query(ge=0, le=1_000_000)] = None,
         follow: bool = False,
+        since: Annotated[float | None, Query(ge=0, le=1e11)] = None,
     ) -> StreamingResponse:
-        return await stream_text(worker.logs(task_id, tail=tail, follow=follow))
+        return await stream_text(worker.logs(task_id, tail=tail, follow=follow, since=since))
 
     @app.get("/v1/stats")
     async def stats() -> NodeReport:
