@@ -100,6 +100,8 @@ class ManagerClient:
         # Following waits for output as long as the task lives: no read timeout then.
         self._follow_timeout = httpx.Timeout(timeout, connect=connect, read=None)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        #: What a WebSocket to the manager (cube exec) sends and trusts, as the calls do.
+        self.headers, self.verify = headers, verify
         self._http = httpx.Client(
             base_url=self.base_url,
             timeout=self._timeout,
@@ -283,9 +285,21 @@ class ManagerClient:
                 f"is {self.base_url} a Cube manager?"
             ) from None
 
-    def _unreachable(self, exc: httpx.TransportError) -> errors.Unavailable:
+    def _unreachable(self, exc: Exception) -> errors.Unavailable:
         cause = unreachable(f"the manager at {self.base_url}", exc)
         return errors.Unavailable(f"{cause.message} ({_HINT})")
+
+    def refused(self, status: int, body: bytes, path: str) -> errors.CubeError:
+        """The error a refused WebSocket handshake stands for, as :meth:`_check` says it."""
+        request = self._http.build_request("GET", path)
+        try:
+            self._check(httpx.Response(status, content=body, request=request))
+        except errors.CubeError as exc:
+            return exc
+        return errors.CubeError(f"the manager refused {path} (HTTP {status})")
+
+    def cannot_reach(self, exc: Exception) -> errors.Unavailable:
+        return self._unreachable(exc)
 
 
 def _segment(value: str, what: str) -> str:

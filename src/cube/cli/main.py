@@ -16,6 +16,7 @@ COMMANDS = {
     "status": "cube.cli.tasks:status_command",
     "logs": "cube.cli.tasks:logs_command",
     "stop": "cube.cli.tasks:stop_command",
+    "exec": "cube.cli.exec:exec_command",
     "nodes": "cube.cli.nodes:nodes_group",
     "job": "cube.cli.jobs:job_group",
     "alloc": "cube.cli.jobs:alloc_group",

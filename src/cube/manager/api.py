@@ -8,6 +8,7 @@
     DELETE /v1/tasks/{id}         stop it, whatever its state
     GET    /v1/tasks/{id}/events  its history, merged from the manager and its nodes
     GET    /v1/tasks/{id}/logs    its container's output, proxied from its node
+    WS     /v1/exec/{task|alloc}  run a command in a running task (cube.manager.exec_api)
     GET    /v1/nodes              every node, with capacity, allocation and metrics
     GET    /v1/nodes/{name}       one node
     POST   /v1/nodes              a worker joins (409 if the name is another worker's)
@@ -39,6 +40,7 @@ from cube.auth import Authenticator, Role
 from cube.errors import FieldError, InvalidSpec
 from cube.job.spec import JobSpec
 from cube.manager.core import Manager
+from cube.manager.exec_api import install_exec_route
 from cube.manager.joblogs_api import install_job_log_routes
 from cube.manager.jobs_api import install_job_routes
 from cube.node import JoinAnswer, Node
@@ -193,6 +195,7 @@ def create_app(manager: Manager, *, authenticator: Authenticator | None = None) 
 
     install_job_routes(app, manager.jobs)
     install_job_log_routes(app, manager)
+    install_exec_route(app, manager)
 
     @app.get("/v1/health")
     async def health() -> ManagerHealth:

@@ -70,6 +70,15 @@ class WorkerClient:
             )
         return client
 
+    @property
+    def tls(self) -> Verify:
+        """What the fleet's connections trust (for the manager's own WebSockets to nodes)."""
+        return self._tls
+
+    def headers(self, address: str) -> dict[str, str]:
+        """The headers every call to the node at ``address`` carries: its token, the timeout."""
+        return self._headers(address)
+
     def _headers(self, address: str) -> dict[str, str]:
         headers = {}
         if (token := self.credentials.get(address)) is not None:

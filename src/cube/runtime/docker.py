@@ -14,7 +14,7 @@ import contextlib
 import json
 import os
 import struct
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -29,6 +29,7 @@ from cube.runtime.base import (
     NetworkSummary,
     ProgressCallback,
 )
+from cube.runtime.exec import ExecSession, docker_exec
 from cube.runtime.pulls import SharedPulls
 from cube.task.model import PublishedPort
 from cube.task.spec import Protocol
@@ -222,6 +223,13 @@ class DockerRuntime:
             "GET", f"/containers/{container_id}/stats", params={"stream": "false"}
         )
         return _stats_from_engine(response.json())
+
+    async def exec(
+        self, container_id: str, command: Sequence[str], *, stdin: bool, tty: bool
+    ) -> ExecSession:
+        return await docker_exec(
+            self._client, self.socket, API_VERSION, container_id, command, stdin=stdin, tty=tty
+        )
 
     async def ensure_network(self, name: str, *, labels: Mapping[str, str]) -> str:
         # The engine does not refuse a second network of the same name (CheckDuplicate is
