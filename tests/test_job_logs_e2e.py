@@ -124,8 +124,13 @@ def test_job_logs_merge_both_workers_follow_a_replacement_and_outlive_a_lost_wor
     for node, x in on.items():
         assert f"{prefix[node]}start {x['id']}" in printed.stdout.splitlines()
     assert "\x1b[" not in printed.stdout
-    only_one = cube(manager, "logs", "--job", "tick", "--group", "web", "--since", "1h")
-    assert only_one.returncode == 0
+    # --since: the ticks of the last second or two, not the start lines from before.
+    recent = cube(
+        manager, "logs", "--job", "tick", "--group", "web", "--task", "app", "--since", "2s"
+    )
+    assert recent.returncode == 0, recent.stderr
+    assert all(p + "tick" in recent.stdout for p in prefix.values()), recent.stdout
+    assert " | start " not in recent.stdout
 
     follow = followers(manager, "--job", "tick", "-f")
     for p in prefix.values():
@@ -162,6 +167,13 @@ def test_job_logs_merge_both_workers_follow_a_replacement_and_outlive_a_lost_wor
     )
     assert sum("went quiet" in x for x in follow.err) == 1, follow.err
     assert follow.proc.poll() is None  # still following
+
+    # A scale-up's new allocation joins the stream; stopping the job ends it.
+    assert cube(manager, "job", "scale", "tick", "web", "3").returncode == 0
+    third = next(x for x in wait_allocs(manager.url, "tick", 3) if x["index"] == 2)
+    follow.wait_out(f"web[2] app@{third['node']} | start {third['id']}")
+    assert cube(manager, "job", "stop", "tick").returncode == 0
+    assert follow.proc.wait(timeout=60) == 0, follow.err
 
 
 def test_job_logs_of_an_unknown_job_group_or_task_exit_1_naming_it(
