@@ -96,10 +96,13 @@ class JobLogs:
                         yield note
                     if self._over():
                         return
-                try:
-                    item = await asyncio.wait_for(self._queue.get(), timeout=POLL)
-                except TimeoutError:
-                    continue
+                try:  # no timer per line while lines are waiting
+                    item = self._queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    try:
+                        item = await asyncio.wait_for(self._queue.get(), timeout=POLL)
+                    except TimeoutError:
+                        continue
                 if (record := self._handle(item)) is not None:
                     yield record
         finally:
