@@ -20,6 +20,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
+from cube.api.guard import HEADER_TIMEOUT
 from tests.conftest import AgentProcess
 from tests.test_faults_cluster import submit, wait_node, wait_running
 from tests.test_jobs_e2e import cube, job_file, wait_allocs
@@ -64,6 +65,15 @@ def test_output_streams_and_the_exit_code_come_back(cluster: tuple[AgentProcess,
     by_name = cube_exec(manager, "box", "--", "cat", "/etc/hostname")
     assert by_name.returncode == 0, by_name.stderr
     assert by_name.stdout.strip()
+
+
+def test_a_command_outlives_the_servers_header_timeout(cluster: tuple[AgentProcess, str]) -> None:
+    """The upgraded connection is the WebSocket's: the timer that closes a connection which
+    sends no request within HEADER_TIMEOUT must not close it (nor any proxy on the way)."""
+    manager, task_id = cluster
+    script = f"sleep {HEADER_TIMEOUT + 1:g}; echo still here"
+    ran = cube_exec(manager, task_id, "--", "sh", "-c", script)
+    assert (ran.returncode, ran.stdout) == (0, "still here\n"), ran.stderr
 
 
 def test_stdin_reaches_the_command_and_its_end_ends_it(
