@@ -41,18 +41,18 @@ def cube_exec(
     )
 
 
-def one_node(start_manager: Any, start_worker: Any) -> AgentProcess:
-    """A manager with one worker that joined it; the manager."""
+def one_node(start_manager: Any, start_worker: Any) -> tuple[AgentProcess, AgentProcess]:
+    """A manager with one worker that joined it."""
     manager: AgentProcess = start_manager()
-    worker = start_worker("--manager", manager.url)
+    worker: AgentProcess = start_worker("--manager", manager.url)
     wait_node(manager.url, worker.name, "ready")
-    return manager
+    return manager, worker
 
 
 @pytest.fixture
 def cluster(start_manager: Any, start_worker: Any) -> tuple[AgentProcess, str]:
     """A manager, one worker, and a running sleeper task named ``box``: its ID."""
-    manager = one_node(start_manager, start_worker)
+    manager, _ = one_node(start_manager, start_worker)
     task_id = submit(manager.url, "box")
     wait_running(manager.url, [task_id])
     return manager, task_id
@@ -188,7 +188,7 @@ def test_unknown_targets_and_a_wrong_token_are_refused(
 def test_an_allocation_is_a_target_and_its_task_is_chosen_with_task(
     start_manager: Any, start_worker: Any, tmp_path: Path
 ) -> None:
-    manager = one_node(start_manager, start_worker)
+    manager, _ = one_node(start_manager, start_worker)
     assert cube(manager, "job", "run", str(job_file(tmp_path, "duo", count=1))).returncode == 0
     [alloc] = wait_allocs(manager.url, "duo", 1)
 
@@ -205,3 +205,40 @@ def test_an_allocation_is_a_target_and_its_task_is_chosen_with_task(
     nosuch = cube_exec(manager, "duo.web[0]", "--task", "db", "--", "true")
     assert nosuch.returncode == 1
     assert "allocation duo.web[0] has no task db (api, side)" in nosuch.stderr
+
+
+def test_a_worker_killed_during_the_command_ends_the_exec_in_one_line(
+    start_manager: Any, start_worker: Any
+) -> None:
+    manager, worker = one_node(start_manager, start_worker)
+    task_id = submit(manager.url, "box")
+    wait_running(manager.url, [task_id])
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cube",
+            "exec",
+            "--manager",
+            manager.url,
+            task_id,
+            "--",
+            "sh",
+            "-c",
+            "echo started; sleep 600",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "started\n"
+        worker.kill()
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    assert proc.returncode == 1
+    [line] = err.splitlines()
+    assert line.startswith("Error: exec broke off: lost the task's node")

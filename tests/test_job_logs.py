@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import io
+import os
+import pty
 
 import pytest
 
-from cube.cli.joblogs import JobLogPrinter, note
+from cube.cli.joblogs import JobLogPrinter, note, wants_colour
 from cube.errors import InvalidSpec
 from cube.job.logs import LineSplitter, LogRecord, log_sources
 from cube.job.model import Allocation, AllocTask
@@ -141,3 +143,17 @@ def test_since_is_a_duration_back_from_now() -> None:
     with pytest.raises(InvalidSpec) as bad:
         since_time("yesterday", 1000.0)
     assert bad.value.errors[0].field == "since"
+
+
+def test_colour_only_for_a_terminal_and_never_with_no_color(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    parent, child = pty.openpty()
+    with os.fdopen(child, "wb") as terminal:
+        monkeypatch.delenv("NO_COLOR", raising=False)
+        assert wants_colour(terminal)
+        monkeypatch.setenv("NO_COLOR", "1")
+        assert not wants_colour(terminal)
+    os.close(parent)
+    monkeypatch.delenv("NO_COLOR")
+    assert not wants_colour(io.BytesIO())
