@@ -28,12 +28,17 @@ from tests.test_jobs_e2e import cube, job_file, wait_allocs
 pytestmark = pytest.mark.docker
 
 
+def exec_args(manager: AgentProcess, *args: str) -> list[str]:
+    """The command line of ``cube exec ARGS`` against ``manager`` (named before the ``--``)."""
+    return [sys.executable, "-m", "cube", "exec", "--manager", manager.url, *args]
+
+
 def cube_exec(
     manager: AgentProcess, *args: str, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """``cube exec ARGS`` against ``manager`` (named before the ``--`` of ARGS)."""
+    """Run ``cube exec ARGS`` against ``manager``."""
     return subprocess.run(
-        [sys.executable, "-m", "cube", "exec", "--manager", manager.url, *args],
+        exec_args(manager, *args),
         input=stdin,
         capture_output=True,
         text=True,
@@ -112,20 +117,7 @@ def test_in_a_terminal_the_commands_terminal_takes_its_size_and_follows_a_resize
         'sleep 1; stty size; read line; while [ "$(stty size)" = "33 99" ]; do :; done; stty size'
     )
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cube",
-            "exec",
-            "--manager",
-            manager.url,
-            task_id,
-            "-it",
-            "--",
-            "sh",
-            "-c",
-            script,
-        ],
+        exec_args(manager, task_id, "-it", "--", "sh", "-c", script),
         stdin=child,
         stdout=child,
         stderr=child,
@@ -214,19 +206,7 @@ def test_a_worker_killed_during_the_command_ends_the_exec_in_one_line(
     task_id = submit(manager.url, "box")
     wait_running(manager.url, [task_id])
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cube",
-            "exec",
-            "--manager",
-            manager.url,
-            task_id,
-            "--",
-            "sh",
-            "-c",
-            "echo started; sleep 600",
-        ],
+        exec_args(manager, task_id, "--", "sh", "-c", "echo started; sleep 600"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
