@@ -6,9 +6,12 @@ import io
 import os
 import pty
 
+import httpx
 import pytest
+from click.testing import CliRunner
 
 from cube.cli.joblogs import JobLogPrinter, note, wants_colour
+from cube.cli.main import cli
 from cube.errors import InvalidSpec
 from cube.job.logs import LineSplitter, LogRecord, log_sources
 from cube.job.model import Allocation, AllocTask
@@ -157,3 +160,21 @@ def test_colour_only_for_a_terminal_and_never_with_no_color(
     os.close(parent)
     monkeypatch.delenv("NO_COLOR")
     assert not wants_colour(io.BytesIO())
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "give a task ID, or --job JOB"),
+        (["abc", "--job", "shop"], "--job streams every allocation: give no ID and no --tail"),
+        (["--job", "shop", "--tail", "5"], "--job streams every allocation"),
+        (["abc", "--since", "5m"], "--group, --task and --since go with --job"),
+    ],
+)
+def test_logs_flags_that_do_not_fit_are_usage_errors(args: list[str], message: str) -> None:
+    def no_call(request: httpx.Request) -> httpx.Response:
+        raise AssertionError(f"no request expected, got {request.url}")
+
+    result = CliRunner().invoke(cli, ["logs", *args], obj=httpx.MockTransport(no_call))
+    assert result.exit_code == 2
+    assert message in result.output

@@ -264,7 +264,9 @@ def placement_view(raw: dict[str, Any]) -> RenderableType:
 @click.command("logs")
 @click.argument("task_id", metavar="[ID]", required=False)
 @click.option("--job", "job_id", metavar="JOB", help="Every allocation of this job, merged.")
-@click.option("-f", "--follow", is_flag=True, help="Keep printing new output until the task ends.")
+@click.option(
+    "-f", "--follow", is_flag=True, help="Keep printing new output until the task (job) ends."
+)
 @click.option("--tail", type=click.IntRange(min=0), metavar="N", help="Only the last N lines.")
 @click.option("--group", metavar="G", help="With --job: only this group's allocations.")
 @click.option("--task", "task_name", metavar="T", help="With --job: only the tasks named T.")
