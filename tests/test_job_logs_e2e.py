@@ -22,17 +22,19 @@ from tests.test_jobs_e2e import cube, wait_allocs
 
 pytestmark = pytest.mark.docker
 
-#: Each allocation says which it is, then ticks three times a second.
+#: Each allocation says which it is (and its version), then ticks three times a second.
 TICKER = (
-    'echo "start $CUBE_ALLOC_ID"; i=0; while true; do echo "tick $i"; i=$((i+1)); sleep 0.3; done'
+    'echo "start $CUBE_ALLOC_ID $VERSION"; i=0;'
+    ' while true; do echo "tick $i"; i=$((i+1)); sleep 0.3; done'
 )
 
 
-def ticker_job(tmp_path: Path, name: str) -> Path:
+def ticker_job(tmp_path: Path, name: str, version: str = "one") -> Path:
     task = {
         "name": "app",
         "image": IMAGE,
         "command": ["sh", "-c", TICKER],
+        "env": {"VERSION": version},
         "stop_timeout": "1s",
         "resources": {"cpu": 0.05, "memory": "16MiB"},
     }
@@ -122,7 +124,7 @@ def test_job_logs_merge_both_workers_follow_a_replacement_and_outlive_a_lost_wor
 
     printed = wait_for(both_ticked, timeout=30, what="ticks of both allocations")
     for node, x in on.items():
-        assert f"{prefix[node]}start {x['id']}" in printed.stdout.splitlines()
+        assert f"{prefix[node]}start {x['id']} one" in printed.stdout.splitlines()
     assert "\x1b[" not in printed.stdout
     # --since: the ticks of the last second or two, not the start lines from before.
     recent = cube(
@@ -167,6 +169,12 @@ def test_job_logs_merge_both_workers_follow_a_replacement_and_outlive_a_lost_wor
     )
     assert sum("went quiet" in x for x in follow.err) == 1, follow.err
     assert follow.proc.poll() is None  # still following
+
+    # A new version's allocations join the stream.
+    newer = cube(manager, "job", "run", str(ticker_job(tmp_path, "tick", version="two")))
+    assert newer.returncode == 0, newer.stderr
+    for x in wait_allocs(manager.url, "tick", 2):
+        follow.wait_out(f"web[{x['index']}] app@{x['node']} | start {x['id']} two")
 
     # A scale-up's new allocation joins the stream; stopping the job ends it.
     assert cube(manager, "job", "scale", "tick", "web", "3").returncode == 0
