@@ -126,6 +126,22 @@ def test_job_logs_merge_both_workers_follow_a_replacement_and_outlive_a_lost_wor
     for node, x in on.items():
         assert f"{prefix[node]}start {x['id']} one" in printed.stdout.splitlines()
     assert "\x1b[" not in printed.stdout
+    # Scripts get the records: one JSON object per line.
+    raw = api.get(f"{manager.url}/v1/jobs/tick/logs", params={"group": "web"}, timeout=30)
+    assert raw.status_code == 200
+    assert raw.headers["content-type"] == "application/x-ndjson"
+    records = [json.loads(line) for line in raw.text.splitlines()]
+    first = next(r for r in records if r["alloc"] == on[a.name]["id"])
+    assert first == {
+        "kind": "line",
+        "node": a.name,
+        "text": f"start {on[a.name]['id']} one",
+        "alloc": on[a.name]["id"],
+        "name": f"tick.web[{on[a.name]['index']}]",
+        "group": "web",
+        "index": on[a.name]["index"],
+        "task": "app",
+    }
     # --since: the ticks of the last second or two, not the start lines from before.
     recent = cube(
         manager, "logs", "--job", "tick", "--group", "web", "--task", "app", "--since", "2s"
