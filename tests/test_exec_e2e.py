@@ -7,6 +7,7 @@ import fcntl
 import os
 import pty
 import select
+import shlex
 import signal
 import struct
 import subprocess
@@ -79,6 +80,23 @@ def test_a_command_outlives_the_servers_header_timeout(cluster: tuple[AgentProce
     script = f"sleep {HEADER_TIMEOUT + 1:g}; echo still here"
     ran = cube_exec(manager, task_id, "--", "sh", "-c", script)
     assert (ran.returncode, ran.stdout) == (0, "still here\n"), ran.stderr
+
+
+def test_a_reader_that_stops_early_ends_the_cli_without_a_traceback(
+    cluster: tuple[AgentProcess, str],
+) -> None:
+    manager, task_id = cluster
+    line = shlex.join(exec_args(manager, task_id, "--", "yes"))
+    piped = subprocess.run(
+        f"{line} | head -n 2; echo status ${{PIPESTATUS[0]}}",
+        shell=True,
+        executable="/bin/bash",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert piped.stdout == "y\ny\nstatus 141\n", piped.stderr
+    assert piped.stderr == ""
 
 
 def test_stdin_reaches_the_command_and_its_end_ends_it(

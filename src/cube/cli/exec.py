@@ -26,11 +26,15 @@ from websockets.sync.client import ClientConnection, connect
 
 from cube import errors
 from cube.api.exec_wire import EOF_MESSAGE, control, resize_message
+from cube.cli import output as out
 from cube.cli.client import ManagerClient, manager_option
 from cube.cli.errors import handle_errors
 
 #: Seconds to wait for the manager (and, through it, the worker) to accept.
 OPEN_TIMEOUT = 20.0
+#: Seconds to wait for the manager's goodbye when leaving early (the reader went away):
+#: output still streaming in must not hold the CLI.
+CLOSE_TIMEOUT = 1.0
 
 
 @click.command("exec")
@@ -61,7 +65,13 @@ def exec_command(
       echo hi | cube exec web -i -- cat
       cube exec 'shop.web[0]' --task api -it -- sh
     """
-    code = run_exec(client, target, list(command), task=task_name, stdin=interactive, tty=tty)
+    try:
+        code = run_exec(client, target, list(command), task=task_name, stdin=interactive, tty=tty)
+    except (
+        BrokenPipeError
+    ):  # `cube exec T -- yes | head`: as a shell reports a writer SIGPIPE ended
+        out.silence_stdout()
+        code = 128 + signal.SIGPIPE
     sys.exit(code)
 
 
@@ -100,6 +110,7 @@ def _open(client: ManagerClient, path: str) -> Iterator[ClientConnection]:
             additional_headers=client.headers,
             ssl=verify if isinstance(verify, ssl.SSLContext) else None,
             open_timeout=OPEN_TIMEOUT,
+            close_timeout=CLOSE_TIMEOUT,
             max_size=None,
             compression=None,
         )

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import codecs
-import contextlib
-import os
 import shlex
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -336,7 +334,7 @@ def _print_until_stopped(print_all: Callable[[], None]) -> None:
     except KeyboardInterrupt:  # Ctrl-C is how one stops following: not an error
         pass
     except BrokenPipeError:  # `cube logs ID | head`: the reader has what it wanted
-        _silence_stdout()
+        out.silence_stdout()
 
 
 def _escaped(chunks: Iterable[bytes]) -> Iterator[bytes]:
@@ -346,12 +344,6 @@ def _escaped(chunks: Iterable[bytes]) -> Iterator[bytes]:
     for chunk in chunks:
         yield out.inert(decoder.decode(chunk), lines=True).encode()
     yield out.inert(decoder.decode(b"", final=True), lines=True).encode()
-
-
-def _silence_stdout() -> None:
-    """Point stdout at /dev/null so the interpreter's final flush cannot fail again."""
-    with contextlib.suppress(OSError, ValueError):  # not a real file (tests): nothing to flush
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 @click.command("stop")
