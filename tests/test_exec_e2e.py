@@ -71,6 +71,11 @@ def test_output_streams_and_the_exit_code_come_back(cluster: tuple[AgentProcess,
     by_name = cube_exec(manager, "box", "--", "cat", "/etc/hostname")
     assert by_name.returncode == 0, by_name.stderr
     assert by_name.stdout.strip()
+    # The manager logs who ran what where: the program, not its arguments.
+    [logged, _] = [line for line in manager.logs().splitlines() if " exec " in f" {line} "]
+    assert f"task={task_id}" in logged
+    assert "command=sh" in logged
+    assert "echo" not in logged
 
 
 def test_a_command_outlives_the_servers_header_timeout(cluster: tuple[AgentProcess, str]) -> None:

@@ -28,12 +28,15 @@ from cube.api.exec_wire import error_message
 from cube.api.ws import ExecRequest, deny
 from cube.errors import Conflict, CubeError, FieldError, InvalidSpec, NotFound, Unavailable
 from cube.job.model import Allocation
+from cube.log import get_logger
 from cube.node import NodeState
 from cube.task.model import Task, short_task_id
 from cube.task.state import State
 
 if TYPE_CHECKING:
     from cube.manager.core import Manager
+
+log = get_logger("cube.manager.exec")
 
 #: Seconds to wait for the worker's handshake.
 OPEN_TIMEOUT = 10.0
@@ -49,6 +52,8 @@ def install_exec_route(app: FastAPI, manager: Manager) -> None:
         except CubeError as exc:
             await deny(websocket, exc)
             return
+        # Who ran what where, for the operator: the program only (its arguments may hold secrets).
+        log.info("exec", task=task.id, node=task.node, command=request.command[0], tty=request.tty)
         async with upstream:
             await websocket.accept()
             await relay(websocket, upstream)

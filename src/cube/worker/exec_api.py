@@ -44,6 +44,7 @@ def install_exec_route(app: FastAPI, worker: Worker) -> None:
         except CubeError as exc:
             await deny(websocket, exc)
             return
+        # The program only: its arguments may hold secrets.
         log.info("exec", task=task.id, command=request.command[0], tty=request.tty)
         await websocket.accept()
         try:
