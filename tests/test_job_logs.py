@@ -143,6 +143,7 @@ def test_filters_that_name_nothing_in_the_job_are_refused_naming_the_field() -> 
 def test_since_is_a_duration_back_from_now() -> None:
     assert since_time("5m", 1000.0) == 700.0
     assert since_time(None, 1000.0) is None
+    assert since_time("100000h", 1000.0) == 0.0
     with pytest.raises(InvalidSpec) as bad:
         since_time("yesterday", 1000.0)
     assert bad.value.errors[0].field == "since"

@@ -46,7 +46,7 @@ def since_time(since: str | None, now: float) -> float | None:
     if since is None:
         return None
     try:
-        return now - parse_duration(since)
+        return max(0.0, now - parse_duration(since))  # "100000h": since the beginning
     except ValueError as exc:
         raise InvalidSpec([FieldError("since", str(exc))]) from None
 
