@@ -126,6 +126,7 @@ def fuzz(schema: BaseSchema, who: str) -> list[str]:
     assert operations, "the schema lists no operation"
 
     def send(case: Case) -> None:
+        bounded(case)
         SENT[who][case.operation.label] += 1
         judge(case, case.call(headers=api.HEADERS), found)
 
@@ -145,6 +146,15 @@ def fuzz(schema: BaseSchema, who: str) -> list[str]:
 
         fuzzed()
     return list(found.values())
+
+
+def bounded(case: Case) -> None:
+    """A job's log stream, followed, goes on while the job lives (its allocations of random
+    images never run, nor end): such a case asks for what is there now instead."""
+    path = case.operation.path
+    job_logs = path.startswith("/v1/jobs/") and path.endswith("/logs")
+    if job_logs and isinstance(case.query, dict) and "follow" in case.query:
+        case.query["follow"] = "false"
 
 
 #: Distinct failures: (operation, check, message) -> a description with a curl command.
@@ -180,6 +190,7 @@ def fuzz_stateful(schema: BaseSchema, who: str) -> list[str]:
 
     class Machine(schema.as_state_machine()):  # type: ignore[misc]
         def get_call_kwargs(self, case: Case) -> dict[str, Any]:
+            bounded(case)
             return {"headers": api.HEADERS}
 
         def validate_response(

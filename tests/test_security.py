@@ -697,6 +697,18 @@ def test_tls_round_trip_from_the_cli_through_the_manager_to_a_worker(
     assert status.returncode == 0, status.stderr
     assert task_id[:8] in status.stdout
 
+    # cube exec: a WebSocket CLI -> manager -> worker, each hop over TLS, with the token.
+    tls_cli = ("--manager", manager.url, "--ca", str(ca))
+    script = ("sh", "-c", "echo over tls; exit 4")
+    executed = cube_cli("exec", *tls_cli, task_id, "--", *script, env=env, drop_env=())
+    assert (executed.returncode, executed.stdout) == (4, "over tls\n"), executed.stderr
+    exec_untrusted = cube_cli(
+        "exec", "--manager", manager.url, task_id, "--", "true", env=env, drop_env=("CUBE_CA",)
+    )
+    assert exec_untrusted.returncode == 1
+    [line] = exec_untrusted.stderr.splitlines()
+    assert "certificate verify failed" in line
+
     untrusted = cube_cli("status", "--manager", manager.url, env=env, drop_env=("CUBE_CA",))
     assert untrusted.returncode == 1
     assert "certificate verify failed" in untrusted.stderr

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from starlette.requests import Request
+from starlette.requests import HTTPConnection
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -26,18 +26,20 @@ class BearerAuth:
         self.rule = rule
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        needed = self.rule(scope["method"], scope["path"])
+        # A WebSocket handshake is a GET; a refusal is its HTTP answer (the ASGI denial
+        # response extension, which Starlette's responses use by themselves).
+        needed = self.rule(scope.get("method", "GET"), scope["path"])
         if needed is not None:
-            refusal = self._check(Request(scope), needed)
+            refusal = self._check(HTTPConnection(scope), needed)
             if refusal is not None:
                 await refusal(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
-    def _check(self, request: Request, needed: frozenset[Role]) -> JSONResponse | None:
+    def _check(self, request: HTTPConnection, needed: frozenset[Role]) -> JSONResponse | None:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             return _unauthorized("missing credentials: send 'Authorization: Bearer <token>'")

@@ -71,6 +71,13 @@ def error_response(
     return JSONResponse(body.model_dump(), status_code=status)
 
 
+def cube_error_response(exc: errors.CubeError) -> JSONResponse:
+    """The answer for ``exc``: to a request, or to a WebSocket handshake it refuses."""
+    status, code = status_for(exc)
+    fields = exc.errors if isinstance(exc, errors.InvalidSpec) else []
+    return error_response(status, code, exc.message, fields)
+
+
 #: Responses to declare on every route, so the OpenAPI schema tells the truth: every
 #: status of :data:`STATUS`, and the 401/403 of :mod:`cube.api.auth`. Not 500: that is a bug.
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -94,9 +101,7 @@ def allowed_methods(request: Request) -> list[str]:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(errors.CubeError)
     async def cube_error(_: Request, exc: errors.CubeError) -> JSONResponse:
-        status, code = status_for(exc)
-        fields = exc.errors if isinstance(exc, errors.InvalidSpec) else []
-        return error_response(status, code, exc.message, fields)
+        return cube_error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -154,6 +154,16 @@ class GuardedProtocol(H11Protocol):
             self._cancel_header_timer()
             self.guard.busy(self)
 
+    def handle_websocket_upgrade(self, event: Any) -> None:
+        """The connection becomes a WebSocket's (``cube exec``): uvicorn hands it to a
+        protocol that never reports back here, so it leaves the guard now, and the header
+        timer, which would close it, stops. An open WebSocket is then not counted: their
+        number is small next to the limit's margin (half the descriptors)."""
+        self._waiting = False
+        self._cancel_header_timer()
+        self.guard.release(self)
+        super().handle_websocket_upgrade(event)
+
     def on_response_complete(self) -> None:
         super().on_response_complete()  # may start a pipelined request at once
         if not self.transport.is_closing() and self.cycle.response_complete:

@@ -57,6 +57,9 @@ def make_server(app: FastAPI, *, host: str, port: int, tls: Tls | None = None) -
         timeout_graceful_shutdown=10,
         # A header timeout and a connection cap (see cube.api.guard), and an idle timeout.
         http=guarded_protocol(guard),
+        # WebSockets (cube exec) with the websockets package; its legacy implementation,
+        # which "auto" picks, is deprecated.
+        ws="websockets-sansio",
         backlog=guard.backlog,
         timeout_keep_alive=int(IDLE_TIMEOUT),
     )

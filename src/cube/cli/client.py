@@ -7,8 +7,9 @@ failure becomes one :class:`~cube.errors.Unavailable` that says how to fix it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -23,6 +24,7 @@ from cube.api.client import check, error_from_response, unreachable
 from cube.api.tls import Verify, client_verify
 from cube.cli.credentials import CA_ENV, TOKEN_ENV, TOKEN_FILE, FoundToken, find_token
 from cube.errors import FieldError
+from cube.job.logs import LogRecord
 from cube.job.model import Allocation, Job, JobVersion
 from cube.job.wire import JobDetail, JobPlan
 from cube.node import Node
@@ -98,6 +100,8 @@ class ManagerClient:
         # Following waits for output as long as the task lives: no read timeout then.
         self._follow_timeout = httpx.Timeout(timeout, connect=connect, read=None)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        #: What a WebSocket to the manager (cube exec) sends and trusts, as the calls do.
+        self.headers, self.verify = headers, verify
         self._http = httpx.Client(
             base_url=self.base_url,
             timeout=self._timeout,
@@ -147,16 +151,40 @@ class ManagerClient:
         params: dict[str, str | int] = {} if tail is None else {"tail": tail}
         if follow:
             params["follow"] = "true"
+        with self._stream(_task_path(task_id, "/logs"), params, follow=follow) as response:
+            yield from response.iter_bytes()
+
+    def job_logs(self, job_id: str, **params: str) -> Iterator[LogRecord]:
+        """A job's merged log stream, record by record (``GET /v1/jobs/{id}/logs``)."""
+        follow = params.get("follow") == "true"
+        with self._stream(_job_path(job_id, "/logs"), params, follow=follow) as response:
+            for line in response.iter_lines():
+                if line.strip():
+                    yield self._parse_line(line, response)
+
+    @contextlib.contextmanager
+    def _stream(
+        self, path: str, params: Mapping[str, str | int], *, follow: bool
+    ) -> Iterator[httpx.Response]:
+        """A streamed GET whose answer was a success; following, without a read timeout.
+        A connection that breaks, before or while the body is read, is Unavailable."""
         timeout = self._follow_timeout if follow else self._timeout
-        path = _task_path(task_id, "/logs")
         try:
             with self._http.stream("GET", path, params=params, timeout=timeout) as response:
                 if not response.is_success:
                     response.read()
                     self._check(response)
-                yield from response.iter_bytes()
+                yield response
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from None
+
+    def _parse_line(self, line: str, response: httpx.Response) -> LogRecord:
+        try:
+            return LogRecord.model_validate_json(line)
+        except ValidationError:
+            raise errors.CubeError(
+                f"unexpected line from {response.request.url}: {line[:200]!r}"
+            ) from None
 
     # --- jobs and allocations
 
@@ -257,9 +285,21 @@ class ManagerClient:
                 f"is {self.base_url} a Cube manager?"
             ) from None
 
-    def _unreachable(self, exc: httpx.TransportError) -> errors.Unavailable:
+    def _unreachable(self, exc: Exception) -> errors.Unavailable:
         cause = unreachable(f"the manager at {self.base_url}", exc)
         return errors.Unavailable(f"{cause.message} ({_HINT})")
+
+    def refused(self, status: int, body: bytes, path: str) -> errors.CubeError:
+        """The error a refused WebSocket handshake stands for, as :meth:`_check` says it."""
+        request = self._http.build_request("GET", path)
+        try:
+            self._check(httpx.Response(status, content=body, request=request))
+        except errors.CubeError as exc:
+            return exc
+        return errors.CubeError(f"the manager refused {path} (HTTP {status})")
+
+    def cannot_reach(self, exc: Exception) -> errors.Unavailable:
+        return self._unreachable(exc)
 
 
 def _segment(value: str, what: str) -> str:

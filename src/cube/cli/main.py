@@ -16,6 +16,7 @@ COMMANDS = {
     "status": "cube.cli.tasks:status_command",
     "logs": "cube.cli.tasks:logs_command",
     "stop": "cube.cli.tasks:stop_command",
+    "exec": "cube.cli.exec:exec_command",
     "nodes": "cube.cli.nodes:nodes_group",
     "top": "cube.cli.top:top_command",
     "job": "cube.cli.jobs:job_group",

@@ -10,7 +10,10 @@ sent, and an escape sequence in them must not drive the reader's terminal.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -243,3 +246,10 @@ def percent(value: float) -> str:
 def short(task_id: str) -> str:
     """An ID as tables show it (see :func:`cube.task.model.short_task_id`)."""
     return short_task_id(task_id)
+
+
+def silence_stdout() -> None:
+    """After a BrokenPipeError (``cube logs ID | head``): point stdout at /dev/null, so
+    the interpreter's final flush cannot fail again."""
+    with contextlib.suppress(OSError, ValueError):  # not a real file (tests): nothing to flush
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

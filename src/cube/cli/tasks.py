@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import codecs
-import contextlib
-import os
 import shlex
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import click
@@ -19,6 +17,7 @@ from rich.text import Text
 from cube.cli import output as out
 from cube.cli.client import ManagerClient, manager_option
 from cube.cli.errors import handle_errors
+from cube.cli.joblogs import print_job_logs
 from cube.cli.output import SHORT_ID, short
 from cube.scheduler import Decision
 from cube.task.model import DesiredState, Task, TaskEvent, utcnow
@@ -261,9 +260,15 @@ def placement_view(raw: dict[str, Any]) -> RenderableType:
 
 
 @click.command("logs")
-@click.argument("task_id", metavar="ID")
-@click.option("-f", "--follow", is_flag=True, help="Keep printing new output until the task ends.")
+@click.argument("task_id", metavar="[ID]", required=False)
+@click.option("--job", "job_id", metavar="JOB", help="Every allocation of this job, merged.")
+@click.option(
+    "-f", "--follow", is_flag=True, help="Keep printing new output until the task (job) ends."
+)
 @click.option("--tail", type=click.IntRange(min=0), metavar="N", help="Only the last N lines.")
+@click.option("--group", metavar="G", help="With --job: only this group's allocations.")
+@click.option("--task", "task_name", metavar="T", help="With --job: only the tasks named T.")
+@click.option("--since", metavar="DURATION", help="With --job: only output of the last 5m, 1h...")
 @click.option(
     "--escape",
     is_flag=True,
@@ -272,28 +277,64 @@ def placement_view(raw: dict[str, Any]) -> RenderableType:
 @handle_errors
 @manager_option
 def logs_command(
-    client: ManagerClient, task_id: str, follow: bool, tail: int | None, escape: bool
+    client: ManagerClient,
+    task_id: str | None,
+    job_id: str | None,
+    follow: bool,
+    tail: int | None,
+    group: str | None,
+    task_name: str | None,
+    since: str | None,
+    escape: bool,
 ) -> None:
     """Print a task's output (its container's stdout and stderr), byte for byte like
     `docker logs`: colours and cursor moves reach your terminal. Output you do not
     trust? --escape shows every control character but newline and tab as an escape.
+
+    With --job, the output of every allocation of the job, merged, each line prefixed
+    with its group and allocation index, task and node (`web[1] api@w2 | ...`, a colour
+    per allocation in a terminal). With -f it goes on with allocations placed later
+    (replacements, scale-up, new versions) until the job is over, and when a node stops
+    answering it says so on stderr and goes on with the others.
 
     \b
     Example:
       cube logs 1a2b3c --tail 20
       cube logs -f 1a2b3c
       cube logs --escape web
+      cube logs --job shop -f --group web --since 5m
     """
-    sink = sys.stdout.buffer
+    if job_id is not None:
+        if task_id is not None or tail is not None:
+            raise click.UsageError("--job streams every allocation: give no ID and no --tail")
+        params = {"follow": "true" if follow else "false"}
+        params |= {k: v for k, v in (("group", group), ("task", task_name), ("since", since)) if v}
+        _print_until_stopped(
+            lambda: print_job_logs(client.job_logs(job_id, **params), escape=escape)
+        )
+        return
+    if task_id is None:
+        raise click.UsageError("give a task ID, or --job JOB")
+    if group or task_name or since:
+        raise click.UsageError("--group, --task and --since go with --job")
     chunks = client.logs(task_id, tail=tail, follow=follow)
+    _print_until_stopped(lambda: _write_all(_escaped(chunks) if escape else chunks))
+
+
+def _write_all(chunks: Iterable[bytes]) -> None:
+    sink = sys.stdout.buffer
+    for chunk in chunks:
+        sink.write(chunk)
+        sink.flush()
+
+
+def _print_until_stopped(print_all: Callable[[], None]) -> None:
     try:
-        for chunk in _escaped(chunks) if escape else chunks:
-            sink.write(chunk)
-            sink.flush()
+        print_all()
     except KeyboardInterrupt:  # Ctrl-C is how one stops following: not an error
         pass
     except BrokenPipeError:  # `cube logs ID | head`: the reader has what it wanted
-        _silence_stdout()
+        out.silence_stdout()
 
 
 def _escaped(chunks: Iterable[bytes]) -> Iterator[bytes]:
@@ -303,12 +344,6 @@ def _escaped(chunks: Iterable[bytes]) -> Iterator[bytes]:
     for chunk in chunks:
         yield out.inert(decoder.decode(chunk), lines=True).encode()
     yield out.inert(decoder.decode(b"", final=True), lines=True).encode()
-
-
-def _silence_stdout() -> None:
-    """Point stdout at /dev/null so the interpreter's final flush cannot fail again."""
-    with contextlib.suppress(OSError, ValueError):  # not a real file (tests): nothing to flush
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 @click.command("stop")

@@ -8,6 +8,7 @@
     DELETE /v1/tasks/{id}         stop it, whatever its state
     GET    /v1/tasks/{id}/events  its history, merged from the manager and its nodes
     GET    /v1/tasks/{id}/logs    its container's output, proxied from its node
+    WS     /v1/exec/{task|alloc}  run a command in a running task (cube.manager.exec_api)
     GET    /v1/nodes              every node, with capacity, allocation and metrics
     GET    /v1/nodes/{name}       one node
     POST   /v1/nodes              a worker joins (409 if the name is another worker's)
@@ -16,8 +17,9 @@
     GET    /v1/health             liveness, the intervals in force; "degraded" while a loop crashes
     GET    /metrics               Prometheus' text format (see cube.metrics)
 
-Jobs and allocations: see :mod:`cube.manager.jobs_api`. The web dashboard, under ``/ui``
-with its own login: see :mod:`cube.ui`.
+Jobs and allocations: see :mod:`cube.manager.jobs_api`; a job's merged log stream:
+:mod:`cube.manager.joblogs_api`. The web dashboard, under ``/ui`` with its own login:
+see :mod:`cube.ui`.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ from cube.auth import Authenticator, Role
 from cube.errors import FieldError, InvalidSpec
 from cube.job.spec import JobSpec
 from cube.manager.core import Manager
+from cube.manager.exec_api import install_exec_route
+from cube.manager.joblogs_api import install_job_log_routes
 from cube.manager.jobs_api import install_job_routes
 from cube.metrics import install_metrics, metrics_rule
 from cube.node import Node
@@ -162,6 +166,8 @@ def create_app(
         )
 
     install_job_routes(app, manager.jobs)
+    install_job_log_routes(app, manager)
+    install_exec_route(app, manager)
     if authenticator is not None:  # the dashboard's login needs the cluster token to check
         app.mount(UI_PREFIX, create_dashboard(manager, authenticator))
 

@@ -69,6 +69,15 @@ class WorkerClient:
             )
         return client
 
+    @property
+    def tls(self) -> Verify:
+        """What the fleet's connections trust (for the manager's own WebSockets to nodes)."""
+        return self._tls
+
+    def headers(self, address: str) -> dict[str, str]:
+        """The headers every call to the node at ``address`` carries: its token, the timeout."""
+        return self._headers(address)
+
     def _headers(self, address: str) -> dict[str, str]:
         headers = {}
         if (token := self.credentials.get(address)) is not None:
@@ -137,11 +146,19 @@ class WorkerClient:
         return _EVENTS.validate_json(response.content)
 
     async def logs(
-        self, address: str, task_id: str, *, tail: int | None, follow: bool
+        self,
+        address: str,
+        task_id: str,
+        *,
+        tail: int | None,
+        follow: bool,
+        since: float | None = None,
     ) -> AsyncIterator[bytes]:
         params: dict[str, str] = {"follow": "true" if follow else "false"}
         if tail is not None:
             params["tail"] = str(tail)
+        if since is not None:
+            params["since"] = f"{since:.6f}"
         url = f"{address.rstrip('/')}/v1/tasks/{task_id}/logs"
         try:
             async with self._http.stream(

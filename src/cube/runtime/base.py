@@ -11,11 +11,12 @@ found again, adopted after a worker restart, or cleaned up.
 from __future__ import annotations
 
 import builtins
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
+from cube.runtime.exec import ExecSession
 from cube.task.model import PublishedPort
 from cube.task.spec import AllocRef, Mount, PortMapping
 
@@ -145,12 +146,25 @@ class ContainerRuntime(Protocol):
         """
 
     def logs(
-        self, container_id: str, *, tail: int | None = None, follow: bool = False
+        self,
+        container_id: str,
+        *,
+        tail: int | None = None,
+        follow: bool = False,
+        since: float | None = None,
     ) -> AsyncIterator[bytes]:
-        """The container's stdout and stderr, interleaved, as they were written."""
+        """The container's stdout and stderr, interleaved, as they were written; with
+        ``since`` (Unix time), only what was written from then on."""
 
     async def stats(self, container_id: str) -> ContainerStats:
         """One sample of the container's CPU and memory use."""
+
+    async def exec(
+        self, container_id: str, command: Sequence[str], *, stdin: bool, tty: bool
+    ) -> ExecSession:
+        """Start ``command`` in the running container, its streams attached (stdin only
+        with ``stdin``; one TTY for all of them with ``tty``). NotFound without the
+        container, Conflict when it does not run."""
 
     async def ensure_network(self, name: str, *, labels: Mapping[str, str]) -> str:
         """Create a private bridge network called ``name`` unless it exists; its ID.

@@ -14,7 +14,7 @@ import contextlib
 import json
 import os
 import struct
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -29,6 +29,7 @@ from cube.runtime.base import (
     NetworkSummary,
     ProgressCallback,
 )
+from cube.runtime.exec import ExecSession, docker_exec
 from cube.runtime.pulls import SharedPulls
 from cube.task.model import PublishedPort
 from cube.task.spec import Protocol
@@ -187,7 +188,12 @@ class DockerRuntime:
             raise self._unavailable(exc) from None
 
     async def logs(
-        self, container_id: str, *, tail: int | None = None, follow: bool = False
+        self,
+        container_id: str,
+        *,
+        tail: int | None = None,
+        follow: bool = False,
+        since: float | None = None,
     ) -> AsyncIterator[bytes]:
         params = {
             "stdout": "true",
@@ -195,6 +201,8 @@ class DockerRuntime:
             "follow": "true" if follow else "false",
             "tail": "all" if tail is None else str(tail),
         }
+        if since is not None:
+            params["since"] = f"{since:.6f}"  # the engine takes seconds with a fraction
         info = await self.inspect(container_id)
         if info is None:
             raise NotFound(f"container {container_id} not found")
@@ -215,6 +223,13 @@ class DockerRuntime:
             "GET", f"/containers/{container_id}/stats", params={"stream": "false"}
         )
         return _stats_from_engine(response.json())
+
+    async def exec(
+        self, container_id: str, command: Sequence[str], *, stdin: bool, tty: bool
+    ) -> ExecSession:
+        return await docker_exec(
+            self._client, self.socket, API_VERSION, container_id, command, stdin=stdin, tty=tty
+        )
 
     async def ensure_network(self, name: str, *, labels: Mapping[str, str]) -> str:
         # The engine does not refuse a second network of the same name (CheckDuplicate is

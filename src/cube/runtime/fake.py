@@ -12,10 +12,10 @@ import asyncio
 import builtins
 import itertools
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from cube.errors import ContainerError, NotFound, RuntimeUnavailable
+from cube.errors import Conflict, ContainerError, NotFound, RuntimeUnavailable
 from cube.runtime.base import (
     ContainerConfig,
     ContainerInfo,
@@ -24,6 +24,7 @@ from cube.runtime.base import (
     NetworkSummary,
     ProgressCallback,
 )
+from cube.runtime.fake_exec import FakeExec
 from cube.task.model import PublishedPort, utcnow
 
 
@@ -48,6 +49,8 @@ class FakeRuntime:
         self._host_ports = itertools.count(32768)
         #: Network name -> its summary; containers name theirs in ContainerConfig.network.
         self.networks_by_name: dict[str, NetworkSummary] = {}
+        #: Every exec started, in order.
+        self.execs: list[FakeExec] = []
 
     # --- test controls -------------------------------------------------------------------------
     def crash(self, container_id: str, exit_code: int = 1, *, oom: bool = False) -> None:
@@ -143,12 +146,20 @@ class FakeRuntime:
             self._exit_queues.remove(entry)
 
     async def logs(
-        self, container_id: str, *, tail: int | None = None, follow: bool = False
+        self,
+        container_id: str,
+        *,
+        tail: int | None = None,
+        follow: bool = False,
+        since: float | None = None,
     ) -> AsyncIterator[bytes]:
         self._check()
         found = self.containers.get(container_id)
         if found is None:
             raise NotFound(f"container {container_id} not found")
+        started = found.info.started_at
+        if since is not None and started is not None and started.timestamp() < since:
+            return  # the fake's lines are all written when it starts
         lines = found.logs if tail is None else found.logs[-tail:] if tail else []
         for line in lines:
             yield line
@@ -158,6 +169,17 @@ class FakeRuntime:
         if info is None:
             raise NotFound(f"container {container_id} not found")
         return ContainerStats(cpu_percent=0.0, memory_usage=0, memory_limit=info.memory)
+
+    async def exec(
+        self, container_id: str, command: Sequence[str], *, stdin: bool, tty: bool
+    ) -> FakeExec:
+        info = await self.inspect(container_id)
+        if info is None:
+            raise NotFound(f"No such container: {container_id}")
+        if not info.running:
+            raise Conflict(f"container {container_id} is not running")
+        self.execs.append(FakeExec(command, stdin=stdin, tty=tty))
+        return self.execs[-1]
 
     async def ensure_network(self, name: str, *, labels: Mapping[str, str]) -> str:
         self._check()

@@ -324,11 +324,14 @@ class Worker:
     def events(self, task_id: str) -> list[TaskEvent]:
         return self.store.task_events(task_id)
 
-    async def logs(self, task_id: str, *, tail: int | None, follow: bool) -> AsyncIterator[bytes]:
+    async def logs(
+        self, task_id: str, *, tail: int | None, follow: bool, since: float | None = None
+    ) -> AsyncIterator[bytes]:
         task = self.get(task_id)
         if not task.container_id:
             raise NotFound(f"task {task_id} has no container (state {task.state.title})")
-        async for chunk in self.runtime.logs(task.container_id, tail=tail, follow=follow):
+        chunks = self.runtime.logs(task.container_id, tail=tail, follow=follow, since=since)
+        async for chunk in chunks:
             yield chunk
 
     def report(self) -> NodeReport:

@@ -11,7 +11,8 @@
     GET    /v1/tasks/{id}         one task (404 if unknown)
     DELETE /v1/tasks/{id}         stop it: container stopped and removed
     GET    /v1/tasks/{id}/events  its history
-    GET    /v1/tasks/{id}/logs    its container's output (?tail=N&follow=true)
+    GET    /v1/tasks/{id}/logs    its container's output (?tail=N&follow=true&since=UNIXTIME)
+    WS     /v1/tasks/{id}/exec    run a command in its container (see cube.worker.exec_api)
     GET    /v1/stats              capacity, allocation and machine metrics
     GET    /v1/health             liveness; "degraded", naming the loops, while one crashes
     GET    /metrics               Prometheus' text format (see cube.metrics)
@@ -38,6 +39,7 @@ from cube.task.model import Task, TaskEvent
 from cube.task.spec import TaskRequest
 from cube.worker.agent import Worker
 from cube.worker.authority import announced_timeout
+from cube.worker.exec_api import install_exec_route
 
 CallNext = Callable[[Request], Awaitable[Response]]
 
@@ -123,8 +125,11 @@ def create_app(
         task_id: str,
         tail: Annotated[int | None, Query(ge=0, le=1_000_000)] = None,
         follow: bool = False,
+        since: Annotated[float | None, Query(ge=0, le=1e11)] = None,
     ) -> StreamingResponse:
-        return await stream_text(worker.logs(task_id, tail=tail, follow=follow))
+        return await stream_text(worker.logs(task_id, tail=tail, follow=follow, since=since))
+
+    install_exec_route(app, worker)
 
     @app.get("/v1/stats")
     async def stats() -> NodeReport:
