@@ -36,10 +36,11 @@ from cube.manager.allocs import (
     alloc_task_id,
     derive_status,
     on_bad_node,
-    preferred_nodes,
+    passed_over,
 )
 from cube.manager.api import create_app
 from cube.manager.core import Manager
+from cube.manager.pass_views import PassViews
 from cube.manager.workers import WorkerClient
 from cube.node import Node, NodeState, Resources
 from cube.scheduler import make_scheduler
@@ -173,8 +174,17 @@ def test_a_node_that_is_gone_is_bad() -> None:
 
 
 def test_nodes_without_the_jobs_allocations_come_first() -> None:
-    nodes = [Node(name=n, address=f"http://{n}") for n in ("n1", "n2", "n3")]
-    assert [n.name for n in preferred_nodes(nodes, ["n1"], avoid="n3")] == ["n2"]
+    nodes = [node(n) for n in ("n1", "n2", "n3")]
+    skip = passed_over(["n1"], avoid="n3")
+    assert skip == {"n1", "n3"}
+    spec = TaskSpec(name="t", image="busybox")
+    scheduler = make_scheduler("epvm")
+    for _ in range(3):  # whatever the window's cursor: the one node not passed over
+        assert scheduler.place(spec, nodes, skip=skip).node == "n2"
+    # Passed over is not rejected: with every node passed over, none is a candidate,
+    # and none is named as filtered (the applier then tries every node).
+    nothing = scheduler.place(spec, nodes, skip={"n1", "n2", "n3"})
+    assert (nothing.node, nothing.filtered) == (None, {})
 
 
 # --- judge: cube job run's verdict ----------------------------------------------------------------
@@ -442,10 +452,10 @@ async def test_a_pass_that_fails_for_one_job_still_reconciles_the_others(
     manager.jobs.submit(job_spec(count=1))
     real = manager.jobs.reconcile_job
 
-    def flaky(job: Job, views: list[Node], now: datetime) -> list[Node]:
+    def flaky(job: Job, views: PassViews, now: datetime, **options: Any) -> bool:
         if job.id == "broken":
             raise RuntimeError("a bug")
-        return real(job, views, now)
+        return real(job, views, now, **options)
 
     monkeypatch.setattr(manager.jobs, "reconcile_job", flaky)
     manager.jobs.reconcile_all(NOW)

@@ -979,7 +979,7 @@ class Manager:
             self._restore(task)
             raise
         if task.alloc is not None:
-            self.jobs.wake()  # its allocation's status may change
+            self.jobs.task_changed(task)  # its allocation's status may change
 
     def _save_node(self, node: Node) -> None:
         """Record a change of ``node``; one the store refused is undone, as for tasks."""
