@@ -248,13 +248,17 @@ class FakeWorkers(WorkerClient):
         super().__init__()
         self.sent: list[tuple[str, TaskRequest]] = []
         self.stopped: list[str] = []
+        self.stop_reasons: dict[str, str | None] = {}
 
     async def run(self, address: str, request: TaskRequest) -> Task:
         self.sent.append((address, request))
         return Task(id=request.id or "", spec=request.spec())
 
-    async def stop(self, address: str, task_id: str, *, wait: float) -> Task:
+    async def stop(
+        self, address: str, task_id: str, *, wait: float, reason: str | None = None
+    ) -> Task:
         self.stopped.append(task_id)
+        self.stop_reasons[task_id] = reason
         raise NotFound(f"task {task_id} not found")
 
 
@@ -673,4 +677,45 @@ async def test_one_task_of_an_allocation_that_runs_is_not_stopped_alone() -> Non
         stopped = await client.delete(f"/v1/tasks/{a.id}-api")
         assert stopped.status_code == 200
     assert manager.tasks[f"{a.id}-api"].desired is DesiredState.STOP
+    await manager.close()
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ("scale", "web was scaled to 1"),
+        ("stop", "the job was stopped"),
+        ("update", "version 2 changes what {name} runs (was version 1)"),
+    ],
+)
+async def test_tasks_the_job_service_stops_carry_the_reason_to_their_node_and_events(
+    change: str, reason: str
+) -> None:
+    _, workers, manager = await submitted(job_spec(count=2), "n1", "n2")
+    run_all(manager)
+    manager.jobs.reconcile_all(NOW)
+    before = {a.id for a in manager.jobs.allocations()}
+    if change == "scale":
+        manager.jobs.scale("shop", "web", 1)
+    elif change == "stop":
+        manager.jobs.stop("shop")
+    else:
+        changed = job_spec(count=2).model_dump(mode="json")
+        changed["groups"][0]["tasks"][0]["image"] = "busybox:1.36"
+        manager.jobs.submit(JobSpec.model_validate(changed))
+    manager.jobs.reconcile_all(NOW)
+    await settle(manager)
+    stopped = [
+        a for a in manager.jobs.allocations() if a.id in before and a.desired is AllocDesired.STOP
+    ]
+    assert stopped
+    for alloc in stopped:
+        why = reason.format(name=alloc.name)
+        for t in alloc.tasks.values():
+            assert workers.stop_reasons[t.id] == why  # what the node is told
+            task = manager.tasks[t.id]
+            assert (task.state, task.reason, task.desired_reason) == (State.COMPLETED, why, why)
+            events = manager.events(t.id)
+            assert events[-1].reason == why  # and what its history says
+            assert not [e for e in events if "by user" in e.reason]
     await manager.close()

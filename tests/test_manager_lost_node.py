@@ -67,7 +67,9 @@ class FakeNode(WorkerClient):
         self._check()
         return list(self.history[task_id])
 
-    async def stop(self, address: str, task_id: str, *, wait: float) -> Task:
+    async def stop(
+        self, address: str, task_id: str, *, wait: float, reason: str | None = None
+    ) -> Task:
         self.stops.append(task_id)
         await self.release_stops.wait()
         copy = self.copies[task_id]

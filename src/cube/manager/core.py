@@ -45,7 +45,7 @@ from cube.manager.workers import WorkerClient
 from cube.node import JoinAnswer, Node, NodeReport, NodeState
 from cube.scheduler import Scheduler, allocate, allocate_all
 from cube.store.base import Store
-from cube.task.model import DesiredState, Task, TaskEvent
+from cube.task.model import STOPPED_BY_USER, DesiredState, Task, TaskEvent
 from cube.task.spec import KEEP_SECRETS, TaskRequest
 from cube.task.state import TERMINAL, State
 
@@ -267,12 +267,14 @@ class Manager:
     def events(self, task_id: str) -> list[TaskEvent]:
         return self.store.task_events(self.resolve(task_id).id)
 
-    async def stop(self, task_id: str) -> Task:
-        """Stop a task in any state; returns once its node stopped it (or is unreachable)."""
+    async def stop(self, task_id: str, *, reason: str = STOPPED_BY_USER) -> Task:
+        """Stop a task in any state; returns once its node stopped it (or is unreachable).
+
+        ``reason`` travels to the node and is recorded as the reason of the task's end."""
         task = self.resolve(task_id)
-        task.desired = DesiredState.STOP
+        task.desired, task.desired_reason = DesiredState.STOP, reason
         if task.state is State.PENDING:
-            self._save(task, task.transition(State.COMPLETED, "stopped by user before placement"))
+            self._save(task, task.transition(State.COMPLETED, f"{reason} before placement"))
             return task.model_copy(deep=True)
         self._save(task)
         if (sending := self._sending.get(task.id)) is not None:
@@ -472,7 +474,7 @@ class Manager:
         """A task of an allocation is not placed again on its own: it ends, and the job
         service replaces its allocation as a whole. It stays on its node, so that a copy
         the node still runs when it comes back is stopped (``desired: stop``)."""
-        task.desired = DesiredState.STOP
+        task.desired, task.desired_reason = DesiredState.STOP, reason
         if task.is_terminal:
             self._save(task)
         else:
@@ -758,11 +760,13 @@ class Manager:
 
     async def _stop_on_node(self, task: Task, node: Node) -> None:
         try:
-            copy = await self.workers.stop(node.address, task.id, wait=task.spec.stop_timeout + 20)
+            reason = task.desired_reason or STOPPED_BY_USER
+            wait = task.spec.stop_timeout + 20
+            copy = await self.workers.stop(node.address, task.id, wait=wait, reason=reason)
             events = await self.workers.events(node.address, task.id)
         except NotFound:
             if task.state not in TERMINAL:  # never reached the node
-                self._save(task, task.transition(State.COMPLETED, "stopped by user"))
+                self._save(task, task.transition(State.COMPLETED, reason))
             return
         except CubeError as exc:
             task.reason = f"stop requested; node {node.name} did not answer: {exc.message}"

@@ -532,7 +532,7 @@ class JobService:
             log.info("allocation", alloc=alloc.id, name=alloc.name, status=derived.status.value)
         if derived is not None:
             for task_id in derived.leftovers:
-                self._stop_task(task_id, derived.reason)
+                self._stop_task(task_id, f"{alloc.name} {derived.status}: {derived.reason}")
         if changed:
             alloc.updated_at = now
             self.manager.store.save_allocations([alloc])
@@ -758,19 +758,22 @@ class JobService:
             alloc.transition(AllocStatus.COMPLETE, f"stopped: {reason}", now=now)
         self.manager.store.save_allocations([alloc])
         for t in alloc.tasks.values():
-            self._stop_task(t.id)
+            self._stop_task(t.id, reason)
         log.info("allocation stopping", alloc=alloc.id, name=alloc.name, reason=reason)
 
-    def _stop_task(self, task_id: str, reason: str = "") -> None:
+    def _stop_task(self, task_id: str, reason: str) -> None:
+        """Stop one task of an allocation; ``reason`` is recorded as the reason of its end
+        (on its node too), not "stopped by user"."""
         task = self.manager.tasks.get(task_id)
         if task is None:
             return
         if task.is_terminal:
             if task.desired is not DesiredState.STOP:
-                task.desired = DesiredState.STOP
+                task.desired, task.desired_reason = DesiredState.STOP, reason
                 self.manager._save(task)
             return
-        spawn(self.manager.stop(task_id), "stop allocation task", keep=self._background)
+        stop = self.manager.stop(task_id, reason=reason)
+        spawn(stop, "stop allocation task", keep=self._background)
 
     def _stop_orphans(self) -> None:
         """Stop tasks whose allocation is unknown (purged, or a crash before it was saved)."""
@@ -781,4 +784,4 @@ class JobService:
                 and not task.is_terminal
                 and task.desired is DesiredState.RUN
             ):
-                self._stop_task(task.id)
+                self._stop_task(task.id, f"its allocation {task.alloc.name} is gone")
