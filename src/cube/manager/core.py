@@ -341,6 +341,23 @@ class Manager:
             node_timeout=self.pace.node_timeout,
         )
 
+    def forget(self, task_id: str) -> None:
+        """Delete a task that ended and has no container left (a purged job's): from the
+        records, the lists, and the store, as ``nomad job stop -purge`` lets its garbage
+        collector do. A task that may still run somewhere must be stopped first: a node
+        that reports a task the manager does not know is left alone."""
+        task = self.tasks.get(task_id)
+        if task is None:
+            return
+        if not task.is_terminal or task.container_id is not None:
+            raise Conflict(f"task {task_id} has not stopped yet")
+        with contextlib.suppress(NotFound):
+            self.store.delete_task(task_id)
+        self._assign(task, None)
+        del self.tasks[task_id]
+        self._listed.pop(task_id, None)
+        self._tried.pop(task_id, None)
+
     def _remember(self, address: str, token: str | None) -> None:
         if token:
             self.workers.credentials[address] = token

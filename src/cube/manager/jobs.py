@@ -144,6 +144,8 @@ class JobService:
         #: (id of a version's spec, group) -> that spec, the group's placement spec and hash.
         self._requests: dict[tuple[int, str], tuple[JobSpec, TaskSpec, str]] = {}
         self._slice_placed = 0  #: placements tried in the current job's slice (at least one)
+        #: IDs of tasks whose allocation was purged: forgotten once they stopped.
+        self._orphans: set[str] = set()
         self._cut = False  #: whether the current job's slice ended with placements left
         #: job -> (its version, the placements and retries a slice or pass left), so that
         #: the next slice goes on with them instead of reconciling the whole job again.
@@ -165,9 +167,13 @@ class JobService:
         self._wake.set()
 
     def task_changed(self, task: Task) -> None:
-        """A task of an allocation changed: the next pass derives its allocation again."""
+        """A task of an allocation changed: the next pass derives its allocation again
+        (or forgets the task, if its allocation was purged and it has stopped)."""
         if task.alloc is not None:
-            self._changed.setdefault(task.alloc.job, set()).add(task.alloc.id)
+            if task.alloc.id in self.allocs:
+                self._changed.setdefault(task.alloc.job, set()).add(task.alloc.id)
+            else:
+                self._orphans.add(task.id)
             self._wake.set()
 
     def _touch(self, job_id: str) -> None:
@@ -255,6 +261,8 @@ class JobService:
         if purge:
             for alloc in self.allocations(job=job.id):
                 self._forget(alloc)
+                self._orphans.update(t.id for t in alloc.tasks.values())
+            self._forget_stopped_orphans()
             self.manager.store.delete_job(job.id)
             self.jobs.pop(job.id, None)
             self.versions.pop(job.id, None)
@@ -378,6 +386,7 @@ class JobService:
         self._taken = {}
         if full:
             self._stop_orphans()
+        self._forget_stopped_orphans()
         views = PassViews(self.manager.list_nodes())
         todo = self._todo(now, full=full)
         started = time.perf_counter()
@@ -776,12 +785,24 @@ class JobService:
         spawn(stop, "stop allocation task", keep=self._background)
 
     def _stop_orphans(self) -> None:
-        """Stop tasks whose allocation is unknown (purged, or a crash before it was saved)."""
+        """Stop tasks whose allocation is unknown (purged, or a crash before it was saved),
+        and forget them once stopped (a manager restarted during a purge)."""
         for task in list(self.manager.tasks.values()):
-            if (
-                task.alloc is not None
-                and task.alloc.id not in self.allocs
-                and not task.is_terminal
-                and task.desired is DesiredState.RUN
-            ):
+            if task.alloc is None or task.alloc.id in self.allocs:
+                continue
+            self._orphans.add(task.id)
+            if not task.is_terminal and task.desired is DesiredState.RUN:
                 self._stop_task(task.id, f"its allocation {task.alloc.name} is gone")
+
+    def _forget_stopped_orphans(self) -> None:
+        """Forget the tasks of purged allocations that have stopped, as Nomad's garbage
+        collector does after ``nomad job stop -purge``: ``cube status`` lists them no
+        more. One whose container may still run (its node was lost) stays until its node
+        comes back and stops it: forgotten now, a copy there would be nobody's to stop."""
+        for task_id in list(self._orphans):
+            task = self.manager.tasks.get(task_id)
+            if task is None or (task.alloc is not None and task.alloc.id in self.allocs):
+                self._orphans.discard(task_id)
+            elif task.is_terminal and task.container_id is None:
+                self.manager.forget(task_id)
+                self._orphans.discard(task_id)
