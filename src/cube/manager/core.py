@@ -329,10 +329,14 @@ class Manager:
         issue = check_claim(self.nodes.get(name), address=address, secret=secret)
         issued, digest = new_secret() if issue else (None, None)
         node = self._join(address, report, token=token, secret_hash=digest)
+        taken = set()
         for task_id in running:
             task = self.tasks.get(task_id)
             if task is not None and self._may_take_back(task, node):
                 self._take_back(task, node)
+                taken.add(task_id)
+        if taken:
+            await self._merge_taken_back(node, taken)
         assigned = [t.id for t in self._tasks_on(name) if t.desired is DesiredState.RUN]
         return JoinAnswer(
             node=self._view(name),
@@ -340,6 +344,17 @@ class Manager:
             tasks=assigned,
             node_timeout=self.pace.node_timeout,
         )
+
+    async def _merge_taken_back(self, node: Node, taken: set[str]) -> None:
+        """Merge the node's copies of the tasks just taken back: the join names them only,
+        and until the next report they would be Running without their container and
+        ports. A node that does not answer now is merged with its next report."""
+        try:
+            copies = [c for c in await self.workers.tasks(node.address) if c.id in taken]
+            async with self._reconciling.setdefault(node.name, asyncio.Lock()):
+                await self._reconcile(node, copies, complete=False)
+        except CubeError as exc:
+            log.warning("merging tasks taken back failed", node=node.name, error=exc.message)
 
     def forget(self, task_id: str) -> None:
         """Delete a task that ended and has no container left (a purged job's): from the
