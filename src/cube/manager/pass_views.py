@@ -22,7 +22,17 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 
 from cube.job.reconcile import datacenter_of
+from cube.job.spec import DEFAULT_DATACENTER
 from cube.node import Node
+
+
+def _datacenter(node: Node) -> str:
+    """:func:`datacenter_of` for a :class:`Node`, which says its datacenter by a label: read
+    directly, as ``getattr(node, "datacenter", None)`` raises inside pydantic first (50 ms
+    per pass at 5,000 nodes)."""
+    if "datacenter" in Node.model_fields:  # pragma: no cover - if Node ever gets the field
+        return datacenter_of(node)
+    return node.labels.get("datacenter", DEFAULT_DATACENTER)
 
 
 class PassViews(Mapping[str, Node]):
@@ -35,7 +45,7 @@ class PassViews(Mapping[str, Node]):
         self.nodes = views
         self._at = {v.name: i for i, v in enumerate(views)}
         self._datacenter = {
-            name: known[name] if name in known else datacenter_of(views[i])
+            name: known[name] if name in known else _datacenter(views[i])
             for name, i in self._at.items()
         }
         self._every_dc = frozenset(self._datacenter.values())
