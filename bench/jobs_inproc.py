@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -110,11 +111,17 @@ async def inproc_part(args: Any) -> InprocRun:
         manager.jobs.start()
         deadline = t0 + args.timeout
         allocs = manager.jobs.allocs
+        shown = t0
         while True:
             await asyncio.sleep(0.5)
             run.running = sum(1 for a in allocs.values() if a.status.value == "running")
             if run.running >= wanted:
                 break
+            if time.monotonic() - shown >= 10:
+                shown = time.monotonic()
+                print(
+                    f"  [{shown - t0:6.0f}s] {run.running:,} of {wanted:,} Running", file=sys.stderr
+                )
             if time.monotonic() > deadline:
                 run.error = f"{run.running} of {wanted} Running after {args.timeout:g}s"
                 break
