@@ -79,8 +79,9 @@ SAFETY_PASS = 5.0
 #: Placements tried in one pass (and in one dry run). A job of count 100,000 is placed
 #: over many passes, so that the manager's other loops and its API run in between.
 MAX_PLACEMENTS_PER_PASS = 500
-#: The longest pause between two passes that were woken (see JobService._run).
+#: The longest and the shortest pause between two passes (see JobService._run).
 MAX_PAUSE = 0.5
+MIN_PAUSE = 0.05
 #: How long one job places before the pass commits, lets the loop answer the nodes and
 #: the API, and goes on (with fresh node views). A pass that held the loop for seconds
 #: made simulated workers miss the manager's calls and stop their tasks (bench/jobs.py).
@@ -188,20 +189,28 @@ class JobService:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
             self._wake.clear()
-            started = time.process_time()
             full = time.monotonic() >= self._full_due
             if full:
                 self._full_due = time.monotonic() + FULL_PASS
+            cpu = 0.0  # the pass's own: not what the loop ran during its pauses
+            started = time.process_time()
             try:
                 for _ in self._pass(_now(), full=full):
+                    cpu += time.process_time() - started
                     await asyncio.sleep(0)
+                    started = time.process_time()
             except Exception as exc:  # a pass that fails must not end the loop: the next heals
                 log.error("job pass failed", exc=exc)
+            cpu += time.process_time() - started
             self.passes += 1
             # As the task dispatcher does: a pause as long as the CPU the pass took lets a
             # burst of wakes (every task change wakes it) gather into the next pass, so
-            # that passes take at most about half the manager's time.
-            await asyncio.sleep(max(0.05, min(time.process_time() - started, MAX_PAUSE)))
+            # that passes take at most about half the manager's time. Not after a pass
+            # that stopped with placements left (the pass's budget, the send backlog):
+            # the loop ran everything else between its slices, and a pause as long as
+            # the pass halved the rate at which a large job is placed (bench/jobs.py).
+            pause = MIN_PAUSE if self._unfinished else min(cpu, MAX_PAUSE)
+            await asyncio.sleep(max(MIN_PAUSE, pause))
 
     # --- the API's operations -----------------------------------------------------------------
     def submit(self, spec: JobSpec) -> tuple[Job, bool]:
