@@ -121,6 +121,18 @@ async def test_a_node_that_changes_reconciles_the_jobs_on_it(reconciled: list[st
     await manager.close()
 
 
+async def test_a_node_whose_labels_change_reconciles_the_jobs_on_it(
+    reconciled: list[str],
+) -> None:
+    manager = await two_jobs()
+    reconciled.clear()
+    n2 = manager.nodes["n2"]
+    n2.labels = {**n2.labels, "zone": "b"}  # as a collection pass records a new label
+    passes(manager.jobs)
+    assert reconciled == ["b"]
+    await manager.close()
+
+
 async def test_the_full_pass_sees_a_change_nobody_reported(reconciled: list[str]) -> None:
     manager = await two_jobs()
     task = manager.tasks[manager.jobs.allocations(job="b")[0].tasks["api"].id]

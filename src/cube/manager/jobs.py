@@ -138,7 +138,8 @@ class JobService:
         self._changed: dict[str, set[str]] = {}  #: job -> allocations whose tasks changed
         self._unfinished: set[str] = set()  #: jobs a pass left with placements to make
         self._due: dict[str, datetime] = {}  #: job -> when its plan asked to look again
-        self._node_keys: dict[str, tuple[NodeState, bool]] = {}  #: as the last pass saw them
+        #: node -> (state, drain, labels) as the last pass saw them (see _nodes_changed)
+        self._node_keys: dict[str, tuple[NodeState, bool, dict[str, str]]] = {}
         self._generation_seen = -1  #: the manager's capacity generation then
         self._full_due = 0.0  #: time.monotonic() of the next pass over every job
         self._slice_end = 0.0  #: time.perf_counter() when the current job's slice ends
@@ -435,7 +436,7 @@ class JobService:
         A job is reconciled (deriving every allocation) when it was submitted, scaled or
         stopped, when one of its nodes changed state or drain, when its plan's
         ``wake_at`` is due, and, if a placement of it found no node, when the cluster's
-        capacity changed; a system job whenever a node changed. A job a pass left with
+        capacity changed; a system job whenever a node changed (or joined). A job a pass left with
         placements to make is reconciled again without deriving.
         """
         changed, self._changed = self._changed, {}
@@ -467,13 +468,14 @@ class JobService:
         return todo
 
     def _nodes_changed(self) -> list[str]:
-        """Nodes whose state or drain changed since the last pass, or that are gone."""
+        """Nodes whose state, drain or labels (datacenter, constraints) changed since the
+        last pass, or that are gone."""
         keys = self._node_keys
         changed = []
         for name, node in self.manager.nodes.items():
-            key = (node.state, node.drain)
+            key = (node.state, node.drain, node.labels)
             if keys.get(name) != key:
-                keys[name] = key
+                keys[name] = (node.state, node.drain, dict(node.labels))  # a snapshot
                 changed.append(name)
         for name in [n for n in keys if n not in self.manager.nodes]:
             del keys[name]
