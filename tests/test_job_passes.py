@@ -8,7 +8,7 @@ clock it chooses, as tests/test_job_applier.py does.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -18,7 +18,9 @@ from cube.job.plan import Plan
 from cube.job.reconcile import NodeView, reconcile
 from cube.job.spec import JobSpec
 from cube.manager.core import Manager
+from cube.manager.job_changes import EVERYTHING, JobChanges, Todo
 from cube.manager.jobs import JobService
+from cube.node import Node
 from cube.store.memory import MemoryStore
 from cube.task.state import State
 from tests.test_job_applier import (
@@ -174,3 +176,48 @@ async def test_a_pass_stops_placing_while_the_sends_are_queued(
     passes(manager.jobs)
     assert len(manager.jobs.allocations()) == 3
     await manager.close()
+
+
+# --- JobChanges alone ---------------------------------------------------------------------------
+
+
+def todo(
+    changes: JobChanges, nodes: dict[str, Node], *, generation: int = 0, **options: Any
+) -> Any:
+    return changes.todo(
+        ["a", "b", "sys"],
+        nodes,
+        NOW,
+        full=options.get("full", False),
+        jobs_on=lambda name: ["a"] if name == "n1" else [],
+        system=lambda: ["sys"],
+        blocked=lambda: ["b"],
+        generation=generation,
+    )
+
+
+def test_job_changes_say_what_each_pass_looks_at() -> None:
+    nodes = {"n1": node("n1"), "n2": node("n2")}
+    changes = JobChanges(["a", "b", "sys"])
+    assert todo(changes, nodes) == dict.fromkeys(["a", "b", "sys"], EVERYTHING)  # the start
+    assert todo(changes, nodes) == {}  # nothing happened
+
+    changes.alloc_changed("a", "a1")
+    changes.unfinished.add("b")
+    assert todo(changes, nodes) == {"a": Todo({"a1"}, lazy=True), "b": Todo(set())}
+
+    changes.job_changed("b")
+    changes.due("sys", NOW)
+    changes.due("a", NOW + timedelta(seconds=1))
+    assert todo(changes, nodes) == {"b": EVERYTHING, "sys": EVERYTHING}
+    assert changes.wake_at() == NOW  # until its pass sets another
+    changes.due("sys", None)
+
+    assert todo(changes, nodes, generation=1) == {"b": EVERYTHING}  # capacity: the blocked
+    nodes["n1"] = nodes["n1"].model_copy(update={"drain": True})
+    assert todo(changes, nodes, generation=1) == {"a": EVERYTHING, "sys": EVERYTHING}
+    del nodes["n2"]  # gone: the system job looks again
+    assert todo(changes, nodes, generation=1) == {"sys": EVERYTHING}
+    assert todo(changes, nodes, generation=1, full=True) == dict.fromkeys(
+        ["a", "b", "sys"], EVERYTHING
+    )

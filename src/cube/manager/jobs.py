@@ -14,7 +14,7 @@ allocation's task, a change of a node, and the plan's ``wake_at`` (a reschedule 
    stops an allocation's tasks; Update stops one allocation and places its successor.
 
 **At scale** (bench/jobs.py, docs/benchmarks.md section 5): a pass looks only at the
-jobs that changed (see :meth:`JobService._todo`), and at every job every
+jobs that changed (see :mod:`cube.manager.job_changes`), and at every job every
 :data:`FULL_PASS` seconds; it works in slices of :data:`SLICE` seconds, each one store
 transaction, with a pause between two so that the loop answers the nodes; it stops
 placing while :data:`SEND_BACKLOG` sends wait; and a placement costs O(nodes examined)
@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Collection, Iterator, Mapping, Set
+from collections.abc import Collection, Iterable, Iterator, Mapping, Set
 from datetime import UTC, datetime
 from functools import reduce
 from typing import TYPE_CHECKING, Any
@@ -62,9 +62,10 @@ from cube.manager.allocs import (
     passed_over,
     task_views,
 )
+from cube.manager.job_changes import JobChanges, Todo
 from cube.manager.lookup import find_alloc
 from cube.manager.pass_views import PassViews
-from cube.node import Node, NodeState
+from cube.node import Node
 from cube.scheduler import Decision, allocate, release
 from cube.task.model import DesiredState, Task, short_task_id
 from cube.task.spec import KEEP_SECRETS, AllocRef, TaskSpec
@@ -90,7 +91,7 @@ SLICE = 0.1
 #: than the nodes are told only queues sends (and their memory) in the manager.
 SEND_BACKLOG = 256
 #: Seconds between two passes over every job (the others look only at the jobs that
-#: changed: see JobService._todo). The safety net for a change nobody reported.
+#: changed: see cube.manager.job_changes). The safety net for a change nobody reported.
 FULL_PASS = 30.0
 #: Job names that are routes under ``/v1/jobs/`` (see cube.manager.jobs_api).
 RESERVED_JOB_NAMES = frozenset({"plan"})
@@ -132,15 +133,8 @@ class JobService:
         #: O(allocations) per placement: job -> the nodes its live allocations are on
         #: (grown by each placement of the pass).
         self._taken: dict[str, set[str]] = {}
-        # What the next pass looks at (see _todo): a pass reconciles the jobs that
-        # changed, not every job, so that one job's progress does not cost O(allocations).
-        self._dirty: set[str] = set(self.jobs)  #: jobs to reconcile
-        self._changed: dict[str, set[str]] = {}  #: job -> allocations whose tasks changed
-        self._unfinished: set[str] = set()  #: jobs a pass left with placements to make
-        self._due: dict[str, datetime] = {}  #: job -> when its plan asked to look again
-        #: node -> (state, drain, labels) as the last pass saw them (see _nodes_changed)
-        self._node_keys: dict[str, tuple[NodeState, bool, dict[str, str]]] = {}
-        self._generation_seen = -1  #: the manager's capacity generation then
+        #: What the next pass looks at: a pass reconciles the jobs that changed.
+        self.changes = JobChanges(self.jobs)
         self._full_due = 0.0  #: time.monotonic() of the next pass over every job
         self._slice_end = 0.0  #: time.perf_counter() when the current job's slice ends
         #: (id of a version's spec, group) -> that spec, the group's placement spec and hash.
@@ -173,13 +167,13 @@ class JobService:
         (or forgets the task, if its allocation was purged and it has stopped)."""
         if task.alloc is not None:
             if task.alloc.id in self.allocs:
-                self._changed.setdefault(task.alloc.job, set()).add(task.alloc.id)
+                self.changes.alloc_changed(task.alloc.job, task.alloc.id)
             else:
                 self._orphans.add(task.id)
             self._wake.set()
 
     def _touch(self, job_id: str) -> None:
-        self._dirty.add(job_id)
+        self.changes.job_changed(job_id)
         self._wake.set()
 
     async def _run(self) -> None:
@@ -210,7 +204,7 @@ class JobService:
             # that stopped with placements left (the pass's budget, the send backlog):
             # the loop ran everything else between its slices, and a pause as long as
             # the pass halved the rate at which a large job is placed (bench/jobs.py).
-            pause = MIN_PAUSE if self._unfinished else min(cpu, MAX_PAUSE)
+            pause = MIN_PAUSE if self.changes.unfinished else min(cpu, MAX_PAUSE)
             await asyncio.sleep(max(MIN_PAUSE, pause))
 
     # --- the API's operations -----------------------------------------------------------------
@@ -383,7 +377,7 @@ class JobService:
             pass
 
     def _pass(self, now: datetime, *, full: bool = False) -> Iterator[None]:
-        """One pass over the jobs that need it (see :meth:`_todo`; every job if ``full``).
+        """One pass over the jobs that need it (:class:`JobChanges`; every job if ``full``).
 
         The pass works in slices of about :data:`SLICE` seconds: at the end of one it
         commits what it wrote (one store transaction per slice, not one per record; the
@@ -401,19 +395,19 @@ class JobService:
         todo = self._todo(now, full=full)
         started = time.perf_counter()
         while todo:
-            again: dict[str, tuple[set[str] | None, bool]] = {}
+            again: dict[str, Todo] = {}
             with self.manager.store.batch():
-                for n, (job_id, (derive, lazy)) in enumerate(todo.items()):
+                for n, (job_id, what) in enumerate(todo.items()):
                     job = self.jobs.get(job_id)
                     if job is None:  # purged during a pause
                         continue
                     if n and time.perf_counter() - started >= SLICE:
-                        again[job_id] = (derive, lazy)  # after the pause, with the others
+                        again[job_id] = what  # after the pause, with the others
                         continue
                     self._slice_end, self._slice_placed = started + SLICE, 0
                     try:
-                        if self.reconcile_job(job, views, now, derive=derive, lazy=lazy):
-                            again[job_id] = (set(), False)  # cut by the slice: it goes on
+                        if self.reconcile_job(job, views, now, derive=what.derive, lazy=what.lazy):
+                            again[job_id] = Todo(set())  # cut by the slice: it goes on
                     except Exception as exc:
                         log.error("reconciling a job failed", job=job.id, exc=exc)
             if again:
@@ -421,66 +415,32 @@ class JobService:
                 views = views.refreshed(self.manager.list_nodes())
                 started = time.perf_counter()
             todo = again
-        self._wake_at = min(self._due.values(), default=None)
+        self._wake_at = self.changes.wake_at()
         if full:
             self.full_passes += 1
-        if self._unfinished:
+        if self.changes.unfinished:
             self.wake()  # more to place: the next pass goes on
 
-    def _todo(self, now: datetime, *, full: bool) -> dict[str, tuple[set[str] | None, bool]]:
-        """The jobs this pass reconciles, each with what to derive and whether lazily.
+    def _todo(self, now: datetime, *, full: bool) -> dict[str, Todo]:
+        def jobs_on(node: str) -> Iterable[str]:
+            return (self.allocs[a].job for a in self._by_node.get(node, {}))
 
-        Derive ``None``: every allocation of the job; a set: those allocations (their
-        tasks changed). Lazy: reconcile only if deriving changed an allocation (a task
-        that went from Scheduled to Running in an allocation of two changes no plan).
-        A job is reconciled (deriving every allocation) when it was submitted, scaled or
-        stopped, when one of its nodes changed state or drain, when its plan's
-        ``wake_at`` is due, and, if a placement of it found no node, when the cluster's
-        capacity changed; a system job whenever a node changed (or joined). A job a pass left with
-        placements to make is reconciled again without deriving.
-        """
-        changed, self._changed = self._changed, {}
-        dirty, self._dirty = self._dirty, set()
-        unfinished, self._unfinished = self._unfinished, set()
-        nodes = self._nodes_changed()
-        if full:
-            return dict.fromkeys(self.jobs, (None, False))
-        if nodes:
-            for name in nodes:
-                dirty.update(self.allocs[a].job for a in self._by_node.get(name, {}))
-            dirty.update(
-                j
-                for j, job in self.jobs.items()
-                if self.current_version(job).spec.type is JobType.SYSTEM
-            )
-        if self.manager._generation != self._generation_seen:
-            self._generation_seen = self.manager._generation
-            dirty.update(job for job, _ in self._blocked)
-        dirty.update(job for job, due in self._due.items() if due <= now)
-        todo: dict[str, tuple[set[str] | None, bool]] = {}
-        for job_id in self.jobs:  # in the jobs' order: the oldest job places first
-            if job_id in dirty:
-                todo[job_id] = (None, False)
-            elif job_id in changed:
-                todo[job_id] = (changed[job_id], job_id not in unfinished)
-            elif job_id in unfinished:
-                todo[job_id] = (set(), False)
-        return todo
+        def system() -> Iterable[str]:
+            return (j for j, job in self.jobs.items() if self._type(job) is JobType.SYSTEM)
 
-    def _nodes_changed(self) -> list[str]:
-        """Nodes whose state, drain or labels (datacenter, constraints) changed since the
-        last pass, or that are gone."""
-        keys = self._node_keys
-        changed = []
-        for name, node in self.manager.nodes.items():
-            key = (node.state, node.drain, node.labels)
-            if keys.get(name) != key:
-                keys[name] = (node.state, node.drain, dict(node.labels))  # a snapshot
-                changed.append(name)
-        for name in [n for n in keys if n not in self.manager.nodes]:
-            del keys[name]
-            changed.append(name)
-        return changed
+        return self.changes.todo(
+            self.jobs,
+            self.manager.nodes,
+            now,
+            full=full,
+            jobs_on=jobs_on,
+            system=system,
+            blocked=lambda: (job for job, _ in self._blocked),
+            generation=self.manager._generation,
+        )
+
+    def _type(self, job: Job) -> JobType:
+        return self.current_version(job).spec.type
 
     def reconcile_job(
         self,
@@ -514,10 +474,7 @@ class JobService:
         plan = reconcile(job, version, self.allocations(job=job.id), views.nodes, now)
         self._cut = False
         self._apply(job, version, plan, views, now)
-        if plan.wake_at is None:
-            self._due.pop(job.id, None)
-        else:
-            self._due[job.id] = plan.wake_at
+        self.changes.due(job.id, plan.wake_at)
         if (job.status, job.status_reason) != (plan.status, plan.status_reason):
             job.status, job.status_reason, job.updated_at = plan.status, plan.status_reason, now
             self.manager.store.save_job(job)
@@ -603,7 +560,7 @@ class JobService:
         for the next slice (see _rest)."""
         for n, place in enumerate(places):
             if not self._may_place(job.id, place.group):
-                if self._cut or job.id in self._unfinished:
+                if self._cut or job.id in self.changes.unfinished:
                     self._rest[job.id] = (version.number, places[n:], retries)
                     return
                 continue
@@ -613,7 +570,7 @@ class JobService:
             if alloc is None or alloc.node is not None:
                 continue
             if not self._may_place(job.id, alloc.group):
-                if self._cut or job.id in self._unfinished:
+                if self._cut or job.id in self.changes.unfinished:
                     self._rest[job.id] = (version.number, [], retries[n:])
                     return
                 continue
@@ -627,7 +584,7 @@ class JobService:
         if blocked is not None and blocked == self.manager._generation:
             return False
         if self._budget <= 0 or len(self.manager._sending) >= SEND_BACKLOG:
-            self._unfinished.add(job)
+            self.changes.unfinished.add(job)
             return False
         if self._slice_placed and time.perf_counter() >= self._slice_end:
             self._cut = True
