@@ -136,18 +136,20 @@ class JobService:
         #: What the next pass looks at: a pass reconciles the jobs that changed.
         self.changes = JobChanges(self.jobs)
         self._full_due = 0.0  #: time.monotonic() of the next pass over every job
-        self._slice_end = 0.0  #: time.perf_counter() when the current job's slice ends
-        #: (id of a version's spec, group) -> that spec, the group's placement spec and hash.
-        self._requests: dict[tuple[int, str], tuple[JobSpec, TaskSpec, str]] = {}
-        self._slice_placed = 0  #: placements tried in the current job's slice (at least one)
-        #: IDs of tasks whose allocation was purged: forgotten once they stopped.
-        self._orphans: set[str] = set()
-        self._cut = False  #: whether the current job's slice ended with placements left
+        #: Passes completed that looked at every job.
+        self.full_passes = 0
+        # The current slice of a pass (see _pass): when it ends (time.perf_counter()), the
+        # placements its job tried (at least one is), and whether it ended with some left.
+        self._slice_end = 0.0
+        self._slice_placed = 0
+        self._cut = False
         #: job -> (its version, the placements and retries a slice or pass left), so that
         #: the next slice goes on with them instead of reconciling the whole job again.
         self._rest: dict[str, tuple[int, list[Place], list[str]]] = {}
-        #: Passes completed that looked at every job.
-        self.full_passes = 0
+        #: (id of a version's spec, group) -> that spec, the group's placement spec and hash.
+        self._requests: dict[tuple[int, str], tuple[JobSpec, TaskSpec, str]] = {}
+        #: IDs of tasks whose allocation was purged: forgotten once they stopped.
+        self._orphans: set[str] = set()
 
     # --- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
