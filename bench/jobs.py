@@ -19,12 +19,17 @@ Two parts (``--parts``):
   the manager's peak memory (``VmHWM``) and CPU. Anchor (from the issue): Nomad's C1M
   reached 3,750 containers/s with 5 servers.
 
+* ``inproc``: the manager's job service alone, in this process, with nodes that take
+  every task at once (``bench/jobs_inproc.py``): what the manager itself can do, at the
+  issue's full size, without HTTP or a fleet sharing its CPU.
+
 The Docker part holds the engine for minutes and initialises a swarm (left at the end):
 run it alone on the engine, e.g. ``flock -x /tmp/cube-engine.lock python bench/jobs.py``.
 
     python bench/jobs.py --parts docker --sizes 20,100 --trials 3
     python bench/jobs.py --parts sim --nodes 5000 --jobs 100 --count 1000
     python bench/jobs.py --parts sim --nodes 50 --jobs 4 --count 50      # a small run
+    python bench/jobs.py --parts inproc --nodes 5000 --jobs 100 --count 1000
 """
 
 from __future__ import annotations
@@ -46,10 +51,11 @@ import httpx
 import psutil
 from _common import ints, machine, names_of, save_json, table
 from _docker import WORKDIR, CpuMeter, Engine, run_id, task_body
+from jobs_inproc import inproc_part
 from manager import MiB, peak_rss, sim_cluster, wait_for
 from start import COLUMNS, POLL, Bench, Run, run_trials, summarise, worker_selector
 
-PARTS = ("docker", "sim")
+PARTS = ("docker", "sim", "inproc")
 SYSTEMS = ("cube-job", "docker-api-parallel", "swarm")
 #: The issue's targets for the Docker part, at the largest size.
 TARGET_RATIO = 1.15
@@ -295,6 +301,22 @@ SIM_COLUMNS = [
 ]
 
 
+INPROC_COLUMNS = [
+    ("nodes", "nodes"),
+    ("jobs", "jobs"),
+    ("count", "count"),
+    ("running", "Running"),
+    ("running_s", "all Running s"),
+    ("rate", "allocations/s"),
+    ("cpu_s", "CPU s"),
+    ("peak_mib", "peak MiB"),
+    ("passes", "passes"),
+    ("full_passes", "full passes"),
+    ("loop_held_max_s", "loop held max s"),
+    ("error", "error"),
+]
+
+
 # --- main -----------------------------------------------------------------------------------------
 async def amain(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
@@ -315,12 +337,18 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         out["sim"] = row
         print(table([row], SIM_COLUMNS))
         print(f"anchor: Nomad C1M {NOMAD_C1M_RATE:,.0f} containers/s with 5 servers")
+    if "inproc" in args.parts:
+        inproc = asdict(await inproc_part(args))
+        out["inproc"] = inproc
+        print(table([inproc], INPROC_COLUMNS))
     return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--parts", type=names_of(PARTS), default=list(PARTS), help="docker,sim")
+    parser.add_argument(
+        "--parts", type=names_of(PARTS), default=["docker", "sim"], help=",".join(PARTS)
+    )
     docker = parser.add_argument_group("docker part")
     docker.add_argument("--sizes", type=ints, default=[100], help="allocations per job")
     docker.add_argument("--trials", type=int, default=3)

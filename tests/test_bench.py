@@ -117,3 +117,18 @@ def test_jobs_bench_runs_jobs_on_a_small_simulated_fleet(tmp_path: Path) -> None
     assert sim["running"] == 20, sim
     assert sim["rate"] > 0, sim
     assert sim["manager_peak_rss"] > 0, sim
+
+
+def test_jobs_bench_runs_the_job_service_in_process(tmp_path: Path) -> None:
+    saved = run_bench(
+        "jobs.py",
+        tmp_path / "inproc.json",
+        *("--parts", "inproc", "--nodes", "20", "--jobs", "3", "--count", "10"),
+        *("--timeout", "120"),
+    )
+    row = saved["inproc"]
+    assert row["error"] == "", row
+    assert row["running"] == 30, row
+    assert row["rate"] > 0, row
+    assert row["passes"] >= 1, row
+    assert row["peak_mib"] > 0, row

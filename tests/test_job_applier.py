@@ -36,10 +36,11 @@ from cube.manager.allocs import (
     alloc_task_id,
     derive_status,
     on_bad_node,
-    preferred_nodes,
+    passed_over,
 )
 from cube.manager.api import create_app
 from cube.manager.core import Manager
+from cube.manager.pass_views import PassViews
 from cube.manager.workers import WorkerClient
 from cube.node import Node, NodeState, Resources
 from cube.scheduler import make_scheduler
@@ -173,8 +174,17 @@ def test_a_node_that_is_gone_is_bad() -> None:
 
 
 def test_nodes_without_the_jobs_allocations_come_first() -> None:
-    nodes = [Node(name=n, address=f"http://{n}") for n in ("n1", "n2", "n3")]
-    assert [n.name for n in preferred_nodes(nodes, ["n1"], avoid="n3")] == ["n2"]
+    nodes = [node(n) for n in ("n1", "n2", "n3")]
+    skip = passed_over(["n1"], avoid="n3")
+    assert skip == {"n1", "n3"}
+    spec = TaskSpec(name="t", image="busybox")
+    scheduler = make_scheduler("epvm")
+    for _ in range(3):  # whatever the window's cursor: the one node not passed over
+        assert scheduler.place(spec, nodes, skip=skip).node == "n2"
+    # Passed over is not rejected: with every node passed over, none is a candidate,
+    # and none is named as filtered (the applier then tries every node).
+    nothing = scheduler.place(spec, nodes, skip={"n1", "n2", "n3"})
+    assert (nothing.node, nothing.filtered) == (None, {})
 
 
 # --- judge: cube job run's verdict ----------------------------------------------------------------
@@ -238,13 +248,17 @@ class FakeWorkers(WorkerClient):
         super().__init__()
         self.sent: list[tuple[str, TaskRequest]] = []
         self.stopped: list[str] = []
+        self.stop_reasons: dict[str, str | None] = {}
 
     async def run(self, address: str, request: TaskRequest) -> Task:
         self.sent.append((address, request))
         return Task(id=request.id or "", spec=request.spec())
 
-    async def stop(self, address: str, task_id: str, *, wait: float) -> Task:
+    async def stop(
+        self, address: str, task_id: str, *, wait: float, reason: str | None = None
+    ) -> Task:
         self.stopped.append(task_id)
+        self.stop_reasons[task_id] = reason
         raise NotFound(f"task {task_id} not found")
 
 
@@ -442,10 +456,10 @@ async def test_a_pass_that_fails_for_one_job_still_reconciles_the_others(
     manager.jobs.submit(job_spec(count=1))
     real = manager.jobs.reconcile_job
 
-    def flaky(job: Job, views: list[Node], now: datetime) -> list[Node]:
+    def flaky(job: Job, views: PassViews, now: datetime, **options: Any) -> bool:
         if job.id == "broken":
             raise RuntimeError("a bug")
-        return real(job, views, now)
+        return real(job, views, now, **options)
 
     monkeypatch.setattr(manager.jobs, "reconcile_job", flaky)
     manager.jobs.reconcile_all(NOW)
@@ -663,4 +677,45 @@ async def test_one_task_of_an_allocation_that_runs_is_not_stopped_alone() -> Non
         stopped = await client.delete(f"/v1/tasks/{a.id}-api")
         assert stopped.status_code == 200
     assert manager.tasks[f"{a.id}-api"].desired is DesiredState.STOP
+    await manager.close()
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ("scale", "web was scaled to 1"),
+        ("stop", "the job was stopped"),
+        ("update", "version 2 changes what {name} runs (was version 1)"),
+    ],
+)
+async def test_tasks_the_job_service_stops_carry_the_reason_to_their_node_and_events(
+    change: str, reason: str
+) -> None:
+    _, workers, manager = await submitted(job_spec(count=2), "n1", "n2")
+    run_all(manager)
+    manager.jobs.reconcile_all(NOW)
+    before = {a.id for a in manager.jobs.allocations()}
+    if change == "scale":
+        manager.jobs.scale("shop", "web", 1)
+    elif change == "stop":
+        manager.jobs.stop("shop")
+    else:
+        changed = job_spec(count=2).model_dump(mode="json")
+        changed["groups"][0]["tasks"][0]["image"] = "busybox:1.36"
+        manager.jobs.submit(JobSpec.model_validate(changed))
+    manager.jobs.reconcile_all(NOW)
+    await settle(manager)
+    stopped = [
+        a for a in manager.jobs.allocations() if a.id in before and a.desired is AllocDesired.STOP
+    ]
+    assert stopped
+    for alloc in stopped:
+        why = reason.format(name=alloc.name)
+        for t in alloc.tasks.values():
+            assert workers.stop_reasons[t.id] == why  # what the node is told
+            task = manager.tasks[t.id]
+            assert (task.state, task.reason, task.desired_reason) == (State.COMPLETED, why, why)
+            events = await manager.events(t.id)
+            assert events[-1].reason == why  # and what its history says
+            assert not [e for e in events if "by user" in e.reason]
     await manager.close()

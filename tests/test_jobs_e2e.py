@@ -161,9 +161,11 @@ def test_scale_update_stop_and_purge(start_manager: Any, start_worker: Any, tmp_
 
     scaled = cube(manager, "job", "scale", "life", "web", "3")
     assert scaled.returncode == 0, scaled.stderr
+    assert "3 running of 3" in scaled.stdout  # it followed the job until it was there
     first = wait_allocs(manager.url, "life", 3)
     down = cube(manager, "job", "scale", "life", "web", "1")
     assert down.returncode == 0, down.stderr
+    assert "1 running of 1" in down.stdout
     (kept,) = wait_allocs(manager.url, "life", 1)
     assert kept["index"] == 0
     assert kept["id"] in {x["id"] for x in first}  # scaling touched nothing else
@@ -171,6 +173,13 @@ def test_scale_update_stop_and_purge(start_manager: Any, start_worker: Any, tmp_
     wait_for(
         lambda: all(not containers_of(f"cube.task-id={t}", running_only=True) for t in gone_ids),
         what="the scaled-down allocations' containers to stop",
+    )
+    wait_for(  # their end says why (not "stopped by user"), on the node and in the manager
+        lambda: all(
+            get_json(manager.url, f"/tasks/{t}/events")[-1]["reason"] == "web was scaled to 1"
+            for t in gone_ids
+        ),
+        what="the scaled-down tasks' last event to name the scale",
     )
 
     changed = job_file(tmp_path, "life", count=2, env="two")
@@ -202,6 +211,11 @@ def test_scale_update_stop_and_purge(start_manager: Any, start_worker: Any, tmp_
     assert purged.returncode == 0, purged.stderr
     assert api.get(f"{manager.url}/v1/jobs/life", timeout=10).status_code == 404
     assert get_json(manager.url, "/allocations?job=life") == []
+    every_task = {t for alloc in first for t in task_ids([alloc])} | set(task_ids(moved))
+    wait_for(  # stopped, then purged: gone from `cube status` too, as Nomad's GC does
+        lambda: not every_task & {t["id"] for t in get_json(manager.url, "/tasks")},
+        what="the purged job's tasks to be forgotten",
+    )
     assert_converges(manager.url, [a.name, b.name], {})
 
 

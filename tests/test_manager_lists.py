@@ -64,7 +64,9 @@ class NodeThatNeverHeardOfIt(WorkerClient):
     async def run(self, address: str, request: TaskRequest) -> Task:
         return Task(id=request.id or "", spec=request.spec())
 
-    async def stop(self, address: str, task_id: str, *, wait: float) -> Task:
+    async def stop(
+        self, address: str, task_id: str, *, wait: float, reason: str | None = None
+    ) -> Task:
         raise NotFound(f"task {task_id} not found")
 
 

@@ -68,7 +68,9 @@ class FakeNode(WorkerClient):
         self._check()
         return list(self.history[task_id])
 
-    async def stop(self, address: str, task_id: str, *, wait: float) -> Task:
+    async def stop(
+        self, address: str, task_id: str, *, wait: float, reason: str | None = None
+    ) -> Task:
         self.stops.append(task_id)
         await self.release_stops.wait()
         copy = self.copies[task_id]
@@ -148,12 +150,15 @@ async def test_a_returning_node_gets_back_at_its_join_the_tasks_it_still_runs() 
     await lose(manager, node)  # nowhere else to go: Pending
     node.silent = False
 
+    node.copies[task_id].container_id = "c0ffee"  # what the node runs it in
     answer = await manager.register("n1", "http://n1", None, running=[task_id, "unknown"])
 
     assert answer.tasks == [task_id]  # so the worker keeps its container
     task = manager.get(task_id)
     assert (task.state, task.node) == (State.RUNNING, "n1")
-    assert (await manager.events(task_id))[-1].reason == "node n1 is back and still runs it"
+    # Running with its container at once, not only at the node's next report.
+    assert task.container_id == "c0ffee"
+    assert "node n1 is back and still runs it" in [e.reason for e in await manager.events(task_id)]
     await manager.close()
 
 

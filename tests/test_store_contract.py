@@ -191,6 +191,57 @@ def test_delete_task_removes_it_and_its_events(store: Store) -> None:
     assert store.task_events(doomed.id) == []
 
 
+# --- batches -------------------------------------------------------------------------------
+# A batch is a block of the synchronous interface (the job pass's writes, on the thread that
+# makes them); AsyncStore has no block to hold across awaits, so these run on each store.
+
+
+@pytest.fixture(params=[k for k in KINDS if "-" not in k])
+def sync_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    with opened(request.param, tmp_path) as store:
+        yield store
+
+
+def test_a_batch_keeps_every_write_and_reads_inside_it_see_them(sync_store: Store) -> None:
+    store = sync_store
+    first, second = make_task("first"), make_task("second")
+    event = placed(first, "n1")
+    with store.batch():
+        store.save_task(first, [event])
+        assert store.get_task(first.id) == first
+        with store.batch():  # nested: one transaction still
+            store.save_task(second)
+        store.save_node(make_node("n1"))
+    assert [t.id for t in store.list_tasks()] == [first.id, second.id]
+    assert store.task_events(first.id) == [event]
+    assert [n.name for n in store.list_nodes()] == ["n1"]
+
+
+def test_a_write_that_fails_in_a_batch_is_undone_alone(sync_store: Store) -> None:
+    store = sync_store
+    before, after = make_task("before"), make_task("after")
+    with store.batch():
+        store.save_task(before)
+        with pytest.raises(NotFound):
+            store.add_events("no-such-task", [TaskEvent(state=State.RUNNING, reason="x")])
+        store.save_task(after)
+    assert [t.id for t in store.list_tasks()] == [before.id, after.id]
+
+
+def test_a_batch_that_raises_keeps_what_it_wrote_as_single_writes_would(sync_store: Store) -> None:
+    store = sync_store
+    task = make_task()
+
+    def buggy() -> None:
+        with store.batch():
+            store.save_task(task)
+            raise RuntimeError("a bug in the caller")
+
+    with pytest.raises(RuntimeError):
+        buggy()
+    assert store.get_task(task.id) == task
+
+
 # --- nodes ---------------------------------------------------------------------------------
 
 
@@ -407,3 +458,17 @@ def test_sqlite_closes_connections_of_exited_threads(tmp_path: Path) -> None:
     finally:
         store.close()
     assert store._conns == []
+
+
+def test_sqlite_commits_a_batch_as_one_transaction(tmp_path: Path) -> None:
+    with (
+        closing(SqliteStore(tmp_path / "s.db")) as store,
+        closing(SqliteStore(tmp_path / "s.db")) as other,
+    ):
+        tasks = [make_task(f"t{i}") for i in range(3)]
+        with store.batch():
+            for task in tasks:
+                store.save_task(task)
+            # Another connection sees none of them until the batch commits.
+            assert other.list_tasks() == []
+        assert [t.id for t in other.list_tasks()] == [t.id for t in tasks]

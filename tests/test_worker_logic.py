@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
 
+import httpx
 import pytest
 
 from cube import background
@@ -25,6 +26,7 @@ from cube.task.spec import HIDDEN, AllocRef, RestartPolicy, TaskRequest
 from cube.task.state import State
 from cube.worker import runner as runner_module
 from cube.worker.agent import Worker
+from cube.worker.api import create_app
 from cube.worker.authority import announced_timeout, should_stop_tasks
 from cube.worker.runner import container_config
 
@@ -313,6 +315,25 @@ async def test_stop_right_after_submit_never_starts_a_container(
     assert stopped.desired is DesiredState.STOP
     assert states(worker, task.id) == [State.PENDING, State.COMPLETED]
     assert runtime.containers == {}
+
+
+async def test_a_stop_records_the_reason_its_caller_gives_through_the_api(
+    worker: Worker,
+) -> None:
+    task, _ = worker.submit(request(restart=restart("always")))
+    await running(worker, task.id)
+    transport = httpx.ASGITransport(app=create_app(worker))
+    async with httpx.AsyncClient(transport=transport, base_url="http://w") as client:
+        too_long = await client.delete(f"/v1/tasks/{task.id}", params={"reason": "x" * 501})
+        assert too_long.status_code == 422
+        response = await client.delete(
+            f"/v1/tasks/{task.id}", params={"reason": "web was scaled to 1"}
+        )
+    assert response.status_code == 200
+    stopped = worker.get(task.id)
+    assert (stopped.state, stopped.reason) == (State.COMPLETED, "web was scaled to 1")
+    assert stopped.desired_reason == "web was scaled to 1"
+    assert worker.events(task.id)[-1].reason == "web was scaled to 1"
 
 
 async def test_stop_a_running_task_removes_its_container(

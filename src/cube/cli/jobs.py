@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, ParamSpec, TypeVar
 
 import click
 from rich.console import RenderableType
@@ -34,6 +34,9 @@ from cube.task.state import State
 
 #: Seconds between two looks at the job while ``cube job run`` follows it.
 POLL = 0.5
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def read_job_file(path: str) -> tuple[JobSpec, str]:
@@ -179,16 +182,35 @@ def job_group() -> None:
     """
 
 
+def following(func: Callable[P, R]) -> Callable[P, R]:
+    """The options of a command that follows its job: ``--detach`` and ``--timeout``."""
+    detach = click.option(
+        "--detach", is_flag=True, help="Return once submitted; do not follow the job."
+    )
+    timeout = click.option(
+        "--timeout",
+        type=click.FloatRange(min=0, min_open=True),
+        default=300.0,
+        show_default=True,
+        help="Seconds to follow the job before giving up (exit 1).",
+    )
+    return detach(timeout(func))
+
+
+def follow_to_the_end(client: ManagerClient, job_id: str, *, timeout: float) -> None:
+    """Follow the job (progress on stderr); its last line on stdout, or exit 1 with the
+    reasons it cannot get where it should be."""
+    verdict = follow(client, job_id, timeout=timeout)
+    if verdict.failed:
+        for reason in verdict.failed:
+            click.echo(f"Error: {reason}", err=True)
+        raise SystemExit(EXIT_FAILED)
+    click.echo(f"job {job_id}: {verdict.line()}")
+
+
 @job_group.command("run")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
-@click.option("--detach", is_flag=True, help="Return once submitted; do not follow the job.")
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    default=300.0,
-    show_default=True,
-    help="Seconds to follow the job before giving up (exit 1).",
-)
+@following
 @handle_errors
 @manager_option
 def run_command(client: ManagerClient, file: str, detach: bool, timeout: float) -> None:
@@ -212,12 +234,7 @@ def run_command(client: ManagerClient, file: str, detach: bool, timeout: float) 
     if detach:
         click.echo(job.id)
         return
-    verdict = follow(client, spec.job, timeout=timeout)
-    if verdict.failed:
-        for reason in verdict.failed:
-            click.echo(f"Error: {reason}", err=True)
-        raise SystemExit(EXIT_FAILED)
-    click.echo(f"job {job.id}: {verdict.line()}")
+    follow_to_the_end(client, spec.job, timeout=timeout)
 
 
 @job_group.command("plan")
@@ -384,21 +401,35 @@ def stop_command(client: ManagerClient, job_id: str, purge: bool) -> None:
     click.echo(f"job {job.id}: {'purged' if purge else 'stopping'}")
 
 
-@job_group.command("scale")
+# A negative COUNT ("-1") reaches the command as an argument, not as an unknown option,
+# so that it is refused in one line naming the count.
+@job_group.command("scale", context_settings={"ignore_unknown_options": True})
 @click.argument("job_id", metavar="JOB")
 @click.argument("group")
-@click.argument("count", type=click.IntRange(min=0))
+@click.argument("count", type=int)
+@following
 @handle_errors
 @manager_option
-def scale_command(client: ManagerClient, job_id: str, group: str, count: int) -> None:
-    """Set how many allocations of a group run; nothing else changes.
+def scale_command(
+    client: ManagerClient, job_id: str, group: str, count: int, detach: bool, timeout: float
+) -> None:
+    """Set how many allocations of a group run (nothing else changes), and follow the job
+    until they do, as `cube job run` does: exit 0 once the group is at its count, 1 with
+    the reasons when it cannot get there.
 
     \b
     Example:
       cube job scale shop web 5
+      cube job scale shop web 0 --detach
     """
+    if count < 0:
+        raise InvalidSpec([FieldError("count", f"must be >= 0, not {count}")])
     job = client.scale_job(job_id, group, count)
-    click.echo(f"job {job.id}: version {job.version}, {group} at {count}")
+    out.stderr_console().print(f"job {job.id}: version {job.version}, {group} at {count}")
+    if detach:
+        click.echo(job.id)
+        return
+    follow_to_the_end(client, job.id, timeout=timeout)
 
 
 @job_group.command("history")

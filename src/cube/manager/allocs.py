@@ -7,14 +7,14 @@ clock and the records passed in, so that each case is a one-line test.
   and which tasks are still running though the allocation ended.
 * :func:`alloc_task_id`: a task's ID from its allocation and name, so that sending a task
   twice (after a crash, a lost answer) runs one container, not two.
-* :func:`preferred_nodes`: Nomad's job anti-affinity: nodes that run none of the job's
+* :func:`passed_over`: Nomad's job anti-affinity: nodes that run none of the job's
   allocations (nor the one the allocation replaces) come first.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from cube.job.model import Allocation, AllocDesired, AllocStatus, AllocTask, can_alloc_transition
@@ -130,13 +130,11 @@ def on_bad_node(alloc: Allocation, nodes: Mapping[str, Node]) -> bool:
     return alloc.desired is AllocDesired.RUN and (node.drain or node.state is NodeState.DRAINING)
 
 
-def preferred_nodes(
-    views: Sequence[Node], taken: Iterable[str], *, avoid: str | None = None
-) -> list[Node]:
-    """Nodes that run none of the job's live allocations (``taken``), and are not ``avoid``.
+def passed_over(taken: Iterable[str], *, avoid: str | None = None) -> set[str]:
+    """The nodes a placement tries last: those that run one of the job's live allocations
+    (``taken``), and ``avoid`` (the node of the allocation it replaces).
 
-    The applier first places among these, then among every node: allocations of one job
-    spread over the nodes when they can, and share one when they must.
+    The applier first places among the other nodes, then among every node: allocations
+    of one job spread over the nodes when they can, and share one when they must.
     """
-    busy = {*taken, *([avoid] if avoid else [])}
-    return [v for v in views if v.name not in busy]
+    return {*taken, *([avoid] if avoid else [])}

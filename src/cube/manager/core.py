@@ -57,7 +57,7 @@ from cube.protocol import JoinAnswer
 from cube.scheduler import Scheduler
 from cube.store.aio import AsyncStore, OffLoopStore
 from cube.store.base import Store
-from cube.task.model import Task, TaskEvent
+from cube.task.model import STOPPED_BY_USER, Task, TaskEvent
 from cube.task.spec import TaskRequest
 from cube.task.state import State
 
@@ -99,7 +99,7 @@ class Manager:
         # The parts, lowest first; each is told of the changes of those above it through
         # a callback (the job service is made last: the callbacks look it up when called).
         self.registry = TaskRegistry(
-            store, node_changed=self._node_changed, alloc_changed=self._wake_jobs
+            store, node_changed=self._node_changed, alloc_changed=self._alloc_task_changed
         )
         self.node_registry = NodeRegistry(
             store,
@@ -250,9 +250,14 @@ class Manager:
     async def events(self, task_id: str) -> list[TaskEvent]:
         return await self.async_store.task_events(self.resolve(task_id).id)
 
-    async def stop(self, task_id: str) -> Task:
+    def forget(self, task_id: str) -> None:
+        """Delete a task that ended with no container left (see TaskRegistry.forget)."""
+        self.registry.forget(task_id)
+        self.dispatcher.forget(task_id)
+
+    async def stop(self, task_id: str, *, reason: str = STOPPED_BY_USER) -> Task:
         """Stop a task in any state; returns once its node stopped it (or is unreachable)."""
-        return await self.stops.stop(task_id)
+        return await self.stops.stop(task_id, reason=reason)
 
     async def logs(self, task_id: str, *, tail: int | None, follow: bool) -> AsyncIterator[bytes]:
         task = self.resolve(task_id)
@@ -308,12 +313,15 @@ class Manager:
     def _wake_jobs(self) -> None:
         self.jobs.wake()
 
+    def _alloc_task_changed(self, task: Task) -> None:
+        self.jobs.task_changed(task)  # its allocation's status may change
+
     async def _reconcile(
         self,
         node: Node,
         reported: list[Task],
         complete: bool,
-        histories: dict[str, list[TaskEvent]],
+        histories: dict[str, list[TaskEvent]] | None,
     ) -> None:
         await self.collector.reconcile(node, reported, complete, histories)
 

@@ -89,6 +89,16 @@ class Dispatcher:
         """The send of ``task_id`` in flight (set when it ends), if there is one."""
         return self._sending.get(task_id)
 
+    @property
+    def sends_in_flight(self) -> int:
+        """Sends begun and not ended (waiting for a slot included): the job service
+        stops placing while too many are queued."""
+        return len(self._sending)
+
+    def forget(self, task_id: str) -> None:
+        """``task_id`` is gone (see Manager.forget): nothing to retry."""
+        self._tried.pop(task_id, None)
+
     def capacity_changed(self) -> None:
         self._generation += 1
         self._dispatch_wake.set()
@@ -159,7 +169,7 @@ class Dispatcher:
         """A task of an allocation is not placed again on its own: it ends, and the job
         service replaces its allocation as a whole. It stays on its node, so that a copy
         the node still runs when it comes back is stopped (``desired: stop``)."""
-        task.desired = DesiredState.STOP
+        task.desired, task.desired_reason = DesiredState.STOP, reason
         if task.is_terminal:
             self.registry.save(task)
         else:

@@ -34,7 +34,8 @@ from cube.task.model import DesiredState, Task, TaskEvent
 log = get_logger("cube.manager")
 
 #: Reconciles a node's reported tasks: (node, tasks, complete, histories).
-Reconcile = Callable[[Node, list[Task], bool, dict[str, list[TaskEvent]]], Awaitable[None]]
+#: Reconcile a node's report (tasks, complete, histories; None: ask the node for them).
+Reconcile = Callable[[Node, list[Task], bool, dict[str, list[TaskEvent]] | None], Awaitable[None]]
 
 
 def _now() -> datetime:
@@ -137,10 +138,14 @@ class Membership:
         issue = check_claim(self.nodes.nodes.get(name), address=address, secret=secret)
         issued, digest = new_secret() if issue else (None, None)
         node = self.join(address, report, token=token, secret_hash=digest)
+        taken = set()
         for task_id in running:
             task = self.registry.tasks.get(task_id)
             if task is not None and self.stops.may_take_back(task, node):
                 self.dispatcher.take_back(task, node)
+                taken.add(task_id)
+        if taken:
+            await self._merge_taken_back(node, taken)
         assigned = [t.id for t in self.registry.tasks_on(name) if t.desired is DesiredState.RUN]
         return JoinAnswer(
             node=self.nodes.view(name),
@@ -148,6 +153,16 @@ class Membership:
             tasks=assigned,
             node_timeout=self.nodes.pace.node_timeout,
         )
+
+    async def _merge_taken_back(self, node: Node, taken: set[str]) -> None:
+        """Merge the node's copies of the tasks just taken back: the join names them only,
+        and until the next report they would be Running without their container and
+        ports. A node that does not answer now is merged with its next report."""
+        try:
+            copies = [c for c in await self.workers.tasks(node.address) if c.id in taken]
+            await self._reconcile(node, copies, False, None)
+        except CubeError as exc:
+            log.warning("merging tasks taken back failed", node=node.name, error=exc.message)
 
     def drain(self, name: str) -> Node:
         """Take no new tasks on ``name`` and move its tasks to other nodes."""

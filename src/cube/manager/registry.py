@@ -12,9 +12,10 @@ It publishes two things, through the callbacks it is given: a node whose tasks c
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
-from cube.errors import StoreUnavailable
+from cube.errors import Conflict, NotFound, StoreUnavailable
 from cube.manager.lookup import find_task
 from cube.store.base import Store
 from cube.task.model import Task, TaskEvent
@@ -34,7 +35,7 @@ class TaskRegistry:
         store: Store,
         *,
         node_changed: Callable[[str | None], None],
-        alloc_changed: Callable[[], None],
+        alloc_changed: Callable[[Task], None],
     ) -> None:
         self.store = store
         self._node_changed = node_changed
@@ -56,6 +57,22 @@ class TaskRegistry:
         self.tasks[task.id] = task
         if task.node is not None:
             self._on_node.setdefault(task.node, {})[task.id] = None
+
+    def forget(self, task_id: str) -> None:
+        """Delete a task that ended and has no container left (a purged job's): from the
+        records, the lists and the store, as ``nomad job stop -purge`` lets its garbage
+        collector do. A task that may still run somewhere must be stopped first: a node
+        that reports a task the manager does not know is left alone."""
+        task = self.tasks.get(task_id)
+        if task is None:
+            return
+        if not task.is_terminal or task.container_id is not None:
+            raise Conflict(f"task {task_id} has not stopped yet")
+        with contextlib.suppress(NotFound):
+            self.store.delete_task(task_id)
+        self.assign(task, None)
+        del self.tasks[task_id]
+        self._listed.pop(task_id, None)
 
     def resolve(self, ref: str) -> Task:
         """The task with this ID, name or unique ID prefix (see :mod:`cube.manager.lookup`)."""
@@ -117,7 +134,7 @@ class TaskRegistry:
             self._restore(task)
             raise
         if task.alloc is not None:
-            self._alloc_changed()  # its allocation's status may change
+            self._alloc_changed(task)  # its allocation's status may change
 
     def _restore(self, task: Task) -> None:
         """Undo the changes of ``task`` that the store refused: the record goes back to

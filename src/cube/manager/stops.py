@@ -22,7 +22,7 @@ from cube.manager.reconcile import merge_report
 from cube.manager.registry import TaskRegistry
 from cube.manager.workers import WorkerClient
 from cube.node import Node, NodeState
-from cube.task.model import DesiredState, Task
+from cube.task.model import STOPPED_BY_USER, DesiredState, Task
 from cube.task.state import TERMINAL, State
 
 log = get_logger("cube.manager")
@@ -50,14 +50,14 @@ class Stops:
         #: (node, task) of copies being stopped because the task is placed elsewhere.
         self._stopping_copies: set[tuple[str, str]] = set()
 
-    async def stop(self, task_id: str) -> Task:
-        """Stop a task in any state; returns once its node stopped it (or is unreachable)."""
+    async def stop(self, task_id: str, *, reason: str = STOPPED_BY_USER) -> Task:
+        """Stop a task in any state; returns once its node stopped it (or is unreachable).
+
+        ``reason`` travels to the node and is recorded as the reason of the task's end."""
         task = self.registry.resolve(task_id)
-        task.desired = DesiredState.STOP
+        task.desired, task.desired_reason = DesiredState.STOP, reason
         if task.state is State.PENDING:
-            self.registry.save(
-                task, task.transition(State.COMPLETED, "stopped by user before placement")
-            )
+            self.registry.save(task, task.transition(State.COMPLETED, f"{reason} before placement"))
             return task.model_copy(deep=True)
         self.registry.save(task)
         if (sending := self.dispatcher.in_flight(task.id)) is not None:
@@ -97,12 +97,14 @@ class Stops:
         call.add_done_callback(lambda _: self._stopping_copies.discard(key))
 
     async def _stop_on_node(self, task: Task, node: Node) -> None:
+        reason = task.desired_reason or STOPPED_BY_USER
         try:
-            copy = await self.workers.stop(node.address, task.id, wait=task.spec.stop_timeout + 20)
+            wait = task.spec.stop_timeout + 20
+            copy = await self.workers.stop(node.address, task.id, wait=wait, reason=reason)
             events = await self.workers.events(node.address, task.id)
         except NotFound:
             if task.state not in TERMINAL:  # never reached the node
-                self.registry.save(task, task.transition(State.COMPLETED, "stopped by user"))
+                self.registry.save(task, task.transition(State.COMPLETED, reason))
             return
         except CubeError as exc:
             task.reason = f"stop requested; node {node.name} did not answer: {exc.message}"

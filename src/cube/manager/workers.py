@@ -137,8 +137,14 @@ class WorkerClient:
         response = await self._request("POST", address, "/tasks", json=body)
         return Task.model_validate_json(response.content)
 
-    async def stop(self, address: str, task_id: str, *, wait: float) -> Task:
-        response = await self._request("DELETE", address, f"/tasks/{task_id}", timeout=wait)
+    async def stop(
+        self, address: str, task_id: str, *, wait: float, reason: str | None = None
+    ) -> Task:
+        """Stop a task on a node; ``reason``: recorded as the reason of its end."""
+        params = {"reason": reason[:500]} if reason else None
+        response = await self._request(
+            "DELETE", address, f"/tasks/{task_id}", timeout=wait, params=params
+        )
         return Task.model_validate_json(response.content)
 
     async def events(self, address: str, task_id: str) -> list[TaskEvent]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -199,10 +199,17 @@ class ManagerTelemetry:
             registry=self.registry,
         )
 
-    def place(self, scheduler: Scheduler, spec: TaskSpec, nodes: Sequence[Node]) -> Decision:
-        """``scheduler.place(spec, nodes)``, counted and timed."""
+    def place(
+        self,
+        scheduler: Scheduler,
+        spec: TaskSpec,
+        nodes: Sequence[Node],
+        *,
+        skip: Collection[str] = (),
+    ) -> Decision:
+        """``scheduler.place(spec, nodes, skip=skip)``, counted and timed."""
         started = time.perf_counter()
-        decision = scheduler.place(spec, nodes)
+        decision = scheduler.place(spec, nodes, skip=skip)
         self.decision_seconds.observe(time.perf_counter() - started)
         self.decisions.labels("placed" if decision.node is not None else "unplaceable").inc()
         return decision

@@ -26,7 +26,7 @@ checkers and its fused test must agree: change both together.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import chain
@@ -350,6 +350,7 @@ def filter_nodes(
     explain: int | None = None,
     misfit: MisfitFn | None = None,
     cache: FactsCache | None = None,
+    skip: Collection[str] = (),
 ) -> Feasibility:
     """Run the checkers over ``nodes`` from index ``start``, wrapping around.
 
@@ -362,6 +363,8 @@ def filter_nodes(
     (``None``: all) get a reason, which is all a Decision keeps. ``misfit`` is the
     checkers' fused test (:func:`fused_misfit`); without it each checker is asked.
     ``cache`` keeps the nodes' facts for the next call (a Scheduler passes its own).
+    ``skip``: names of nodes passed over, neither candidates nor rejected (the job
+    service's anti-affinity: nodes that run the job already are tried last).
     """
     result = Feasibility()
     n = len(nodes)
@@ -382,6 +385,8 @@ def filter_nodes(
         facts = known[index]
         if facts is None or facts.node is not node:  # a new node, or a new version of one
             facts = known[index] = NodeFacts.of(node)
+        if skip and facts.name in skip:
+            continue
         i = test(facts)
         if i < 0:
             if not candidates:

@@ -55,7 +55,7 @@ for the caller's bookkeeping).
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from enum import StrEnum
 from operator import attrgetter
 from typing import NamedTuple
@@ -135,8 +135,14 @@ class Scheduler:
         """Forget where the last placement stopped: the next one starts at the first node."""
         self._cursor = None
 
-    def place(self, spec: TaskSpec, nodes: Sequence[Node]) -> Decision:
-        """Choose a node for ``spec`` among ``nodes`` (sorted by name), or explain why none fits."""
+    def place(
+        self, spec: TaskSpec, nodes: Sequence[Node], *, skip: Collection[str] = ()
+    ) -> Decision:
+        """Choose a node for ``spec`` among ``nodes`` (sorted by name), or explain why none fits.
+
+        ``skip``: names of nodes to pass over, as if they were not in ``nodes`` (but
+        without a new list: the facts cache and the cursor keep their positions).
+        """
         total = len(nodes)
         limit = self.candidate_limit
         if total == 0:
@@ -152,6 +158,7 @@ class Scheduler:
             explain=MAX_FILTERED,
             misfit=plan.misfit,
             cache=self._facts,
+            skip=skip,
         )
         self._advance(nodes, found)
         filtered = {r.node.name: r.reason for r in found.rejected[:MAX_FILTERED]}

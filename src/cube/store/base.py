@@ -14,6 +14,7 @@ several threads at once. An event loop uses a store through
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from contextlib import AbstractContextManager
 from typing import Protocol, TypeVar
 
 from cube.errors import NotFound
@@ -112,6 +113,19 @@ class Store(Protocol):
         self, *, job: str | None = None, node: str | None = None
     ) -> list[Allocation]:
         """Allocations, oldest first, optionally only those of ``job`` and/or on ``node``."""
+
+    # --- transactions ----------------------------------------------------------------------
+    def batch(self) -> AbstractContextManager[None]:
+        """One transaction for the writes of this thread inside the block.
+
+        The writes are committed together when the block ends (one commit instead of one
+        per record: the job service places hundreds of allocations per pass), also when
+        the block raises (as writes one by one would have been), or not at all: a commit
+        the store refuses raises :class:`~cube.errors.StoreUnavailable` at the end of the
+        block, and none of the block's writes is kept. A write that fails
+        inside the block is undone alone (the others stay), as outside one. Reads inside
+        the block see its writes. Blocks nest: the outermost commits.
+        """
 
     # --- lifecycle -------------------------------------------------------------------------
     def close(self) -> None:

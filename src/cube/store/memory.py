@@ -8,7 +8,8 @@ change what the store holds behind its back, just as with the SQLite store.
 from __future__ import annotations
 
 import threading
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
 
 from cube.errors import Conflict, NotFound
 from cube.job.model import Allocation, Job, JobVersion
@@ -34,6 +35,11 @@ class MemoryStore:
         self._jobs: dict[str, Job] = {}
         self._versions: dict[str, dict[int, JobVersion]] = {}
         self._allocs: dict[str, Allocation] = {}
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Nothing to gather: every write is already as cheap as a dict update."""
+        yield
 
     # --- tasks -----------------------------------------------------------------------------
     def save_task(self, task: Task, events: Sequence[TaskEvent] = ()) -> None:

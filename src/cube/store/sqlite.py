@@ -77,6 +77,15 @@ _UPSERT_TASK = """
 """
 
 
+#: How a write begins, ends and is undone: alone, or inside a batch (see SqliteStore.batch).
+_TRANSACTION: tuple[str, str, tuple[str, ...]] = ("BEGIN IMMEDIATE", "COMMIT", ("ROLLBACK",))
+_SAVEPOINT: tuple[str, str, tuple[str, ...]] = (
+    "SAVEPOINT write",
+    "RELEASE write",
+    ("ROLLBACK TO write", "RELEASE write"),
+)
+
+
 class SqliteStore(SqliteJobTables):
     """A :class:`~cube.store.base.Store` in one SQLite file; safe across threads and processes.
 
@@ -330,16 +339,58 @@ class SqliteStore(SqliteJobTables):
             create_job_tables(conn)  # added to version-1 files too: see sqlite_jobs
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction: the write lock is taken at BEGIN, so it never needs upgrading."""
+    def batch(self) -> Iterator[None]:
+        """One transaction for this thread's writes in the block (see Store.batch).
+
+        Each write inside is a savepoint of it, so that one that fails is undone alone,
+        as it would be in a transaction of its own. With WAL and ``synchronous=NORMAL``
+        a commit costs no fsync, but it does write the pages it changed to the log:
+        placing 2,000 allocations (a record each, and one per task) took a quarter of
+        the job service's CPU in commits of one record.
+        """
+        if getattr(self._local, "batch", False):  # nested: the outermost block commits
+            yield
+            return
         conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
         try:
-            yield conn
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise store_error(self.path, exc) from exc
+        self._local.batch = True
+        try:
+            yield
+        finally:  # an error in the block keeps what it wrote, as writes one by one would
+            self._local.batch = False
+            self._commit(conn)
+
+    def _commit(self, conn: sqlite3.Connection) -> None:
+        if not conn.in_transaction:  # SQLite rolled it back itself (a full disk)
+            raise StoreUnavailable(f"{self.path}: a batch of writes was lost; check its disk")
+        try:
             conn.execute("COMMIT")
-        except BaseException:
+        except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            raise store_error(self.path, exc) from exc
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction: the write lock is taken at BEGIN, so it never needs upgrading.
+
+        Inside :meth:`batch`, a savepoint of the batch's transaction instead.
+        """
+        conn = self._conn()
+        begin, end, undo = _TRANSACTION
+        if getattr(self._local, "batch", False) and conn.in_transaction:
+            begin, end, undo = _SAVEPOINT
+        conn.execute(begin)
+        try:
+            yield conn
+            conn.execute(end)
+        except BaseException:
+            if conn.in_transaction:
+                for statement in undo:
+                    conn.execute(statement)
             raise
 
     @contextmanager

@@ -23,6 +23,8 @@ def new_task_id() -> str:
 
 #: How many characters of an ID the tables show (like docker's 12).
 SHORT_ID = 12
+#: The reason a stop is recorded with when its caller gives none.
+STOPPED_BY_USER = "stopped by user"
 
 
 def short_task_id(task_id: str) -> str:
@@ -92,6 +94,9 @@ class Task(BaseModel):
     alloc: AllocRef | None = None
     state: State = State.PENDING
     desired: DesiredState = DesiredState.RUN
+    #: Why the task is to stop (``desired: stop``): the reason its end is recorded with
+    #: ("stopped by user", "web was scaled to 2", ...). Empty while it is to run.
+    desired_reason: str = ""
     node: str | None = None
     container_id: str | None = None
     ports: list[PublishedPort] = Field(default_factory=list)

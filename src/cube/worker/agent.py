@@ -46,7 +46,7 @@ from cube.runtime.base import (
     worker_selector,
 )
 from cube.store.base import Store
-from cube.task.model import DesiredState, Task, TaskEvent
+from cube.task.model import STOPPED_BY_USER, DesiredState, Task, TaskEvent
 from cube.task.spec import Privilege, RestartPolicy, TaskRequest, TaskSpec, privileges
 from cube.task.state import State
 from cube.worker.alloc_runner import Allocations, AllocRunner
@@ -260,9 +260,12 @@ class Worker:
         if problems:
             raise InvalidSpec(problems)
 
-    async def stop(self, task_id: str, *, wait: bool = True) -> Task:
-        """Ask for a task to stop; with ``wait``, return once its container is gone."""
-        runner = self._request_stop(task_id, "stopped by user")
+    async def stop(self, task_id: str, *, wait: bool = True, reason: str | None = None) -> Task:
+        """Ask for a task to stop; with ``wait``, return once its container is gone.
+
+        ``reason``: recorded as the reason of its end (the manager says why: a job
+        scaled down, stopped, updated...); "stopped by user" if not given."""
+        runner = self._request_stop(task_id, reason or STOPPED_BY_USER)
         task = runner.task
         if wait:
             with contextlib.suppress(TimeoutError):
@@ -277,8 +280,9 @@ class Worker:
         runner = self.runners.get(task_id)
         task = runner.task if runner else self.store.get_task(task_id)
         # Saved before the runner sees it: a stop the store refused (a full disk) is not made.
-        self.store.save_task(task.model_copy(update={"desired": DesiredState.STOP}))
-        task.desired = DesiredState.STOP
+        stopping = {"desired": DesiredState.STOP, "desired_reason": reason}
+        self.store.save_task(task.model_copy(update=stopping))
+        task.desired, task.desired_reason = DesiredState.STOP, reason
         self.feed.changed(task_id)
         if runner is None or runner.done.is_set():
             runner = self._supervise(task)

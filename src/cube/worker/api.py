@@ -9,7 +9,7 @@
     GET    /v1/changes            a blocking query (?since=INDEX&wait=SECONDS): the tasks that
                                   changed after INDEX, with their histories, once one does
     GET    /v1/tasks/{id}         one task (404 if unknown)
-    DELETE /v1/tasks/{id}         stop it: container stopped and removed
+    DELETE /v1/tasks/{id}         stop it: container stopped and removed (?reason=: why)
     GET    /v1/tasks/{id}/events  its history
     GET    /v1/tasks/{id}/logs    its container's output (?tail=N&follow=true&since=UNIXTIME)
     WS     /v1/tasks/{id}/exec    run a command in its container (see cube.worker.exec_api)
@@ -113,8 +113,11 @@ def create_app(
         return worker.get(task_id)
 
     @app.delete("/v1/tasks/{task_id}")
-    async def stop_task(task_id: str) -> Task:
-        return await worker.stop(task_id)
+    async def stop_task(
+        task_id: str, reason: Annotated[str | None, Query(min_length=1, max_length=500)] = None
+    ) -> Task:
+        """``reason``: why (recorded as the reason of the task's end)."""
+        return await worker.stop(task_id, reason=reason)
 
     @app.get("/v1/tasks/{task_id}/events")
     async def task_events(task_id: str) -> list[TaskEvent]:

@@ -28,7 +28,7 @@ from cube.runtime.base import (
     worker_selector,
 )
 from cube.store.base import Store
-from cube.task.model import DesiredState, Health, Task
+from cube.task.model import STOPPED_BY_USER, DesiredState, Health, Task
 from cube.task.restart import decide_restart, ended_by_engine
 from cube.task.spec import FOR_LABELS, HealthCheck, RestartPolicyName
 from cube.task.state import TERMINAL, State
@@ -129,7 +129,7 @@ class TaskRunner:
         self._health: HealthTracker | None = None
         self.done = asyncio.Event()
         #: Recorded as the reason of the task's end when it is stopped.
-        self.stop_reason = "stopped by user"
+        self.stop_reason = task.desired_reason or STOPPED_BY_USER
         #: The worker's metrics hooks (health-check failures, start durations).
         self.telemetry = telemetry or WorkerTelemetry(None, name=node)
 

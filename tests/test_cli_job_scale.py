@@ -1,0 +1,146 @@
+"""``cube job scale`` against a fake manager: it follows the job as ``cube job run`` does.
+
+The manager's answers (tests/test_cli_parsing.FakeManager) change from one look to the
+next, as a real manager's would while the job service places or stops allocations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+from click.testing import CliRunner, Result
+
+from cube.cli import jobs as jobs_cli
+from cube.cli.main import cli
+from cube.job.model import Allocation, AllocDesired, AllocStatus, Job, JobStatus
+from cube.job.spec import parse_job
+from cube.job.wire import JobDetail
+from tests.test_cli_parsing import (  # noqa: F401 (_plain_environment: autouse fixture)
+    FakeManager,
+    _jsonable,
+    _plain_environment,
+    assert_one_error_line,
+)
+
+
+@pytest.fixture(autouse=True)
+def _fast_polls(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(jobs_cli, "POLL", 0.001)
+
+
+def detail(count: int, allocs: list[Allocation], *, version: int = 2) -> JobDetail:
+    spec = parse_job(
+        {
+            "job": "shop",
+            "groups": [{"name": "web", "count": count, "tasks": [{"name": "a", "image": "b"}]}],
+        }
+    )
+    job = Job(id="shop", version=version, status=JobStatus.RUNNING)
+    return JobDetail(job=job, spec=spec, allocations=allocs)
+
+
+def alloc(index: int, status: AllocStatus, **fields: object) -> Allocation:
+    base: dict[str, object] = {
+        "id": f"a{index}",
+        "job": "shop",
+        "group": "web",
+        "index": index,
+        "version": 2,
+        "group_hash": "h",
+        "node": "n1",
+        "status": status,
+    }
+    return Allocation.model_validate({**base, **fields})
+
+
+@pytest.fixture
+def fake() -> FakeManager:
+    return FakeManager()
+
+
+@pytest.fixture
+def scale(fake: FakeManager) -> Callable[..., Result]:
+    """Run ``cube job scale shop web ARGS...`` against the fake manager."""
+
+    def invoke(*args: str) -> Result:
+        return CliRunner().invoke(cli, ["job", "scale", "shop", "web", *args], obj=fake.transport)
+
+    return invoke
+
+
+def answers(fake: FakeManager, details: list[JobDetail]) -> None:
+    """The scale call answers the job; each look at the job gets the next detail (the
+    last one from then on)."""
+    fake.on("POST /v1/jobs/shop/scale", body=details[-1].job)
+    looks: Iterator[JobDetail] = iter(details)
+    last = details[-1]
+
+    def look(_: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=_jsonable(next(looks, last)))
+
+    fake.routes["GET /v1/jobs/shop"] = look
+
+
+def test_scale_up_follows_until_the_group_runs_at_its_count(
+    fake: FakeManager, scale: Callable[..., Result]
+) -> None:
+    running = [alloc(i, AllocStatus.RUNNING) for i in range(3)]
+    answers(
+        fake,
+        [
+            detail(3, running[:1]),
+            detail(3, [*running[:1], alloc(1, AllocStatus.PENDING), alloc(2, AllocStatus.PENDING)]),
+            detail(3, running),
+        ],
+    )
+    result = scale("3")
+    assert result.exit_code == 0, result.output
+    assert fake.body()["count"] == 3
+    looks = [r for r in fake.requests if r.method == "GET"]
+    assert len(looks) == 3  # it followed the job until it was there
+    assert "web at 3" in result.stderr
+    assert result.stdout.strip() == "job shop: web: 3 placed, 3 running of 3"
+
+
+def test_scale_down_waits_for_the_extra_allocations_to_stop(
+    fake: FakeManager, scale: Callable[..., Result]
+) -> None:
+    keep = alloc(0, AllocStatus.RUNNING)
+    stopping = alloc(1, AllocStatus.RUNNING, desired=AllocDesired.STOP)
+    stopped = alloc(1, AllocStatus.COMPLETE, desired=AllocDesired.STOP)
+    answers(fake, [detail(1, [keep, stopping]), detail(1, [keep, stopped])])
+    result = scale("1")
+    assert result.exit_code == 0, result.output
+    assert len([r for r in fake.requests if r.method == "GET"]) == 2
+
+
+def test_a_scale_that_cannot_be_placed_exits_1_naming_the_filter(
+    fake: FakeManager, scale: Callable[..., Result]
+) -> None:
+    why = "no node has 2.0 free CPU; largest free: 0.5 on n1"
+    unplaced = alloc(1, AllocStatus.PENDING, node=None, placement={}, status_reason=why)
+    answers(fake, [detail(2, [alloc(0, AllocStatus.RUNNING), unplaced])])
+    result = scale("2")
+    assert result.exit_code == 1, result.output
+    assert_one_error_line(result, "shop.web[1] cannot be placed", why)
+
+
+def test_scale_detach_returns_once_asked(fake: FakeManager, scale: Callable[..., Result]) -> None:
+    answers(fake, [detail(5, [])])
+    result = scale("5", "--detach")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == "shop"
+    assert [r.method for r in fake.requests] == ["POST"]
+
+
+@pytest.mark.parametrize("count", ["-1", "-20"])
+def test_a_negative_count_is_one_line_exit_2_naming_the_count(
+    fake: FakeManager, scale: Callable[..., Result], count: str
+) -> None:
+    result = scale(count)
+    assert result.exit_code == 2, result.output
+    assert_one_error_line(result, "count", ">= 0", count)
+    assert "Usage" not in result.output
+    assert fake.requests == []  # nothing asked of the manager

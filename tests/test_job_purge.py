@@ -1,0 +1,50 @@
+"""A purged job's tasks go once they stopped, as after ``nomad job stop -purge`` and GC.
+
+In-process (tests/test_job_applier.py's fake nodes): the tasks of a purged job's
+allocations leave the manager's records, its task list and its store once they have
+stopped; one whose node was lost stays until the node is back and has stopped it.
+"""
+
+from __future__ import annotations
+
+from cube.task.state import State
+from tests.test_job_applier import NOW, job_spec, run_all, settle, submitted
+
+
+async def test_a_purged_jobs_tasks_are_forgotten_once_stopped() -> None:
+    store, _, manager = await submitted(job_spec(count=2), "n1", "n2")
+    run_all(manager)
+    manager.jobs.reconcile_all(NOW)
+    ids = [t.id for a in manager.jobs.allocations() for t in a.tasks.values()]
+    assert len(ids) == 4
+
+    manager.jobs.stop("shop", purge=True)
+    # Still stopping: listed, so that a node that reports them is answered.
+    assert all(manager.tasks[i].state is State.RUNNING for i in ids)
+    await settle(manager)  # the nodes stopped them
+    manager.jobs.reconcile_all(NOW)
+
+    assert [i for i in ids if i in manager.tasks] == []
+    assert manager.tasks_json() == b"[]"
+    assert store.list_tasks() == []
+    await manager.close()
+
+
+async def test_a_purged_task_whose_node_was_lost_stays_until_its_node_stopped_it() -> None:
+    _, _, manager = await submitted(job_spec(count=1), "n1")
+    for task in manager.tasks.values():
+        manager._save(task, task.transition(State.RUNNING, "started"))
+        task.container_id = "c0ffee"
+    manager.jobs.reconcile_all(NOW)
+    manager._mark_down(manager.nodes["n1"], "lost")
+    manager._move_tasks_off(manager.nodes["n1"], "node n1 lost")
+    manager.jobs.stop("shop", purge=True)
+    manager.jobs.reconcile_all(NOW)
+    assert len(manager.tasks) == 2  # ended by the manager, but n1 may still run them
+
+    for task in list(manager.tasks.values()):  # n1 came back and stopped its copies
+        task.container_id = None
+        manager._save(task)
+    manager.jobs.reconcile_all(NOW)
+    assert manager.tasks == {}
+    await manager.close()
