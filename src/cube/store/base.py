@@ -15,6 +15,7 @@ from collections.abc import Collection, Sequence
 from typing import Protocol, TypeVar
 
 from cube.errors import NotFound
+from cube.job.deployment import Deployment
 from cube.job.model import Allocation, Job, JobVersion
 from cube.node import Node
 from cube.task.model import Task, TaskEvent
@@ -79,7 +80,7 @@ class Store(Protocol):
         """Every job, oldest first (replacing a job keeps its place)."""
 
     def delete_job(self, job_id: str) -> None:
-        """Purge a job with its versions and allocations; raises NotFound if unknown."""
+        """Purge a job with its versions, allocations and deployments; NotFound if unknown."""
 
     def job_versions(self, job_id: str) -> list[JobVersion]:
         """A job's versions, oldest (1) first; raises NotFound if the job is unknown."""
@@ -106,6 +107,16 @@ class Store(Protocol):
         self, *, job: str | None = None, node: str | None = None
     ) -> list[Allocation]:
         """Allocations, oldest first, optionally only those of ``job`` and/or on ``node``."""
+
+    # --- deployments -----------------------------------------------------------------------
+    def save_deployment(self, deployment: Deployment) -> None:
+        """Insert or replace a deployment, by ID; raises NotFound if its job is unknown."""
+
+    def find_deployment(self, deployment_id: str) -> Deployment | None:
+        """The deployment with this ID, or None."""
+
+    def list_deployments(self, *, job: str | None = None) -> list[Deployment]:
+        """Deployments, oldest first, optionally only those of ``job``."""
 
     # --- lifecycle -------------------------------------------------------------------------
     def close(self) -> None:
