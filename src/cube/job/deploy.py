@@ -144,7 +144,19 @@ def _finish(d: Deployment, status: DeploymentStatus, reason: str, now: datetime)
 def step(
     deployment: Deployment, spec: JobSpec, allocs: Iterable[Allocation], now: datetime
 ) -> Deployment:
-    """``deployment`` brought up to ``now``: its counts, its status and why (a copy)."""
+    """``deployment`` brought up to ``now``: its counts, its status and why (a copy).
+
+    Equal to ``deployment`` when nothing changed, so that the caller saves only changes.
+    """
+    d = _step(deployment, spec, allocs, now)
+    if d.model_copy(update={"updated_at": deployment.updated_at}) == deployment:
+        return deployment
+    return d
+
+
+def _step(
+    deployment: Deployment, spec: JobSpec, allocs: Iterable[Allocation], now: datetime
+) -> Deployment:
     d = deployment.model_copy(deep=True)
     if not d.active:
         return d
@@ -173,6 +185,21 @@ def step(
         d.progress_at = now
     if done:
         return _finish(d, DeploymentStatus.SUCCESSFUL, _success(d), now)
+    waiting = [g for g in d.groups.values() if g.desired_canaries and not g.promoted]
+    if waiting and all(
+        sum(1 for a in mine if a.id in g.canaries and a.healthy is True) >= g.desired_canaries
+        for g in waiting
+    ):
+        # Waiting for a person is not a lack of progress: no deadline runs meanwhile (and
+        # promote starts progress_deadline again).
+        count = sum(g.desired_canaries for g in waiting)
+        what = "canary is" if count == 1 else f"{count} canaries are"
+        reason = (
+            f"the {what} healthy: cube job promote {d.job} to roll on,"
+            f" cube job fail {d.job} to go back"
+        )
+        d.status, d.status_reason, d.updated_at = DeploymentStatus.WAITING, reason, now
+        return d
     deadline = min(update_policy(spec, g).progress_deadline for g in spec.groups)
     if now - d.progress_at >= timedelta(seconds=deadline):
         return _finish(
@@ -182,19 +209,6 @@ def step(
             f" ({healthy_now} of {sum(g.desired for g in d.groups.values())} healthy)",
             now,
         )
-    waiting = [g for g in d.groups.values() if g.desired_canaries and not g.promoted]
-    if waiting and all(
-        sum(1 for a in mine if a.id in g.canaries and a.healthy is True) >= g.desired_canaries
-        for g in waiting
-    ):
-        count = sum(g.desired_canaries for g in waiting)
-        what = "canary is" if count == 1 else f"{count} canaries are"
-        reason = (
-            f"the {what} healthy: cube job promote {d.job} to roll on,"
-            f" cube job fail {d.job} to go back"
-        )
-        d.status, d.status_reason, d.updated_at = DeploymentStatus.WAITING, reason, now
-        return d
     d.status, d.updated_at = DeploymentStatus.RUNNING, now
     d.status_reason = "; ".join(
         f"{name}: {g.healthy} of {g.desired} healthy"

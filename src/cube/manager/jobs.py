@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from cube.background import cancel_all, spawn
 from cube.errors import Conflict, FieldError, InvalidSpec, NotFound
+from cube.job.deployment import Deployment
 from cube.job.model import (
     Allocation,
     AllocDesired,
@@ -55,6 +56,7 @@ from cube.manager.allocs import (
     preferred_nodes,
     task_views,
 )
+from cube.manager.deployments import Deployments, apply_rollout
 from cube.manager.lookup import find_alloc
 from cube.node import Node
 from cube.scheduler import Decision, allocate, release
@@ -79,6 +81,10 @@ RESERVED_JOB_NAMES = frozenset({"plan"})
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+#: The clock the job routes pass to the deployment operations.
+utc_now = _now
 
 
 class JobService:
@@ -110,6 +116,8 @@ class JobService:
         #: its live allocations are on (grown by each placement of the pass).
         self._datacenter: dict[str, str] = {}
         self._taken: dict[str, set[str]] = {}
+        #: Deployments: kept, advanced each pass (cube.manager.deployments).
+        self.deployments = Deployments(self)
 
     # --- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -202,6 +210,7 @@ class JobService:
             for alloc in self.allocations(job=job.id):
                 self.allocs.pop(alloc.id, None)
             self.manager.store.delete_job(job.id)
+            self.deployments.forget(job.id)
             self.jobs.pop(job.id, None)
             self.versions.pop(job.id, None)
             log.info("job purged", job=job.id)
@@ -299,6 +308,7 @@ class JobService:
         what this pass placed (and what the task dispatcher placed during a pause).
         """
         self._wake_at = None
+        self.deployments.wake_at = None
         self._budget = MAX_PLACEMENTS_PER_PASS
         self._datacenter, self._taken = {}, {}
         self._stop_orphans()
@@ -312,15 +322,20 @@ class JobService:
             yield
         if self._budget <= 0:
             self.wake()  # more to place: the next pass goes on
+        due = self.deployments.wake_at
+        if due is not None and (self._wake_at is None or due < self._wake_at):
+            self._wake_at = due
 
     def reconcile_job(self, job: Job, views: list[Node], now: datetime) -> list[Node]:
         """Derive, reconcile and apply one job; returns the node views with its placements."""
-        version = self.current_version(job)
         nodes = {n.name: n for n in views}
         for alloc in self.allocations(job=job.id):
             self._derive(alloc, nodes, now)
-        plan = reconcile(job, version, self.allocations(job=job.id), views, now)
-        views = self._apply(job, version, plan, views, now)
+        deployment = self.deployments.advance(job, now)  # may revert: a new current version
+        version = self.current_version(job)
+        allocs = self.allocations(job=job.id)
+        plan = reconcile(job, version, allocs, views, now, deployment=deployment)
+        views = self._apply(job, version, plan, views, now, deployment=deployment)
         if plan.wake_at is not None and (self._wake_at is None or plan.wake_at < self._wake_at):
             self._wake_at = plan.wake_at
         if (job.status, job.status_reason) != (plan.status, plan.status_reason):
@@ -360,11 +375,20 @@ class JobService:
             self.manager.store.save_allocations([alloc])
 
     def _apply(
-        self, job: Job, version: JobVersion, plan: Plan, views: list[Node], now: datetime
+        self,
+        job: Job,
+        version: JobVersion,
+        plan: Plan,
+        views: list[Node],
+        now: datetime,
+        *,
+        deployment: Deployment | None = None,
     ) -> list[Node]:
         spec = version.spec
+        placed_by = deployment.id if deployment is not None else None
         for stop in plan.stop:
             self._stop_alloc(self.allocs[stop.alloc], stop.reason, lost=stop.lost, now=now)
+        apply_rollout(self, plan, now)
         for update in plan.update:
             old = self.allocs[update.alloc]
             if old.node is not None and not self._may_place(job.id, update.group):
@@ -374,14 +398,15 @@ class JobService:
                 old.version, old.group_hash = version.number, group_hash(spec, group)
                 self.manager.store.save_allocations([old])
                 continue
-            self._stop_alloc(old, update.reason, lost=False, now=now)
+            if not update.start_first:  # start-first: it runs until its successor is healthy
+                self._stop_alloc(old, update.reason, lost=False, now=now)
             place = Place(
                 update.group, update.index, update.reason, replaces=old.id, node=update.node
             )
-            views = self._place(job, version, place, views, now)
+            views = self._place(job, version, place, views, now, deployment=placed_by)
         for place in plan.place:
             if self._may_place(job.id, place.group):
-                views = self._place(job, version, place, views, now)
+                views = self._place(job, version, place, views, now, deployment=placed_by)
         for entry in plan.in_place:
             alloc = self.allocs[entry.alloc]
             alloc.version, alloc.updated_at = version.number, now
@@ -474,7 +499,14 @@ class JobService:
         }
 
     def _place(
-        self, job: Job, version: JobVersion, place: Place, views: list[Node], now: datetime
+        self,
+        job: Job,
+        version: JobVersion,
+        place: Place,
+        views: list[Node],
+        now: datetime,
+        *,
+        deployment: str | None = None,
     ) -> list[Node]:
         """Create the allocation ``place`` asks for and start it where the scheduler says."""
         spec = version.spec
@@ -489,6 +521,8 @@ class JobService:
             replaces=place.replaces,
             created_at=now,
             updated_at=now,
+            deployment=deployment,
+            canary=place.canary,
         )
         alloc.tasks = {t.name: AllocTask(id=alloc_task_id(alloc.id, t.name)) for t in group.tasks}
         changed = [alloc]
@@ -548,6 +582,10 @@ class JobService:
             self.manager.start_alloc_task(task, node, f"placed on {node.name} with {alloc.name}")
 
     # --- stopping -----------------------------------------------------------------------------
+    def stop_alloc(self, alloc: Allocation, reason: str, *, now: datetime) -> None:
+        """Stop an allocation (a deployment's successor that gives its slot back)."""
+        self._stop_alloc(alloc, reason, lost=False, now=now)
+
     def _stop_alloc(self, alloc: Allocation, reason: str, *, lost: bool, now: datetime) -> None:
         alloc.desired, alloc.desired_reason, alloc.updated_at = AllocDesired.STOP, reason, now
         if lost and not alloc.is_terminal:
