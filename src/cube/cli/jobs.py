@@ -91,10 +91,14 @@ class Verdict:
     done: bool
     failed: list[str] = field(default_factory=list)
     groups: list[GroupProgress] = field(default_factory=list)
-    summary: str = ""  # a deployment's own line, if it is followed
+    #: The deployment's own line, if one is followed (its progress; at the end, its status).
+    summary: str = ""
 
     def line(self) -> str:
-        return self.summary or "; ".join(g.line() for g in self.groups)
+        return self.summary or self.groups_line()
+
+    def groups_line(self) -> str:
+        return "; ".join(g.line() for g in self.groups)
 
 
 def judge(detail: JobDetail) -> Verdict:
@@ -183,7 +187,8 @@ def _by_deployment(
     return Verdict(
         done=seen.done,
         failed=[seen.failed] if seen.failed else [],
-        summary=seen.line,
+        groups=verdict.groups,
+        summary=seen.line if not seen.done else deployment_commands.deployment_line(d),
     )
 
 
@@ -241,7 +246,9 @@ def run_command(client: ManagerClient, file: str, detach: bool, timeout: float) 
         for reason in verdict.failed:
             click.echo(f"Error: {reason}", err=True)
         raise SystemExit(EXIT_FAILED)
-    click.echo(f"job {job.id}: {verdict.line()}")
+    click.echo(f"job {job.id}: {verdict.groups_line()}")
+    if verdict.summary:
+        click.echo(f"deployment of {verdict.summary}")
 
 
 @job_group.command("plan")
