@@ -292,6 +292,23 @@ def test_a_canary_beside_three_promote_rolls_on_and_fail_leaves_the_old_ones(
         what="the canary to stop",
     )
     assert {a["id"]: containers(a) for a in live_allocs(manager.url)} == kept  # untouched
+
+    # By hand, to a version by number: version 1's spec as version 5, no canary.
+    reverted = cube(manager, "job", "revert", "web", "1")
+    assert reverted.returncode == 0, reverted.stderr
+    assert "job web: version 5: back to version 1" in reverted.stdout
+    wait_for(
+        lambda: deployments(manager.url)[-1]["status"] == "successful",
+        timeout=60,
+        what="the revert to version 1 to succeed",
+    )
+    last = deployments(manager.url)[-1]
+    assert (last["version"], last["revert"], last["groups"]["http"]["desired_canaries"]) == (
+        5,
+        True,
+        0,
+    )
+    assert {a["version"] for a in live_allocs(manager.url)} == {5}
     assert_job_converges(manager, "web", [worker])
 
 

@@ -8,17 +8,25 @@ records an applier would have written and checks what the plan or the verdict sa
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from cube.errors import Conflict
+from cube.errors import Conflict, InvalidSpec
 from cube.job import deploy
 from cube.job.deployment import Deployment, DeploymentStatus, GroupDeployment
 from cube.job.model import Allocation, AllocDesired, AllocStatus, Job, JobVersion
 from cube.job.plan import Plan
 from cube.job.reconcile import reconcile
-from cube.job.spec import JobSpec, UpdatePolicy, parse_job
+from cube.job.spec import (
+    JobSpec,
+    UpdateOrder,
+    UpdatePolicy,
+    parse_job,
+    parse_job_text,
+    update_policy,
+)
 from cube.task.model import Health, Task
 from cube.task.spec import TaskSpec
 from cube.task.state import State
@@ -482,3 +490,116 @@ def test_a_deployment_that_ended_cannot_be_failed_again() -> None:
 def test_an_ended_deployment_is_left_as_it_is() -> None:
     d = Deployment(job="shop", version=2, status=DeploymentStatus.FAILED, status_reason="x")
     assert deploy.step(d, version(2).spec, [], at(100)) == d
+
+
+# --- the update block ----------------------------------------------------------------------
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def readme_update_example() -> JobSpec:
+    """The job file of the README's section on updates."""
+    text = README.read_text(encoding="utf-8").split("### Updates", 1)[1]
+    block = text.split("```yaml\n", 1)[1].split("```", 1)[0]
+    return parse_job_text(block)
+
+
+def test_the_update_block_s_defaults_are_the_readme_s() -> None:
+    s = parse_job({"job": "a", "groups": [{"name": "g", "tasks": [{"name": "t", "image": "i"}]}]})
+    policy = update_policy(s, s.groups[0])
+    assert policy == UpdatePolicy(
+        max_parallel=1,
+        order=UpdateOrder.STOP_FIRST,
+        min_healthy_time=10,
+        healthy_deadline=120,
+        progress_deadline=600,
+        auto_revert=False,
+        canary=0,
+    )
+
+
+def test_the_readme_s_update_example_parses_as_it_says() -> None:
+    s = readme_update_example()
+    assert s.update == UpdatePolicy(
+        max_parallel=1,
+        order=UpdateOrder.START_FIRST,
+        min_healthy_time=10,
+        healthy_deadline=120,
+        progress_deadline=600,
+        auto_revert=True,
+        canary=1,
+    )
+
+
+def test_a_group_s_update_block_replaces_the_job_s() -> None:
+    s = parse_job(
+        {
+            "job": "a",
+            "update": {"max_parallel": 4, "canary": 2},
+            "groups": [
+                {
+                    "name": "g",
+                    "tasks": [{"name": "t", "image": "i"}],
+                    "update": {"order": "start-first"},
+                },
+                {"name": "h", "tasks": [{"name": "t", "image": "i"}]},
+            ],
+        }
+    )
+    assert update_policy(s, s.groups[0]) == UpdatePolicy(order=UpdateOrder.START_FIRST)
+    assert update_policy(s, s.groups[1]) == UpdatePolicy(max_parallel=4, canary=2)
+
+
+def test_changing_only_the_update_block_moves_allocations_in_place() -> None:
+    v1, v2 = version(1), version(2, max_parallel=3, canary=1)
+    assert shape(plan_of(v2, old(v1), deployment(v2))) == {"in_place": ["a0", "a1", "a2"]}
+
+
+@pytest.mark.parametrize(
+    ("data", "path", "message"),
+    [
+        ({"update": {"max_parallel": 0}}, "update.max_parallel", "greater than or equal to 1"),
+        ({"update": {"order": "sideways"}}, "update.order", "stop-first"),
+        ({"update": {"min_healthy_time": "5m"}}, "update.healthy_deadline", "longer than"),
+        (
+            {"update": {"healthy_deadline": "20m"}},
+            "update.progress_deadline",
+            "at least healthy_deadline",
+        ),
+        ({"update": {"auto_revert": "yes"}}, "update.auto_revert", "boolean"),
+        ({"update": {"canary": -1}}, "update.canary", "greater than or equal to 0"),
+        ({"update": {"surge": 1}}, "update.surge", "Extra inputs"),
+        ({"type": "batch", "update": {}}, "update", "batch job"),
+        ({"type": "system", "update": {"canary": 1}}, "update.canary", "no canary"),
+        ({"type": "system", "update": {"order": "start-first"}}, "update.order", "stop-first"),
+    ],
+)
+def test_a_bad_update_block_names_the_field(data: dict[str, Any], path: str, message: str) -> None:
+    group: dict[str, Any] = {"name": "g", "tasks": [{"name": "t", "image": "i"}]}
+    with pytest.raises(InvalidSpec) as caught:
+        parse_job({"job": "a", "groups": [group], **data})
+    fields = {e.field: e.message for e in caught.value.errors}
+    assert path in fields, fields
+    assert message in fields[path]
+
+
+def test_a_group_s_bad_update_block_names_the_group() -> None:
+    group = {
+        "name": "g",
+        "tasks": [{"name": "t", "image": "i"}],
+        "update": {"min_healthy_time": "5m"},
+    }
+    with pytest.raises(InvalidSpec) as caught:
+        parse_job({"job": "a", "groups": [group]})
+    assert [e.field for e in caught.value.errors] == ["groups[0].update.healthy_deadline"]
+
+
+def test_step_returns_the_deployment_itself_when_nothing_changed() -> None:
+    v1, v2 = version(1), version(2, "cube-busybox:2")
+    d = deploy.step(
+        deploy.new_deployment(v2, old(v1), from_version=1, revert=False, now=T0),
+        v2.spec,
+        old(v1),
+        at(1),
+    )
+    assert deploy.step(d, v2.spec, old(v1), at(2)) is d

@@ -10,12 +10,16 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import httpx
 import pytest
+from click.testing import CliRunner
 
+from cube.cli.main import cli
 from cube.errors import Conflict, NotFound
 from cube.job.deployment import DeploymentStatus
 from cube.job.model import Allocation, AllocDesired
 from cube.job.spec import JobSpec
+from cube.manager.api import create_app
 from cube.manager.core import Manager
 from cube.store.memory import MemoryStore
 from cube.task.model import DesiredState
@@ -292,3 +296,53 @@ async def test_a_newer_version_cancels_the_running_deployment() -> None:
     )
     assert (third.version, third.from_version) == (3, 2)
     await c.manager.close()
+
+
+async def test_the_deployment_routes_answer_and_refuse_naming_the_field() -> None:
+    c = await deployed()
+    c.manager.jobs.submit(spec("busybox:2", canary=1))
+    await c.passes(2, 2.1, 3.2)
+    transport = httpx.ASGITransport(app=create_app(c.manager))
+    async with httpx.AsyncClient(transport=transport, base_url="http://m") as client:
+        listed = (await client.get("/v1/jobs/shop/deployments")).json()
+        assert [(d["version"], d["status"]) for d in listed] == [
+            (1, "successful"),
+            (2, "waiting-for-promotion"),
+        ]
+        one = await client.get(f"/v1/deployments/{listed[1]['id'][:8]}")  # a prefix works
+        assert one.json()["id"] == listed[1]["id"]
+        assert (await client.get("/v1/deployments/nope")).status_code == 404
+        detail = (await client.get("/v1/jobs/shop")).json()
+        assert detail["deployment"]["id"] == listed[1]["id"]
+
+        history = (await client.get("/v1/jobs/shop/history")).json()
+        assert [h["changes"] for h in history] == [
+            [],
+            ["~ groups[0].tasks[0].image: busybox:1 -> busybox:2", "+ update.canary: 1"],
+        ]
+        assert [h["deployment"] for h in history] == ["successful", "waiting-for-promotion"]
+
+        bad = await client.post("/v1/jobs/shop/revert", json={"version": 0})
+        assert bad.status_code == 422
+        assert [f["field"] for f in bad.json()["fields"]] == ["version"]
+        unknown = await client.post("/v1/jobs/shop/revert", json={"version": 9})
+        assert unknown.status_code == 404
+        promoted = await client.post("/v1/jobs/shop/promote")
+        assert (promoted.status_code, promoted.json()["status"]) == (200, "running")
+        again = await client.post("/v1/jobs/shop/promote")
+        assert again.status_code == 409
+        assert "no canary to promote" in again.json()["message"]
+
+        back = await client.post("/v1/jobs/shop/revert", json={})
+        assert (back.status_code, back.json()["version"]) == (200, 3)
+        failed = await client.post("/v1/jobs/shop/fail")
+        assert failed.status_code == 200  # the revert's own deployment, failed by hand
+        assert (await client.post("/v1/jobs/ghost/fail")).status_code == 404
+    await c.manager.close()
+
+
+def test_the_deployment_commands_have_help_with_an_example() -> None:
+    for command in ("promote", "fail", "revert", "history", "deployments"):
+        result = CliRunner().invoke(cli, ["job", command, "--help"])
+        assert result.exit_code == 0, result.output
+        assert "Example:" in result.output

@@ -106,7 +106,7 @@ def revert_command(client: ManagerClient, job_id: str, version: int | None) -> N
       cube job revert shop 2
     """
     job = client.revert_job(job_id, version)
-    click.echo(f"job {job.id}: version {job.version}: {job.status_reason}")
+    click.echo(f"job {job.id}: {job.status_reason}")
 
 
 @click.command("history")
