@@ -1,6 +1,6 @@
 """Jobs: a service job's allocations against Docker and Swarm, and at scale on simulated nodes.
 
-Two parts (``--parts``):
+Three parts (``--parts``):
 
 * ``docker``: on the real engine, in the same run, a service job with one group of one
   task and ``count: N`` submitted with one ``POST /v1/jobs`` to a fresh ``cube dev``
@@ -19,12 +19,18 @@ Two parts (``--parts``):
   the manager's peak memory (``VmHWM``) and CPU. Anchor (from the issue): Nomad's C1M
   reached 3,750 containers/s with 5 servers.
 
-The Docker part holds the engine for minutes and initialises a swarm (left at the end):
+* ``rolling``: a rolling update of a ``--rolling-size`` HTTP service (start-first,
+  ``max_parallel: 5``, ``min_healthy_time: 1s``) against ``docker service update
+  --update-parallelism 5 --update-order start-first``: time to all-new, and the fewest
+  answering during it (``bench/rolling.py``).
+
+The Docker and rolling parts hold the engine for minutes and initialises a swarm (left at the end):
 run it alone on the engine, e.g. ``flock -x /tmp/cube-engine.lock python bench/jobs.py``.
 
     python bench/jobs.py --parts docker --sizes 20,100 --trials 3
     python bench/jobs.py --parts sim --nodes 5000 --jobs 100 --count 1000
     python bench/jobs.py --parts sim --nodes 50 --jobs 4 --count 50      # a small run
+    python bench/jobs.py --parts rolling --rolling-sizes 20
 """
 
 from __future__ import annotations
@@ -47,9 +53,10 @@ import psutil
 from _common import ints, machine, names_of, save_json, table
 from _docker import WORKDIR, CpuMeter, Engine, run_id, task_body
 from manager import MiB, peak_rss, sim_cluster, wait_for
+from rolling import rolling_part
 from start import COLUMNS, POLL, Bench, Run, run_trials, summarise, worker_selector
 
-PARTS = ("docker", "sim")
+PARTS = ("docker", "sim", "rolling")
 SYSTEMS = ("cube-job", "docker-api-parallel", "swarm")
 #: The issue's targets for the Docker part, at the largest size.
 TARGET_RATIO = 1.15
@@ -295,6 +302,17 @@ SIM_COLUMNS = [
 ]
 
 
+ROLLING_COLUMNS = [
+    ("system", "system"),
+    ("size", "size"),
+    ("seconds", "to all-new s"),
+    ("fewest_answering", "fewest answering"),
+    ("polls", "polls"),
+    ("all_new", "all new"),
+    ("error", "error"),
+]
+
+
 # --- main -----------------------------------------------------------------------------------------
 async def amain(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
@@ -302,6 +320,14 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         out["docker"] = await docker_part(args)
         print(table(out["docker"]["summary"], [*COLUMNS, ("manager_running_s", "manager s")]))
         print("\n".join(out["docker"]["verdicts"]))
+    if "rolling" in args.parts:
+        rid = run_id()
+        workdir = Path(tempfile.mkdtemp(prefix=f"cube-rolling-{rid}-", dir=WORKDIR))
+        print(f"rolling run {rid}: logs in {workdir}", file=sys.stderr)
+        bench = JobBench(Engine(), rid, workdir)
+        out["rolling"] = await rolling_part(bench, args.rolling_sizes, args.timeout)
+        print(table(out["rolling"]["runs"], ROLLING_COLUMNS))
+        print("\n".join(out["rolling"]["verdicts"]))
     if "sim" in args.parts:
         work = Path(tempfile.mkdtemp(prefix="cube-bench-jobs-", dir=WORKDIR))
         try:
@@ -327,6 +353,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     docker.add_argument(
         "--systems", type=names_of(SYSTEMS), default=list(SYSTEMS), help=",".join(SYSTEMS)
     )
+    rolling = parser.add_argument_group("rolling part")
+    rolling.add_argument("--rolling-sizes", type=ints, default=[20], help="allocations")
     sim = parser.add_argument_group("sim part")
     sim.add_argument("--nodes", type=int, default=5000, help="simulated workers")
     sim.add_argument("--jobs", type=int, default=100)
