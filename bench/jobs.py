@@ -53,7 +53,7 @@ import psutil
 from _common import ints, machine, names_of, save_json, table
 from _docker import WORKDIR, CpuMeter, Engine, run_id, task_body
 from manager import MiB, peak_rss, sim_cluster, wait_for
-from rolling import rolling_part
+from rolling import ROLLING_SYSTEMS, rolling_part
 from start import COLUMNS, POLL, Bench, Run, run_trials, summarise, worker_selector
 
 PARTS = ("docker", "sim", "rolling")
@@ -325,7 +325,9 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         workdir = Path(tempfile.mkdtemp(prefix=f"cube-rolling-{rid}-", dir=WORKDIR))
         print(f"rolling run {rid}: logs in {workdir}", file=sys.stderr)
         bench = JobBench(Engine(), rid, workdir)
-        out["rolling"] = await rolling_part(bench, args.rolling_sizes, args.timeout)
+        out["rolling"] = await rolling_part(
+            bench, args.rolling_sizes, args.timeout, args.rolling_systems
+        )
         print(table(out["rolling"]["runs"], ROLLING_COLUMNS))
         print("\n".join(out["rolling"]["verdicts"]))
     if "sim" in args.parts:
@@ -355,6 +357,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     rolling = parser.add_argument_group("rolling part")
     rolling.add_argument("--rolling-sizes", type=ints, default=[20], help="allocations")
+    rolling.add_argument(
+        "--rolling-systems",
+        type=names_of(ROLLING_SYSTEMS),
+        default=list(ROLLING_SYSTEMS),
+        help=",".join(ROLLING_SYSTEMS),
+    )
     sim = parser.add_argument_group("sim part")
     sim.add_argument("--nodes", type=int, default=5000, help="simulated workers")
     sim.add_argument("--jobs", type=int, default=100)

@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import subprocess
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -221,13 +221,19 @@ async def swarm_rolling(bench: Bench, size: int, limit: float) -> RollingRun:
     return run
 
 
-async def rolling_part(bench: Bench, sizes: list[int], limit: float) -> dict[str, Any]:
+ROLLING_SYSTEMS = ("cube", "swarm")
+
+
+async def rolling_part(
+    bench: Bench, sizes: list[int], limit: float, systems: Sequence[str] = ROLLING_SYSTEMS
+) -> dict[str, Any]:
     """Cube, then Swarm, at each size; the swarm this run initialised is left at the end."""
     runs: list[RollingRun] = []
+    measures = [m for s, m in (("cube", cube_rolling), ("swarm", swarm_rolling)) if s in systems]
     try:
         with tags():
             for size in sizes:
-                for measure in (cube_rolling, swarm_rolling):
+                for measure in measures:
                     try:
                         runs.append(await measure(bench, size, limit))
                     except (httpx.HTTPError, RuntimeError, TimeoutError) as exc:
