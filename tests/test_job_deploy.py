@@ -27,6 +27,7 @@ from cube.job.spec import (
     parse_job_text,
     update_policy,
 )
+from cube.node import NodeState
 from cube.task.model import Health, Task
 from cube.task.spec import TaskSpec
 from cube.task.state import State
@@ -145,6 +146,16 @@ def test_start_first_stops_the_old_one_only_once_its_replacement_is_healthy() ->
     assert plan.stop[0].reason == "its replacement b0 is healthy"
     # start-first does not wait for the old one to stop before the next batch.
     assert [u.alloc for u in plan.update] == ["a1"]
+
+
+@pytest.mark.parametrize("nodes", [[N("n2"), N("n3"), N("n4")], [N("n1", NodeState.DOWN), N("n4")]])
+def test_a_superseded_allocation_on_a_lost_node_is_marked_lost(nodes: list[N]) -> None:
+    v1, v2 = version(1), version(2, "cube-busybox:2", order="start-first")
+    a0, a1, a2 = old(v1)
+    starting = new(v2, 0, "a0", status=AllocStatus.RUNNING)
+    allocs = [superseded(a0, "b0"), starting, a1, a2]
+    plan = reconcile(Job(id="shop", version=2), v2, allocs, nodes, T0, deployment=deployment(v2))
+    assert ("a0", True) in shape(plan)["stop"]
 
 
 @pytest.mark.parametrize(

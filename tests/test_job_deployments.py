@@ -346,3 +346,13 @@ def test_the_deployment_commands_have_help_with_an_example() -> None:
         result = CliRunner().invoke(cli, ["job", command, "--help"])
         assert result.exit_code == 0, result.output
         assert "Example:" in result.output
+
+
+async def test_a_dry_run_shows_the_canary_a_submit_would_start_and_changes_nothing() -> None:
+    c = await deployed()
+    plan, decisions = c.manager.jobs.plan(spec("busybox:2", canary=1, order="start-first"))
+    assert [(p.index, p.canary) for p in plan.place] == [(0, True)]
+    assert decisions["web[0]"].node is not None
+    assert not plan.update and not plan.stop
+    assert len(c.manager.jobs.deployments.of_job("shop")) == 1  # nothing saved
+    await c.manager.close()

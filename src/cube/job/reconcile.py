@@ -270,7 +270,9 @@ def _reconcile_counted(state: _GroupPass) -> None:
     state.update_budget = rollout.budget(state.rollout, state.allocs, state.nodes)
     reclaimed: set[int] = set()
     if not state.batch:
-        reclaimed = rollout.superseded(state.rollout, state.allocs, holders, wanted, plan)
+        reclaimed = rollout.superseded(
+            state.rollout, state.allocs, holders, wanted, plan, state.nodes
+        )
         reclaimed |= rollout.canaries(state.rollout, group.name, state.allocs, holders, plan)
     # Placements that start new work queue for batch parallelism; replacements of work that
     # runs now (lost, drained) take the place of what they replace and never wait.

@@ -104,6 +104,7 @@ def superseded(
     holders: Mapping[int | str, Allocation],
     wanted: int,
     plan: Plan,
+    nodes: Mapping[str, object],
 ) -> set[int]:
     """Decide each superseded allocation still running; returns the slots reclaimed."""
     reclaimed: set[int] = set()
@@ -111,7 +112,12 @@ def superseded(
         if a.desired is not AllocDesired.RUN or a.replaced_by is None or a.is_terminal:
             continue
         holder = holders.get(a.index)
-        if a.index >= wanted:
+        node = nodes.get(a.node) if a.node is not None else None
+        if a.node is not None and getattr(node, "state", NodeState.DOWN) is NodeState.DOWN:
+            # Its node is down or gone: it serves nobody, and its successor holds the slot.
+            why = f"node {a.node} is {'down' if node is not None else 'gone'}"
+            plan.stop.append(Stop(a.id, why, lost=True))
+        elif a.index >= wanted:
             plan.stop.append(Stop(a.id, f"{a.group} was scaled to {wanted}"))
         elif (
             a.group_hash == rollout.hash

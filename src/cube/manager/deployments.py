@@ -37,21 +37,26 @@ class Deployments:
     def __init__(self, jobs: JobService) -> None:
         self.jobs = jobs
         self.store = jobs.manager.store
-        self.by_id: dict[str, Deployment] = {d.id: d for d in self.store.list_deployments()}
+        self.by_id: dict[str, Deployment] = {}
+        #: Job -> its deployments' IDs, oldest first (a pass reads one job's, not all).
+        self.by_job: dict[str, list[str]] = {}
+        for d in self.store.list_deployments():  # oldest first
+            self.by_id[d.id] = d
+            self.by_job.setdefault(d.job, []).append(d.id)
         #: The earliest moment a deployment or an allocation's health may change by itself.
         self.wake_at: datetime | None = None
 
     # --- reading ------------------------------------------------------------------------------
     def of_job(self, job_id: str) -> list[Deployment]:
         """The job's deployments, oldest first."""
-        return sorted(
-            (d for d in self.by_id.values() if d.job == job_id), key=lambda d: d.created_at
-        )
+        return [self.by_id[i] for i in self.by_job.get(job_id, ())]
 
     def current(self, job: Job) -> Deployment | None:
         """The deployment of the job's current version (the newest, if there were several)."""
-        mine = [d for d in self.of_job(job.id) if d.version == job.version]
-        return mine[-1] if mine else None
+        for i in reversed(self.by_job.get(job.id, ())):
+            if self.by_id[i].version == job.version:
+                return self.by_id[i]
+        return None
 
     def get(self, deployment_id: str) -> Deployment:
         found = self.by_id.get(deployment_id)
@@ -62,12 +67,33 @@ class Deployments:
             found = matches[0]
         return found
 
+    def preview(
+        self, job: Job, version: JobVersion, allocs: list[Allocation], now: datetime
+    ) -> Deployment | None:
+        """The deployment a dry run of ``version`` reconciles with: the current one for the
+        current version, else the one a submit would start (not saved)."""
+        if version.spec.type is JobType.BATCH:
+            return None
+        if version.number == job.version and (d := self.current(job)) is not None:
+            return d
+        earlier = self.of_job(job.id)
+        return deploy.new_deployment(
+            version,
+            allocs,
+            from_version=earlier[-1].version if earlier else None,
+            revert=False,
+            now=now,
+        )
+
     def forget(self, job_id: str) -> None:
         """Drop a purged job's deployments (the store purged them with the job)."""
-        self.by_id = {i: d for i, d in self.by_id.items() if d.job != job_id}
+        for i in self.by_job.pop(job_id, ()):
+            self.by_id.pop(i, None)
 
     def _save(self, d: Deployment) -> None:
         self.store.save_deployment(d)
+        if d.id not in self.by_id:
+            self.by_job.setdefault(d.job, []).append(d.id)
         self.by_id[d.id] = d
 
     def _due(self, at: datetime | None) -> None:
@@ -75,8 +101,11 @@ class Deployments:
             self.wake_at = at
 
     # --- the pass -----------------------------------------------------------------------------
-    def advance(self, job: Job, now: datetime) -> Deployment | None:
-        """Bring the job's deployments up to ``now``; the current version's, or None (batch)."""
+    def advance(self, job: Job, allocs: list[Allocation], now: datetime) -> Deployment | None:
+        """Bring the job's deployments up to ``now``; the current version's, or None (batch).
+
+        ``allocs``: the job's allocations (the records themselves: health is recorded on them).
+        """
         for old in self.of_job(job.id):
             if old.active and (job.stopped or old.version != job.version):
                 why = "the job was stopped" if job.stopped else f"version {job.version} replaced it"
@@ -84,18 +113,11 @@ class Deployments:
         version = self.jobs.current_version(job)
         if job.stopped or version.spec.type is JobType.BATCH:
             return None
-        allocs = self.jobs.allocations(job=job.id)
         self._judge(version, allocs, now)
         d = self.current(job)
         if d is None:
-            earlier = self.of_job(job.id)
-            d = deploy.new_deployment(
-                version,
-                allocs,
-                from_version=earlier[-1].version if earlier else None,
-                revert=False,
-                now=now,
-            )
+            d = self.preview(job, version, allocs, now)
+            assert d is not None  # not a batch job
             self._save(d)
             log.info("deployment started", job=job.id, version=job.version, deployment=d.id)
         if not d.active:
@@ -114,7 +136,7 @@ class Deployments:
         if stepped.status is DeploymentStatus.FAILED and not stepped.revert:
             policies = [update_policy(version.spec, g) for g in version.spec.groups]
             if any(p.auto_revert for p in policies):
-                return self._revert_after(job, stepped, now)
+                return self._revert_after(job, stepped, allocs, now)
         if stepped.active:
             deadline = min(
                 p.progress_deadline
@@ -176,7 +198,7 @@ class Deployments:
         self._save(failed)
         version = self.jobs.current_version(job)
         if deploy.revert_target(self.jobs.job_versions(job_id), self.of_job(job_id), version):
-            self._revert_after(job, failed, now)
+            self._revert_after(job, failed, self.jobs.allocations(job=job_id), now)
         self.jobs.wake()
         return self.by_id[failed.id]
 
@@ -206,7 +228,7 @@ class Deployments:
                 f"rolled back by hand to version {target.number}",
                 now,
             )
-        self._go_back(job, target, now)
+        self._go_back(job, target, self.jobs.allocations(job=job_id), now)
         self.jobs.wake()
         return job.model_copy(deep=True)
 
@@ -218,7 +240,9 @@ class Deployments:
             raise Conflict(f"job {job_id} has no deployment running to {what} ({state})")
         return d
 
-    def _revert_after(self, job: Job, failed: Deployment, now: datetime) -> Deployment | None:
+    def _revert_after(
+        self, job: Job, failed: Deployment, allocs: list[Allocation], now: datetime
+    ) -> Deployment | None:
         """Auto-revert (or ``fail``): back to the last good version, if there is one."""
         current = self.jobs.current_version(job)
         target = deploy.revert_target(self.jobs.job_versions(job.id), self.of_job(job.id), current)
@@ -230,9 +254,11 @@ class Deployments:
             f"{failed.status_reason}; rolled back to version {target.number}",
             now,
         )
-        return self._go_back(job, target, now)
+        return self._go_back(job, target, allocs, now)
 
-    def _go_back(self, job: Job, target: JobVersion, now: datetime) -> Deployment:
+    def _go_back(
+        self, job: Job, target: JobVersion, allocs: list[Allocation], now: datetime
+    ) -> Deployment:
         """A new version with ``target``'s spec, and its deployment: a revert, no canaries."""
         current = self.jobs.current_version(job)
         back = JobVersion.of(target.spec, current.number + 1, now=now)
@@ -243,7 +269,7 @@ class Deployments:
         self.jobs.versions.setdefault(job.id, {})[back.number] = back
         d = deploy.new_deployment(
             back,
-            self.jobs.allocations(job=job.id),
+            allocs,
             from_version=current.number,
             revert=True,
             now=now,

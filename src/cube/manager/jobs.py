@@ -229,13 +229,16 @@ class JobService:
         draft = (job or Job(id=spec.job)).model_copy(update={"stopped": False})
         views = self.manager.list_nodes()
         self._datacenter = {}  # read afresh: a node may have joined again elsewhere
-        plan = reconcile(draft, version, self.allocations(job=spec.job), views, now)
+        allocs = self.allocations(job=spec.job)
+        deployment = self.deployments.preview(draft, version, allocs, now)
+        plan = reconcile(draft, version, allocs, views, now, deployment=deployment)
         decisions: dict[str, Decision] = {}
         chosen: set[str] = set()
         failed: dict[str, Decision] = {}  # group -> its first failure: the rest fail alike
+        started_first = {u.alloc for u in plan.update if u.start_first}  # the old one runs on
         for place in [*plan.place, *self._update_places(plan)][:MAX_PLACEMENTS_PER_PASS]:
-            if place.replaces is not None:  # stop, then start: what the old one holds is free
-                views = self._released(place.replaces, views)
+            if place.replaces is not None and place.replaces not in started_first:
+                views = self._released(place.replaces, views)  # stop, then start: it is free
             decision = None if place.replaces is not None else failed.get(place.group)
             if decision is None:
                 decision, views = self._choose(spec, place, views, also_taken=chosen)
@@ -329,11 +332,11 @@ class JobService:
     def reconcile_job(self, job: Job, views: list[Node], now: datetime) -> list[Node]:
         """Derive, reconcile and apply one job; returns the node views with its placements."""
         nodes = {n.name: n for n in views}
-        for alloc in self.allocations(job=job.id):
-            self._derive(alloc, nodes, now)
-        deployment = self.deployments.advance(job, now)  # may revert: a new current version
-        version = self.current_version(job)
         allocs = self.allocations(job=job.id)
+        for alloc in allocs:
+            self._derive(alloc, nodes, now)
+        deployment = self.deployments.advance(job, allocs, now)  # may revert: a new version
+        version = self.current_version(job)
         plan = reconcile(job, version, allocs, views, now, deployment=deployment)
         views = self._apply(job, version, plan, views, now, deployment=deployment)
         if plan.wake_at is not None and (self._wake_at is None or plan.wake_at < self._wake_at):
