@@ -27,6 +27,7 @@ from cube.cli.output import short
 from cube.cli.tasks import placement_view, task_ports
 from cube.errors import CubeError, FieldError, InvalidSpec
 from cube.job.model import Allocation, AllocDesired, AllocStatus, JobStatus
+from cube.job.reconcile import is_holder
 from cube.job.spec import JobSpec, JobType, parse_job_text
 from cube.job.wire import JobDetail
 from cube.task.model import utcnow
@@ -56,10 +57,6 @@ def read_job_file(path: str) -> tuple[JobSpec, str]:
                 for e in exc.errors
             ]
         ) from None
-
-
-def is_holder(alloc: Allocation) -> bool:
-    return alloc.desired is AllocDesired.RUN and alloc.replaced_by is None
 
 
 # --- following a job ----------------------------------------------------------------------------
