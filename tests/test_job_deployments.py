@@ -353,6 +353,7 @@ async def test_a_dry_run_shows_the_canary_a_submit_would_start_and_changes_nothi
     plan, decisions = c.manager.jobs.plan(spec("busybox:2", canary=1, order="start-first"))
     assert [(p.index, p.canary) for p in plan.place] == [(0, True)]
     assert decisions["web[0]"].node is not None
-    assert not plan.update and not plan.stop
+    assert not plan.update
+    assert not plan.stop
     assert len(c.manager.jobs.deployments.of_job("shop")) == 1  # nothing saved
     await c.manager.close()
