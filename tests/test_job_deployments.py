@@ -357,3 +357,19 @@ async def test_a_dry_run_shows_the_canary_a_submit_would_start_and_changes_nothi
     assert not plan.stop
     assert len(c.manager.jobs.deployments.of_job("shop")) == 1  # nothing saved
     await c.manager.close()
+
+
+async def test_a_stopped_job_started_again_is_deployed_again() -> None:
+    c = await deployed()
+    c.manager.jobs.stop("shop")
+    await c.passes(2)
+    stopped = c.deployment()
+    assert c.manager.jobs.deployments.of_job("shop")[-1].status is DeploymentStatus.SUCCESSFUL
+    c.stop_reported()
+    _, created = c.manager.jobs.submit(spec())  # the same file: no new version
+    assert created
+    await c.passes(3, 3.1, 4.2)
+    again = c.deployment()
+    assert again.id != stopped.id
+    assert (again.version, again.status) == (1, DeploymentStatus.SUCCESSFUL)
+    await c.manager.close()

@@ -76,6 +76,19 @@ class Deployments:
             return None
         if version.number == job.version and (d := self.current(job)) is not None:
             return d
+        return self._fresh(job, version, allocs, now)
+
+    def restart(self, job: Job, allocs: list[Allocation], now: datetime) -> Deployment:
+        """A new deployment of the current version: its first, or a stopped job started again
+        (the same file submitted after ``cube job stop``)."""
+        d = self._fresh(job, self.jobs.current_version(job), allocs, now)
+        self._save(d)
+        log.info("deployment started", job=job.id, version=job.version, deployment=d.id)
+        return d
+
+    def _fresh(
+        self, job: Job, version: JobVersion, allocs: list[Allocation], now: datetime
+    ) -> Deployment:
         earlier = self.of_job(job.id)
         return deploy.new_deployment(
             version,
@@ -116,10 +129,7 @@ class Deployments:
         self._judge(version, allocs, now)
         d = self.current(job)
         if d is None:
-            d = self.preview(job, version, allocs, now)
-            assert d is not None  # not a batch job
-            self._save(d)
-            log.info("deployment started", job=job.id, version=job.version, deployment=d.id)
+            d = self.restart(job, allocs, now)
         if not d.active:
             return d
         stepped = deploy.step(d, version.spec, allocs, now)
