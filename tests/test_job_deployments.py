@@ -321,6 +321,7 @@ async def test_the_deployment_routes_answer_and_refuse_naming_the_field() -> Non
             ["~ groups[0].tasks[0].image: busybox:1 -> busybox:2", "+ update.canary: 1"],
         ]
         assert [h["deployment"] for h in history] == ["successful", "waiting-for-promotion"]
+        assert [h["groups"] for h in history] == [{"web": 3}, {"web": 3}]
 
         bad = await client.post("/v1/jobs/shop/revert", json={"version": 0})
         assert bad.status_code == 422

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import click
 from rich.table import Column
+from rich.text import Text
 
 from cube.cli import output as out
 from cube.cli.client import ManagerClient, manager_option
@@ -127,13 +128,17 @@ def history_command(client: ManagerClient, job_id: str, output: out.Format) -> N
     if output == "json":
         out.print_json(entries)
         return
-    table = out.make_table("VERSION", "SUBMITTED", "DEPLOYMENT", Column("CHANGES", overflow="fold"))
+    table = out.make_table(
+        "VERSION", "SUBMITTED", "GROUPS", "DEPLOYMENT", Column("CHANGES", overflow="fold")
+    )
     for e in entries:
         status = DeploymentStatus(e.deployment).title if e.deployment else out.DASH
-        changes = (
-            "\n".join(e.changes) if e.changes else ("first version" if e.version == 1 else "none")
+        groups = ", ".join(
+            f"{name}={'system' if count is None else count}" for name, count in e.groups.items()
         )
-        out.add_row(table, str(e.version), out.timestamp(e.submitted_at), status, changes)
+        first = "first version" if e.version == 1 else "none"
+        changes = Text("\n").join(out.inert_text(c) for c in e.changes) if e.changes else first
+        out.add_row(table, str(e.version), out.timestamp(e.submitted_at), groups, status, changes)
     out.show(table)
 
 

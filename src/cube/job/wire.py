@@ -68,6 +68,8 @@ class HistoryEntry(BaseModel):
     version: int
     submitted_at: datetime
     spec_hash: str
+    #: Each group's count (None: a system group, one per eligible node).
+    groups: dict[str, int | None]
     changes: list[str]
     deployment: str | None = None  # its status (the last deployment of the version)
     deployment_reason: str | None = None

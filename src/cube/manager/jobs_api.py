@@ -31,7 +31,7 @@ from cube.job.deployment import Deployment
 from cube.job.history import changes
 from cube.job.model import Allocation, Job, JobVersion
 from cube.job.plan import Plan
-from cube.job.spec import JobSpec, parse_job
+from cube.job.spec import JobSpec, JobType, parse_job
 from cube.job.wire import (
     HistoryEntry,
     JobDetail,
@@ -176,6 +176,10 @@ def install_job_routes(app: FastAPI, jobs: JobService) -> None:
                 version=v.number,
                 submitted_at=v.submitted_at,
                 spec_hash=v.spec_hash,
+                groups={
+                    g.name: None if v.spec.type is JobType.SYSTEM else g.wanted
+                    for g in v.spec.groups
+                },
                 changes=diff,
                 deployment=last[v.number].status.value if v.number in last else None,
                 deployment_reason=last[v.number].status_reason if v.number in last else None,
