@@ -614,3 +614,32 @@ def test_step_returns_the_deployment_itself_when_nothing_changed() -> None:
         at(1),
     )
     assert deploy.step(d, v2.spec, old(v1), at(2)) is d
+
+
+# --- pause ---------------------------------------------------------------------------------
+
+
+def test_a_paused_deployment_replaces_nothing_and_places_no_canary() -> None:
+    v1, v2 = version(1), version(2, "cube-busybox:2", max_parallel=3)
+    plan = plan_of(v2, old(v1), deployment(v2, status=DeploymentStatus.PAUSED))
+    assert shape(plan) == {"keep": ["a0", "a1", "a2"]}
+    assert plan.keep[0].reason == "waits to be updated to version 2: the deployment is paused"
+    v3 = version(3, "cube-busybox:3", canary=1)
+    paused = canary_deployment(v3, status=DeploymentStatus.PAUSED)
+    assert not plan_of(v3, old(v1), paused).place
+
+
+def test_a_paused_deployment_misses_no_deadline_and_resuming_restarts_the_count() -> None:
+    v1, v2 = version(1), version(2, "cube-busybox:2")
+    d = deploy.new_deployment(v2, old(v1), from_version=1, revert=False, now=T0)
+    paused = deploy.pause(d, at(1))
+    assert paused.status is DeploymentStatus.PAUSED
+    later = deploy.step(paused, v2.spec, old(v1), at(100))  # far past progress_deadline 30s
+    assert later.status is DeploymentStatus.PAUSED
+    resumed = deploy.resume(later, at(100))
+    assert (resumed.status, resumed.progress_at) == (DeploymentStatus.RUNNING, at(100))
+    assert deploy.step(resumed, v2.spec, old(v1), at(129)).status is DeploymentStatus.RUNNING
+    with pytest.raises(Conflict, match="not paused"):
+        deploy.resume(resumed, at(101))
+    with pytest.raises(Conflict, match="only a running one can be paused"):
+        deploy.pause(paused, at(101))

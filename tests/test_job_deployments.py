@@ -334,6 +334,13 @@ async def test_the_deployment_routes_answer_and_refuse_naming_the_field() -> Non
         assert again.status_code == 409
         assert "no canary to promote" in again.json()["message"]
 
+        paused = await client.post("/v1/jobs/shop/pause")
+        assert (paused.status_code, paused.json()["status"]) == (200, "paused")
+        assert (await client.post("/v1/jobs/shop/pause")).status_code == 409
+        resumed = await client.post("/v1/jobs/shop/resume")
+        assert (resumed.status_code, resumed.json()["status"]) == (200, "running")
+        assert (await client.post("/v1/jobs/shop/resume")).status_code == 409
+
         back = await client.post("/v1/jobs/shop/revert", json={})
         assert (back.status_code, back.json()["version"]) == (200, 3)
         failed = await client.post("/v1/jobs/shop/fail")
@@ -343,7 +350,7 @@ async def test_the_deployment_routes_answer_and_refuse_naming_the_field() -> Non
 
 
 def test_the_deployment_commands_have_help_with_an_example() -> None:
-    for command in ("promote", "fail", "revert", "history", "deployments"):
+    for command in ("promote", "pause", "resume", "fail", "revert", "history", "deployments"):
         result = CliRunner().invoke(cli, ["job", command, "--help"])
         assert result.exit_code == 0, result.output
         assert "Example:" in result.output

@@ -199,6 +199,12 @@ class ManagerClient:
     def promote_job(self, job_id: str) -> Deployment:
         return self._parse(_DEPLOYMENT, self._send("POST", _job_path(job_id, "/promote")))
 
+    def pause_job(self, job_id: str) -> Deployment:
+        return self._parse(_DEPLOYMENT, self._send("POST", _job_path(job_id, "/pause")))
+
+    def resume_job(self, job_id: str) -> Deployment:
+        return self._parse(_DEPLOYMENT, self._send("POST", _job_path(job_id, "/resume")))
+
     def fail_job(self, job_id: str) -> Deployment:
         return self._parse(_DEPLOYMENT, self._send("POST", _job_path(job_id, "/fail")))
 

@@ -1,4 +1,4 @@
-"""``cube job promote | fail | revert | history | deployments``: a job's rollouts, by hand.
+"""``cube job promote | pause | resume | fail | revert | history | deployments``.
 
 ``cube job run`` follows a service or system job's deployment (:func:`judge_deployment`,
 pure): exit 0 once it succeeded (or waits for its canaries to be promoted), 1 once it
@@ -71,6 +71,37 @@ def promote_command(client: ManagerClient, job_id: str) -> None:
       cube job promote shop
     """
     d = client.promote_job(job_id)
+    click.echo(f"job {job_id}: {deployment_line(d)}")
+
+
+@click.command("pause")
+@click.argument("job_id", metavar="JOB")
+@handle_errors
+@manager_option
+def pause_command(client: ManagerClient, job_id: str) -> None:
+    """Pause a job's running deployment: nothing more is replaced until it resumes.
+
+    \b
+    Example:
+      cube job pause shop
+      cube job resume shop
+    """
+    d = client.pause_job(job_id)
+    click.echo(f"job {job_id}: {deployment_line(d)}")
+
+
+@click.command("resume")
+@click.argument("job_id", metavar="JOB")
+@handle_errors
+@manager_option
+def resume_command(client: ManagerClient, job_id: str) -> None:
+    """Resume a job's paused deployment.
+
+    \b
+    Example:
+      cube job resume shop
+    """
+    d = client.resume_job(job_id)
     click.echo(f"job {job_id}: {deployment_line(d)}")
 
 
@@ -168,4 +199,12 @@ def deployments_command(client: ManagerClient, job_id: str, output: out.Format) 
     out.show(table)
 
 
-COMMANDS = (promote_command, fail_command, revert_command, history_command, deployments_command)
+COMMANDS = (
+    promote_command,
+    pause_command,
+    resume_command,
+    fail_command,
+    revert_command,
+    history_command,
+    deployments_command,
+)

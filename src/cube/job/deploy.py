@@ -183,6 +183,8 @@ def _step(
     healthy_now = sum(g.healthy for g in d.groups.values())
     if healthy_now > healthy_before:
         d.progress_at = now
+    if d.status is DeploymentStatus.PAUSED:
+        return d  # counted, but no deadline runs and nothing moves on until resumed
     if done:
         return _finish(d, DeploymentStatus.SUCCESSFUL, _success(d), now)
     waiting = [g for g in d.groups.values() if g.desired_canaries and not g.promoted]
@@ -244,6 +246,28 @@ def promote(deployment: Deployment, now: datetime) -> Deployment:
     for g in d.groups.values():
         g.promoted = True
     d.status, d.status_reason, d.updated_at = DeploymentStatus.RUNNING, "promoted", now
+    d.progress_at = now
+    return d
+
+
+def pause(deployment: Deployment, now: datetime) -> Deployment:
+    """The deployment paused: nothing more is replaced; Conflict unless it is running."""
+    if deployment.status is not DeploymentStatus.RUNNING:
+        raise Conflict(
+            f"deployment of version {deployment.version} is"
+            f" {deployment.status.title.lower()}: only a running one can be paused"
+        )
+    d = deployment.model_copy(deep=True)
+    d.status, d.status_reason, d.updated_at = DeploymentStatus.PAUSED, "paused by hand", now
+    return d
+
+
+def resume(deployment: Deployment, now: datetime) -> Deployment:
+    """A paused deployment running again; progress_deadline counts from now."""
+    if deployment.status is not DeploymentStatus.PAUSED:
+        raise Conflict(f"deployment of version {deployment.version} is not paused")
+    d = deployment.model_copy(deep=True)
+    d.status, d.status_reason, d.updated_at = DeploymentStatus.RUNNING, "resumed", now
     d.progress_at = now
     return d
 

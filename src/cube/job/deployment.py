@@ -8,11 +8,14 @@ status with a reason a person can read, and when it last made progress. Its stat
        │  ▲
        ▼  │ promote
     Waiting for promotion          (canaries healthy; `cube job promote` / `cube job fail`)
+
+    Running ◄──► Paused              (`cube job pause` / `cube job resume`: nothing more is
+                                      replaced meanwhile, and no deadline runs)
        │
        ▼
     Failed ──► Rolled back          (auto_revert or `cube job fail`: the job went back)
 
-    Running / Waiting ──► Cancelled  (a newer version was submitted, or the job stopped)
+    Running / Waiting / Paused ──► Cancelled  (a newer version was submitted, or the job stopped)
 
 Successful, Failed, Rolled back and Cancelled are terminal. The decisions that move a
 deployment are pure (:mod:`cube.job.deploy`); the manager saves what they say.
@@ -31,6 +34,7 @@ from cube.task.model import utcnow
 
 class DeploymentStatus(StrEnum):
     RUNNING = "running"
+    PAUSED = "paused"
     WAITING = "waiting-for-promotion"
     SUCCESSFUL = "successful"
     FAILED = "failed"
@@ -43,7 +47,7 @@ class DeploymentStatus(StrEnum):
 
     @property
     def active(self) -> bool:
-        return self in (DeploymentStatus.RUNNING, DeploymentStatus.WAITING)
+        return self in (DeploymentStatus.RUNNING, DeploymentStatus.PAUSED, DeploymentStatus.WAITING)
 
 
 class GroupDeployment(BaseModel):

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from cube.job.deployment import Deployment, GroupDeployment
+from cube.job.deployment import Deployment, DeploymentStatus, GroupDeployment
 from cube.job.model import Allocation, AllocDesired, AllocStatus
 from cube.job.plan import Keep, Place, Plan, Promote, Reclaim, Stop
 from cube.job.spec import UpdateOrder, UpdatePolicy
@@ -48,12 +48,13 @@ class Rollout:
     @property
     def may_replace(self) -> bool:
         """Whether old allocations may be replaced now: no deployment (batch), or it runs
-        and has no canaries waiting for promotion."""
+        (not paused) and has no canaries waiting for promotion."""
         d = self.deployment
         if d is None:
             return True
         g = self.group
-        return d.active and (g is None or g.promoted)
+        moving = d.status in (DeploymentStatus.RUNNING, DeploymentStatus.WAITING)
+        return moving and (g is None or g.promoted)
 
     @property
     def start_first(self) -> bool:
@@ -64,6 +65,8 @@ class Rollout:
         d = self.deployment
         if d is not None and not d.active:
             return f"not updated to version {version}: its deployment {d.status.title.lower()}"
+        if d is not None and d.status is DeploymentStatus.PAUSED:
+            return f"waits to be updated to version {version}: the deployment is paused"
         if d is not None and self.group is not None and not self.group.promoted:
             return f"waits for the canaries of version {version} to be promoted"
         n = self.policy.max_parallel
@@ -173,7 +176,7 @@ def canaries(
                 plan.promote.append(
                     Promote(a.id, "promoted", replaces=old.id if old is not None else None)
                 )
-    if g.promoted:
+    if g.promoted or d.status is DeploymentStatus.PAUSED:
         return taken
     mine = {a.index for a in allocs if a.canary and a.deployment == d.id}
     for index in range(g.desired_canaries):

@@ -200,6 +200,19 @@ class Deployments:
         self.jobs.wake()
         return promoted
 
+    def pause(self, job_id: str, now: datetime) -> Deployment:
+        paused = deploy.pause(self._running(job_id, "pause"), now)
+        self._save(paused)
+        log.info("deployment paused", job=job_id, version=paused.version)
+        return paused
+
+    def resume(self, job_id: str, now: datetime) -> Deployment:
+        resumed = deploy.resume(self._running(job_id, "resume"), now)
+        self._save(resumed)
+        log.info("deployment resumed", job=job_id, version=resumed.version)
+        self.jobs.wake()
+        return resumed
+
     def fail(self, job_id: str, now: datetime) -> Deployment:
         """Fail the running deployment by hand, and go back to the last good version."""
         job = self.jobs.job(job_id)

@@ -12,6 +12,7 @@
     POST   /v1/jobs/{id}/scale       {"group": "web", "count": 5}: a new version, count only
     GET    /v1/jobs/{id}/deployments the job's deployments, oldest first
     POST   /v1/jobs/{id}/promote     promote the running deployment's canaries
+    POST   /v1/jobs/{id}/pause       pause the running deployment (/resume: go on)
     POST   /v1/jobs/{id}/fail        fail the running deployment, and go back to the last good
     POST   /v1/jobs/{id}/revert      {"version": 2} (or {}: the last good one): a new version
     GET    /v1/deployments/{id}      one deployment (a unique ID prefix works too)
@@ -196,6 +197,16 @@ def install_job_routes(app: FastAPI, jobs: JobService) -> None:
     async def promote_job(job_id: str) -> Deployment:
         """Promote the canaries of the running deployment: the rolling update goes on."""
         return jobs.deployments.promote(job_id, utc_now())
+
+    @app.post("/v1/jobs/{job_id:jobid}/pause")
+    async def pause_job(job_id: str) -> Deployment:
+        """Pause the running deployment: nothing more is replaced, no deadline runs."""
+        return jobs.deployments.pause(job_id, utc_now())
+
+    @app.post("/v1/jobs/{job_id:jobid}/resume")
+    async def resume_job(job_id: str) -> Deployment:
+        """Resume a paused deployment; its progress_deadline counts from now."""
+        return jobs.deployments.resume(job_id, utc_now())
 
     @app.post("/v1/jobs/{job_id:jobid}/fail")
     async def fail_job(job_id: str) -> Deployment:
