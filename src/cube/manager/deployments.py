@@ -78,13 +78,22 @@ class Deployments:
             return d
         return self._fresh(job, version, allocs, now)
 
-    def restart(self, job: Job, allocs: list[Allocation], now: datetime) -> Deployment:
-        """A new deployment of the current version: its first, or a stopped job started again
-        (the same file submitted after ``cube job stop``)."""
+    def start(self, job: Job, allocs: list[Allocation], now: datetime) -> Deployment:
+        """A new deployment of the current version, made as it is submitted (or a stopped
+        job started again with the same file): the API shows it, and ``promote`` or
+        ``pause`` find it, before the next pass. A deployment of another version still
+        running is cancelled."""
+        self._cancel_others(job, now)
         d = self._fresh(job, self.jobs.current_version(job), allocs, now)
         self._save(d)
         log.info("deployment started", job=job.id, version=job.version, deployment=d.id)
         return d
+
+    def _cancel_others(self, job: Job, now: datetime) -> None:
+        for old in self.of_job(job.id):
+            if old.active and (job.stopped or old.version != job.version):
+                why = "the job was stopped" if job.stopped else f"version {job.version} replaced it"
+                self._end(old, DeploymentStatus.CANCELLED, why, now)
 
     def _fresh(
         self, job: Job, version: JobVersion, allocs: list[Allocation], now: datetime
@@ -119,17 +128,14 @@ class Deployments:
 
         ``allocs``: the job's allocations (the records themselves: health is recorded on them).
         """
-        for old in self.of_job(job.id):
-            if old.active and (job.stopped or old.version != job.version):
-                why = "the job was stopped" if job.stopped else f"version {job.version} replaced it"
-                self._end(old, DeploymentStatus.CANCELLED, why, now)
+        self._cancel_others(job, now)
         version = self.jobs.current_version(job)
         if job.stopped or version.spec.type is JobType.BATCH:
             return None
         self._judge(version, allocs, now)
         d = self.current(job)
         if d is None:
-            d = self.restart(job, allocs, now)
+            d = self.start(job, allocs, now)
         if not d.active:
             return d
         stepped = deploy.step(d, version.spec, allocs, now)

@@ -165,7 +165,6 @@ class JobService:
             return job.model_copy(deep=True), False
         if job is None:
             job = Job(id=spec.job, created_at=now, updated_at=now)
-        restarted = job.stopped and version is None
         job.stopped = False
         job.updated_at = now
         versions = []
@@ -179,8 +178,8 @@ class JobService:
         self.jobs[job.id] = job
         for v in versions:
             self.versions.setdefault(job.id, {})[v.number] = v
-        if restarted and spec.type is not JobType.BATCH:  # the same version, deployed again
-            self.deployments.restart(job, self.allocations(job=job.id), now)
+        if spec.type is not JobType.BATCH:  # a new version, or a stopped one started again
+            self.deployments.start(job, self.allocations(job=job.id), now)
         log.info("job submitted", job=job.id, version=job.version)
         self.wake()
         return job.model_copy(deep=True), True
