@@ -173,26 +173,23 @@ STATEFUL_SETTINGS = settings(
 )
 
 
-def fuzz_stateful(schema: BaseSchema, who: str, *, url: str | None = None) -> list[str]:
-    """Schemathesis' stateful phase: scenarios that chain calls along inferred links
-    (the ID a POST answers is the one the next GET or DELETE asks for).
+#: Left out of the stateful phase (the fuzzing above covers them): a job's deployment
+#: routes. Their answers depend on what the job loop did in between (a deployment running
+#: or ended, 200 or 409), and schemathesis offers a link only from a 2xx answer, so the
+#: same choices found other links on another run: Hypothesis refuses that as flaky data
+#: generation. Their chains are tested in tests/test_job_deployments.py.
+STATEFUL_EXCLUDED = (
+    r"^/v1/(jobs/[^/]+/(history|deployments|promote|pause|resume|fail|revert)|deployments/)"
+)
 
-    ``url``: the manager's, whose jobs each scenario starts without. Whether a link's value
-    is used depends on the previous answer (schemathesis flips a coin only when the value
-    was found): jobs left by an earlier scenario would make the same choices draw
-    differently, which Hypothesis refuses as flaky data generation.
-    """
+
+def fuzz_stateful(schema: BaseSchema, who: str) -> list[str]:
+    """Schemathesis' stateful phase: scenarios that chain calls along inferred links
+    (the ID a POST answers is the one the next GET or DELETE asks for)."""
     found: Found = {}
+    schema = schema.exclude(path_regex=STATEFUL_EXCLUDED)
 
     class Machine(schema.as_state_machine()):  # type: ignore[misc]
-        def setup(self) -> None:
-            if url is None:
-                return
-            for job in api.get(f"{url}/v1/jobs", timeout=REQUEST_TIMEOUT).json():
-                api.request(
-                    "DELETE", f"{url}/v1/jobs/{job['id']}?purge=true", timeout=REQUEST_TIMEOUT
-                )
-
         def get_call_kwargs(self, case: Case) -> dict[str, Any]:
             return {"headers": api.HEADERS}
 
@@ -226,7 +223,7 @@ def test_manager_api(start_manager: Any, start_worker: Any) -> None:
 
     wait_for(joined, timeout=30, what=f"{worker.name} to join the manager")
     schema = load_schema(manager.url)
-    problems = fuzz(schema, "manager") + fuzz_stateful(schema, "manager", url=manager.url)
+    problems = fuzz(schema, "manager") + fuzz_stateful(schema, "manager")
     assert not problems, "\n\n".join(problems)
     check_agent(manager)
     check_agent(worker)
