@@ -25,7 +25,8 @@ from tests.test_jobs_e2e import assert_job_converges, cube
 
 pytestmark = pytest.mark.docker
 
-FAST = {"min_healthy_time": "1s", "healthy_deadline": "8s", "progress_deadline": "30s"}
+#: Short, but with room for a busy machine: a deadline only costs time when it is missed.
+FAST = {"min_healthy_time": "1s", "healthy_deadline": "20s", "progress_deadline": "60s"}
 #: Ticks of the poller.
 TICK = 0.05
 
@@ -207,8 +208,8 @@ def test_a_bad_version_fails_at_healthy_deadline_and_auto_revert_stops_no_old_al
     """Version 1 asks for a canary (unused: nothing to replace then); the revert to it must
     not run one. Version 2's check probes a port nothing listens on: never healthy."""
     manager, worker = one_worker_cluster(start_manager, start_worker)
-    good = {"order": "start-first", "auto_revert": True, "healthy_deadline": "5s"}
-    run_ok(manager, web_job(tmp_path, "one", canary=1, **good))
+    policy = {"order": "start-first", "auto_revert": True}
+    run_ok(manager, web_job(tmp_path, "one", canary=1, **policy))
     old = {a["id"]: containers(a) for a in live_allocs(manager.url)}
     assert len(old) == 3
     assert all(len(c) == 1 for c in old.values())
@@ -216,7 +217,8 @@ def test_a_bad_version_fails_at_healthy_deadline_and_auto_revert_stops_no_old_al
     poller = Poller(manager.url).start()
     try:
         wait_for(lambda: len(poller.ports) == 3, timeout=10, what="the 3 ports of version 1")
-        ran = cube(manager, "job", "run", str(web_job(tmp_path, "bad", health_port=9999, **good)))
+        bad = web_job(tmp_path, "bad", health_port=9999, healthy_deadline="5s", **policy)
+        ran = cube(manager, "job", "run", str(bad))
     finally:
         poller.stop()
 
@@ -317,7 +319,9 @@ def test_a_manager_killed_mid_deployment_resumes_it_losing_and_doubling_nothing(
     start_manager: Any, start_worker: Any, tmp_path: Path
 ) -> None:
     manager, worker = one_worker_cluster(start_manager, start_worker, *PATIENT)
-    slow = {"order": "start-first", "min_healthy_time": "2s"}
+    # A deadline that leaves room for the restart: the manager learns the tasks' health
+    # again from the worker's reports after it.
+    slow = {"order": "start-first", "min_healthy_time": "2s", "healthy_deadline": "30s"}
     run_ok(manager, web_job(tmp_path, "one", **slow))
     detached = cube(manager, "job", "run", str(web_job(tmp_path, "two", **slow)), "--detach")
     assert detached.returncode == 0, detached.stderr
