@@ -323,11 +323,15 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     if "rolling" in args.parts:
         rid = run_id()
         workdir = Path(tempfile.mkdtemp(prefix=f"cube-rolling-{rid}-", dir=WORKDIR))
-        print(f"rolling run {rid}: logs in {workdir}", file=sys.stderr)
+        print(f"rolling run {rid}: logs in {workdir} (kept with --keep)", file=sys.stderr)
         bench = JobBench(Engine(), rid, workdir)
-        out["rolling"] = await rolling_part(
-            bench, args.rolling_sizes, args.timeout, args.rolling_systems
-        )
+        try:
+            out["rolling"] = await rolling_part(
+                bench, args.rolling_sizes, args.timeout, args.rolling_systems
+            )
+        finally:
+            if not args.keep:
+                shutil.rmtree(workdir, ignore_errors=True)
         print(table(out["rolling"]["runs"], ROLLING_COLUMNS))
         print("\n".join(out["rolling"]["verdicts"]))
     if "sim" in args.parts:
@@ -369,7 +373,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sim.add_argument("--count", type=int, default=1000, help="allocations per job")
     sim.add_argument("--scheduler", default="epvm")
     sim.add_argument("--every", type=float, default=2.0, help="seconds between progress polls")
-    sim.add_argument("--keep", action="store_true", help="keep the work dir (logs, db)")
+    sim.add_argument(
+        "--keep", action="store_true", help="keep the work dir (logs, db); rolling part too"
+    )
     parser.add_argument("--timeout", type=float, default=600.0, help="for each wait, seconds")
     parser.add_argument("--json", type=Path, help="save the results here")
     args = parser.parse_args(argv)
