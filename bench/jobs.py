@@ -1,6 +1,6 @@
 """Jobs: a service job's allocations against Docker and Swarm, and at scale on simulated nodes.
 
-Two parts (``--parts``):
+Three parts (``--parts``):
 
 * ``docker``: on the real engine, in the same run, a service job with one group of one
   task and ``count: N`` submitted with one ``POST /v1/jobs`` to a fresh ``cube dev``
@@ -23,13 +23,19 @@ Two parts (``--parts``):
   every task at once (``bench/jobs_inproc.py``): what the manager itself can do, at the
   issue's full size, without HTTP or a fleet sharing its CPU.
 
-The Docker part holds the engine for minutes and initialises a swarm (left at the end):
+* ``rolling``: a rolling update of a ``--rolling-size`` HTTP service (start-first,
+  ``max_parallel: 5``, ``min_healthy_time: 1s``) against ``docker service update
+  --update-parallelism 5 --update-order start-first``: time to all-new, and the fewest
+  answering during it (``bench/rolling.py``).
+
+The Docker and rolling parts hold the engine for minutes and initialises a swarm (left at the end):
 run it alone on the engine, e.g. ``flock -x /tmp/cube-engine.lock python bench/jobs.py``.
 
     python bench/jobs.py --parts docker --sizes 20,100 --trials 3
     python bench/jobs.py --parts sim --nodes 5000 --jobs 100 --count 1000
     python bench/jobs.py --parts sim --nodes 50 --jobs 4 --count 50      # a small run
     python bench/jobs.py --parts inproc --nodes 5000 --jobs 100 --count 1000
+    python bench/jobs.py --parts rolling --rolling-sizes 20
 """
 
 from __future__ import annotations
@@ -53,9 +59,10 @@ from _common import ints, machine, names_of, save_json, table
 from _docker import WORKDIR, CpuMeter, Engine, run_id, task_body
 from jobs_inproc import inproc_part
 from manager import MiB, peak_rss, sim_cluster, wait_for
+from rolling import ROLLING_SYSTEMS, rolling_part
 from start import COLUMNS, POLL, Bench, Run, run_trials, summarise, worker_selector
 
-PARTS = ("docker", "sim", "inproc")
+PARTS = ("docker", "sim", "inproc", "rolling")
 SYSTEMS = ("cube-job", "docker-api-parallel", "swarm")
 #: The issue's targets for the Docker part, at the largest size.
 TARGET_RATIO = 1.15
@@ -317,6 +324,17 @@ INPROC_COLUMNS = [
 ]
 
 
+ROLLING_COLUMNS = [
+    ("system", "system"),
+    ("size", "size"),
+    ("seconds", "to all-new s"),
+    ("fewest_answering", "fewest answering"),
+    ("polls", "polls"),
+    ("all_new", "all new"),
+    ("error", "error"),
+]
+
+
 # --- main -----------------------------------------------------------------------------------------
 async def amain(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
@@ -324,6 +342,20 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         out["docker"] = await docker_part(args)
         print(table(out["docker"]["summary"], [*COLUMNS, ("manager_running_s", "manager s")]))
         print("\n".join(out["docker"]["verdicts"]))
+    if "rolling" in args.parts:
+        rid = run_id()
+        workdir = Path(tempfile.mkdtemp(prefix=f"cube-rolling-{rid}-", dir=WORKDIR))
+        print(f"rolling run {rid}: logs in {workdir} (kept with --keep)", file=sys.stderr)
+        bench = JobBench(Engine(), rid, workdir)
+        try:
+            out["rolling"] = await rolling_part(
+                bench, args.rolling_sizes, args.timeout, args.rolling_systems
+            )
+        finally:
+            if not args.keep:
+                shutil.rmtree(workdir, ignore_errors=True)
+        print(table(out["rolling"]["runs"], ROLLING_COLUMNS))
+        print("\n".join(out["rolling"]["verdicts"]))
     if "sim" in args.parts:
         work = Path(tempfile.mkdtemp(prefix="cube-bench-jobs-", dir=WORKDIR))
         try:
@@ -355,13 +387,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     docker.add_argument(
         "--systems", type=names_of(SYSTEMS), default=list(SYSTEMS), help=",".join(SYSTEMS)
     )
+    rolling = parser.add_argument_group("rolling part")
+    rolling.add_argument("--rolling-sizes", type=ints, default=[20], help="allocations")
+    rolling.add_argument(
+        "--rolling-systems",
+        type=names_of(ROLLING_SYSTEMS),
+        default=list(ROLLING_SYSTEMS),
+        help=",".join(ROLLING_SYSTEMS),
+    )
     sim = parser.add_argument_group("sim part")
     sim.add_argument("--nodes", type=int, default=5000, help="simulated workers")
     sim.add_argument("--jobs", type=int, default=100)
     sim.add_argument("--count", type=int, default=1000, help="allocations per job")
     sim.add_argument("--scheduler", default="epvm")
     sim.add_argument("--every", type=float, default=2.0, help="seconds between progress polls")
-    sim.add_argument("--keep", action="store_true", help="keep the work dir (logs, db)")
+    sim.add_argument(
+        "--keep", action="store_true", help="keep the work dir (logs, db); rolling part too"
+    )
     parser.add_argument("--timeout", type=float, default=600.0, help="for each wait, seconds")
     parser.add_argument("--json", type=Path, help="save the results here")
     args = parser.parse_args(argv)

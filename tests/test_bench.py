@@ -106,6 +106,22 @@ def test_jobs_bench_starts_a_job_against_the_engine(tmp_path: Path) -> None:
     assert systems["cube-job"]["manager_running_s"] > 0, systems
 
 
+@pytest.mark.docker
+def test_jobs_bench_rolls_an_update_out_under_its_poller(tmp_path: Path) -> None:
+    """Cube only: Swarm needs the engine to itself (``flock -x``), as the bench says."""
+    saved = run_bench(
+        "jobs.py",
+        tmp_path / "j.json",
+        *("--parts", "rolling", "--rolling-sizes", "2", "--rolling-systems", "cube"),
+    )
+    (run,) = saved["rolling"]["runs"]
+    assert run["error"] == "", run
+    assert run["seconds"] > 0, run
+    assert run["polls"] > 0, run
+    assert run["all_new"], run
+    assert run["fewest_answering"] >= 0, run
+
+
 def test_jobs_bench_runs_jobs_on_a_small_simulated_fleet(tmp_path: Path) -> None:
     saved = run_bench(
         "jobs.py",

@@ -14,6 +14,7 @@ from click.testing import CliRunner, Result
 
 from cube.cli import jobs as jobs_cli
 from cube.cli.main import cli
+from cube.job.deployment import Deployment, DeploymentStatus
 from cube.job.model import Allocation, AllocDesired, AllocStatus, Job, JobStatus
 from cube.job.spec import parse_job
 from cube.job.wire import JobDetail
@@ -72,7 +73,13 @@ def scale(fake: FakeManager) -> Callable[..., Result]:
 
 def answers(fake: FakeManager, details: list[JobDetail]) -> None:
     """The scale call answers the job; each look at the job gets the next detail (the
-    last one from then on)."""
+    last one from then on). The new version's deployment runs until the last look, which
+    finds it successful (unless a detail says otherwise)."""
+    for n, d in enumerate(details):
+        if d.deployment is None:
+            done = n == len(details) - 1
+            status = DeploymentStatus.SUCCESSFUL if done else DeploymentStatus.RUNNING
+            d.deployment = Deployment(job="shop", version=d.job.version, status=status)
     fake.on("POST /v1/jobs/shop/scale", body=details[-1].job)
     looks: Iterator[JobDetail] = iter(details)
     last = details[-1]
@@ -101,7 +108,7 @@ def test_scale_up_follows_until_the_group_runs_at_its_count(
     looks = [r for r in fake.requests if r.method == "GET"]
     assert len(looks) == 3  # it followed the job until it was there
     assert "web at 3" in result.stderr
-    assert result.stdout.strip() == "job shop: web: 3 placed, 3 running of 3"
+    assert result.stdout.splitlines()[0] == "job shop: web: 3 placed, 3 running of 3"
 
 
 def test_scale_down_waits_for_the_extra_allocations_to_stop(

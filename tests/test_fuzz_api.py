@@ -183,10 +183,21 @@ STATEFUL_SETTINGS = settings(
 )
 
 
+#: Left out of the stateful phase (the fuzzing above covers them): a job's deployment
+#: routes. Their answers depend on what the job loop did in between (a deployment running
+#: or ended, 200 or 409), and schemathesis offers a link only from a 2xx answer, so the
+#: same choices found other links on another run: Hypothesis refuses that as flaky data
+#: generation. Their chains are tested in tests/test_job_deployments.py.
+STATEFUL_EXCLUDED = (
+    r"^/v1/(jobs/[^/]+/(history|deployments|promote|pause|resume|fail|revert)|deployments/)"
+)
+
+
 def fuzz_stateful(schema: BaseSchema, who: str) -> list[str]:
     """Schemathesis' stateful phase: scenarios that chain calls along inferred links
     (the ID a POST answers is the one the next GET or DELETE asks for)."""
     found: Found = {}
+    schema = schema.exclude(path_regex=STATEFUL_EXCLUDED)
 
     class Machine(schema.as_state_machine()):  # type: ignore[misc]
         def get_call_kwargs(self, case: Case) -> dict[str, Any]:

@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 
+from cube.job.deployment import Deployment
 from cube.job.model import AllocStatus, Job, JobVersion
 from cube.job.plan import Plan
 from cube.job.reconcile import NodeView, reconcile
-from cube.job.spec import JobSpec
+from cube.job.spec import JobSpec, JobType
 from cube.manager.core import Manager
 from cube.manager.job_changes import EVERYTHING, JobChanges, Todo
 from cube.manager.jobs import JobService
@@ -49,10 +50,15 @@ def reconciled(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     calls: list[str] = []
 
     def spy(
-        job: Job, version: JobVersion, allocs: Any, nodes: list[NodeView], now: datetime
+        job: Job,
+        version: JobVersion,
+        allocs: Any,
+        nodes: list[NodeView],
+        now: datetime,
+        deployment: Deployment | None = None,
     ) -> Plan:
         calls.append(job.id)
-        return reconcile(job, version, allocs, nodes, now)
+        return reconcile(job, version, allocs, nodes, now, deployment=deployment)
 
     monkeypatch.setattr("cube.manager.jobs.reconcile", spy)
     return calls
@@ -100,7 +106,11 @@ async def test_a_pass_reconciles_only_the_job_whose_allocation_changed(
 async def test_a_task_change_that_changes_no_allocation_reconciles_nothing(
     reconciled: list[str],
 ) -> None:
-    _, _, manager = await submitted(job_spec(count=1), "n1")  # two tasks in one allocation
+    # A batch job: a service's deployment judges its allocations' health at every task
+    # change (a health check that passes changes no allocation's status), so a job with a
+    # deployment under way is reconciled then.
+    batch = job_spec(count=1).model_copy(update={"type": JobType.BATCH})
+    _, _, manager = await submitted(batch, "n1")  # two tasks in one allocation
     passes(manager.jobs)
     reconciled.clear()
     first = next(t for t in manager.tasks.values() if t.state is State.SCHEDULED)

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from cube.errors import Conflict, NotFound
+from cube.job.deployment import Deployment, DeploymentStatus, GroupDeployment
 from cube.job.model import Allocation, AllocStatus, Job, JobVersion
 from cube.job.spec import JobSpec, parse_job
 from cube.store import SqliteStore, Store
@@ -181,21 +182,52 @@ def test_allocations_of_an_unknown_job_are_refused_all_together(store: Store) ->
         store.get_allocation(known.id)
 
 
-def test_deleting_a_job_purges_its_versions_and_allocations(store: Store) -> None:
+def test_deleting_a_job_purges_its_versions_allocations_and_deployments(store: Store) -> None:
     submit(store, "shop")
     kept_version = submit(store, "logs")
     kept = make_alloc("logs")
     store.save_allocations([make_alloc("shop"), kept])
+    kept_deployment = Deployment(job="logs", version=1)
+    store.save_deployment(Deployment(job="shop", version=1))
+    store.save_deployment(kept_deployment)
 
     store.delete_job("shop")
 
     assert store.find_job("shop") is None
     assert store.list_allocations() == [kept]
+    assert store.list_deployments() == [kept_deployment]
     assert store.job_versions("logs") == [kept_version]
     # Submitted again, the job starts over with no history.
     submit(store, "shop")
     assert len(store.job_versions("shop")) == 1
     assert store.list_allocations(job="shop") == []
+
+
+def test_deployments_are_saved_replaced_in_place_and_listed_oldest_first(store: Store) -> None:
+    submit(store, "shop")
+    submit(store, "logs")
+    first = Deployment(job="shop", version=1, created_at=T0)
+    other = Deployment(job="logs", version=1)
+    second = Deployment(job="shop", version=2, from_version=1, revert=True)
+    for d in (first, other, second):
+        store.save_deployment(d)
+    first.status, first.status_reason = DeploymentStatus.SUCCESSFUL, "all healthy"
+    first.groups["web"] = GroupDeployment(desired=3, healthy=3, canaries=["c0"])
+    store.save_deployment(first)
+
+    assert store.list_deployments(job="shop") == [first, second]
+    assert store.list_deployments() == [first, other, second]
+    assert store.find_deployment(first.id) == first
+    assert store.find_deployment("nope") is None
+    stored = store.list_deployments(job="shop")[0]
+    stored.groups.clear()  # a copy: the store's is untouched
+    assert store.find_deployment(first.id) == first
+
+
+def test_a_deployment_of_an_unknown_job_is_refused(store: Store) -> None:
+    with pytest.raises(NotFound, match="job ghost not found"):
+        store.save_deployment(Deployment(job="ghost", version=1))
+    assert store.list_deployments() == []
 
 
 def test_returned_and_saved_jobs_and_allocations_are_copies(store: Store) -> None:
@@ -254,6 +286,8 @@ def test_sqlite_keeps_jobs_across_reopen(tmp_path: Path) -> None:
     v1 = submit(first)
     alloc = make_alloc()
     first.save_allocations([alloc])
+    deployment = Deployment(job="shop", version=1, groups={"web": GroupDeployment(desired=3)})
+    first.save_deployment(deployment)
     first.close()
 
     reopened = SqliteStore(path)
@@ -261,6 +295,7 @@ def test_sqlite_keeps_jobs_across_reopen(tmp_path: Path) -> None:
         assert reopened.get_job("shop") == Job(id="shop", created_at=T0, updated_at=T0)
         assert reopened.job_versions("shop") == [v1]
         assert reopened.list_allocations() == [alloc]
+        assert reopened.list_deployments() == [deployment]
     finally:
         reopened.close()
 
@@ -288,4 +323,4 @@ def test_sqlite_adds_the_job_tables_to_a_database_written_before_jobs(tmp_path: 
     with closing(sqlite3.connect(path)) as conn:
         assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
         tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
-    assert {"tasks", "jobs", "job_versions", "allocations"} <= tables
+    assert {"tasks", "jobs", "job_versions", "allocations", "deployments"} <= tables

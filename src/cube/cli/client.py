@@ -24,9 +24,10 @@ from cube.api.client import check, error_from_response, unreachable
 from cube.api.tls import Verify, client_verify
 from cube.cli.credentials import CA_ENV, TOKEN_ENV, TOKEN_FILE, FoundToken, find_token
 from cube.errors import FieldError
+from cube.job.deployment import Deployment
 from cube.job.logs import LogRecord
 from cube.job.model import Allocation, Job, JobVersion
-from cube.job.wire import JobDetail, JobPlan
+from cube.job.wire import HistoryEntry, JobDetail, JobPlan
 from cube.node import Node
 from cube.task.model import Task, TaskEvent
 from cube.task.spec import KEEP_SECRETS, TaskRequest
@@ -52,6 +53,9 @@ _JOBS = TypeAdapter(list[Job])
 _JOB_DETAIL = TypeAdapter(JobDetail)
 _JOB_PLAN = TypeAdapter(JobPlan)
 _VERSIONS = TypeAdapter(list[JobVersion])
+_DEPLOYMENT = TypeAdapter(Deployment)
+_DEPLOYMENTS = TypeAdapter(list[Deployment])
+_HISTORY = TypeAdapter(list[HistoryEntry])
 _ALLOC = TypeAdapter(Allocation)
 _ALLOCS = TypeAdapter(list[Allocation])
 _YAML = {"Content-Type": "application/yaml"}
@@ -213,6 +217,28 @@ class ManagerClient:
     def scale_job(self, job_id: str, group: str, count: int) -> Job:
         body = {"group": group, "count": count}
         return self._parse(_JOB, self._send("POST", _job_path(job_id, "/scale"), json=body))
+
+    def job_history(self, job_id: str) -> list[HistoryEntry]:
+        return self._parse(_HISTORY, self._send("GET", _job_path(job_id, "/history")))
+
+    def job_deployments(self, job_id: str) -> list[Deployment]:
+        return self._parse(_DEPLOYMENTS, self._send("GET", _job_path(job_id, "/deployments")))
+
+    def promote_job(self, job_id: str) -> Deployment:
+        return self._parse(_DEPLOYMENT, self._send("POST", _job_path(job_id, "/promote")))
+
+    def pause_job(self, job_id: str) -> Deployment:
+        return self._parse(_DEPLOYMENT, self._send("POST", _job_path(job_id, "/pause")))
+
+    def resume_job(self, job_id: str) -> Deployment:
+        return self._parse(_DEPLOYMENT, self._send("POST", _job_path(job_id, "/resume")))
+
+    def fail_job(self, job_id: str) -> Deployment:
+        return self._parse(_DEPLOYMENT, self._send("POST", _job_path(job_id, "/fail")))
+
+    def revert_job(self, job_id: str, version: int | None = None) -> Job:
+        body = {} if version is None else {"version": version}
+        return self._parse(_JOB, self._send("POST", _job_path(job_id, "/revert"), json=body))
 
     def allocations(self, *, job: str | None = None, node: str | None = None) -> list[Allocation]:
         params = {k: v for k, v in (("job", job), ("node", node)) if v is not None}

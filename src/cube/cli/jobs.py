@@ -19,6 +19,7 @@ import click
 from rich.console import RenderableType
 from rich.table import Column, Table
 
+from cube.cli import deployments as deployment_commands
 from cube.cli import output as out
 from cube.cli.client import ManagerClient, manager_option
 from cube.cli.errors import EXIT_FAILED, handle_errors
@@ -26,6 +27,7 @@ from cube.cli.output import short
 from cube.cli.tasks import placement_view, task_ports
 from cube.errors import CubeError, FieldError, InvalidSpec
 from cube.job.model import Allocation, AllocDesired, AllocStatus, JobStatus
+from cube.job.reconcile import is_holder
 from cube.job.spec import JobSpec, JobType, parse_job_text
 from cube.job.wire import JobDetail
 from cube.task.model import utcnow
@@ -60,10 +62,6 @@ def read_job_file(path: str) -> tuple[JobSpec, str]:
         ) from None
 
 
-def is_holder(alloc: Allocation) -> bool:
-    return alloc.desired is AllocDesired.RUN and alloc.replaced_by is None
-
-
 # --- following a job ----------------------------------------------------------------------------
 
 
@@ -93,8 +91,13 @@ class Verdict:
     done: bool
     failed: list[str] = field(default_factory=list)
     groups: list[GroupProgress] = field(default_factory=list)
+    #: The deployment's own line, if one is followed (its progress; at the end, its status).
+    summary: str = ""
 
     def line(self) -> str:
+        return self.summary or self.groups_line()
+
+    def groups_line(self) -> str:
         return "; ".join(g.line() for g in self.groups)
 
 
@@ -151,12 +154,17 @@ def judge(detail: JobDetail) -> Verdict:
     return verdict
 
 
-def follow(client: ManagerClient, job_id: str, *, timeout: float) -> Verdict:
-    """Show the job's progress until :func:`judge` says it is done or failed."""
+def follow(client: ManagerClient, job_id: str, *, version: int, timeout: float) -> Verdict:
+    """Show the job's progress until it is done or failed: a batch job's by :func:`judge`,
+    a service's or system job's by its deployment of ``version``
+    (:func:`cube.cli.deployments.judge_deployment`)."""
     deadline = time.monotonic() + timeout
     with out.progress(f"job {job_id}: submitted") as update:
         while True:
-            verdict = judge(client.job(job_id))
+            detail = client.job(job_id)
+            verdict = judge(detail)
+            if detail.spec.type is not JobType.BATCH and not verdict.failed:
+                verdict = _by_deployment(client, detail, version, verdict)
             update(f"job {job_id}: {verdict.line()}")
             if verdict.done or verdict.failed:
                 return verdict
@@ -164,6 +172,24 @@ def follow(client: ManagerClient, job_id: str, *, timeout: float) -> Verdict:
                 verdict.failed.append(f"not there after {timeout:g}s: {verdict.line()}")
                 return verdict
             time.sleep(POLL)
+
+
+def _by_deployment(
+    client: ManagerClient, detail: JobDetail, version: int, verdict: Verdict
+) -> Verdict:
+    """The verdict of the deployment of ``version`` (the job's may have moved on: a revert)."""
+    d = detail.deployment
+    if d is None or d.version != version:
+        d = deployment_commands.deployment_of(client, detail.job.id, version)
+    if d is None:
+        return Verdict(done=False, groups=verdict.groups)
+    seen = deployment_commands.judge_deployment(d)
+    return Verdict(
+        done=seen.done,
+        failed=[seen.failed] if seen.failed else [],
+        groups=verdict.groups,
+        summary=seen.line if not seen.done else deployment_commands.deployment_line(d),
+    )
 
 
 # --- commands -----------------------------------------------------------------------------------
@@ -197,15 +223,18 @@ def following(func: Callable[P, R]) -> Callable[P, R]:
     return detach(timeout(func))
 
 
-def follow_to_the_end(client: ManagerClient, job_id: str, *, timeout: float) -> None:
-    """Follow the job (progress on stderr); its last line on stdout, or exit 1 with the
-    reasons it cannot get where it should be."""
-    verdict = follow(client, job_id, timeout=timeout)
+def follow_to_the_end(client: ManagerClient, job_id: str, *, version: int, timeout: float) -> None:
+    """Follow the job's ``version`` (progress on stderr); its last lines on stdout (the
+    groups, and the deployment's end), or exit 1 with the reasons it cannot get where it
+    should be."""
+    verdict = follow(client, job_id, version=version, timeout=timeout)
     if verdict.failed:
         for reason in verdict.failed:
             click.echo(f"Error: {reason}", err=True)
         raise SystemExit(EXIT_FAILED)
-    click.echo(f"job {job_id}: {verdict.line()}")
+    click.echo(f"job {job_id}: {verdict.groups_line()}")
+    if verdict.summary:
+        click.echo(f"deployment of {verdict.summary}")
 
 
 @job_group.command("run")
@@ -234,7 +263,7 @@ def run_command(client: ManagerClient, file: str, detach: bool, timeout: float) 
     if detach:
         click.echo(job.id)
         return
-    follow_to_the_end(client, spec.job, timeout=timeout)
+    follow_to_the_end(client, spec.job, version=job.version, timeout=timeout)
 
 
 @job_group.command("plan")
@@ -323,6 +352,11 @@ def job_view(detail: JobDetail) -> list[RenderableType]:
             ("Version", str(job.version)),
             ("Status", f"{out.title(job.status)}: {job.status_reason}"),
             ("Datacenters", ", ".join(spec.datacenters)),
+            *(
+                [("Deployment", deployment_commands.deployment_line(detail.deployment))]
+                if detail.deployment is not None
+                else []
+            ),
         ]
     )
     groups = out.make_table("GROUP", "DESIRED", *(s.value.upper() for s in AllocStatus))
@@ -429,34 +463,11 @@ def scale_command(
     if detach:
         click.echo(job.id)
         return
-    follow_to_the_end(client, job.id, timeout=timeout)
+    follow_to_the_end(client, job.id, version=job.version, timeout=timeout)
 
 
-@job_group.command("history")
-@click.argument("job_id", metavar="JOB")
-@out.output_option
-@handle_errors
-@manager_option
-def history_command(client: ManagerClient, job_id: str, output: out.Format) -> None:
-    """List the versions of a job, oldest first.
-
-    \b
-    Example:
-      cube job history shop
-      cube job history shop -o json | jq '.[-1].spec'
-    """
-    versions = client.job_versions(job_id)
-    if output == "json":
-        out.print_json(versions)
-        return
-    table = out.make_table("VERSION", "SUBMITTED", "GROUPS", "HASH")
-    for v in versions:
-        groups = ", ".join(
-            f"{g.name}={'system' if v.spec.type is JobType.SYSTEM else g.wanted}"
-            for g in v.spec.groups
-        )
-        out.add_row(table, str(v.number), out.timestamp(v.submitted_at), groups, v.spec_hash[:12])
-    out.show(table)
+for _command in deployment_commands.COMMANDS:
+    job_group.add_command(_command)
 
 
 @click.group("alloc")

@@ -267,6 +267,15 @@ class Allocation(BaseModel):
     #: The scheduler's explanation of where the allocation went, or why nowhere (a
     #: cube.scheduler Decision as JSON), kept per allocation as Nomad keeps its metrics.
     placement: dict[str, Any] | None = None
+    #: The deployment that placed it (None: placed before deployments, or by a batch job).
+    deployment: str | None = None
+    #: A canary: started beside the old allocations, holding no slot until promoted.
+    canary: bool = False
+    #: Since when every task runs and passes its health check (None: not now).
+    ready_since: datetime | None = None
+    #: The deployment's verdict (cube.job.deploy.judge_health): True once ready for
+    #: min_healthy_time, False once it failed or missed healthy_deadline; then it stays.
+    healthy: bool | None = None
 
     @property
     def name(self) -> str:

@@ -28,6 +28,8 @@ class Place:
     avoid: str | None = None
     #: The new allocation's reschedule history (its predecessor's, plus this replacement).
     reschedule_events: tuple[RescheduleEvent, ...] = ()
+    #: A canary of the deployment: started beside the old allocations, holding no slot.
+    canary: bool = False
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,30 @@ class Update:
     index: int
     reason: str
     node: str | None = None  # system groups: the new allocation stays on this node
+    #: start-first: the old one keeps running until its successor is healthy.
+    start_first: bool = False
+
+
+@dataclass(frozen=True)
+class Reclaim:
+    """A superseded allocation of the current version takes its slot back (a revert).
+
+    It never stopped (start-first keeps the old one until its successor is healthy);
+    ``stop``, the successor that holds the slot now, is stopped instead.
+    """
+
+    alloc: str
+    reason: str
+    stop: str | None = None
+
+
+@dataclass(frozen=True)
+class Promote:
+    """A promoted canary takes its slot over from ``replaces`` (stopped once it is healthy)."""
+
+    alloc: str
+    reason: str
+    replaces: str | None = None
 
 
 @dataclass(frozen=True)
@@ -89,6 +115,8 @@ class Plan:
     in_place: list[InPlace] = field(default_factory=list)
     keep: list[Keep] = field(default_factory=list)
     wait: list[Wait] = field(default_factory=list)
+    reclaim: list[Reclaim] = field(default_factory=list)
+    promote: list[Promote] = field(default_factory=list)
     status: JobStatus = JobStatus.PENDING
     status_reason: str = ""
 
@@ -105,7 +133,9 @@ class Plan:
 
     @property
     def changes_nothing(self) -> bool:
-        return not (self.place or self.stop or self.update or self.in_place)
+        return not (
+            self.place or self.stop or self.update or self.in_place or self.reclaim or self.promote
+        )
 
     def describe(self) -> list[str]:
         """One line per entry, as ``cube job plan`` would print them."""
@@ -114,6 +144,8 @@ class Plan:
         lines += [f"stop    {s.alloc}: {s.reason}" for s in self.stop]
         lines += [f"update  {u.alloc}: {u.reason}" for u in self.update]
         lines += [f"inplace {i.alloc}: {i.reason}" for i in self.in_place]
+        lines += [f"reclaim {r.alloc}: {r.reason}" for r in self.reclaim]
+        lines += [f"promote {p.alloc}: {p.reason}" for p in self.promote]
         lines += [f"wait    {w.group}[{w.index}]: {w.reason}" for w in self.wait]
         lines += [f"keep    {k.alloc}: {k.reason}" for k in self.keep]
         return lines

@@ -30,11 +30,13 @@ allocations are history. A system group has one slot per eligible node instead.
 A system group replaces nothing elsewhere: a drained or lost node's allocation just
 stops, and a node that (re)joins gets one.
 
-**Updates** (a changed spec) are destructive in this version: stop the allocation and
-start one of the new version, one allocation at a time per group (the next one when the
-previous replacement runs). A version that changes nothing the containers depend on
-(``count``, ``reschedule``, ``parallelism``: see :func:`cube.job.model.group_hash`)
-moves the allocations to it in place.
+**Updates** (a changed spec) replace allocations as the group's ``update`` policy and
+the job's deployment say (:mod:`cube.job.rollout`): ``max_parallel`` at a time, the next
+batch once the previous one is healthy, stop-first or start-first, canaries first if
+asked. A version that changes nothing the containers depend on (``count``,
+``reschedule``, ``parallelism``, ``update``: see :func:`cube.job.model.group_hash`)
+moves the allocations to it in place, which is also how a revert keeps the allocations
+of the version it goes back to.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
+from cube.job import rollout
+from cube.job.deployment import Deployment
 from cube.job.model import (
     Allocation,
     AllocDesired,
@@ -64,11 +68,9 @@ from cube.job.spec import (
     ReschedulePolicy,
     group_constraints,
     reschedule_policy,
+    update_policy,
 )
 from cube.node import NodeState
-
-#: Destructive updates in flight per group at once (Nomad's ``update.max_parallel``).
-MAX_PARALLEL_UPDATES = 1
 
 
 class NodeView(Protocol):
@@ -121,8 +123,8 @@ def ineligibility(node: NodeView, spec: JobSpec, group: GroupSpec) -> str | None
 
 
 def is_holder(alloc: Allocation) -> bool:
-    """Whether the allocation holds its slot: wanted, and not replaced yet."""
-    return alloc.desired is AllocDesired.RUN and alloc.replaced_by is None
+    """Whether the allocation holds its slot: wanted, not replaced yet, not a canary."""
+    return alloc.desired is AllocDesired.RUN and alloc.replaced_by is None and not alloc.canary
 
 
 def reconcile(
@@ -131,11 +133,14 @@ def reconcile(
     allocations: Iterable[Allocation],
     nodes: Iterable[NodeView],
     now: datetime,
+    *,
+    deployment: Deployment | None = None,
 ) -> Plan:
     """The plan that brings ``job``'s allocations to ``version`` (see the module docstring).
 
     ``allocations`` are the job's, in any order, including terminal and replaced ones;
-    ``nodes`` are every node the manager knows (a node missing from it counts as lost).
+    ``nodes`` are every node the manager knows (a node missing from it counts as lost);
+    ``deployment``: the current version's (None for a batch job).
     """
     spec = version.spec
     plan = Plan(job=job.id, version=version.number)
@@ -150,17 +155,23 @@ def reconcile(
     by_node = {n.name: n for n in nodes}
     groups = {g.name for g in spec.groups}
     for alloc in mine:
-        if alloc.group not in groups and is_holder(alloc) and not alloc.is_terminal:
+        if (
+            alloc.group not in groups
+            and alloc.desired is AllocDesired.RUN
+            and not alloc.is_terminal
+        ):
             plan.stop.append(
                 Stop(alloc.id, f"group {alloc.group} is not in version {version.number}")
             )
     doomed = _failed_for_good(spec, mine)
     for group in spec.groups:
+        hash = group_hash(spec, group)
         state = _GroupPass(
             spec=spec,
             group=group,
             version=version.number,
-            hash=group_hash(spec, group),
+            hash=hash,
+            rollout=rollout.Rollout(group.name, update_policy(spec, group), deployment, hash),
             policy=reschedule_policy(spec, group),
             nodes=by_node,
             now=now,
@@ -184,6 +195,7 @@ class _GroupPass:
     group: GroupSpec
     version: int
     hash: str
+    rollout: rollout.Rollout
     policy: ReschedulePolicy
     nodes: Mapping[str, NodeView]
     now: datetime
@@ -217,29 +229,6 @@ def _failed_for_good(spec: JobSpec, allocs: Sequence[Allocation]) -> Allocation 
             ):
                 return alloc
     return None
-
-
-def _update_budget(state: _GroupPass) -> int:
-    """How many destructive updates may start now: MAX_PARALLEL_UPDATES minus those in flight.
-
-    In flight: an old allocation still stopping, or a replacement of the current version
-    that does not run yet. The next update waits for both (stop-then-start, one at a time).
-    A stopping allocation on a node that is down or gone does not count: its node will
-    not report it stopped, and waiting for it would hold the update up forever.
-    """
-    in_flight = 0
-    for a in state.allocs:
-        if a.desired is AllocDesired.STOP and not a.is_terminal and a.group_hash != state.hash:
-            node = state.nodes.get(a.node) if a.node is not None else None
-            in_flight += node is not None and node.state is not NodeState.DOWN
-        elif (
-            is_holder(a)
-            and a.status is AllocStatus.PENDING
-            and a.replaces is not None
-            and a.group_hash == state.hash
-        ):
-            in_flight += 1
-    return max(0, MAX_PARALLEL_UPDATES - in_flight)
 
 
 def _pick_holders(state: _GroupPass, key: str) -> dict[int | str, Allocation]:
@@ -278,12 +267,20 @@ def _reconcile_counted(state: _GroupPass) -> None:
         if not extra.is_terminal:
             plan.stop.append(Stop(extra.id, f"{group.name} was scaled to {wanted}"))
 
-    state.update_budget = _update_budget(state)
+    state.update_budget = rollout.budget(state.rollout, state.allocs, state.nodes)
+    reclaimed: set[int] = set()
+    if not state.batch:
+        reclaimed = rollout.superseded(
+            state.rollout, state.allocs, holders, wanted, plan, state.nodes
+        )
+        reclaimed |= rollout.canaries(state.rollout, group.name, state.allocs, holders, plan)
     # Placements that start new work queue for batch parallelism; replacements of work that
     # runs now (lost, drained) take the place of what they replace and never wait.
     queued: list[Place] = []
     for index in range(wanted):
         alloc = holders.get(index)
+        if index in reclaimed:
+            continue  # taken back by the allocation its holder superseded, or by a canary
         if alloc is None:
             if state.batch and state.doomed:
                 continue
@@ -350,10 +347,10 @@ def _live(state: _GroupPass, alloc: Allocation) -> None:
 
 def _untainted(state: _GroupPass, alloc: Allocation) -> None:
     """A holder on a good node: keep it, or bring it to the current version."""
-    plan, version = state.plan, state.version
+    plan, version, roll = state.plan, state.version, state.rollout
     if alloc.group_hash != state.hash:
         # Not started anywhere yet: nothing runs that an update could disturb.
-        if alloc.node is None or state.update_budget > 0:
+        if alloc.node is None or (state.update_budget > 0 and roll.may_replace):
             if alloc.node is not None:
                 state.update_budget -= 1
             plan.update.append(
@@ -364,12 +361,11 @@ def _untainted(state: _GroupPass, alloc: Allocation) -> None:
                     f"version {version} changes what {alloc.name} runs"
                     f" (was version {alloc.version})",
                     node=alloc.node if state.system else None,
+                    start_first=roll.start_first and alloc.node is not None and not state.system,
                 )
             )
         else:
-            plan.keep.append(
-                Keep(alloc.id, f"waits to be updated to version {version}: one at a time")
-            )
+            plan.keep.append(Keep(alloc.id, roll.held_up(version)))
     elif alloc.version != version:
         plan.in_place.append(
             InPlace(alloc.id, f"version {version} changes nothing {alloc.name} runs")
@@ -456,7 +452,7 @@ def _reconcile_system(state: _GroupPass) -> None:
     """A system group: one allocation on every eligible node, none moved elsewhere."""
     group, plan = state.group, state.plan
     holders = _pick_holders(state, "node")
-    state.update_budget = _update_budget(state)
+    state.update_budget = rollout.budget(state.rollout, state.allocs, state.nodes)
     for alloc in holders.values():
         node = state.nodes.get(alloc.node) if alloc.node is not None else None
         if not alloc.is_terminal:

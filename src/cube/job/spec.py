@@ -41,7 +41,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, StrictBool, ValidationError, model_validator
 
 from cube.errors import FieldError, InvalidSpec
 from cube.node import Resources as NodeResources
@@ -114,6 +114,35 @@ DEFAULT_RESCHEDULE: Mapping[JobType, ReschedulePolicy] = {
 }
 
 
+class UpdateOrder(StrEnum):
+    STOP_FIRST = "stop-first"  # stop an old allocation, then start its replacement
+    START_FIRST = "start-first"  # start the replacement; stop the old one once it is healthy
+
+
+class UpdatePolicy(_Model):
+    """How a new version replaces a service or system group's allocations (a *deployment*).
+
+    At most ``max_parallel`` allocations are replaced at a time; the next batch starts when
+    the previous one is healthy: every task running and passing its health check (or,
+    without a check, running) for ``min_healthy_time``. An allocation not healthy within
+    ``healthy_deadline`` of its placement, or no allocation becoming healthy for
+    ``progress_deadline``, fails the deployment; ``auto_revert`` then goes back to the last
+    version whose deployment succeeded. ``canary: N`` first starts N allocations of the
+    new version beside the old ones and waits for ``cube job promote``.
+    """
+
+    max_parallel: int = Field(default=1, ge=1, le=MAX_COUNT)
+    order: UpdateOrder = UpdateOrder.STOP_FIRST
+    min_healthy_time: Seconds = 10.0
+    healthy_deadline: Seconds = 120.0
+    progress_deadline: Seconds = 600.0
+    auto_revert: StrictBool = False
+    canary: int = Field(default=0, ge=0, le=MAX_COUNT)
+
+
+DEFAULT_UPDATE = UpdatePolicy()
+
+
 class GroupSpec(_Model):
     """One group: tasks that run together on a node, ``count`` copies of it."""
 
@@ -129,6 +158,7 @@ class GroupSpec(_Model):
     parallelism: int | None = Field(
         default=None, ge=1, le=MAX_COUNT, description="batch: allocations running at once"
     )
+    update: UpdatePolicy | None = Field(default=None, description="replaces the job's update")
 
     @property
     def wanted(self) -> int:
@@ -146,6 +176,7 @@ class JobSpec(_Model):
     )
     constraints: _Labels = Field(default_factory=dict, max_length=64)
     groups: list[GroupSpec] = Field(min_length=1, max_length=MAX_GROUPS)
+    update: UpdatePolicy | None = None
 
     @model_validator(mode="after")
     def _rules_across_fields(self) -> JobSpec:
@@ -176,6 +207,10 @@ def _problems(spec: JobSpec) -> Iterator[FieldError]:
     """The rules that span fields, each error at the path of the field to change."""
     for i in _duplicates(spec.datacenters):
         yield FieldError(f"datacenters[{i}]", f"{spec.datacenters[i]!r} is listed twice")
+    if spec.type is JobType.BATCH and spec.update is not None:
+        yield FieldError("update", "a batch job runs to completion: it has no rolling update")
+    if spec.update is not None:
+        yield from _deadline_problems(spec.update, "update")
     for i in _duplicates([g.name for g in spec.groups]):
         yield FieldError(f"groups[{i}].name", f"another group is named {spec.groups[i].name!r}")
     for g, group in enumerate(spec.groups):
@@ -186,11 +221,43 @@ def _problems(spec: JobSpec) -> Iterator[FieldError]:
             )
         if spec.type is not JobType.BATCH and group.parallelism is not None:
             yield FieldError(f"{at}.parallelism", "only batch jobs have parallelism")
+        yield from _update_problems(spec, group, at)
         for t in _duplicates([task.name for task in group.tasks]):
             name = group.tasks[t].name
             yield FieldError(f"{at}.tasks[{t}].name", f"another task of the group is {name!r}")
         yield from _pinned_ports(group, at)
         yield from _contradictions(spec, group, at)
+
+
+def _deadline_problems(policy: UpdatePolicy, where: str) -> Iterator[FieldError]:
+    if policy.healthy_deadline <= policy.min_healthy_time:
+        yield FieldError(
+            f"{where}.healthy_deadline",
+            "must be longer than min_healthy_time: no allocation could be healthy in time",
+        )
+    if policy.progress_deadline < policy.healthy_deadline:
+        yield FieldError(
+            f"{where}.progress_deadline",
+            "must be at least healthy_deadline: the deployment would fail before its"
+            " allocations could",
+        )
+
+
+def _update_problems(spec: JobSpec, group: GroupSpec, at: str) -> Iterator[FieldError]:
+    if group.update is not None and spec.type is JobType.BATCH:
+        yield FieldError(f"{at}.update", "a batch job runs to completion: it has no rolling update")
+    policy, where = (group.update, f"{at}.update") if group.update else (spec.update, "update")
+    if group.update is not None:  # the job's own is checked once, in _problems
+        yield from _deadline_problems(group.update, where)
+    if policy is None or spec.type is not JobType.SYSTEM:
+        return
+    # One allocation per node: a second copy beside the first would share its node's ports.
+    if policy.canary:
+        yield FieldError(f"{where}.canary", "a system job runs one allocation per node: no canary")
+    if policy.order is UpdateOrder.START_FIRST:
+        yield FieldError(
+            f"{where}.order", "a system job runs one allocation per node: only stop-first"
+        )
 
 
 def _pinned_ports(group: GroupSpec, at: str) -> Iterator[FieldError]:
@@ -277,6 +344,11 @@ def placement_spec(spec: JobSpec, group: GroupSpec) -> TaskSpec:
         mounts=mounts,
         constraints=group_constraints(spec, group),
     )
+
+
+def update_policy(spec: JobSpec, group: GroupSpec) -> UpdatePolicy:
+    """The group's update policy: its own, else the job's, else the defaults."""
+    return group.update or spec.update or DEFAULT_UPDATE
 
 
 def reschedule_policy(spec: JobSpec, group: GroupSpec) -> ReschedulePolicy:

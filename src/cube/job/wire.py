@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from pydantic import BaseModel, Field
 
+from cube.job.deployment import Deployment
 from cube.job.model import Allocation, Job
 from cube.job.spec import MAX_COUNT, JobSpec
 from cube.scheduler.decision import Decision
@@ -15,6 +18,8 @@ class JobDetail(BaseModel):
     job: Job
     spec: JobSpec
     allocations: list[Allocation]
+    #: The current version's deployment (None: a batch job, or not made yet).
+    deployment: Deployment | None = None
 
 
 class ScaleRequest(BaseModel):
@@ -47,3 +52,24 @@ class JobPlan(BaseModel):
     entries: list[PlanEntry]
     #: Placements that would find no node (each entry's reason says why).
     unplaceable: int
+
+
+class RevertRequest(BaseModel):
+    """``POST /v1/jobs/{id}/revert``: a version to go back to, or none for the last good one."""
+
+    model_config = {"extra": "forbid"}
+
+    version: int | None = Field(default=None, ge=1, le=2**31)
+
+
+class HistoryEntry(BaseModel):
+    """One version of a job, what changed since the one before, and how its deployment went."""
+
+    version: int
+    submitted_at: datetime
+    spec_hash: str
+    #: Each group's count (None: a system group, one per eligible node).
+    groups: dict[str, int | None]
+    changes: list[str]
+    deployment: str | None = None  # its status (the last deployment of the version)
+    deployment_reason: str | None = None

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from cube.background import cancel_all, spawn
 from cube.errors import Conflict, FieldError, InvalidSpec, NotFound
+from cube.job.deployment import Deployment
 from cube.job.model import (
     Allocation,
     AllocDesired,
@@ -62,6 +63,7 @@ from cube.manager.allocs import (
     passed_over,
     task_views,
 )
+from cube.manager.deployments import Deployments, apply_rollout
 from cube.manager.job_changes import JobChanges, Todo
 from cube.manager.lookup import find_alloc
 from cube.manager.pass_views import PassViews
@@ -101,6 +103,10 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+#: The clock the job routes pass to the deployment operations.
+utc_now = _now
+
+
 class JobService:
     """Jobs, versions and allocations of one manager, and the loop that drives them."""
 
@@ -135,6 +141,8 @@ class JobService:
         self._taken: dict[str, set[str]] = {}
         #: What the next pass looks at: a pass reconciles the jobs that changed.
         self.changes = JobChanges(self.jobs)
+        #: Deployments: kept, advanced each pass (cube.manager.deployments).
+        self.deployments = Deployments(self)
         self._full_due = 0.0  #: time.monotonic() of the next pass over every job
         #: Passes completed that looked at every job.
         self.full_passes = 0
@@ -145,7 +153,8 @@ class JobService:
         self._cut = False
         #: job -> (its version, the placements and retries a slice or pass left), so that
         #: the next slice goes on with them instead of reconciling the whole job again.
-        self._rest: dict[str, tuple[int, list[Place], list[str]]] = {}
+        #: (The deployment the placements belong to, if any, too.)
+        self._rest: dict[str, tuple[int, list[Place], list[str], str | None]] = {}
         #: (id of a version's spec, group) -> that spec, the group's placement spec and hash.
         self._requests: dict[tuple[int, str], tuple[JobSpec, TaskSpec, str]] = {}
         #: IDs of tasks whose allocation was purged: forgotten once they stopped.
@@ -237,6 +246,8 @@ class JobService:
         self.jobs[job.id] = job
         for v in versions:
             self.versions.setdefault(job.id, {})[v.number] = v
+        if spec.type is not JobType.BATCH:  # a new version, or a stopped one started again
+            self.deployments.start(job, self.allocations(job=job.id), now)
         log.info("job submitted", job=job.id, version=job.version)
         self._touch(job.id)
         return job.model_copy(deep=True), True
@@ -271,6 +282,7 @@ class JobService:
                 self._orphans.update(t.id for t in alloc.tasks.values())
             self._forget_stopped_orphans()
             self.manager.store.delete_job(job.id)
+            self.deployments.forget(job.id)
             self.jobs.pop(job.id, None)
             self.versions.pop(job.id, None)
             self._requests.clear()  # built again as needed: forget the purged versions'
@@ -289,13 +301,16 @@ class JobService:
         assert version is not None
         draft = (job or Job(id=spec.job)).model_copy(update={"stopped": False})
         views = PassViews(self.manager.list_nodes())
-        plan = reconcile(draft, version, self.allocations(job=spec.job), views.nodes, now)
+        allocs = self.allocations(job=spec.job)
+        deployment = self.deployments.preview(draft, version, allocs, now)
+        plan = reconcile(draft, version, allocs, views.nodes, now, deployment=deployment)
         decisions: dict[str, Decision] = {}
         taken = self._live_nodes(spec.job)  # grown by the dry run's own placements
         failed: dict[str, Decision] = {}  # group -> its first failure: the rest fail alike
+        started_first = {u.alloc for u in plan.update if u.start_first}  # the old one runs on
         for place in [*plan.place, *self._update_places(plan)][:MAX_PLACEMENTS_PER_PASS]:
-            if place.replaces is not None:  # stop, then start: what the old one holds is free
-                self._release(place.replaces, views)
+            if place.replaces is not None and place.replaces not in started_first:
+                self._release(place.replaces, views)  # stop, then start: it is free
             decision = None if place.replaces is not None else failed.get(place.group)
             if decision is None:
                 decision = self._choose(spec, place, views, taken=taken)
@@ -459,25 +474,31 @@ class JobService:
         ``derive``: the allocations to derive (None: all); ``lazy``: stop there unless one
         of them changed. Returns whether the job's slice ended with placements left.
         """
-        version = self.current_version(job)
         rest = self._rest.pop(job.id, None)
         if derive is not None and not derive and rest is not None and rest[0] == job.version:
             # The rest of a plan a slice (or pass) left, if nothing but time passed since: a
             # change of the job would have marked it for a whole reconcile (derive None).
             self._cut = False
-            self._place_all(job, version, rest[1], rest[2], views, now)
+            version = self.current_version(job)
+            self._place_all(job, version, rest[1], rest[2], views, now, deployment=rest[3])
             return self._cut
         ids = self._by_job.get(job.id, {}) if derive is None else derive
         changed = False
         for alloc_id in list(ids):
             if (alloc := self.allocs.get(alloc_id)) is not None:
                 changed |= self._derive(alloc, views, now)
-        if lazy and not changed:
-            return False
-        plan = reconcile(job, version, self.allocations(job=job.id), views.nodes, now)
+        current = self.deployments.current(job)
+        if lazy and not changed and (current is None or not current.active):
+            return False  # (a deployment judges its allocations' health on any task change)
+        allocs = self.allocations(job=job.id)
+        self.deployments.wake_at = None
+        deployment = self.deployments.advance(job, allocs, now)  # may revert: a new version
+        version = self.current_version(job)
+        plan = reconcile(job, version, allocs, views.nodes, now, deployment=deployment)
         self._cut = False
-        self._apply(job, version, plan, views, now)
-        self.changes.due(job.id, plan.wake_at)
+        self._apply(job, version, plan, views, now, deployment=deployment)
+        due = [t for t in (plan.wake_at, self.deployments.wake_at) if t is not None]
+        self.changes.due(job.id, min(due, default=None))
         if (job.status, job.status_reason) != (plan.status, plan.status_reason):
             job.status, job.status_reason, job.updated_at = plan.status, plan.status_reason, now
             self.manager.store.save_job(job)
@@ -519,11 +540,20 @@ class JobService:
         return moved
 
     def _apply(
-        self, job: Job, version: JobVersion, plan: Plan, views: PassViews, now: datetime
+        self,
+        job: Job,
+        version: JobVersion,
+        plan: Plan,
+        views: PassViews,
+        now: datetime,
+        *,
+        deployment: Deployment | None = None,
     ) -> None:
         spec = version.spec
+        placed_by = deployment.id if deployment is not None else None
         for stop in plan.stop:
             self._stop_alloc(self.allocs[stop.alloc], stop.reason, lost=stop.lost, now=now)
+        apply_rollout(self, plan, now)
         for update in plan.update:
             old = self.allocs[update.alloc]
             if old.node is not None and not self._may_place(job.id, update.group):
@@ -533,11 +563,12 @@ class JobService:
                 old.version, old.group_hash = version.number, group_hash(spec, group)
                 self.manager.store.save_allocations([old])
                 continue
-            self._stop_alloc(old, update.reason, lost=False, now=now)
+            if not update.start_first:  # start-first: it runs until its successor is healthy
+                self._stop_alloc(old, update.reason, lost=False, now=now)
             place = Place(
                 update.group, update.index, update.reason, replaces=old.id, node=update.node
             )
-            self._place(job, version, place, views, now)
+            self._place(job, version, place, views, now, deployment=placed_by)
         for entry in plan.in_place:
             alloc = self.allocs[entry.alloc]
             alloc.version, alloc.updated_at = version.number, now
@@ -547,7 +578,7 @@ class JobService:
             for a in (self.allocs[keep.alloc] for keep in plan.keep)
             if a.node is None and not a.is_terminal and a.desired is AllocDesired.RUN
         ]
-        self._place_all(job, version, plan.place, retries, views, now)
+        self._place_all(job, version, plan.place, retries, views, now, deployment=placed_by)
 
     def _place_all(
         self,
@@ -557,6 +588,8 @@ class JobService:
         retries: list[str],
         views: PassViews,
         now: datetime,
+        *,
+        deployment: str | None = None,
     ) -> None:
         """Make the plan's placements, then retry its unplaced allocations, until the
         slice, the pass's budget or the send backlog says stop: what is left is kept
@@ -564,17 +597,17 @@ class JobService:
         for n, place in enumerate(places):
             if not self._may_place(job.id, place.group):
                 if self._cut or job.id in self.changes.unfinished:
-                    self._rest[job.id] = (version.number, places[n:], retries)
+                    self._rest[job.id] = (version.number, places[n:], retries, deployment)
                     return
                 continue
-            self._place(job, version, place, views, now)
+            self._place(job, version, place, views, now, deployment=deployment)
         for n, alloc_id in enumerate(retries):
             alloc = self.allocs.get(alloc_id)
             if alloc is None or alloc.node is not None:
                 continue
             if not self._may_place(job.id, alloc.group):
                 if self._cut or job.id in self.changes.unfinished:
-                    self._rest[job.id] = (version.number, [], retries[n:])
+                    self._rest[job.id] = (version.number, [], retries[n:], deployment)
                     return
                 continue
             self._retry(version, alloc, views)
@@ -659,7 +692,14 @@ class JobService:
         }
 
     def _place(
-        self, job: Job, version: JobVersion, place: Place, views: PassViews, now: datetime
+        self,
+        job: Job,
+        version: JobVersion,
+        place: Place,
+        views: PassViews,
+        now: datetime,
+        *,
+        deployment: str | None = None,
     ) -> None:
         """Create the allocation ``place`` asks for and start it where the scheduler says."""
         spec = version.spec
@@ -672,6 +712,8 @@ class JobService:
             group_hash=self._hash(spec, group),
             reschedule_events=list(place.reschedule_events),
             replaces=place.replaces,
+            deployment=deployment,
+            canary=place.canary,
             created_at=now,
             updated_at=now,
         )
@@ -682,6 +724,10 @@ class JobService:
             changed.append(old)
         self._add(alloc)
         self._assign(spec, alloc, place, views, changed)
+
+    def stop_alloc(self, alloc: Allocation, reason: str, *, now: datetime) -> None:
+        """Stop an allocation (a deployment's successor that gives its slot back)."""
+        self._stop_alloc(alloc, reason, lost=False, now=now)
 
     def _retry(self, version: JobVersion, alloc: Allocation, views: PassViews) -> None:
         """Try again to place an allocation that found no node before."""

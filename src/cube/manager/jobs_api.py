@@ -8,7 +8,14 @@
     GET    /v1/jobs/{id}             one job, with its current spec
     DELETE /v1/jobs/{id}             stop every allocation (?purge=true: and forget the job)
     GET    /v1/jobs/{id}/versions    every submitted version, oldest first
+    GET    /v1/jobs/{id}/history     every version with its changes and deployment status
     POST   /v1/jobs/{id}/scale       {"group": "web", "count": 5}: a new version, count only
+    GET    /v1/jobs/{id}/deployments the job's deployments, oldest first
+    POST   /v1/jobs/{id}/promote     promote the running deployment's canaries
+    POST   /v1/jobs/{id}/pause       pause the running deployment (/resume: go on)
+    POST   /v1/jobs/{id}/fail        fail the running deployment, and go back to the last good
+    POST   /v1/jobs/{id}/revert      {"version": 2} (or {}: the last good one): a new version
+    GET    /v1/deployments/{id}      one deployment (a unique ID prefix works too)
     GET    /v1/allocations           every allocation (?job=shop, ?node=w1)
     GET    /v1/allocations/{id}      one allocation (a unique ID prefix works too)
 """
@@ -21,11 +28,20 @@ from fastapi import FastAPI, Request, Response
 from starlette.convertors import StringConvertor, register_url_convertor
 
 from cube.api.body import read_body
+from cube.job.deployment import Deployment
+from cube.job.history import changes
 from cube.job.model import Allocation, Job, JobVersion
 from cube.job.plan import Plan
-from cube.job.spec import JobSpec, parse_job
-from cube.job.wire import JobDetail, JobPlan, PlanEntry, ScaleRequest
-from cube.manager.jobs import JobService
+from cube.job.spec import JobSpec, JobType, parse_job
+from cube.job.wire import (
+    HistoryEntry,
+    JobDetail,
+    JobPlan,
+    PlanEntry,
+    RevertRequest,
+    ScaleRequest,
+)
+from cube.manager.jobs import JobService, utc_now
 from cube.scheduler import Decision
 
 
@@ -83,6 +99,8 @@ def plan_entries(plan: Plan, decisions: dict[str, Decision]) -> list[PlanEntry]:
             )
         )
     entries += [PlanEntry(action="inplace", reason=i.reason, alloc=i.alloc) for i in plan.in_place]
+    entries += [PlanEntry(action="reclaim", reason=r.reason, alloc=r.alloc) for r in plan.reclaim]
+    entries += [PlanEntry(action="promote", reason=p.reason, alloc=p.alloc) for p in plan.promote]
     entries += [
         PlanEntry(action="wait", reason=w.reason, group=w.group, index=w.index, alloc=w.alloc)
         for w in plan.wait
@@ -131,7 +149,10 @@ def install_job_routes(app: FastAPI, jobs: JobService) -> None:
     async def get_job(job_id: str) -> JobDetail:
         job = jobs.job(job_id)
         return JobDetail(
-            job=job, spec=jobs.current_version(job).spec, allocations=jobs.allocations(job=job.id)
+            job=job,
+            spec=jobs.current_version(job).spec,
+            allocations=jobs.allocations(job=job.id),
+            deployment=jobs.deployments.current(job),
         )
 
     @app.delete("/v1/jobs/{job_id:jobid}")
@@ -145,6 +166,62 @@ def install_job_routes(app: FastAPI, jobs: JobService) -> None:
     @app.post("/v1/jobs/{job_id:jobid}/scale")
     async def scale_job(job_id: str, body: ScaleRequest) -> Job:
         return jobs.scale(job_id, body.group, body.count)
+
+    @app.get("/v1/jobs/{job_id:jobid}/history")
+    async def job_history(job_id: str) -> list[HistoryEntry]:
+        """Every version, oldest first, with the fields it changed and its deployment's end."""
+        versions = jobs.job_versions(job_id)
+        last = {d.version: d for d in jobs.deployments.of_job(job_id)}
+        return [
+            HistoryEntry(
+                version=v.number,
+                submitted_at=v.submitted_at,
+                spec_hash=v.spec_hash,
+                groups={
+                    g.name: None if v.spec.type is JobType.SYSTEM else g.wanted
+                    for g in v.spec.groups
+                },
+                changes=diff,
+                deployment=last[v.number].status.value if v.number in last else None,
+                deployment_reason=last[v.number].status_reason if v.number in last else None,
+            )
+            for v, diff in zip(versions, changes(versions), strict=True)
+        ]
+
+    @app.get("/v1/jobs/{job_id:jobid}/deployments")
+    async def job_deployments(job_id: str) -> list[Deployment]:
+        jobs.job(job_id)
+        return jobs.deployments.of_job(job_id)
+
+    @app.post("/v1/jobs/{job_id:jobid}/promote")
+    async def promote_job(job_id: str) -> Deployment:
+        """Promote the canaries of the running deployment: the rolling update goes on."""
+        return jobs.deployments.promote(job_id, utc_now())
+
+    @app.post("/v1/jobs/{job_id:jobid}/pause")
+    async def pause_job(job_id: str) -> Deployment:
+        """Pause the running deployment: nothing more is replaced, no deadline runs."""
+        return jobs.deployments.pause(job_id, utc_now())
+
+    @app.post("/v1/jobs/{job_id:jobid}/resume")
+    async def resume_job(job_id: str) -> Deployment:
+        """Resume a paused deployment; its progress_deadline counts from now."""
+        return jobs.deployments.resume(job_id, utc_now())
+
+    @app.post("/v1/jobs/{job_id:jobid}/fail")
+    async def fail_job(job_id: str) -> Deployment:
+        """Fail the running deployment; its canaries stop, the job goes back to its last
+        version that deployed successfully (if any)."""
+        return jobs.deployments.fail(job_id, utc_now())
+
+    @app.post("/v1/jobs/{job_id:jobid}/revert")
+    async def revert_job(job_id: str, body: RevertRequest) -> Job:
+        """A new version with an earlier version's spec; its deployment has no canaries."""
+        return jobs.deployments.revert(job_id, body.version, utc_now())
+
+    @app.get("/v1/deployments/{deployment_id}")
+    async def get_deployment(deployment_id: str) -> Deployment:
+        return jobs.deployments.get(deployment_id)
 
     @app.get("/v1/allocations")
     async def list_allocations(job: str | None = None, node: str | None = None) -> list[Allocation]:

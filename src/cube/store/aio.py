@@ -48,6 +48,7 @@ from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, Protocol, TypeVar
 
+from cube.job.deployment import Deployment
 from cube.job.model import Allocation, Job, JobVersion
 from cube.node import Node
 from cube.store.base import Store
@@ -92,6 +93,11 @@ class AsyncStore(Protocol):
     async def list_allocations(
         self, *, job: str | None = None, node: str | None = None
     ) -> list[Allocation]: ...
+
+    # --- deployments -----------------------------------------------------------------------
+    async def save_deployment(self, deployment: Deployment) -> None: ...
+    async def find_deployment(self, deployment_id: str) -> Deployment | None: ...
+    async def list_deployments(self, *, job: str | None = None) -> list[Deployment]: ...
 
     # --- lifecycle -------------------------------------------------------------------------
     async def aclose(self) -> None:
@@ -200,6 +206,16 @@ class OffLoopStore:
         self, *, job: str | None = None, node: str | None = None
     ) -> list[Allocation]:
         return await self._call(self.store.list_allocations, job=job, node=node)
+
+    # --- deployments -----------------------------------------------------------------------
+    async def save_deployment(self, deployment: Deployment) -> None:
+        await self._call(self.store.save_deployment, deployment)
+
+    async def find_deployment(self, deployment_id: str) -> Deployment | None:
+        return await self._call(self.store.find_deployment, deployment_id)
+
+    async def list_deployments(self, *, job: str | None = None) -> list[Deployment]:
+        return await self._call(self.store.list_deployments, job=job)
 
     # --- lifecycle -------------------------------------------------------------------------
     async def aclose(self) -> None:

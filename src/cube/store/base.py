@@ -18,6 +18,7 @@ from contextlib import AbstractContextManager
 from typing import Protocol, TypeVar
 
 from cube.errors import NotFound
+from cube.job.deployment import Deployment
 from cube.job.model import Allocation, Job, JobVersion
 from cube.node import Node
 from cube.task.model import Task, TaskEvent
@@ -86,7 +87,7 @@ class Store(Protocol):
         """Every job, oldest first (replacing a job keeps its place)."""
 
     def delete_job(self, job_id: str) -> None:
-        """Purge a job with its versions and allocations; raises NotFound if unknown."""
+        """Purge a job with its versions, allocations and deployments; NotFound if unknown."""
 
     def job_versions(self, job_id: str) -> list[JobVersion]:
         """A job's versions, oldest (1) first; raises NotFound if the job is unknown."""
@@ -126,6 +127,16 @@ class Store(Protocol):
         inside the block is undone alone (the others stay), as outside one. Reads inside
         the block see its writes. Blocks nest: the outermost commits.
         """
+
+    # --- deployments -----------------------------------------------------------------------
+    def save_deployment(self, deployment: Deployment) -> None:
+        """Insert or replace a deployment, by ID; raises NotFound if its job is unknown."""
+
+    def find_deployment(self, deployment_id: str) -> Deployment | None:
+        """The deployment with this ID, or None."""
+
+    def list_deployments(self, *, job: str | None = None) -> list[Deployment]:
+        """Deployments, oldest first, optionally only those of ``job``."""
 
     # --- lifecycle -------------------------------------------------------------------------
     def close(self) -> None:

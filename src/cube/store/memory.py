@@ -12,6 +12,7 @@ from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 
 from cube.errors import Conflict, NotFound
+from cube.job.deployment import Deployment
 from cube.job.model import Allocation, Job, JobVersion
 from cube.node import Node
 from cube.store.base import found
@@ -35,6 +36,7 @@ class MemoryStore:
         self._jobs: dict[str, Job] = {}
         self._versions: dict[str, dict[int, JobVersion]] = {}
         self._allocs: dict[str, Allocation] = {}
+        self._deployments: dict[str, Deployment] = {}
 
     @contextmanager
     def batch(self) -> Iterator[None]:
@@ -159,6 +161,7 @@ class MemoryStore:
                 raise NotFound(f"job {job_id} not found")
             self._versions.pop(job_id, None)
             self._allocs = {k: a for k, a in self._allocs.items() if a.job != job_id}
+            self._deployments = {k: d for k, d in self._deployments.items() if d.job != job_id}
 
     def job_versions(self, job_id: str) -> list[JobVersion]:
         with self._lock:
@@ -207,6 +210,30 @@ class MemoryStore:
                 if (job is None or alloc.job == job) and (node is None or alloc.node == node)
             ]
 
+    # --- deployments -----------------------------------------------------------------------
+    def save_deployment(self, deployment: Deployment) -> None:
+        copy = deployment.model_copy(deep=True)
+        with self._lock:
+            self._check_open()
+            if copy.job not in self._jobs:
+                raise NotFound(f"job {copy.job} not found")
+            self._deployments[copy.id] = copy
+
+    def find_deployment(self, deployment_id: str) -> Deployment | None:
+        with self._lock:
+            self._check_open()
+            found_ = self._deployments.get(deployment_id)
+            return None if found_ is None else found_.model_copy(deep=True)
+
+    def list_deployments(self, *, job: str | None = None) -> list[Deployment]:
+        with self._lock:
+            self._check_open()
+            return [
+                d.model_copy(deep=True)
+                for d in self._deployments.values()
+                if job is None or d.job == job
+            ]
+
     # --- lifecycle -------------------------------------------------------------------------
     def close(self) -> None:
         """Drop everything; later calls raise RuntimeError, as they do on a closed SqliteStore."""
@@ -218,6 +245,7 @@ class MemoryStore:
             self._jobs.clear()
             self._versions.clear()
             self._allocs.clear()
+            self._deployments.clear()
 
     def _check_open(self) -> None:
         """Called with the lock held."""

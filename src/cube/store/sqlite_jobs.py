@@ -1,4 +1,4 @@
-"""Jobs, job versions and allocations in the SQLite store: three tables and their methods.
+"""Jobs, versions, allocations and deployments in the SQLite store: their tables and methods.
 
 A mixin of :class:`~cube.store.sqlite.SqliteStore`, kept in a file of its own so that
 the job tables read as one unit. It uses the store's connection and transactions
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cube.errors import Conflict, NotFound
+from cube.job.deployment import Deployment
 from cube.job.model import Allocation, Job, JobVersion
 from cube.store.base import found
 from cube.store.failures import explained
@@ -44,6 +45,13 @@ JOB_TABLES = (
         node TEXT,
         data TEXT NOT NULL
     )""",
+    """CREATE TABLE IF NOT EXISTS deployments (
+        id   TEXT PRIMARY KEY,
+        seq  INTEGER NOT NULL UNIQUE,
+        job  TEXT NOT NULL REFERENCES jobs (id),
+        data TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS deployments_job ON deployments (job)",
     "CREATE INDEX IF NOT EXISTS allocations_job ON allocations (job)",
     "CREATE INDEX IF NOT EXISTS allocations_node ON allocations (node)",
 )
@@ -51,6 +59,12 @@ JOB_TABLES = (
 _UPSERT_JOB = """
     INSERT INTO jobs (id, seq, data)
     VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs), ?)
+    ON CONFLICT (id) DO UPDATE SET data = excluded.data
+"""
+
+_UPSERT_DEPLOYMENT = """
+    INSERT INTO deployments (id, seq, job, data)
+    VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM deployments), ?, ?)
     ON CONFLICT (id) DO UPDATE SET data = excluded.data
 """
 
@@ -118,6 +132,7 @@ class SqliteJobTables:
     def delete_job(self, job_id: str) -> None:
         with self._write() as conn:
             conn.execute("DELETE FROM allocations WHERE job = ?", (job_id,))
+            conn.execute("DELETE FROM deployments WHERE job = ?", (job_id,))
             conn.execute("DELETE FROM job_versions WHERE job = ?", (job_id,))
             if conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,)).rowcount == 0:
                 raise NotFound(f"job {job_id} not found")
@@ -181,3 +196,35 @@ class SqliteJobTables:
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = self._conn().execute(f"SELECT data FROM allocations {where} ORDER BY seq", params)
         return [Allocation.model_validate_json(data) for (data,) in rows]
+
+    # --- deployments -----------------------------------------------------------------------
+    @explained
+    def save_deployment(self, deployment: Deployment) -> None:
+        with self._write() as conn:
+            if (
+                conn.execute("SELECT 1 FROM jobs WHERE id = ?", (deployment.job,)).fetchone()
+                is None
+            ):
+                raise NotFound(f"job {deployment.job} not found")
+            conn.execute(
+                _UPSERT_DEPLOYMENT, (deployment.id, deployment.job, deployment.model_dump_json())
+            )
+
+    @explained
+    def find_deployment(self, deployment_id: str) -> Deployment | None:
+        row = (
+            self._conn()
+            .execute("SELECT data FROM deployments WHERE id = ?", (deployment_id,))
+            .fetchone()
+        )
+        return None if row is None else Deployment.model_validate_json(row[0])
+
+    @explained
+    def list_deployments(self, *, job: str | None = None) -> list[Deployment]:
+        if job is None:
+            rows = self._conn().execute("SELECT data FROM deployments ORDER BY seq")
+        else:
+            rows = self._conn().execute(
+                "SELECT data FROM deployments WHERE job = ? ORDER BY seq", (job,)
+            )
+        return [Deployment.model_validate_json(data) for (data,) in rows]
