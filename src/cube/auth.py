@@ -49,6 +49,8 @@ def load_or_create_token(path: Path) -> str:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         return read_token(path)
+    except OSError as exc:  # a read-only or full data dir: one line naming the file
+        raise CubeError(f"cannot create token file {path}: {exc.strerror}") from None
     token = new_token()
     with os.fdopen(fd, "w") as f:
         f.write(token + "\n")
