@@ -375,6 +375,22 @@ def test_alloc_status_without_an_id_lists_allocations_by_job_and_node(
     assert both.stderr.strip().splitlines()[-1].startswith("Error: --job and --node filter")
 
 
+def test_scale_follows_the_job_and_fails_when_it_cannot_get_there(
+    start_manager: Any, tmp_path: Path
+) -> None:
+    """Like ``cube job run``: a count no node can hold is exit 1 with the reason, not a
+    silent 0 (no worker joined here: nothing fits)."""
+    manager = start_manager()
+    path = job_file(tmp_path, "life", count=0)
+    assert cube(manager, "job", "run", str(path)).returncode == 0  # nothing to run: there
+    scaled = cube(manager, "job", "scale", "life", "web", "2", "--timeout", "60")
+    assert scaled.returncode == 1, scaled
+    assert "life.web[0] cannot be placed" in scaled.stderr
+    detached = cube(manager, "job", "scale", "life", "web", "3", "--detach")
+    assert (detached.returncode, detached.stdout) == (0, "life\n")
+    assert [v["number"] for v in get_json(manager.url, "/jobs/life/versions")] == [1, 2, 3]
+
+
 def test_plan_changes_nothing_and_says_what_cannot_be_placed(
     start_manager: Any, start_worker: Any, tmp_path: Path
 ) -> None:

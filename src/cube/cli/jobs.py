@@ -22,7 +22,7 @@ from rich.table import Column, Table
 from cube.cli import output as out
 from cube.cli.client import ManagerClient, manager_option
 from cube.cli.errors import EXIT_FAILED, handle_errors
-from cube.cli.output import short
+from cube.cli.output import F, short
 from cube.cli.tasks import placement_view, task_ports
 from cube.errors import CubeError, FieldError, InvalidSpec
 from cube.job.model import Allocation, AllocDesired, AllocStatus, JobStatus
@@ -179,16 +179,23 @@ def job_group() -> None:
     """
 
 
+def follow_options(func: F) -> F:
+    """``--detach`` and ``--timeout`` of the commands that follow a job."""
+    func = click.option(
+        "--timeout",
+        type=click.FloatRange(min=0, min_open=True),
+        default=300.0,
+        show_default=True,
+        help="Seconds to follow the job before giving up (exit 1).",
+    )(func)
+    return click.option(
+        "--detach", is_flag=True, help="Return once submitted; do not follow the job."
+    )(func)
+
+
 @job_group.command("run")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
-@click.option("--detach", is_flag=True, help="Return once submitted; do not follow the job.")
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    default=300.0,
-    show_default=True,
-    help="Seconds to follow the job before giving up (exit 1).",
-)
+@follow_options
 @handle_errors
 @manager_option
 def run_command(client: ManagerClient, file: str, detach: bool, timeout: float) -> None:
@@ -212,12 +219,17 @@ def run_command(client: ManagerClient, file: str, detach: bool, timeout: float) 
     if detach:
         click.echo(job.id)
         return
-    verdict = follow(client, spec.job, timeout=timeout)
+    follow_to_the_end(client, spec.job, timeout=timeout)
+
+
+def follow_to_the_end(client: ManagerClient, job_id: str, *, timeout: float) -> None:
+    """:func:`follow` the job; exit 1 with the reasons if it cannot get where it should."""
+    verdict = follow(client, job_id, timeout=timeout)
     if verdict.failed:
         for reason in verdict.failed:
             click.echo(f"Error: {reason}", err=True)
         raise SystemExit(EXIT_FAILED)
-    click.echo(f"job {job.id}: {verdict.line()}")
+    click.echo(f"job {job_id}: {verdict.line()}")
 
 
 @job_group.command("plan")
@@ -388,17 +400,27 @@ def stop_command(client: ManagerClient, job_id: str, purge: bool) -> None:
 @click.argument("job_id", metavar="JOB")
 @click.argument("group")
 @click.argument("count", type=click.IntRange(min=0))
+@follow_options
 @handle_errors
 @manager_option
-def scale_command(client: ManagerClient, job_id: str, group: str, count: int) -> None:
-    """Set how many allocations of a group run; nothing else changes.
+def scale_command(
+    client: ManagerClient, job_id: str, group: str, count: int, detach: bool, timeout: float
+) -> None:
+    """Set how many allocations of a group run; nothing else changes. Then follow the
+    job as `cube job run` does: exit 0 once it is there, 1 when it cannot get there
+    (an allocation that fits no node names the filter that stopped it).
 
     \b
     Example:
       cube job scale shop web 5
+      cube job scale shop web 0 --detach
     """
     job = client.scale_job(job_id, group, count)
-    click.echo(f"job {job.id}: version {job.version}, {group} at {count}")
+    out.stderr_console().print(f"job {job.id}: version {job.version}, {group} at {count}")
+    if detach:
+        click.echo(job.id)
+        return
+    follow_to_the_end(client, job.id, timeout=timeout)
 
 
 @job_group.command("history")
