@@ -644,6 +644,19 @@ async def test_a_plan_counts_what_an_update_frees_where_the_old_allocation_stops
     await manager.close()
 
 
+async def test_a_stopped_job_is_not_scaled_which_would_start_it_again() -> None:
+    _, _, manager = await submitted(job_spec(count=1), "n1")
+    manager.jobs.stop("shop")
+    transport = httpx.ASGITransport(app=create_app(manager))
+    async with httpx.AsyncClient(transport=transport, base_url="http://m") as client:
+        refused = await client.post("/v1/jobs/shop/scale", json={"group": "web", "count": 3})
+    assert refused.status_code == 409
+    assert "job shop is stopped: start it again with cube job run FILE" in refused.text
+    job = manager.jobs.job("shop")
+    assert (job.stopped, job.version) == (True, 1)
+    await manager.close()
+
+
 def system_job_spec() -> JobSpec:
     tasks = [{"name": "api", "image": "busybox"}, {"name": "side", "image": "busybox"}]
     return parse_job({"job": "shop", "type": "system", "groups": [{"name": "web", "tasks": tasks}]})

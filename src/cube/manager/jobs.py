@@ -176,8 +176,16 @@ class JobService:
         return job.model_copy(deep=True), True
 
     def scale(self, job_id: str, group: str, count: int) -> Job:
-        """A new version that differs only in one group's count (nothing else moves)."""
+        """A new version that differs only in one group's count (nothing else moves).
+
+        A stopped job is refused: a new version would start it again (as a submit does),
+        which a change of count does not say; the dashboard offers no Scale there either.
+        """
         job = self.job(job_id)
+        if job.stopped:
+            raise Conflict(
+                f"job {job_id} is stopped: start it again with cube job run FILE, then scale it"
+            )
         spec = self.current_version(job).spec
         try:
             index = next(i for i, g in enumerate(spec.groups) if g.name == group)
