@@ -731,10 +731,32 @@ def test_client_maps_errors_and_escapes_ids() -> None:
 
     with ManagerClient("localhost:1", transport=httpx.MockTransport(handler)) as client:
         with pytest.raises(NotFound):
-            client.task("a/b?c")
+            client.task("a?c#d")
         with pytest.raises(InvalidSpec, match="id: must not be empty"):
             client.events("")
-    assert seen == ["/v1/tasks/a%2Fb%3Fc"]
+    assert seen == ["/v1/tasks/a%3Fc%23d"]
+
+
+@pytest.mark.parametrize("value", ["a/b", "..", "."])
+def test_an_id_that_cannot_be_one_path_segment_is_not_found_without_asking(value: str) -> None:
+    """The server decodes %2F before routing and dot segments resolve to another path:
+    sent, these would reach no route (a bare "Not Found") or the wrong one."""
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.raw_path.decode())
+        return httpx.Response(404, json={"detail": "Not Found"})
+
+    with ManagerClient("localhost:1", transport=httpx.MockTransport(handler)) as client:
+        for call, kind in (
+            (client.task, "task"),
+            (client.job, "job"),
+            (client.allocation, "allocation"),
+            (client.node, "node"),
+        ):
+            with pytest.raises(NotFound, match=f"^{kind} {re.escape(value)} not found$"):
+                call(value)
+    assert seen == []
 
 
 @pytest.mark.parametrize(

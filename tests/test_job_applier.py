@@ -658,10 +658,38 @@ async def test_a_plan_counts_what_an_update_frees_where_the_old_allocation_stops
     await manager.close()
 
 
-async def test_one_task_of_an_allocation_that_runs_is_not_stopped_alone() -> None:
+async def test_a_stopped_job_is_not_scaled_which_would_start_it_again() -> None:
+    _, _, manager = await submitted(job_spec(count=1), "n1")
+    manager.jobs.stop("shop")
+    transport = httpx.ASGITransport(app=create_app(manager))
+    async with httpx.AsyncClient(transport=transport, base_url="http://m") as client:
+        refused = await client.post("/v1/jobs/shop/scale", json={"group": "web", "count": 3})
+    assert refused.status_code == 409
+    assert "job shop is stopped: start it again with cube job run FILE" in refused.text
+    job = manager.jobs.job("shop")
+    assert (job.stopped, job.version) == (True, 1)
+    await manager.close()
+
+
+def system_job_spec() -> JobSpec:
+    tasks = [{"name": "api", "image": "busybox"}, {"name": "side", "image": "busybox"}]
+    return parse_job({"job": "shop", "type": "system", "groups": [{"name": "web", "tasks": tasks}]})
+
+
+@pytest.mark.parametrize(
+    ("make_spec", "instead"),
+    [
+        (lambda: job_spec(count=1), "run fewer copies (cube job scale shop web N)"),
+        # A system job has no count (scale refuses it): the refusal must not send you there.
+        (system_job_spec, "keep it off n1 with a constraint in the job's file"),
+    ],
+)
+async def test_one_task_of_an_allocation_that_runs_is_not_stopped_alone(
+    make_spec: Any, instead: str
+) -> None:
     """``cube stop 1952438f1afa-api`` ended the api while its allocation stayed Running,
     "every task runs", the proxy beside it without its api; nothing replaced it."""
-    _, workers, manager = await submitted(job_spec(count=1), "n1")
+    _, workers, manager = await submitted(make_spec(), "n1")
     run_all(manager)
     (a,) = manager.jobs.allocations()
     transport = httpx.ASGITransport(app=create_app(manager))
@@ -669,7 +697,7 @@ async def test_one_task_of_an_allocation_that_runs_is_not_stopped_alone() -> Non
         refused = await client.delete(f"/v1/tasks/{a.id[:12]}-api")
         assert refused.status_code == 409
         assert f"{a.id[:12]}-api is part of allocation shop.web[0]" in refused.text
-        assert "cube job stop shop" in refused.text
+        assert refused.json()["message"].endswith(f"(cube job stop shop) or {instead}")
         assert manager.tasks[f"{a.id}-api"].desired is DesiredState.RUN
         assert workers.stopped == []
 

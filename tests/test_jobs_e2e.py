@@ -364,6 +364,47 @@ def test_bad_job_file_exits_2_naming_the_file_and_field_and_creates_nothing(
     assert get_json(manager.url, "/jobs") == []
 
 
+def test_alloc_status_without_an_id_lists_allocations_by_job_and_node(
+    start_manager: Any, tmp_path: Path
+) -> None:
+    """Like ``cube status`` and ``cube job status``: no ID, a list (here of allocations
+    that wait for a node, since no worker joined)."""
+    manager = start_manager()
+    for name in ("shop", "blog"):
+        ran = cube(manager, "job", "run", "--detach", str(job_file(tmp_path, name, count=1)))
+        assert ran.returncode == 0, ran.stderr
+    listed = cube(manager, "alloc", "status")
+    assert listed.returncode == 0, listed.stderr
+    names = [line.split()[1] for line in listed.stdout.splitlines()[1:]]
+    assert names == ["blog.web[0]", "shop.web[0]"]  # by job, then group and index
+    shop = cube(manager, "alloc", "status", "--job", "shop", "-o", "json")
+    assert shop.returncode == 0, shop.stderr
+    assert [(a["job"], a["index"]) for a in json.loads(shop.stdout)] == [("shop", 0)]
+    nowhere = cube(manager, "alloc", "status", "--node", "w9")
+    assert (nowhere.returncode, nowhere.stdout) == (0, "")
+    assert "No allocations" in nowhere.stderr
+    one = json.loads(shop.stdout)[0]["id"]
+    both = cube(manager, "alloc", "status", one, "--job", "shop")
+    assert both.returncode == 2
+    assert both.stderr.strip().splitlines()[-1].startswith("Error: --job and --node filter")
+
+
+def test_scale_follows_the_job_and_fails_when_it_cannot_get_there(
+    start_manager: Any, tmp_path: Path
+) -> None:
+    """Like ``cube job run``: a count no node can hold is exit 1 with the reason, not a
+    silent 0 (no worker joined here: nothing fits)."""
+    manager = start_manager()
+    path = job_file(tmp_path, "life", count=0)
+    assert cube(manager, "job", "run", str(path)).returncode == 0  # nothing to run: there
+    scaled = cube(manager, "job", "scale", "life", "web", "2", "--timeout", "60")
+    assert scaled.returncode == 1, scaled
+    assert "life.web[0] cannot be placed" in scaled.stderr
+    detached = cube(manager, "job", "scale", "life", "web", "3", "--detach")
+    assert (detached.returncode, detached.stdout) == (0, "life\n")
+    assert [v["number"] for v in get_json(manager.url, "/jobs/life/versions")] == [1, 2, 3]
+
+
 def test_plan_changes_nothing_and_says_what_cannot_be_placed(
     start_manager: Any, start_worker: Any, tmp_path: Path
 ) -> None:

@@ -106,6 +106,20 @@ def test_the_metrics_token_from_the_environment_and_metrics_open_on_each_agent(
 
 
 # --- what it says -------------------------------------------------------------------------------
+def test_the_route_label_is_the_template_a_client_reads_without_converters(
+    start_manager: Any,
+) -> None:
+    """``/v1/jobs/{job_id}`` is routed with a converter (``{job_id:jobid}``, which keeps
+    ``/v1/jobs/plan`` apart); the label shows the template as the API documents it."""
+    manager = start_manager()
+    assert api.get(f"{manager.url}/v1/jobs/nosuch").status_code == 404
+    text = scrape(manager.url)
+    labels = {"method": "GET", "status": "404"}
+    route = "/v1/jobs/{job_id}"
+    assert value(text, "cube_http_request_duration_seconds_count", route=route, **labels) == 1
+    assert ":jobid}" not in text
+
+
 def test_metric_values_follow_the_cluster(start_dev: Any) -> None:
     dev = start_dev()
     wait_for(lambda: value(scrape(dev.url), "cube_nodes", state="ready") == 1, what="node ready")

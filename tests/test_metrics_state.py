@@ -68,7 +68,7 @@ def test_tasks_by_state_job_and_group_and_the_oldest_pending_age() -> None:
     )
     text = text_of(snap)
     assert value(text, "cube_tasks", state="running") == 2
-    assert value(text, "cube_tasks", state="running", job="shop", group="web") == 1
+    assert value(text, "cube_tasks", state="running", job_name="shop", group="web") == 1
     assert value(text, "cube_tasks", state="pending") == 2
     assert value(text, "cube_tasks", state="completed") == 0  # present, at 0
     assert value(text, "cube_tasks_pending") == 2
@@ -105,7 +105,7 @@ def test_allocations_jobs_nodes_and_per_node_resources() -> None:
         ],
     )
     text = text_of(snap)
-    assert value(text, "cube_allocations", job="shop", group="web", status="running") == 2
+    assert value(text, "cube_allocations", job_name="shop", group="web", status="running") == 2
     assert value(text, "cube_allocations", status="lost") == 1
     assert value(text, "cube_jobs", status="running") == 1
     assert value(text, "cube_jobs", status="complete") == 1
@@ -215,3 +215,25 @@ async def test_each_worker_of_a_simulated_fleet_has_its_own_metrics() -> None:
                 if "node" in sample.labels
             }
             assert nodes == {name}
+
+
+def test_no_manager_series_has_a_label_prometheus_sets_on_every_target() -> None:
+    """Prometheus labels each scraped series with ``job`` and ``instance`` and renames a
+    target's own (``exported_job``): a Cube job is ``job_name``, queryable as written."""
+    ref = AllocRef(id="a1", job="shop", group="web", index=0)
+    snap = Snapshot(
+        tasks=[task("web", State.RUNNING, alloc=ref)],
+        nodes=[Node(name="w1", address="http://w1")],
+        jobs=[Job(id="shop", status=JobStatus.RUNNING)],
+        allocs=[Allocation(job="shop", group="web", index=0, version=1, group_hash="h")],
+    )
+    text = text_of(snap)
+    labels = {
+        name
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        for name in sample.labels
+    }
+    assert "job_name" in labels
+    assert not labels & {"job", "instance"}
+    assert value(text, "cube_allocations", job_name="shop", status="pending") == 1

@@ -245,7 +245,7 @@ class ManagerClient:
         return self._parse(_ALLOCS, self._send("GET", "/v1/allocations", params=params))
 
     def allocation(self, alloc_id: str) -> Allocation:
-        path = f"/v1/allocations/{_segment(alloc_id, 'id')}"
+        path = f"/v1/allocations/{_segment(alloc_id, 'id', kind='allocation')}"
         return self._parse(_ALLOC, self._send("GET", path))
 
     # --- nodes and the manager itself
@@ -328,15 +328,23 @@ class ManagerClient:
         return self._unreachable(exc)
 
 
-def _segment(value: str, what: str) -> str:
-    """One URL path segment; an empty one would silently address the collection instead."""
+def _segment(value: str, what: str, *, kind: str | None = None) -> str:
+    """One URL path segment; an empty one would silently address the collection instead.
+
+    A value with a ``/``, or ``.`` or ``..``, names nothing (IDs and names have neither),
+    and cannot be sent as one segment: the server decodes ``%2F`` before routing and
+    dot segments are resolved, so the request would reach no route ("Not Found") or
+    another one. It is not found, said as for any unknown ``kind`` (default ``what``).
+    """
     if not value:
         raise errors.InvalidSpec([FieldError(what, "must not be empty")])
+    if "/" in value or value in (".", ".."):
+        raise errors.NotFound(f"{kind or what} {value} not found")
     return quote(value, safe="")
 
 
 def _task_path(task_id: str, suffix: str = "") -> str:
-    return f"/v1/tasks/{_segment(task_id, 'id')}{suffix}"
+    return f"/v1/tasks/{_segment(task_id, 'id', kind='task')}{suffix}"
 
 
 def _given_token_source(ctx: click.Context) -> str:

@@ -401,7 +401,7 @@ def alloc_table(allocs: Sequence[Allocation]) -> Table:
         "ID", "NAME", "NODE", "VERSION", "DESIRED", "STATUS", "RESTARTS", "AGE", Column("REASON")
     )
     now = utcnow()
-    for a in sorted(allocs, key=lambda a: (a.group, a.index, a.created_at)):
+    for a in sorted(allocs, key=lambda a: (a.job, a.group, a.index, a.created_at)):
         restarts = sum(t.restarts for t in a.tasks.values())
         out.add_row(
             table,
@@ -476,6 +476,7 @@ def alloc_group() -> None:
 
     \b
     Example:
+      cube alloc status --job shop
       cube alloc status 1a2b3c
     """
 
@@ -495,18 +496,34 @@ def alloc_tasks_table(client: ManagerClient, alloc: Allocation) -> Table:
 
 
 @alloc_group.command("status")
-@click.argument("alloc_id", metavar="ID")
+@click.argument("alloc_id", metavar="[ID]", required=False)
+@click.option("--job", "job_id", metavar="JOB", help="List only this job's allocations.")
+@click.option("--node", metavar="NAME", help="List only the allocations placed on this node.")
 @out.output_option
 @handle_errors
 @manager_option
-def alloc_status_command(client: ManagerClient, alloc_id: str, output: out.Format) -> None:
-    """Show one allocation: node, status, its tasks, history and placement.
+def alloc_status_command(
+    client: ManagerClient,
+    alloc_id: str | None,
+    job_id: str | None,
+    node: str | None,
+    output: out.Format,
+) -> None:
+    """List allocations (every job's, or one job's or node's), or show one: node, status,
+    its tasks, history and placement.
 
     \b
     Example:
+      cube alloc status
+      cube alloc status --job shop --node w1
       cube alloc status 1a2b3c
       cube alloc status 1a2b3c -o json | jq .tasks
     """
+    if alloc_id is None:
+        list_allocs(client, job_id=job_id, node=node, output=output)
+        return
+    if job_id is not None or node is not None:
+        raise click.UsageError("--job and --node filter the list: give them without an ID")
     alloc = client.allocation(alloc_id)
     if output == "json":
         out.print_json(alloc)
@@ -535,3 +552,15 @@ def alloc_status_command(client: ManagerClient, alloc_id: str, output: out.Forma
     if alloc.placement is not None:
         parts.append(out.section("Placement", placement_view(alloc.placement)))
     out.show(*parts)
+
+
+def list_allocs(
+    client: ManagerClient, *, job_id: str | None, node: str | None, output: out.Format
+) -> None:
+    allocs = client.allocations(job=job_id, node=node)
+    if output == "json":
+        out.print_json(allocs)
+    elif allocs:
+        out.show(alloc_table(allocs))
+    else:
+        out.stderr_console().print("No allocations: jobs make them (`cube job run FILE`).")

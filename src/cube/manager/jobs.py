@@ -253,8 +253,16 @@ class JobService:
         return job.model_copy(deep=True), True
 
     def scale(self, job_id: str, group: str, count: int) -> Job:
-        """A new version that differs only in one group's count (nothing else moves)."""
+        """A new version that differs only in one group's count (nothing else moves).
+
+        A stopped job is refused: a new version would start it again (as a submit does),
+        which a change of count does not say; the dashboard offers no Scale there either.
+        """
         job = self.job(job_id)
+        if job.stopped:
+            raise Conflict(
+                f"job {job_id} is stopped: start it again with cube job run FILE, then scale it"
+            )
         spec = self.current_version(job).spec
         try:
             index = next(i for i, g in enumerate(spec.groups) if g.name == group)
@@ -341,10 +349,15 @@ class JobService:
         alloc = self.allocs.get(task.alloc.id)
         if alloc is None or alloc.desired is not AllocDesired.RUN:
             return
+        job = self.jobs.get(alloc.job)
+        if job is not None and self.current_version(job).spec.type is JobType.SYSTEM:
+            # One copy per eligible node: no count to lower (scale refuses a system job).
+            fewer = f"keep it off {alloc.node} with a constraint in the job's file"
+        else:
+            fewer = f"run fewer copies (cube job scale {alloc.job} {alloc.group} N)"
         raise Conflict(
             f"task {short_task_id(task.id)} is part of allocation {alloc.name}, which runs its"
-            f" tasks together: stop the job (cube job stop {alloc.job}) or run fewer copies"
-            f" (cube job scale {alloc.job} {alloc.group} N)"
+            f" tasks together: stop the job (cube job stop {alloc.job}) or {fewer}"
         )
 
     def job(self, job_id: str) -> Job:

@@ -74,7 +74,9 @@ class RequestTimer:
     """ASGI middleware: observes each HTTP request's duration in ``histogram``.
 
     Labelled by the route's template, which the router records in the request's scope,
-    never by the path itself (a task ID per series would grow without end).
+    never by the path itself (a task ID per series would grow without end). The template
+    is written as a client would read it, without the converter a route may name
+    (``/v1/jobs/{job_id}``, not ``/v1/jobs/{job_id:jobid}``).
     """
 
     def __init__(self, app: ASGIApp, *, telemetry: Callable[[], Telemetry]) -> None:
@@ -98,7 +100,7 @@ class RequestTimer:
             await self.app(scope, receive, send_status)
         finally:
             route: BaseRoute | None = scope.get("route")
-            template = getattr(route, "path", None) or UNROUTED
+            template = getattr(route, "path_format", None) or UNROUTED
             method = scope["method"] if scope["method"] in METHODS else "other"
             self.telemetry().requests.labels(template, method, str(status)).observe(
                 time.perf_counter() - started

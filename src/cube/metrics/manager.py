@@ -60,12 +60,19 @@ def state_metrics(snap: Snapshot, *, now: datetime) -> list[Metric]:
     ]
 
 
+#: The label that names a job. Not ``job``: Prometheus gives every series it scrapes a
+#: ``job`` label (its scrape job's name) and renames the target's own to ``exported_job``,
+#: so a ``job`` label could never be queried by its name; kube-state-metrics says
+#: ``job_name`` for the same reason.
+JOB_LABEL = "job_name"
+
+
 def _task_metrics(tasks: Sequence[Task], now: datetime) -> list[Metric]:
     by_state = GaugeMetricFamily(
         "cube_tasks",
         "Tasks by state, and by the job and group of their allocation (empty for a task "
         "run on its own).",
-        labels=["state", "job", "group"],
+        labels=["state", JOB_LABEL, "group"],
     )
     counts = Counter((t.state, *_job_group(t)) for t in tasks)
     for state in State:  # every state, so that sum by (state) is never absent
@@ -102,7 +109,7 @@ def _alloc_and_job_metrics(allocs: Sequence[Allocation], jobs: Sequence[Job]) ->
     by_status = GaugeMetricFamily(
         "cube_allocations",
         "Job allocations by job, group and status (Nomad's job summary).",
-        labels=["job", "group", "status"],
+        labels=[JOB_LABEL, "group", "status"],
     )
     counts = Counter((a.job, a.group, a.status) for a in allocs)
     for (job, group, status), n in sorted(counts.items()):
