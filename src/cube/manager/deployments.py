@@ -203,20 +203,21 @@ class Deployments:
         promoted = deploy.promote(d, now)
         self._save(promoted)
         log.info("deployment promoted", job=job_id, version=d.version)
-        self.jobs.wake()
+        self.jobs.touch(job_id)
         return promoted
 
     def pause(self, job_id: str, now: datetime) -> Deployment:
         paused = deploy.pause(self._running(job_id, "pause"), now)
         self._save(paused)
         log.info("deployment paused", job=job_id, version=paused.version)
+        self.jobs.touch(job_id)
         return paused
 
     def resume(self, job_id: str, now: datetime) -> Deployment:
         resumed = deploy.resume(self._running(job_id, "resume"), now)
         self._save(resumed)
         log.info("deployment resumed", job=job_id, version=resumed.version)
-        self.jobs.wake()
+        self.jobs.touch(job_id)
         return resumed
 
     def fail(self, job_id: str, now: datetime) -> Deployment:
@@ -228,7 +229,7 @@ class Deployments:
         version = self.jobs.current_version(job)
         if deploy.revert_target(self.jobs.job_versions(job_id), self.of_job(job_id), version):
             self._revert_after(job, failed, self.jobs.allocations(job=job_id), now)
-        self.jobs.wake()
+        self.jobs.touch(job_id)
         return self.by_id[failed.id]
 
     def revert(self, job_id: str, number: int | None, now: datetime) -> Job:
@@ -258,7 +259,7 @@ class Deployments:
                 now,
             )
         self._go_back(job, target, self.jobs.allocations(job=job_id), now)
-        self.jobs.wake()
+        self.jobs.touch(job_id)
         return job.model_copy(deep=True)
 
     def _running(self, job_id: str, what: str) -> Deployment:

@@ -183,7 +183,9 @@ class JobService:
                 self._orphans.add(task.id)
             self._wake.set()
 
-    def _touch(self, job_id: str) -> None:
+    def touch(self, job_id: str) -> None:
+        """Reconcile ``job_id`` in the next pass (it was submitted, scaled, stopped, or
+        its deployment was moved by hand), and run that pass soon."""
         self.changes.job_changed(job_id)
         self._wake.set()
 
@@ -249,7 +251,7 @@ class JobService:
         if spec.type is not JobType.BATCH:  # a new version, or a stopped one started again
             self.deployments.start(job, self.allocations(job=job.id), now)
         log.info("job submitted", job=job.id, version=job.version)
-        self._touch(job.id)
+        self.touch(job.id)
         return job.model_copy(deep=True), True
 
     def scale(self, job_id: str, group: str, count: int) -> Job:
