@@ -25,8 +25,9 @@ Three parts (``--parts``):
 
 * ``rolling``: a rolling update of a ``--rolling-size`` HTTP service (start-first,
   ``max_parallel: 5``, ``min_healthy_time: 1s``) against ``docker service update
-  --update-parallelism 5 --update-order start-first``: time to all-new, and the fewest
-  answering during it (``bench/rolling.py``).
+  --update-parallelism 5 --update-order start-first``: time to all-new, the fewest
+  answering during it, and where Cube's time went per batch (``bench/rolling.py``);
+  ``--trials`` times.
 
 The Docker and rolling parts hold the engine for minutes and initialises a swarm (left at the end):
 run it alone on the engine, e.g. ``flock -x /tmp/cube-engine.lock python bench/jobs.py``.
@@ -35,7 +36,7 @@ run it alone on the engine, e.g. ``flock -x /tmp/cube-engine.lock python bench/j
     python bench/jobs.py --parts sim --nodes 5000 --jobs 100 --count 1000
     python bench/jobs.py --parts sim --nodes 50 --jobs 4 --count 50      # a small run
     python bench/jobs.py --parts inproc --nodes 5000 --jobs 100 --count 1000
-    python bench/jobs.py --parts rolling --rolling-sizes 20
+    python bench/jobs.py --parts rolling --rolling-sizes 20 --trials 3
 """
 
 from __future__ import annotations
@@ -327,11 +328,22 @@ INPROC_COLUMNS = [
 ROLLING_COLUMNS = [
     ("system", "system"),
     ("size", "size"),
+    ("trial", "trial"),
     ("seconds", "to all-new s"),
     ("fewest_answering", "fewest answering"),
     ("polls", "polls"),
     ("all_new", "all new"),
     ("error", "error"),
+]
+
+BATCH_COLUMNS = [
+    ("at", "placed at s"),
+    ("size", "allocations"),
+    ("healthy_to_placed", "after a healthy one s"),
+    ("place_to_accepted", "placed -> accepted by the worker"),
+    ("accepted_to_started", "-> started in Docker"),
+    ("started_to_healthy", "-> healthy on the worker"),
+    ("healthy_to_seen", "-> ready in the manager's pass"),
 ]
 
 
@@ -349,12 +361,20 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         bench = JobBench(Engine(), rid, workdir)
         try:
             out["rolling"] = await rolling_part(
-                bench, args.rolling_sizes, args.timeout, args.rolling_systems
+                bench,
+                args.rolling_sizes,
+                args.timeout,
+                args.rolling_systems,
+                trials=args.trials,
             )
         finally:
             if not args.keep:
                 shutil.rmtree(workdir, ignore_errors=True)
         print(table(out["rolling"]["runs"], ROLLING_COLUMNS))
+        for run in out["rolling"]["runs"]:
+            if run["batches"]:
+                print(f"cube, trial {run['trial']}: where the time went, per batch")
+                print(table(run["batches"], BATCH_COLUMNS))
         print("\n".join(out["rolling"]["verdicts"]))
     if "sim" in args.parts:
         work = Path(tempfile.mkdtemp(prefix="cube-bench-jobs-", dir=WORKDIR))
@@ -383,7 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     docker = parser.add_argument_group("docker part")
     docker.add_argument("--sizes", type=ints, default=[100], help="allocations per job")
-    docker.add_argument("--trials", type=int, default=3)
+    parser.add_argument("--trials", type=int, default=3, help="docker and rolling parts")
     docker.add_argument(
         "--systems", type=names_of(SYSTEMS), default=list(SYSTEMS), help=",".join(SYSTEMS)
     )

@@ -113,6 +113,7 @@ def test_jobs_bench_rolls_an_update_out_under_its_poller(tmp_path: Path) -> None
         "jobs.py",
         tmp_path / "j.json",
         *("--parts", "rolling", "--rolling-sizes", "2", "--rolling-systems", "cube"),
+        *("--trials", "1"),
     )
     (run,) = saved["rolling"]["runs"]
     assert run["error"] == "", run
@@ -120,6 +121,14 @@ def test_jobs_bench_rolls_an_update_out_under_its_poller(tmp_path: Path) -> None
     assert run["polls"] > 0, run
     assert run["all_new"], run
     assert run["fewest_answering"] >= 0, run
+    # Where the time went: one batch of both allocations (max_parallel 5), each phase
+    # measured, then the deployment's end.
+    batch, end = run["batches"]
+    assert batch["size"] == 2, run["batches"]
+    phases = ("place_to_accepted", "accepted_to_started", "started_to_healthy", "healthy_to_seen")
+    assert all(batch[p] >= 0 for p in phases), batch
+    assert end["size"] == 0, run["batches"]
+    assert end["healthy_to_placed"] >= 0, end
 
 
 def test_jobs_bench_runs_jobs_on_a_small_simulated_fleet(tmp_path: Path) -> None:

@@ -148,6 +148,18 @@ def test_start_first_stops_the_old_one_only_once_its_replacement_is_healthy() ->
     assert [u.alloc for u in plan.update] == ["a1"]
 
 
+def test_start_first_does_not_count_an_old_allocation_still_stopping_as_in_flight() -> None:
+    """The pass after the one that stopped a0: a0 still stopping holds nothing up, as
+    its slot is served by its healthy replacement (stop-first: see the test above)."""
+    v1, v2 = version(1), version(2, "cube-busybox:2", order="start-first")
+    a0, a1, a2 = old(v1)
+    stopping = superseded(a0, "b0").model_copy(update={"desired": AllocDesired.STOP})
+    healthy = new(v2, 0, "a0", status=AllocStatus.RUNNING, healthy=True)
+
+    plan = plan_of(v2, [stopping, healthy, a1, a2], deployment(v2))
+    assert [(u.alloc, u.start_first) for u in plan.update] == [("a1", True)]
+
+
 @pytest.mark.parametrize("nodes", [[N("n2"), N("n3"), N("n4")], [N("n1", NodeState.DOWN), N("n4")]])
 def test_a_superseded_allocation_on_a_lost_node_is_marked_lost(nodes: list[N]) -> None:
     v1, v2 = version(1), version(2, "cube-busybox:2", order="start-first")

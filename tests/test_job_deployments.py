@@ -119,6 +119,20 @@ async def test_the_first_version_s_deployment_succeeds_once_every_allocation_is_
     await c.manager.close()
 
 
+async def test_the_pass_asks_to_be_woken_when_min_healthy_time_elapses() -> None:
+    """Not at the next report or safety pass: the job loop sleeps until the earliest
+    moment an allocation may be deemed healthy, and the pass then judges it so."""
+    c = Cluster()
+    c.manager.jobs.submit(spec())
+    await c.passes(0, 0.5)  # placed, then reported running: ready since 0.5
+    assert c.manager.jobs.changes.wake_at() == at(1.5)
+    await c.passes(1.5, run=False)
+    assert c.deployment().status is DeploymentStatus.SUCCESSFUL
+    # Nothing left to wait for.
+    assert c.manager.jobs.changes.wake_at() is None
+    await c.manager.close()
+
+
 @pytest.mark.parametrize("order", ["stop-first", "start-first"])
 async def test_a_rolling_update_replaces_one_at_a_time_each_once_the_previous_is_healthy(
     order: str,

@@ -77,9 +77,17 @@ def budget(rollout: Rollout, allocs: Sequence[Allocation], nodes: Mapping[str, o
     """How many replacements may start now: ``max_parallel`` minus those in flight."""
     in_flight = 0
     for a in allocs:
-        if a.desired is AllocDesired.STOP and not a.is_terminal and a.group_hash != rollout.hash:
-            # An old one stopping (stop-first). On a node that is down or gone it will never
-            # be reported stopped: waiting for it would hold the update up forever.
+        if (
+            not rollout.start_first
+            and a.desired is AllocDesired.STOP
+            and not a.is_terminal
+            and a.group_hash != rollout.hash
+        ):
+            # An old one stopping (stop-first): its slot is empty until it has stopped and
+            # its replacement is healthy. (start-first stops an old one once the holder of
+            # its slot is healthy: waiting for the stop would only delay the next batch.)
+            # On a node that is down or gone it will never be reported stopped: waiting
+            # for it would hold the update up forever.
             node = nodes.get(a.node) if a.node is not None else None
             in_flight += node is not None and getattr(node, "state", None) is not NodeState.DOWN
         elif (

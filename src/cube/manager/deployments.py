@@ -14,6 +14,8 @@ again from the saved deployment and the allocations' saved verdicts.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -31,6 +33,22 @@ if TYPE_CHECKING:
 log = get_logger("cube.manager.deployments")
 
 
+def _earliest(*times: datetime | None) -> datetime | None:
+    return min((t for t in times if t is not None), default=None)
+
+
+@dataclass(frozen=True)
+class Advanced:
+    """What :meth:`Deployments.advance` did to one job."""
+
+    #: The current version's deployment (None: a batch job, or a stopped one).
+    deployment: Deployment | None
+    #: The earliest moment the deployment or an allocation's health may change with no
+    #: other change (an allocation ready for ``min_healthy_time``, a deadline): the job
+    #: pass must look again then, not at the next report or safety pass.
+    wake_at: datetime | None = None
+
+
 class Deployments:
     """Every deployment of one manager's jobs, and the steps that move them."""
 
@@ -43,8 +61,6 @@ class Deployments:
         for d in self.store.list_deployments():  # oldest first
             self.by_id[d.id] = d
             self.by_job.setdefault(d.job, []).append(d.id)
-        #: The earliest moment a deployment or an allocation's health may change by itself.
-        self.wake_at: datetime | None = None
 
     # --- reading ------------------------------------------------------------------------------
     def of_job(self, job_id: str) -> list[Deployment]:
@@ -118,26 +134,23 @@ class Deployments:
             self.by_job.setdefault(d.job, []).append(d.id)
         self.by_id[d.id] = d
 
-    def _due(self, at: datetime | None) -> None:
-        if at is not None and (self.wake_at is None or at < self.wake_at):
-            self.wake_at = at
-
     # --- the pass -----------------------------------------------------------------------------
-    def advance(self, job: Job, allocs: list[Allocation], now: datetime) -> Deployment | None:
-        """Bring the job's deployments up to ``now``; the current version's, or None (batch).
+    def advance(self, job: Job, allocs: list[Allocation], now: datetime) -> Advanced:
+        """Bring the job's deployments up to ``now``: the current version's (or None, for a
+        batch job), and when to look again.
 
         ``allocs``: the job's allocations (the records themselves: health is recorded on them).
         """
         self._cancel_others(job, now)
         version = self.jobs.current_version(job)
         if job.stopped or version.spec.type is JobType.BATCH:
-            return None
-        self._judge(version, allocs, now)
+            return Advanced(None)
+        health_due = self._judge(version, allocs, now)
         d = self.current(job)
         if d is None:
             d = self.start(job, allocs, now)
         if not d.active:
-            return d
+            return Advanced(d, health_due)
         stepped = deploy.step(d, version.spec, allocs, now)
         if stepped != d:
             self._save(stepped)
@@ -152,20 +165,24 @@ class Deployments:
         if stepped.status is DeploymentStatus.FAILED and not stepped.revert:
             policies = [update_policy(version.spec, g) for g in version.spec.groups]
             if any(p.auto_revert for p in policies):
-                return self._revert_after(job, stepped, allocs, now)
-        if stepped.active:
-            deadline = min(
-                p.progress_deadline
-                for p in (update_policy(version.spec, g) for g in version.spec.groups)
-            )
-            self._due(stepped.progress_at + timedelta(seconds=deadline))
-        return stepped
+                return Advanced(self._revert_after(job, stepped, allocs, now), health_due)
+        if not stepped.active:
+            return Advanced(stepped, health_due)
+        spec = version.spec
+        deadline = min(update_policy(spec, g).progress_deadline for g in spec.groups)
+        return Advanced(
+            stepped, _earliest(health_due, stepped.progress_at + timedelta(seconds=deadline))
+        )
 
-    def _judge(self, version: JobVersion, allocs: list[Allocation], now: datetime) -> None:
-        """Record each allocation's readiness and health verdict, as the current policy says."""
+    def _judge(
+        self, version: JobVersion, allocs: list[Allocation], now: datetime
+    ) -> datetime | None:
+        """Record each allocation's readiness and health verdict, as the current policy says;
+        returns the earliest moment a verdict may change by itself."""
         spec = version.spec
         groups = {g.name: g for g in spec.groups}
         changed = []
+        due: datetime | None = None
         for alloc in allocs:
             if (
                 alloc.group not in groups
@@ -184,9 +201,10 @@ class Deployments:
                     log.info(
                         "allocation health", alloc=alloc.id, name=alloc.name, healthy=mark.healthy
                     )
-            self._due(deploy.health_due(alloc, policy))
+            due = _earliest(due, deploy.health_due(alloc, policy))
         if changed:
             self.store.save_allocations(changed)
+        return due
 
     def _end(self, d: Deployment, status: DeploymentStatus, reason: str, now: datetime) -> None:
         ended = d.model_copy(update={"status": status, "status_reason": reason, "updated_at": now})
@@ -199,26 +217,29 @@ class Deployments:
 
     # --- operations ---------------------------------------------------------------------------
     def promote(self, job_id: str, now: datetime) -> Deployment:
-        d = self._running(job_id, "promote")
-        promoted = deploy.promote(d, now)
-        self._save(promoted)
-        log.info("deployment promoted", job=job_id, version=d.version)
-        self.jobs.touch(job_id)
-        return promoted
+        return self._by_hand(job_id, "promote", "promoted", deploy.promote, now)
 
     def pause(self, job_id: str, now: datetime) -> Deployment:
-        paused = deploy.pause(self._running(job_id, "pause"), now)
-        self._save(paused)
-        log.info("deployment paused", job=job_id, version=paused.version)
-        self.jobs.touch(job_id)
-        return paused
+        return self._by_hand(job_id, "pause", "paused", deploy.pause, now)
 
     def resume(self, job_id: str, now: datetime) -> Deployment:
-        resumed = deploy.resume(self._running(job_id, "resume"), now)
-        self._save(resumed)
-        log.info("deployment resumed", job=job_id, version=resumed.version)
+        return self._by_hand(job_id, "resume", "resumed", deploy.resume, now)
+
+    def _by_hand(
+        self,
+        job_id: str,
+        what: str,
+        done: str,
+        decide: Callable[[Deployment, datetime], Deployment],
+        now: datetime,
+    ) -> Deployment:
+        """Move the job's running deployment as ``decide`` says (it raises Conflict when it
+        may not), save and log it, and have the next pass reconcile the job."""
+        moved = decide(self._running(job_id, what), now)
+        self._save(moved)
+        log.info(f"deployment {done}", job=job_id, version=moved.version)
         self.jobs.touch(job_id)
-        return resumed
+        return moved
 
     def fail(self, job_id: str, now: datetime) -> Deployment:
         """Fail the running deployment by hand, and go back to the last good version."""

@@ -506,13 +506,13 @@ class JobService:
         if lazy and not changed and (current is None or not current.active):
             return False  # (a deployment judges its allocations' health on any task change)
         allocs = self.allocations(job=job.id)
-        self.deployments.wake_at = None
-        deployment = self.deployments.advance(job, allocs, now)  # may revert: a new version
+        advanced = self.deployments.advance(job, allocs, now)  # may revert: a new version
+        deployment = advanced.deployment
         version = self.current_version(job)
         plan = reconcile(job, version, allocs, views.nodes, now, deployment=deployment)
         self._cut = False
         self._apply(job, version, plan, views, now, deployment=deployment)
-        due = [t for t in (plan.wake_at, self.deployments.wake_at) if t is not None]
+        due = [t for t in (plan.wake_at, advanced.wake_at) if t is not None]
         self.changes.due(job.id, min(due, default=None))
         if (job.status, job.status_reason) != (plan.status, plan.status_reason):
             job.status, job.status_reason, job.updated_at = plan.status, plan.status_reason, now

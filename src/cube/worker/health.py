@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -24,6 +25,13 @@ class ProbeResult:
     detail: str  # "HTTP 200", "connection refused", ...
 
 
+#: The probes' TLS context: none is ever used (a probe asks ``http://``), but an
+#: ``httpx.AsyncClient`` made without one loads the CA bundle, 67 ms of CPU each time:
+#: 20 containers checked every 0.5 s took more than the worker's whole event loop, and
+#: the probes themselves timed out (bench/jobs.py --parts rolling, docs/benchmarks.md).
+_NO_TLS = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+
+
 class Prober(Protocol):
     async def __call__(self, check: HealthCheck, host: str) -> ProbeResult: ...
 
@@ -34,7 +42,9 @@ async def probe(check: HealthCheck, host: str) -> ProbeResult:
         async with asyncio.timeout(check.timeout):
             if check.http is not None:
                 url = f"http://{host}:{check.http.port}{check.http.path}"
-                async with httpx.AsyncClient() as http:
+                # A client (a connection) per probe, as Docker's and Kubernetes' checks:
+                # a kept-alive connection would not show a server that stopped accepting.
+                async with httpx.AsyncClient(verify=_NO_TLS) as http:
                     response = await http.get(url)
                 ok = response.status_code == check.http.expected_status
                 return ProbeResult(ok, f"GET {check.http.path}: HTTP {response.status_code}")
