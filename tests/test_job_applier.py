@@ -273,9 +273,7 @@ def make_manager(store: MemoryStore, workers: FakeWorkers) -> Manager:
 async def settle(manager: Manager) -> None:
     """Let the sends and stops the pass started finish."""
     for _ in range(3):
-        await asyncio.gather(
-            *manager._background, *manager.jobs._background, return_exceptions=True
-        )
+        await asyncio.gather(*manager._background, *manager.jobs.background, return_exceptions=True)
 
 
 def job_spec(count: int = 3, **group: Any) -> JobSpec:
@@ -436,9 +434,9 @@ async def test_a_failed_allocation_is_replaced_after_its_reschedule_delay() -> N
     assert manager.jobs.allocation(a.id).status is AllocStatus.FAILED
     assert manager.tasks[a.tasks["proxy"].id].desired is DesiredState.STOP  # its sibling stops
     assert len(manager.jobs.allocations()) == 1  # not before the delay
-    assert manager.jobs._wake_at is not None
+    assert manager.jobs.loop._wake_at is not None
 
-    manager.jobs.reconcile_all(manager.jobs._wake_at + timedelta(seconds=1))
+    manager.jobs.reconcile_all(manager.jobs.loop._wake_at + timedelta(seconds=1))
     await settle(manager)
     new = manager.jobs.allocation(manager.jobs.allocation(a.id).replaced_by or "")
     assert new.replaces == a.id
@@ -454,14 +452,14 @@ async def test_a_pass_that_fails_for_one_job_still_reconciles_the_others(
     manager = make_manager(store, workers)
     manager.jobs.submit(job_spec(count=1).model_copy(update={"job": "broken"}))
     manager.jobs.submit(job_spec(count=1))
-    real = manager.jobs.reconcile_job
+    real = manager.jobs.loop.reconcile_job
 
     def flaky(job: Job, views: PassViews, now: datetime, **options: Any) -> bool:
         if job.id == "broken":
             raise RuntimeError("a bug")
         return real(job, views, now, **options)
 
-    monkeypatch.setattr(manager.jobs, "reconcile_job", flaky)
+    monkeypatch.setattr(manager.jobs.loop, "reconcile_job", flaky)
     manager.jobs.reconcile_all(NOW)
     assert [a.job for a in manager.jobs.allocations()] == ["shop"]
     await manager.close()
@@ -521,14 +519,14 @@ async def test_a_group_that_fits_nowhere_waits_for_the_cluster_to_change() -> No
 
 
 async def test_a_large_count_is_placed_over_several_passes(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("cube.manager.jobs.MAX_PLACEMENTS_PER_PASS", 4)
+    monkeypatch.setattr("cube.manager.job_applier.MAX_PLACEMENTS_PER_PASS", 4)
     store, workers = MemoryStore(), FakeWorkers()
     store.save_node(node("n1"))
     manager = make_manager(store, workers)
     manager.jobs.submit(job_spec(count=6))
     manager.jobs.reconcile_all(NOW)
     assert len(manager.jobs.allocations()) == 4
-    assert manager.jobs._wake.is_set()  # the next pass goes on at once
+    assert manager.jobs.loop._wake.is_set()  # the next pass goes on at once
     manager.jobs.reconcile_all(NOW)
     await settle(manager)
     assert len(manager.jobs.allocations()) == 6

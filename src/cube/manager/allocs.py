@@ -1,6 +1,6 @@
 """Pure decisions of the job applier: an allocation's status, its tasks' IDs, where it may go.
 
-The applier (:mod:`cube.manager.jobs`) does the I/O; what it decides lives here, with the
+The applier (:mod:`cube.manager.job_applier`) does the I/O; what it decides lives here, with the
 clock and the records passed in, so that each case is a one-line test.
 
 * :func:`derive_status`: what an allocation's tasks say of it (Running, Complete, Failed),
