@@ -125,3 +125,33 @@ def test_job_revert_json_prints_the_job(fake: FakeManager, cube: Callable[..., R
     result = cube("job", "revert", "shop", "-o", "json")
     assert result.exit_code == 0, result.output
     assert document(result)["version"] == 4
+
+
+def test_a_stopped_job_shows_desired_0_with_its_count_and_what_the_stop_ended(
+    fake: FakeManager, cube: Callable[..., Result]
+) -> None:
+    stopped = detail(3, [alloc(i, AllocStatus.COMPLETE, desired="stop") for i in range(3)])
+    stopped.job.stopped, stopped.job.status, stopped.job.status_reason = (
+        True,
+        JobStatus.DEAD,
+        "stopped",
+    )
+    replaced = alloc(9, AllocStatus.COMPLETE, desired="stop", version=1, replaced_by="a0")
+    stopped.allocations.append(replaced)  # an older version's: not counted
+    fake.on("GET /v1/jobs/shop", body=stopped)
+    result = cube("job", "status", "shop")
+    assert result.exit_code == 0, result.output
+    row = next(line.split() for line in result.stdout.splitlines() if line.startswith("web "))
+    # GROUP DESIRED PENDING RUNNING COMPLETE FAILED LOST
+    assert row == ["web", "0", "(stopped;", "count", "3)", "0", "0", "3", "0", "0"]
+    assert "Dead: stopped" in result.stdout
+
+
+def test_a_running_job_shows_its_count_as_desired(
+    fake: FakeManager, cube: Callable[..., Result]
+) -> None:
+    running = detail(2, [alloc(0, AllocStatus.RUNNING), alloc(1, AllocStatus.PENDING)])
+    fake.on("GET /v1/jobs/shop", body=running)
+    result = cube("job", "status", "shop")
+    row = next(line.split() for line in result.stdout.splitlines() if line.startswith("web "))
+    assert row == ["web", "2", "1", "1", "0", "0", "0"]

@@ -380,16 +380,39 @@ def job_view(detail: JobDetail) -> list[RenderableType]:
         ]
     )
     groups = out.make_table("GROUP", "DESIRED", *(s.value.upper() for s in AllocStatus))
-    for group in spec.groups:
-        mine = [a for a in detail.allocations if a.group == group.name and is_holder(a)]
-        counts = Counter(a.status for a in mine)
-        desired = "per node" if spec.type is JobType.SYSTEM else str(group.wanted)
-        out.add_row(groups, group.name, desired, *(str(counts[s]) for s in AllocStatus))
+    for row in group_rows(detail):
+        out.add_row(groups, *row)
     return [
         head,
         out.section("Groups", groups),
         out.section("Allocations", alloc_table(detail.allocations)),
     ]
+
+
+def group_rows(detail: JobDetail) -> list[list[str]]:
+    """The Groups table: per group, how many allocations should run, and how many hold
+    their slot in each status.
+
+    A stopped job wants none: DESIRED says 0, with the count a ``cube job run`` would
+    start again; its counts are those of the allocations the stop ended (the current
+    version's, not replaced), as ``nomad job status`` keeps counting a dead job's, not
+    zeros everywhere.
+    """
+    job, spec = detail.job, detail.spec
+    rows = []
+    for group in spec.groups:
+        mine = [a for a in detail.allocations if a.group == group.name]
+        if job.stopped:
+            held = [a for a in mine if a.version == job.version and a.replaced_by is None]
+            held = [a for a in held if not a.canary]
+            count = "" if spec.type is JobType.SYSTEM else f"; count {group.wanted}"
+            desired = f"0 (stopped{count})"
+        else:
+            held = [a for a in mine if is_holder(a)]
+            desired = "per node" if spec.type is JobType.SYSTEM else str(group.wanted)
+        counts = Counter(a.status for a in held)
+        rows.append([group.name, desired, *(str(counts[s]) for s in AllocStatus)])
+    return rows
 
 
 #: Failed allocations whose last log lines ``cube job status JOB`` shows, newest first.
