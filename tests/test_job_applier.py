@@ -34,6 +34,7 @@ from cube.job.wire import JobDetail
 from cube.manager.allocs import (
     MAX_TASK_ID,
     alloc_task_id,
+    blocked_status,
     derive_status,
     on_bad_node,
     passed_over,
@@ -507,6 +508,9 @@ async def test_a_group_that_fits_nowhere_waits_for_the_cluster_to_change() -> No
         manager.jobs.reconcile_all(NOW)
     (stuck,) = manager.jobs.allocations()  # one tried, the others wait: not five failures
     assert (stuck.node, stuck.status_reason) == (None, "no node in datacenter dc1")
+    job = manager.jobs.job("shop")  # the job says why, as a blocked evaluation in Nomad
+    assert job.status is JobStatus.PENDING
+    assert job.status_reason == "blocked: web: 5 of 5 not placed: no node in datacenter dc1"
 
     manager.nodes["n1"] = node("n1")
     manager._capacity_changed()  # a node joined
@@ -515,7 +519,30 @@ async def test_a_group_that_fits_nowhere_waits_for_the_cluster_to_change() -> No
     allocs = manager.jobs.allocations()
     assert len(allocs) == 5
     assert {a.node for a in allocs} == {"n1"}
+    run_all(manager)
+    manager.jobs.reconcile_all(NOW)
+    assert manager.jobs.job("shop").status_reason == "5 allocations running"
     await manager.close()
+
+
+def test_a_running_job_with_a_blocked_group_says_both() -> None:
+    spec = job_spec(count=3)
+    placed = [
+        Allocation(job="shop", group="web", index=i, version=1, group_hash="h", node="n1")
+        for i in range(2)
+    ]
+    stuck = Allocation(
+        job="shop", group="web", index=2, version=1, group_hash="h", placement={"node": None}
+    )
+    stuck.status_reason = "no node has 0.5 CPU free"
+    running = (JobStatus.RUNNING, "2 allocations running")
+    assert blocked_status(spec, *running, [*placed, stuck]) == (
+        JobStatus.RUNNING,
+        "2 allocations running; blocked: web: 1 of 3 not placed: no node has 0.5 CPU free",
+    )
+    assert blocked_status(spec, *running, placed) == running  # nothing waits
+    dead = (JobStatus.DEAD, "stopped")
+    assert blocked_status(spec, *dead, [*placed, stuck]) == dead
 
 
 async def test_a_large_count_is_placed_over_several_passes(monkeypatch: pytest.MonkeyPatch) -> None:

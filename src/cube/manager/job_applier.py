@@ -116,6 +116,10 @@ class Applier:
     def blocked_jobs(self) -> Iterable[str]:
         return (job for job, _ in self._blocked)
 
+    def is_blocked(self, job: str) -> bool:
+        """Whether a placement of one of ``job``'s groups found no node (and waits)."""
+        return any(j == job for j, _ in self._blocked)
+
     def take_rest(self, job: str) -> Rest | None:
         """What a slice left of ``job``'s plan (forgotten here)."""
         return self._rest.pop(job, None)

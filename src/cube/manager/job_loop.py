@@ -32,7 +32,7 @@ from cube.job.model import Allocation, AllocDesired, AllocStatus, Job
 from cube.job.reconcile import reconcile
 from cube.job.spec import JobType
 from cube.log import get_logger
-from cube.manager.allocs import derive_status, on_bad_node, task_views
+from cube.manager.allocs import blocked_status, derive_status, on_bad_node, task_views
 from cube.manager.deployments import Deployments
 from cube.manager.job_applier import Applier
 from cube.manager.job_changes import JobChanges, Todo
@@ -230,8 +230,12 @@ class JobLoop:
         cut = self.applier.apply(job, version, plan, views, now, deployment=deployment)
         due = [t for t in (plan.wake_at, self.deployments.wake_at) if t is not None]
         self.changes.due(job.id, min(due, default=None))
-        if (job.status, job.status_reason) != (plan.status, plan.status_reason):
-            job.status, job.status_reason, job.updated_at = plan.status, plan.status_reason, now
+        status, reason = plan.status, plan.status_reason  # judged before the placements
+        if self.applier.is_blocked(job.id):
+            allocs = self.records.allocations(job=job.id)
+            status, reason = blocked_status(version.spec, status, reason, allocs)
+        if (job.status, job.status_reason) != (status, reason):
+            job.status, job.status_reason, job.updated_at = status, reason, now
             self.manager.store.save_job(job)
         return cut
 
