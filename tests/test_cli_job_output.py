@@ -79,6 +79,7 @@ def test_job_run_json_that_cannot_get_there_prints_the_job_and_exits_1(
     assert result.exit_code == 1
     assert document(result)["allocations"][0]["status_reason"] == "no node fits"
     assert "web[0] cannot be placed: no node fits" in result.stderr
+    assert "job shop stays, blocked: it is placed when a node can take it" in result.stderr
 
 
 def test_job_run_detach_json_prints_the_submitted_job(
@@ -142,16 +143,16 @@ def test_a_stopped_job_shows_desired_0_with_its_count_and_what_the_stop_ended(
     result = cube("job", "status", "shop")
     assert result.exit_code == 0, result.output
     row = next(line.split() for line in result.stdout.splitlines() if line.startswith("web "))
-    # GROUP DESIRED PENDING RUNNING COMPLETE FAILED LOST
-    assert row == ["web", "0", "(stopped;", "count", "3)", "0", "0", "3", "0", "0"]
+    # GROUP DESIRED QUEUED PENDING RUNNING COMPLETE FAILED LOST
+    assert row == ["web", "0", "(stopped;", "count", "3)", "0", "0", "0", "3", "0", "0"]
     assert "Dead: stopped" in result.stdout
 
 
-def test_a_running_job_shows_its_count_as_desired(
+def test_a_running_job_shows_its_count_as_desired_and_what_is_not_created_as_queued(
     fake: FakeManager, cube: Callable[..., Result]
 ) -> None:
-    running = detail(2, [alloc(0, AllocStatus.RUNNING), alloc(1, AllocStatus.PENDING)])
+    running = detail(3, [alloc(0, AllocStatus.RUNNING), alloc(1, AllocStatus.PENDING)])
     fake.on("GET /v1/jobs/shop", body=running)
     result = cube("job", "status", "shop")
     row = next(line.split() for line in result.stdout.splitlines() if line.startswith("web "))
-    assert row == ["web", "2", "1", "1", "0", "0", "0"]
+    assert row == ["web", "3", "1", "1", "1", "0", "0", "0"]  # one not created yet: queued

@@ -93,6 +93,8 @@ class Verdict:
     groups: list[GroupProgress] = field(default_factory=list)
     #: The deployment's own line, if one is followed (its progress; at the end, its status).
     summary: str = ""
+    #: Failed because allocations fit no node: the job stays, and waits for one.
+    blocked: bool = False
 
     def line(self) -> str:
         return self.summary or self.groups_line()
@@ -151,6 +153,7 @@ def judge(detail: JobDetail) -> Verdict:
     )
     if unplaced and not in_flight:
         verdict.failed += [f"{a.name} cannot be placed: {a.status_reason}" for a in unplaced]
+        verdict.blocked = True
     return verdict
 
 
@@ -235,6 +238,12 @@ def follow_to_the_end(
     if verdict.failed:
         for reason in verdict.failed:
             click.echo(f"Error: {reason}", err=True)
+        if verdict.blocked:
+            click.echo(
+                f"job {job_id} stays, blocked: it is placed when a node can take it"
+                f" (`cube job stop {job_id}` gives up)",
+                err=True,
+            )
         raise SystemExit(EXIT_FAILED)
     if output == "json":
         return
@@ -379,7 +388,8 @@ def job_view(detail: JobDetail) -> list[RenderableType]:
             ),
         ]
     )
-    groups = out.make_table("GROUP", "DESIRED", *(s.value.upper() for s in AllocStatus))
+    states = (s.value.upper() for s in AllocStatus)
+    groups = out.make_table("GROUP", "DESIRED", "QUEUED", *states)
     for row in group_rows(detail):
         out.add_row(groups, *row)
     return [
@@ -390,8 +400,9 @@ def job_view(detail: JobDetail) -> list[RenderableType]:
 
 
 def group_rows(detail: JobDetail) -> list[list[str]]:
-    """The Groups table: per group, how many allocations should run, and how many hold
-    their slot in each status.
+    """The Groups table: per group, how many allocations should run, how many have no
+    allocation yet (QUEUED: Nomad's name; they wait for a node, or for the next pass), and
+    how many hold their slot in each status.
 
     A stopped job wants none: DESIRED says 0, with the count a ``cube job run`` would
     start again; its counts are those of the allocations the stop ended (the current
@@ -411,7 +422,9 @@ def group_rows(detail: JobDetail) -> list[list[str]]:
             held = [a for a in mine if is_holder(a)]
             desired = "per node" if spec.type is JobType.SYSTEM else str(group.wanted)
         counts = Counter(a.status for a in held)
-        rows.append([group.name, desired, *(str(counts[s]) for s in AllocStatus)])
+        queued = 0 if job.stopped else max(0, group.wanted - len(held))
+        queued_cell = out.DASH if spec.type is JobType.SYSTEM else str(queued)
+        rows.append([group.name, desired, queued_cell, *(str(counts[s]) for s in AllocStatus)])
     return rows
 
 
