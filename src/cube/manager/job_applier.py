@@ -120,6 +120,12 @@ class Applier:
         """Whether a placement of one of ``job``'s groups found no node (and waits)."""
         return any(j == job for j, _ in self._blocked)
 
+    def forget_job(self, job: str) -> None:
+        """A purged job: its groups wait for nothing, and no slice goes on with it."""
+        for key in [k for k in self._blocked if k[0] == job]:
+            del self._blocked[key]
+        self._rest.pop(job, None)
+
     def take_rest(self, job: str) -> Rest | None:
         """What a slice left of ``job``'s plan (forgotten here)."""
         return self._rest.pop(job, None)

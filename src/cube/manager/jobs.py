@@ -218,6 +218,7 @@ class JobService:
             self.jobs.pop(job.id, None)
             self.versions.pop(job.id, None)
             self.placer.forget_specs()  # built again as needed: forget the purged versions'
+            self.applier.forget_job(job.id)
             log.info("job purged", job=job.id)
         return job.model_copy(deep=True)
 
