@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -227,44 +227,52 @@ class AgentProcess:
         return self.log_path.read_text(errors="replace")
 
 
-def _spawn(tmp_path: Path, name: str, port: int, args: list[str]) -> AgentProcess:
-    """Start ``cube ARGS`` as agent ``name``, answering on ``port``, logging in ``tmp_path``."""
-    agent = AgentProcess(args=args, port=port, log_path=tmp_path / f"{name}.log", name=name)
-    agent.start()
-    return agent
+class _Agents:
+    """The ``cube COMMAND`` processes one fixture starts: each answers on its own port, keeps
+    its data in ``tmp_path/NAME`` and logs to ``tmp_path/NAME.log``; :meth:`close` kills
+    them (no cleanup, as in a crash) and removes the containers and networks of those that
+    run tasks."""
+
+    def __init__(
+        self,
+        tmp_path: Path,
+        command: str,
+        *,
+        prefix: str,
+        named: bool = True,
+        ports: Callable[[], int] = free_port,
+        runs_tasks: bool = True,
+    ) -> None:
+        self.tmp_path, self.command, self.prefix = tmp_path, command, prefix
+        self.named, self.ports, self.runs_tasks = named, ports, runs_tasks
+        self.started: list[AgentProcess] = []
+
+    def start(self, *args: str, name: str | None = None, port: int | None = None) -> AgentProcess:
+        name = name or unique_name(self.prefix)
+        port = port or self.ports()
+        argv = [self.command, "--port", str(port), "--data-dir", str(self.tmp_path / name)]
+        argv += ["--name", name] if self.named else []
+        agent = AgentProcess(
+            args=[*argv, *args], port=port, log_path=self.tmp_path / f"{name}.log", name=name
+        )
+        agent.start()
+        self.started.append(agent)
+        return agent
+
+    def close(self) -> None:
+        for agent in self.started:
+            agent.kill()
+            if self.runs_tasks:
+                remove_containers(f"cube.worker={agent.name}")
+                remove_networks(f"cube.worker={agent.name}")
 
 
 @pytest.fixture
 def start_worker(docker_engine: None, tmp_path: Path) -> Iterator[Any]:
     """Factory: start a real ``cube worker`` process; killed and its containers removed after."""
-    started: list[AgentProcess] = []
-
-    def start(*extra: str, name: str | None = None, port: int | None = None) -> AgentProcess:
-        name = name or unique_name()
-        port = port or free_port()
-        agent = _spawn(
-            tmp_path,
-            name,
-            port,
-            [
-                "worker",
-                "--name",
-                name,
-                "--port",
-                str(port),
-                "--data-dir",
-                str(tmp_path / name),
-                *extra,
-            ],
-        )
-        started.append(agent)
-        return agent
-
-    yield start
-    for agent in started:
-        agent.kill()
-        remove_containers(f"cube.worker={agent.name}")
-        remove_networks(f"cube.worker={agent.name}")
+    agents = _Agents(tmp_path, "worker", prefix="w")
+    yield agents.start
+    agents.close()
 
 
 @pytest.fixture
@@ -275,7 +283,7 @@ def start_manager(tmp_path: Path) -> Iterator[Any]:
     ``agent.kill(); agent.start()``: same port, same data directory. Workers join it
     with ``start_worker("--manager", manager.url)``.
     """
-    started: list[AgentProcess] = []
+    agents = _Agents(tmp_path, "manager", prefix="m", named=False, runs_tasks=False)
 
     def start(
         *extra: str,
@@ -283,64 +291,21 @@ def start_manager(tmp_path: Path) -> Iterator[Any]:
         name: str | None = None,
         port: int | None = None,
     ) -> AgentProcess:
-        name = name or unique_name("m")
-        port = port or free_port()
-        agent = _spawn(
-            tmp_path,
-            name,
-            port,
-            [
-                "manager",
-                "--port",
-                str(port),
-                "--data-dir",
-                str(tmp_path / name),
-                "--scheduler",
-                scheduler,
-                "--collect-interval",
-                "0.2",
-                *extra,
-            ],
-        )
-        started.append(agent)
-        return agent
+        options = ["--scheduler", scheduler, "--collect-interval", "0.2"]
+        return agents.start(*options, *extra, name=name, port=port)
 
     yield start
-    for agent in started:
-        agent.kill()
+    agents.close()
 
 
 @pytest.fixture
 def start_dev(docker_engine: None, tmp_path: Path) -> Iterator[Any]:
     """Factory: start a real ``cube dev`` (a manager on the returned agent's port, its
     worker on the next one); killed and its containers removed after the test."""
-    started: list[AgentProcess] = []
+    agents = _Agents(tmp_path, "dev", prefix="d", ports=free_port_pair)
 
     def start(*extra: str, name: str | None = None) -> AgentProcess:
-        name = name or unique_name("d")
-        port = free_port_pair()
-        agent = _spawn(
-            tmp_path,
-            name,
-            port,
-            [
-                "dev",
-                "--port",
-                str(port),
-                "--name",
-                name,
-                "--data-dir",
-                str(tmp_path / name),
-                "--collect-interval",
-                "0.2",
-                *extra,
-            ],
-        )
-        started.append(agent)
-        return agent
+        return agents.start("--collect-interval", "0.2", *extra, name=name)
 
     yield start
-    for agent in started:
-        agent.kill()
-        remove_containers(f"cube.worker={agent.name}")
-        remove_networks(f"cube.worker={agent.name}")
+    agents.close()

@@ -34,6 +34,7 @@ from cube.job.wire import JobDetail
 from cube.manager.allocs import (
     MAX_TASK_ID,
     alloc_task_id,
+    blocked_status,
     derive_status,
     on_bad_node,
     passed_over,
@@ -273,9 +274,7 @@ def make_manager(store: MemoryStore, workers: FakeWorkers) -> Manager:
 async def settle(manager: Manager) -> None:
     """Let the sends and stops the pass started finish."""
     for _ in range(3):
-        await asyncio.gather(
-            *manager._background, *manager.jobs._background, return_exceptions=True
-        )
+        await asyncio.gather(*manager._background, *manager.jobs.background, return_exceptions=True)
 
 
 def job_spec(count: int = 3, **group: Any) -> JobSpec:
@@ -436,9 +435,9 @@ async def test_a_failed_allocation_is_replaced_after_its_reschedule_delay() -> N
     assert manager.jobs.allocation(a.id).status is AllocStatus.FAILED
     assert manager.tasks[a.tasks["proxy"].id].desired is DesiredState.STOP  # its sibling stops
     assert len(manager.jobs.allocations()) == 1  # not before the delay
-    assert manager.jobs._wake_at is not None
+    assert manager.jobs.loop._wake_at is not None
 
-    manager.jobs.reconcile_all(manager.jobs._wake_at + timedelta(seconds=1))
+    manager.jobs.reconcile_all(manager.jobs.loop._wake_at + timedelta(seconds=1))
     await settle(manager)
     new = manager.jobs.allocation(manager.jobs.allocation(a.id).replaced_by or "")
     assert new.replaces == a.id
@@ -454,14 +453,14 @@ async def test_a_pass_that_fails_for_one_job_still_reconciles_the_others(
     manager = make_manager(store, workers)
     manager.jobs.submit(job_spec(count=1).model_copy(update={"job": "broken"}))
     manager.jobs.submit(job_spec(count=1))
-    real = manager.jobs.reconcile_job
+    real = manager.jobs.loop.reconcile_job
 
     def flaky(job: Job, views: PassViews, now: datetime, **options: Any) -> bool:
         if job.id == "broken":
             raise RuntimeError("a bug")
         return real(job, views, now, **options)
 
-    monkeypatch.setattr(manager.jobs, "reconcile_job", flaky)
+    monkeypatch.setattr(manager.jobs.loop, "reconcile_job", flaky)
     manager.jobs.reconcile_all(NOW)
     assert [a.job for a in manager.jobs.allocations()] == ["shop"]
     await manager.close()
@@ -509,6 +508,9 @@ async def test_a_group_that_fits_nowhere_waits_for_the_cluster_to_change() -> No
         manager.jobs.reconcile_all(NOW)
     (stuck,) = manager.jobs.allocations()  # one tried, the others wait: not five failures
     assert (stuck.node, stuck.status_reason) == (None, "no node in datacenter dc1")
+    job = manager.jobs.job("shop")  # the job says why, as a blocked evaluation in Nomad
+    assert job.status is JobStatus.PENDING
+    assert job.status_reason == "blocked: web: 5 of 5 not placed: no node in datacenter dc1"
 
     manager.nodes["n1"] = node("n1")
     manager._capacity_changed()  # a node joined
@@ -517,18 +519,41 @@ async def test_a_group_that_fits_nowhere_waits_for_the_cluster_to_change() -> No
     allocs = manager.jobs.allocations()
     assert len(allocs) == 5
     assert {a.node for a in allocs} == {"n1"}
+    run_all(manager)
+    manager.jobs.reconcile_all(NOW)
+    assert manager.jobs.job("shop").status_reason == "5 allocations running"
     await manager.close()
 
 
+def test_a_running_job_with_a_blocked_group_says_both() -> None:
+    spec = job_spec(count=3)
+    placed = [
+        Allocation(job="shop", group="web", index=i, version=1, group_hash="h", node="n1")
+        for i in range(2)
+    ]
+    stuck = Allocation(
+        job="shop", group="web", index=2, version=1, group_hash="h", placement={"node": None}
+    )
+    stuck.status_reason = "no node has 0.5 CPU free"
+    running = (JobStatus.RUNNING, "2 allocations running")
+    assert blocked_status(spec, *running, [*placed, stuck]) == (
+        JobStatus.RUNNING,
+        "2 allocations running; blocked: web: 1 of 3 not placed: no node has 0.5 CPU free",
+    )
+    assert blocked_status(spec, *running, placed) == running  # nothing waits
+    dead = (JobStatus.DEAD, "stopped")
+    assert blocked_status(spec, *dead, [*placed, stuck]) == dead
+
+
 async def test_a_large_count_is_placed_over_several_passes(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("cube.manager.jobs.MAX_PLACEMENTS_PER_PASS", 4)
+    monkeypatch.setattr("cube.manager.job_applier.MAX_PLACEMENTS_PER_PASS", 4)
     store, workers = MemoryStore(), FakeWorkers()
     store.save_node(node("n1"))
     manager = make_manager(store, workers)
     manager.jobs.submit(job_spec(count=6))
     manager.jobs.reconcile_all(NOW)
     assert len(manager.jobs.allocations()) == 4
-    assert manager.jobs._wake.is_set()  # the next pass goes on at once
+    assert manager.jobs.loop._wake.is_set()  # the next pass goes on at once
     manager.jobs.reconcile_all(NOW)
     await settle(manager)
     assert len(manager.jobs.allocations()) == 6

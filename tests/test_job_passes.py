@@ -39,7 +39,7 @@ from tests.test_job_applier import (
 def passes(service: JobService, now: datetime = NOW, *, full: bool = False) -> int:
     """Run one pass to its end; returns how often it paused for the loop."""
     pauses = 0
-    for _ in service._pass(now, full=full):
+    for _ in service.loop.run_pass(now, full=full):
         pauses += 1
     return pauses
 
@@ -60,7 +60,7 @@ def reconciled(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         calls.append(job.id)
         return reconcile(job, version, allocs, nodes, now, deployment=deployment)
 
-    monkeypatch.setattr("cube.manager.jobs.reconcile", spy)
+    monkeypatch.setattr("cube.manager.job_loop.reconcile", spy)
     return calls
 
 
@@ -162,7 +162,7 @@ async def test_the_full_pass_sees_a_change_nobody_reported(reconciled: list[str]
 async def test_a_pass_pauses_between_slices_and_places_everything(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("cube.manager.jobs.SLICE", 0.0)  # every slice ends at once
+    monkeypatch.setattr("cube.manager.job_loop.SLICE", 0.0)  # every slice ends at once
     _, _, manager = await submitted(job_spec(count=0), "n1", "n2")
     manager.jobs.submit(job_spec(count=4))
     assert passes(manager.jobs) == 3  # one placement per slice, a pause between two
@@ -173,13 +173,13 @@ async def test_a_pass_pauses_between_slices_and_places_everything(
 async def test_a_pass_stops_placing_while_the_sends_are_queued(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("cube.manager.jobs.SEND_BACKLOG", 2)
+    monkeypatch.setattr("cube.manager.job_applier.SEND_BACKLOG", 2)
     _, _, manager = await submitted(job_spec(count=0), "n1")
     manager.jobs.submit(job_spec(count=3))
     passes(manager.jobs)
     # One allocation of two tasks: two sends queued, so the pass stops and asks for more.
     assert len(manager.jobs.allocations()) == 1
-    assert manager.jobs._wake.is_set()
+    assert manager.jobs.loop._wake.is_set()
     await settle(manager)  # the nodes were told
     passes(manager.jobs)
     await settle(manager)

@@ -7,8 +7,18 @@ stopped; one whose node was lost stays until the node is back and has stopped it
 
 from __future__ import annotations
 
+from cube.job.model import JobStatus
+from cube.store.memory import MemoryStore
 from cube.task.state import State
-from tests.test_job_applier import NOW, job_spec, run_all, settle, submitted
+from tests.test_job_applier import (
+    NOW,
+    FakeWorkers,
+    job_spec,
+    make_manager,
+    run_all,
+    settle,
+    submitted,
+)
 
 
 async def test_a_purged_jobs_tasks_are_forgotten_once_stopped() -> None:
@@ -47,4 +57,21 @@ async def test_a_purged_task_whose_node_was_lost_stays_until_its_node_stopped_it
         manager._save(task)
     manager.jobs.reconcile_all(NOW)
     assert manager.tasks == {}
+    await manager.close()
+
+
+async def test_a_purged_blocked_job_leaves_nothing_waiting_and_comes_back_unblocked() -> None:
+    manager = make_manager(MemoryStore(), FakeWorkers())  # no node: blocked
+    manager.jobs.submit(job_spec(count=2))
+    manager.jobs.reconcile_all(NOW)
+    assert manager.jobs.job("shop").status_reason.startswith("blocked: ")
+    manager.jobs.stop("shop", purge=True)
+    assert not manager.jobs.applier.is_blocked("shop")
+    assert list(manager.jobs.applier.blocked_jobs()) == []
+
+    manager.jobs.submit(job_spec(count=2))  # the same name again: a new job, tried at once
+    assert manager.jobs.job("shop").status is JobStatus.PENDING
+    manager.jobs.reconcile_all(NOW)
+    (tried,) = manager.jobs.allocations()
+    assert tried.status_reason == "no node in datacenter dc1"
     await manager.close()

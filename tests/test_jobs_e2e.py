@@ -423,6 +423,33 @@ def test_plan_changes_nothing_and_says_what_cannot_be_placed(
     assert "zone" in ran.stderr
 
 
+def test_a_job_run_before_any_node_is_blocked_then_placed_when_a_worker_joins(
+    start_manager: Any, start_worker: Any, tmp_path: Path
+) -> None:
+    manager = start_manager()
+    path = job_file(tmp_path, "early", count=2)
+    ran = cube(manager, "job", "run", str(path), "--timeout", "20")
+    assert ran.returncode == 1, ran
+    assert "early.web[0] cannot be placed: no node in datacenter dc1" in ran.stderr
+    assert "job early stays, blocked" in ran.stderr
+    job = get_json(manager.url, "/jobs/early")["job"]
+    assert (job["status"], job["status_reason"]) == (
+        "pending",
+        "blocked: web: 2 of 2 not placed: no node in datacenter dc1",
+    )
+    assert len(holders(manager.url, "early")) == 1  # the one placement tried; one queued
+    status = cube(manager, "job", "status", "early")
+    row = next(line.split() for line in status.stdout.splitlines() if line.startswith("web "))
+    assert row[:4] == ["web", "2", "1", "1"]  # GROUP DESIRED QUEUED PENDING
+
+    worker = start_worker("--manager", manager.url)
+    allocs = wait_allocs(manager.url, "early", 2)
+    assert {a["node"] for a in allocs} == {worker.name}
+    job = get_json(manager.url, "/jobs/early")["job"]
+    assert (job["status"], job["status_reason"]) == ("running", "2 allocations running")
+    assert_job_converges(manager, "early", [worker])
+
+
 # --- tasks that reach each other by name (the worker's allocation runner) -------------------------
 def test_shop_example_reaches_the_api_through_the_proxy_and_survives_a_killed_worker(
     start_manager: Any, start_worker: Any

@@ -59,26 +59,36 @@ def deployment_line(d: Deployment) -> str:
     return f"version {d.version}: {d.status.title}: {d.status_reason}"
 
 
+def print_deployment(d: Deployment, job_id: str, output: out.Format) -> None:
+    """What a command that moved a deployment prints: one line, or the deployment's JSON."""
+    if output == "json":
+        out.print_json(d)
+    else:
+        click.echo(f"job {job_id}: {deployment_line(d)}")
+
+
 @click.command("promote")
 @click.argument("job_id", metavar="JOB")
+@out.output_option
 @handle_errors
 @manager_option
-def promote_command(client: ManagerClient, job_id: str) -> None:
+def promote_command(client: ManagerClient, job_id: str, output: out.Format) -> None:
     """Promote the healthy canaries of a job's deployment: the rolling update goes on.
 
     \b
     Example:
       cube job promote shop
+      cube job promote shop -o json | jq .status
     """
-    d = client.promote_job(job_id)
-    click.echo(f"job {job_id}: {deployment_line(d)}")
+    print_deployment(client.promote_job(job_id), job_id, output)
 
 
 @click.command("pause")
 @click.argument("job_id", metavar="JOB")
+@out.output_option
 @handle_errors
 @manager_option
-def pause_command(client: ManagerClient, job_id: str) -> None:
+def pause_command(client: ManagerClient, job_id: str, output: out.Format) -> None:
     """Pause a job's running deployment: nothing more is replaced until it resumes.
 
     \b
@@ -86,30 +96,30 @@ def pause_command(client: ManagerClient, job_id: str) -> None:
       cube job pause shop
       cube job resume shop
     """
-    d = client.pause_job(job_id)
-    click.echo(f"job {job_id}: {deployment_line(d)}")
+    print_deployment(client.pause_job(job_id), job_id, output)
 
 
 @click.command("resume")
 @click.argument("job_id", metavar="JOB")
+@out.output_option
 @handle_errors
 @manager_option
-def resume_command(client: ManagerClient, job_id: str) -> None:
+def resume_command(client: ManagerClient, job_id: str, output: out.Format) -> None:
     """Resume a job's paused deployment.
 
     \b
     Example:
       cube job resume shop
     """
-    d = client.resume_job(job_id)
-    click.echo(f"job {job_id}: {deployment_line(d)}")
+    print_deployment(client.resume_job(job_id), job_id, output)
 
 
 @click.command("fail")
 @click.argument("job_id", metavar="JOB")
+@out.output_option
 @handle_errors
 @manager_option
-def fail_command(client: ManagerClient, job_id: str) -> None:
+def fail_command(client: ManagerClient, job_id: str, output: out.Format) -> None:
     """Fail a job's running deployment: its canaries stop, and the job goes back to the
     last version whose deployment succeeded.
 
@@ -117,16 +127,18 @@ def fail_command(client: ManagerClient, job_id: str) -> None:
     Example:
       cube job fail shop
     """
-    d = client.fail_job(job_id)
-    click.echo(f"job {job_id}: {deployment_line(d)}")
+    print_deployment(client.fail_job(job_id), job_id, output)
 
 
 @click.command("revert")
 @click.argument("job_id", metavar="JOB")
 @click.argument("version", type=click.IntRange(min=1), required=False)
+@out.output_option
 @handle_errors
 @manager_option
-def revert_command(client: ManagerClient, job_id: str, version: int | None) -> None:
+def revert_command(
+    client: ManagerClient, job_id: str, version: int | None, output: out.Format
+) -> None:
     """Go back to an earlier version (default: the last one that deployed successfully).
 
     The spec of that version becomes the job's next version; its allocations still
@@ -138,7 +150,10 @@ def revert_command(client: ManagerClient, job_id: str, version: int | None) -> N
       cube job revert shop 2
     """
     job = client.revert_job(job_id, version)
-    click.echo(f"job {job.id}: {job.status_reason}")
+    if output == "json":
+        out.print_json(job)
+    else:
+        click.echo(f"job {job.id}: {job.status_reason}")
 
 
 @click.command("history")

@@ -26,7 +26,7 @@ from cube.cli.errors import EXIT_FAILED, handle_errors
 from cube.cli.output import short
 from cube.cli.tasks import placement_view, task_ports
 from cube.errors import CubeError, FieldError, InvalidSpec
-from cube.job.model import Allocation, AllocDesired, AllocStatus, JobStatus
+from cube.job.model import Allocation, AllocDesired, AllocStatus, Job, JobStatus
 from cube.job.reconcile import is_holder
 from cube.job.spec import JobSpec, JobType, parse_job_text
 from cube.job.wire import JobDetail
@@ -93,6 +93,8 @@ class Verdict:
     groups: list[GroupProgress] = field(default_factory=list)
     #: The deployment's own line, if one is followed (its progress; at the end, its status).
     summary: str = ""
+    #: Failed because allocations fit no node: the job stays, and waits for one.
+    blocked: bool = False
 
     def line(self) -> str:
         return self.summary or self.groups_line()
@@ -151,6 +153,7 @@ def judge(detail: JobDetail) -> Verdict:
     )
     if unplaced and not in_flight:
         verdict.failed += [f"{a.name} cannot be placed: {a.status_reason}" for a in unplaced]
+        verdict.blocked = True
     return verdict
 
 
@@ -223,47 +226,73 @@ def following(func: Callable[P, R]) -> Callable[P, R]:
     return detach(timeout(func))
 
 
-def follow_to_the_end(client: ManagerClient, job_id: str, *, version: int, timeout: float) -> None:
+def follow_to_the_end(
+    client: ManagerClient, job_id: str, *, version: int, timeout: float, output: out.Format
+) -> None:
     """Follow the job's ``version`` (progress on stderr); its last lines on stdout (the
-    groups, and the deployment's end), or exit 1 with the reasons it cannot get where it
-    should be."""
+    groups, and the deployment's end; with ``json``, the job as ``cube job status JOB -o
+    json`` shows it), or exit 1 with the reasons it cannot get where it should be."""
     verdict = follow(client, job_id, version=version, timeout=timeout)
+    if output == "json":  # where it stands, even when it cannot get there: scripts read it
+        out.print_json(client.job(job_id))
     if verdict.failed:
         for reason in verdict.failed:
             click.echo(f"Error: {reason}", err=True)
+        if verdict.blocked:
+            click.echo(
+                f"job {job_id} stays, blocked: it is placed when a node can take it"
+                f" (`cube job stop {job_id}` gives up)",
+                err=True,
+            )
         raise SystemExit(EXIT_FAILED)
+    if output == "json":
+        return
     click.echo(f"job {job_id}: {verdict.groups_line()}")
     if verdict.summary:
         click.echo(f"deployment of {verdict.summary}")
 
 
+def print_job(job: Job, line: str, output: out.Format) -> None:
+    """What a command that changed a job prints: ``line``, or the job's JSON."""
+    if output == "json":
+        out.print_json(job)
+    else:
+        click.echo(line)
+
+
 @job_group.command("run")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @following
+@out.output_option
 @handle_errors
 @manager_option
-def run_command(client: ManagerClient, file: str, detach: bool, timeout: float) -> None:
+def run_command(
+    client: ManagerClient, file: str, detach: bool, timeout: float, output: out.Format
+) -> None:
     """Submit a job file and follow it until it is where it should be.
 
     Progress per group goes to stderr: placed / running of count. Exit 0 once
     every allocation runs (service, system) or the job is complete (batch);
     exit 1 when it cannot get there, with the reasons (an allocation that fits
     no node names the filter that stopped it). The same file again changes
-    nothing; a changed one becomes the job's next version.
+    nothing; a changed one becomes the job's next version. With -o json: the
+    job as `cube job status JOB -o json` shows it at the end (with --detach,
+    the job as submitted).
 
     \b
     Example:
       cube job run examples/shop.yaml
       cube job run examples/batch.yaml --detach
+      cube job run examples/shop.yaml -o json | jq '.allocations[] | {name, node}'
     """
     spec, text = read_job_file(file)
     job, created = client.submit_job(text)
     note = f"version {job.version}" if created else f"version {job.version} (unchanged)"
     out.stderr_console().print(f"job {job.id}: {note}")
     if detach:
-        click.echo(job.id)
+        print_job(job, job.id, output)
         return
-    follow_to_the_end(client, spec.job, version=job.version, timeout=timeout)
+    follow_to_the_end(client, spec.job, version=job.version, timeout=timeout, output=output)
 
 
 @job_group.command("plan")
@@ -359,17 +388,44 @@ def job_view(detail: JobDetail) -> list[RenderableType]:
             ),
         ]
     )
-    groups = out.make_table("GROUP", "DESIRED", *(s.value.upper() for s in AllocStatus))
-    for group in spec.groups:
-        mine = [a for a in detail.allocations if a.group == group.name and is_holder(a)]
-        counts = Counter(a.status for a in mine)
-        desired = "per node" if spec.type is JobType.SYSTEM else str(group.wanted)
-        out.add_row(groups, group.name, desired, *(str(counts[s]) for s in AllocStatus))
+    states = (s.value.upper() for s in AllocStatus)
+    groups = out.make_table("GROUP", "DESIRED", "QUEUED", *states)
+    for row in group_rows(detail):
+        out.add_row(groups, *row)
     return [
         head,
         out.section("Groups", groups),
         out.section("Allocations", alloc_table(detail.allocations)),
     ]
+
+
+def group_rows(detail: JobDetail) -> list[list[str]]:
+    """The Groups table: per group, how many allocations should run, how many have no
+    allocation yet (QUEUED: Nomad's name; they wait for a node, or for the next pass), and
+    how many hold their slot in each status.
+
+    A stopped job wants none: DESIRED says 0, with the count a ``cube job run`` would
+    start again; its counts are those of the allocations the stop ended (the current
+    version's, not replaced), as ``nomad job status`` keeps counting a dead job's, not
+    zeros everywhere.
+    """
+    job, spec = detail.job, detail.spec
+    rows = []
+    for group in spec.groups:
+        mine = [a for a in detail.allocations if a.group == group.name]
+        if job.stopped:
+            held = [a for a in mine if a.version == job.version and a.replaced_by is None]
+            held = [a for a in held if not a.canary]
+            count = "" if spec.type is JobType.SYSTEM else f"; count {group.wanted}"
+            desired = f"0 (stopped{count})"
+        else:
+            held = [a for a in mine if is_holder(a)]
+            desired = "per node" if spec.type is JobType.SYSTEM else str(group.wanted)
+        counts = Counter(a.status for a in held)
+        queued = 0 if job.stopped else max(0, group.wanted - len(held))
+        queued_cell = out.DASH if spec.type is JobType.SYSTEM else str(queued)
+        rows.append([group.name, desired, queued_cell, *(str(counts[s]) for s in AllocStatus)])
+    return rows
 
 
 #: Failed allocations whose last log lines ``cube job status JOB`` shows, newest first.
@@ -421,18 +477,20 @@ def alloc_table(allocs: Sequence[Allocation]) -> Table:
 @job_group.command("stop")
 @click.argument("job_id", metavar="JOB")
 @click.option("--purge", is_flag=True, help="Also forget the job, its versions and allocations.")
+@out.output_option
 @handle_errors
 @manager_option
-def stop_command(client: ManagerClient, job_id: str, purge: bool) -> None:
+def stop_command(client: ManagerClient, job_id: str, purge: bool, output: out.Format) -> None:
     """Stop every allocation of a job (a later `cube job run` starts it again).
 
     \b
     Example:
       cube job stop shop
       cube job stop shop --purge
+      cube job stop shop -o json | jq .status
     """
     job = client.stop_job(job_id, purge=purge)
-    click.echo(f"job {job.id}: {'purged' if purge else 'stopping'}")
+    print_job(job, f"job {job.id}: {'purged' if purge else 'stopping'}", output)
 
 
 # A negative COUNT ("-1") reaches the command as an argument, not as an unknown option,
@@ -442,28 +500,36 @@ def stop_command(client: ManagerClient, job_id: str, purge: bool) -> None:
 @click.argument("group")
 @click.argument("count", type=int)
 @following
+@out.output_option
 @handle_errors
 @manager_option
 def scale_command(
-    client: ManagerClient, job_id: str, group: str, count: int, detach: bool, timeout: float
+    client: ManagerClient,
+    job_id: str,
+    group: str,
+    count: int,
+    detach: bool,
+    timeout: float,
+    output: out.Format,
 ) -> None:
     """Set how many allocations of a group run (nothing else changes), and follow the job
     until they do, as `cube job run` does: exit 0 once the group is at its count, 1 with
-    the reasons when it cannot get there.
+    the reasons when it cannot get there. -o json prints what `cube job run -o json` does.
 
     \b
     Example:
       cube job scale shop web 5
       cube job scale shop web 0 --detach
+      cube job scale shop web 3 -o json | jq '[.allocations[] | select(.status == "running")]'
     """
     if count < 0:
         raise InvalidSpec([FieldError("count", f"must be >= 0, not {count}")])
     job = client.scale_job(job_id, group, count)
     out.stderr_console().print(f"job {job.id}: version {job.version}, {group} at {count}")
     if detach:
-        click.echo(job.id)
+        print_job(job, job.id, output)
         return
-    follow_to_the_end(client, job.id, version=job.version, timeout=timeout)
+    follow_to_the_end(client, job.id, version=job.version, timeout=timeout, output=output)
 
 
 for _command in deployment_commands.COMMANDS:

@@ -62,7 +62,7 @@ def cli() -> None:
       cube logs -f $ID
       cube stop $ID
       cube nodes
-      cube top                              # nodes and tasks, refreshed in place
+      cube top                              # nodes, jobs and tasks, refreshed in place
 
     Commands that talk to the manager take --manager URL (or CUBE_ADDR) and
     --token (or CUBE_TOKEN; found by itself next to a local manager).

@@ -1,6 +1,6 @@
 """The manager's side of deployments: it keeps them, and saves what the pure decisions say.
 
-Each job pass (:meth:`cube.manager.jobs.JobService.reconcile_job`) calls :meth:`advance`
+Each job pass (:meth:`cube.manager.job_loop.JobLoop.reconcile_job`) calls :meth:`advance`
 before it reconciles: it records each allocation's health (:func:`cube.job.deploy.judge_health`
 from the manager's task records), cancels a deployment a newer version or a stop left
 behind, makes the current version's deployment if it has none, brings it up to ``now``

@@ -5,7 +5,7 @@ allocations derived and reconciled), and every task change woke it: at 100,000
 allocations that is most of the manager's time spent finding nothing to do. The job
 service tells a :class:`JobChanges` what happened, as it happens; each pass asks it
 for its to-do list (:meth:`JobChanges.todo`), and every job is looked at anyway every
-``FULL_PASS`` seconds (see :mod:`cube.manager.jobs`), for a change nobody reported.
+``FULL_PASS`` seconds (see :mod:`cube.manager.job_loop`), for a change nobody reported.
 
 No I/O, and the clock is passed in: tests drive it directly.
 """

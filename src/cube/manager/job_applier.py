@@ -1,0 +1,343 @@
+"""The applier: turns a reconciler's plan into placements, stops and store writes.
+
+:func:`cube.job.reconcile.reconcile` decides, with the clock passed in; this is the I/O
+that follows. Place picks a node for the whole group (the scheduler sees the group as
+one task, :func:`cube.job.spec.placement_spec`; nodes without an allocation of the job
+first: :mod:`cube.manager.job_placement`) and starts its tasks there through the
+manager's send path; Stop stops an allocation's tasks; Update stops one allocation and
+places its successor.
+
+It also paces itself, as the state it owns says: a group whose placement found no node
+waits for the cluster's capacity to change (``blocked``); a pass tries at most
+:data:`MAX_PLACEMENTS_PER_PASS` placements, none while :data:`SEND_BACKLOG` sends wait,
+and a job's placements stop at the end of its slice (set by :mod:`cube.manager.job_loop`);
+what is left is kept for the next slice (:meth:`Applier.take_rest`).
+
+Tasks of an allocation (``Task.alloc`` set) are never placed one by one by the task
+dispatcher: when their node is lost or drained or their send fails, the manager ends
+them, and the reconciler replaces the allocation as a whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from cube.background import spawn
+from cube.job.deployment import Deployment
+from cube.job.model import (
+    Allocation,
+    AllocDesired,
+    AllocStatus,
+    AllocTask,
+    Job,
+    JobVersion,
+    group_hash,
+)
+from cube.job.plan import Place, Plan
+from cube.job.spec import JobSpec
+from cube.log import get_logger
+from cube.manager.allocs import alloc_task_id
+from cube.manager.job_changes import JobChanges
+from cube.manager.job_placement import Placer
+from cube.manager.job_records import JobRecords
+from cube.manager.pass_views import PassViews
+from cube.node import Node
+from cube.task.model import DesiredState, Task
+from cube.task.spec import AllocRef
+
+if TYPE_CHECKING:
+    from cube.manager.core import Manager
+
+log = get_logger("cube.manager.jobs")
+
+#: Placements tried in one pass (and in one dry run). A job of count 100,000 is placed
+#: over many passes, so that the manager's other loops and its API run in between.
+MAX_PLACEMENTS_PER_PASS = 500
+#: Task sends waiting or in flight beyond which a pass places no more: placing faster
+#: than the nodes are told only queues sends (and their memory) in the manager.
+SEND_BACKLOG = 256
+
+#: What a slice left of a job's plan: its version, the placements and retries still to
+#: make, and the deployment they belong to (if any).
+Rest = tuple[int, list[Place], list[str], str | None]
+
+
+class Applier:
+    """Carries out plans; see the module docstring."""
+
+    def __init__(
+        self,
+        manager: Manager,
+        records: JobRecords,
+        placer: Placer,
+        changes: JobChanges,
+        *,
+        rollout: Callable[[Plan, datetime], None],
+        background: set[asyncio.Task[Any]],
+    ) -> None:
+        self.manager = manager
+        self.records = records
+        self.placer = placer
+        self.changes = changes
+        self._rollout = rollout  # a plan's reclaims and promotions (cube.manager.deployments)
+        self._background = background
+        #: (job, group) -> the manager's capacity generation when a placement of the group
+        #: found no node: its other placements wait for the cluster to change, as the task
+        #: dispatcher's do, instead of each failing the same way on every pass.
+        self._blocked: dict[tuple[str, str], int] = {}
+        #: Placements this pass may still try (see MAX_PLACEMENTS_PER_PASS).
+        self._budget = MAX_PLACEMENTS_PER_PASS
+        #: Kept for one pass, because each placement needs it and computing it anew cost
+        #: O(allocations) per placement: job -> the nodes its live allocations are on
+        #: (grown by each placement of the pass).
+        self._taken: dict[str, set[str]] = {}
+        # The current slice of a pass: when it ends (time.perf_counter()), the placements
+        # its job tried (at least one is), and whether it ended with some left.
+        self._slice_end = 0.0
+        self._slice_placed = 0
+        self._cut = False
+        #: job -> what a slice or pass left of its plan, so that the next slice goes on
+        #: with it instead of reconciling the whole job again.
+        self._rest: dict[str, Rest] = {}
+
+    # --- pacing -------------------------------------------------------------------------------
+    def begin_pass(self) -> None:
+        self._budget = MAX_PLACEMENTS_PER_PASS
+        self._taken = {}
+
+    def begin_slice(self, end: float) -> None:
+        """A job's slice starts: its placements stop once ``time.perf_counter()`` passes ``end``."""
+        self._slice_end, self._slice_placed = end, 0
+
+    def blocked_jobs(self) -> Iterable[str]:
+        return (job for job, _ in self._blocked)
+
+    def is_blocked(self, job: str) -> bool:
+        """Whether a placement of one of ``job``'s groups found no node (and waits)."""
+        return any(j == job for j, _ in self._blocked)
+
+    def forget_job(self, job: str) -> None:
+        """A purged job: its groups wait for nothing, and no slice goes on with it."""
+        for key in [k for k in self._blocked if k[0] == job]:
+            del self._blocked[key]
+        self._rest.pop(job, None)
+
+    def take_rest(self, job: str) -> Rest | None:
+        """What a slice left of ``job``'s plan (forgotten here)."""
+        return self._rest.pop(job, None)
+
+    # --- applying -----------------------------------------------------------------------------
+    def apply(
+        self,
+        job: Job,
+        version: JobVersion,
+        plan: Plan,
+        views: PassViews,
+        now: datetime,
+        *,
+        deployment: Deployment | None = None,
+    ) -> bool:
+        """Carry out ``plan``; returns whether the job's slice ended with placements left."""
+        self._cut = False
+        spec = version.spec
+        placed_by = deployment.id if deployment is not None else None
+        for stop in plan.stop:
+            self._stop_alloc(self.records.allocs[stop.alloc], stop.reason, lost=stop.lost, now=now)
+        self._rollout(plan, now)
+        for update in plan.update:
+            old = self.records.allocs[update.alloc]
+            if old.node is not None and not self._may_place(job.id, update.group):
+                continue  # the old one keeps running until its successor has somewhere to go
+            if old.node is None:  # nothing runs yet: the waiting allocation takes the new spec
+                group = spec.group(old.group)
+                old.version, old.group_hash = version.number, group_hash(spec, group)
+                self.manager.store.save_allocations([old])
+                continue
+            if not update.start_first:  # start-first: it runs until its successor is healthy
+                self._stop_alloc(old, update.reason, lost=False, now=now)
+            place = Place(
+                update.group, update.index, update.reason, replaces=old.id, node=update.node
+            )
+            self._place(job, version, place, views, now, deployment=placed_by)
+        for entry in plan.in_place:
+            alloc = self.records.allocs[entry.alloc]
+            alloc.version, alloc.updated_at = version.number, now
+            self.manager.store.save_allocations([alloc])
+        retries = [
+            a.id
+            for a in (self.records.allocs[keep.alloc] for keep in plan.keep)
+            if a.node is None and not a.is_terminal and a.desired is AllocDesired.RUN
+        ]
+        self._place_all(job, version, plan.place, retries, views, now, deployment=placed_by)
+        return self._cut
+
+    def apply_rest(
+        self, job: Job, version: JobVersion, rest: Rest, views: PassViews, now: datetime
+    ) -> bool:
+        """Go on with what a slice left (:meth:`take_rest`); returns whether it was cut again."""
+        self._cut = False
+        self._place_all(job, version, rest[1], rest[2], views, now, deployment=rest[3])
+        return self._cut
+
+    def _place_all(
+        self,
+        job: Job,
+        version: JobVersion,
+        places: list[Place],
+        retries: list[str],
+        views: PassViews,
+        now: datetime,
+        *,
+        deployment: str | None = None,
+    ) -> None:
+        """Make the plan's placements, then retry its unplaced allocations, until the
+        slice, the pass's budget or the send backlog says stop: what is left is kept
+        for the next slice (see _rest)."""
+        for n, place in enumerate(places):
+            if not self._may_place(job.id, place.group):
+                if self._cut or job.id in self.changes.unfinished:
+                    self._rest[job.id] = (version.number, places[n:], retries, deployment)
+                    return
+                continue
+            self._place(job, version, place, views, now, deployment=deployment)
+        for n, alloc_id in enumerate(retries):
+            alloc = self.records.allocs.get(alloc_id)
+            if alloc is None or alloc.node is not None:
+                continue
+            if not self._may_place(job.id, alloc.group):
+                if self._cut or job.id in self.changes.unfinished:
+                    self._rest[job.id] = (version.number, [], retries[n:], deployment)
+                    return
+                continue
+            self._retry(version, alloc, views)
+
+    def _may_place(self, job: str, group: str) -> bool:
+        """Whether a placement of ``group`` may be tried now: not blocked, and within the
+        pass's budget, the send backlog and the job's slice (else the job is left for
+        the next pass, or the next slice)."""
+        blocked = self._blocked.get((job, group))
+        if blocked is not None and blocked == self.manager.dispatcher.generation:
+            return False
+        if self._budget <= 0 or self.manager.dispatcher.sends_in_flight >= SEND_BACKLOG:
+            self.changes.unfinished.add(job)
+            return False
+        if self._slice_placed and time.perf_counter() >= self._slice_end:
+            self._cut = True
+            return False
+        return True
+
+    # --- placing ------------------------------------------------------------------------------
+    def _place(
+        self,
+        job: Job,
+        version: JobVersion,
+        place: Place,
+        views: PassViews,
+        now: datetime,
+        *,
+        deployment: str | None = None,
+    ) -> None:
+        """Create the allocation ``place`` asks for and start it where the scheduler says."""
+        spec = version.spec
+        group = spec.group(place.group)
+        alloc = Allocation(
+            job=job.id,
+            group=group.name,
+            index=place.index,
+            version=version.number,
+            group_hash=self.placer.hash(spec, group),
+            reschedule_events=list(place.reschedule_events),
+            replaces=place.replaces,
+            deployment=deployment,
+            canary=place.canary,
+            created_at=now,
+            updated_at=now,
+        )
+        alloc.tasks = {t.name: AllocTask(id=alloc_task_id(alloc.id, t.name)) for t in group.tasks}
+        changed = [alloc]
+        old = self.records.allocs.get(place.replaces) if place.replaces is not None else None
+        if old is not None:
+            old.replaced_by = alloc.id
+            changed.append(old)
+        self.records.add(alloc)
+        self._assign(spec, alloc, place, views, changed)
+
+    def _retry(self, version: JobVersion, alloc: Allocation, views: PassViews) -> None:
+        """Try again to place an allocation that found no node before."""
+        place = Place(alloc.group, alloc.index, "retry", avoid=None)
+        self._assign(version.spec, alloc, place, views, [alloc])
+
+    def _assign(
+        self,
+        spec: JobSpec,
+        alloc: Allocation,
+        place: Place,
+        views: PassViews,
+        changed: list[Allocation],
+    ) -> None:
+        self._budget -= 1
+        self._slice_placed += 1
+        taken = self._taken.get(alloc.job)
+        if taken is None:
+            taken = self._taken[alloc.job] = self.records.live_nodes(alloc.job)
+        decision = self.placer.choose(spec, place, views, taken=taken)
+        alloc.placement = decision.model_dump(mode="json")
+        if decision.node is None:
+            self._blocked[(alloc.job, alloc.group)] = self.manager.dispatcher.generation
+            alloc.status_reason = decision.reason
+            self.manager.store.save_allocations(changed)
+            return
+        self._blocked.pop((alloc.job, alloc.group), None)
+        taken.add(decision.node)
+        self.records.placed(alloc, decision.node)
+        alloc.status_reason = f"placed on {decision.node}"
+        self.manager.store.save_allocations(changed)  # the allocation first, then its tasks
+        self.start_tasks(alloc, views[decision.node])
+        log.info("allocation placed", alloc=alloc.id, name=alloc.name, node=decision.node)
+
+    def start_tasks(self, alloc: Allocation, node: Node) -> None:
+        """Start the allocation's tasks on ``node`` (those the manager does not know yet)."""
+        spec = self.records.versions[alloc.job][alloc.version].spec.group(alloc.group)
+        ref = AllocRef(
+            id=alloc.id, job=alloc.job, group=alloc.group, index=alloc.index, size=len(spec.tasks)
+        )
+        for task_spec in spec.tasks:
+            task_id = alloc_task_id(alloc.id, task_spec.name)
+            if task_id in self.manager.tasks:
+                continue
+            task = Task(id=task_id, spec=task_spec, alloc=ref, placement=alloc.placement)
+            self.manager.start_alloc_task(task, node, f"placed on {node.name} with {alloc.name}")
+
+    # --- stopping -----------------------------------------------------------------------------
+    def stop_alloc(self, alloc: Allocation, reason: str, *, now: datetime) -> None:
+        """Stop an allocation (a deployment's successor that gives its slot back)."""
+        self._stop_alloc(alloc, reason, lost=False, now=now)
+
+    def _stop_alloc(self, alloc: Allocation, reason: str, *, lost: bool, now: datetime) -> None:
+        alloc.desired, alloc.desired_reason, alloc.updated_at = AllocDesired.STOP, reason, now
+        if lost and not alloc.is_terminal:
+            alloc.transition(AllocStatus.LOST, reason, now=now)
+        elif alloc.node is None and not alloc.is_terminal:
+            alloc.transition(AllocStatus.COMPLETE, f"stopped: {reason}", now=now)
+        self.manager.store.save_allocations([alloc])
+        for t in alloc.tasks.values():
+            self.stop_task(t.id, reason)
+        log.info("allocation stopping", alloc=alloc.id, name=alloc.name, reason=reason)
+
+    def stop_task(self, task_id: str, reason: str) -> None:
+        """Stop one task of an allocation; ``reason`` is recorded as the reason of its end
+        (on its node too), not "stopped by user"."""
+        task = self.manager.tasks.get(task_id)
+        if task is None:
+            return
+        if task.is_terminal:
+            if task.desired is not DesiredState.STOP:
+                task.desired, task.desired_reason = DesiredState.STOP, reason
+                self.manager.registry.save(task)
+            return
+        stop = self.manager.stop(task_id, reason=reason)
+        spawn(stop, "stop allocation task", keep=self._background)

@@ -1,0 +1,102 @@
+"""The job service's records: every job, its versions and its allocations, in memory.
+
+Loaded from the store when the manager starts and written through by whoever changes
+them (the operations in :mod:`cube.manager.jobs`, the applier, the pass), so that a
+restarted manager resumes every job where it was. Kept apart because every other part
+reads them, and two indices (allocations by job, by node) must stay in step with the
+allocations themselves: only :meth:`JobRecords.add`, :meth:`JobRecords.placed` and
+:meth:`JobRecords.forget` change them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+
+from cube.errors import NotFound
+from cube.job.model import Allocation, AllocDesired, Job, JobVersion
+from cube.job.spec import JobType
+from cube.manager.lookup import find_alloc
+from cube.store.base import Store
+
+
+class JobRecords:
+    """Jobs, versions and allocations, with allocations indexed by job and by node."""
+
+    def __init__(self, store: Store) -> None:
+        self.jobs: dict[str, Job] = {j.id: j for j in store.list_jobs()}
+        self.versions: dict[str, dict[int, JobVersion]] = {
+            j: {v.number: v for v in store.job_versions(j)} for j in self.jobs
+        }
+        self.allocs: dict[str, Allocation] = {}
+        #: Allocation IDs by job and by node (a dict as an ordered set: oldest first).
+        self._by_job: dict[str, dict[str, None]] = {}
+        self._by_node: dict[str, dict[str, None]] = {}
+        for alloc in store.list_allocations():
+            self.add(alloc)
+
+    # --- jobs and versions --------------------------------------------------------------------
+    def job(self, job_id: str) -> Job:
+        if (job := self.jobs.get(job_id)) is None:
+            raise NotFound(f"job {job_id} not found")
+        return job
+
+    def current_version(self, job: Job) -> JobVersion:
+        return self.versions[job.id][job.version]
+
+    def job_versions(self, job_id: str) -> list[JobVersion]:
+        self.job(job_id)
+        return [self.versions[job_id][n] for n in sorted(self.versions.get(job_id, {}))]
+
+    def job_type(self, job: Job) -> JobType:
+        return self.current_version(job).spec.type
+
+    # --- allocations --------------------------------------------------------------------------
+    def allocations(self, *, job: str | None = None, node: str | None = None) -> list[Allocation]:
+        ids: Collection[str] = self.allocs
+        if job is not None:
+            ids = self._by_job.get(job, {})
+        elif node is not None:
+            ids = self._by_node.get(node, {})
+        allocs = [
+            a
+            for a in map(self.allocs.__getitem__, ids)
+            if (job is None or a.job == job) and (node is None or a.node == node)
+        ]
+        return sorted(allocs, key=lambda a: a.created_at)
+
+    def allocation(self, alloc_id: str) -> Allocation:
+        return find_alloc(self.allocs, alloc_id)
+
+    def alloc_ids(self, job: str) -> Collection[str]:
+        """The IDs of the job's allocations, oldest first (do not change it)."""
+        return self._by_job.get(job, {})
+
+    def jobs_on(self, node: str) -> Iterable[str]:
+        """The jobs of the allocations on ``node`` (one per allocation)."""
+        return (self.allocs[a].job for a in self._by_node.get(node, {}))
+
+    def live_nodes(self, job: str) -> set[str]:
+        """The nodes the job's live allocations are on."""
+        return {
+            a.node
+            for a in map(self.allocs.__getitem__, self._by_job.get(job, {}))
+            if a.node is not None and not a.is_terminal and a.desired is AllocDesired.RUN
+        }
+
+    def add(self, alloc: Allocation) -> None:
+        """Keep ``alloc``, indexed by job and node (:meth:`placed`: a node set later)."""
+        self.allocs[alloc.id] = alloc
+        self._by_job.setdefault(alloc.job, {})[alloc.id] = None
+        if alloc.node is not None:
+            self._by_node.setdefault(alloc.node, {})[alloc.id] = None
+
+    def placed(self, alloc: Allocation, node: str) -> None:
+        """``alloc`` was given ``node``."""
+        alloc.node = node
+        self._by_node.setdefault(node, {})[alloc.id] = None
+
+    def forget(self, alloc: Allocation) -> None:
+        self.allocs.pop(alloc.id, None)
+        self._by_job.get(alloc.job, {}).pop(alloc.id, None)
+        if alloc.node is not None:
+            self._by_node.get(alloc.node, {}).pop(alloc.id, None)
