@@ -29,6 +29,7 @@ from cube.errors import CubeError, FieldError, InvalidSpec
 from cube.job.model import Allocation, AllocDesired, AllocStatus, Job, JobStatus
 from cube.job.reconcile import is_holder
 from cube.job.spec import JobSpec, JobType, parse_job_text
+from cube.job.summary import group_summaries
 from cube.job.wire import JobDetail
 from cube.task.model import utcnow
 from cube.task.specfile import place, syntax_error_at
@@ -401,30 +402,13 @@ def job_view(detail: JobDetail) -> list[RenderableType]:
 
 def group_rows(detail: JobDetail) -> list[list[str]]:
     """The Groups table: per group, how many allocations should run, how many have no
-    allocation yet (QUEUED: Nomad's name; they wait for a node, or for the next pass), and
-    how many hold their slot in each status.
-
-    A stopped job wants none: DESIRED says 0, with the count a ``cube job run`` would
-    start again; its counts are those of the allocations the stop ended (the current
-    version's, not replaced), as ``nomad job status`` keeps counting a dead job's, not
-    zeros everywhere.
+    allocation yet (QUEUED: Nomad's name), and how many hold their slot in each status
+    (:func:`cube.job.summary.group_summaries`; a stopped job's DESIRED is 0, with its count).
     """
-    job, spec = detail.job, detail.spec
     rows = []
-    for group in spec.groups:
-        mine = [a for a in detail.allocations if a.group == group.name]
-        if job.stopped:
-            held = [a for a in mine if a.version == job.version and a.replaced_by is None]
-            held = [a for a in held if not a.canary]
-            count = "" if spec.type is JobType.SYSTEM else f"; count {group.wanted}"
-            desired = f"0 (stopped{count})"
-        else:
-            held = [a for a in mine if is_holder(a)]
-            desired = "per node" if spec.type is JobType.SYSTEM else str(group.wanted)
-        counts = Counter(a.status for a in held)
-        queued = 0 if job.stopped else max(0, group.wanted - len(held))
-        queued_cell = out.DASH if spec.type is JobType.SYSTEM else str(queued)
-        rows.append([group.name, desired, queued_cell, *(str(counts[s]) for s in AllocStatus)])
+    for g in group_summaries(detail.job, detail.spec, detail.allocations):
+        queued = out.DASH if g.queued is None else str(g.queued)
+        rows.append([g.name, g.desired, queued, *(str(g.statuses[s]) for s in AllocStatus)])
     return rows
 
 

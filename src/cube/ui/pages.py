@@ -105,7 +105,7 @@ def page_routes(manager: Manager) -> APIRouter:
         for job_id in sorted(jobs.jobs):
             job = jobs.jobs[job_id]
             spec = jobs.current_version(job).spec
-            rows.append((job, spec, views.job_groups(spec, jobs.allocations(job=job.id))))
+            rows.append((job, spec, views.job_groups(job, spec, jobs.allocations(job=job.id))))
         return render(request, "jobs", jobs=rows)
 
     @router.get("/jobs/{job_id}")
@@ -119,7 +119,7 @@ def page_routes(manager: Manager) -> APIRouter:
             "job",
             job=found,
             spec=spec,
-            groups=views.job_groups(spec, allocs),
+            groups=views.job_groups(found, spec, allocs),
             allocs=sorted(allocs, key=lambda a: (a.group, a.index, a.created_at)),
             versions=list(reversed(jobs.job_versions(found.id))),
         )
