@@ -25,7 +25,7 @@ from cube.store.memory import MemoryStore
 from cube.task.model import Task, TaskEvent
 from cube.task.spec import TaskRequest, TaskSpec
 from cube.task.state import State
-from cube.ui import create_dashboard
+from cube.ui import create_dashboard, pages
 from cube.ui.actions import parse_count
 from cube.ui.guard import COOKIE, form_fields, is_open, route_path
 from cube.ui.login import safe_next
@@ -313,6 +313,24 @@ def test_a_stopped_job_wants_0_and_counts_what_the_stop_ended_as_the_cli_does() 
     )
     [row] = job_groups(Job(id="j"), system, [])
     assert (row.desired, row.queued, row.line) == ("one per node", None, "g: none")
+
+
+async def test_the_task_list_shows_the_newest_tasks_and_how_many_there_are(
+    client: httpx.AsyncClient, manager: Manager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pages, "TASKS_SHOWN", 3)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    for minutes in (4, 0, 3, 1, 2):  # submitted out of order: the page orders by creation
+        created, _ = await manager.submit(
+            TaskRequest.model_validate({"name": f"t{minutes}", "image": "x"})
+        )
+        manager.tasks[created.id].created_at = start + timedelta(minutes=minutes)
+    await login(client)
+    page = (await client.get("/partials/tasks")).text
+    assert "The newest 3 of 5 tasks." in page
+    assert re.findall(r">(t\d)</a>", page) == ["t4", "t3", "t2"]
+    overview = (await client.get("/partials/")).text
+    assert 'Tasks</a> <span class="muted">(5)</span>' in overview  # every task counted
 
 
 async def test_recent_events_are_the_newest_of_the_tasks_that_changed_last() -> None:
