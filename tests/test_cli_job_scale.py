@@ -12,7 +12,7 @@ import httpx
 import pytest
 from click.testing import CliRunner, Result
 
-from cube.cli import jobs as jobs_cli
+from cube.cli import job_follow
 from cube.cli.main import cli
 from cube.job.deployment import Deployment, DeploymentStatus
 from cube.job.model import Allocation, AllocDesired, AllocStatus, Job, JobStatus
@@ -28,7 +28,7 @@ from tests.test_cli_parsing import (  # noqa: F401 (_plain_environment: autouse 
 
 @pytest.fixture(autouse=True)
 def _fast_polls(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(jobs_cli, "POLL", 0.001)
+    monkeypatch.setattr(job_follow, "POLL", 0.001)
 
 
 def detail(count: int, allocs: list[Allocation], *, version: int = 2) -> JobDetail:

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from cube.auth import Authenticator, Role
 from cube.cli.agent_options import NodeOptions
-from cube.cli.jobs import judge
+from cube.cli.job_follow import judge
 from cube.cli.main import cli
 from cube.errors import NotFound
 from cube.job.model import (

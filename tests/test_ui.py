@@ -377,6 +377,10 @@ def test_a_job_is_scaled_and_stopped_from_its_page(ui: Dashboard, dev: AgentProc
     allocs = api.get(f"{dev.url}/v1/allocations", params={"job": "uijob"}).json()
     tasks = [t["id"] for a in allocs for t in a["tasks"].values()]
     wait_for(lambda: not any(running(t) for t in tasks), what="the job's containers to stop")
+    # As `cube job status uijob` says it: wants none, the count a run starts again, and
+    # what the stop ended (the scaled-down copy, stopped before, is not counted).
+    groups = ui.wait_text("#h-groups + .scroll", "Complete 1")
+    assert "web 0 (stopped; count 1) 0" in groups, groups
 
     ui.open("/jobs/uijob/scale")  # a visit to an action's address: said plainly
     assert "This address is an action: use its button on the page." in ui.text("main")

@@ -16,7 +16,7 @@ import pytest
 
 from cube.auth import Authenticator, Role
 from cube.errors import InvalidSpec
-from cube.job.model import Allocation, AllocStatus
+from cube.job.model import Allocation, AllocDesired, AllocStatus, Job, JobStatus
 from cube.job.spec import MAX_COUNT, parse_job
 from cube.manager.core import Manager
 from cube.node import MachineStats, Node, NodeState, Resources
@@ -25,7 +25,7 @@ from cube.store.memory import MemoryStore
 from cube.task.model import Task, TaskEvent
 from cube.task.spec import TaskRequest, TaskSpec
 from cube.task.state import State
-from cube.ui import create_dashboard
+from cube.ui import create_dashboard, pages
 from cube.ui.actions import parse_count
 from cube.ui.guard import COOKIE, form_fields, is_open, route_path
 from cube.ui.login import safe_next
@@ -267,22 +267,70 @@ def test_the_topology_strip_gives_each_live_task_its_share_of_memory() -> None:
     assert [s.width for s in node_strips(node, live_tasks(full))[0].slots] in ([100.0], [1.0, 99.0])
 
 
-def test_groups_show_the_wanted_count_and_the_allocations_meant_to_run() -> None:
+def test_groups_show_the_wanted_count_what_is_queued_and_the_allocations_holding_a_slot() -> None:
     tasks = [{"name": "t", "image": "x"}]
     spec = parse_job(
         {
             "job": "j",
-            "groups": [{"name": "a", "count": 2, "tasks": tasks}, {"name": "b", "tasks": tasks}],
+            "groups": [{"name": "a", "count": 3, "tasks": tasks}, {"name": "b", "tasks": tasks}],
         }
     )
     allocs = [
-        Allocation(job="j", group="a", index=0, version=1, group_hash="h", status=s)
-        for s in (AllocStatus.RUNNING, AllocStatus.PENDING)
+        Allocation(job="j", group="a", index=i, version=1, group_hash="h", status=s)
+        for i, s in enumerate((AllocStatus.RUNNING, AllocStatus.PENDING))
     ]
-    rows = job_groups(spec, allocs)
-    assert [(r.name, r.desired) for r in rows] == [("a", 2), ("b", 1)]
+    stopping = Allocation(job="j", group="a", index=0, version=1, group_hash="h")
+    stopping.desired = AllocDesired.STOP  # replaced, on its way out: holds no slot
+    rows = job_groups(Job(id="j"), spec, [*allocs, stopping])
+    assert [(r.name, r.desired, r.queued) for r in rows] == [("a", "3", 1), ("b", "1", 1)]
     assert rows[0].statuses == [Count("pending", 1), Count("running", 1)]
     assert rows[1].statuses == []
+    assert [r.line for r in rows] == ["a: 1 pending, 1 running, 1 queued of 3", "b: 1 queued of 1"]
+
+
+def test_a_stopped_job_wants_0_and_counts_what_the_stop_ended_as_the_cli_does() -> None:
+    tasks = [{"name": "t", "image": "x"}]
+    spec = parse_job({"job": "j", "groups": [{"name": "web", "count": 3, "tasks": tasks}]})
+    ended = [Allocation(job="j", group="web", index=i, version=2, group_hash="h") for i in range(3)]
+    older = Allocation(job="j", group="web", index=0, version=1, group_hash="h")
+    for a in [*ended, older]:
+        a.desired, a.status = AllocDesired.STOP, AllocStatus.COMPLETE
+    older.replaced_by = ended[0].id  # an older version's: not counted
+    job = Job(id="j", version=2, stopped=True, status=JobStatus.DEAD)
+    [row] = job_groups(job, spec, [*ended, older])
+    assert (row.desired, row.queued, row.statuses) == (
+        "0 (stopped; count 3)",
+        0,
+        [Count("complete", 3)],
+    )
+    assert row.line == "web: 3 complete; desired 0 (stopped; count 3)"
+    system = parse_job({"job": "j", "type": "system", "groups": [{"name": "g", "tasks": tasks}]})
+    [row] = job_groups(job, system, [])
+    assert (row.desired, row.queued, row.line) == (
+        "0 (stopped)",
+        None,
+        "g: none; desired 0 (stopped)",
+    )
+    [row] = job_groups(Job(id="j"), system, [])
+    assert (row.desired, row.queued, row.line) == ("one per node", None, "g: none")
+
+
+async def test_the_task_list_shows_the_newest_tasks_and_how_many_there_are(
+    client: httpx.AsyncClient, manager: Manager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pages, "TASKS_SHOWN", 3)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    for minutes in (4, 0, 3, 1, 2):  # submitted out of order: the page orders by creation
+        created, _ = await manager.submit(
+            TaskRequest.model_validate({"name": f"t{minutes}", "image": "x"})
+        )
+        manager.tasks[created.id].created_at = start + timedelta(minutes=minutes)
+    await login(client)
+    page = (await client.get("/partials/tasks")).text
+    assert "The newest 3 of 5 tasks." in page
+    assert re.findall(r">(t\d)</a>", page) == ["t4", "t3", "t2"]
+    overview = (await client.get("/partials/")).text
+    assert 'Tasks</a> <span class="muted">(5)</span>' in overview  # every task counted
 
 
 async def test_recent_events_are_the_newest_of_the_tasks_that_changed_last() -> None:
@@ -329,5 +377,9 @@ async def test_every_page_renders_jobs_of_each_type_and_work_no_node_can_take(
             assert page.status_code == 200, (path, page.text)
     assert "No node has joined yet" in (await client.get("/nodes")).text
     assert "one per node" in (await client.get("/jobs/system")).text
+    # Blocked with no node at all: the job list says why, and how many wait for one.
+    listed = (await client.get("/jobs")).text
+    assert "blocked: g: 2 of 2 not placed: " in listed, listed
+    assert "g: 1 pending, 1 queued of 2" in listed
     waiting = (await client.get(f"/tasks/{task.id}")).text  # the dispatcher has not run
     assert "No placement decision recorded yet." in waiting

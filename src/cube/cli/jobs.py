@@ -1,44 +1,31 @@
-"""``cube job ...`` and ``cube alloc status``: jobs and their allocations, through the manager.
+"""``cube job ...``: submit, plan, inspect, scale and stop jobs, through the manager.
 
-``cube job run`` submits a job file and follows it until the job is where it should be
-(service and system: every allocation running; batch: complete), or cannot get there
-(an allocation that fits no node, a batch that failed). Whether it is there is a pure
-judgement of the manager's answer (:func:`judge`), so it is tested without a cluster.
+``cube job run`` and ``cube job scale`` follow the job until it is where it should be
+(:mod:`cube.cli.job_follow`); ``cube job status JOB`` shows it (:mod:`cube.cli.job_views`);
+the deployment commands (promote, pause, ...) are in :mod:`cube.cli.deployments`, and
+``cube alloc status`` in :mod:`cube.cli.allocs`.
 """
 
 from __future__ import annotations
 
-import time
-from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, ParamSpec, TypeVar
+from typing import Literal
 
 import click
-from rich.console import RenderableType
-from rich.table import Column, Table
+from rich.table import Column
 
 from cube.cli import deployments as deployment_commands
 from cube.cli import output as out
 from cube.cli.client import ManagerClient, manager_option
 from cube.cli.errors import EXIT_FAILED, handle_errors
+from cube.cli.job_follow import follow_to_the_end, following
+from cube.cli.job_views import failure_view, job_view
 from cube.cli.output import short
-from cube.cli.tasks import placement_view, task_ports
-from cube.errors import CubeError, FieldError, InvalidSpec
-from cube.job.model import Allocation, AllocDesired, AllocStatus, Job, JobStatus
-from cube.job.reconcile import is_holder
-from cube.job.spec import JobSpec, JobType, parse_job_text
-from cube.job.wire import JobDetail
+from cube.errors import FieldError, InvalidSpec
+from cube.job.model import Job
+from cube.job.spec import JobSpec, parse_job_text
 from cube.task.model import utcnow
 from cube.task.specfile import place, syntax_error_at
-from cube.task.state import State
-
-#: Seconds between two looks at the job while ``cube job run`` follows it.
-POLL = 0.5
-
-P = ParamSpec("P")
-R = TypeVar("R")
 
 
 def read_job_file(path: str) -> tuple[JobSpec, str]:
@@ -62,142 +49,6 @@ def read_job_file(path: str) -> tuple[JobSpec, str]:
         ) from None
 
 
-# --- following a job ----------------------------------------------------------------------------
-
-
-@dataclass
-class GroupProgress:
-    name: str
-    wanted: int | None  # None: a system group (one per eligible node)
-    placed: int = 0
-    running: int = 0
-    complete: int = 0
-    failed: int = 0
-
-    def line(self) -> str:
-        of = f" of {self.wanted}" if self.wanted is not None else ""
-        text = f"{self.name}: {self.placed} placed, {self.running} running{of}"
-        if self.complete:
-            text += f", {self.complete} complete"
-        if self.failed:
-            text += f", {self.failed} failed"
-        return text
-
-
-@dataclass
-class Verdict:
-    """Where a job stands: done, failed (with reasons), or still on its way."""
-
-    done: bool
-    failed: list[str] = field(default_factory=list)
-    groups: list[GroupProgress] = field(default_factory=list)
-    #: The deployment's own line, if one is followed (its progress; at the end, its status).
-    summary: str = ""
-    #: Failed because allocations fit no node: the job stays, and waits for one.
-    blocked: bool = False
-
-    def line(self) -> str:
-        return self.summary or self.groups_line()
-
-    def groups_line(self) -> str:
-        return "; ".join(g.line() for g in self.groups)
-
-
-def judge(detail: JobDetail) -> Verdict:
-    """Whether ``detail``'s job is where it should be, cannot get there, or is on its way.
-
-    Only allocations of the current version count. A placement that found no node
-    fails the run once nothing else is in flight (no allocation starting or stopping,
-    which could free what it needs); its reason names the filter that stopped it.
-    """
-    job, spec = detail.job, detail.spec
-    current = [a for a in detail.allocations if is_holder(a) and a.version == job.version]
-    groups = []
-    for group in spec.groups:
-        mine = [a for a in current if a.group == group.name]
-        wanted = None if spec.type is JobType.SYSTEM else group.wanted
-        counts = Counter(a.status for a in mine)
-        groups.append(
-            GroupProgress(
-                group.name,
-                wanted,
-                placed=sum(1 for a in mine if a.node is not None),
-                running=counts[AllocStatus.RUNNING],
-                complete=counts[AllocStatus.COMPLETE],
-                failed=counts[AllocStatus.FAILED],
-            )
-        )
-    verdict = Verdict(done=False, groups=groups)
-    if job.status is JobStatus.FAILED:
-        verdict.failed.append(f"job {job.id} failed: {job.status_reason}")
-        return verdict
-    if job.status is JobStatus.DEAD:
-        verdict.failed.append(f"job {job.id} was stopped")
-        return verdict
-    if spec.type is JobType.BATCH:
-        verdict.done = job.status is JobStatus.COMPLETE
-    elif spec.type is JobType.SYSTEM:
-        verdict.done = bool(current) and all(a.status is AllocStatus.RUNNING for a in current)
-    else:
-        verdict.done = all(g.running == g.wanted for g in groups) and not any(
-            not is_holder(a) and a.desired is AllocDesired.STOP and not a.is_terminal
-            for a in detail.allocations
-        )
-    if verdict.done:
-        return verdict
-    unplaced = [a for a in current if a.node is None and a.placement is not None]
-    in_flight = any(
-        (a.node is not None and a.status is AllocStatus.PENDING)
-        or (a.desired is AllocDesired.STOP and not a.is_terminal)
-        for a in detail.allocations
-    )
-    if unplaced and not in_flight:
-        verdict.failed += [f"{a.name} cannot be placed: {a.status_reason}" for a in unplaced]
-        verdict.blocked = True
-    return verdict
-
-
-def follow(client: ManagerClient, job_id: str, *, version: int, timeout: float) -> Verdict:
-    """Show the job's progress until it is done or failed: a batch job's by :func:`judge`,
-    a service's or system job's by its deployment of ``version``
-    (:func:`cube.cli.deployments.judge_deployment`)."""
-    deadline = time.monotonic() + timeout
-    with out.progress(f"job {job_id}: submitted") as update:
-        while True:
-            detail = client.job(job_id)
-            verdict = judge(detail)
-            if detail.spec.type is not JobType.BATCH and not verdict.failed:
-                verdict = _by_deployment(client, detail, version, verdict)
-            update(f"job {job_id}: {verdict.line()}")
-            if verdict.done or verdict.failed:
-                return verdict
-            if time.monotonic() > deadline:
-                verdict.failed.append(f"not there after {timeout:g}s: {verdict.line()}")
-                return verdict
-            time.sleep(POLL)
-
-
-def _by_deployment(
-    client: ManagerClient, detail: JobDetail, version: int, verdict: Verdict
-) -> Verdict:
-    """The verdict of the deployment of ``version`` (the job's may have moved on: a revert)."""
-    d = detail.deployment
-    if d is None or d.version != version:
-        d = deployment_commands.deployment_of(client, detail.job.id, version)
-    if d is None:
-        return Verdict(done=False, groups=verdict.groups)
-    seen = deployment_commands.judge_deployment(d)
-    return Verdict(
-        done=seen.done,
-        failed=[seen.failed] if seen.failed else [],
-        groups=verdict.groups,
-        summary=seen.line if not seen.done else deployment_commands.deployment_line(d),
-    )
-
-
-# --- commands -----------------------------------------------------------------------------------
-
-
 @click.group("job")
 def job_group() -> None:
     """Run, inspect, scale and stop jobs: groups of tasks that run together.
@@ -209,47 +60,6 @@ def job_group() -> None:
       cube job scale shop web 5
       cube job stop shop
     """
-
-
-def following(func: Callable[P, R]) -> Callable[P, R]:
-    """The options of a command that follows its job: ``--detach`` and ``--timeout``."""
-    detach = click.option(
-        "--detach", is_flag=True, help="Return once submitted; do not follow the job."
-    )
-    timeout = click.option(
-        "--timeout",
-        type=click.FloatRange(min=0, min_open=True),
-        default=300.0,
-        show_default=True,
-        help="Seconds to follow the job before giving up (exit 1).",
-    )
-    return detach(timeout(func))
-
-
-def follow_to_the_end(
-    client: ManagerClient, job_id: str, *, version: int, timeout: float, output: out.Format
-) -> None:
-    """Follow the job's ``version`` (progress on stderr); its last lines on stdout (the
-    groups, and the deployment's end; with ``json``, the job as ``cube job status JOB -o
-    json`` shows it), or exit 1 with the reasons it cannot get where it should be."""
-    verdict = follow(client, job_id, version=version, timeout=timeout)
-    if output == "json":  # where it stands, even when it cannot get there: scripts read it
-        out.print_json(client.job(job_id))
-    if verdict.failed:
-        for reason in verdict.failed:
-            click.echo(f"Error: {reason}", err=True)
-        if verdict.blocked:
-            click.echo(
-                f"job {job_id} stays, blocked: it is placed when a node can take it"
-                f" (`cube job stop {job_id}` gives up)",
-                err=True,
-            )
-        raise SystemExit(EXIT_FAILED)
-    if output == "json":
-        return
-    click.echo(f"job {job_id}: {verdict.groups_line()}")
-    if verdict.summary:
-        click.echo(f"deployment of {verdict.summary}")
 
 
 def print_job(job: Job, line: str, output: out.Format) -> None:
@@ -372,108 +182,6 @@ def status_command(client: ManagerClient, job_id: str | None, output: out.Format
     out.show(*job_view(detail), *([out.section("Failures", failures)] if failures else []))
 
 
-def job_view(detail: JobDetail) -> list[RenderableType]:
-    job, spec = detail.job, detail.spec
-    head = out.details(
-        [
-            ("Job", job.id),
-            ("Type", spec.type.value),
-            ("Version", str(job.version)),
-            ("Status", f"{out.title(job.status)}: {job.status_reason}"),
-            ("Datacenters", ", ".join(spec.datacenters)),
-            *(
-                [("Deployment", deployment_commands.deployment_line(detail.deployment))]
-                if detail.deployment is not None
-                else []
-            ),
-        ]
-    )
-    states = (s.value.upper() for s in AllocStatus)
-    groups = out.make_table("GROUP", "DESIRED", "QUEUED", *states)
-    for row in group_rows(detail):
-        out.add_row(groups, *row)
-    return [
-        head,
-        out.section("Groups", groups),
-        out.section("Allocations", alloc_table(detail.allocations)),
-    ]
-
-
-def group_rows(detail: JobDetail) -> list[list[str]]:
-    """The Groups table: per group, how many allocations should run, how many have no
-    allocation yet (QUEUED: Nomad's name; they wait for a node, or for the next pass), and
-    how many hold their slot in each status.
-
-    A stopped job wants none: DESIRED says 0, with the count a ``cube job run`` would
-    start again; its counts are those of the allocations the stop ended (the current
-    version's, not replaced), as ``nomad job status`` keeps counting a dead job's, not
-    zeros everywhere.
-    """
-    job, spec = detail.job, detail.spec
-    rows = []
-    for group in spec.groups:
-        mine = [a for a in detail.allocations if a.group == group.name]
-        if job.stopped:
-            held = [a for a in mine if a.version == job.version and a.replaced_by is None]
-            held = [a for a in held if not a.canary]
-            count = "" if spec.type is JobType.SYSTEM else f"; count {group.wanted}"
-            desired = f"0 (stopped{count})"
-        else:
-            held = [a for a in mine if is_holder(a)]
-            desired = "per node" if spec.type is JobType.SYSTEM else str(group.wanted)
-        counts = Counter(a.status for a in held)
-        queued = 0 if job.stopped else max(0, group.wanted - len(held))
-        queued_cell = out.DASH if spec.type is JobType.SYSTEM else str(queued)
-        rows.append([group.name, desired, queued_cell, *(str(counts[s]) for s in AllocStatus)])
-    return rows
-
-
-#: Failed allocations whose last log lines ``cube job status JOB`` shows, newest first.
-FAILURES_SHOWN = 3
-#: Log lines shown of each.
-LOG_TAIL = 5
-
-
-def failure_view(client: ManagerClient, detail: JobDetail) -> Table | None:
-    """The newest failed allocations: why, and the last lines their failed task wrote."""
-    failed = [a for a in detail.allocations if a.status is AllocStatus.FAILED]
-    if not failed:
-        return None
-    table = out.make_table("ALLOC", Column("REASON"), Column("LAST LOG LINES"))
-    for alloc in sorted(failed, key=lambda a: a.updated_at, reverse=True)[:FAILURES_SHOWN]:
-        task = next((t for t in alloc.tasks.values() if t.state is State.FAILED), None)
-        tail = ""
-        if task is not None:
-            try:
-                tail = b"".join(client.logs(task.id, tail=LOG_TAIL)).decode(errors="replace")
-            except CubeError as exc:
-                tail = f"(no logs: {exc.message})"
-        out.add_row(table, alloc.name, alloc.status_reason, tail.rstrip())
-    return table
-
-
-def alloc_table(allocs: Sequence[Allocation]) -> Table:
-    table = out.make_table(
-        "ID", "NAME", "NODE", "VERSION", "DESIRED", "STATUS", "RESTARTS", "AGE", Column("REASON")
-    )
-    now = utcnow()
-    for a in sorted(allocs, key=lambda a: (a.job, a.group, a.index, a.created_at)):
-        restarts = sum(t.restarts for t in a.tasks.values())
-        out.add_row(
-            table,
-            short(a.id),
-            a.name,
-            out.or_dash(a.node),
-            str(a.version),
-            a.desired.value,
-            out.title(a.status),
-            str(restarts),
-            out.age(a.created_at, now=now),
-            a.status_reason,
-        )
-    return table
-
-
 @job_group.command("stop")
 @click.argument("job_id", metavar="JOB")
 @click.option("--purge", is_flag=True, help="Also forget the job, its versions and allocations.")
@@ -534,99 +242,3 @@ def scale_command(
 
 for _command in deployment_commands.COMMANDS:
     job_group.add_command(_command)
-
-
-@click.group("alloc")
-def alloc_group() -> None:
-    """Inspect allocations: one copy of a job's group on one node.
-
-    \b
-    Example:
-      cube alloc status --job shop
-      cube alloc status 1a2b3c
-    """
-
-
-def alloc_tasks_table(client: ManagerClient, alloc: Allocation) -> Table:
-    """An allocation's tasks, with the host ports their containers hold: where to reach
-    each copy of a service (``curl 127.0.0.1:PORT``), which the allocation does not record."""
-    table = out.make_table("TASK", "ID", "STATE", "PORTS", "EXIT", "RESTARTS")
-    for name, t in alloc.tasks.items():
-        try:
-            ports = task_ports(client.task(t.id))
-        except CubeError:  # forgotten meanwhile (a purge): the rest of the view still holds
-            ports = ""
-        row = (short(t.id), out.title(t.state), ports or out.DASH, out.or_dash(t.exit_code))
-        out.add_row(table, name, *row, str(t.restarts))
-    return table
-
-
-@alloc_group.command("status")
-@click.argument("alloc_id", metavar="[ID]", required=False)
-@click.option("--job", "job_id", metavar="JOB", help="List only this job's allocations.")
-@click.option("--node", metavar="NAME", help="List only the allocations placed on this node.")
-@out.output_option
-@handle_errors
-@manager_option
-def alloc_status_command(
-    client: ManagerClient,
-    alloc_id: str | None,
-    job_id: str | None,
-    node: str | None,
-    output: out.Format,
-) -> None:
-    """List allocations (every job's, or one job's or node's), or show one: node, status,
-    its tasks, history and placement.
-
-    \b
-    Example:
-      cube alloc status
-      cube alloc status --job shop --node w1
-      cube alloc status 1a2b3c
-      cube alloc status 1a2b3c -o json | jq .tasks
-    """
-    if alloc_id is None:
-        list_allocs(client, job_id=job_id, node=node, output=output)
-        return
-    if job_id is not None or node is not None:
-        raise click.UsageError("--job and --node filter the list: give them without an ID")
-    alloc = client.allocation(alloc_id)
-    if output == "json":
-        out.print_json(alloc)
-        return
-    parts: list[RenderableType] = [
-        out.details(
-            [
-                ("ID", alloc.id),
-                ("Name", alloc.name),
-                ("Node", out.or_dash(alloc.node)),
-                ("Version", str(alloc.version)),
-                ("Desired", f"{alloc.desired.value} {alloc.desired_reason}".strip()),
-                ("Status", f"{out.title(alloc.status)}: {alloc.status_reason}"),
-                ("Replaces", alloc.replaces or ""),
-                ("Replaced by", alloc.replaced_by or ""),
-                ("Reschedules", str(alloc.reschedule_attempts) if alloc.reschedule_events else ""),
-            ]
-        )
-    ]
-    parts.append(out.section("Tasks", alloc_tasks_table(client, alloc)))
-    if alloc.events:
-        events = out.make_table("TIME", "STATUS", Column("REASON"))
-        for e in alloc.events:
-            out.add_row(events, out.timestamp(e.time), out.title(e.status), e.reason)
-        parts.append(out.section("Events", events))
-    if alloc.placement is not None:
-        parts.append(out.section("Placement", placement_view(alloc.placement)))
-    out.show(*parts)
-
-
-def list_allocs(
-    client: ManagerClient, *, job_id: str | None, node: str | None, output: out.Format
-) -> None:
-    allocs = client.allocations(job=job_id, node=node)
-    if output == "json":
-        out.print_json(allocs)
-    elif allocs:
-        out.show(alloc_table(allocs))
-    else:
-        out.stderr_console().print("No allocations: jobs make them (`cube job run FILE`).")

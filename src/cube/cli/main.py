@@ -20,7 +20,7 @@ COMMANDS = {
     "nodes": "cube.cli.nodes:nodes_group",
     "top": "cube.cli.top:top_command",
     "job": "cube.cli.jobs:job_group",
-    "alloc": "cube.cli.jobs:alloc_group",
+    "alloc": "cube.cli.allocs:alloc_group",
     "sim-fleet": "cube.cli.sim:sim_fleet_command",
 }
 

@@ -12,7 +12,7 @@ from rich.text import Text
 from cube.cli import output as out
 from cube.cli.client import ManagerClient, manager_option
 from cube.cli.errors import handle_errors
-from cube.cli.jobs import alloc_table
+from cube.cli.job_views import alloc_table
 from cube.node import MachineStats, Node
 from cube.task.model import utcnow
 

@@ -7,6 +7,8 @@ answer in (see static/cube.js): the same handler and context, the partial templa
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
+from itertools import islice
 from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Request
@@ -36,28 +38,36 @@ def page_routes(manager: Manager) -> APIRouter:
     router = APIRouter(default_response_class=HTMLResponse)
     jobs = manager.jobs
 
+    # The pages read the manager's task records in place (``manager.tasks``), without
+    # the deep copy of every task that ``list_tasks`` makes, and copy only the few they
+    # show: a page refreshed every two seconds costs what it shows, not the cluster's
+    # size. Each read of the records is done before the handler's first ``await``.
+
     @router.get("/")
     @router.get("/partials/")
     async def overview(request: Request) -> HTMLResponse:
-        tasks = manager.list_tasks()
-        allocs = jobs.allocations()
+        records = manager.tasks.values()
+        by_state = views.tasks_by_state(records)
+        pending = _copies(islice((t for t in records if t.state is State.PENDING), 10))
+        # (recent_events picks its tasks before it awaits; the page shows their ID and name.)
+        events = await views.recent_events(records, manager.events)
         return render(
             request,
             "overview",
             nodes=views.nodes_by_state(manager.list_nodes()),
-            tasks=views.tasks_by_state(tasks),
-            task_total=len(tasks),
-            allocs=views.allocs_by_status(allocs),
+            tasks=by_state,
+            task_total=sum(c.count for c in by_state),
+            allocs=views.allocs_by_status(jobs.allocations()),
             jobs=views.jobs_by_status(jobs.jobs.values()),
-            pending=[t for t in tasks if t.state is State.PENDING][:10],
-            events=await views.recent_events(tasks, manager.events),
+            pending=pending,
+            events=events,
         )
 
     @router.get("/tasks")
     @router.get("/partials/tasks")
     async def tasks(request: Request) -> HTMLResponse:
-        listed = sorted(manager.list_tasks(), key=lambda t: t.created_at, reverse=True)
-        return render(request, "tasks", tasks=listed[:TASKS_SHOWN], total=len(listed))
+        shown = _copies(views.newest(manager.tasks.values(), TASKS_SHOWN))
+        return render(request, "tasks", tasks=shown, total=len(manager.tasks))
 
     @router.get("/tasks/{task_id}")
     @router.get("/partials/tasks/{task_id}")
@@ -105,7 +115,7 @@ def page_routes(manager: Manager) -> APIRouter:
         for job_id in sorted(jobs.jobs):
             job = jobs.jobs[job_id]
             spec = jobs.current_version(job).spec
-            rows.append((job, spec, views.job_groups(spec, jobs.allocations(job=job.id))))
+            rows.append((job, spec, views.job_groups(job, spec, jobs.allocations(job=job.id))))
         return render(request, "jobs", jobs=rows)
 
     @router.get("/jobs/{job_id}")
@@ -119,7 +129,7 @@ def page_routes(manager: Manager) -> APIRouter:
             "job",
             job=found,
             spec=spec,
-            groups=views.job_groups(spec, allocs),
+            groups=views.job_groups(found, spec, allocs),
             allocs=sorted(allocs, key=lambda a: (a.group, a.index, a.created_at)),
             versions=list(reversed(jobs.job_versions(found.id))),
         )
@@ -133,19 +143,26 @@ def page_routes(manager: Manager) -> APIRouter:
     @router.get("/topology")
     @router.get("/partials/topology")
     async def topology(request: Request) -> HTMLResponse:
-        tasks = manager.list_tasks()
         by_node: dict[str, list[Task]] = {}
-        for t in tasks:
-            if t.node is not None:
+        waiting = []
+        for t in manager.tasks.values():  # the live ones are shown: copied below
+            if t.state is State.PENDING:
+                waiting.append(t)
+            if t.node is not None and not t.is_terminal:
                 by_node.setdefault(t.node, []).append(t)
         rows = []
         for n in sorted(manager.list_nodes(), key=lambda n: n.name):
-            live = views.live_tasks(by_node.get(n.name, []))
+            live = _copies(views.live_tasks(by_node.get(n.name, [])))
             rows.append((n, views.node_strips(n, live), live))
-        waiting = [t for t in tasks if t.state is State.PENDING]
+        waiting = _copies(waiting)
         return render(request, "topology", rows=rows, waiting=waiting)
 
     return router
+
+
+def _copies(tasks: Iterable[Task]) -> list[Task]:
+    """Copies of the tasks a page shows, as ``Manager.list_tasks`` gives them."""
+    return [t.model_copy(deep=True) for t in tasks]
 
 
 async def _log_tail(manager: Manager, task_id: str) -> tuple[str, str]:

@@ -6,6 +6,7 @@ unit test can check it without a browser.
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -16,7 +17,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from cube.job.model import Allocation, AllocStatus, Job
-from cube.job.spec import JobSpec, JobType
+from cube.job.spec import JobSpec
+from cube.job.summary import group_summaries
 from cube.node import Node, NodeState
 from cube.scheduler import Decision
 from cube.task.model import Task, TaskEvent
@@ -121,7 +123,7 @@ class RecentEvent:
 
 
 async def recent_events(
-    tasks: Sequence[Task],
+    tasks: Iterable[Task],
     history: Callable[[str], Awaitable[Sequence[TaskEvent]]],
     *,
     tasks_looked_at: int = 10,
@@ -129,8 +131,8 @@ async def recent_events(
 ) -> list[RecentEvent]:
     """The latest events of the cluster: those of the ``tasks_looked_at`` tasks that
     changed last (``await history(task_id)`` gives a task's events, read from the store
-    off the loop), newest first."""
-    latest = sorted(tasks, key=lambda t: t.updated_at, reverse=True)[:tasks_looked_at]
+    off the loop), newest first. ``tasks`` is read once, before the first ``await``."""
+    latest = heapq.nlargest(tasks_looked_at, tasks, key=lambda t: t.updated_at)
     found = [RecentEvent(t, e) for t in latest for e in await history(t.id)]
     found.sort(key=lambda r: r.event.time, reverse=True)
     return found[:limit]
@@ -138,21 +140,37 @@ async def recent_events(
 
 @dataclass(frozen=True)
 class GroupRow:
+    """One group of a job, as ``cube job status JOB`` shows it (its Groups table)."""
+
     name: str
-    desired: int | None  # None for a system job: one per eligible node
+    desired: str  # "3", "one per node", "0 (stopped; count 3)"
+    queued: int | None  # None for a system job: no count to wait for
     statuses: list[Count]
+    stopped: bool = False
+
+    @property
+    def line(self) -> str:
+        """The group in a sentence, for the job list: ``web: 1 running, 2 queued of 3``;
+        a stopped job's: ``web: 3 complete; desired 0 (stopped; count 3)``."""
+        parts = [f"{c.count} {c.label}" for c in self.statuses]
+        if self.queued:
+            parts.append(f"{self.queued} queued")
+        text = f"{self.name}: {', '.join(parts) or 'none'}"
+        if self.stopped:
+            return f"{text}; desired {self.desired}"
+        return text if self.queued is None else f"{text} of {self.desired}"
 
 
-def job_groups(spec: JobSpec, allocs: Sequence[Allocation]) -> list[GroupRow]:
-    """Each group of the job's current spec, with its allocations (still meant to run) by
-    status."""
+def job_groups(job: Job, spec: JobSpec, allocs: Iterable[Allocation]) -> list[GroupRow]:
+    """Each group of the job's current spec: what it wants, what waits for an allocation,
+    and its allocations by status, read as the CLI reads them
+    (:func:`cube.job.summary.group_summaries`: a stopped job wants 0, its counts are what the
+    stop ended)."""
     rows = []
-    for group in spec.groups:
-        mine = [a for a in allocs if a.group == group.name and a.desired.value == "run"]
-        desired = None if spec.type is JobType.SYSTEM else (group.count or 0)
-        if group.count is None and desired == 0:
-            desired = 1  # the spec's default count
-        rows.append(GroupRow(group.name, desired, allocs_by_status(mine)))
+    for g in group_summaries(job, spec, allocs):
+        desired = "one per node" if g.count is None and not g.stopped else g.desired
+        statuses = [Count(s.value, g.statuses[s]) for s in AllocStatus if g.statuses[s]]
+        rows.append(GroupRow(g.name, desired, g.queued, statuses, stopped=g.stopped))
     return rows
 
 
@@ -192,6 +210,12 @@ def strip(
         slots.append(Slot(task, round(x, 2), width))
         x += width
     return Strip(label, slots)
+
+
+def newest(tasks: Iterable[Task], n: int) -> list[Task]:
+    """The ``n`` tasks created last, newest first: one pass keeping ``n`` (heapq), not a
+    sort of every task of the cluster (100,000 of them, for a page of 500)."""
+    return heapq.nlargest(n, tasks, key=lambda t: t.created_at)
 
 
 def live_tasks(tasks: Iterable[Task]) -> list[Task]:
