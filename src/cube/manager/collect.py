@@ -105,14 +105,20 @@ class Collector:
         """
         nodes = list(self.nodes.nodes.values())
         start, step = time.monotonic(), over / max(1, len(nodes))
+        clock = self.nodes.polls  # how fast the passes really go: the node timeout follows
+        clock.pass_started(start, len(nodes))
         for i, node in enumerate(nodes):
             if node.name in self._polling:  # its last poll has not come back yet
+                clock.node_reached()
                 continue
             if (delay := start + i * step - time.monotonic()) > 0:
                 await asyncio.sleep(delay)
             await self._poll_slots.acquire()
+            clock.node_reached()
+            self.nodes.node_timeout_in_force()  # what this poll tells the node
             self._polling.add(node.name)
             spawn(self._poll(node), f"poll {node.name}", keep=self._background)
+        clock.pass_ended(time.monotonic())
 
     async def _poll(self, node: Node) -> None:
         try:
@@ -135,8 +141,7 @@ class Collector:
         except CubeError as exc:
             # Its watch may hang until its timeout (a cut link): collection lists the node's
             # tasks again until the watch answers, so a node that is back is reconciled now.
-            self.membership.unwatched(node.name)
-            self.membership.check_deadline(node, exc.message)
+            self.membership.call_failed(node, exc.message)
             return
         self.membership.join(node.address, report)
         if reported is not None:
