@@ -289,6 +289,28 @@ async def test_a_send_that_times_out_leaves_the_node_ready_and_is_sent_again(
     await manager.close()
 
 
+async def test_a_task_placed_again_where_it_was_given_up_is_sent_again_after_no_answer() -> None:
+    """The node still reports the copy it gave up, so the task is not missing from its
+    list: the send that got no answer is made again all the same."""
+    node = FakeNode()
+    manager, task_id = await one_task_on(node)
+    node.start(task_id)
+    await collect(manager)
+    await stopped_by_its_node(manager, node, task_id)  # Pending again
+    node.late = True
+    await manager.dispatch()  # placed on n1 again; the send times out
+    assert manager.get(task_id).state is State.SCHEDULED
+
+    node.late = False
+    await collect(manager)  # the copy it gave up, reported: sent again
+    assert node.sent.count(task_id) == 3
+    assert node.copies[task_id].desired is DesiredState.RUN
+    node.start(task_id)
+    await collect(manager)
+    assert manager.get(task_id).state is State.RUNNING
+    await manager.close()
+
+
 async def test_a_node_whose_sends_time_out_is_down_at_its_deadline() -> None:
     node = FakeNode()
     node.late = True

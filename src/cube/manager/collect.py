@@ -27,7 +27,7 @@ from cube.manager.workers import WorkerClient
 from cube.metrics.manager import ManagerTelemetry
 from cube.node import Node
 from cube.task.model import DesiredState, Task, TaskEvent
-from cube.task.state import TERMINAL
+from cube.task.state import TERMINAL, State
 
 log = get_logger("cube.manager")
 
@@ -192,7 +192,12 @@ class Collector:
                 and task.desired is DesiredState.RUN
                 and (key in self._given_up or self.dispatcher.in_flight(task.id) is not None)
             ):
-                continue  # the copy it gave up, in a report older than the task's new send
+                # The copy it gave up, and the task placed there again: its new send is on
+                # its way; or it got no answer (the node may not have it: sent again; if
+                # the node has it, this report is older than it, and the send a no-op).
+                if self.dispatcher.in_flight(task.id) is None and task.state is State.SCHEDULED:
+                    await self.dispatcher.send(task, node)
+                continue
             if gave_up(task, copy, node.name):
                 # Stopped by the node on its own (its manager was silent too long): place
                 # it again, here or elsewhere.
