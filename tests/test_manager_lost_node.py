@@ -33,6 +33,9 @@ class FakeNode(WorkerClient):
     def __init__(self) -> None:
         super().__init__()
         self.silent = False
+        #: Sends time out before the node has the task (a starved machine).
+        self.late = False
+        self.sent: list[str] = []
         self.copies: dict[str, Task] = {}
         self.history: dict[str, list[TaskEvent]] = {}
         self.stops: list[str] = []
@@ -55,6 +58,9 @@ class FakeNode(WorkerClient):
 
     async def run(self, address: str, request: TaskRequest) -> Task:
         self._check()
+        self.sent.append(request.id or "")
+        if self.late:
+            raise Unavailable("cannot reach http://n1: ReadTimeout")
         copy = Task(id=request.id or "", spec=request.spec(), node="n1")
         self.copies[copy.id] = copy
         self.history[copy.id] = [copy.transition(State.SCHEDULED, "accepted")]
@@ -240,6 +246,80 @@ async def test_a_running_copy_its_node_is_stopping_is_not_taken_back() -> None:
     await collect(manager)
     task = manager.get(task_id)
     assert (task.state, task.node) == (State.PENDING, None), task
+    await manager.close()
+
+
+# --- a send that times out: a slow answer is not a lost node -------------------------------------
+@pytest.mark.parametrize("in_alloc", [False, True])
+async def test_a_send_that_times_out_leaves_the_node_ready_and_is_sent_again(
+    in_alloc: bool,
+) -> None:
+    node = FakeNode()
+    node.late = True
+    store = MemoryStore()
+    store.save_node(Node(name="n1", address="http://n1", capacity=CAPACITY))
+    manager = Manager(store=store, scheduler=make_scheduler(), workers=node)
+    task, _ = await manager.submit(TaskRequest(name="web", image="busybox"))
+    if in_alloc:  # an allocation's task: not ended, so its allocation is not replaced
+        manager.tasks[task.id].alloc = AllocRef(id="a1", job="shop", group="web", index=0, size=1)
+        task = manager.tasks[task.id]
+        manager.dispatcher.start_alloc_task(task, manager.nodes["n1"], "placed on n1")
+        await asyncio.gather(*manager._background)
+    else:
+        await manager.dispatch()
+    assert node.sent == [task.id]
+
+    # Not Down (its deadline is far), and the task still placed there: it may have it.
+    assert manager.nodes["n1"].state is NodeState.READY
+    placed = manager.get(task.id)
+    assert (placed.state, placed.node, placed.desired) == (
+        State.SCHEDULED,
+        "n1",
+        DesiredState.RUN,
+    )
+    # The next poll lists the node's tasks (the send may have hung its watch too): it
+    # lacks the task, which is sent again.
+    node.late = False
+    await collect(manager)
+    assert node.sent == [task.id, task.id]
+    assert task.id in node.copies
+    node.start(task.id)
+    await collect(manager)
+    assert manager.get(task.id).state is State.RUNNING
+    await manager.close()
+
+
+async def test_a_task_placed_again_where_it_was_given_up_is_sent_again_after_no_answer() -> None:
+    """The node still reports the copy it gave up, so the task is not missing from its
+    list: the send that got no answer is made again all the same."""
+    node = FakeNode()
+    manager, task_id = await one_task_on(node)
+    node.start(task_id)
+    await collect(manager)
+    await stopped_by_its_node(manager, node, task_id)  # Pending again
+    node.late = True
+    await manager.dispatch()  # placed on n1 again; the send times out
+    assert manager.get(task_id).state is State.SCHEDULED
+
+    node.late = False
+    await collect(manager)  # the copy it gave up, reported: sent again
+    assert node.sent.count(task_id) == 3
+    assert node.copies[task_id].desired is DesiredState.RUN
+    node.start(task_id)
+    await collect(manager)
+    assert manager.get(task_id).state is State.RUNNING
+    await manager.close()
+
+
+async def test_a_node_whose_sends_time_out_is_down_at_its_deadline() -> None:
+    node = FakeNode()
+    node.late = True
+    manager, task_id = await one_task_on(node)
+    await collect(manager)  # it answers polls; the task, sent again, times out again
+    assert node.sent == [task_id, task_id]
+    assert manager.nodes["n1"].state is NodeState.READY
+    await lose(manager, node)  # silent past its deadline: Down, and its task moved
+    assert manager.get(task_id).node is None
     await manager.close()
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from cube.manager.core import Manager
 from cube.manager.pacing import (
     IDLE_ANSWERS_PER_SECOND,
@@ -21,13 +23,16 @@ from cube.manager.pacing import (
     POLLS_PER_SECOND,
     RESYNCS_PER_SECOND,
     Pace,
+    PollClock,
+    node_timeout_for,
     pace,
 )
 from cube.manager.workers import WorkerClient
-from cube.node import Node, NodeState, Resources
-from cube.protocol import MAX_WAIT
+from cube.node import MachineStats, Node, NodeState, Resources
+from cube.protocol import MAX_WAIT, NodeReport
 from cube.scheduler import make_scheduler
 from cube.store.memory import MemoryStore
+from cube.task.model import Task
 
 INTERVAL = 0.1
 HTTP_TIMEOUT = 0.5
@@ -121,4 +126,126 @@ async def test_a_silent_node_is_down_at_its_deadline_not_a_poll_later() -> None:
     await asyncio.sleep(0.4)  # no poll comes (none would for another interval)
     assert node.state is NodeState.DOWN
     assert "connection refused" in node.reason
+    await manager.close()
+
+
+# --- the pace kept: the node timeout follows collection as it really goes ----------------------
+@pytest.mark.parametrize(
+    ("period", "timeout"),
+    [
+        (1.0, 10.0),  # the interval set: the timeout set
+        (0.5, 10.0),  # faster than set (a pass of few nodes): never shorter
+        (10.0, 28.0),  # as pace() stretches it for 1,000 nodes
+        (60.0, 128.0),  # a starved manager that comes back every minute
+    ],
+)
+def test_the_node_timeout_outlasts_missed_polls_at_the_period(
+    period: float, timeout: float
+) -> None:
+    assert node_timeout_for(period, collect_interval=1.0, node_timeout=10.0) == timeout
+
+
+def clock(
+    *, last: tuple[float, int] | None = None, started_at: float | None = None, reached: int = 0
+) -> PollClock:
+    polls = PollClock(last=last)
+    if started_at is not None:
+        polls.pass_started(started_at, 1000)
+        for _ in range(reached):
+            polls.node_reached()
+    return polls
+
+
+@pytest.mark.parametrize(
+    ("polls", "now", "nodes", "period"),
+    [
+        # No pass yet, or passes that kept the interval: the interval.
+        (clock(), 100.0, 1000, 10.0),
+        (clock(last=(9.9, 1000)), 100.0, 1000, 10.0),
+        # The last pass took 40 s for 1,000 nodes: 40 s, and 80 s once the fleet has doubled
+        # (the join storm: a node that joins now is reached at that pace).
+        (clock(last=(40.0, 1000)), 100.0, 1000, 40.0),
+        (clock(last=(40.0, 500)), 100.0, 1000, 80.0),
+        # A pass under way for 30 s: its last node has waited that long at least...
+        (clock(last=(10.0, 1000), started_at=70.0, reached=5), 100.0, 1000, 30.0),
+        # ...and at the pace it goes (250 nodes in 30 s), the 1,000 take 120 s.
+        (clock(last=(10.0, 1000), started_at=70.0, reached=250), 100.0, 1000, 120.0),
+        # Too few nodes reached to judge its pace by (a slot waited for, a late timer).
+        (clock(started_at=99.0, reached=2), 100.0, 1000, 10.0),
+    ],
+)
+def test_the_period_is_the_slowest_of_the_interval_and_the_passes_measured(
+    polls: PollClock, now: float, nodes: int, period: float
+) -> None:
+    assert polls.period(now, nodes=nodes, interval=10.0) == pytest.approx(period)
+
+
+def test_a_pass_that_ends_is_the_measure_of_the_next() -> None:
+    polls = PollClock()
+    polls.pass_started(0.0, 100)
+    for _ in range(100):
+        polls.node_reached()
+    polls.pass_ended(25.0)
+    assert polls.last == (25.0, 100)
+    assert polls.period(30.0, nodes=100, interval=1.0) == 25.0  # no pass under way
+
+
+class SlowNodes(WorkerClient):
+    """Nodes that answer, each poll after ``LATE`` seconds (a starved machine), and have
+    no blocking queries: collection is their only caller."""
+
+    LATE = 0.3
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.told: list[float | None] = []  # the node timeout each poll carried
+
+    async def stats(self, address: str) -> NodeReport:
+        self.told.append(self.node_timeout)
+        await asyncio.sleep(self.LATE)
+        name = address.removeprefix("http://")
+        return NodeReport(
+            name=name, capacity=Resources(cpu=1), allocated=Resources(), stats=MachineStats()
+        )
+
+    async def tasks(self, address: str) -> list[Task]:
+        return []
+
+    async def watch(self, address: str, *, since: str | None, wait: float) -> None:
+        return None
+
+
+async def test_collection_slower_than_its_interval_stretches_the_timeout_told_and_judged() -> None:
+    # 48 nodes, 16 polls at a time, each answered after LATE: a pass takes at least
+    # 2 * LATE to reach its last node, against an interval of 0.48 s (the pace's own
+    # for 48 nodes: nothing stretched by the fleet's size).
+    store = MemoryStore()
+    for i in range(48):
+        store.save_node(Node(name=f"n{i}", address=f"http://n{i}", capacity=Resources(cpu=1)))
+    nodes = SlowNodes()
+    manager = Manager(
+        store=store,
+        scheduler=make_scheduler(),
+        workers=nodes,
+        collect_interval=0.48,
+        node_timeout=0.5,
+    )
+    assert manager.node_timeout_in_force() == manager.pace.node_timeout == 0.5
+    await manager.collect()
+    await asyncio.gather(*manager._background)
+
+    stretched = manager.node_timeout_in_force()
+    assert stretched >= 0.5 + MISSED_POLLS * (2 * SlowNodes.LATE - 0.48)
+    assert nodes.node_timeout == stretched  # what the next call tells every node
+    assert nodes.told[-1] > nodes.told[0] == 0.5  # the last polls of the pass told more
+
+    # A call to a node silent for longer than the configured timeout, not the one in
+    # force, fails: not Down (the manager itself had not come back to it sooner).
+    node = manager.nodes["n0"]
+    node.last_seen = datetime.now(UTC) - timedelta(seconds=0.55)
+    manager._call_failed(node, "ReadTimeout")
+    assert node.state is NodeState.READY
+    node.last_seen = datetime.now(UTC) - timedelta(seconds=stretched + 1)
+    manager._call_failed(node, "ReadTimeout")
+    assert node.state is NodeState.DOWN
     await manager.close()

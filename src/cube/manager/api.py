@@ -179,7 +179,7 @@ def create_app(
             name="manager",
             nodes=len(manager.nodes),
             collect_interval=pace.collect,
-            node_timeout=pace.node_timeout,
+            node_timeout=manager.node_timeout_in_force(),
         )
         return health.with_loops(manager.loops, time.monotonic())
 

@@ -27,7 +27,7 @@ from cube.manager.workers import WorkerClient
 from cube.metrics.manager import ManagerTelemetry
 from cube.node import Node
 from cube.task.model import DesiredState, Task, TaskEvent
-from cube.task.state import TERMINAL
+from cube.task.state import TERMINAL, State
 
 log = get_logger("cube.manager")
 
@@ -105,14 +105,20 @@ class Collector:
         """
         nodes = list(self.nodes.nodes.values())
         start, step = time.monotonic(), over / max(1, len(nodes))
+        clock = self.nodes.polls  # how fast the passes really go: the node timeout follows
+        clock.pass_started(start, len(nodes))
         for i, node in enumerate(nodes):
             if node.name in self._polling:  # its last poll has not come back yet
+                clock.node_reached()
                 continue
             if (delay := start + i * step - time.monotonic()) > 0:
                 await asyncio.sleep(delay)
             await self._poll_slots.acquire()
+            clock.node_reached()
+            self.nodes.node_timeout_in_force()  # what this poll tells the node
             self._polling.add(node.name)
             spawn(self._poll(node), f"poll {node.name}", keep=self._background)
+        clock.pass_ended(time.monotonic())
 
     async def _poll(self, node: Node) -> None:
         try:
@@ -135,8 +141,7 @@ class Collector:
         except CubeError as exc:
             # Its watch may hang until its timeout (a cut link): collection lists the node's
             # tasks again until the watch answers, so a node that is back is reconciled now.
-            self.membership.unwatched(node.name)
-            self.membership.check_deadline(node, exc.message)
+            self.membership.call_failed(node, exc.message)
             return
         self.membership.join(node.address, report)
         if reported is not None:
@@ -187,7 +192,12 @@ class Collector:
                 and task.desired is DesiredState.RUN
                 and (key in self._given_up or self.dispatcher.in_flight(task.id) is not None)
             ):
-                continue  # the copy it gave up, in a report older than the task's new send
+                # The copy it gave up, and the task placed there again: its new send is on
+                # its way; or it got no answer (the node may not have it: sent again; if
+                # the node has it, this report is older than it, and the send a no-op).
+                if self.dispatcher.in_flight(task.id) is None and task.state is State.SCHEDULED:
+                    await self.dispatcher.send(task, node)
+                continue
             if gave_up(task, copy, node.name):
                 # Stopped by the node on its own (its manager was silent too long): place
                 # it again, here or elsewhere.

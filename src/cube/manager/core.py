@@ -117,6 +117,7 @@ class Manager:
             self.telemetry,
             background=self._background,
             capacity_changed=self._wake_jobs,
+            call_failed=self._call_failed,
         )
         self.stops = Stops(
             self.registry,
@@ -161,6 +162,10 @@ class Manager:
     def pace(self) -> Pace:
         """The intervals in force: the configured ones, stretched for a large fleet."""
         return self.node_registry.pace
+
+    def node_timeout_in_force(self) -> float:
+        """Seconds of silence after which a node is down, now (see NodeRegistry)."""
+        return self.node_registry.node_timeout_in_force()
 
     @property
     def collect_period(self) -> float:
@@ -339,3 +344,6 @@ class Manager:
 
     def _check_deadline(self, node: Node, error: str) -> None:
         self.membership.check_deadline(node, error)
+
+    def _call_failed(self, node: Node, error: str) -> None:
+        self.membership.call_failed(node, error)

@@ -58,7 +58,9 @@ class Dispatcher:
         *,
         background: set[asyncio.Task[Any]],
         capacity_changed: Callable[[], None],
+        call_failed: Callable[[Node, str], None],
     ) -> None:
+        """``call_failed``: a send to the node did not come back (see _send_once)."""
         self.registry = registry
         self.nodes = nodes
         self.scheduler = scheduler
@@ -66,6 +68,7 @@ class Dispatcher:
         self.telemetry = telemetry
         self._background = background
         self._published = capacity_changed
+        self._call_failed = call_failed
         self._dispatch_wake = asyncio.Event()
         # Placement of a task that fit nowhere is retried only once the cluster changed
         # (a node joined, capacity was freed...): each change bumps the generation.
@@ -199,9 +202,15 @@ class Dispatcher:
                     task, task.transition(State.FAILED, f"node {node.name}: {exc.message}")
                 )
             return
+        except Unavailable as exc:
+            # No answer (a timeout on a busy machine, a node gone): the node may have the
+            # task or not, and a slow answer is not a lost node. The task stays placed
+            # there; the node's deadline judges the node (marked Down at once, a node's
+            # every allocation was replaced for one late answer: bench/jobs.py), and its
+            # next complete report the task: merged if it has it, sent again if not.
+            self._call_failed(node, exc.message)
+            return
         except CubeError as exc:
-            if isinstance(exc, Unavailable):
-                self.nodes.node_unreachable(node.name, exc.message)
             if task.alloc is not None and task.state is State.SCHEDULED:
                 self.end_alloc_task(task, f"could not start on {node.name}: {exc.message}")
             elif task.state is State.SCHEDULED and task.desired is DesiredState.RUN:

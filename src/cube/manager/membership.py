@@ -82,7 +82,7 @@ class Membership:
             # A restarted manager gives every known node a fresh deadline before calling it Down.
             node.last_seen = started
             self.nodes.node_changed(node.name)
-        self.workers.node_timeout = self.nodes.pace.node_timeout
+        self.nodes.node_timeout_in_force()  # told from the first call on
 
     def watch_all(self) -> None:
         """Start the watch of every known node (a joining node's starts as it joins)."""
@@ -151,7 +151,7 @@ class Membership:
             node=self.nodes.view(name),
             secret=issued,
             tasks=assigned,
-            node_timeout=self.nodes.pace.node_timeout,
+            node_timeout=self.nodes.node_timeout_in_force(),
         )
 
     async def _merge_taken_back(self, node: Node, taken: set[str]) -> None:
@@ -222,7 +222,7 @@ class Membership:
             self.nodes.add(node)
             log.info("node joined", node=node.name, address=address)
             self._watch(node)
-            self.workers.node_timeout = self.nodes.pace.node_timeout  # it grows with the fleet
+            self.nodes.node_timeout_in_force()  # it grows with the fleet
         changed = is_new or (node.address, node.capacity, node.labels, node.allows) != (
             address,
             report.capacity,
@@ -260,14 +260,28 @@ class Membership:
             self.dispatcher.capacity_changed()
         return node
 
+    def call_failed(self, node: Node, error: str) -> None:
+        """A call to ``node`` (a poll, a task sent) did not come back: its watch may hang
+        too, so collection lists its tasks until the watch answers (a task it lacks is
+        sent again, one it has is merged); and its deadline judges whether it is lost.
+
+        A call that failed is not a lost node: on a starved machine answers come late,
+        and a node is Down only once it has been silent for the node timeout, as a Nomad
+        client is only once its heartbeat TTL has passed (nomad/heartbeat.go)."""
+        self.unwatched(node.name)
+        self.check_deadline(node, error)
+
     def check_deadline(self, node: Node, error: str) -> None:
         """A node that did not answer: past the deadline it is Down and its tasks move.
 
         Silent since it last answered a poll or its blocking query: a poll that timed out
-        on a busy node whose query still answers is no reason to move its tasks."""
+        on a busy node whose query still answers is no reason to move its tasks. The
+        deadline is the node timeout in force (see NodeRegistry.node_timeout_in_force):
+        a manager that comes back to each node only every minute cannot hold a node's
+        silence of half a minute against it."""
         heard = max(node.last_seen or node.registered_at, self._heard.get(node.name, _EPOCH))
         silent = (_now() - heard).total_seconds()
-        timeout = self.nodes.pace.node_timeout
+        timeout = self.nodes.node_timeout_in_force()
         if silent < timeout:
             # Look again when the deadline passes, not a poll later: the node is Down at
             # its deadline, as a Nomad client whose heartbeat TTL expires.

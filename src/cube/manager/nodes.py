@@ -10,11 +10,12 @@ service replaces what was there).
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable
 
 from cube.errors import NotFound, StoreUnavailable
 from cube.log import get_logger
-from cube.manager.pacing import Pace, pace
+from cube.manager.pacing import Pace, PollClock, node_timeout_for, pace
 from cube.manager.registry import TaskRegistry
 from cube.manager.workers import WorkerClient
 from cube.node import Node, NodeState
@@ -61,6 +62,8 @@ class NodeRegistry:
                 self.workers.credentials[node.address] = node.token
         #: Node name -> its view with its allocation, until it changes (see view).
         self._views: dict[str, Node] = {}
+        #: How fast collection really goes round the fleet (told by the collector).
+        self.polls = PollClock()
 
     @property
     def pace(self) -> Pace:
@@ -72,6 +75,20 @@ class NodeRegistry:
             watch_wait=WATCH_WAIT,
             resync=WATCH_RESYNC,
         )
+
+    def node_timeout_in_force(self) -> float:
+        """Seconds of silence after which a node is down, now: the pace's timeout, or
+        more while collection goes round the fleet slower than the pace says (see
+        :mod:`cube.manager.pacing`). It is also what every call tells the workers from
+        now on (their disconnect window), so that the two deadlines stay one."""
+        period = self.polls.period(
+            time.monotonic(), nodes=len(self.nodes), interval=self.pace.collect
+        )
+        timeout = node_timeout_for(
+            period, collect_interval=self.collect_interval, node_timeout=self.node_timeout
+        )
+        self.workers.node_timeout = timeout
+        return timeout
 
     def add(self, node: Node) -> None:
         """A node joining: known from now on (saved by the caller, or forgotten)."""
@@ -120,12 +137,6 @@ class NodeRegistry:
         """The node's record or one of its tasks changed: its view must be built again."""
         if name is not None:
             self._views.pop(name, None)
-
-    def node_unreachable(self, name: str, error: str) -> None:
-        """A failed call to a node: stop placing tasks there until it answers again."""
-        node = self.nodes.get(name)
-        if node is not None and node.state is NodeState.READY:
-            self.mark_down(node, f"unreachable: {error}")
 
     def mark_down(self, node: Node, reason: str) -> None:
         self.node_changed(node.name)
