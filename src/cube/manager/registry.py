@@ -45,7 +45,10 @@ _TASK = Task.__pydantic_serializer__
 _NOT_LISTED = {"placement"}
 
 #: A change of a task: edits the draft it is given and returns the events to record with
-#: it (empty: a change without a new state), or None: nothing to change after all.
+#: it (empty: a change without a new state), or None: nothing to change after all. It
+#: assigns fields, and never changes a field's value in place: the draft is a shallow
+#: copy of the record, sharing their values (a deep copy of a task with its placement
+#: explanation cost 0.8 ms, more than the rest of a change).
 Edit = Callable[[Task], Sequence[TaskEvent] | None]
 
 
@@ -89,7 +92,7 @@ class TaskRegistry:
         async with self.guards.hold(task.id):
             if self.tasks.get(task.id) is not task:
                 return False  # forgotten while the change waited for its turn
-            draft = task.model_copy(deep=True)
+            draft = task.model_copy()
             events = edit(draft)
             if events is None:
                 return False
@@ -151,9 +154,10 @@ class TaskRegistry:
             if self.tasks.get(task.id) is not task:
                 return
             try:
-                # The record as it is now (a copy: the store's thread reads it while the
-                # loop goes on), which includes any change made since.
-                await self.store.save_task(task.model_copy(deep=True), events)
+                # The record as it is now, which includes any change made since (a copy:
+                # the store's thread reads it while the loop goes on and the caller may
+                # assign its fields again).
+                await self.store.save_task(task.model_copy(), events)
             except StoreUnavailable as exc:
                 log.warning("a task change was refused; undone", task=task.id, error=exc.message)
                 if (saved := await self.store.find_task(task.id)) is not None:
