@@ -15,29 +15,50 @@ How each store serves it:
   (``blocks = True``: :class:`~cube.store.sqlite.SqliteStore`) runs every call on one
   thread of its own, and the loop goes on meanwhile. One thread, not a pool: calls run
   in the order they were made (a task's save before its next one), SQLite has one
-  writer at a time anyway, and the thread keeps one connection open. A store that does
-  not block (:class:`~cube.store.memory.MemoryStore`) is called directly: a hop to a
-  thread would cost more than the call.
+  writer at a time anyway, and the thread keeps one connection open. The writes that
+  queue while the thread is busy are committed together, in one transaction (a group
+  commit, as databases do for their log), and each caller's await ends once its own
+  write is committed. A store that does not block
+  (:class:`~cube.store.memory.MemoryStore`) is called directly: a hop to a thread would
+  cost more than the call.
 * A PostgreSQL store would implement :class:`AsyncStore` itself, on an async driver's
   connection pool (asyncpg, or psycopg's ``AsyncConnectionPool``): each method a query
   awaited on the loop, each of today's atomic calls one transaction (a task with its
   events, a job with its versions, allocations all or none), its errors mapped to
   :class:`~cube.errors.StoreUnavailable` as :mod:`cube.store.failures` does SQLite's.
-  Reads need no snapshot of the manager's: the manager's records are loaded once and
-  written through, and every cache the manager keeps is derived from them (see
-  :mod:`cube.manager.core`), so another manager that takes over builds the same state
-  from the store alone.
+  The order of a record's writes does not rest on the store: the manager makes one
+  change of a record at a time (below), so a pool may run different records' writes
+  at once. Reads need no snapshot of the manager's: the manager's records are loaded
+  once and written through, and every cache the manager keeps is derived from them
+  (see :mod:`cube.manager.core`), so another manager that takes over builds the same
+  state from the store alone.
 
-Where the manager stands: it awaits this interface where a call is made on behalf of an
-API request that awaits anyway: a submitted task is saved off the loop before it is
-listed (:meth:`cube.manager.core.Manager.submit`), and a task's history is read off the
-loop. The changes it makes on its own (placements, reconciled states, node records, the
-job service's jobs and allocations) still call the synchronous store: each is undone at
-once if the store refuses it (a full disk), so that the API never shows a change a
-restart would lose, and their callers are synchronous between two awaits. Moving them
-is the next step: each caller awaits its write where it makes it (the pattern of
-``submit``: save, then publish to the records), or one writer takes the changes of a
-pass in one transaction and the API awaits it before answering.
+Where the manager stands. Every change of a task or a node is awaited here, *saved,
+then shown*: the change is made on a draft of the record, under the record's guard
+(:mod:`cube.manager.guards`: one change of a record at a time, each starting from the
+last one's result, so an old state never overwrites a newer one), saved through this
+interface, and copied into the record only once the store has it
+(:meth:`cube.manager.registry.TaskRegistry.change`,
+:meth:`cube.manager.nodes.NodeRegistry.change`). That covers submissions, placements
+(a dispatch pass decides all its placements at once, then saves them together; a task
+being saved holds its resources in its node's view), reconciled reports, stops, moves
+off a lost or drained node, joins, drains and a node going down. A change the store
+refuses (a full disk) is never shown: an API request answers 503; a background one
+(a pass, a node's report, a deadline) is logged by the loop that made it, which goes
+on or is restarted (:mod:`cube.background`), and the next pass or report makes the
+change again from the records, which are still what the store holds.
+
+What is left on the loop: the job service's own records (jobs, versions, allocations,
+deployments: :mod:`cube.manager.jobs`, :mod:`cube.manager.deployments`) are still
+written with the synchronous store, in one transaction per slice of a pass, and undone
+at once if refused. Its calls for tasks keep their synchronous form, but go the same
+ordered way as every task write: :meth:`~cube.manager.dispatch.Dispatcher.start_alloc_task`
+and :meth:`~cube.manager.registry.TaskRegistry.forget_later` save in the background,
+then show; :meth:`~cube.manager.registry.TaskRegistry.save` takes a change the job
+service made to the record in place, shown at once, saved in turn, undone if refused.
+Moving the job service is the next step, in the same pattern: each of its changes a
+draft saved through this interface, then shown. (And the manager reads its records
+synchronously once, when it is made, before its loop serves anything.)
 """
 
 from __future__ import annotations
