@@ -19,10 +19,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cube.errors import StoreFull
+from cube.errors import Conflict, StoreFull
 from cube.manager.api import create_app
 from cube.manager.core import Manager
-from cube.node import Node, NodeState
+from cube.node import MachineStats, Node, NodeState, Resources
+from cube.protocol import JoinAnswer, NodeReport
 from cube.scheduler import make_scheduler
 from cube.store.base import Store
 from cube.store.memory import MemoryStore
@@ -213,3 +214,36 @@ async def test_a_refused_change_made_in_place_is_undone() -> None:
     assert manager.get(task.id).state is State.SCHEDULED  # what the store holds
     assert store.get_task(task.id).state is State.SCHEDULED
     await manager.close()
+
+
+class Reporting(FakeWorkers):
+    """Every address answers as a worker named ``n9``."""
+
+    async def stats(self, address: str) -> NodeReport:
+        capacity = Resources(cpu=2, memory=1024**3, disk=1024**3)
+        return NodeReport(name="n9", capacity=capacity, allocated=Resources(), stats=MachineStats())
+
+
+async def test_two_workers_joining_under_one_new_name_while_the_store_waits_one_is_refused(
+    tmp_path: Path,
+) -> None:
+    # Both find the name free before either is saved; the second's turn comes after the
+    # first was saved, and it must then present the first's node secret (cube.manager.identity).
+    store = SqliteStore(tmp_path / "cube.db")
+    manager = Manager(store=store, scheduler=make_scheduler(), workers=Reporting())
+
+    with write_lock_held(tmp_path / "cube.db"):
+        joins = [
+            asyncio.create_task(manager.register("n9", f"http://127.0.0.1:{port}", None))
+            for port in (5001, 5002)
+        ]
+        await turns()
+    first, second = await asyncio.gather(*joins, return_exceptions=True)
+
+    assert isinstance(first, JoinAnswer)
+    assert first.secret is not None
+    assert isinstance(second, Conflict)
+    assert store.get_node("n9").address == "http://127.0.0.1:5001"
+    assert manager.get_node("n9").address == "http://127.0.0.1:5001"
+    await manager.close()
+    store.close()

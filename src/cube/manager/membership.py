@@ -139,7 +139,9 @@ class Membership:
         # Checked again: another join under this name may have been accepted meanwhile.
         issue = check_claim(self.nodes.nodes.get(name), address=address, secret=secret)
         issued, digest = new_secret() if issue else (None, None)
-        node = await self.join(address, report, token=token, secret_hash=digest)
+        # And once more in the name's turn to change (see join): a join saved meanwhile.
+        claim = functools.partial(check_claim, address=address, secret=secret)
+        node = await self.join(address, report, token=token, secret_hash=digest, claim=claim)
         taken = set()
         for task_id in running:
             task = self.registry.tasks.get(task_id)
@@ -220,10 +222,13 @@ class Membership:
         *,
         token: str | None = None,
         secret_hash: str | None = None,
+        claim: Callable[[Node], object] | None = None,
     ) -> Node:
         """Record what a node reported (a join, or a collection pass with token None);
-        ``secret_hash``: the digest of a node secret just issued to it. Saved before it is
-        shown: a node whose join the store refused is not joined."""
+        ``secret_hash``: the digest of a node secret just issued to it; ``claim``: raises
+        if the name is not the caller's to take, looked at when the node's record is
+        changed (another join of the name may have been saved while this one waited).
+        Saved before it is shown: a node whose join the store refused is not joined."""
         record = functools.partial(
             _record_report, address, report, token=token, secret_hash=secret_hash
         )
@@ -237,8 +242,14 @@ class Membership:
                 self.workers.node_timeout = self.nodes.pace.node_timeout  # grows with the fleet
                 self.dispatcher.capacity_changed()
                 return node
+
+        def edit(draft: Node) -> bool:
+            if claim is not None:
+                claim(draft)
+            return record(draft)
+
         was_down = node.state is NodeState.DOWN
-        if await self.nodes.change(node, record):
+        if await self.nodes.change(node, edit):
             if was_down and node.state is not NodeState.DOWN:
                 log.info("node is back", node=node.name)
             self.dispatcher.capacity_changed()
