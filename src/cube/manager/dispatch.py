@@ -192,7 +192,8 @@ class Dispatcher:
         saved (in the background: the job service's pass does not await it, see
         :mod:`cube.store.aio`), then shown and sent. Until it is saved, its resources are
         held on ``node`` and a second start of it is ignored. One the store refuses is
-        logged, and started again by the job service (its allocation lacks the task)."""
+        logged, and started again by the job service's next full pass, which finds the
+        allocation without it (JobService._derive)."""
         if task.id in self._sending:
             return  # its creation is being saved, or it is on its way
         self.nodes.hold(node.name, task)
@@ -294,15 +295,20 @@ class Dispatcher:
     async def move_tasks_off(self, node: Node, why: str) -> list[str]:
         """Send every task placed on ``node`` back to the scheduler (same ID, history kept).
 
-        Returns the IDs of the tasks moved."""
-        moved = []
+        Returns the IDs of the tasks moved. Their changes are saved together (a lost node
+        may have held hundreds: one commit, see cube.store.aio); a refused one stays on
+        the node, and is moved by the next look at it (the next failed poll)."""
+        moved, changes = [], []
         for task in self.registry.tasks_on(node.name):
             if task.state in PLACED and task.desired is DesiredState.RUN:
                 if task.alloc is not None:
-                    await self.end_alloc_task(task, f"{why}; its allocation is replaced")
+                    changes.append(self.end_alloc_task(task, f"{why}; its allocation is replaced"))
                 else:
-                    await self.unplace(task, f"{why}; rescheduling")
+                    changes.append(self.unplace(task, f"{why}; rescheduling"))
                 moved.append(task.id)
+        done = await asyncio.gather(*changes, return_exceptions=True)
+        if failed := [e for e in done if isinstance(e, BaseException)]:
+            raise failed[0]
         if moved:
             log.warning("tasks moved off node", node=node.name, tasks=len(moved), why=why)
         return moved
