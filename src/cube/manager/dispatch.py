@@ -140,9 +140,7 @@ class Dispatcher:
             changes.append(self._place(task, views[i], explained, gate))
         # A placement the store refused (a full disk) stays Pending; the others still go.
         # The refusal ends the pass (the dispatch loop is restarted, and says so).
-        done = await asyncio.gather(*changes, return_exceptions=True)
-        if failed := [e for e in done if isinstance(e, BaseException)]:
-            raise failed[0]
+        await _together(changes)
 
     async def _explain(self, task: Task, reason: str, explained: dict[str, Any]) -> None:
         """Record why ``task`` fits nowhere (while it is still Pending)."""
@@ -167,15 +165,14 @@ class Dispatcher:
             draft.node_events = 0  # a new placement: the node's history of it starts now
             return [draft.transition(State.SCHEDULED, f"placed on {node.name}")]
 
+        placed = False
         try:
             placed = await self.registry.change(task, scheduled)
-        except BaseException:
-            self._not_sent(task.id)
-            raise
         finally:
             self.nodes.release(node.name, task.id)
+            if not placed:
+                self._not_sent(task.id)
         if not placed:
-            self._not_sent(task.id)
             return
         async with gate:
             await self.send(task, node)
@@ -306,9 +303,7 @@ class Dispatcher:
                 else:
                     changes.append(self.unplace(task, f"{why}; rescheduling"))
                 moved.append(task.id)
-        done = await asyncio.gather(*changes, return_exceptions=True)
-        if failed := [e for e in done if isinstance(e, BaseException)]:
-            raise failed[0]
+        await _together(changes)
         if moved:
             log.warning("tasks moved off node", node=node.name, tasks=len(moved), why=why)
         return moved
@@ -341,3 +336,12 @@ class Dispatcher:
             ]
 
         await self.registry.change(task, running)
+
+
+async def _together(changes: list[Coroutine[Any, Any, None]]) -> None:
+    """Make changes of different tasks at once, so that their saves queue together (one
+    commit: see cube.store.aio). Each is made or refused on its own; the first refusal is
+    raised once all have ended."""
+    done = await asyncio.gather(*changes, return_exceptions=True)
+    if failed := [e for e in done if isinstance(e, BaseException)]:
+        raise failed[0]
