@@ -56,9 +56,14 @@ ordered way as every task write: :meth:`~cube.manager.dispatch.Dispatcher.start_
 and :meth:`~cube.manager.registry.TaskRegistry.forget_later` save in the background,
 then show; :meth:`~cube.manager.registry.TaskRegistry.save` takes a change the job
 service made to the record in place, shown at once, saved in turn, undone if refused.
-Moving the job service is the next step, in the same pattern: each of its changes a
-draft saved through this interface, then shown. (And the manager reads its records
-synchronously once, when it is made, before its loop serves anything.)
+That is the one change shown before it is saved, and the one that does not take the
+record's guard before it is made (a guarded change saved meanwhile may replace it; the
+record and the store then agree, without it). And the job service's writes on the loop
+share SQLite's write lock with this thread: a slice of its pass may wait for a group
+being committed (at most MAX_GROUP writes). Moving the job service is the next step, in
+the same pattern: each of its changes a draft saved through this interface, then shown.
+(The manager also reads its records synchronously once, when it is made, before its
+loop serves anything.)
 """
 
 from __future__ import annotations
