@@ -275,6 +275,7 @@ async def settle(manager: Manager) -> None:
     """Let the sends and stops the pass started finish."""
     for _ in range(3):
         await asyncio.gather(*manager._background, *manager.jobs.background, return_exceptions=True)
+        await manager.registry.settled()
 
 
 def job_spec(count: int = 3, **group: Any) -> JobSpec:
@@ -349,8 +350,8 @@ async def test_a_lost_nodes_tasks_end_and_their_allocations_are_replaced_elsewhe
     manager.jobs.reconcile_all(NOW)
     lost = next(a for a in manager.jobs.allocations() if a.node == "n2")
 
-    manager._mark_down(manager.nodes["n2"], "test")
-    manager._move_tasks_off(manager.nodes["n2"], "node n2 lost")
+    await manager._mark_down(manager.nodes["n2"], "test")
+    await manager._move_tasks_off(manager.nodes["n2"], "node n2 lost")
     for t in lost.tasks.values():
         record = manager.tasks[t.id]
         # Ended, still on n2 (a copy it runs when it returns is stopped), never Pending.
@@ -566,7 +567,7 @@ async def test_a_drained_nodes_allocations_are_replaced_elsewhere() -> None:
     manager.jobs.reconcile_all(NOW)
     drained = next(a for a in manager.jobs.allocations() if a.node == "n2")
 
-    manager.drain("n2")
+    await manager.drain("n2")
     manager.jobs.reconcile_all(NOW)
     await settle(manager)
     old = manager.jobs.allocation(drained.id)

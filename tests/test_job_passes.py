@@ -127,7 +127,7 @@ async def test_a_task_change_that_changes_no_allocation_reconciles_nothing(
 async def test_a_node_that_changes_reconciles_the_jobs_on_it(reconciled: list[str]) -> None:
     manager = await two_jobs()
     reconciled.clear()
-    manager.drain("n2")
+    await manager.drain("n2")
     passes(manager.jobs)
     assert reconciled == ["b"]
     await manager.close()

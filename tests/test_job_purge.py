@@ -33,6 +33,7 @@ async def test_a_purged_jobs_tasks_are_forgotten_once_stopped() -> None:
     assert all(manager.tasks[i].state is State.RUNNING for i in ids)
     await settle(manager)  # the nodes stopped them
     manager.jobs.reconcile_all(NOW)
+    await settle(manager)  # the tasks forgotten: deleted from the store, then the records
 
     assert [i for i in ids if i in manager.tasks] == []
     assert manager.tasks_json() == b"[]"
@@ -46,8 +47,8 @@ async def test_a_purged_task_whose_node_was_lost_stays_until_its_node_stopped_it
         manager._save(task, task.transition(State.RUNNING, "started"))
         task.container_id = "c0ffee"
     manager.jobs.reconcile_all(NOW)
-    manager._mark_down(manager.nodes["n1"], "lost")
-    manager._move_tasks_off(manager.nodes["n1"], "node n1 lost")
+    await manager._mark_down(manager.nodes["n1"], "lost")
+    await manager._move_tasks_off(manager.nodes["n1"], "node n1 lost")
     manager.jobs.stop("shop", purge=True)
     manager.jobs.reconcile_all(NOW)
     assert len(manager.tasks) == 2  # ended by the manager, but n1 may still run them
@@ -56,6 +57,7 @@ async def test_a_purged_task_whose_node_was_lost_stays_until_its_node_stopped_it
         task.container_id = None
         manager._save(task)
     manager.jobs.reconcile_all(NOW)
+    await settle(manager)
     assert manager.tasks == {}
     await manager.close()
 

@@ -86,7 +86,7 @@ async def test_node_views_follow_placements_stops_and_drains() -> None:
     assert manager.get_node("n1").allocated.cpu == 0
     assert manager.list_nodes()[0].tasks == 0
 
-    manager.drain("n1")
+    await manager.drain("n1")
     assert manager.get_node("n1").state is NodeState.DRAINING
-    manager.undrain("n1")
+    await manager.undrain("n1")
     assert manager.list_nodes()[0].state is NodeState.READY

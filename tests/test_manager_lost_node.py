@@ -259,13 +259,13 @@ async def test_a_send_that_times_out_leaves_the_node_ready_and_is_sent_again(
     store = MemoryStore()
     store.save_node(Node(name="n1", address="http://n1", capacity=CAPACITY))
     manager = Manager(store=store, scheduler=make_scheduler(), workers=node)
-    task, _ = await manager.submit(TaskRequest(name="web", image="busybox"))
     if in_alloc:  # an allocation's task: not ended, so its allocation is not replaced
-        manager.tasks[task.id].alloc = AllocRef(id="a1", job="shop", group="web", index=0, size=1)
-        task = manager.tasks[task.id]
+        ref = AllocRef(id="a1", job="shop", group="web", index=0, size=1)
+        task = Task(spec=TaskRequest(name="web", image="busybox").spec(), alloc=ref)
         manager.dispatcher.start_alloc_task(task, manager.nodes["n1"], "placed on n1")
-        await asyncio.gather(*manager._background)
+        await asyncio.gather(*manager._background)  # saved, then sent
     else:
+        task, _ = await manager.submit(TaskRequest(name="web", image="busybox"))
         await manager.dispatch()
     assert node.sent == [task.id]
 

@@ -109,10 +109,10 @@ async def test_a_large_fleet_gives_a_silent_node_the_stretched_timeout() -> None
     assert manager.pace.node_timeout == 28.0
     node = manager.nodes["n0"]
     node.last_seen = datetime.now(UTC) - timedelta(seconds=20)
-    manager._check_deadline(node, "timed out")
+    await manager._check_deadline(node, "timed out")
     assert node.state is NodeState.READY  # 20 s: two polls missed at most, not lost yet
     node.last_seen = datetime.now(UTC) - timedelta(seconds=30)
-    manager._check_deadline(node, "timed out")
+    await manager._check_deadline(node, "timed out")
     assert node.state is NodeState.DOWN
     await manager.close()
 
@@ -121,7 +121,7 @@ async def test_a_silent_node_is_down_at_its_deadline_not_a_poll_later() -> None:
     manager = fleet_manager(1)
     node = manager.nodes["n0"]
     node.last_seen = datetime.now(UTC) - timedelta(seconds=manager.node_timeout - 0.2)
-    manager._check_deadline(node, "connection refused")  # a failed poll, just in time
+    await manager._check_deadline(node, "connection refused")  # a failed poll, just in time
     assert node.state is NodeState.READY
     await asyncio.sleep(0.4)  # no poll comes (none would for another interval)
     assert node.state is NodeState.DOWN
@@ -243,9 +243,9 @@ async def test_collection_slower_than_its_interval_stretches_the_timeout_told_an
     # force, fails: not Down (the manager itself had not come back to it sooner).
     node = manager.nodes["n0"]
     node.last_seen = datetime.now(UTC) - timedelta(seconds=0.55)
-    manager._call_failed(node, "ReadTimeout")
+    await manager._call_failed(node, "ReadTimeout")
     assert node.state is NodeState.READY
     node.last_seen = datetime.now(UTC) - timedelta(seconds=stretched + 1)
-    manager._call_failed(node, "ReadTimeout")
+    await manager._call_failed(node, "ReadTimeout")
     assert node.state is NodeState.DOWN
     await manager.close()

@@ -41,7 +41,7 @@ async def test_a_second_spec_under_an_id_being_submitted_is_a_conflict(tmp_path:
 
     assert isinstance(results[1], Conflict)
     assert store.get_task("t-1").name == "web"
-    assert manager._submitting == {}  # every turn given back
+    assert not manager.registry.guards.busy("t-1")  # every turn given back
     await manager.close()
     store.close()
 

@@ -26,7 +26,7 @@ async def test_a_manager_built_from_the_store_shows_the_same_tasks_nodes_and_job
     lone, _ = await first.submit(TaskRequest(name="lone", image="busybox", resources={"cpu": 1}))
     await first.dispatch()
     await settle(first)
-    first.drain("n2")  # its tasks move: the first manager's caches change again
+    await first.drain("n2")  # its tasks move: the first manager's caches change again
     await first.dispatch()
     await settle(first)
     shown = (first.tasks_json(), first.list_nodes(), first.jobs.allocations())

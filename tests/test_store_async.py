@@ -7,14 +7,16 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from cube.errors import NotFound
+from cube.errors import NotFound, StoreFull
 from cube.node import Node
 from cube.store import MemoryStore, OffLoopStore, SqliteStore
-from cube.task.model import TaskEvent
+from cube.task.model import Task, TaskEvent
 from cube.task.state import State
 from tests.test_store_contract import make_task
 
@@ -106,3 +108,66 @@ async def test_closing_the_adapter_leaves_a_store_it_does_not_own_open(tmp_path:
         await aio.list_tasks()
     assert store.get_task(task.id) == task  # the opener closes it
     store.close()
+
+
+class Grouping(MemoryStore):
+    """A memory store on a thread of its own that notes its transactions, can be held
+    busy (``hold``), refuses one task and, when ``refuse_commit``, every commit."""
+
+    blocks = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[list[str]] = []
+        self.hold = threading.Event()
+        self.refuse_commit = False
+
+    def list_nodes(self) -> list[Node]:
+        self.hold.wait(10)  # the thread is busy with an earlier call
+        return super().list_nodes()
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        self.batches.append([])
+        yield
+        if self.refuse_commit:
+            raise StoreFull("cannot save: disk full at /test/cube.db")
+
+    def save_task(self, task: Task, events: Sequence[TaskEvent] = ()) -> None:
+        if task.spec.name == "refused":
+            raise StoreFull("cannot save: disk full at /test/cube.db")
+        self.batches[-1].append(task.spec.name)
+        super().save_task(task, events)
+
+
+async def test_writes_queued_together_are_committed_together_each_refused_alone() -> None:
+    store = Grouping()
+    aio = OffLoopStore(store)
+    busy = asyncio.ensure_future(aio.list_nodes())  # the thread is busy meanwhile
+    names = ["a", "b", "refused", "c"]
+    saves = [asyncio.ensure_future(aio.save_task(make_task(n))) for n in names]
+    await asyncio.sleep(0)
+    store.hold.set()
+    await busy
+    results = await asyncio.gather(*saves, return_exceptions=True)
+
+    assert store.batches == [["a", "b", "c"]]  # one transaction, in the order made
+    assert [isinstance(r, StoreFull) for r in results] == [False, False, True, False]
+    assert {t.name for t in store.list_tasks()} == {"a", "b", "c"}
+    await aio.aclose()
+
+
+async def test_a_refused_commit_reaches_every_write_of_its_group() -> None:
+    store = Grouping()
+    store.refuse_commit = True
+    aio = OffLoopStore(store)
+    busy = asyncio.ensure_future(aio.list_nodes())
+    saves = [asyncio.ensure_future(aio.save_task(make_task())) for _ in range(3)]
+    await asyncio.sleep(0)
+    store.hold.set()
+    await busy
+    results = await asyncio.gather(*saves, return_exceptions=True)
+
+    assert len(store.batches) == 1
+    assert all(isinstance(r, StoreFull) for r in results)  # none may show its write
+    await aio.aclose()

@@ -202,7 +202,7 @@ async def test_a_task_a_full_node_refused_waits_for_a_change_of_the_cluster() ->
     )
     await manager.dispatch()  # nothing changed: not sent again, in a loop against the node
     assert node.sent == 1
-    manager.undrain("n1")  # a change of the cluster (as a node joining or a task ending)
+    await manager.undrain("n1")  # a change of the cluster (as a node joining or a task ending)
     await manager.dispatch()
     assert node.sent == 2
     await manager.close()

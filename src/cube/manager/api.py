@@ -147,11 +147,11 @@ def create_app(
 
     @app.post("/v1/nodes/{name}/drain", response_model_exclude=NO_TOKEN)
     async def drain_node(name: str) -> Node:
-        return manager.drain(name)
+        return await manager.drain(name)
 
     @app.post("/v1/nodes/{name}/undrain", response_model_exclude=NO_TOKEN)
     async def undrain_node(name: str) -> Node:
-        return manager.undrain(name)
+        return await manager.undrain(name)
 
     @app.post("/v1/nodes", response_model_exclude={"node": NO_TOKEN})
     async def register_node(registration: NodeRegistration) -> JoinAnswer:

@@ -11,7 +11,9 @@ task states; in a large fleet the interval stretches (see :mod:`cube.manager.pac
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from cube.background import spawn
@@ -141,9 +143,9 @@ class Collector:
         except CubeError as exc:
             # Its watch may hang until its timeout (a cut link): collection lists the node's
             # tasks again until the watch answers, so a node that is back is reconciled now.
-            self.membership.call_failed(node, exc.message)
+            await self.membership.call_failed(node, exc.message)
             return
-        self.membership.join(node.address, report)
+        await self.membership.join(node.address, report)
         if reported is not None:
             await self.reconcile(node, reported)
 
@@ -183,7 +185,7 @@ class Collector:
             if task is None:
                 continue  # run on the node directly, not through the manager: not ours to judge
             if self.stops.can_readopt(task, copy, node):
-                self.dispatcher.take_back(task, node)
+                await self.dispatcher.take_back(task, node)
             key = (node.name, copy.id)
             if copy.desired is DesiredState.RUN:
                 self._given_up.discard(key)
@@ -204,9 +206,9 @@ class Collector:
                 self._given_up.add(key)
                 why = f"node {node.name} stopped it ({copy.reason})"
                 if task.alloc is not None:  # only the job service places it again
-                    self.dispatcher.end_alloc_task(task, f"{why}; its allocation is replaced")
+                    await self.dispatcher.end_alloc_task(task, f"{why}; its allocation is replaced")
                 else:
-                    self.dispatcher.unplace(task, f"{why}; rescheduling")
+                    await self.dispatcher.unplace(task, f"{why}; rescheduling")
             if task.node != node.name:
                 if not copy.is_terminal or copy.container_id:
                     self.stops.stop_copy(node, copy.id)
@@ -215,8 +217,8 @@ class Collector:
                 events = histories.get(task.id)
                 if events is None:
                     events = await self.workers.events(node.address, task.id)
-                added = merge_report(task, copy, events)
-                self.registry.save(task, *added)
+                merged = functools.partial(_merged, node.name, copy, events)
+                await self.registry.change(task, merged)
                 if task.state in TERMINAL:
                     self.dispatcher.capacity_changed()  # its resources are free again
             if task.desired is DesiredState.STOP and (not copy.is_terminal or copy.container_id):
@@ -262,3 +264,12 @@ class Collector:
             for task_id, answer in zip(wanted, answers, strict=True)
             if not isinstance(answer, BaseException)
         }
+
+
+def _merged(
+    node: str, copy: Task, events: Sequence[TaskEvent], draft: Task
+) -> list[TaskEvent] | None:
+    """Merge ``node``'s copy into the draft, if it is still placed there and news to it."""
+    if draft.node != node or not needs_merge(draft, copy):
+        return None  # moved, or merged meanwhile (by a stop's answer)
+    return merge_report(draft, copy, events)

@@ -22,7 +22,8 @@ their fields, and tells them of changes through the callbacks it is given:
 the job service call.
 
 What outlives the process: the records (tasks, nodes, jobs, versions, allocations) are
-written through to the store, and every cache (each task's JSON in lists, node views
+written through to the store (a task's or node's change is saved before it is shown,
+off the loop: see :mod:`cube.store.aio`), and every cache (each task's JSON in lists, node views
 with their allocation, the index of tasks by node) is derived from them, so a manager
 built from the store alone shows the same (tests/test_manager_takeover.py): a restart
 today, another manager taking over later. What is lost is soft, and heals: when each
@@ -77,8 +78,9 @@ class Manager:
         node_timeout: float = 10.0,
     ) -> None:
         self.store = store
-        #: The store as the loop awaits it (see :mod:`cube.store.aio`): the reads made
-        #: where the manager awaits anyway go through it, off the loop for SQLite.
+        #: The store as the loop awaits it (see :mod:`cube.store.aio`): every change of a
+        #: task or node, and the reads made where the manager awaits anyway, go through
+        #: it, in order, off the loop for SQLite.
         self.async_store: AsyncStore = OffLoopStore(store)
         self.scheduler = scheduler
         self.workers = workers or WorkerClient(timeout=max(2.0, collect_interval * 2))
@@ -89,8 +91,6 @@ class Manager:
         self._loops: list[asyncio.Task[None]] = []
         #: Runs the loops below, and starts one that crashed again (see GET /v1/health).
         self.loops = Supervisor("manager")
-        #: Task ID -> the lock its submissions take turns on, and how many hold or wait.
-        self._submitting: dict[str, tuple[asyncio.Lock, int]] = {}
         #: Calls to nodes that nobody awaits (sends, stops, polls): cancelled at close.
         self._background: set[asyncio.Task[Any]] = set()
         #: Its metrics (GET /metrics): its records read at scrape time (so it may be made
@@ -98,11 +98,16 @@ class Manager:
         self.telemetry = ManagerTelemetry(self)
         # The parts, lowest first; each is told of the changes of those above it through
         # a callback (the job service is made last: the callbacks look it up when called).
+        # Their records are read once, here; from then on they are the authority.
         self.registry = TaskRegistry(
-            store, node_changed=self._node_changed, alloc_changed=self._alloc_task_changed
+            store.list_tasks(),
+            self.async_store,
+            node_changed=self._node_changed,
+            alloc_changed=self._alloc_task_changed,
         )
         self.node_registry = NodeRegistry(
-            store,
+            store.list_nodes(),
+            self.async_store,
             self.registry,
             self.workers,
             collect_interval=collect_interval,
@@ -202,6 +207,7 @@ class Manager:
         watches = self.membership.close()
         await self.jobs.close()
         await cancel_all([*self._loops, *watches, *self._background])
+        await self.registry.settled()  # the changes queued: saved (or refused) before the end
         await self.workers.aclose()
         await self.async_store.aclose()  # not the store: its opener closes it
         log.info("manager stopped")
@@ -211,29 +217,17 @@ class Manager:
         """Accept a task as Pending and wake the dispatcher. Same ID and spec: a no-op.
 
         The task is saved before it is listed: a task the store refused (a full disk) must
-        not be. The save is awaited off the loop (see :mod:`cube.store.aio`), so two
-        submissions of one ID are taken one after the other: the second finds the first.
-        """
+        not be. Two submissions of one ID are taken one after the other (the task's guard,
+        see TaskRegistry.create): the second finds the first."""
         spec = request.spec()
-        if request.id is None:
-            return await self._accept(Task(spec=spec))
-        lock, users = self._submitting.get(request.id, (asyncio.Lock(), 0))
-        self._submitting[request.id] = (lock, users + 1)
-        try:
-            async with lock:
-                if (existing := self.tasks.get(request.id)) is not None:
-                    if existing.spec != spec:
-                        raise Conflict(f"task {request.id} exists with a different spec")
-                    return existing.model_copy(deep=True), False
-                return await self._accept(Task(id=request.id, spec=spec))
-        finally:
-            lock, users = self._submitting.pop(request.id)
-            if users > 1:
-                self._submitting[request.id] = (lock, users - 1)
-
-    async def _accept(self, task: Task) -> tuple[Task, bool]:
-        await self.async_store.save_task(task, [TaskEvent(state=State.PENDING, reason="submitted")])
-        self.registry.add(task)
+        task = Task(spec=spec) if request.id is None else Task(id=request.id, spec=spec)
+        record, created = await self.registry.create(
+            task, [TaskEvent(state=State.PENDING, reason="submitted")]
+        )
+        if not created:
+            if record.spec != spec:
+                raise Conflict(f"task {record.id} exists with a different spec")
+            return record.model_copy(deep=True), False
         log.info("task submitted", task=task.id, name=task.spec.name)
         self.dispatcher.wake()
         return task.model_copy(deep=True), True
@@ -256,8 +250,9 @@ class Manager:
         return await self.async_store.task_events(self.resolve(task_id).id)
 
     def forget(self, task_id: str) -> None:
-        """Delete a task that ended with no container left (see TaskRegistry.forget)."""
-        self.registry.forget(task_id)
+        """Delete a task that ended with no container left (see TaskRegistry.forget); in
+        the background: the job service's passes do not await."""
+        self.registry.forget_later(task_id)
         self.dispatcher.forget(task_id)
 
     async def stop(self, task_id: str, *, reason: str = STOPPED_BY_USER) -> Task:
@@ -299,13 +294,13 @@ class Manager:
     def list_nodes(self) -> list[Node]:
         return self.node_registry.list_nodes()
 
-    def drain(self, name: str) -> Node:
+    async def drain(self, name: str) -> Node:
         """Take no new tasks on ``name`` and move its tasks to other nodes."""
-        return self.membership.drain(name)
+        return await self.membership.drain(name)
 
-    def undrain(self, name: str) -> Node:
+    async def undrain(self, name: str) -> Node:
         """Let ``name`` take tasks again."""
-        return self.membership.undrain(name)
+        return await self.membership.undrain(name)
 
     async def collect(self, *, over: float = 0.0) -> None:
         """One collection pass over every node (see Collector.collect)."""
@@ -336,14 +331,14 @@ class Manager:
     def _capacity_changed(self) -> None:
         self.dispatcher.capacity_changed()
 
-    def _mark_down(self, node: Node, reason: str) -> None:
-        self.node_registry.mark_down(node, reason)
+    async def _mark_down(self, node: Node, reason: str) -> None:
+        await self.node_registry.mark_down(node, reason)
 
-    def _move_tasks_off(self, node: Node, why: str) -> list[str]:
-        return self.dispatcher.move_tasks_off(node, why)
+    async def _move_tasks_off(self, node: Node, why: str) -> list[str]:
+        return await self.dispatcher.move_tasks_off(node, why)
 
-    def _check_deadline(self, node: Node, error: str) -> None:
-        self.membership.check_deadline(node, error)
+    async def _check_deadline(self, node: Node, error: str) -> None:
+        await self.membership.check_deadline(node, error)
 
-    def _call_failed(self, node: Node, error: str) -> None:
-        self.membership.call_failed(node, error)
+    async def _call_failed(self, node: Node, error: str) -> None:
+        await self.membership.call_failed(node, error)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from cube.background import spawn
@@ -58,7 +58,7 @@ class Dispatcher:
         *,
         background: set[asyncio.Task[Any]],
         capacity_changed: Callable[[], None],
-        call_failed: Callable[[Node, str], None],
+        call_failed: Callable[[Node, str], Awaitable[None]],
     ) -> None:
         """``call_failed``: a send to the node did not come back (see _send_once)."""
         self.registry = registry
@@ -108,7 +108,11 @@ class Dispatcher:
         self._published()
 
     async def dispatch(self) -> None:
-        """Place every Pending task that fits, oldest first, and send each to its node."""
+        """Place every Pending task that fits, oldest first, and send each to its node.
+
+        The decisions are made at once against the pass's views; then each placement is
+        saved (all queued on the store's path together), and sent once saved. Meanwhile
+        a placed task holds its resources in its node's view (NodeRegistry.hold)."""
         pending = [
             t
             for t in self.registry.tasks.values()
@@ -121,63 +125,113 @@ class Dispatcher:
             return
         views = self.nodes.list_nodes()
         index = {n.name: i for i, n in enumerate(views)}
-        sends: list[Coroutine[Any, Any, None]] = []
+        changes: list[Coroutine[Any, Any, None]] = []
         gate = asyncio.Semaphore(DISPATCH_CONCURRENCY)
+        for task in pending:
+            decision = self.telemetry.place(self.scheduler, task.spec, views)
+            explained = decision.model_dump(mode="json")
+            if decision.node is None:
+                self._tried[task.id] = self._generation
+                if task.reason != decision.reason:
+                    changes.append(self._explain(task, decision.reason, explained))
+                continue
+            self._tried.pop(task.id, None)
+            i = index[decision.node]
+            views[i] = allocate(views[i], task.spec)
+            self.nodes.hold(decision.node, task)
+            self._sending.setdefault(task.id, asyncio.Event())  # before anything else runs
+            changes.append(self._place(task, views[i], explained, gate))
+        # A placement the store refused (a full disk) stays Pending; the others still go.
+        # The refusal ends the pass (the dispatch loop is restarted, and says so).
+        await _together(changes)
 
-        async def send(task: Task, node: Node) -> None:
-            async with gate:
-                await self.send(task, node)
+    async def _explain(self, task: Task, reason: str, explained: dict[str, Any]) -> None:
+        """Record why ``task`` fits nowhere (while it is still Pending)."""
 
+        def unplaceable(draft: Task) -> list[TaskEvent] | None:
+            if draft.state is not State.PENDING:
+                return None
+            draft.reason, draft.placement = reason, explained
+            return []
+
+        await self.registry.change(task, unplaceable)
+
+    async def _place(
+        self, task: Task, node: Node, explained: dict[str, Any], gate: asyncio.Semaphore
+    ) -> None:
+        """Save ``task`` as Scheduled on ``node`` (unless stopped meanwhile), then send it."""
+
+        def scheduled(draft: Task) -> list[TaskEvent] | None:
+            if draft.state is not State.PENDING or draft.desired is not DesiredState.RUN:
+                return None
+            draft.placement, draft.node = explained, node.name
+            draft.node_events = 0  # a new placement: the node's history of it starts now
+            return [draft.transition(State.SCHEDULED, f"placed on {node.name}")]
+
+        placed = False
         try:
-            for task in pending:
-                decision = self.telemetry.place(self.scheduler, task.spec, views)
-                task.placement = decision.model_dump(mode="json")
-                if decision.node is None:
-                    self._tried[task.id] = self._generation
-                    if task.reason != decision.reason:
-                        task.reason = decision.reason
-                        self.registry.save(task)
-                    continue
-                self._tried.pop(task.id, None)
-                i = index[decision.node]
-                views[i] = allocate(views[i], task.spec)
-                self.registry.assign(task, decision.node)
-                task.node_events = 0  # a new placement: the node's history of it starts now
-                self.registry.save(
-                    task, task.transition(State.SCHEDULED, f"placed on {decision.node}")
-                )
-                self._sending.setdefault(task.id, asyncio.Event())  # before anything else runs
-                sends.append(send(task, views[i]))
-        finally:  # a save refused (a full disk) ends the pass: the tasks saved still go
-            await asyncio.gather(*sends)
+            placed = await self.registry.change(task, scheduled)
+        finally:
+            self.nodes.release(node.name, task.id)
+            if not placed:
+                self._not_sent(task.id)
+        if not placed:
+            return
+        async with gate:
+            await self.send(task, node)
+
+    def _not_sent(self, task_id: str) -> None:
+        """A send announced (see in_flight) that will not be made: a stop waits no more."""
+        if (sending := self._sending.pop(task_id, None)) is not None:
+            sending.set()
 
     def start_alloc_task(self, task: Task, node: Node, reason: str) -> None:
         """Record a task of a job's allocation as Scheduled on ``node`` and send it there.
 
-        The job service placed the allocation; the task goes the way every task goes.
-        """
+        The job service placed the allocation; the task goes the way every task goes:
+        saved (in the background: the job service's pass does not await it, see
+        :mod:`cube.store.aio`), then shown and sent. Until it is saved, its resources are
+        held on ``node`` and a second start of it is ignored. One the store refuses is
+        logged, and started again by the job service's next full pass, which finds the
+        allocation without it (JobService._derive)."""
+        if task.id in self._sending:
+            return  # its creation is being saved, or it is on its way
+        self.nodes.hold(node.name, task)
+        self._sending.setdefault(task.id, asyncio.Event())
+        starting = self._start_alloc_task(task, node, reason)
+        spawn(starting, "start allocation task", keep=self._background)
+
+    async def _start_alloc_task(self, task: Task, node: Node, reason: str) -> None:
         ref = task.alloc
         made = f"created for {ref.name} ({ref.id})" if ref else "created"
-        self.registry.add(task)
-        self.registry.assign(task, node.name)
-        self.registry.save(
-            task,
-            TaskEvent(state=State.PENDING, reason=made),
-            task.transition(State.SCHEDULED, reason),
-        )
-        self._sending.setdefault(task.id, asyncio.Event())
-        spawn(self.send(task, node), "send allocation task", keep=self._background)
+        task.node = node.name
+        created = False
+        try:
+            events = [
+                TaskEvent(state=State.PENDING, reason=made),
+                task.transition(State.SCHEDULED, reason),
+            ]
+            _, created = await self.registry.create(task, events)
+        finally:
+            self.nodes.release(node.name, task.id)
+            if not created:
+                self._not_sent(task.id)
+        if created:
+            await self.send(task, node)
 
-    def end_alloc_task(self, task: Task, reason: str) -> None:
+    async def end_alloc_task(self, task: Task, reason: str) -> None:
         """A task of an allocation is not placed again on its own: it ends, and the job
         service replaces its allocation as a whole. It stays on its node, so that a copy
         the node still runs when it comes back is stopped (``desired: stop``)."""
-        task.desired, task.desired_reason = DesiredState.STOP, reason
-        if task.is_terminal:
-            self.registry.save(task)
-        else:
-            self.registry.save(task, task.transition(State.FAILED, reason))
-        self.capacity_changed()
+
+        def ended(draft: Task) -> list[TaskEvent] | None:
+            if draft.desired is DesiredState.STOP and draft.is_terminal:
+                return None
+            draft.desired, draft.desired_reason = DesiredState.STOP, reason
+            return [] if draft.is_terminal else [draft.transition(State.FAILED, reason)]
+
+        if await self.registry.change(task, ended):
+            self.capacity_changed()
 
     async def send(self, task: Task, node: Node) -> None:
         sending = self._sending.setdefault(task.id, asyncio.Event())
@@ -197,10 +251,14 @@ class Dispatcher:
         try:
             reported = await self.workers.run(node.address, request)
         except InvalidSpec as exc:  # the node refuses this spec: trying again will not help
-            if task.state is State.SCHEDULED:
-                self.registry.save(
-                    task, task.transition(State.FAILED, f"node {node.name}: {exc.message}")
-                )
+            why = f"node {node.name}: {exc.message}"
+
+            def refused(draft: Task) -> list[TaskEvent] | None:
+                if draft.state is not State.SCHEDULED:
+                    return None
+                return [draft.transition(State.FAILED, why)]
+
+            await self.registry.change(task, refused)
             return
         except Unavailable as exc:
             # No answer (a timeout on a busy machine, a node gone): the node may have the
@@ -208,13 +266,13 @@ class Dispatcher:
             # there; the node's deadline judges the node (marked Down at once, a node's
             # every allocation was replaced for one late answer: bench/jobs.py), and its
             # next complete report the task: merged if it has it, sent again if not.
-            self._call_failed(node, exc.message)
+            await self._call_failed(node, exc.message)
             return
         except CubeError as exc:
             if task.alloc is not None and task.state is State.SCHEDULED:
-                self.end_alloc_task(task, f"could not start on {node.name}: {exc.message}")
+                await self.end_alloc_task(task, f"could not start on {node.name}: {exc.message}")
             elif task.state is State.SCHEDULED and task.desired is DesiredState.RUN:
-                self.unplace(task, f"could not start on {node.name}: {exc.message}")
+                await self.unplace(task, f"could not start on {node.name}: {exc.message}")
                 if isinstance(exc, StoreUnavailable):
                     # The node cannot save it (a full disk): placed again once the cluster
                     # changes (or by the dispatch's safety net), not in a loop against it.
@@ -240,35 +298,59 @@ class Dispatcher:
             # pass that waited on a slow node cost nothing, and must not slow the next.)
             await asyncio.sleep(min(time.process_time() - started, MAX_DISPATCH_PAUSE))
 
-    def move_tasks_off(self, node: Node, why: str) -> list[str]:
+    async def move_tasks_off(self, node: Node, why: str) -> list[str]:
         """Send every task placed on ``node`` back to the scheduler (same ID, history kept).
 
-        Returns the IDs of the tasks moved."""
-        moved = []
+        Returns the IDs of the tasks moved. Their changes are saved together (a lost node
+        may have held hundreds: one commit, see cube.store.aio); a refused one stays on
+        the node, and is moved by the next look at it (the next failed poll)."""
+        moved, changes = [], []
         for task in self.registry.tasks_on(node.name):
             if task.state in PLACED and task.desired is DesiredState.RUN:
                 if task.alloc is not None:
-                    self.end_alloc_task(task, f"{why}; its allocation is replaced")
+                    changes.append(self.end_alloc_task(task, f"{why}; its allocation is replaced"))
                 else:
-                    self.unplace(task, f"{why}; rescheduling")
+                    changes.append(self.unplace(task, f"{why}; rescheduling"))
                 moved.append(task.id)
+        await _together(changes)
         if moved:
             log.warning("tasks moved off node", node=node.name, tasks=len(moved), why=why)
         return moved
 
-    def unplace(self, task: Task, reason: str) -> None:
+    async def unplace(self, task: Task, reason: str) -> None:
         """Back to Pending, off its node. The node's copy, if any, is stopped by reconciliation."""
-        self.registry.assign(task, None)
-        task.container_id = None
-        task.ports = []
-        self.registry.save(task, task.transition(State.PENDING, reason))
-        self.capacity_changed()
+        node = task.node
 
-    def take_back(self, task: Task, node: Node) -> None:
-        self.registry.assign(task, node.name)
+        def pending(draft: Task) -> list[TaskEvent] | None:
+            if draft.node != node or draft.state not in PLACED:
+                return None  # moved or ended meanwhile
+            draft.node, draft.container_id, draft.ports = None, None, []
+            return [draft.transition(State.PENDING, reason)]
+
+        if await self.registry.change(task, pending):
+            self.capacity_changed()
+
+    async def take_back(self, task: Task, node: Node) -> None:
         reason = f"node {node.name} is back and still runs it"
-        # Straight to Running: the node's events up to its Running may have been merged
-        # before the node was lost, and would not be replayed.
-        self.registry.save(
-            task, task.transition(State.SCHEDULED, reason), task.transition(State.RUNNING, reason)
-        )
+
+        def running(draft: Task) -> list[TaskEvent] | None:
+            if draft.state is not State.PENDING or draft.node is not None:
+                return None  # placed meanwhile
+            draft.node = node.name
+            # Straight to Running: the node's events up to its Running may have been merged
+            # before the node was lost, and would not be replayed.
+            return [
+                draft.transition(State.SCHEDULED, reason),
+                draft.transition(State.RUNNING, reason),
+            ]
+
+        await self.registry.change(task, running)
+
+
+async def _together(changes: list[Coroutine[Any, Any, None]]) -> None:
+    """Make changes of different tasks at once, so that their saves queue together (one
+    commit: see cube.store.aio). Each is made or refused on its own; the first refusal is
+    raised once all have ended."""
+    done = await asyncio.gather(*changes, return_exceptions=True)
+    if failed := [e for e in done if isinstance(e, BaseException)]:
+        raise failed[0]

@@ -18,8 +18,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
-from cube.background import Supervisor
-from cube.errors import CubeError, FieldError, InvalidSpec, StoreUnavailable
+from cube.background import Supervisor, spawn
+from cube.errors import CubeError, FieldError, InvalidSpec
 from cube.log import get_logger
 from cube.manager.dispatch import Dispatcher
 from cube.manager.identity import check_claim, new_secret
@@ -75,6 +75,8 @@ class Membership:
         self._heard: dict[str, datetime] = {}
         #: Node name -> the timer that looks again at its deadline (see check_deadline).
         self._deadlines: dict[str, asyncio.TimerHandle] = {}
+        #: The deadlines being looked at (a timer's callback cannot await them).
+        self._pending: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
         started = _now()
@@ -93,7 +95,7 @@ class Membership:
         """Cancel the deadline timers; returns the watch loops, for the manager to cancel."""
         for timer in self._deadlines.values():
             timer.cancel()
-        return list(self._watches.values())
+        return [*self._watches.values(), *self._pending]
 
     def watched(self, name: str) -> bool:
         """Whether ``name``'s tasks arrive through its watch (collection need not list them)."""
@@ -137,12 +139,14 @@ class Membership:
         # Checked again: another join under this name may have been accepted meanwhile.
         issue = check_claim(self.nodes.nodes.get(name), address=address, secret=secret)
         issued, digest = new_secret() if issue else (None, None)
-        node = self.join(address, report, token=token, secret_hash=digest)
+        # And once more in the name's turn to change (see join): a join saved meanwhile.
+        claim = functools.partial(check_claim, address=address, secret=secret)
+        node = await self.join(address, report, token=token, secret_hash=digest, claim=claim)
         taken = set()
         for task_id in running:
             task = self.registry.tasks.get(task_id)
             if task is not None and self.stops.may_take_back(task, node):
-                self.dispatcher.take_back(task, node)
+                await self.dispatcher.take_back(task, node)
                 taken.add(task_id)
         if taken:
             await self._merge_taken_back(node, taken)
@@ -164,32 +168,38 @@ class Membership:
         except CubeError as exc:
             log.warning("merging tasks taken back failed", node=node.name, error=exc.message)
 
-    def drain(self, name: str) -> Node:
+    async def drain(self, name: str) -> Node:
         """Take no new tasks on ``name`` and move its tasks to other nodes."""
         node = self.nodes.node(name)
-        self.nodes.node_changed(name)
-        node.drain = True
-        if node.state is NodeState.READY:
-            node.state = NodeState.DRAINING
-        node.reason = "drained by operator"
-        self.nodes.save_node(node)
+
+        def drained(draft: Node) -> bool:
+            draft.drain = True
+            if draft.state is NodeState.READY:
+                draft.state = NodeState.DRAINING
+            draft.reason = "drained by operator"
+            return True
+
+        await self.nodes.change(node, drained)
         self._drained()
-        for task_id in self.dispatcher.move_tasks_off(node, f"node {name} draining"):
+        for task_id in await self.dispatcher.move_tasks_off(node, f"node {name} draining"):
             # The node answers: stop its copies now. Its blocking query reports only tasks
             # that change, and these do not until they are stopped.
             self.stops.stop_copy(node, task_id)
         log.info("node draining", node=name)
         return self.nodes.get_node(name)
 
-    def undrain(self, name: str) -> Node:
+    async def undrain(self, name: str) -> Node:
         """Let ``name`` take tasks again."""
         node = self.nodes.node(name)
-        self.nodes.node_changed(name)
-        node.drain = False
-        if node.state is NodeState.DRAINING:
-            node.state = NodeState.READY
-        node.reason = ""
-        self.nodes.save_node(node)
+
+        def undrained(draft: Node) -> bool:
+            draft.drain = False
+            if draft.state is NodeState.DRAINING:
+                draft.state = NodeState.READY
+            draft.reason = ""
+            return True
+
+        await self.nodes.change(node, undrained)
         self.dispatcher.capacity_changed()
         log.info("node undrained", node=name)
         return self.nodes.get_node(name)
@@ -199,68 +209,53 @@ class Membership:
         self.nodes.remember(address, token)
         while True:
             try:
-                self.join(address, await self.workers.stats(address), token=token)
+                await self.join(address, await self.workers.stats(address), token=token)
                 return
             except CubeError as exc:
                 log.warning("worker not answering yet", address=address, error=exc.message)
             await asyncio.sleep(max(1.0, interval))
 
-    def join(
+    async def join(
         self,
         address: str,
         report: NodeReport,
         *,
         token: str | None = None,
         secret_hash: str | None = None,
+        claim: Callable[[Node], object] | None = None,
     ) -> Node:
         """Record what a node reported (a join, or a collection pass with token None);
-        ``secret_hash``: the digest of a node secret just issued to it."""
-        node = self.nodes.nodes.get(report.name)
-        is_new = node is None
-        if node is None:
-            node = Node(name=report.name, address=address)
-            self.nodes.add(node)
-            log.info("node joined", node=node.name, address=address)
-            self._watch(node)
-            self.nodes.node_timeout_in_force()  # it grows with the fleet
-        changed = is_new or (node.address, node.capacity, node.labels, node.allows) != (
-            address,
-            report.capacity,
-            report.labels,
-            report.allows,
+        ``secret_hash``: the digest of a node secret just issued to it; ``claim``: raises
+        if the name is not the caller's to take, looked at when the node's record is
+        changed (another join of the name may have been saved while this one waited).
+        Saved before it is shown: a node whose join the store refused is not joined."""
+        record = functools.partial(
+            _record_report, address, report, token=token, secret_hash=secret_hash
         )
-        # A port freed or taken on the machine: pending tasks that want it look again.
-        in_use = set(report.ports_in_use)
-        changed = changed or in_use != node.ports_in_use
-        if token is not None and token != node.token:
-            node.token, changed = token, True
-        if secret_hash is not None:
-            node.secret_hash, changed = secret_hash, True
-        self.nodes.node_changed(node.name)
-        node.address = address
-        node.capacity = report.capacity
-        node.labels = dict(report.labels)
-        node.allows = list(report.allows)
-        node.ports_in_use = in_use
-        node.stats = report.stats
-        node.last_seen = _now()
-        if node.state is NodeState.DOWN:
-            node.state = NodeState.DRAINING if node.drain else NodeState.READY
-            node.reason, changed = "", True
-            log.info("node is back", node=node.name)
-        if changed:
-            try:
-                self.nodes.save_node(node)
-            except StoreUnavailable:
-                if is_new:  # not saved: not joined
-                    self.nodes.forget(node.name)
-                    if (watch := self._watches.pop(node.name, None)) is not None:
-                        watch.cancel()
-                raise
+        node = self.nodes.nodes.get(report.name)
+        if node is None:
+            joining = _joining(Node(name=report.name, address=address), record)
+            node, is_new = await self.nodes.create(joining)
+            if is_new:
+                log.info("node joined", node=node.name, address=address)
+                self._watch(node)
+                self.nodes.node_timeout_in_force()  # it grows with the fleet
+                self.dispatcher.capacity_changed()
+                return node
+
+        def edit(draft: Node) -> bool:
+            if claim is not None:
+                claim(draft)
+            return record(draft)
+
+        was_down = node.state is NodeState.DOWN
+        if await self.nodes.change(node, edit):
+            if was_down and node.state is not NodeState.DOWN:
+                log.info("node is back", node=node.name)
             self.dispatcher.capacity_changed()
         return node
 
-    def call_failed(self, node: Node, error: str) -> None:
+    async def call_failed(self, node: Node, error: str) -> None:
         """A call to ``node`` (a poll, a task sent) did not come back: its watch may hang
         too, so collection lists its tasks until the watch answers (a task it lacks is
         sent again, one it has is merged); and its deadline judges whether it is lost.
@@ -269,9 +264,9 @@ class Membership:
         and a node is Down only once it has been silent for the node timeout, as a Nomad
         client is only once its heartbeat TTL has passed (nomad/heartbeat.go)."""
         self.unwatched(node.name)
-        self.check_deadline(node, error)
+        await self.check_deadline(node, error)
 
-    def check_deadline(self, node: Node, error: str) -> None:
+    async def check_deadline(self, node: Node, error: str) -> None:
         """A node that did not answer: past the deadline it is Down and its tasks move.
 
         Silent since it last answered a poll or its blocking query: a poll that timed out
@@ -291,16 +286,15 @@ class Membership:
                 )
             return
         if node.state is not NodeState.DOWN:
-            self.nodes.mark_down(node, f"no answer for {silent:.0f}s: {error}")
-        self.dispatcher.move_tasks_off(node, f"node {node.name} lost")
+            await self.nodes.mark_down(node, f"no answer for {silent:.0f}s: {error}")
+        await self.dispatcher.move_tasks_off(node, f"node {node.name} lost")
 
     def _deadline_passed(self, name: str, error: str) -> None:
         del self._deadlines[name]
         if (node := self.nodes.nodes.get(name)) is not None:
-            try:
-                self.check_deadline(node, error)  # answered meanwhile: a new deadline, or none
-            except StoreUnavailable as exc:  # a timer's callback: nobody else would log it
-                log.warning("cannot record a lost node", node=name, error=exc.message)
+            # Answered meanwhile: a new deadline, or none. A refusal of the store is logged
+            # (spawn), and the next failed poll looks at the deadline again.
+            spawn(self.check_deadline(node, error), f"deadline of {name}", keep=self._pending)
 
     def _watch(self, node: Node) -> None:
         if node.name not in self._watches:
@@ -345,3 +339,45 @@ class Membership:
                 await asyncio.sleep(interval)
                 continue
             since = changes.index
+
+
+def _joining(node: Node, record: Callable[[Node], bool]) -> Node:
+    """A new node with what it reported recorded."""
+    record(node)
+    return node
+
+
+def _record_report(
+    address: str,
+    report: NodeReport,
+    node: Node,
+    *,
+    token: str | None,
+    secret_hash: str | None,
+) -> bool:
+    """Write what a node reported into ``node`` (a draft); return whether it must be
+    saved (a change of more than its metrics and when it was last heard)."""
+    changed = (node.address, node.capacity, node.labels, node.allows) != (
+        address,
+        report.capacity,
+        report.labels,
+        report.allows,
+    )
+    # A port freed or taken on the machine: pending tasks that want it look again.
+    in_use = set(report.ports_in_use)
+    changed = changed or in_use != node.ports_in_use
+    if token is not None and token != node.token:
+        node.token, changed = token, True
+    if secret_hash is not None:
+        node.secret_hash, changed = secret_hash, True
+    node.address = address
+    node.capacity = report.capacity
+    node.labels = dict(report.labels)
+    node.allows = list(report.allows)
+    node.ports_in_use = in_use
+    node.stats = report.stats
+    node.last_seen = _now()
+    if node.state is NodeState.DOWN:
+        node.state = NodeState.DRAINING if node.drain else NodeState.READY
+        node.reason, changed = "", True
+    return changed

@@ -1,26 +1,38 @@
-"""The manager's nodes: their records, saved through, and the views the scheduler reads.
+"""The manager's nodes: their records, saved first, and the views the scheduler reads.
 
 :class:`NodeRegistry` owns every node record and the cache of node views (a node with
 the allocation of the tasks placed there); it decides the intervals in force, which
 grow with the fleet (:mod:`cube.manager.pacing`). It asks the task registry which tasks
 a node holds, and publishes a node going Down through the callback it is given (the job
 service replaces what was there).
+
+A node's change is saved, then shown, as a task's is (see :mod:`cube.manager.registry`):
+:meth:`NodeRegistry.change` edits a draft under the node's guard, saves it through the
+store's ordered path and only then copies it into the record. What a node reports of
+itself at every poll (its metrics, when it was last heard) is not worth a write: a
+change of only that is shown at once, and a new manager learns it at the next poll.
+
+While a task's placement is being saved, the task holds its resources in its node's
+view (:meth:`NodeRegistry.hold`): otherwise a placement made meanwhile (the job
+service's, the next dispatch pass) would see them free and take the same last GiB.
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable
 
-from cube.errors import NotFound, StoreUnavailable
+from cube.errors import NotFound
 from cube.log import get_logger
+from cube.manager.guards import Guards
 from cube.manager.pacing import Pace, PollClock, node_timeout_for, pace
 from cube.manager.registry import TaskRegistry
 from cube.manager.workers import WorkerClient
 from cube.node import Node, NodeState
 from cube.scheduler import allocate_all
-from cube.store.base import Store
+from cube.store.aio import AsyncStore
+from cube.task.model import Task
+from cube.task.spec import TaskSpec
 from cube.task.state import State
 
 log = get_logger("cube.manager")
@@ -36,13 +48,19 @@ WATCH_WAIT = 10.0
 #: Every so often a watch asks for every task again, not only the changed ones.
 WATCH_RESYNC = 30.0
 
+#: A change of a node: edits the draft it is given (assigning fields, never changing a
+#: field's value in place: the draft is a shallow copy) and returns whether the change
+#: must be saved; False: only what the node reports of itself changed, shown at once.
+NodeEdit = Callable[[Node], bool]
+
 
 class NodeRegistry:
     """Every node of the cluster, by name, and its view with its allocation."""
 
     def __init__(
         self,
-        store: Store,
+        nodes: list[Node],
+        store: AsyncStore,
         tasks: TaskRegistry,
         workers: WorkerClient,
         *,
@@ -56,7 +74,7 @@ class NodeRegistry:
         self.collect_interval = collect_interval
         self.node_timeout = node_timeout
         self._went_down = went_down
-        self.nodes: dict[str, Node] = {n.name: n for n in store.list_nodes()}
+        self.nodes: dict[str, Node] = {n.name: n for n in nodes}
         for node in self.nodes.values():
             if node.token:
                 self.workers.credentials[node.address] = node.token
@@ -64,6 +82,10 @@ class NodeRegistry:
         self._views: dict[str, Node] = {}
         #: How fast collection really goes round the fleet (told by the collector).
         self.polls = PollClock()
+        #: Node name -> the tasks whose placement there is being saved (see hold).
+        self._holds: dict[str, dict[str, TaskSpec]] = {}
+        #: One change of a node at a time (see cube.manager.guards).
+        self.guards = Guards()
 
     @property
     def pace(self) -> Pace:
@@ -89,15 +111,6 @@ class NodeRegistry:
         )
         self.workers.node_timeout = timeout
         return timeout
-
-    def add(self, node: Node) -> None:
-        """A node joining: known from now on (saved by the caller, or forgotten)."""
-        self.nodes[node.name] = node
-
-    def forget(self, name: str) -> None:
-        """A node whose join the store refused: not saved, not joined."""
-        self.nodes.pop(name, None)
-        self.node_changed(name)
 
     def remember(self, address: str, token: str | None) -> None:
         if token:
@@ -130,6 +143,7 @@ class NodeRegistry:
         view = self._views.get(name)
         if view is None:
             specs = [t.spec for t in self.registry.tasks_on(name) if t.state in PLACED]
+            specs.extend(self._holds.get(name, {}).values())
             view = self._views[name] = allocate_all(self.nodes[name], specs)
         return view
 
@@ -138,21 +152,52 @@ class NodeRegistry:
         if name is not None:
             self._views.pop(name, None)
 
-    def mark_down(self, node: Node, reason: str) -> None:
-        self.node_changed(node.name)
-        node.state, node.reason = NodeState.DOWN, reason
-        self.save_node(node)
-        self._went_down()
-        log.warning("node down", node=node.name, reason=reason)
+    def hold(self, name: str, task: Task) -> None:
+        """Count ``task`` on node ``name`` while its placement there is being saved."""
+        self._holds.setdefault(name, {})[task.id] = task.spec
+        self.node_changed(name)
 
-    def save_node(self, node: Node) -> None:
-        """Record a change of ``node``; one the store refused is undone, as for tasks."""
-        try:
-            self.store.save_node(node)
-        except StoreUnavailable:
+    def release(self, name: str, task_id: str) -> None:
+        """The placement was saved (the task counts as placed now) or refused."""
+        held = self._holds.get(name, {})
+        if held.pop(task_id, None) is not None:
+            self.node_changed(name)
+        if not held:
+            self._holds.pop(name, None)
+
+    async def create(self, node: Node) -> tuple[Node, bool]:
+        """A node joining: saved, then known. Returns the record and whether it is new
+        (another join of the name may have been saved while this one waited)."""
+        async with self.guards.hold(node.name):
+            if (known := self.nodes.get(node.name)) is not None:
+                return known, False
+            await self.store.save_node(node)
+            self.nodes[node.name] = node
             self.node_changed(node.name)
-            with contextlib.suppress(NotFound):  # a new node: Membership.join forgets it
-                saved = self.store.get_node(node.name)
-                for field in Node.model_fields:
-                    setattr(node, field, getattr(saved, field))
-            raise
+            return node, True
+
+    async def change(self, node: Node, edit: NodeEdit) -> bool:
+        """Change ``node`` by ``edit``: saved first, then shown (see the module docstring).
+
+        Returns whether the change was saved. Raises StoreUnavailable if the store
+        refused it: the record is as it was."""
+        async with self.guards.hold(node.name):
+            draft = node.model_copy()
+            saved = edit(draft)
+            if saved:
+                await self.store.save_node(draft)
+            self.node_changed(node.name)
+            for field in Node.model_fields:
+                setattr(node, field, getattr(draft, field))
+            return saved
+
+    async def mark_down(self, node: Node, reason: str) -> None:
+        def down(draft: Node) -> bool:
+            if draft.state is NodeState.DOWN:
+                return False  # marked down meanwhile
+            draft.state, draft.reason = NodeState.DOWN, reason
+            return True
+
+        if await self.change(node, down):
+            self._went_down()
+            log.warning("node down", node=node.name, reason=reason)

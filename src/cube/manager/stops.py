@@ -22,7 +22,7 @@ from cube.manager.reconcile import merge_report
 from cube.manager.registry import TaskRegistry
 from cube.manager.workers import WorkerClient
 from cube.node import Node, NodeState
-from cube.task.model import STOPPED_BY_USER, DesiredState, Task
+from cube.task.model import STOPPED_BY_USER, DesiredState, Task, TaskEvent
 from cube.task.state import TERMINAL, State
 
 log = get_logger("cube.manager")
@@ -55,11 +55,18 @@ class Stops:
 
         ``reason`` travels to the node and is recorded as the reason of the task's end."""
         task = self.registry.resolve(task_id)
-        task.desired, task.desired_reason = DesiredState.STOP, reason
-        if task.state is State.PENDING:
-            self.registry.save(task, task.transition(State.COMPLETED, f"{reason} before placement"))
+        unplaced = False
+
+        def stopping(draft: Task) -> list[TaskEvent]:
+            nonlocal unplaced
+            draft.desired, draft.desired_reason = DesiredState.STOP, reason
+            if unplaced := draft.state is State.PENDING:
+                return [draft.transition(State.COMPLETED, f"{reason} before placement")]
+            return []
+
+        await self.registry.change(task, stopping)  # refused (a full disk): a 503, no change
+        if unplaced:
             return task.model_copy(deep=True)
-        self.registry.save(task)
         if (sending := self.dispatcher.in_flight(task.id)) is not None:
             await sending.wait()
         node = self.nodes.nodes.get(task.node or "")
@@ -103,14 +110,24 @@ class Stops:
             copy = await self.workers.stop(node.address, task.id, wait=wait, reason=reason)
             events = await self.workers.events(node.address, task.id)
         except NotFound:
-            if task.state not in TERMINAL:  # never reached the node
-                self.registry.save(task, task.transition(State.COMPLETED, reason))
+
+            def never_arrived(draft: Task) -> list[TaskEvent] | None:
+                if draft.state in TERMINAL:
+                    return None
+                return [draft.transition(State.COMPLETED, reason)]
+
+            await self.registry.change(task, never_arrived)
             return
         except CubeError as exc:
-            task.reason = f"stop requested; node {node.name} did not answer: {exc.message}"
-            self.registry.save(task)
+            why = f"stop requested; node {node.name} did not answer: {exc.message}"
+
+            def unanswered(draft: Task) -> list[TaskEvent]:
+                draft.reason = why
+                return []
+
+            await self.registry.change(task, unanswered)
             return
-        self.registry.save(task, *merge_report(task, copy, events))
+        await self.registry.change(task, lambda draft: merge_report(draft, copy, events))
 
     def can_readopt(self, task: Task, copy: Task, node: Node) -> bool:
         """A task moved off a lost node that came back still running it, before it found

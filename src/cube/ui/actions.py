@@ -39,7 +39,7 @@ def action_routes(manager: Manager) -> APIRouter:
     async def drain(
         request: Request, name: str, change: Literal["drain", "undrain"]
     ) -> RedirectResponse:
-        (manager.drain if change == "drain" else manager.undrain)(name)
+        await (manager.drain if change == "drain" else manager.undrain)(name)
         return back(request, f"/nodes/{name}")
 
     @router.post("/jobs/{job_id}/stop")
