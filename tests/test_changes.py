@@ -15,7 +15,7 @@ from cube.store.memory import MemoryStore
 from cube.task.spec import TaskRequest
 from cube.worker.agent import Worker
 from cube.worker.changes import ChangeFeed
-from cube.worker.fleet import fleet_slice
+from cube.worker.fleet import Fleet, fleet_slice
 
 
 async def test_a_query_at_the_latest_index_waits_for_the_next_change() -> None:
@@ -146,3 +146,14 @@ def test_a_fleets_processes_take_consecutive_slices_of_its_names(
     count: int, processes: int, slices: list[tuple[int, int]]
 ) -> None:
     assert [fleet_slice(count, i, processes) for i in range(processes)] == slices
+
+
+async def test_a_fleet_told_to_stop_answers_its_workers_waiting_queries() -> None:
+    fleet = Fleet(count=2, capacity=Resources(cpu=1), token="t")
+    waiting = [
+        asyncio.create_task(w.feed.since(w.feed.index, wait=60.0)) for w in fleet.workers.values()
+    ]
+    await asyncio.sleep(0)
+    assert not any(query.done() for query in waiting)
+    fleet.stopping()
+    assert await asyncio.wait_for(asyncio.gather(*waiting), 5.0) == [[], []]

@@ -205,7 +205,7 @@ def run_slice(plan: FleetPlan, index: int, processes: int) -> bool:
                 manager_url, base_url, join_token=plan.join_token, verify=plan.security.verify
             )
 
-    return asyncio.run(serve(server, after_start=join))
+    return asyncio.run(serve(server, after_start=join, on_exit=fleet.stopping))
 
 
 def run_processes(plan: FleetPlan, processes: int) -> bool:

@@ -1,4 +1,5 @@
-"""A fleet of simulated workers in one process, for benchmarks and demos.
+"""A fleet of simulated workers in one process (or one slice of a fleet run in several,
+``cube sim-fleet --processes``), for benchmarks and demos.
 
 Each simulated worker is a real :class:`~cube.worker.Worker` (task runners, state
 machine, blocking queries, the lot) with a :class:`~cube.runtime.fake.FakeRuntime`
@@ -129,6 +130,13 @@ class Fleet:
     async def start(self) -> None:
         await asyncio.gather(*(w.start() for w in self.workers.values()))
         log.info("fleet started", workers=len(self.workers))
+
+    def stopping(self) -> None:
+        """The server was told to stop: answer every worker's blocking queries now, rather
+        than hold them until the graceful shutdown gives up on them (10 s, then thousands
+        of cancelled requests, each logged with its traceback)."""
+        for worker in self.workers.values():
+            worker.feed.close()
 
     async def close(self) -> None:
         await asyncio.gather(*(w.close() for w in self.workers.values()))
