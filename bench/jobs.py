@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import re
 import shutil
 import sys
@@ -202,6 +203,13 @@ class SimRun:
     manager_cpu_pct_median: float = float("nan")
     manager_cpu_pct_max: float = float("nan")
     fleet_cpu_s: float = float("nan")
+    #: Processes the simulated fleet ran in (cube sim-fleet --processes).
+    fleet_processes: int = 1
+    #: From the logs, over the whole run (join included): workers that stopped their
+    #: tasks for the manager's silence, nodes the manager marked Down, joins retried.
+    no_call_stops: int = 0
+    nodes_down: int = 0
+    joins_retried: int = 0
     error: str = ""
     #: (seconds since submit, allocations Running, manager CPU %, manager RSS, fleet CPU %).
     samples: list[tuple[float, int, float, int, float]] = field(default_factory=list)
@@ -214,10 +222,16 @@ async def running_allocations(http: httpx.AsyncClient) -> int:
 
 
 async def sim_part(args: argparse.Namespace, work: Path) -> SimRun:
-    run = SimRun(nodes=args.nodes, jobs=args.jobs, count=args.count)
+    run = SimRun(
+        nodes=args.nodes, jobs=args.jobs, count=args.count, fleet_processes=args.fleet_processes
+    )
     wanted = args.jobs * args.count
     async with sim_cluster(
-        work, workers=args.nodes, collect_interval=1.0, scheduler=args.scheduler
+        work,
+        workers=args.nodes,
+        collect_interval=1.0,
+        scheduler=args.scheduler,
+        processes=args.fleet_processes,
     ) as cluster:
         manager, fleet = psutil.Process(cluster.manager.pid), psutil.Process(cluster.fleet.pid)
         t_join = time.monotonic()
@@ -236,8 +250,8 @@ async def sim_part(args: argparse.Namespace, work: Path) -> SimRun:
             print(f"{args.nodes} nodes joined in {run.join_s:.1f}s", file=sys.stderr)
             cpu0 = _cpu(manager), _cpu(fleet)
             manager.cpu_percent(None)
-            fleet.cpu_percent(None)
             t0 = time.monotonic()
+            fleet_was = t0, cpu0[1]
             resources = {"cpu": 0.1, "memory": 32 * MiB, "disk": 0}
             bodies = [
                 job_body(f"sim-{i:04d}", args.count, resources=resources) for i in range(args.jobs)
@@ -256,6 +270,12 @@ async def sim_part(args: argparse.Namespace, work: Path) -> SimRun:
                 with contextlib.suppress(httpx.HTTPError):
                     run.running = await running_allocations(http)
                 now = time.monotonic() - t0
+                # The fleet's processes together (percent of one core).
+                fleet_is = time.monotonic(), _cpu(fleet)
+                fleet_pct = (
+                    100 * (fleet_is[1] - fleet_was[1]) / max(1e-9, fleet_is[0] - fleet_was[0])
+                )
+                fleet_was = fleet_is
                 with contextlib.suppress(psutil.Error):
                     run.samples.append(
                         (
@@ -263,15 +283,19 @@ async def sim_part(args: argparse.Namespace, work: Path) -> SimRun:
                             run.running,
                             manager.cpu_percent(None),
                             manager.memory_info().rss,
-                            fleet.cpu_percent(None),
+                            fleet_pct,
                         )
                     )
+                print(
+                    f"  [{now:6.0f}s] {run.running:,} of {wanted:,} Running; load "
+                    f"{os.getloadavg()[0]:.1f}",
+                    file=sys.stderr,
+                )
                 if run.running >= wanted:
                     break
                 if time.monotonic() > deadline:
                     run.error = f"{run.running} of {wanted} Running after {args.timeout:g}s"
                     break
-                print(f"  [{now:6.0f}s] {run.running:,} of {wanted:,} Running", file=sys.stderr)
                 await asyncio.sleep(args.every)
             run.running_s = time.monotonic() - t0
             run.rate = run.running / run.running_s
@@ -285,12 +309,28 @@ async def sim_part(args: argparse.Namespace, work: Path) -> SimRun:
                 listed = sum(1 for a in allocs if a["status"] == "running")
                 if listed != wanted:
                     run.error = f"job statuses said {wanted} Running, the allocations {listed}"
+        # Read before the teardown, which stops the fleet first (its nodes then go Down).
+        fleet_log = _read(work / "fleet.log")
+        run.no_call_stops = fleet_log.count("stopped: no call from the manager")
+        run.joins_retried = fleet_log.count("join failed, retrying")
+        run.nodes_down = _read(work / "manager.log").count("node down")
     return run
 
 
+def _read(path: Path) -> str:
+    with contextlib.suppress(OSError):
+        return path.read_text(errors="replace")
+    return ""
+
+
 def _cpu(process: psutil.Process) -> float:
-    times = process.cpu_times()
-    return times.user + times.system
+    """CPU seconds of ``process`` and its children (a fleet's slices run in children)."""
+    total = 0.0
+    for proc in (process, *process.children(recursive=True)):
+        with contextlib.suppress(psutil.Error):
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
 
 
 SIM_COLUMNS = [
@@ -305,6 +345,9 @@ SIM_COLUMNS = [
     ("manager_cpu_pct_median", "manager CPU % (median)"),
     ("peak_mib", "manager peak MiB"),
     ("fleet_cpu_s", "fleet CPU s"),
+    ("no_call_stops", '"no call" stops'),
+    ("nodes_down", "nodes marked Down"),
+    ("joins_retried", "joins retried"),
     ("error", "error"),
 ]
 
@@ -420,6 +463,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sim.add_argument("--jobs", type=int, default=100)
     sim.add_argument("--count", type=int, default=1000, help="allocations per job")
     sim.add_argument("--scheduler", default="epvm")
+    sim.add_argument(
+        "--fleet-processes", type=int, default=1, help="processes of cube sim-fleet (--processes)"
+    )
     sim.add_argument("--every", type=float, default=2.0, help="seconds between progress polls")
     sim.add_argument(
         "--keep", action="store_true", help="keep the work dir (logs, db); rolling part too"

@@ -27,7 +27,6 @@ import contextlib
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,7 @@ from typing import Any
 import httpx
 import psutil
 from _common import agent_env, machine, output_arguments, percentile, save_figure, save_json, table
+from _docker import free_port
 
 MiB = 1024**2
 GiB = 1024**3
@@ -49,13 +49,6 @@ TARGET_STALENESS_FACTOR = 2.0
 
 
 # --- processes ------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def cube() -> str:
     found = shutil.which("cube", path=str(Path(sys.executable).parent)) or shutil.which("cube")
     if found is None:
@@ -264,13 +257,14 @@ class SimCluster:
 
 @contextlib.asynccontextmanager
 async def sim_cluster(
-    work: Path, *, workers: int, collect_interval: float, scheduler: str
+    work: Path, *, workers: int, collect_interval: float, scheduler: str, processes: int = 1
 ) -> AsyncIterator[SimCluster]:
     """Start the manager (SQLite store in ``work``), wait until it answers, then start a
-    fleet of ``workers`` simulated workers (4 CPU, 8 GiB each) that join it; both are
-    stopped afterwards. The workers may still be joining when the block begins."""
+    fleet of ``workers`` simulated workers (4 CPU, 8 GiB each) that join it, in
+    ``processes`` processes; both are stopped afterwards. The workers may still be joining
+    when the block begins."""
     env = agent_env(CUBE_DATA_DIR=str(work))
-    manager_port, fleet_port = free_port(), free_port()
+    manager_port, fleet_port = free_port(), free_port(processes)
     url = f"http://127.0.0.1:{manager_port}"
     manager_args = [
         cube(),
@@ -297,7 +291,7 @@ async def sim_cluster(
             "sim-fleet",
             *("--count", str(workers), "--port", str(fleet_port)),
             *("--manager", url, "--join-token", join_token),
-            *("--cpu", "4", "--memory", "8GiB"),
+            *("--cpu", "4", "--memory", "8GiB", "--processes", str(processes)),
         ]
         fleet = start(fleet_args, work / "fleet.log", env)
         yield SimCluster(manager, fleet, url, {"Authorization": f"Bearer {token}"})

@@ -132,16 +132,21 @@ def test_jobs_bench_rolls_an_update_out_under_its_poller(tmp_path: Path) -> None
 
 
 def test_jobs_bench_runs_jobs_on_a_small_simulated_fleet(tmp_path: Path) -> None:
+    # The fleet in two processes (cube sim-fleet --processes): 5 workers on each port.
     saved = run_bench(
         "jobs.py",
         tmp_path / "j.json",
         *("--parts", "sim", "--nodes", "10", "--jobs", "2", "--count", "10", "--every", "0.5"),
+        *("--fleet-processes", "2"),
     )
     sim = saved["sim"]
     assert sim["error"] == "", sim
     assert sim["running"] == 20, sim
     assert sim["rate"] > 0, sim
     assert sim["manager_peak_rss"] > 0, sim
+    assert sim["fleet_processes"] == 2, sim
+    assert sim["fleet_cpu_s"] > 0, sim  # the children's CPU is counted
+    assert (sim["no_call_stops"], sim["nodes_down"]) == (0, 0), sim
 
 
 def test_jobs_bench_runs_the_job_service_in_process(tmp_path: Path) -> None:

@@ -45,7 +45,7 @@ class FakeNode(WorkerClient):
         if self.silent:
             raise Unavailable("node n1 did not answer")
 
-    async def stats(self, address: str) -> NodeReport:
+    async def stats(self, address: str, *, wait: float | None = None) -> NodeReport:
         self._check()
         return NodeReport(name="n1", capacity=CAPACITY, allocated=Resources(), stats=MachineStats())
 

@@ -24,8 +24,10 @@ from cube.manager.pacing import (
     RESYNCS_PER_SECOND,
     Pace,
     PollClock,
+    call_timeout_for,
     node_timeout_for,
     pace,
+    planned_nodes,
 )
 from cube.manager.workers import WorkerClient
 from cube.node import MachineStats, Node, NodeState, Resources
@@ -200,7 +202,7 @@ class SlowNodes(WorkerClient):
         super().__init__()
         self.told: list[float | None] = []  # the node timeout each poll carried
 
-    async def stats(self, address: str) -> NodeReport:
+    async def stats(self, address: str, *, wait: float | None = None) -> NodeReport:
         self.told.append(self.node_timeout)
         await asyncio.sleep(self.LATE)
         name = address.removeprefix("http://")
@@ -248,4 +250,62 @@ async def test_collection_slower_than_its_interval_stretches_the_timeout_told_an
     node.last_seen = datetime.now(UTC) - timedelta(seconds=stretched + 1)
     await manager._call_failed(node, "ReadTimeout")
     assert node.state is NodeState.DOWN
+    await manager.close()
+
+
+# --- a fleet still joining: the timeout told covers the fleet it will be ------------------------
+@pytest.mark.parametrize(
+    ("nodes", "joined_at", "now", "within", "planned"),
+    [
+        (1000, [], 100.0, 30.0, 1000),  # no joins: the fleet as it is
+        (1000, [10.0, 20.0], 100.0, 30.0, 1000),  # joins older than a period: no longer growing
+        (1000, [80.0, 90.0, 100.0], 100.0, 30.0, 1003),  # three in the last period: three more
+        (2065, [100.0 - i / 10 for i in range(500)], 100.0, 300.0, 2565),  # the 5,000-node storm
+        (10, [101.0], 100.0, 30.0, 10),  # a join after `now` (another clock): not counted
+    ],
+)
+def test_the_fleet_paced_for_counts_the_joins_of_the_last_period_again(
+    nodes: int, joined_at: list[float], now: float, within: float, planned: int
+) -> None:
+    assert planned_nodes(nodes, joined_at, now=now, within=within) == planned
+
+
+@pytest.mark.parametrize(
+    ("period", "pace_interval", "timeout"),
+    [
+        (1.0, 1.0, 2.0),  # a small cluster at its pace: the timeout set
+        (10.0, 10.0, 2.0),  # 1,000 nodes, collection keeping the stretched pace: unchanged
+        (5.0, 10.0, 2.0),  # faster than the pace: never shorter
+        (50.0, 10.0, 10.0),  # five times slower than its pace: five times the timeout
+        (300.0, 20.0, 30.0),  # the 5,000-node join (2,065 joined, 5 min a pass): 15 times
+        (10_000.0, 1.0, 60.0),  # stretched MAX_CALL_STRETCH times at most
+    ],
+)
+def test_a_joins_check_waits_longer_as_collection_falls_behind_its_pace(
+    period: float, pace_interval: float, timeout: float
+) -> None:
+    assert call_timeout_for(
+        period, pace_interval=pace_interval, call_timeout=2.0, node_timeout=600.0
+    ) == pytest.approx(timeout)
+
+
+def test_a_joins_check_never_waits_past_the_node_timeout() -> None:
+    assert call_timeout_for(100.0, pace_interval=1.0, call_timeout=2.0, node_timeout=30.0) == 30.0
+    # ...nor less than the timeout set, whatever the node timeout.
+    assert call_timeout_for(100.0, pace_interval=1.0, call_timeout=2.0, node_timeout=1.0) == 2.0
+
+
+async def test_nodes_that_join_during_a_slow_pass_lengthen_the_timeout_told() -> None:
+    manager = fleet_manager(1000)
+    registry = manager.node_registry
+    registry.polls.last = (40.0, 1000)  # collection goes round in 40 s, not the 10 s set
+    steady = manager.node_timeout_in_force()
+    assert steady == node_timeout_for(40.0, collect_interval=1.0, node_timeout=10.0)
+    for i in range(500):  # half as many again join, now
+        await registry.create(Node(name=f"j{i}", address=f"http://j{i}"))
+    growing = manager.node_timeout_in_force()
+    # 1,500 nodes, and 500 more expected by the next call: 2,000 at 40 ms each, 80 s.
+    assert growing == node_timeout_for(80.0, collect_interval=1.0, node_timeout=10.0)
+    assert registry.workers.node_timeout == growing  # told to every node from now on
+    assert registry.call_timeout_in_force() > registry.workers.timeout  # 2 s stretched
     await manager.close()

@@ -219,7 +219,7 @@ async def test_a_refused_change_made_in_place_is_undone() -> None:
 class Reporting(FakeWorkers):
     """Every address answers as a worker named ``n9``."""
 
-    async def stats(self, address: str) -> NodeReport:
+    async def stats(self, address: str, *, wait: float | None = None) -> NodeReport:
         capacity = Resources(cpu=2, memory=1024**3, disk=1024**3)
         return NodeReport(name="n9", capacity=capacity, allocated=Resources(), stats=MachineStats())
 

@@ -16,6 +16,7 @@ from prometheus_client.registry import Collector
 from cube.job.model import Allocation, AllocStatus, Job, JobStatus
 from cube.metrics.manager import Snapshot, state_metrics
 from cube.node import Node, NodeState, Resources
+from cube.protocol import NODE_TIMEOUT_HEADER
 from cube.runtime.fake import FakeRuntime
 from cube.store.memory import MemoryStore
 from cube.task.model import Task
@@ -179,6 +180,10 @@ async def test_a_scrape_is_not_a_call_from_the_manager(worker: tuple[Worker, Fak
         assert w.last_heard == 0.0
         assert (await client.get("/v1/tasks")).status_code == 200
         assert w.last_heard > 0.0  # the manager's calls do count
+        # ...and the node timeout they tell is the worker's disconnect window from then on.
+        told = {NODE_TIMEOUT_HEADER: "212.5"}
+        assert (await client.get("/v1/changes", headers=told)).status_code == 200
+        assert w.stop_after_disconnect == 212.5
 
 
 async def test_requests_are_timed_by_route_template_and_a_known_method(

@@ -126,7 +126,7 @@ class Membership:
         previous = self.workers.credentials.get(address)
         self.nodes.remember(address, token)
         try:
-            report = await self.workers.stats(address)
+            report = await self.workers.stats(address, wait=self.nodes.call_timeout_in_force())
         except CubeError as exc:
             self.nodes.remember(address, previous)
             # The caller's input: an address nobody answers at is a 422 naming it.

@@ -20,12 +20,20 @@ service's, the next dispatch pass) would see them free and take the same last Gi
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 
 from cube.errors import NotFound
 from cube.log import get_logger
 from cube.manager.guards import Guards
-from cube.manager.pacing import Pace, PollClock, node_timeout_for, pace
+from cube.manager.pacing import (
+    Pace,
+    PollClock,
+    call_timeout_for,
+    node_timeout_for,
+    pace,
+    planned_nodes,
+)
 from cube.manager.registry import TaskRegistry
 from cube.manager.workers import WorkerClient
 from cube.node import Node, NodeState
@@ -82,6 +90,8 @@ class NodeRegistry:
         self._views: dict[str, Node] = {}
         #: How fast collection really goes round the fleet (told by the collector).
         self.polls = PollClock()
+        #: When the nodes of the last collection period joined (time.monotonic()).
+        self._joined_at: deque[float] = deque()
         #: Node name -> the tasks whose placement there is being saved (see hold).
         self._holds: dict[str, dict[str, TaskSpec]] = {}
         #: One change of a node at a time (see cube.manager.guards).
@@ -100,17 +110,34 @@ class NodeRegistry:
 
     def node_timeout_in_force(self) -> float:
         """Seconds of silence after which a node is down, now: the pace's timeout, or
-        more while collection goes round the fleet slower than the pace says (see
-        :mod:`cube.manager.pacing`). It is also what every call tells the workers from
-        now on (their disconnect window), so that the two deadlines stay one."""
-        period = self.polls.period(
-            time.monotonic(), nodes=len(self.nodes), interval=self.pace.collect
-        )
+        more while collection goes round the fleet slower than the pace says, or while
+        the fleet is still joining (see :mod:`cube.manager.pacing`). It is also what
+        every call tells the workers from now on (their disconnect window), so that the
+        two deadlines stay one."""
         timeout = node_timeout_for(
-            period, collect_interval=self.collect_interval, node_timeout=self.node_timeout
+            self._period(), collect_interval=self.collect_interval, node_timeout=self.node_timeout
         )
         self.workers.node_timeout = timeout
         return timeout
+
+    def call_timeout_in_force(self) -> float:
+        """Seconds a join's check of the worker may wait for its answer: the calls'
+        timeout, stretched as collection falls behind its pace (pacing.call_timeout_for)."""
+        return call_timeout_for(
+            self._period(),
+            pace_interval=self.pace.collect,
+            call_timeout=self.workers.timeout,
+            node_timeout=self.node_timeout_in_force(),
+        )
+
+    def _period(self) -> float:
+        """Seconds until collection comes back to a node, for the fleet it will be."""
+        now, nodes, interval = time.monotonic(), len(self.nodes), self.pace.collect
+        period = self.polls.period(now, nodes=nodes, interval=interval)
+        while self._joined_at and now - self._joined_at[0] > period:
+            self._joined_at.popleft()  # older than a period: no longer a sign of growth
+        planned = planned_nodes(nodes, self._joined_at, now=now, within=period)
+        return self.polls.period(now, nodes=planned, interval=interval)
 
     def remember(self, address: str, token: str | None) -> None:
         if token:
@@ -173,6 +200,7 @@ class NodeRegistry:
                 return known, False
             await self.store.save_node(node)
             self.nodes[node.name] = node
+            self._joined_at.append(time.monotonic())
             self.node_changed(node.name)
             return node, True
 

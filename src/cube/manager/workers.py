@@ -25,6 +25,9 @@ class WorkerClient:
     """Calls a worker's ``/v1`` API by its base URL. One instance serves every node."""
 
     def __init__(self, *, timeout: float = 5.0, verify: Verify = True) -> None:
+        #: Seconds a call waits for its answer (a join's check may wait longer: see
+        #: NodeRegistry.call_timeout_in_force).
+        self.timeout = timeout
         # One TLS context for every client below (building one costs milliseconds).
         self._tls = shared_verify(verify)
         # One connection pool for the fleet's calls: a 1,000-node cluster must not mean
@@ -101,9 +104,11 @@ class WorkerClient:
             raise unreachable(address, exc) from None
         return check(response)
 
-    async def stats(self, address: str) -> NodeReport:
+    async def stats(self, address: str, *, wait: float | None = None) -> NodeReport:
+        """``wait``: seconds to wait for the answer, if not the client's timeout."""
+        extra = {} if wait is None else {"timeout": wait}
         return NodeReport.model_validate_json(
-            (await self._request("GET", address, "/stats")).content
+            (await self._request("GET", address, "/stats", **extra)).content
         )
 
     async def tasks(self, address: str) -> list[Task]:
