@@ -399,7 +399,7 @@ def test_scale_follows_the_job_and_fails_when_it_cannot_get_there(
     assert cube(manager, "job", "run", str(path)).returncode == 0  # nothing to run: there
     scaled = cube(manager, "job", "scale", "life", "web", "2", "--timeout", "60")
     assert scaled.returncode == 1, scaled
-    assert "life.web[0] cannot be placed" in scaled.stderr
+    assert "life.web: 2 of 2 not placed: no node in datacenter dc1" in scaled.stderr
     detached = cube(manager, "job", "scale", "life", "web", "3", "--detach")
     assert (detached.returncode, detached.stdout) == (0, "life\n")
     assert [v["number"] for v in get_json(manager.url, "/jobs/life/versions")] == [1, 2, 3]
@@ -419,8 +419,9 @@ def test_plan_changes_nothing_and_says_what_cannot_be_placed(
     assert get_json(manager.url, "/allocations") == []
     ran = cube(manager, "job", "run", str(path))
     assert ran.returncode == 1
-    assert "big.web[0] cannot be placed" in ran.stderr
-    assert "zone" in ran.stderr
+    assert "big.web: 2 of 2 not placed: no node has labels zone=mars" in ran.stderr
+    assert "(filtered: constraints 1 node)" in ran.stderr
+    assert get_json(manager.url, "/allocations") == []  # a failed placement records nothing
 
 
 def test_a_job_run_before_any_node_is_blocked_then_placed_when_a_worker_joins(
@@ -430,17 +431,20 @@ def test_a_job_run_before_any_node_is_blocked_then_placed_when_a_worker_joins(
     path = job_file(tmp_path, "early", count=2)
     ran = cube(manager, "job", "run", str(path), "--timeout", "20")
     assert ran.returncode == 1, ran
-    assert "early.web[0] cannot be placed: no node in datacenter dc1" in ran.stderr
+    assert "early.web: 2 of 2 not placed: no node in datacenter dc1" in ran.stderr
     assert "job early stays, blocked" in ran.stderr
-    job = get_json(manager.url, "/jobs/early")["job"]
-    assert (job["status"], job["status_reason"]) == (
+    detail = get_json(manager.url, "/jobs/early")
+    assert (detail["job"]["status"], detail["job"]["status_reason"]) == (
         "pending",
         "blocked: web: 2 of 2 not placed: no node in datacenter dc1",
     )
-    assert len(holders(manager.url, "early")) == 1  # the one placement tried; one queued
+    assert detail["placement_failures"]["web"]["count"] == 2
+    assert detail["allocations"] == []  # as in Nomad: a blocked placement, no allocation
+    assert get_json(manager.url, "/allocations") == []
     status = cube(manager, "job", "status", "early")
     row = next(line.split() for line in status.stdout.splitlines() if line.startswith("web "))
-    assert row[:4] == ["web", "2", "1", "1"]  # GROUP DESIRED QUEUED PENDING
+    assert row[:4] == ["web", "2", "2", "0"]  # GROUP DESIRED QUEUED PENDING
+    assert 'Group "web" (2 of 2 not placed):' in status.stdout
 
     worker = start_worker("--manager", manager.url)
     allocs = wait_allocs(manager.url, "early", 2)
