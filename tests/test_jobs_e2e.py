@@ -365,14 +365,25 @@ def test_bad_job_file_exits_2_naming_the_file_and_field_and_creates_nothing(
 
 
 def test_alloc_status_without_an_id_lists_allocations_by_job_and_node(
-    start_manager: Any, tmp_path: Path
+    start_manager: Any, start_worker: Any, tmp_path: Path
 ) -> None:
-    """Like ``cube status`` and ``cube job status``: no ID, a list (here of allocations
-    that wait for a node, since no worker joined)."""
+    """Like ``cube status`` and ``cube job status``: no ID, a list (of the allocations
+    placed: a job that fits no node has none)."""
     manager = start_manager()
-    for name in ("shop", "blog"):
-        ran = cube(manager, "job", "run", "--detach", str(job_file(tmp_path, name, count=1)))
+    worker = start_worker("--manager", manager.url)
+    wait_node(manager.url, worker.name, "ready")
+    nowhere_file = job_file(tmp_path, "mars", count=1, group={"constraints": {"zone": "mars"}})
+    for path in (job_file(tmp_path, "shop", count=1), job_file(tmp_path, "blog", count=1)):
+        ran = cube(manager, "job", "run", "--detach", str(path))
         assert ran.returncode == 0, ran.stderr
+    assert cube(manager, "job", "run", "--detach", str(nowhere_file)).returncode == 0
+    for name in ("shop", "blog"):
+        wait_allocs(manager.url, name, 1)
+    wait_for(
+        lambda: get_json(manager.url, "/jobs/mars")["placement_failures"],
+        timeout=30,
+        what="job mars blocked",
+    )
     listed = cube(manager, "alloc", "status")
     assert listed.returncode == 0, listed.stderr
     names = [line.split()[1] for line in listed.stdout.splitlines()[1:]]
