@@ -13,8 +13,10 @@ import pytest
 from click.testing import CliRunner, Result
 
 from cube.cli.main import cli
+from cube.job.blocked import PlacementFailure
 from cube.job.deployment import Deployment, DeploymentStatus
 from cube.job.model import AllocStatus, Job, JobStatus
+from cube.job.wire import JobPlan
 from tests.test_cli_job_scale import _fast_polls, alloc, answers, detail  # noqa: F401
 from tests.test_cli_parsing import (  # noqa: F401 (_plain_environment: autouse fixture)
     FakeManager,
@@ -72,13 +74,22 @@ def test_job_run_json_prints_the_job_where_it_ended(
 def test_job_run_json_that_cannot_get_there_prints_the_job_and_exits_1(
     fake: FakeManager, cube: Callable[..., Result], shop_file: str
 ) -> None:
-    stuck = alloc(0, AllocStatus.PENDING, node=None, placement={}, status_reason="no node fits")
-    answers(fake, [detail(2, [stuck])])
+    why = "no node has labels disk=ssd"
+    failure = PlacementFailure(count=2, reason=why, filtered={"constraints": 3})
+    answers(fake, [detail(2, [], failures={"web": failure})])
     fake.on("POST /v1/jobs", status=201, body=Job(id="shop", version=2))
     result = cube("job", "run", shop_file, "-o", "json")
     assert result.exit_code == 1
-    assert document(result)["allocations"][0]["status_reason"] == "no node fits"
-    assert "web[0] cannot be placed: no node fits" in result.stderr
+    got = document(result)
+    assert got["allocations"] == []  # nothing was placed, so nothing is recorded
+    assert got["placement_failures"]["web"] == {
+        "count": 2,
+        "reason": why,
+        "filtered": {"constraints": 3},
+        "examined": 0,
+        "total": 0,
+    }
+    assert f"shop.web: 2 of 2 not placed: {why} (filtered: constraints 3 nodes)" in result.stderr
     assert "job shop stays, blocked: it is placed when a node can take it" in result.stderr
 
 
@@ -156,3 +167,45 @@ def test_a_running_job_shows_its_count_as_desired_and_what_is_not_created_as_que
     result = cube("job", "status", "shop")
     row = next(line.split() for line in result.stdout.splitlines() if line.startswith("web "))
     assert row == ["web", "3", "1", "1", "1", "0", "0", "0"]  # one not created yet: queued
+
+
+def test_a_blocked_job_shows_its_placement_failure_and_queues_what_has_no_allocation(
+    fake: FakeManager, cube: Callable[..., Result]
+) -> None:
+    why = "no node has 8.0 free CPU; largest free: 2.0 on n1"
+    failure = PlacementFailure(count=2, reason=why, filtered={"cpu": 3})
+    blocked = detail(3, [alloc(0, AllocStatus.RUNNING)], failures={"web": failure})
+    fake.on("GET /v1/jobs/shop", body=blocked)
+    result = cube("job", "status", "shop")
+    assert result.exit_code == 0, result.output
+    row = next(line.split() for line in result.stdout.splitlines() if line.startswith("web "))
+    assert row[:4] == ["web", "3", "2", "0"]  # GROUP DESIRED QUEUED PENDING
+    lines = result.stdout.splitlines()
+    at = lines.index("Placement Failure")
+    assert lines[at + 1 : at + 4] == [
+        'Group "web" (2 of 3 not placed):',
+        f"  {why}",
+        '  * Filter "cpu": 3 nodes',
+    ]
+
+
+def test_plan_shows_the_placement_failure_and_exits_1(
+    fake: FakeManager, cube: Callable[..., Result], shop_file: str
+) -> None:
+    failure = PlacementFailure(count=2, reason="no node has labels zone=mars")
+    fake.on(
+        "POST /v1/jobs/plan",
+        body=JobPlan(
+            job="shop",
+            version=1,
+            status="pending",
+            status_reason="blocked: web: 2 of 2 not placed: no node has labels zone=mars",
+            entries=[],
+            unplaceable=2,
+            placement_failures={"web": failure.model_copy(update={"filtered": {"constraints": 1}})},
+        ),
+    )
+    result = cube("job", "plan", shop_file)
+    assert result.exit_code == 1, result.output
+    assert 'Group "web" (2 not placed):' in result.stdout
+    assert '* Filter "constraints": 1 node' in result.stdout

@@ -14,6 +14,7 @@ from click.testing import CliRunner, Result
 
 from cube.cli import job_follow
 from cube.cli.main import cli
+from cube.job.blocked import PlacementFailure
 from cube.job.deployment import Deployment, DeploymentStatus
 from cube.job.model import Allocation, AllocDesired, AllocStatus, Job, JobStatus
 from cube.job.spec import parse_job
@@ -31,7 +32,13 @@ def _fast_polls(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(job_follow, "POLL", 0.001)
 
 
-def detail(count: int, allocs: list[Allocation], *, version: int = 2) -> JobDetail:
+def detail(
+    count: int,
+    allocs: list[Allocation],
+    *,
+    version: int = 2,
+    failures: dict[str, PlacementFailure] | None = None,
+) -> JobDetail:
     spec = parse_job(
         {
             "job": "shop",
@@ -39,7 +46,7 @@ def detail(count: int, allocs: list[Allocation], *, version: int = 2) -> JobDeta
         }
     )
     job = Job(id="shop", version=version, status=JobStatus.RUNNING)
-    return JobDetail(job=job, spec=spec, allocations=allocs)
+    return JobDetail(job=job, spec=spec, allocations=allocs, placement_failures=failures or {})
 
 
 def alloc(index: int, status: AllocStatus, **fields: object) -> Allocation:
@@ -127,11 +134,11 @@ def test_a_scale_that_cannot_be_placed_exits_1_naming_the_filter(
     fake: FakeManager, scale: Callable[..., Result]
 ) -> None:
     why = "no node has 2.0 free CPU; largest free: 0.5 on n1"
-    unplaced = alloc(1, AllocStatus.PENDING, node=None, placement={}, status_reason=why)
-    answers(fake, [detail(2, [alloc(0, AllocStatus.RUNNING), unplaced])])
+    failure = PlacementFailure(count=1, reason=why, filtered={"cpu": 1})
+    answers(fake, [detail(2, [alloc(0, AllocStatus.RUNNING)], failures={"web": failure})])
     result = scale("2")
     assert result.exit_code == 1, result.output
-    assert_one_error_line(result, "shop.web[1] cannot be placed", why)
+    assert_one_error_line(result, "shop.web: 1 of 2 not placed", why, "(filtered: cpu 1 node)")
 
 
 def test_scale_detach_returns_once_asked(fake: FakeManager, scale: Callable[..., Result]) -> None:

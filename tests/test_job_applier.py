@@ -22,6 +22,7 @@ from cube.cli.agent_options import NodeOptions
 from cube.cli.job_follow import judge
 from cube.cli.main import cli
 from cube.errors import NotFound
+from cube.job.blocked import PlacementFailure, blocked_status
 from cube.job.model import (
     Allocation,
     AllocDesired,
@@ -34,7 +35,6 @@ from cube.job.wire import JobDetail
 from cube.manager.allocs import (
     MAX_TASK_ID,
     alloc_task_id,
-    blocked_status,
     derive_status,
     on_bad_node,
     passed_over,
@@ -196,12 +196,16 @@ SERVICE = parse_job(
 
 
 def detail(
-    *allocs: Allocation, spec: JobSpec = SERVICE, status: JobStatus = JobStatus.RUNNING
+    *allocs: Allocation,
+    spec: JobSpec = SERVICE,
+    status: JobStatus = JobStatus.RUNNING,
+    failures: dict[str, PlacementFailure] | None = None,
 ) -> JobDetail:
     return JobDetail(
         job=Job(id=spec.job, status=status, status_reason="why"),
         spec=spec,
         allocations=list(allocs),
+        placement_failures=failures or {},
     )
 
 
@@ -219,16 +223,21 @@ def test_a_service_on_its_way_is_neither_done_nor_failed() -> None:
     assert not verdict.failed
 
 
-def test_an_allocation_that_fits_nowhere_fails_the_run_with_the_filters_reason() -> None:
-    stuck = alloc(id="a2", index=1, node=None, placement={}, status_reason="no node has 9 free CPU")
-    verdict = judge(detail(alloc(status=AllocStatus.RUNNING), stuck))
-    assert verdict.failed == ["shop.web[1] cannot be placed: no node has 9 free CPU"]
+def test_a_placement_that_fits_nowhere_fails_the_run_with_the_filters_reason() -> None:
+    cpu = PlacementFailure(count=1, reason="no node has 9 free CPU", filtered={"cpu": 2})
+    verdict = judge(detail(alloc(status=AllocStatus.RUNNING), failures={"web": cpu}))
+    assert verdict.failed == [
+        "shop.web: 1 of 2 not placed: no node has 9 free CPU (filtered: cpu 2 nodes)"
+    ]
+    assert verdict.blocked
 
 
-def test_an_allocation_that_fits_nowhere_waits_while_another_is_stopping() -> None:
-    stuck = alloc(id="a2", index=1, node=None, placement={}, status_reason="no node fits")
+def test_a_placement_that_fits_nowhere_waits_while_another_is_stopping_or_starting() -> None:
+    fits = {"web": PlacementFailure(count=1, reason="no node fits")}
     stopping = alloc(id="a3", desired=AllocDesired.STOP, status=AllocStatus.RUNNING)
-    assert judge(detail(alloc(status=AllocStatus.RUNNING), stuck, stopping)).failed == []
+    assert judge(detail(alloc(status=AllocStatus.RUNNING), stopping, failures=fits)).failed == []
+    starting = alloc(status=AllocStatus.PENDING)  # may fail and free its node's room
+    assert judge(detail(starting, failures=fits)).failed == []
 
 
 def test_a_batch_is_there_when_complete_and_has_failed_when_failed() -> None:
@@ -405,17 +414,19 @@ async def test_an_allocation_saved_before_its_tasks_gets_them_on_the_next_pass()
     await again.close()
 
 
-async def test_no_node_in_the_jobs_datacenters_leaves_the_allocation_unplaced_saying_why() -> None:
+async def test_no_node_in_the_jobs_datacenters_places_nothing_and_says_why() -> None:
     store, workers = MemoryStore(), FakeWorkers()
     store.save_node(node("n1", dc="dc1"))
     manager = make_manager(store, workers)
     manager.jobs.submit(job_spec(count=1).model_copy(update={"datacenters": ["eu1"]}))
     manager.jobs.reconcile_all(NOW)
-    (a,) = manager.jobs.allocations()
-    assert (a.node, a.status, a.status_reason) == (
-        None,
-        AllocStatus.PENDING,
+    assert manager.jobs.allocations() == []
+    assert store.list_allocations() == []
+    (failure,) = manager.jobs.failures("shop").values()
+    assert (failure.count, failure.reason, failure.filtered) == (
+        1,
         "no node in datacenter eu1",
+        {"datacenter": 1},  # n1, in dc1
     )
     assert workers.sent == []
     await manager.close()
@@ -501,14 +512,27 @@ async def test_job_routes_name_the_field_path_of_a_bad_job_and_create_nothing() 
     await manager.close()
 
 
-async def test_a_group_that_fits_nowhere_waits_for_the_cluster_to_change() -> None:
+async def test_a_group_that_fits_nowhere_waits_for_the_cluster_to_change(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     store, workers = MemoryStore(), FakeWorkers()
     manager = make_manager(store, workers)  # no node at all
     manager.jobs.submit(job_spec(count=5))
+    tried: list[str] = []
+    choose = manager.jobs.placer.choose
+
+    def counted(spec: JobSpec, place: Any, views: PassViews, **options: Any) -> Any:
+        tried.append(place.group)
+        return choose(spec, place, views, **options)
+
+    monkeypatch.setattr(manager.jobs.placer, "choose", counted)
     for _ in range(3):
         manager.jobs.reconcile_all(NOW)
-    (stuck,) = manager.jobs.allocations()  # one tried, the others wait: not five failures
-    assert (stuck.node, stuck.status_reason) == (None, "no node in datacenter dc1")
+    assert manager.jobs.allocations() == []  # nothing recorded, as in Nomad
+    assert store.list_allocations() == []
+    # One tried, the others wait for the cluster to change: not five failures a pass.
+    assert tried == ["web"]
+    assert manager.jobs.failures("shop")["web"].count == 5
     job = manager.jobs.job("shop")  # the job says why, as a blocked evaluation in Nomad
     assert job.status is JobStatus.PENDING
     assert job.status_reason == "blocked: web: 5 of 5 not placed: no node in datacenter dc1"
@@ -532,18 +556,15 @@ def test_a_running_job_with_a_blocked_group_says_both() -> None:
         Allocation(job="shop", group="web", index=i, version=1, group_hash="h", node="n1")
         for i in range(2)
     ]
-    stuck = Allocation(
-        job="shop", group="web", index=2, version=1, group_hash="h", placement={"node": None}
-    )
-    stuck.status_reason = "no node has 0.5 CPU free"
+    stuck = {"web": PlacementFailure(count=1, reason="no node has 0.5 CPU free")}
     running = (JobStatus.RUNNING, "2 allocations running")
-    assert blocked_status(spec, *running, [*placed, stuck]) == (
+    assert blocked_status(spec, *running, placed, stuck) == (
         JobStatus.RUNNING,
         "2 allocations running; blocked: web: 1 of 3 not placed: no node has 0.5 CPU free",
     )
-    assert blocked_status(spec, *running, placed) == running  # nothing waits
+    assert blocked_status(spec, *running, placed, {}) == running  # nothing waits
     dead = (JobStatus.DEAD, "stopped")
-    assert blocked_status(spec, *dead, [*placed, stuck]) == dead
+    assert blocked_status(spec, *dead, placed, stuck) == dead
 
 
 async def test_a_large_count_is_placed_over_several_passes(monkeypatch: pytest.MonkeyPatch) -> None:

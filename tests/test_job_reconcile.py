@@ -176,12 +176,12 @@ def test_a_plan_round_trips_through_json() -> None:
     assert adapter.validate_json(adapter.dump_json(plan)) == plan
 
 
-def test_pending_allocations_are_kept_while_they_wait_for_a_node() -> None:
+def test_pending_allocations_are_kept_while_their_tasks_start() -> None:
     v = version(spec(count=1))
-    plan = plan_for(v, [alloc(v, 0, None, AllocStatus.PENDING, id="a0")])
+    plan = plan_for(v, [alloc(v, 0, "n1", AllocStatus.PENDING, id="a0")])
 
     assert shape(plan) == {"keep": ["a0"]}
-    assert plan.keep[0].reason == "pending, waiting for a node"
+    assert plan.keep[0].reason == "pending on n1"
     assert plan.status is JobStatus.PENDING
 
 
@@ -419,11 +419,13 @@ def test_a_stopping_allocation_on_a_down_node_does_not_hold_the_update_up() -> N
     assert shape(plan) == {"update": ["a1"], "keep": ["a0"]}
 
 
-def test_an_allocation_not_placed_yet_moves_to_the_new_version_at_once() -> None:
+def test_a_pending_allocation_is_updated_as_a_running_one_is_max_parallel_at_a_time() -> None:
+    # Every allocation has a node (a placement that finds none records nothing:
+    # cube.job.blocked), so none moves to a new version outside the update policy.
     v1 = version(spec())
     v2 = version(spec(tasks=[{"name": "api", "image": "cube-busybox:2"}]), 2)
-    allocs = [alloc(v1, i, None, AllocStatus.PENDING, id=f"a{i}") for i in range(3)]
-    assert shape(plan_for(v2, allocs)) == {"update": ["a0", "a1", "a2"]}
+    allocs = [alloc(v1, i, "n1", AllocStatus.PENDING, id=f"a{i}") for i in range(3)]
+    assert shape(plan_for(v2, allocs)) == {"update": ["a0"], "keep": ["a1", "a2"]}
 
 
 def test_a_changed_spec_replaces_a_failed_allocation_with_the_new_version() -> None:

@@ -365,14 +365,25 @@ def test_bad_job_file_exits_2_naming_the_file_and_field_and_creates_nothing(
 
 
 def test_alloc_status_without_an_id_lists_allocations_by_job_and_node(
-    start_manager: Any, tmp_path: Path
+    start_manager: Any, start_worker: Any, tmp_path: Path
 ) -> None:
-    """Like ``cube status`` and ``cube job status``: no ID, a list (here of allocations
-    that wait for a node, since no worker joined)."""
+    """Like ``cube status`` and ``cube job status``: no ID, a list (of the allocations
+    placed: a job that fits no node has none)."""
     manager = start_manager()
-    for name in ("shop", "blog"):
-        ran = cube(manager, "job", "run", "--detach", str(job_file(tmp_path, name, count=1)))
+    worker = start_worker("--manager", manager.url)
+    wait_node(manager.url, worker.name, "ready")
+    nowhere_file = job_file(tmp_path, "mars", count=1, group={"constraints": {"zone": "mars"}})
+    for path in (job_file(tmp_path, "shop", count=1), job_file(tmp_path, "blog", count=1)):
+        ran = cube(manager, "job", "run", "--detach", str(path))
         assert ran.returncode == 0, ran.stderr
+    assert cube(manager, "job", "run", "--detach", str(nowhere_file)).returncode == 0
+    for name in ("shop", "blog"):
+        wait_allocs(manager.url, name, 1)
+    wait_for(
+        lambda: get_json(manager.url, "/jobs/mars")["placement_failures"],
+        timeout=30,
+        what="job mars blocked",
+    )
     listed = cube(manager, "alloc", "status")
     assert listed.returncode == 0, listed.stderr
     names = [line.split()[1] for line in listed.stdout.splitlines()[1:]]
@@ -399,7 +410,7 @@ def test_scale_follows_the_job_and_fails_when_it_cannot_get_there(
     assert cube(manager, "job", "run", str(path)).returncode == 0  # nothing to run: there
     scaled = cube(manager, "job", "scale", "life", "web", "2", "--timeout", "60")
     assert scaled.returncode == 1, scaled
-    assert "life.web[0] cannot be placed" in scaled.stderr
+    assert "life.web: 2 of 2 not placed: no node in datacenter dc1" in scaled.stderr
     detached = cube(manager, "job", "scale", "life", "web", "3", "--detach")
     assert (detached.returncode, detached.stdout) == (0, "life\n")
     assert [v["number"] for v in get_json(manager.url, "/jobs/life/versions")] == [1, 2, 3]
@@ -419,8 +430,9 @@ def test_plan_changes_nothing_and_says_what_cannot_be_placed(
     assert get_json(manager.url, "/allocations") == []
     ran = cube(manager, "job", "run", str(path))
     assert ran.returncode == 1
-    assert "big.web[0] cannot be placed" in ran.stderr
-    assert "zone" in ran.stderr
+    assert "big.web: 2 of 2 not placed: no node has labels zone=mars" in ran.stderr
+    assert "(filtered: constraints 1 node)" in ran.stderr
+    assert get_json(manager.url, "/allocations") == []  # a failed placement records nothing
 
 
 def test_a_job_run_before_any_node_is_blocked_then_placed_when_a_worker_joins(
@@ -430,17 +442,20 @@ def test_a_job_run_before_any_node_is_blocked_then_placed_when_a_worker_joins(
     path = job_file(tmp_path, "early", count=2)
     ran = cube(manager, "job", "run", str(path), "--timeout", "20")
     assert ran.returncode == 1, ran
-    assert "early.web[0] cannot be placed: no node in datacenter dc1" in ran.stderr
+    assert "early.web: 2 of 2 not placed: no node in datacenter dc1" in ran.stderr
     assert "job early stays, blocked" in ran.stderr
-    job = get_json(manager.url, "/jobs/early")["job"]
-    assert (job["status"], job["status_reason"]) == (
+    detail = get_json(manager.url, "/jobs/early")
+    assert (detail["job"]["status"], detail["job"]["status_reason"]) == (
         "pending",
         "blocked: web: 2 of 2 not placed: no node in datacenter dc1",
     )
-    assert len(holders(manager.url, "early")) == 1  # the one placement tried; one queued
+    assert detail["placement_failures"]["web"]["count"] == 2
+    assert detail["allocations"] == []  # as in Nomad: a blocked placement, no allocation
+    assert get_json(manager.url, "/allocations") == []
     status = cube(manager, "job", "status", "early")
     row = next(line.split() for line in status.stdout.splitlines() if line.startswith("web "))
-    assert row[:4] == ["web", "2", "1", "1"]  # GROUP DESIRED QUEUED PENDING
+    assert row[:4] == ["web", "2", "2", "0"]  # GROUP DESIRED QUEUED PENDING
+    assert 'Group "web" (2 of 2 not placed):' in status.stdout
 
     worker = start_worker("--manager", manager.url)
     allocs = wait_allocs(manager.url, "early", 2)

@@ -111,10 +111,10 @@ async def test_a_large_fleet_gives_a_silent_node_the_stretched_timeout() -> None
     assert manager.pace.node_timeout == 28.0
     node = manager.nodes["n0"]
     node.last_seen = datetime.now(UTC) - timedelta(seconds=20)
-    await manager._check_deadline(node, "timed out")
+    await manager.membership.check_deadline(node, "timed out")
     assert node.state is NodeState.READY  # 20 s: two polls missed at most, not lost yet
     node.last_seen = datetime.now(UTC) - timedelta(seconds=30)
-    await manager._check_deadline(node, "timed out")
+    await manager.membership.check_deadline(node, "timed out")
     assert node.state is NodeState.DOWN
     await manager.close()
 
@@ -123,7 +123,8 @@ async def test_a_silent_node_is_down_at_its_deadline_not_a_poll_later() -> None:
     manager = fleet_manager(1)
     node = manager.nodes["n0"]
     node.last_seen = datetime.now(UTC) - timedelta(seconds=manager.node_timeout - 0.2)
-    await manager._check_deadline(node, "connection refused")  # a failed poll, just in time
+    # a failed poll, just in time
+    await manager.membership.check_deadline(node, "connection refused")
     assert node.state is NodeState.READY
     await asyncio.sleep(0.4)  # no poll comes (none would for another interval)
     assert node.state is NodeState.DOWN

@@ -380,6 +380,9 @@ async def test_every_page_renders_jobs_of_each_type_and_work_no_node_can_take(
     # Blocked with no node at all: the job list says why, and how many wait for one.
     listed = (await client.get("/jobs")).text
     assert "blocked: g: 2 of 2 not placed: " in listed, listed
-    assert "g: 1 pending, 1 queued of 2" in listed
+    assert "g: 2 queued of 2" in listed  # no allocation made: a blocked placement
+    page = (await client.get("/jobs/service")).text
+    assert "Placement failure" in page
+    assert "Group g: 2 of 2 not placed" in page
     waiting = (await client.get(f"/tasks/{task.id}")).text  # the dispatcher has not run
     assert "No placement decision recorded yet." in waiting

@@ -20,6 +20,7 @@ from cube.cli import deployments as deployment_commands
 from cube.cli import output as out
 from cube.cli.client import ManagerClient
 from cube.cli.errors import EXIT_FAILED
+from cube.job.blocked import blocked_groups
 from cube.job.model import AllocDesired, AllocStatus, JobStatus
 from cube.job.reconcile import is_holder
 from cube.job.spec import JobType
@@ -73,9 +74,10 @@ class Verdict:
 def judge(detail: JobDetail) -> Verdict:
     """Whether ``detail``'s job is where it should be, cannot get there, or is on its way.
 
-    Only allocations of the current version count. A placement that found no node
-    fails the run once nothing else is in flight (no allocation starting or stopping,
-    which could free what it needs); its reason names the filter that stopped it.
+    Only allocations of the current version count. A placement that found no node (a
+    placement failure of the job's, :mod:`cube.job.blocked`: it has no allocation) fails
+    the run once nothing else is in flight (no allocation starting or stopping, which
+    could free what it needs); its reason names the filters that stopped the nodes.
     """
     job, spec = detail.job, detail.spec
     current = [a for a in detail.allocations if is_holder(a) and a.version == job.version]
@@ -88,7 +90,7 @@ def judge(detail: JobDetail) -> Verdict:
             GroupProgress(
                 group.name,
                 wanted,
-                placed=sum(1 for a in mine if a.node is not None),
+                placed=len(mine),
                 running=counts[AllocStatus.RUNNING],
                 complete=counts[AllocStatus.COMPLETE],
                 failed=counts[AllocStatus.FAILED],
@@ -112,14 +114,14 @@ def judge(detail: JobDetail) -> Verdict:
         )
     if verdict.done:
         return verdict
-    unplaced = [a for a in current if a.node is None and a.placement is not None]
+    blocked = blocked_groups(spec, detail.allocations, detail.placement_failures)
     in_flight = any(
-        (a.node is not None and a.status is AllocStatus.PENDING)
+        (a.desired is AllocDesired.RUN and a.status is AllocStatus.PENDING)
         or (a.desired is AllocDesired.STOP and not a.is_terminal)
         for a in detail.allocations
     )
-    if unplaced and not in_flight:
-        verdict.failed += [f"{a.name} cannot be placed: {a.status_reason}" for a in unplaced]
+    if blocked and not in_flight:
+        verdict.failed += [f"{job.id}.{g.filtered_line}" for g in blocked]
         verdict.blocked = True
     return verdict
 

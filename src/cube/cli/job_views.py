@@ -7,12 +7,14 @@ from collections.abc import Sequence
 
 from rich.console import RenderableType
 from rich.table import Column, Table
+from rich.text import Text
 
 from cube.cli import deployments as deployment_commands
 from cube.cli import output as out
 from cube.cli.client import ManagerClient
 from cube.cli.output import short
 from cube.errors import CubeError
+from cube.job.blocked import BlockedGroup, blocked_groups
 from cube.job.model import Allocation, AllocStatus
 from cube.job.summary import group_summaries
 from cube.job.wire import JobDetail
@@ -40,11 +42,26 @@ def job_view(detail: JobDetail) -> list[RenderableType]:
     groups = out.make_table("GROUP", "DESIRED", "QUEUED", *states)
     for row in group_rows(detail):
         out.add_row(groups, *row)
+    blocked = blocked_view(
+        blocked_groups(detail.spec, detail.allocations, detail.placement_failures)
+    )
     return [
         head,
         out.section("Groups", groups),
+        *([out.section("Placement Failure", Text(blocked))] if blocked else []),
         out.section("Allocations", alloc_table(detail.allocations)),
     ]
+
+
+def blocked_view(groups: Sequence[BlockedGroup]) -> str:
+    """Nomad's Placement Failure: per group, how many are not placed, why, and the
+    filters that stopped how many nodes (empty: every placement found a node)."""
+    paragraphs = []
+    for g in groups:
+        of = "" if g.wanted is None else f" of {g.wanted}"
+        lines = [f'Group "{g.name}" ({g.waiting}{of} not placed):', *g.lines()]
+        paragraphs.append("\n  ".join(lines))
+    return "\n".join(paragraphs)
 
 
 def group_rows(detail: JobDetail) -> list[list[str]]:

@@ -13,15 +13,17 @@ from typing import Literal
 
 import click
 from rich.table import Column
+from rich.text import Text
 
 from cube.cli import deployments as deployment_commands
 from cube.cli import output as out
 from cube.cli.client import ManagerClient, manager_option
 from cube.cli.errors import EXIT_FAILED, handle_errors
 from cube.cli.job_follow import follow_to_the_end, following
-from cube.cli.job_views import failure_view, job_view
+from cube.cli.job_views import blocked_view, failure_view, job_view
 from cube.cli.output import short
 from cube.errors import FieldError, InvalidSpec
+from cube.job.blocked import BlockedGroup
 from cube.job.model import Job
 from cube.job.spec import JobSpec, parse_job_text
 from cube.task.model import utcnow
@@ -127,6 +129,8 @@ def plan_command(client: ManagerClient, file: str, output: out.Format) -> None:
     if output == "json":
         out.print_json(plan)
     else:
+        failed = plan.placement_failures.items()
+        blocked = blocked_view([BlockedGroup(g, f.count, None, f) for g, f in failed])
         table = out.make_table("ACTION", "SLOT", "ALLOC", "NODE", Column("REASON", overflow="fold"))
         for e in plan.entries:
             slot = f"{e.group}[{e.index}]" if e.group is not None else out.DASH
@@ -140,6 +144,7 @@ def plan_command(client: ManagerClient, file: str, output: out.Format) -> None:
                 ]
             ),
             out.section("Plan", table),
+            *([out.section("Placement Failure", Text(blocked))] if blocked else []),
         )
     if plan.unplaceable:
         raise SystemExit(EXIT_FAILED)

@@ -169,7 +169,7 @@ def _step(
         own = [a for a in mine if a.group == group.name]
         current = [a for a in own if _holds(a) and a.group_hash == wanted and not a.is_terminal]
         g.desired = _desired(spec, group.name, mine)
-        g.placed = sum(1 for a in current if a.node is not None)
+        g.placed = len(current)
         g.healthy = sum(1 for a in current if a.healthy is True)
         g.unhealthy = sum(1 for a in own if a.deployment == d.id and a.healthy is False)
         g.canaries = [a.id for a in own if a.canary and a.deployment == d.id]

@@ -251,6 +251,8 @@ class Allocation(BaseModel):
     version: int = Field(ge=1)
     #: :func:`group_hash` of the group at ``version``: equal hashes mean equal containers.
     group_hash: str
+    #: Set when it is made (placed); None only in tests and in an older Cube's store,
+    #: whose allocations without a node are ignored on load (cube.manager.job_records).
     node: str | None = None
     desired: AllocDesired = AllocDesired.RUN
     desired_reason: str = ""
@@ -264,8 +266,9 @@ class Allocation(BaseModel):
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
     finished_at: datetime | None = None
-    #: The scheduler's explanation of where the allocation went, or why nowhere (a
-    #: cube.scheduler Decision as JSON), kept per allocation as Nomad keeps its metrics.
+    #: The scheduler's explanation of where the allocation went (a cube.scheduler
+    #: Decision as JSON), kept per allocation as Nomad keeps its metrics. A placement that
+    #: found no node makes no allocation (cube.job.blocked).
     placement: dict[str, Any] | None = None
     #: The deployment that placed it (None: placed before deployments, or by a batch job).
     deployment: str | None = None

@@ -349,10 +349,8 @@ def _untainted(state: _GroupPass, alloc: Allocation) -> None:
     """A holder on a good node: keep it, or bring it to the current version."""
     plan, version, roll = state.plan, state.version, state.rollout
     if alloc.group_hash != state.hash:
-        # Not started anywhere yet: nothing runs that an update could disturb.
-        if alloc.node is None or (state.update_budget > 0 and roll.may_replace):
-            if alloc.node is not None:
-                state.update_budget -= 1
+        if state.update_budget > 0 and roll.may_replace:
+            state.update_budget -= 1
             plan.update.append(
                 Update(
                     alloc.id,
@@ -361,7 +359,7 @@ def _untainted(state: _GroupPass, alloc: Allocation) -> None:
                     f"version {version} changes what {alloc.name} runs"
                     f" (was version {alloc.version})",
                     node=alloc.node if state.system else None,
-                    start_first=roll.start_first and alloc.node is not None and not state.system,
+                    start_first=roll.start_first and not state.system,
                 )
             )
         else:
@@ -371,8 +369,7 @@ def _untainted(state: _GroupPass, alloc: Allocation) -> None:
             InPlace(alloc.id, f"version {version} changes nothing {alloc.name} runs")
         )
     else:
-        where = f" on {alloc.node}" if alloc.node else ", waiting for a node"
-        plan.keep.append(Keep(alloc.id, f"{alloc.status.value}{where}"))
+        plan.keep.append(Keep(alloc.id, f"{alloc.status.value} on {alloc.node}"))
 
 
 def _terminal(state: _GroupPass, alloc: Allocation) -> Place | None:

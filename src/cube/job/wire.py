@@ -6,6 +6,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
+from cube.job.blocked import PlacementFailure
 from cube.job.deployment import Deployment
 from cube.job.model import Allocation, Job
 from cube.job.spec import MAX_COUNT, JobSpec
@@ -20,6 +21,9 @@ class JobDetail(BaseModel):
     allocations: list[Allocation]
     #: The current version's deployment (None: a batch job, or not made yet).
     deployment: Deployment | None = None
+    #: Group -> its placements that found no node in the last pass, and why (Nomad's
+    #: placement failures): none of them has an allocation.
+    placement_failures: dict[str, PlacementFailure] = {}
 
 
 class ScaleRequest(BaseModel):
@@ -52,6 +56,8 @@ class JobPlan(BaseModel):
     entries: list[PlanEntry]
     #: Placements that would find no node (each entry's reason says why).
     unplaceable: int
+    #: Group -> its placements that would find no node, and why (as a job's, JobDetail).
+    placement_failures: dict[str, PlacementFailure] = {}
 
 
 class RevertRequest(BaseModel):

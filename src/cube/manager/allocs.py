@@ -9,7 +9,6 @@ clock and the records passed in, so that each case is a one-line test.
   twice (after a crash, a lost answer) runs one container, not two.
 * :func:`passed_over`: Nomad's job anti-affinity: nodes that run none of the job's
   allocations (nor the one the allocation replaces) come first.
-* :func:`blocked_status`: what a job whose placements found no node says of them.
 """
 
 from __future__ import annotations
@@ -23,11 +22,8 @@ from cube.job.model import (
     AllocDesired,
     AllocStatus,
     AllocTask,
-    JobStatus,
     can_alloc_transition,
 )
-from cube.job.reconcile import is_holder
-from cube.job.spec import JobSpec, JobType
 from cube.node import Node, NodeState
 from cube.task.model import DesiredState, Task
 from cube.task.restart import decide_restart
@@ -148,39 +144,3 @@ def passed_over(taken: Iterable[str], *, avoid: str | None = None) -> set[str]:
     of one job spread over the nodes when they can, and share one when they must.
     """
     return {*taken, *([avoid] if avoid else [])}
-
-
-def blocked_status(
-    spec: JobSpec, status: JobStatus, reason: str, allocs: Iterable[Allocation]
-) -> tuple[JobStatus, str]:
-    """The job's status and reason once some of its placements found no node.
-
-    Only one allocation of a group that fits nowhere is tried (and recorded, with the
-    filter that stopped it); the others wait for the cluster to change (a node joins, one
-    frees room). As Nomad says of a blocked evaluation, the job says so, with how many
-    of each group are not placed and why, instead of "no allocation runs yet":
-    ``blocked: web: 5 of 5 not placed: no node in datacenter dc1``. A job that is not
-    Pending or Running (stopped, complete, failed) keeps its status and reason.
-    """
-    if status not in (JobStatus.PENDING, JobStatus.RUNNING):
-        return status, reason
-    live = [a for a in allocs if is_holder(a) and not a.is_terminal]
-    parts = []
-    for group in spec.groups:
-        mine = [a for a in live if a.group == group.name]
-        stuck = [a for a in mine if a.node is None and a.placement is not None]
-        if not stuck:
-            continue
-        if spec.type is JobType.SYSTEM:  # one per eligible node: no count to compare
-            parts.append(f"{group.name}: {len(stuck)} not placed: {stuck[-1].status_reason}")
-            continue
-        placed = sum(1 for a in mine if a.node is not None)
-        waiting = max(group.wanted - placed, len(stuck))
-        why = f"{waiting} of {group.wanted} not placed: {stuck[-1].status_reason}"
-        parts.append(f"{group.name}: {why}")
-    if not parts:
-        return status, reason
-    blocked = "blocked: " + "; ".join(parts)
-    if status is JobStatus.RUNNING:
-        return status, f"{reason}; {blocked}"
-    return JobStatus.PENDING, blocked

@@ -337,8 +337,5 @@ class Manager:
     async def _move_tasks_off(self, node: Node, why: str) -> list[str]:
         return await self.dispatcher.move_tasks_off(node, why)
 
-    async def _check_deadline(self, node: Node, error: str) -> None:
-        await self.membership.check_deadline(node, error)
-
     async def _call_failed(self, node: Node, error: str) -> None:
         await self.membership.call_failed(node, error)

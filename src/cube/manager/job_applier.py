@@ -7,8 +7,15 @@ first: :mod:`cube.manager.job_placement`) and starts its tasks there through the
 manager's send path; Stop stops an allocation's tasks; Update stops one allocation and
 places its successor.
 
-It also paces itself, as the state it owns says: a group whose placement found no node
-waits for the cluster's capacity to change (``blocked``); a pass tries at most
+A placement is tried before anything is recorded: one that finds no node records nothing
+(as in Nomad, where it leaves a blocked evaluation, not an allocation). The group waits
+for the cluster's capacity to change, or for a new version (``blocked``), instead of each
+of its placements failing the same way on every pass; the applier keeps how many
+placements of the group the last pass could not make and the scheduler's explanation
+(:meth:`Applier.failures`, read by the job's status and the API). Nothing of it is stored:
+the next pass that tries finds it again.
+
+It also paces itself, as the state it owns says: a pass tries at most
 :data:`MAX_PLACEMENTS_PER_PASS` placements, none while :data:`SEND_BACKLOG` sends wait,
 and a job's placements stop at the end of its slice (set by :mod:`cube.manager.job_loop`);
 what is left is kept for the next slice (:meth:`Applier.take_rest`).
@@ -23,10 +30,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from cube.background import spawn
+from cube.job.blocked import PlacementFailure, failure_of
 from cube.job.deployment import Deployment
 from cube.job.model import (
     Allocation,
@@ -35,10 +44,8 @@ from cube.job.model import (
     AllocTask,
     Job,
     JobVersion,
-    group_hash,
 )
 from cube.job.plan import Place, Plan
-from cube.job.spec import JobSpec
 from cube.log import get_logger
 from cube.manager.allocs import alloc_task_id
 from cube.manager.job_changes import JobChanges
@@ -46,6 +53,7 @@ from cube.manager.job_placement import Placer
 from cube.manager.job_records import JobRecords
 from cube.manager.pass_views import PassViews
 from cube.node import Node
+from cube.scheduler import Decision
 from cube.task.model import DesiredState, Task
 from cube.task.spec import AllocRef
 
@@ -61,9 +69,22 @@ MAX_PLACEMENTS_PER_PASS = 500
 #: than the nodes are told only queues sends (and their memory) in the manager.
 SEND_BACKLOG = 256
 
-#: What a slice left of a job's plan: its version, the placements and retries still to
-#: make, and the deployment they belong to (if any).
-Rest = tuple[int, list[Place], list[str], str | None]
+#: What a slice left of a job's plan: its version, the placements still to make, and the
+#: deployment they belong to (if any).
+Rest = tuple[int, list[Place], str | None]
+
+
+@dataclass
+class Blocked:
+    """A group whose placement found no node: it waits until the cluster's capacity
+    ``generation`` or the job's ``version`` changes."""
+
+    generation: int
+    version: int
+    decision: Decision
+    #: Placements of the group the job's last plan asked for that found no node: the one
+    #: tried, and those that waited on it (Nomad's coalesced failures, plus one).
+    count: int = 1
 
 
 class Applier:
@@ -85,10 +106,10 @@ class Applier:
         self.changes = changes
         self._rollout = rollout  # a plan's reclaims and promotions (cube.manager.deployments)
         self._background = background
-        #: (job, group) -> the manager's capacity generation when a placement of the group
-        #: found no node: its other placements wait for the cluster to change, as the task
-        #: dispatcher's do, instead of each failing the same way on every pass.
-        self._blocked: dict[tuple[str, str], int] = {}
+        #: (job, group) -> when and why a placement of the group found no node: its other
+        #: placements wait for the cluster to change, as the task dispatcher's do, instead
+        #: of each failing the same way on every pass.
+        self._blocked: dict[tuple[str, str], Blocked] = {}
         #: Placements this pass may still try (see MAX_PLACEMENTS_PER_PASS).
         self._budget = MAX_PLACEMENTS_PER_PASS
         #: Kept for one pass, because each placement needs it and computing it anew cost
@@ -120,6 +141,14 @@ class Applier:
         """Whether a placement of one of ``job``'s groups found no node (and waits)."""
         return any(j == job for j, _ in self._blocked)
 
+    def failures(self, job: str) -> dict[str, PlacementFailure]:
+        """Group -> the placements of ``job``'s last plan that found no node, and why."""
+        return {
+            group: failure_of(b.decision, b.count)
+            for (j, group), b in self._blocked.items()
+            if j == job
+        }
+
     def forget_job(self, job: str) -> None:
         """A purged job: its groups wait for nothing, and no slice goes on with it."""
         for key in [k for k in self._blocked if k[0] == job]:
@@ -143,36 +172,32 @@ class Applier:
     ) -> bool:
         """Carry out ``plan``; returns whether the job's slice ended with placements left."""
         self._cut = False
-        spec = version.spec
+        for key in [k for k in self._blocked if k[0] == job.id]:
+            if key[1] in {p.group for p in plan.place} | {u.group for u in plan.update}:
+                self._blocked[key].count = 0  # this plan's placements count again
+            else:
+                del self._blocked[key]  # its group places nothing now (scaled, stopped)
         placed_by = deployment.id if deployment is not None else None
         for stop in plan.stop:
             self._stop_alloc(self.records.allocs[stop.alloc], stop.reason, lost=stop.lost, now=now)
         self._rollout(plan, now)
         for update in plan.update:
-            old = self.records.allocs[update.alloc]
-            if old.node is not None and not self._may_place(job.id, update.group):
-                continue  # the old one keeps running until its successor has somewhere to go
-            if old.node is None:  # nothing runs yet: the waiting allocation takes the new spec
-                group = spec.group(old.group)
-                old.version, old.group_hash = version.number, group_hash(spec, group)
-                self.manager.store.save_allocations([old])
+            # The old one keeps running until its successor has somewhere to go.
+            if self._waits(job.id, update.group, version.number) or not self._may_place(job.id):
                 continue
-            if not update.start_first:  # start-first: it runs until its successor is healthy
-                self._stop_alloc(old, update.reason, lost=False, now=now)
             place = Place(
-                update.group, update.index, update.reason, replaces=old.id, node=update.node
+                update.group, update.index, update.reason, replaces=update.alloc, node=update.node
             )
-            self._place(job, version, place, views, now, deployment=placed_by)
+            # start-first: the old one runs until its successor is healthy.
+            stop_first = not update.start_first
+            self._place(
+                job, version, place, views, now, deployment=placed_by, stop_first=stop_first
+            )
         for entry in plan.in_place:
             alloc = self.records.allocs[entry.alloc]
             alloc.version, alloc.updated_at = version.number, now
             self.manager.store.save_allocations([alloc])
-        retries = [
-            a.id
-            for a in (self.records.allocs[keep.alloc] for keep in plan.keep)
-            if a.node is None and not a.is_terminal and a.desired is AllocDesired.RUN
-        ]
-        self._place_all(job, version, plan.place, retries, views, now, deployment=placed_by)
+        self._place_all(job, version, plan.place, views, now, deployment=placed_by)
         return self._cut
 
     def apply_rest(
@@ -180,7 +205,7 @@ class Applier:
     ) -> bool:
         """Go on with what a slice left (:meth:`take_rest`); returns whether it was cut again."""
         self._cut = False
-        self._place_all(job, version, rest[1], rest[2], views, now, deployment=rest[3])
+        self._place_all(job, version, rest[1], views, now, deployment=rest[2])
         return self._cut
 
     def _place_all(
@@ -188,40 +213,40 @@ class Applier:
         job: Job,
         version: JobVersion,
         places: list[Place],
-        retries: list[str],
         views: PassViews,
         now: datetime,
         *,
         deployment: str | None = None,
     ) -> None:
-        """Make the plan's placements, then retry its unplaced allocations, until the
-        slice, the pass's budget or the send backlog says stop: what is left is kept
-        for the next slice (see _rest)."""
+        """Make the plan's placements until the slice, the pass's budget or the send
+        backlog says stop: what is left is kept for the next slice (see _rest)."""
         for n, place in enumerate(places):
-            if not self._may_place(job.id, place.group):
+            if self._waits(job.id, place.group, version.number):
+                continue
+            if not self._may_place(job.id):
                 if self._cut or job.id in self.changes.unfinished:
-                    self._rest[job.id] = (version.number, places[n:], retries, deployment)
+                    self._rest[job.id] = (version.number, places[n:], deployment)
                     return
                 continue
             self._place(job, version, place, views, now, deployment=deployment)
-        for n, alloc_id in enumerate(retries):
-            alloc = self.records.allocs.get(alloc_id)
-            if alloc is None or alloc.node is not None:
-                continue
-            if not self._may_place(job.id, alloc.group):
-                if self._cut or job.id in self.changes.unfinished:
-                    self._rest[job.id] = (version.number, [], retries[n:], deployment)
-                    return
-                continue
-            self._retry(version, alloc, views)
 
-    def _may_place(self, job: str, group: str) -> bool:
-        """Whether a placement of ``group`` may be tried now: not blocked, and within the
-        pass's budget, the send backlog and the job's slice (else the job is left for
-        the next pass, or the next slice)."""
+    def _waits(self, job: str, group: str, version: int) -> bool:
+        """Whether ``group`` is blocked: a placement of it found no node, and neither the
+        cluster's capacity nor the job's version changed since (counted: one more
+        placement the plan asked that found no node)."""
         blocked = self._blocked.get((job, group))
-        if blocked is not None and blocked == self.manager.dispatcher.generation:
+        if blocked is None or (blocked.generation, blocked.version) != (
+            self.manager.dispatcher.generation,
+            version,
+        ):
             return False
+        blocked.count += 1
+        return True
+
+    def _may_place(self, job: str) -> bool:
+        """Whether a placement may be tried now: within the pass's budget, the send
+        backlog and the job's slice (else the job is left for the next pass, or the
+        next slice)."""
         if self._budget <= 0 or self.manager.dispatcher.sends_in_flight >= SEND_BACKLOG:
             self.changes.unfinished.add(job)
             return False
@@ -240,10 +265,36 @@ class Applier:
         now: datetime,
         *,
         deployment: str | None = None,
+        stop_first: bool = False,
     ) -> None:
-        """Create the allocation ``place`` asks for and start it where the scheduler says."""
+        """Ask the scheduler where ``place`` goes; if somewhere, create the allocation and
+        start it there, else record nothing and mark the group blocked.
+
+        ``stop_first``: ``place`` replaces an allocation that stops first; what it holds
+        is free for the placement, and it is stopped only if the placement found a node
+        (else it goes on running, as Nomad stops an old allocation only in a plan that
+        places its successor).
+        """
         spec = version.spec
         group = spec.group(place.group)
+        self._budget -= 1
+        self._slice_placed += 1
+        taken = self._taken.get(job.id)
+        if taken is None:
+            taken = self._taken[job.id] = self.records.live_nodes(job.id)
+        old = self.records.allocs.get(place.replaces) if place.replaces is not None else None
+        if stop_first and old is not None:
+            self.placer.release(old.id, views)
+        decision = self.placer.choose(spec, place, views, taken=taken)
+        if decision.node is None:
+            if stop_first and old is not None:
+                self.placer.hold(old.id, views)
+            generation = self.manager.dispatcher.generation
+            self._blocked[(job.id, group.name)] = Blocked(generation, version.number, decision)
+            return
+        self._blocked.pop((job.id, group.name), None)
+        if stop_first and old is not None:
+            self._stop_alloc(old, place.reason, lost=False, now=now)
         alloc = Allocation(
             job=job.id,
             group=group.name,
@@ -254,47 +305,19 @@ class Applier:
             replaces=place.replaces,
             deployment=deployment,
             canary=place.canary,
+            node=decision.node,
+            placement=decision.model_dump(mode="json"),
+            status_reason=f"placed on {decision.node}",
             created_at=now,
             updated_at=now,
         )
         alloc.tasks = {t.name: AllocTask(id=alloc_task_id(alloc.id, t.name)) for t in group.tasks}
         changed = [alloc]
-        old = self.records.allocs.get(place.replaces) if place.replaces is not None else None
         if old is not None:
             old.replaced_by = alloc.id
             changed.append(old)
         self.records.add(alloc)
-        self._assign(spec, alloc, place, views, changed)
-
-    def _retry(self, version: JobVersion, alloc: Allocation, views: PassViews) -> None:
-        """Try again to place an allocation that found no node before."""
-        place = Place(alloc.group, alloc.index, "retry", avoid=None)
-        self._assign(version.spec, alloc, place, views, [alloc])
-
-    def _assign(
-        self,
-        spec: JobSpec,
-        alloc: Allocation,
-        place: Place,
-        views: PassViews,
-        changed: list[Allocation],
-    ) -> None:
-        self._budget -= 1
-        self._slice_placed += 1
-        taken = self._taken.get(alloc.job)
-        if taken is None:
-            taken = self._taken[alloc.job] = self.records.live_nodes(alloc.job)
-        decision = self.placer.choose(spec, place, views, taken=taken)
-        alloc.placement = decision.model_dump(mode="json")
-        if decision.node is None:
-            self._blocked[(alloc.job, alloc.group)] = self.manager.dispatcher.generation
-            alloc.status_reason = decision.reason
-            self.manager.store.save_allocations(changed)
-            return
-        self._blocked.pop((alloc.job, alloc.group), None)
         taken.add(decision.node)
-        self.records.placed(alloc, decision.node)
-        alloc.status_reason = f"placed on {decision.node}"
         self.manager.store.save_allocations(changed)  # the allocation first, then its tasks
         self.start_tasks(alloc, views[decision.node])
         log.info("allocation placed", alloc=alloc.id, name=alloc.name, node=decision.node)
@@ -321,8 +344,6 @@ class Applier:
         alloc.desired, alloc.desired_reason, alloc.updated_at = AllocDesired.STOP, reason, now
         if lost and not alloc.is_terminal:
             alloc.transition(AllocStatus.LOST, reason, now=now)
-        elif alloc.node is None and not alloc.is_terminal:
-            alloc.transition(AllocStatus.COMPLETE, f"stopped: {reason}", now=now)
         self.manager.store.save_allocations([alloc])
         for t in alloc.tasks.values():
             self.stop_task(t.id, reason)

@@ -28,11 +28,12 @@ from collections.abc import Collection, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from cube.job.blocked import blocked_status
 from cube.job.model import Allocation, AllocDesired, AllocStatus, Job
 from cube.job.reconcile import reconcile
 from cube.job.spec import JobType
 from cube.log import get_logger
-from cube.manager.allocs import blocked_status, derive_status, on_bad_node, task_views
+from cube.manager.allocs import derive_status, on_bad_node, task_views
 from cube.manager.deployments import Deployments
 from cube.manager.job_applier import Applier
 from cube.manager.job_changes import JobChanges, Todo
@@ -231,9 +232,10 @@ class JobLoop:
         due = [t for t in (plan.wake_at, advanced.wake_at) if t is not None]
         self.changes.due(job.id, min(due, default=None))
         status, reason = plan.status, plan.status_reason  # judged before the placements
-        if self.applier.is_blocked(job.id):
+        failures = self.applier.failures(job.id)
+        if failures:
             allocs = self.records.allocations(job=job.id)
-            status, reason = blocked_status(version.spec, status, reason, allocs)
+            status, reason = blocked_status(version.spec, status, reason, allocs, failures)
         if (job.status, job.status_reason) != (status, reason):
             job.status, job.status_reason, job.updated_at = status, reason, now
             self.manager.store.save_job(job)

@@ -8,16 +8,18 @@ hash, as a spec never changes and building them was a tenth of a placement's cos
 
 from __future__ import annotations
 
-from collections.abc import Set
+from collections.abc import Callable, Set
 from functools import reduce
 from typing import TYPE_CHECKING
 
+from cube.job.blocked import DATACENTER
 from cube.job.model import group_hash
 from cube.job.plan import Place
 from cube.job.spec import GroupSpec, JobSpec, placement_spec
 from cube.manager.allocs import passed_over
 from cube.manager.job_records import JobRecords
 from cube.manager.pass_views import PassViews
+from cube.node import Node
 from cube.scheduler import Decision, allocate, release
 from cube.task.spec import TaskSpec
 
@@ -53,7 +55,14 @@ class Placer:
             reason = f"no node in datacenter {where}"
             if place.node is not None:
                 reason = f"node {place.node} is not in datacenter {where}"
-            return Decision(node=None, algorithm=scheduler.algorithm, reason=reason)
+            outside = len(views) if place.node is None else 1
+            return Decision(
+                node=None,
+                algorithm=scheduler.algorithm,
+                reason=reason,
+                filtered_counts={DATACENTER: outside} if outside else {},
+                total=len(views),
+            )
         skip = passed_over(taken, avoid=place.avoid)
         decision = None
         if skip and len(skip) < len(eligible):
@@ -87,9 +96,18 @@ class Placer:
 
     def release(self, alloc_id: str, views: PassViews) -> None:
         """Take off ``views`` what allocation ``alloc_id``'s live tasks hold on its node."""
+        self._change(alloc_id, views, release)
+
+    def hold(self, alloc_id: str, views: PassViews) -> None:
+        """Put back on ``views`` what :meth:`release` took off (the allocation stays)."""
+        self._change(alloc_id, views, allocate)
+
+    def _change(
+        self, alloc_id: str, views: PassViews, change: Callable[[Node, TaskSpec], Node]
+    ) -> None:
         alloc = self.records.allocs.get(alloc_id)
         if alloc is None or alloc.node is None or alloc.node not in views:
             return
         live = [self.manager.tasks.get(t.id) for t in alloc.tasks.values()]
         specs = [t.spec for t in live if t is not None and not t.is_terminal]
-        views.replace(reduce(release, specs, views[alloc.node]))
+        views.replace(reduce(change, specs, views[alloc.node]))

@@ -4,8 +4,8 @@ Loaded from the store when the manager starts and written through by whoever cha
 them (the operations in :mod:`cube.manager.jobs`, the applier, the pass), so that a
 restarted manager resumes every job where it was. Kept apart because every other part
 reads them, and two indices (allocations by job, by node) must stay in step with the
-allocations themselves: only :meth:`JobRecords.add`, :meth:`JobRecords.placed` and
-:meth:`JobRecords.forget` change them.
+allocations themselves: only :meth:`JobRecords.add` and :meth:`JobRecords.forget` change
+them.
 """
 
 from __future__ import annotations
@@ -31,7 +31,16 @@ class JobRecords:
         #: Allocation IDs by job and by node (a dict as an ordered set: oldest first).
         self._by_job: dict[str, dict[str, None]] = {}
         self._by_node: dict[str, dict[str, None]] = {}
-        for alloc in store.list_allocations():
+        loaded = store.list_allocations()
+        # An older Cube recorded a placement that found no node as an allocation without
+        # one; none is made now (cube.job.blocked), and the next pass finds again that it
+        # does not fit. Ignored, and its predecessor is again the holder of its slot.
+        unplaced = {a.id for a in loaded if a.node is None}
+        for alloc in loaded:
+            if alloc.id in unplaced:
+                continue
+            if alloc.replaced_by in unplaced:
+                alloc.replaced_by = None
             self.add(alloc)
 
     # --- jobs and versions --------------------------------------------------------------------
@@ -84,16 +93,11 @@ class JobRecords:
         }
 
     def add(self, alloc: Allocation) -> None:
-        """Keep ``alloc``, indexed by job and node (:meth:`placed`: a node set later)."""
+        """Keep ``alloc``, indexed by job and node."""
         self.allocs[alloc.id] = alloc
         self._by_job.setdefault(alloc.job, {})[alloc.id] = None
         if alloc.node is not None:
             self._by_node.setdefault(alloc.node, {})[alloc.id] = None
-
-    def placed(self, alloc: Allocation, node: str) -> None:
-        """``alloc`` was given ``node``."""
-        alloc.node = node
-        self._by_node.setdefault(node, {})[alloc.id] = None
 
     def forget(self, alloc: Allocation) -> None:
         self.allocs.pop(alloc.id, None)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from cube.background import cancel_all
 from cube.errors import Conflict, FieldError, InvalidSpec
+from cube.job.blocked import PlacementFailure
 from cube.job.model import Allocation, AllocDesired, Job, JobStatus, JobVersion, next_version
 from cube.job.plan import Place, Plan
 from cube.job.reconcile import reconcile
@@ -138,6 +139,10 @@ class JobService:
 
     def allocation(self, alloc_id: str) -> Allocation:
         return self.records.allocation(alloc_id)
+
+    def failures(self, job_id: str) -> dict[str, PlacementFailure]:
+        """Group -> the placements of the job's last pass that found no node, and why."""
+        return self.applier.failures(job_id)
 
     def stop_alloc(self, alloc: Allocation, reason: str, *, now: datetime) -> None:
         """Stop an allocation (a deployment's successor that gives its slot back)."""

@@ -28,6 +28,7 @@ from fastapi import FastAPI, Request, Response
 from starlette.convertors import StringConvertor, register_url_convertor
 
 from cube.api.body import read_body
+from cube.job.blocked import blocked_status, failures_of
 from cube.job.deployment import Deployment
 from cube.job.history import changes
 from cube.job.model import Allocation, Job, JobVersion
@@ -135,14 +136,20 @@ def install_job_routes(app: FastAPI, jobs: JobService) -> None:
     @app.post("/v1/jobs/plan", openapi_extra=JOB_BODY)
     async def plan_job(request: Request) -> JobPlan:
         """A dry run of a submit against the cluster as it is: nothing is created or changed."""
-        plan, decisions = jobs.plan(await read_job(request))
+        spec = await read_job(request)
+        plan, decisions = jobs.plan(spec)
+        entries = plan_entries(plan, decisions)
+        failures = failures_of((e.group or "", e.placement) for e in entries if e.placement)
+        allocs = jobs.allocations(job=plan.job)
+        status, reason = blocked_status(spec, plan.status, plan.status_reason, allocs, failures)
         return JobPlan(
             job=plan.job,
             version=plan.version,
-            status=plan.status.value,
-            status_reason=plan.status_reason,
-            entries=plan_entries(plan, decisions),
+            status=status.value,
+            status_reason=reason,
+            entries=entries,
             unplaceable=sum(1 for d in decisions.values() if d.node is None),
+            placement_failures=failures,
         )
 
     @app.get("/v1/jobs/{job_id:jobid}")
@@ -153,6 +160,7 @@ def install_job_routes(app: FastAPI, jobs: JobService) -> None:
             spec=jobs.current_version(job).spec,
             allocations=jobs.allocations(job=job.id),
             deployment=jobs.deployments.current(job),
+            placement_failures=jobs.failures(job.id),
         )
 
     @app.delete("/v1/jobs/{job_id:jobid}")

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
 from cube.errors import CubeError
+from cube.job.blocked import blocked_groups
 from cube.node import NodeState
 from cube.task.model import Task
 from cube.task.state import State
@@ -130,6 +131,7 @@ def page_routes(manager: Manager) -> APIRouter:
             job=found,
             spec=spec,
             groups=views.job_groups(found, spec, allocs),
+            blocked=blocked_groups(spec, allocs, jobs.failures(found.id)),
             allocs=sorted(allocs, key=lambda a: (a.group, a.index, a.created_at)),
             versions=list(reversed(jobs.job_versions(found.id))),
         )
