@@ -75,6 +75,10 @@ class Unavailable(CubeError):
     """A remote Cube component (manager or worker) cannot be reached."""
 
 
+class CannotListen(CubeError):
+    """An agent cannot listen on its address: the port is taken, or not this user's."""
+
+
 class StoreUnavailable(CubeError):
     """The store cannot be read or written: a corrupt, unreadable or read-only file.
 
