@@ -395,3 +395,23 @@ async def test_a_stopped_job_started_again_is_deployed_again() -> None:
     assert again.id != stopped.id
     assert (again.version, again.status) == (1, DeploymentStatus.SUCCESSFUL)
     await c.manager.close()
+
+
+async def test_a_system_job_s_first_deployment_waits_for_one_healthy_allocation_per_node() -> None:
+    """Its allocations do not exist yet when its first pass looks at the deployment: one
+    per eligible node is wanted all the same, not "all 0 allocations healthy" at once."""
+    c = Cluster()
+    system = spec().model_dump(mode="json", exclude_defaults=True)
+    system["type"] = "system"
+    del system["groups"][0]["count"]
+    c.manager.jobs.submit(JobSpec.model_validate(system))
+    await c.passes(0)
+    d = c.deployment()
+    assert (d.status, d.groups["web"].desired) == (DeploymentStatus.RUNNING, 3)
+    await c.passes(0.5, 1.5)
+    d = c.deployment()
+    assert (d.status, d.status_reason) == (
+        DeploymentStatus.SUCCESSFUL,
+        "all 3 allocations of version 1 healthy",
+    )
+    await c.manager.close()
