@@ -19,7 +19,7 @@ import click
 from cube.cli import deployments as deployment_commands
 from cube.cli import output as out
 from cube.cli.client import ManagerClient
-from cube.cli.errors import EXIT_FAILED
+from cube.cli.errors import EXIT_FAILED, EXIT_INTERRUPTED
 from cube.job.model import AllocDesired, AllocStatus, JobStatus
 from cube.job.reconcile import is_holder
 from cube.job.spec import JobType
@@ -182,8 +182,19 @@ def follow_to_the_end(
 ) -> None:
     """Follow the job's ``version`` (progress on stderr); its last lines on stdout (the
     groups, and the deployment's end; with ``json``, the job as ``cube job status JOB -o
-    json`` shows it), or exit 1 with the reasons it cannot get where it should be."""
-    verdict = follow(client, job_id, version=version, timeout=timeout)
+    json`` shows it), or exit 1 with the reasons it cannot get where it should be.
+
+    Ctrl-C stops following, not the job: it says so (and how to find it again) and exits
+    130, as a command interrupted in a shell does."""
+    try:
+        verdict = follow(client, job_id, version=version, timeout=timeout)
+    except KeyboardInterrupt:
+        click.echo(
+            f"\njob {job_id}: no longer followed (Ctrl-C); the job goes on:"
+            f" `cube job status {job_id}` shows it, `cube job stop {job_id}` stops it",
+            err=True,
+        )
+        raise SystemExit(EXIT_INTERRUPTED) from None
     if output == "json":  # where it stands, even when it cannot get there: scripts read it
         out.print_json(client.job(job_id))
     if verdict.failed:
