@@ -40,6 +40,10 @@ class GroupProgress:
     running: int = 0
     complete: int = 0
     failed: int = 0
+    #: Canaries of the version followed that run (they hold no slot until promoted).
+    canaries: int = 0
+    #: Allocations of earlier versions that still hold a slot and run (not replaced yet).
+    older: int = 0
 
     def line(self) -> str:
         of = f" of {self.wanted}" if self.wanted is not None else ""
@@ -48,6 +52,10 @@ class GroupProgress:
             text += f", {self.complete} complete"
         if self.failed:
             text += f", {self.failed} failed"
+        if self.canaries:
+            text += f", {self.canaries} {'canary' if self.canaries == 1 else 'canaries'} running"
+        if self.older:
+            text += f"; {self.older} of an earlier version running"
         return text
 
 
@@ -79,11 +87,13 @@ def judge(detail: JobDetail) -> Verdict:
     """
     job, spec = detail.job, detail.spec
     current = [a for a in detail.allocations if is_holder(a) and a.version == job.version]
+    running = [a for a in detail.allocations if a.status is AllocStatus.RUNNING]
     groups = []
     for group in spec.groups:
         mine = [a for a in current if a.group == group.name]
         wanted = None if spec.type is JobType.SYSTEM else group.wanted
         counts = Counter(a.status for a in mine)
+        beside = [a for a in running if a.group == group.name and a.version != job.version]
         groups.append(
             GroupProgress(
                 group.name,
@@ -92,6 +102,12 @@ def judge(detail: JobDetail) -> Verdict:
                 running=counts[AllocStatus.RUNNING],
                 complete=counts[AllocStatus.COMPLETE],
                 failed=counts[AllocStatus.FAILED],
+                canaries=sum(
+                    1
+                    for a in running
+                    if a.group == group.name and a.canary and a.version == job.version
+                ),
+                older=sum(1 for a in beside if is_holder(a)),
             )
         )
     verdict = Verdict(done=False, groups=groups)
