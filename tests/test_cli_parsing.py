@@ -966,6 +966,58 @@ def test_a_bad_job_file_is_one_line_naming_the_file_once_and_where(
     )
 
 
+def test_a_job_file_s_field_errors_say_on_which_line_as_cube_run_s_do(
+    cube: Callable[..., Result], tmp_path: Path
+) -> None:
+    """``shop.yaml: groups[0].cout: ...`` named the field but not the line: each error of
+    a job file is now at its line and column, as a task spec's (``web.yaml:5:3: ...``)."""
+    shop = tmp_path / "shop.yaml"
+    shop.write_text(
+        "job: shop\n"
+        "groups:\n"
+        "  - name: web\n"
+        "    cout: 3\n"
+        "    tasks:\n"
+        "      - name: api\n"
+        "        image: cube-busybox:latest\n"
+        "        resources: {memory: lots}\n"
+    )
+    result = cube("job", "plan", str(shop))
+    assert result.exit_code == 2
+    line = assert_one_error_line(result)
+    assert f"{shop}:4:5: groups[0].cout: " in line, line
+    assert f"{shop}:8:21: groups[0].tasks[0].resources.memory: invalid size 'lots'" in line
+
+
+def test_a_task_spec_and_a_job_file_given_to_the_other_command_name_the_right_one(
+    cube: Callable[..., Result], tmp_path: Path
+) -> None:
+    """A task spec given to ``cube job run`` was four errors (job, groups required; name,
+    image not permitted), a job file given to ``cube run`` six: one line now says which
+    command runs the file."""
+    task = tmp_path / "web.yaml"
+    task.write_text("name: web\nimage: cube-busybox:latest\n")
+    for command in ("run", "plan"):
+        result = cube("job", command, str(task))
+        assert result.exit_code == 2
+        assert assert_one_error_line(result) == (
+            f"Error: {task}: a task spec (name:, image:), not a job file (job:, groups:):"
+            " run it with `cube run FILE`"
+        )
+    job = tmp_path / "shop.yaml"
+    job.write_text("job: shop\ngroups: [{name: web, tasks: [{name: a, image: b}]}]\n")
+    result = cube("run", str(job))
+    assert result.exit_code == 2
+    assert assert_one_error_line(result) == (
+        f"Error: {job}: a job file (job:, groups:), not a task spec: run it with"
+        " `cube job run FILE`"
+    )
+    # A job file with a mistake in it is still told about its mistake.
+    job.write_text("groups: [{name: web, tasks: [{name: a, image: b}]}]\nname: shop\n")
+    result = cube("job", "run", str(job))
+    assert "job: Field required" in assert_one_error_line(result)
+
+
 def test_a_workers_address_is_named_as_one_not_as_a_bad_token() -> None:
     """``cube status --manager http://127.0.0.1:5556`` (the worker of ``cube dev``) said
     "invalid token: the token sent came from .../manager/token": the token was right."""

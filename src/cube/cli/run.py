@@ -16,11 +16,13 @@ from cube.cli.client import ManagerClient, manager_option
 from cube.cli.errors import handle_errors
 from cube.cli.options import SIZE, duration_callback, pairs_callback
 from cube.cli.output import short
+from cube.job.spec import wrong_kind
 from cube.task.model import DesiredState, Task
 from cube.task.spec import (
     KEEP_SECRETS,
     RestartPolicyName,
     TaskRequest,
+    decode_spec_text,
     load_spec_file,
     parse_request,
 )
@@ -87,11 +89,25 @@ def build_request(spec_file: Path | None, flags: RunFlags) -> TaskRequest:
     and the limits live in one place.
     """
     base = (
-        load_spec_file(spec_file).model_dump(mode="json", exclude_none=True, context=KEEP_SECRETS)
+        _read(spec_file).model_dump(mode="json", exclude_none=True, context=KEEP_SECRETS)
         if spec_file
         else {}
     )
     return parse_request(flags.apply(base))
+
+
+def _read(spec_file: Path) -> TaskRequest:
+    """The file's task spec; a job file given here is one line naming `cube job run`."""
+    try:
+        return load_spec_file(spec_file)
+    except errors.InvalidSpec as exc:
+        try:
+            data = decode_spec_text(spec_file.read_text(encoding="utf-8"))
+        except (errors.InvalidSpec, OSError, UnicodeDecodeError):
+            data = None  # the file's own error says what is wrong
+        if (other := wrong_kind(data, want_job=False)) is not None:
+            raise errors.InvalidSpec([errors.FieldError(str(spec_file), other)]) from None
+        raise exc from None
 
 
 class RunCommand(click.Command):

@@ -50,6 +50,17 @@ def read_spec_file(path: str | Path) -> TaskRequest:
         raise InvalidSpec(located) from None
 
 
+def located(name: str, text: str, errors: Sequence[FieldError]) -> list[FieldError]:
+    """``errors`` of the file ``name`` whose text is ``text``, each at its line and column
+    (``shop.yaml:7:5: groups[0].count``) when its ``loc`` says where, else at the file."""
+    root = _compose(text) if any(e.loc for e in errors) else None
+    return [FieldError(f"{place(name, _at(root, e.loc))}: {e.field}", e.message) for e in errors]
+
+
+def _at(root: Node | None, loc: Sequence[str | int]) -> tuple[int, int] | None:
+    return _position(root, loc) if loc else None
+
+
 def place(name: str, position: tuple[int, int] | None) -> str:
     """``web.yaml:7:3``, or the name alone when the position is not known."""
     return f"{name}:{position[0]}:{position[1]}" if position else name
