@@ -56,6 +56,7 @@ from cube.task.spec import (
     _Model,
     decode_spec_text,
 )
+from cube.task.unknown_fields import unknown_field
 
 #: Where a node is when it does not say (``cube worker --datacenter``), as in Nomad.
 DEFAULT_DATACENTER = "dc1"
@@ -374,7 +375,9 @@ def _field_errors(exc: ValidationError) -> list[FieldError]:
     return [
         FieldError(
             field_path(err["loc"]) or "body",
-            err["msg"].removeprefix("Value error, "),
+            unknown_field(JobSpec, err["loc"])
+            if err["type"] == "extra_forbidden"
+            else err["msg"].removeprefix("Value error, "),
             loc=tuple(err["loc"]),
         )
         for err in exc.errors(include_url=False)

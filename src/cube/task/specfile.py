@@ -45,7 +45,7 @@ def read_spec_file(path: str | Path) -> TaskRequest:
         root = _compose(text)
         located = [
             FieldError(f"{place(str(p), _position(root, loc))}: {found.field}", found.message)
-            for loc, found in located_errors(exc)
+            for loc, found in located_errors(exc, model=TaskRequest)
         ]
         raise InvalidSpec(located) from None
 
