@@ -20,7 +20,7 @@ from cube.node import MachineStats, Node, NodeState, Resources
 from cube.protocol import NodeReport
 from cube.scheduler import make_scheduler
 from cube.store.memory import MemoryStore
-from cube.task.model import DesiredState, Task, TaskEvent
+from cube.task.model import DesiredState, Health, Task, TaskEvent
 from cube.task.spec import AllocRef, TaskRequest
 from cube.task.state import State
 
@@ -113,11 +113,15 @@ async def test_a_returning_node_that_still_runs_a_task_gets_it_back_as_running()
     node = FakeNode()
     manager, task_id = await one_task_on(node)
     node.start(task_id)
+    node.copies[task_id].health = Health.HEALTHY
     await collect(manager)
     assert manager.get(task_id).state is State.RUNNING  # every node event merged
+    assert manager.get(task_id).health is Health.HEALTHY
 
     await lose(manager, node)
-    assert manager.get(task_id).state is State.PENDING  # nowhere else to go
+    pending = manager.get(task_id)
+    assert pending.state is State.PENDING  # nowhere else to go
+    assert pending.health is Health.UNKNOWN  # its check ran in the copy on the lost node
 
     node.silent = False
     await collect(manager)
