@@ -30,7 +30,7 @@ from cube.cli.run import RunFlags, build_request, check_running, describe, wait_
 from cube.errors import CubeError, InvalidSpec, NotFound
 from cube.job.model import Allocation, AllocStatus
 from cube.job.spec import is_job_document
-from cube.node import MachineStats, Node, Resources
+from cube.node import MachineStats, Node, NodeState, Resources
 from cube.scheduler import Decision, NodeScore
 from cube.task.model import DesiredState, Health, PublishedPort, Task, TaskEvent
 from cube.task.spec import (
@@ -1016,6 +1016,22 @@ def test_a_task_spec_and_a_job_file_given_to_the_other_command_name_the_right_on
     job.write_text("groups: [{name: web, tasks: [{name: a, image: b}]}]\nname: shop\n")
     result = cube("job", "run", str(job))
     assert "job: Field required" in assert_one_error_line(result)
+
+
+def test_drain_and_undrain_say_what_they_do_once(
+    cube: Callable[..., Result], manager: FakeManager
+) -> None:
+    """``cube nodes drain w1`` printed ``w1 draining (draining)``: the state is named only
+    when it is not the one the change leads to."""
+    manager.on("POST /v1/nodes/w1/drain", 200, make_node(state=NodeState.DRAINING, drain=True))
+    result = cube("nodes", "drain", "w1")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == (
+        "node w1 draining: its tasks move to other nodes and nothing new is placed on it"
+        " (`cube nodes undrain w1` ends it)\n"
+    )
+    manager.on("POST /v1/nodes/w1/undrain", 200, make_node(state=NodeState.DOWN))
+    assert cube("nodes", "undrain", "w1").stdout == "node w1 takes tasks again; it is down now\n"
 
 
 def test_a_workers_address_is_named_as_one_not_as_a_bad_token() -> None:
