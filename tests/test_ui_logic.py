@@ -18,6 +18,7 @@ from cube.auth import Authenticator, Role
 from cube.errors import InvalidSpec
 from cube.job.model import Allocation, AllocDesired, AllocStatus, Job, JobStatus
 from cube.job.spec import MAX_COUNT, parse_job
+from cube.manager.api import create_app
 from cube.manager.core import Manager
 from cube.node import MachineStats, Node, NodeState, Resources
 from cube.scheduler import make_scheduler
@@ -409,3 +410,15 @@ async def test_a_node_page_lists_its_tasks_from_the_index_newest_first(
         page = (await client.get(path)).text
         assert re.findall(r">(t\d)</a>", page) == ["t3", "t2", "t1", "t0"], path
     assert re.findall(r">(t\d)</a>", (await client.get("/nodes/n2")).text) == ["t5"]
+
+
+async def test_the_manager_s_address_in_a_browser_leads_to_the_dashboard(manager: Manager) -> None:
+    """``http://127.0.0.1:5555/`` answered 401 with a JSON body; the API's routes still
+    need the token."""
+    app = create_app(manager, authenticator=Authenticator({Role.USER: [TOKEN]}))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://cube.test") as c:
+        root = await c.get("/")
+        assert (root.status_code, root.headers["location"]) == (303, "/ui/")
+        assert (await c.get("/v1/tasks")).status_code == 401
+        assert (await c.post("/")).status_code == 401
