@@ -415,3 +415,22 @@ async def test_a_system_job_s_first_deployment_waits_for_one_healthy_allocation_
         "all 3 allocations of version 1 healthy",
     )
     await c.manager.close()
+
+
+async def test_a_plan_names_the_slot_and_node_of_each_allocation_it_keeps() -> None:
+    """``cube job plan`` of an unchanged job showed ``keep  -  a1b2c3  -``: each running
+    allocation now with its slot (web[0]) and node."""
+    c = await deployed()
+    transport = httpx.ASGITransport(app=create_app(c.manager))
+    async with httpx.AsyncClient(transport=transport, base_url="http://m") as client:
+        body = spec().model_dump_json()
+        answer = await client.post("/v1/jobs/plan", content=body)
+    assert answer.status_code == 200, answer.text
+    kept = {
+        (e["group"], e["index"], e["node"], e["alloc"])
+        for e in answer.json()["entries"]
+        if e["action"] == "keep"
+    }
+    assert kept == {(a.group, a.index, a.node, a.id) for a in c.live()}
+    assert {node for _, _, node, _ in kept} == {"n1", "n2", "n3"}
+    await c.manager.close()

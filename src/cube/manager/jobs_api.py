@@ -22,6 +22,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
@@ -69,7 +70,25 @@ JOB_BODY: dict[str, Any] = {
 }
 
 
-def plan_entries(plan: Plan, decisions: dict[str, Decision]) -> list[PlanEntry]:
+def plan_entries(
+    plan: Plan, decisions: dict[str, Decision], allocs: Mapping[str, Allocation]
+) -> list[PlanEntry]:
+    """The plan as the API shows it. An entry about an allocation that stays where it is
+    (keep, stop, in place...) names its slot and node, read from ``allocs``: `cube job
+    plan` showed ``keep  -  a1b2c3  -`` for each allocation running."""
+    entries = _plan_entries(plan, decisions)
+    for e in entries:
+        alloc = allocs.get(e.alloc) if e.alloc is not None else None
+        if alloc is None:
+            continue
+        if e.group is None:
+            e.group, e.index = alloc.group, alloc.index
+        if e.action not in ("place", "update"):  # those name the node they would go to
+            e.node = alloc.node
+    return entries
+
+
+def _plan_entries(plan: Plan, decisions: dict[str, Decision]) -> list[PlanEntry]:
     entries: list[PlanEntry] = []
     for p in plan.place:
         d = decisions.get(f"{p.group}[{p.index}]")
@@ -141,7 +160,7 @@ def install_job_routes(app: FastAPI, jobs: JobService) -> None:
             version=plan.version,
             status=plan.status.value,
             status_reason=plan.status_reason,
-            entries=plan_entries(plan, decisions),
+            entries=plan_entries(plan, decisions, jobs.allocs),
             unplaceable=sum(1 for d in decisions.values() if d.node is None),
         )
 
