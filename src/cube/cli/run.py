@@ -303,8 +303,11 @@ def check_running(task: Task, *, timeout: float) -> None:
     why = task.reason or ("no reason given" if code is None else f"exit code {code}")
     if status == "ended":
         raise errors.CubeError(f"task {short(task.id)} {task.state.value}: {why}")
+    # The task stays, and may yet run: say so, and how to give up (a user who reads only
+    # "still pending" runs the command again and has two).
     raise errors.CubeError(
-        f"task {short(task.id)} still {task.state.value} after {format_duration(timeout)}: {why}"
+        f"task {short(task.id)} still {task.state.value} after {format_duration(timeout)}: {why};"
+        f" it stays and runs when it can (`cube stop {short(task.id)}` gives up)"
     )
 
 
