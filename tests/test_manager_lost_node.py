@@ -8,6 +8,7 @@ the test sets), driven through collection passes.
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import timedelta
 
 import pytest
@@ -363,4 +364,31 @@ async def test_a_node_known_before_secrets_can_claim_its_name_from_its_own_addre
         await manager.register("n1", "http://elsewhere", None)
     answer = await manager.register("n1", "http://n1", None)
     assert answer.secret is not None
+    await manager.close()
+
+
+async def test_a_static_worker_not_listening_yet_is_no_warning_at_the_first_try(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`cube dev` starts its manager and worker together: the manager's first call may
+    come before the worker listens, and every first start showed a warning for it."""
+    node = FakeNode()
+    node.silent = True
+    tries = 0
+    stats = node.stats
+
+    async def counted(address: str) -> NodeReport:
+        nonlocal tries
+        tries += 1
+        if tries == 3:
+            node.silent = False  # the worker listens at last
+        return await stats(address)
+
+    node.stats = counted  # type: ignore[method-assign]
+    manager = Manager(store=MemoryStore(), scheduler=make_scheduler(), workers=node)
+    with caplog.at_level(logging.INFO, logger="cube"):
+        await manager.membership.join_loop("http://n1", None, interval=0.05)
+    said = [r.levelno for r in caplog.records if "worker not answering yet" in r.getMessage()]
+    assert said == [logging.INFO, logging.WARNING]
+    assert "n1" in manager.nodes
     await manager.close()
