@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import re
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import click
 import httpx
 import pytest
 from click.testing import CliRunner, Result
@@ -313,6 +314,25 @@ def test_run_help_shows_an_example(cube: Callable[..., Result]) -> None:
         assert result.exit_code == 0
         assert "Example:" in result.stdout
     assert "[-- COMMAND [ARGS]...]" in cube("run", "--help").stdout
+
+
+def test_every_command_s_help_has_an_example(cube: Callable[..., Result]) -> None:
+    """The README says so of every command: each one of the tree, groups included."""
+
+    def paths(command: click.Command, path: list[str]) -> Iterator[list[str]]:
+        yield path
+        if isinstance(command, click.Group):
+            context = click.Context(command)
+            for name in command.list_commands(context):
+                sub = command.get_command(context, name)
+                assert sub is not None
+                yield from paths(sub, [*path, name])
+
+    every = list(paths(cli, []))
+    assert ["job", "revert"] in every
+    assert ["alloc", "status"] in every
+    missing = [" ".join(path) for path in every if "Example" not in cube(*path, "--help").stdout]
+    assert missing == []
 
 
 def test_max_attempts_is_the_flag_and_the_spec_field(
