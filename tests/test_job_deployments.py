@@ -370,6 +370,24 @@ def test_the_deployment_commands_have_help_with_an_example() -> None:
         assert "Example:" in result.output
 
 
+@pytest.mark.parametrize("given", ["-1", "0", "abc", "2.5"])
+def test_a_revert_to_a_version_that_is_no_number_is_one_line_naming_it(given: str) -> None:
+    """``cube job revert web -1`` said "No such option '-1'", and ``abc`` "'abc' is not a
+    valid integer range"; no call reaches the manager."""
+
+    def no_call(request: httpx.Request) -> httpx.Response:
+        raise AssertionError(f"no request expected, got {request.url}")
+
+    result = CliRunner().invoke(
+        cli, ["job", "revert", "web", given], obj=httpx.MockTransport(no_call)
+    )
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (
+        "Error: version: must be a version number as `cube job history` lists them (1, 2, ...),"
+        f" not {given!r}\n"
+    )
+
+
 async def test_a_dry_run_shows_the_canary_a_submit_would_start_and_changes_nothing() -> None:
     c = await deployed()
     plan, decisions = c.manager.jobs.plan(spec("busybox:2", canary=1, order="start-first"))
