@@ -163,5 +163,4 @@ def listen(host: str, port: int) -> socket.socket:
             else ""
         )
         raise CannotListen(f"cannot listen on {host}:{port}: {exc.strerror}{hint}") from None
-    sock.set_inheritable(True)
     return sock
