@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from click.testing import CliRunner, Result
 
@@ -20,6 +21,7 @@ from cube.job.wire import JobPlan
 from tests.test_cli_job_scale import _fast_polls, alloc, answers, detail  # noqa: F401
 from tests.test_cli_parsing import (  # noqa: F401 (_plain_environment: autouse fixture)
     FakeManager,
+    _jsonable,
     _plain_environment,
 )
 
@@ -209,3 +211,28 @@ def test_plan_shows_the_placement_failure_and_exits_1(
     assert result.exit_code == 1, result.output
     assert 'Group "web" (2 not placed):' in result.stdout
     assert '* Filter "constraints": 1 node' in result.stdout
+
+
+def test_ctrl_c_while_a_job_is_followed_says_the_job_goes_on_and_exits_130(
+    fake: FakeManager, cube: Callable[..., Result], shop_file: str
+) -> None:
+    fake.on("POST /v1/jobs", status=201, body=Job(id="shop", version=2))
+    looks = 0
+
+    def look(_: httpx.Request) -> httpx.Response:
+        nonlocal looks
+        looks += 1
+        if looks == 2:
+            raise KeyboardInterrupt  # Ctrl-C while the job is followed
+        starting = detail(2, [alloc(0, AllocStatus.PENDING)])
+        starting.deployment = Deployment(job="shop", version=2, status=DeploymentStatus.RUNNING)
+        return httpx.Response(200, json=_jsonable(starting))
+
+    fake.routes["GET /v1/jobs/shop"] = look
+    result = cube("job", "run", shop_file)
+    assert result.exit_code == 130, result.output
+    assert "Aborted" not in result.output
+    assert result.stderr.strip().splitlines()[-1] == (
+        "job shop: no longer followed (Ctrl-C); the job goes on: `cube job status shop`"
+        " shows it, `cube job stop shop` stops it"
+    )

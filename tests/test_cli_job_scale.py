@@ -158,3 +158,20 @@ def test_a_negative_count_is_one_line_exit_2_naming_the_count(
     assert_one_error_line(result, "count", ">= 0", count)
     assert "Usage" not in result.output
     assert fake.requests == []  # nothing asked of the manager
+
+
+def test_the_progress_line_counts_running_canaries_and_the_older_allocations_beside_them() -> None:
+    """Waiting for promotion, version 2 has only its canary running and version 1 still
+    runs both slots: not "0 placed, 0 running of 2" alone, which reads as nothing runs."""
+    allocs = [
+        alloc(0, AllocStatus.RUNNING, id="old0", version=1),
+        alloc(1, AllocStatus.RUNNING, id="old1", version=1),
+        alloc(0, AllocStatus.RUNNING, id="canary", canary=True),
+    ]
+    line = job_follow.judge(detail(2, allocs)).groups_line()
+    assert line == (
+        "web: 0 placed, 0 running of 2, 1 canary running; 2 of an earlier version running"
+    )
+    assert job_follow.judge(detail(2, allocs[2:])).groups_line() == (
+        "web: 0 placed, 0 running of 2, 1 canary running"
+    )

@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import re
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import click
 import httpx
 import pytest
 from click.testing import CliRunner, Result
@@ -30,7 +31,7 @@ from cube.cli.run import RunFlags, build_request, check_running, describe, wait_
 from cube.errors import CubeError, InvalidSpec, NotFound
 from cube.job.model import Allocation, AllocStatus
 from cube.job.spec import is_job_document
-from cube.node import MachineStats, Node, Resources
+from cube.node import MachineStats, Node, NodeState, Resources
 from cube.scheduler import Decision, NodeScore
 from cube.task.model import DesiredState, Health, PublishedPort, Task, TaskEvent
 from cube.task.spec import (
@@ -315,6 +316,25 @@ def test_run_help_shows_an_example(cube: Callable[..., Result]) -> None:
     assert "[-- COMMAND [ARGS]...]" in cube("run", "--help").stdout
 
 
+def test_every_command_s_help_has_an_example(cube: Callable[..., Result]) -> None:
+    """The README says so of every command: each one of the tree, groups included."""
+
+    def paths(command: click.Command, path: list[str]) -> Iterator[list[str]]:
+        yield path
+        if isinstance(command, click.Group):
+            context = click.Context(command)
+            for name in command.list_commands(context):
+                sub = command.get_command(context, name)
+                assert sub is not None
+                yield from paths(sub, [*path, name])
+
+    every = list(paths(cli, []))
+    assert ["job", "revert"] in every
+    assert ["alloc", "status"] in every
+    missing = [" ".join(path) for path in every if "Example" not in cube(*path, "--help").stdout]
+    assert missing == []
+
+
 def test_max_attempts_is_the_flag_and_the_spec_field(
     manager: FakeManager, cube: Callable[..., Result]
 ) -> None:
@@ -433,8 +453,12 @@ def test_check_running_messages() -> None:
     stopped = make_task(state=State.COMPLETED, exit_code=0, desired=DesiredState.STOP)
     with pytest.raises(CubeError, match=r"0123456789ab completed: exit code 0$"):
         check_running(stopped, timeout=1)
-    with pytest.raises(CubeError, match=r"still scheduled after 1m: no reason given$"):
+    with pytest.raises(CubeError) as waited:
         check_running(make_task(state=State.SCHEDULED), timeout=60)
+    assert waited.value.message == (
+        "task 0123456789ab still scheduled after 1m: no reason given; it stays and runs when"
+        " it can (`cube stop 0123456789ab` gives up)"
+    )
     assert describe(make_task(node="w1", restarts=2, reason="r")) == (
         "0123456789ab Pending on w1 (restarts: 2): r"
     )
@@ -964,6 +988,74 @@ def test_a_bad_job_file_is_one_line_naming_the_file_once_and_where(
         assert_one_error_line(result)
         == f"Error: {empty}: expected a mapping of job fields (job, groups)"
     )
+
+
+def test_a_job_file_s_field_errors_say_on_which_line_as_cube_run_s_do(
+    cube: Callable[..., Result], tmp_path: Path
+) -> None:
+    """``shop.yaml: groups[0].cout: ...`` named the field but not the line: each error of
+    a job file is now at its line and column, as a task spec's (``web.yaml:5:3: ...``)."""
+    shop = tmp_path / "shop.yaml"
+    shop.write_text(
+        "job: shop\n"
+        "groups:\n"
+        "  - name: web\n"
+        "    cout: 3\n"
+        "    tasks:\n"
+        "      - name: api\n"
+        "        image: cube-busybox:latest\n"
+        "        resources: {memory: lots}\n"
+    )
+    result = cube("job", "plan", str(shop))
+    assert result.exit_code == 2
+    line = assert_one_error_line(result)
+    assert f"{shop}:4:5: groups[0].cout: " in line, line
+    assert f"{shop}:8:21: groups[0].tasks[0].resources.memory: invalid size 'lots'" in line
+
+
+def test_a_task_spec_and_a_job_file_given_to_the_other_command_name_the_right_one(
+    cube: Callable[..., Result], tmp_path: Path
+) -> None:
+    """A task spec given to ``cube job run`` was four errors (job, groups required; name,
+    image not permitted), a job file given to ``cube run`` six: one line now says which
+    command runs the file."""
+    task = tmp_path / "web.yaml"
+    task.write_text("name: web\nimage: cube-busybox:latest\n")
+    for command in ("run", "plan"):
+        result = cube("job", command, str(task))
+        assert result.exit_code == 2
+        assert assert_one_error_line(result) == (
+            f"Error: {task}: a task spec (name:, image:), not a job file (job:, groups:):"
+            " run it with `cube run FILE`"
+        )
+    job = tmp_path / "shop.yaml"
+    job.write_text("job: shop\ngroups: [{name: web, tasks: [{name: a, image: b}]}]\n")
+    result = cube("run", str(job))
+    assert result.exit_code == 2
+    assert assert_one_error_line(result) == (
+        f"Error: {job}: a job file (job:, groups:), not a task spec: run it with"
+        " `cube job run FILE`"
+    )
+    # A job file with a mistake in it is still told about its mistake.
+    job.write_text("groups: [{name: web, tasks: [{name: a, image: b}]}]\nname: shop\n")
+    result = cube("job", "run", str(job))
+    assert "job: Field required" in assert_one_error_line(result)
+
+
+def test_drain_and_undrain_say_what_they_do_once(
+    cube: Callable[..., Result], manager: FakeManager
+) -> None:
+    """``cube nodes drain w1`` printed ``w1 draining (draining)``: the state is named only
+    when it is not the one the change leads to."""
+    manager.on("POST /v1/nodes/w1/drain", 200, make_node(state=NodeState.DRAINING, drain=True))
+    result = cube("nodes", "drain", "w1")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == (
+        "node w1 draining: its tasks move to other nodes and nothing new is placed on it"
+        " (`cube nodes undrain w1` ends it)\n"
+    )
+    manager.on("POST /v1/nodes/w1/undrain", 200, make_node(state=NodeState.DOWN))
+    assert cube("nodes", "undrain", "w1").stdout == "node w1 takes tasks again; it is down now\n"
 
 
 def test_a_workers_address_is_named_as_one_not_as_a_bad_token() -> None:

@@ -591,7 +591,7 @@ def test_changing_only_the_update_block_moves_allocations_in_place() -> None:
         ),
         ({"update": {"auto_revert": "yes"}}, "update.auto_revert", "boolean"),
         ({"update": {"canary": -1}}, "update.canary", "greater than or equal to 0"),
-        ({"update": {"surge": 1}}, "update.surge", "Extra inputs"),
+        ({"update": {"surge": 1}}, "update.surge", "unknown field; the fields here: auto_revert"),
         ({"type": "batch", "update": {}}, "update", "batch job"),
         ({"type": "system", "update": {"canary": 1}}, "update.canary", "no canary"),
         ({"type": "system", "update": {"order": "start-first"}}, "update.order", "stop-first"),

@@ -370,6 +370,24 @@ def test_the_deployment_commands_have_help_with_an_example() -> None:
         assert "Example:" in result.output
 
 
+@pytest.mark.parametrize("given", ["-1", "0", "abc", "2.5"])
+def test_a_revert_to_a_version_that_is_no_number_is_one_line_naming_it(given: str) -> None:
+    """``cube job revert web -1`` said "No such option '-1'", and ``abc`` "'abc' is not a
+    valid integer range"; no call reaches the manager."""
+
+    def no_call(request: httpx.Request) -> httpx.Response:
+        raise AssertionError(f"no request expected, got {request.url}")
+
+    result = CliRunner().invoke(
+        cli, ["job", "revert", "web", given], obj=httpx.MockTransport(no_call)
+    )
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (
+        "Error: version: must be a version number as `cube job history` lists them (1, 2, ...),"
+        f" not {given!r}\n"
+    )
+
+
 async def test_a_dry_run_shows_the_canary_a_submit_would_start_and_changes_nothing() -> None:
     c = await deployed()
     plan, decisions = c.manager.jobs.plan(spec("busybox:2", canary=1, order="start-first"))
@@ -394,4 +412,43 @@ async def test_a_stopped_job_started_again_is_deployed_again() -> None:
     again = c.deployment()
     assert again.id != stopped.id
     assert (again.version, again.status) == (1, DeploymentStatus.SUCCESSFUL)
+    await c.manager.close()
+
+
+async def test_a_system_job_s_first_deployment_waits_for_one_healthy_allocation_per_node() -> None:
+    """Its allocations do not exist yet when its first pass looks at the deployment: one
+    per eligible node is wanted all the same, not "all 0 allocations healthy" at once."""
+    c = Cluster()
+    system = spec().model_dump(mode="json", exclude_defaults=True)
+    system["type"] = "system"
+    del system["groups"][0]["count"]
+    c.manager.jobs.submit(JobSpec.model_validate(system))
+    await c.passes(0)
+    d = c.deployment()
+    assert (d.status, d.groups["web"].desired) == (DeploymentStatus.RUNNING, 3)
+    await c.passes(0.5, 1.5)
+    d = c.deployment()
+    assert (d.status, d.status_reason) == (
+        DeploymentStatus.SUCCESSFUL,
+        "all 3 allocations of version 1 healthy",
+    )
+    await c.manager.close()
+
+
+async def test_a_plan_names_the_slot_and_node_of_each_allocation_it_keeps() -> None:
+    """``cube job plan`` of an unchanged job showed ``keep  -  a1b2c3  -``: each running
+    allocation now with its slot (web[0]) and node."""
+    c = await deployed()
+    transport = httpx.ASGITransport(app=create_app(c.manager))
+    async with httpx.AsyncClient(transport=transport, base_url="http://m") as client:
+        body = spec().model_dump_json()
+        answer = await client.post("/v1/jobs/plan", content=body)
+    assert answer.status_code == 200, answer.text
+    kept = {
+        (e["group"], e["index"], e["node"], e["alloc"])
+        for e in answer.json()["entries"]
+        if e["action"] == "keep"
+    }
+    assert kept == {(a.group, a.index, a.node, a.id) for a in c.live()}
+    assert {node for _, _, node, _ in kept} == {"n1", "n2", "n3"}
     await c.manager.close()

@@ -179,3 +179,30 @@ def test_logs_flags_that_do_not_fit_are_usage_errors(args: list[str], message: s
     result = CliRunner().invoke(cli, ["logs", *args], obj=httpx.MockTransport(no_call))
     assert result.exit_code == 2
     assert message in result.output
+
+
+def test_a_job_with_no_output_says_so_on_stderr() -> None:
+    """``cube logs --job shop`` of a job that wrote nothing (nothing placed yet) printed
+    nothing and exited 0, like a command that did not run; stdout stays the job's output."""
+    line = LogRecord(
+        kind="line", alloc="a1", group="web", index=0, task="api", node="w1", text="hi"
+    )
+    for records, said in (([], True), ([line], False)):
+        body = "".join(r.model_dump_json() + "\n" for r in records)
+
+        def answer(request: httpx.Request, body: str = body) -> httpx.Response:
+            assert request.url.path == "/v1/jobs/shop/logs"
+            return httpx.Response(200, text=body)
+
+        result = CliRunner().invoke(
+            cli, ["logs", "--job", "shop"], obj=httpx.MockTransport(answer), env={"NO_COLOR": "1"}
+        )
+        assert result.exit_code == 0, result.output
+        assert result.stdout == ("" if said else "web[0] api@w1 | hi\n")
+        assert (
+            result.stderr
+            == (
+                "cube: no output from job shop (no allocation placed yet, or its tasks wrote"
+                " nothing): `cube job status shop` shows its allocations\n"
+            )
+        ) is said

@@ -8,13 +8,17 @@ stopped; one whose node was lost stays until the node is back and has stopped it
 from __future__ import annotations
 
 from cube.job.model import JobStatus
+from cube.job.spec import JobSpec
 from cube.store.memory import MemoryStore
+from cube.task.model import Task, TaskEvent
+from cube.task.spec import TaskSpec
 from cube.task.state import State
 from tests.test_job_applier import (
     NOW,
     FakeWorkers,
     job_spec,
     make_manager,
+    node,
     run_all,
     settle,
     submitted,
@@ -76,4 +80,49 @@ async def test_a_purged_blocked_job_leaves_nothing_waiting_and_comes_back_unbloc
     manager.jobs.reconcile_all(NOW)
     assert manager.jobs.allocations() == []
     assert manager.jobs.failures("shop")["web"].reason == "no node in datacenter dc1"
+    await manager.close()
+
+
+class RemovingWorkers(FakeWorkers):
+    """Nodes that remove the container of a task asked to stop, ended or not."""
+
+    async def stop(
+        self, address: str, task_id: str, *, wait: float, reason: str | None = None
+    ) -> Task:
+        self.stopped.append(task_id)
+        return Task(id=task_id, spec=TaskSpec(name="x", image="x"), state=State.COMPLETED)
+
+    async def events(self, address: str, task_id: str) -> list[TaskEvent]:
+        return []
+
+
+async def test_a_purged_batch_job_s_ended_tasks_have_their_containers_removed_and_go() -> None:
+    """A complete batch job's tasks ended before the purge, each leaving its exited
+    container on its node: `cube status` listed them for ever after the purge, and their
+    containers stayed. The nodes are asked to remove them; then the tasks are forgotten."""
+    store, workers = MemoryStore(), RemovingWorkers()
+    store.save_node(node("n1"))
+    manager = make_manager(store, workers)
+    batch = job_spec(count=2).model_dump(mode="json", exclude_defaults=True)
+    manager.jobs.submit(JobSpec.model_validate({**batch, "type": "batch"}))
+    manager.jobs.reconcile_all(NOW)
+    await settle(manager)
+    ids = list(manager.tasks)
+    assert len(ids) == 4
+    for task in manager.tasks.values():  # ran to completion; the exited containers stay
+        task.container_id = "c0ffee"
+        manager._save(task, task.transition(State.RUNNING, "started"))
+        manager._save(task, task.transition(State.COMPLETED, "exited with code 0", exit_code=0))
+    manager.jobs.reconcile_all(NOW)
+    await settle(manager)
+    assert manager.jobs.job("shop").status is JobStatus.COMPLETE
+
+    manager.jobs.stop("shop", purge=True)
+    await settle(manager)  # the nodes removed the containers
+    manager.jobs.reconcile_all(NOW)
+    await settle(manager)
+
+    assert sorted(workers.stopped) == sorted(ids)
+    assert [i for i in ids if i in manager.tasks] == []
+    assert store.list_tasks() == []
     await manager.close()

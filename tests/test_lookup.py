@@ -8,7 +8,12 @@ import pytest
 
 from cube.errors import Conflict, NotFound
 from cube.job.model import Allocation
-from cube.manager.lookup import find_alloc, find_task
+from cube.job.spec import parse_job
+from cube.manager.core import Manager
+from cube.manager.lookup import find_alloc, find_task, not_found
+from cube.node import Node
+from cube.scheduler import make_scheduler
+from cube.store.memory import MemoryStore
 from cube.task.model import Task, short_task_id
 from cube.task.spec import TaskSpec
 from cube.task.state import State
@@ -113,3 +118,24 @@ def test_an_allocation_is_found_by_a_unique_prefix_of_any_length() -> None:
     for ref in ("", "7"):
         with pytest.raises(NotFound, match=f"allocation {ref} not found"):
             find_alloc(allocs, ref)
+
+
+def test_a_name_nothing_has_is_told_the_close_one_if_any() -> None:
+    """``cube job status shpo`` said only "job shpo not found"."""
+    assert not_found("job", "shpo", ["shop", "web"]).message == (
+        "job shpo not found; did you mean 'shop'?"
+    )
+    assert not_found("job", "nope", ["shop", "web"]).message == "job nope not found"
+    assert not_found("node", "w3", []).message == "node w3 not found"
+
+
+async def test_jobs_and_nodes_not_found_name_the_close_one() -> None:
+    manager = Manager(store=MemoryStore(), scheduler=make_scheduler())
+    await manager.node_registry.create(Node(name="worker-1", address="http://w1"))
+    task = {"name": "t", "image": "x"}
+    manager.jobs.submit(parse_job({"job": "shop", "groups": [{"name": "g", "tasks": [task]}]}))
+    with pytest.raises(NotFound, match=r"^job shpo not found; did you mean 'shop'\?$"):
+        manager.jobs.job("shpo")
+    with pytest.raises(NotFound, match=r"^node worker1 not found; did you mean 'worker-1'\?$"):
+        manager.get_node("worker1")
+    await manager.close()

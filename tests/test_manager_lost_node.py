@@ -8,6 +8,7 @@ the test sets), driven through collection passes.
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import timedelta
 
 import pytest
@@ -20,7 +21,7 @@ from cube.node import MachineStats, Node, NodeState, Resources
 from cube.protocol import NodeReport
 from cube.scheduler import make_scheduler
 from cube.store.memory import MemoryStore
-from cube.task.model import DesiredState, Task, TaskEvent
+from cube.task.model import DesiredState, Health, Task, TaskEvent
 from cube.task.spec import AllocRef, TaskRequest
 from cube.task.state import State
 
@@ -113,11 +114,15 @@ async def test_a_returning_node_that_still_runs_a_task_gets_it_back_as_running()
     node = FakeNode()
     manager, task_id = await one_task_on(node)
     node.start(task_id)
+    node.copies[task_id].health = Health.HEALTHY
     await collect(manager)
     assert manager.get(task_id).state is State.RUNNING  # every node event merged
+    assert manager.get(task_id).health is Health.HEALTHY
 
     await lose(manager, node)
-    assert manager.get(task_id).state is State.PENDING  # nowhere else to go
+    pending = manager.get(task_id)
+    assert pending.state is State.PENDING  # nowhere else to go
+    assert pending.health is Health.UNKNOWN  # its check ran in the copy on the lost node
 
     node.silent = False
     await collect(manager)
@@ -359,4 +364,31 @@ async def test_a_node_known_before_secrets_can_claim_its_name_from_its_own_addre
         await manager.register("n1", "http://elsewhere", None)
     answer = await manager.register("n1", "http://n1", None)
     assert answer.secret is not None
+    await manager.close()
+
+
+async def test_a_static_worker_not_listening_yet_is_no_warning_at_the_first_try(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`cube dev` starts its manager and worker together: the manager's first call may
+    come before the worker listens, and every first start showed a warning for it."""
+    node = FakeNode()
+    node.silent = True
+    tries = 0
+    stats = node.stats
+
+    async def counted(address: str) -> NodeReport:
+        nonlocal tries
+        tries += 1
+        if tries == 3:
+            node.silent = False  # the worker listens at last
+        return await stats(address)
+
+    node.stats = counted  # type: ignore[method-assign]
+    manager = Manager(store=MemoryStore(), scheduler=make_scheduler(), workers=node)
+    with caplog.at_level(logging.INFO, logger="cube"):
+        await manager.membership.join_loop("http://n1", None, interval=0.05)
+    said = [r.levelno for r in caplog.records if "worker not answering yet" in r.getMessage()]
+    assert said == [logging.INFO, logging.WARNING]
+    assert "n1" in manager.nodes
     await manager.close()

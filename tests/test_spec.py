@@ -148,7 +148,7 @@ def test_format_size_is_close_for_any_size(n: int) -> None:
         ({"name": "Web_1"}, "name", "pattern"),
         ({"name": ""}, "name", ""),
         ({"env": {"1BAD": "x"}}, "env", "invalid variable name"),
-        ({"bogus": 1}, "bogus", "not permitted"),
+        ({"bogus": 1}, "bogus", "unknown field; the fields here: alloc, command"),
         ({"health": {"http": {"port": 8080, "path": "no-slash"}}}, "health.http.path", ""),
         ({"command": "sh -c 'oops"}, "command", "quotation"),
     ],
@@ -371,7 +371,7 @@ def test_invalid_fields_of_a_file_say_file_line_and_column(tmp_path: Path) -> No
         f"{path}:5:3: resources.memory: must be at least 6MiB (the Docker engine's minimum)",
         f"{path}:6:22: ports.1: invalid port 'bad': use CONTAINER, HOST:CONTAINER"
         " or IP:HOST:CONTAINER, and add /udp for UDP",
-        f"{path}:9:3: restart.max_atempts: Extra inputs are not permitted",
+        f"{path}:9:3: restart.max_atempts: unknown field; did you mean 'max_attempts'?",
     ]
     as_json = tmp_path / "web.json"
     as_json.write_text('{\n  "name": "web",\n  "image": "x",\n  "resources": {"memory": "1MiB"}\n}')

@@ -18,6 +18,7 @@ from cube.auth import Authenticator, Role
 from cube.errors import InvalidSpec
 from cube.job.model import Allocation, AllocDesired, AllocStatus, Job, JobStatus
 from cube.job.spec import MAX_COUNT, parse_job
+from cube.manager.api import create_app
 from cube.manager.core import Manager
 from cube.node import MachineStats, Node, NodeState, Resources
 from cube.scheduler import make_scheduler
@@ -386,3 +387,41 @@ async def test_every_page_renders_jobs_of_each_type_and_work_no_node_can_take(
     assert "Group g: 2 of 2 not placed" in page
     waiting = (await client.get(f"/tasks/{task.id}")).text  # the dispatcher has not run
     assert "No placement decision recorded yet." in waiting
+
+
+async def test_a_node_page_lists_its_tasks_from_the_index_newest_first(
+    client: httpx.AsyncClient, manager: Manager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The node page reads the registry's index by node (the tasks in the order they came
+    to the node), not every task of the cluster, and still shows the newest first."""
+    for name in ("n1", "n2"):
+        await manager.node_registry.create(Node(name=name, address=f"http://{name}"))
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    # Placed on n1 in another order than created; others on n2 and nowhere.
+    for minutes, node in ((2, "n1"), (0, "n1"), (5, "n2"), (3, "n1"), (1, "n1"), (4, None)):
+        spec = TaskSpec(name=f"t{minutes}", image="x")
+        created = start + timedelta(minutes=minutes)
+        await manager.registry.create(Task(spec=spec, node=node, created_at=created), [])
+    assert [t.name for t in manager.registry.tasks_on("n1")] == ["t2", "t0", "t3", "t1"]
+
+    def scan(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the node page scanned every task")
+
+    monkeypatch.setattr(manager.registry, "select", scan)
+    await login(client)
+    for path in ("/nodes/n1", "/partials/nodes/n1"):
+        page = (await client.get(path)).text
+        assert re.findall(r">(t\d)</a>", page) == ["t3", "t2", "t1", "t0"], path
+    assert re.findall(r">(t\d)</a>", (await client.get("/nodes/n2")).text) == ["t5"]
+
+
+async def test_the_manager_s_address_in_a_browser_leads_to_the_dashboard(manager: Manager) -> None:
+    """``http://127.0.0.1:5555/`` answered 401 with a JSON body; the API's routes still
+    need the token."""
+    app = create_app(manager, authenticator=Authenticator({Role.USER: [TOKEN]}))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://cube.test") as c:
+        root = await c.get("/")
+        assert (root.status_code, root.headers["location"]) == (303, "/ui/")
+        assert (await c.get("/v1/tasks")).status_code == 401
+        assert (await c.post("/")).status_code == 401

@@ -8,6 +8,7 @@ exit codes in exactly one place (:mod:`cube.cli.errors`).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -26,6 +27,9 @@ class FieldError:
 
     field: str
     message: str
+    #: Where in the decoded input it is (pydantic's location), when known: a file's reader
+    #: turns it into a line and column. Not shown, not compared.
+    loc: tuple[str | int, ...] = dataclasses.field(default=(), compare=False, repr=False)
 
     def __str__(self) -> str:
         return f"{self.field}: {self.message}" if self.field else self.message
@@ -73,6 +77,10 @@ class ContainerError(CubeError):
 
 class Unavailable(CubeError):
     """A remote Cube component (manager or worker) cannot be reached."""
+
+
+class CannotListen(CubeError):
+    """An agent cannot listen on its address: the port is taken, or not this user's."""
 
 
 class StoreUnavailable(CubeError):

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import signal
 import socket
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 
 import uvicorn
 from fastapi import FastAPI
@@ -24,7 +25,7 @@ from cube.api.guard import (
     widen_backlog,
 )
 from cube.api.tls import Tls
-from cube.errors import CubeError
+from cube.errors import CannotListen, CubeError
 from cube.log import get_logger
 
 log = get_logger("cube.server")
@@ -79,6 +80,9 @@ async def serve(
     ``on_exit`` runs when they are told to stop, before they wait for the requests in
     flight: a worker answers its blocking queries then, instead of holding them.
     """
+    # Every port first, before any app starts: a worker adopts containers and joins at its
+    # start, and uvicorn only binds after that (and then exits the process from a task).
+    sockets = listen_all(servers)
     loop = asyncio.get_running_loop()
     quiet_accept_errors(loop)
 
@@ -90,7 +94,7 @@ async def serve(
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop_all, sig)
-    running = [loop.create_task(s.serve()) for s in servers]
+    running = [loop.create_task(s.serve([sock])) for s, sock in zip(servers, sockets, strict=True)]
     helper: asyncio.Task[None] | None = None
     failed = False
 
@@ -122,3 +126,41 @@ async def serve(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
     return all(s.started for s in servers) and not failed
+
+
+def listen_all(servers: Sequence[Server]) -> list[socket.socket]:
+    """A listening socket for each server, or CannotListen naming the address that is
+    taken (all of them closed): one line and exit 1, not uvicorn's exit 3 mid-start."""
+    sockets: list[socket.socket] = []
+    try:
+        for s in servers:
+            sockets.append(listen(s.config.host, s.config.port))
+    except CannotListen:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port``, as uvicorn would bind it (SO_REUSEADDR)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as exc:
+        raise CannotListen(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        hint = (
+            " (another cube agent, or another program, listens there: stop it or choose"
+            " another --port)"
+            if exc.errno == errno.EADDRINUSE
+            else ""
+        )
+        raise CannotListen(f"cannot listen on {host}:{port}: {exc.strerror}{hint}") from None
+    return sock

@@ -19,7 +19,7 @@ from cube.cli.credentials import JOIN_TOKEN_ENV, TOKEN_ENV, data_root
 from cube.cli.options import SIZE, parse_labels
 from cube.job.spec import DEFAULT_DATACENTER
 from cube.scheduler import ALGORITHMS, DEFAULT_ALGORITHM
-from cube.store.files import secure_data_dir
+from cube.store.files import claim_data_dir, secure_data_dir
 from cube.task.spec import NAME_PATTERN, Privilege
 
 DEFAULT_MANAGER_PORT = 5555
@@ -41,6 +41,7 @@ def agent_data_dir(given: Path | None, role: str) -> Path:
     os.umask(0o077)
     path = given or default_data_dir(role)
     secure_data_dir(path)
+    claim_data_dir(path)  # one agent per data dir: a second one exits 1 naming the first
     return path
 
 

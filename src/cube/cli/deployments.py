@@ -17,6 +17,7 @@ from cube.cli import output as out
 from cube.cli.client import ManagerClient, manager_option
 from cube.cli.errors import handle_errors
 from cube.cli.output import short
+from cube.errors import FieldError, InvalidSpec
 from cube.job.deployment import Deployment, DeploymentStatus
 
 
@@ -130,14 +131,16 @@ def fail_command(client: ManagerClient, job_id: str, output: out.Format) -> None
     print_deployment(client.fail_job(job_id), job_id, output)
 
 
-@click.command("revert")
+# A VERSION of "-1" or "abc" reaches the command (not click's "No such option '-1'" or
+# "'abc' is not a valid integer range") and is refused in one line naming the version.
+@click.command("revert", context_settings={"ignore_unknown_options": True})
 @click.argument("job_id", metavar="JOB")
-@click.argument("version", type=click.IntRange(min=1), required=False)
+@click.argument("version", required=False)
 @out.output_option
 @handle_errors
 @manager_option
 def revert_command(
-    client: ManagerClient, job_id: str, version: int | None, output: out.Format
+    client: ManagerClient, job_id: str, version: str | None, output: out.Format
 ) -> None:
     """Go back to an earlier version (default: the last one that deployed successfully).
 
@@ -149,7 +152,7 @@ def revert_command(
       cube job revert shop
       cube job revert shop 2
     """
-    job = client.revert_job(job_id, version)
+    job = client.revert_job(job_id, None if version is None else _version_number(version))
     if output == "json":
         out.print_json(job)
     else:
@@ -223,3 +226,13 @@ COMMANDS = (
     history_command,
     deployments_command,
 )
+
+
+def _version_number(given: str) -> int:
+    """A version as ``cube job history`` lists them: 1, 2, ..."""
+    if not given.isdigit() or int(given) < 1:
+        why = (
+            f"must be a version number as `cube job history` lists them (1, 2, ...), not {given!r}"
+        )
+        raise InvalidSpec([FieldError("version", why)])
+    return int(given)

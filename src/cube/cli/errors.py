@@ -1,6 +1,7 @@
 """The one place where errors become CLI exit codes and one readable line.
 
-Exit codes: 0 ok, 1 the operation failed, 2 usage (bad flags or bad input).
+Exit codes: 0 ok, 1 the operation failed, 2 usage (bad flags or bad input); 130 when
+Ctrl-C stops a command that follows something (``cube job run``), as in a shell.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from cube.cli.output import inert
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -19,7 +19,7 @@ import click
 from cube.cli import deployments as deployment_commands
 from cube.cli import output as out
 from cube.cli.client import ManagerClient
-from cube.cli.errors import EXIT_FAILED
+from cube.cli.errors import EXIT_FAILED, EXIT_INTERRUPTED
 from cube.job.blocked import blocked_groups
 from cube.job.model import AllocDesired, AllocStatus, JobStatus
 from cube.job.reconcile import is_holder
@@ -41,6 +41,10 @@ class GroupProgress:
     running: int = 0
     complete: int = 0
     failed: int = 0
+    #: Canaries of the version followed that run (they hold no slot until promoted).
+    canaries: int = 0
+    #: Allocations of earlier versions that still hold a slot and run (not replaced yet).
+    older: int = 0
 
     def line(self) -> str:
         of = f" of {self.wanted}" if self.wanted is not None else ""
@@ -49,6 +53,10 @@ class GroupProgress:
             text += f", {self.complete} complete"
         if self.failed:
             text += f", {self.failed} failed"
+        if self.canaries:
+            text += f", {self.canaries} {'canary' if self.canaries == 1 else 'canaries'} running"
+        if self.older:
+            text += f"; {self.older} of an earlier version running"
         return text
 
 
@@ -81,11 +89,13 @@ def judge(detail: JobDetail) -> Verdict:
     """
     job, spec = detail.job, detail.spec
     current = [a for a in detail.allocations if is_holder(a) and a.version == job.version]
+    running = [a for a in detail.allocations if a.status is AllocStatus.RUNNING]
     groups = []
     for group in spec.groups:
         mine = [a for a in current if a.group == group.name]
         wanted = None if spec.type is JobType.SYSTEM else group.wanted
         counts = Counter(a.status for a in mine)
+        beside = [a for a in running if a.group == group.name and a.version != job.version]
         groups.append(
             GroupProgress(
                 group.name,
@@ -94,6 +104,12 @@ def judge(detail: JobDetail) -> Verdict:
                 running=counts[AllocStatus.RUNNING],
                 complete=counts[AllocStatus.COMPLETE],
                 failed=counts[AllocStatus.FAILED],
+                canaries=sum(
+                    1
+                    for a in running
+                    if a.group == group.name and a.canary and a.version == job.version
+                ),
+                older=sum(1 for a in beside if is_holder(a)),
             )
         )
     verdict = Verdict(done=False, groups=groups)
@@ -184,8 +200,19 @@ def follow_to_the_end(
 ) -> None:
     """Follow the job's ``version`` (progress on stderr); its last lines on stdout (the
     groups, and the deployment's end; with ``json``, the job as ``cube job status JOB -o
-    json`` shows it), or exit 1 with the reasons it cannot get where it should be."""
-    verdict = follow(client, job_id, version=version, timeout=timeout)
+    json`` shows it), or exit 1 with the reasons it cannot get where it should be.
+
+    Ctrl-C stops following, not the job: it says so (and how to find it again) and exits
+    130, as a command interrupted in a shell does."""
+    try:
+        verdict = follow(client, job_id, version=version, timeout=timeout)
+    except KeyboardInterrupt:
+        click.echo(
+            f"\njob {job_id}: no longer followed (Ctrl-C); the job goes on:"
+            f" `cube job status {job_id}` shows it, `cube job stop {job_id}` stops it",
+            err=True,
+        )
+        raise SystemExit(EXIT_INTERRUPTED) from None
     if output == "json":  # where it stands, even when it cannot get there: scripts read it
         out.print_json(client.job(job_id))
     if verdict.failed:

@@ -65,8 +65,21 @@ def wants_colour(stream: BinaryIO) -> bool:
     return stream.isatty() and not os.environ.get("NO_COLOR")
 
 
-def print_job_logs(records: Iterable[LogRecord], *, escape: bool) -> None:
+def print_job_logs(records: Iterable[LogRecord], *, escape: bool, job: str = "") -> None:
+    """Print the records; when there were none, one line on stderr says so (an empty
+    answer looked like a command that did nothing: no allocation placed yet, or tasks
+    that wrote nothing)."""
     sink = sys.stdout.buffer
     printer = JobLogPrinter(sink, colour=wants_colour(sink), escape=escape)
+    lines = 0
     for record in records:
         printer.write(record)
+        lines += record.kind == "line"
+    if not lines:
+        click.echo(
+            out.inert(
+                f"cube: no output from job {job} (no allocation placed yet, or its tasks"
+                f" wrote nothing): `cube job status {job}` shows its allocations"
+            ),
+            err=True,
+        )

@@ -25,9 +25,10 @@ from cube.cli.output import short
 from cube.errors import FieldError, InvalidSpec
 from cube.job.blocked import BlockedGroup
 from cube.job.model import Job
-from cube.job.spec import JobSpec, parse_job_text
+from cube.job.spec import JobSpec, parse_job, wrong_kind
 from cube.task.model import utcnow
-from cube.task.specfile import place, syntax_error_at
+from cube.task.spec import decode_spec_text
+from cube.task.specfile import located, place, syntax_error_at
 
 
 def read_job_file(path: str) -> tuple[JobSpec, str]:
@@ -40,15 +41,15 @@ def read_job_file(path: str) -> tuple[JobSpec, str]:
         raise InvalidSpec([FieldError(path, f"cannot read job file: {reason}")]) from None
     fmt: Literal["json", "yaml"] = "json" if Path(path).suffix.lower() == ".json" else "yaml"
     try:
-        return parse_job_text(text, fmt=fmt), text
+        data = decode_spec_text(text, fmt=fmt)
+        if (other := wrong_kind(data, want_job=True)) is not None:
+            raise InvalidSpec([FieldError(path, other)]) from None
+        return parse_job(data), text
     except InvalidSpec as exc:
-        where = place(path, syntax_error_at(text, fmt))
-        raise InvalidSpec(
-            [
-                FieldError(where if e.field == "body" else f"{path}: {e.field}", e.message)
-                for e in exc.errors
-            ]
-        ) from None
+        if any(e.field in ("body", path) for e in exc.errors):  # not YAML, not a job file
+            where = place(path, syntax_error_at(text, fmt))
+            raise InvalidSpec([FieldError(where, e.message) for e in exc.errors]) from None
+        raise InvalidSpec(located(path, text, exc.errors)) from None
 
 
 @click.group("job")

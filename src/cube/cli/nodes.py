@@ -13,7 +13,7 @@ from cube.cli import output as out
 from cube.cli.client import ManagerClient, manager_option
 from cube.cli.errors import handle_errors
 from cube.cli.job_views import alloc_table
-from cube.node import MachineStats, Node
+from cube.node import MachineStats, Node, NodeState
 from cube.task.model import utcnow
 
 
@@ -87,7 +87,14 @@ def drain_command(client: ManagerClient, name: str, output: out.Format) -> None:
       cube nodes drain w1      # before maintenance on w1
       cube nodes undrain w1    # after
     """
-    _show_change(client.drain(name), output, "draining")
+    node = client.drain(name)
+    _show_change(
+        node,
+        output,
+        f"draining: its tasks move to other nodes and nothing new is placed on it"
+        f" (`cube nodes undrain {node.name}` ends it)",
+        NodeState.DRAINING,
+    )
 
 
 @nodes_group.command("undrain")
@@ -102,14 +109,17 @@ def undrain_command(client: ManagerClient, name: str, output: out.Format) -> Non
     Example:
       cube nodes undrain w1
     """
-    _show_change(client.undrain(name), output, "taking tasks again")
+    _show_change(client.undrain(name), output, "takes tasks again", NodeState.READY)
 
 
-def _show_change(node: Node, output: out.Format, what: str) -> None:
+def _show_change(node: Node, output: out.Format, what: str, expected: NodeState) -> None:
+    """One line: what the change does, and the node's state only when it is not the one
+    the change leads to (a Down node drained), not ``w1 draining (draining)``."""
     if output == "json":
         out.print_json(node)
-    else:
-        click.echo(out.inert(f"{node.name} {what} ({node.state.value})"))
+        return
+    state = "" if node.state is expected else f"; it is {node.state.value} now"
+    click.echo(out.inert(f"node {node.name} {what}{state}"))
 
 
 def memory_used(stats: MachineStats | None) -> str:

@@ -16,11 +16,13 @@ from cube.cli.client import ManagerClient, manager_option
 from cube.cli.errors import handle_errors
 from cube.cli.options import SIZE, duration_callback, pairs_callback
 from cube.cli.output import short
+from cube.job.spec import wrong_kind
 from cube.task.model import DesiredState, Task
 from cube.task.spec import (
     KEEP_SECRETS,
     RestartPolicyName,
     TaskRequest,
+    decode_spec_text,
     load_spec_file,
     parse_request,
 )
@@ -87,11 +89,25 @@ def build_request(spec_file: Path | None, flags: RunFlags) -> TaskRequest:
     and the limits live in one place.
     """
     base = (
-        load_spec_file(spec_file).model_dump(mode="json", exclude_none=True, context=KEEP_SECRETS)
+        _read(spec_file).model_dump(mode="json", exclude_none=True, context=KEEP_SECRETS)
         if spec_file
         else {}
     )
     return parse_request(flags.apply(base))
+
+
+def _read(spec_file: Path) -> TaskRequest:
+    """The file's task spec; a job file given here is one line naming `cube job run`."""
+    try:
+        return load_spec_file(spec_file)
+    except errors.InvalidSpec as exc:
+        try:
+            data = decode_spec_text(spec_file.read_text(encoding="utf-8"))
+        except (errors.InvalidSpec, OSError, UnicodeDecodeError):
+            data = None  # the file's own error says what is wrong
+        if (other := wrong_kind(data, want_job=False)) is not None:
+            raise errors.InvalidSpec([errors.FieldError(str(spec_file), other)]) from None
+        raise exc from None
 
 
 class RunCommand(click.Command):
@@ -287,8 +303,11 @@ def check_running(task: Task, *, timeout: float) -> None:
     why = task.reason or ("no reason given" if code is None else f"exit code {code}")
     if status == "ended":
         raise errors.CubeError(f"task {short(task.id)} {task.state.value}: {why}")
+    # The task stays, and may yet run: say so, and how to give up (a user who reads only
+    # "still pending" runs the command again and has two).
     raise errors.CubeError(
-        f"task {short(task.id)} still {task.state.value} after {format_duration(timeout)}: {why}"
+        f"task {short(task.id)} still {task.state.value} after {format_duration(timeout)}: {why};"
+        f" it stays and runs when it can (`cube stop {short(task.id)}` gives up)"
     )
 
 

@@ -310,7 +310,7 @@ def logs_command(
         params = {"follow": "true" if follow else "false"}
         params |= {k: v for k, v in (("group", group), ("task", task_name), ("since", since)) if v}
         _print_until_stopped(
-            lambda: print_job_logs(client.job_logs(job_id, **params), escape=escape)
+            lambda: print_job_logs(client.job_logs(job_id, **params), escape=escape, job=job_id)
         )
         return
     if task_id is None:

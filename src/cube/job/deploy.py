@@ -23,6 +23,7 @@ from datetime import datetime, timedelta
 from cube.errors import Conflict
 from cube.job.deployment import Deployment, DeploymentStatus, GroupDeployment
 from cube.job.model import Allocation, AllocDesired, AllocStatus, JobVersion, group_hash
+from cube.job.reconcile import NodeView, ineligibility
 from cube.job.spec import JobSpec, JobType, UpdatePolicy, update_policy
 from cube.task.model import Health, Task
 from cube.task.state import State
@@ -87,9 +88,25 @@ def _holds(alloc: Allocation) -> bool:
     return alloc.desired is AllocDesired.RUN and alloc.replaced_by is None and not alloc.canary
 
 
-def _desired(spec: JobSpec, group_name: str, allocs: Sequence[Allocation]) -> int:
+def _desired(
+    spec: JobSpec,
+    group_name: str,
+    allocs: Sequence[Allocation],
+    nodes: Mapping[str, NodeView] | None = None,
+) -> int:
+    """Allocations the group wants. A system group: one on each node that holds one, and
+    one on each eligible node that does not yet (the reconciler places those in the same
+    pass, after the deployment was looked at): counting only the allocations would make
+    a system job's first deployment "all 0 allocations healthy" before any was placed."""
     if spec.type is JobType.SYSTEM:
-        return sum(1 for a in allocs if a.group == group_name and _holds(a) and not a.is_terminal)
+        group = spec.group(group_name)
+        held = {
+            a.node or a.id
+            for a in allocs
+            if a.group == group_name and _holds(a) and not a.is_terminal
+        }
+        eligible = {n.name for n in (nodes or {}).values() if ineligibility(n, spec, group) is None}
+        return len(held | eligible)
     return spec.group(group_name).wanted
 
 
@@ -142,20 +159,30 @@ def _finish(d: Deployment, status: DeploymentStatus, reason: str, now: datetime)
 
 
 def step(
-    deployment: Deployment, spec: JobSpec, allocs: Iterable[Allocation], now: datetime
+    deployment: Deployment,
+    spec: JobSpec,
+    allocs: Iterable[Allocation],
+    now: datetime,
+    nodes: Mapping[str, NodeView] | None = None,
 ) -> Deployment:
     """``deployment`` brought up to ``now``: its counts, its status and why (a copy).
 
-    Equal to ``deployment`` when nothing changed, so that the caller saves only changes.
+    ``nodes``: the cluster's, which a system job's deployment needs (one allocation per
+    eligible node is wanted). Equal to ``deployment`` when nothing changed, so that the
+    caller saves only changes.
     """
-    d = _step(deployment, spec, allocs, now)
+    d = _step(deployment, spec, allocs, now, nodes)
     if d.model_copy(update={"updated_at": deployment.updated_at}) == deployment:
         return deployment
     return d
 
 
 def _step(
-    deployment: Deployment, spec: JobSpec, allocs: Iterable[Allocation], now: datetime
+    deployment: Deployment,
+    spec: JobSpec,
+    allocs: Iterable[Allocation],
+    now: datetime,
+    nodes: Mapping[str, NodeView] | None,
 ) -> Deployment:
     d = deployment.model_copy(deep=True)
     if not d.active:
@@ -168,7 +195,7 @@ def _step(
         wanted = group_hash(spec, group)
         own = [a for a in mine if a.group == group.name]
         current = [a for a in own if _holds(a) and a.group_hash == wanted and not a.is_terminal]
-        g.desired = _desired(spec, group.name, mine)
+        g.desired = _desired(spec, group.name, mine, nodes)
         g.placed = len(current)
         g.healthy = sum(1 for a in current if a.healthy is True)
         g.unhealthy = sum(1 for a in own if a.deployment == d.id and a.healthy is False)

@@ -56,6 +56,7 @@ from cube.task.spec import (
     _Model,
     decode_spec_text,
 )
+from cube.task.unknown_fields import unknown_field
 
 #: Where a node is when it does not say (``cube worker --datacenter``), as in Nomad.
 DEFAULT_DATACENTER = "dc1"
@@ -372,7 +373,13 @@ def field_path(loc: Sequence[str | int]) -> str:
 
 def _field_errors(exc: ValidationError) -> list[FieldError]:
     return [
-        FieldError(field_path(err["loc"]) or "body", err["msg"].removeprefix("Value error, "))
+        FieldError(
+            field_path(err["loc"]) or "body",
+            unknown_field(JobSpec, err["loc"])
+            if err["type"] == "extra_forbidden"
+            else err["msg"].removeprefix("Value error, "),
+            loc=tuple(err["loc"]),
+        )
         for err in exc.errors(include_url=False)
     ]
 
@@ -380,6 +387,23 @@ def _field_errors(exc: ValidationError) -> list[FieldError]:
 def is_job_document(data: Any) -> bool:
     """Whether decoded YAML/JSON is a job file (it has ``job:``) rather than a task spec."""
     return isinstance(data, dict) and "job" in data
+
+
+def wrong_kind(data: Any, *, want_job: bool) -> str | None:
+    """Why a decoded file is the other kind of spec than the command takes, or None: a
+    task spec (``name:``, ``image:``) given to ``cube job run``, or a job file given to
+    ``cube run``. One line that says which command runs it, instead of an error for
+    every field, each true and none of them the point."""
+    if not isinstance(data, dict):
+        return None
+    if want_job and not {"job", "groups"} & data.keys() and {"image", "name"} & data.keys():
+        return (
+            "a task spec (name:, image:), not a job file (job:, groups:): run it with"
+            " `cube run FILE`"
+        )
+    if not want_job and is_job_document(data):
+        return "a job file (job:, groups:), not a task spec: run it with `cube job run FILE`"
+    return None
 
 
 def parse_job(data: Any) -> JobSpec:

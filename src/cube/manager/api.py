@@ -30,7 +30,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated
 
 from fastapi import FastAPI, Query, Request, Response
-from fastapi.responses import StreamingResponse
+from fastapi.responses import RedirectResponse, StreamingResponse
 
 from cube.api.auth import BearerAuth
 from cube.api.body import RESUBMITTED, TASK_REQUEST_BODY, publish_schemas, read_task_request
@@ -64,6 +64,8 @@ def manager_rule(method: str, path: str) -> frozenset[Role] | None:
     if path == "/v1/health" and method in ("GET", "HEAD"):
         return None
     if path == UI_PREFIX or path.startswith(UI_PREFIX + "/"):
+        return None
+    if path == "/" and method in ("GET", "HEAD"):  # leads a browser to the dashboard
         return None
     if path == "/v1/nodes" and method == "POST":
         return frozenset({Role.JOIN, Role.USER})
@@ -170,6 +172,11 @@ def create_app(
     install_exec_route(app, manager)
     if authenticator is not None:  # the dashboard's login needs the cluster token to check
         app.mount(UI_PREFIX, create_dashboard(manager, authenticator))
+
+        @app.get("/", include_in_schema=False)
+        async def root() -> RedirectResponse:
+            """The manager's address opened in a browser: the dashboard (it was a 401)."""
+            return RedirectResponse(f"{UI_PREFIX}/", status_code=303)
 
     @app.get("/v1/health")
     async def health() -> ManagerHealth:

@@ -242,6 +242,11 @@ class Manager:
     def list_tasks(self, *, state: State | None = None, node: str | None = None) -> list[Task]:
         return [t.model_copy(deep=True) for t in self.registry.select(state, node)]
 
+    def tasks_on(self, node: str) -> list[Task]:
+        """Copies of the tasks placed on ``node``, from the registry's index by node: the
+        cost of one node's tasks, not of a scan of every task of the cluster."""
+        return [t.model_copy(deep=True) for t in self.registry.tasks_on(node)]
+
     def tasks_json(self, *, state: State | None = None, node: str | None = None) -> bytes:
         """The tasks as ``GET /v1/tasks`` lists them (see TaskRegistry.tasks_json)."""
         return self.registry.tasks_json(state=state, node=node)

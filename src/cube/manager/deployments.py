@@ -14,7 +14,7 @@ again from the saved deployment and the allocations' saved verdicts.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -24,6 +24,7 @@ from cube.job import deploy
 from cube.job.deployment import Deployment, DeploymentStatus
 from cube.job.model import Allocation, AllocDesired, AllocStatus, Job, JobStatus, JobVersion
 from cube.job.plan import Plan
+from cube.job.reconcile import NodeView
 from cube.job.spec import JobType, update_policy
 from cube.log import get_logger
 
@@ -135,11 +136,18 @@ class Deployments:
         self.by_id[d.id] = d
 
     # --- the pass -----------------------------------------------------------------------------
-    def advance(self, job: Job, allocs: list[Allocation], now: datetime) -> Advanced:
+    def advance(
+        self,
+        job: Job,
+        allocs: list[Allocation],
+        now: datetime,
+        nodes: Mapping[str, NodeView] | None = None,
+    ) -> Advanced:
         """Bring the job's deployments up to ``now``: the current version's (or None, for a
         batch job), and when to look again.
 
-        ``allocs``: the job's allocations (the records themselves: health is recorded on them).
+        ``allocs``: the job's allocations (the records themselves: health is recorded on them);
+        ``nodes``: the pass's node views (a system job wants one allocation per eligible node).
         """
         self._cancel_others(job, now)
         version = self.jobs.current_version(job)
@@ -151,7 +159,7 @@ class Deployments:
             d = self.start(job, allocs, now)
         if not d.active:
             return Advanced(d, health_due)
-        stepped = deploy.step(d, version.spec, allocs, now)
+        stepped = deploy.step(d, version.spec, allocs, now, nodes)
         if stepped != d:
             self._save(stepped)
             if not stepped.active:

@@ -27,7 +27,7 @@ from cube.manager.workers import WorkerClient
 from cube.metrics.manager import ManagerTelemetry
 from cube.node import Node
 from cube.scheduler import Scheduler, allocate
-from cube.task.model import DesiredState, Task, TaskEvent
+from cube.task.model import DesiredState, Health, Task, TaskEvent
 from cube.task.spec import KEEP_SECRETS, TaskRequest
 from cube.task.state import State
 
@@ -318,13 +318,18 @@ class Dispatcher:
         return moved
 
     async def unplace(self, task: Task, reason: str) -> None:
-        """Back to Pending, off its node. The node's copy, if any, is stopped by reconciliation."""
+        """Back to Pending, off its node. The node's copy, if any, is stopped by reconciliation.
+
+        What belonged to that copy goes with it: its container, its ports, and its health
+        (a Pending task shown Healthy, as `cube status` did after a drain, has no check
+        running at all)."""
         node = task.node
 
         def pending(draft: Task) -> list[TaskEvent] | None:
             if draft.node != node or draft.state not in PLACED:
                 return None  # moved or ended meanwhile
             draft.node, draft.container_id, draft.ports = None, None, []
+            draft.health = Health.UNKNOWN
             return [draft.transition(State.PENDING, reason)]
 
         if await self.registry.change(task, pending):

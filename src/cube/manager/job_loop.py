@@ -224,7 +224,8 @@ class JobLoop:
         if lazy and not changed and (current is None or not current.active):
             return False  # (a deployment judges its allocations' health on any task change)
         allocs = self.records.allocations(job=job.id)
-        advanced = self.deployments.advance(job, allocs, now)  # may revert: a new version
+        # (may revert: a new version)
+        advanced = self.deployments.advance(job, allocs, now, views)
         deployment = advanced.deployment
         version = self.records.current_version(job)
         plan = reconcile(job, version, allocs, views.nodes, now, deployment=deployment)

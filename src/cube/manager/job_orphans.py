@@ -3,15 +3,19 @@
 A purge forgets a job's allocations at once, but their tasks run until their nodes stop
 them, and a manager that crashed between saving a task and its allocation knows a task
 of no allocation. Nomad's garbage collector does the same after ``nomad job stop
--purge``: once stopped, ``cube status`` lists them no more. Kept apart from the pass
+-purge``: once stopped, ``cube status`` lists them no more. A task that had ended before
+the purge (a batch job's, complete) still has its exited container on its node: the
+node is asked to remove it, then the task is forgotten too. Kept apart from the pass
 because it is the one set of task IDs the job service owns.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from cube.background import spawn
 from cube.manager.job_records import JobRecords
 from cube.task.model import DesiredState
 
@@ -23,12 +27,19 @@ class Orphans:
     """IDs of tasks whose allocation was purged or is unknown; see the module docstring."""
 
     def __init__(
-        self, manager: Manager, records: JobRecords, stop_task: Callable[[str, str], None]
+        self,
+        manager: Manager,
+        records: JobRecords,
+        stop_task: Callable[[str, str], None],
+        background: set[asyncio.Task[Any]],
     ) -> None:
         self.manager = manager
         self.records = records
         self._stop_task = stop_task
+        self._background = background
         self._ids: set[str] = set()
+        #: Ended tasks whose node is asked to remove their container (one call at a time).
+        self._removing: dict[str, asyncio.Task[Any]] = {}
 
     def add(self, task_ids: Iterable[str]) -> None:
         self._ids.update(task_ids)
@@ -51,6 +62,22 @@ class Orphans:
             task = self.manager.tasks.get(task_id)
             if task is None or (task.alloc is not None and task.alloc.id in self.records.allocs):
                 self._ids.discard(task_id)
+                self._removing.pop(task_id, None)
             elif task.is_terminal and task.container_id is None:
                 self.manager.forget(task_id)
                 self._ids.discard(task_id)
+                self._removing.pop(task_id, None)
+            elif task.is_terminal and task.node is not None:
+                self._remove_container(task_id)
+
+    def _remove_container(self, task_id: str) -> None:
+        """Ask the task's node to remove the container of a task that ended before the
+        purge (a stop of an ended task removes its container and keeps its end); a node
+        that does not answer is asked again by a later pass."""
+        calling = self._removing.get(task_id)
+        if calling is not None and not calling.done():
+            return
+        call = self.manager.stop(task_id, reason="its job was purged")
+        self._removing[task_id] = spawn(
+            call, "remove a purged task's container", keep=self._background
+        )

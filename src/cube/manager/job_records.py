@@ -12,10 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable
 
-from cube.errors import NotFound
 from cube.job.model import Allocation, AllocDesired, Job, JobVersion
 from cube.job.spec import JobType
-from cube.manager.lookup import find_alloc
+from cube.manager.lookup import find_alloc, not_found
 from cube.store.base import Store
 
 
@@ -46,7 +45,7 @@ class JobRecords:
     # --- jobs and versions --------------------------------------------------------------------
     def job(self, job_id: str) -> Job:
         if (job := self.jobs.get(job_id)) is None:
-            raise NotFound(f"job {job_id} not found")
+            raise not_found("job", job_id, self.jobs)
         return job
 
     def current_version(self, job: Job) -> JobVersion:

@@ -75,7 +75,7 @@ class JobService:
             rollout=lambda plan, now: apply_rollout(self, plan, now),
             background=self.background,
         )
-        self.orphans = Orphans(manager, records, self.applier.stop_task)
+        self.orphans = Orphans(manager, records, self.applier.stop_task, self.background)
         self.loop = JobLoop(
             manager, records, self.changes, self.applier, self.orphans, self.deployments
         )

@@ -22,6 +22,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
@@ -70,7 +71,25 @@ JOB_BODY: dict[str, Any] = {
 }
 
 
-def plan_entries(plan: Plan, decisions: dict[str, Decision]) -> list[PlanEntry]:
+def plan_entries(
+    plan: Plan, decisions: dict[str, Decision], allocs: Mapping[str, Allocation]
+) -> list[PlanEntry]:
+    """The plan as the API shows it. An entry about an allocation that stays where it is
+    (keep, stop, in place...) names its slot and node, read from ``allocs``: `cube job
+    plan` showed ``keep  -  a1b2c3  -`` for each allocation running."""
+    entries = _plan_entries(plan, decisions)
+    for e in entries:
+        alloc = allocs.get(e.alloc) if e.alloc is not None else None
+        if alloc is None:
+            continue
+        if e.group is None:
+            e.group, e.index = alloc.group, alloc.index
+        if e.action not in ("place", "update"):  # those name the node they would go to
+            e.node = alloc.node
+    return entries
+
+
+def _plan_entries(plan: Plan, decisions: dict[str, Decision]) -> list[PlanEntry]:
     entries: list[PlanEntry] = []
     for p in plan.place:
         d = decisions.get(f"{p.group}[{p.index}]")
@@ -138,7 +157,7 @@ def install_job_routes(app: FastAPI, jobs: JobService) -> None:
         """A dry run of a submit against the cluster as it is: nothing is created or changed."""
         spec = await read_job(request)
         plan, decisions = jobs.plan(spec)
-        entries = plan_entries(plan, decisions)
+        entries = plan_entries(plan, decisions, jobs.allocs)
         failures = failures_of((e.group or "", e.placement) for e in entries if e.placement)
         allocs = jobs.allocations(job=plan.job)
         status, reason = blocked_status(spec, plan.status, plan.status_reason, allocs, failures)

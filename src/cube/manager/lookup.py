@@ -13,7 +13,8 @@ refused with the candidates, so that the user can pick.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import difflib
+from collections.abc import Iterable, Mapping, Sequence
 
 from cube.errors import Conflict, NotFound
 from cube.job.model import Allocation
@@ -78,3 +79,11 @@ def find_alloc(allocs: Mapping[str, Allocation], ref: str) -> Allocation:
             + "; give more of the ID"
         )
     raise NotFound(f"allocation {ref} not found")
+
+
+def not_found(kind: str, name: str, known: Iterable[str]) -> NotFound:
+    """``job shpo not found; did you mean 'shop'?``: the error for a name nothing has,
+    with the known name closest to it when one is close (a typo), as git says it."""
+    near = difflib.get_close_matches(name, list(known), n=1, cutoff=0.75)
+    hint = f"; did you mean '{near[0]}'?" if near else ""
+    return NotFound(f"{kind} {name} not found{hint}")

@@ -205,14 +205,21 @@ class Membership:
         return self.nodes.get_node(name)
 
     async def join_loop(self, address: str, token: str | None, interval: float) -> None:
-        """Add a statically configured worker, retrying until it answers."""
+        """Add a statically configured worker, retrying until it answers.
+
+        The first try that fails is no warning: `cube dev` starts its manager and its
+        worker together, so the manager's first call often comes before the worker
+        listens, and every first start of Cube showed a warning for it."""
         self.nodes.remember(address, token)
+        tries = 0
         while True:
             try:
                 await self.join(address, await self.workers.stats(address), token=token)
                 return
             except CubeError as exc:
-                log.warning("worker not answering yet", address=address, error=exc.message)
+                tries += 1
+                say = log.info if tries == 1 else log.warning
+                say("worker not answering yet", address=address, error=exc.message, tries=tries)
             await asyncio.sleep(max(1.0, interval))
 
     async def join(

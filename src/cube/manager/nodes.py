@@ -23,9 +23,9 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from cube.errors import NotFound
 from cube.log import get_logger
 from cube.manager.guards import Guards
+from cube.manager.lookup import not_found
 from cube.manager.pacing import (
     Pace,
     PollClock,
@@ -151,7 +151,7 @@ class NodeRegistry:
 
     def node(self, name: str) -> Node:
         if (node := self.nodes.get(name)) is None:
-            raise NotFound(f"node {name} not found")
+            raise not_found("node", name, self.nodes)
         return node
 
     def list_nodes(self) -> list[Node]:

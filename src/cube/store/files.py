@@ -9,16 +9,23 @@ to another user is refused: that user can read it whatever its mode.
 
 from __future__ import annotations
 
+import fcntl
 import os
 from pathlib import Path
 
-from cube.errors import StoreUnavailable
+from cube.errors import Conflict, StoreUnavailable
 from cube.log import get_logger
 
 log = get_logger("cube.store")
 
 #: Permission bits for the group and others: none of them may be set.
 SHARED_BITS = 0o077
+
+#: The file an agent holds a lock on while it uses its data dir (see claim_data_dir).
+LOCK_FILE = "agent.lock"
+
+#: The lock files this process holds, open until it exits (the lock goes with the file).
+_held: dict[Path, int] = {}
 
 
 def private(path: Path) -> None:
@@ -80,3 +87,31 @@ def _check_owner(path: Path) -> None:
             " keeps tokens there; refusing to use it: give a --data-dir of your own, or"
             " chown it"
         )
+
+
+def claim_data_dir(path: Path) -> None:
+    """Hold an exclusive lock on ``path`` for as long as this process runs.
+
+    Two agents on one data dir would both write its store and both act on it: two
+    managers placing the same tasks, two workers adopting the same containers (each
+    stopping what the other started). So a second one is refused, in one line that
+    names the holder. The lock is the kernel's (``flock``): it ends with the process,
+    however it ends (``kill -9`` too), so a stale file never keeps an agent out.
+    """
+    path = path.resolve()
+    if path in _held:
+        return
+    lock = path / LOCK_FILE
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise Conflict(
+            f"the data dir {path} is in use by another cube agent (pid {holder}): stop it,"
+            " or give this one a --data-dir of its own"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    _held[path] = fd

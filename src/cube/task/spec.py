@@ -42,6 +42,7 @@ from pydantic import (
 )
 
 from cube.errors import FieldError, InvalidSpec
+from cube.task.unknown_fields import unknown_field
 from cube.units import parse_duration, parse_size
 
 #: Names are DNS labels, like Kubernetes object names: they end up in container names.
@@ -444,21 +445,26 @@ def _key(part: str | int) -> str:
     return text if text.isprintable() else repr(text)
 
 
-def field_errors(exc: ValidationError, *, prefix: str = "") -> list[FieldError]:
+def field_errors(
+    exc: ValidationError, *, prefix: str = "", model: type[BaseModel] | None = None
+) -> list[FieldError]:
     """Turn pydantic's errors into ``FieldError`` with dotted paths (``resources.memory``)."""
-    return [error for _, error in located_errors(exc, prefix=prefix)]
+    return [error for _, error in located_errors(exc, prefix=prefix, model=model)]
 
 
 def located_errors(
-    exc: ValidationError, *, prefix: str = ""
+    exc: ValidationError, *, prefix: str = "", model: type[BaseModel] | None = None
 ) -> list[tuple[tuple[str | int, ...], FieldError]]:
     """Each error of :func:`field_errors` with the location it names in the input, so that
     a spec file can say on which line it is. Not one per pydantic error: an env value's
-    two forms make one error, and repeats are left out."""
+    two forms make one error, and repeats are left out. ``model``: the one validated, so
+    that an unknown field is told the field it may have meant."""
     out: list[tuple[tuple[str | int, ...], FieldError]] = []
     for err in exc.errors(include_url=False):
         loc = tuple(err["loc"])
         message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden" and model is not None:
+            message = unknown_field(model, loc)
         if _ENV_UNION in loc or "SecretValue" in loc:  # an env value: one error, not one per form
             as_text = _ENV_UNION in loc
             cut = loc.index(_ENV_UNION if as_text else "SecretValue")
@@ -489,7 +495,7 @@ def parse_request(data: Any) -> TaskRequest:
     try:
         return TaskRequest.model_validate(data)
     except ValidationError as exc:
-        raise InvalidSpec(field_errors(exc)) from None
+        raise InvalidSpec(field_errors(exc, model=TaskRequest)) from None
 
 
 #: libyaml's parser where PyYAML has it: as safe, and it refuses nesting deeper than 1000

@@ -45,9 +45,20 @@ def read_spec_file(path: str | Path) -> TaskRequest:
         root = _compose(text)
         located = [
             FieldError(f"{place(str(p), _position(root, loc))}: {found.field}", found.message)
-            for loc, found in located_errors(exc)
+            for loc, found in located_errors(exc, model=TaskRequest)
         ]
         raise InvalidSpec(located) from None
+
+
+def located(name: str, text: str, errors: Sequence[FieldError]) -> list[FieldError]:
+    """``errors`` of the file ``name`` whose text is ``text``, each at its line and column
+    (``shop.yaml:7:5: groups[0].count``) when its ``loc`` says where, else at the file."""
+    root = _compose(text) if any(e.loc for e in errors) else None
+    return [FieldError(f"{place(name, _at(root, e.loc))}: {e.field}", e.message) for e in errors]
+
+
+def _at(root: Node | None, loc: Sequence[str | int]) -> tuple[int, int] | None:
+    return _position(root, loc) if loc else None
 
 
 def place(name: str, position: tuple[int, int] | None) -> str:

@@ -98,7 +98,9 @@ def page_routes(manager: Manager) -> APIRouter:
     @router.get("/partials/nodes/{name}")
     async def node(request: Request, name: str) -> HTMLResponse:
         found = manager.get_node(name)
-        on_it = sorted(manager.list_tasks(node=name), key=lambda t: t.created_at, reverse=True)
+        # The index by node, not a scan of every task; it holds them in the order they came
+        # to the node, and the page shows the newest first (the ID settles a tie).
+        on_it = sorted(manager.tasks_on(name), key=lambda t: (t.created_at, t.id), reverse=True)
         return render(
             request,
             "node",
