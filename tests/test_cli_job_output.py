@@ -15,11 +15,14 @@ from click.testing import CliRunner, Result
 from cube.cli.main import cli
 from cube.job.deployment import Deployment, DeploymentStatus
 from cube.job.model import AllocStatus, Job, JobStatus
-from tests.test_cli_job_scale import _fast_polls, alloc, answers, detail  # noqa: F401
-from tests.test_cli_parsing import (  # noqa: F401 (_plain_environment: autouse fixture)
+from tests.support.fake_manager import (
     FakeManager,
-    _plain_environment,
+    alloc,
+    answers,
+    detail,
 )
+from tests.test_cli_job_scale import _fast_polls  # noqa: F401
+from tests.test_cli_parsing import _plain_environment  # noqa: F401 (_plain_environment: autouse fixture)
 
 SHOP = """\
 job: shop

@@ -6,54 +6,28 @@ next, as a real manager's would while the job service places or stops allocation
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
-import httpx
 import pytest
 from click.testing import CliRunner, Result
 
 from cube.cli import job_follow
 from cube.cli.main import cli
-from cube.job.deployment import Deployment, DeploymentStatus
-from cube.job.model import Allocation, AllocDesired, AllocStatus, Job, JobStatus
-from cube.job.spec import parse_job
-from cube.job.wire import JobDetail
-from tests.test_cli_parsing import (  # noqa: F401 (_plain_environment: autouse fixture)
+from cube.job.model import AllocDesired, AllocStatus
+from tests.support.fake_manager import (  # noqa: F401 (_plain_environment: autouse fixture)
     FakeManager,
     _jsonable,
-    _plain_environment,
+    alloc,
+    answers,
     assert_one_error_line,
+    detail,
 )
+from tests.test_cli_parsing import _plain_environment  # noqa: F401 (_plain_environment: autouse fixture)
 
 
 @pytest.fixture(autouse=True)
 def _fast_polls(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(job_follow, "POLL", 0.001)
-
-
-def detail(count: int, allocs: list[Allocation], *, version: int = 2) -> JobDetail:
-    spec = parse_job(
-        {
-            "job": "shop",
-            "groups": [{"name": "web", "count": count, "tasks": [{"name": "a", "image": "b"}]}],
-        }
-    )
-    job = Job(id="shop", version=version, status=JobStatus.RUNNING)
-    return JobDetail(job=job, spec=spec, allocations=allocs)
-
-
-def alloc(index: int, status: AllocStatus, **fields: object) -> Allocation:
-    base: dict[str, object] = {
-        "id": f"a{index}",
-        "job": "shop",
-        "group": "web",
-        "index": index,
-        "version": 2,
-        "group_hash": "h",
-        "node": "n1",
-        "status": status,
-    }
-    return Allocation.model_validate({**base, **fields})
 
 
 @pytest.fixture
@@ -69,25 +43,6 @@ def scale(fake: FakeManager) -> Callable[..., Result]:
         return CliRunner().invoke(cli, ["job", "scale", "shop", "web", *args], obj=fake.transport)
 
     return invoke
-
-
-def answers(fake: FakeManager, details: list[JobDetail]) -> None:
-    """The scale call answers the job; each look at the job gets the next detail (the
-    last one from then on). The new version's deployment runs until the last look, which
-    finds it successful (unless a detail says otherwise)."""
-    for n, d in enumerate(details):
-        if d.deployment is None:
-            done = n == len(details) - 1
-            status = DeploymentStatus.SUCCESSFUL if done else DeploymentStatus.RUNNING
-            d.deployment = Deployment(job="shop", version=d.job.version, status=status)
-    fake.on("POST /v1/jobs/shop/scale", body=details[-1].job)
-    looks: Iterator[JobDetail] = iter(details)
-    last = details[-1]
-
-    def look(_: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, json=_jsonable(next(looks, last)))
-
-    fake.routes["GET /v1/jobs/shop"] = look
 
 
 def test_scale_up_follows_until_the_group_runs_at_its_count(

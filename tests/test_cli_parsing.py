@@ -30,7 +30,7 @@ from cube.cli.run import RunFlags, build_request, check_running, describe, wait_
 from cube.errors import CubeError, InvalidSpec, NotFound
 from cube.job.model import Allocation, AllocStatus
 from cube.job.spec import is_job_document
-from cube.node import MachineStats, Node, Resources
+from cube.node import MachineStats
 from cube.scheduler import Decision, NodeScore
 from cube.task.model import DesiredState, Health, PublishedPort, Task, TaskEvent
 from cube.task.spec import (
@@ -44,9 +44,15 @@ from cube.task.spec import (
     load_spec_file,
 )
 from cube.task.state import State
-
-TASK_ID = "0123456789abcdef0123456789abcdef"
-MiB = 1024**2
+from tests.support.fake_manager import (
+    TASK_ID,
+    FakeManager,
+    MiB,
+    _jsonable,
+    assert_one_error_line,
+    make_node,
+    make_task,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -55,57 +61,6 @@ def _plain_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("CUBE_ADDR", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "COLUMNS"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(run_cli, "POLL_INTERVAL", 0.001)
-
-
-def make_task(**fields: Any) -> Task:
-    spec = fields.pop("spec", None) or TaskSpec(
-        name="web", image="cube-busybox:latest", ports=[PortMapping(container=80, host=8080)]
-    )
-    return Task(id=TASK_ID, spec=spec, **fields)
-
-
-def make_node(name: str = "w1", **fields: Any) -> Node:
-    return Node(
-        name=name,
-        address="http://127.0.0.1:5556",
-        capacity=Resources(cpu=4, memory=8 * 1024 * MiB, disk=0),
-        allocated=Resources(cpu=0.5, memory=64 * MiB),
-        **fields,
-    )
-
-
-class FakeManager:
-    """Answers like the manager API: ``routes`` maps "METHOD /path" to a response maker."""
-
-    def __init__(self) -> None:
-        self.requests: list[httpx.Request] = []
-        self.routes: dict[str, Callable[[httpx.Request], httpx.Response]] = {}
-
-    def on(self, route: str, status: int = 200, body: Any = None) -> None:
-        self.routes[route] = lambda _: httpx.Response(status, json=_jsonable(body))
-
-    def handle(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        route = self.routes.get(f"{request.method} {request.url.path}")
-        if route is None:
-            return httpx.Response(404, json={"error": "not_found", "message": "no such route"})
-        return route(request)
-
-    @property
-    def transport(self) -> httpx.MockTransport:
-        return httpx.MockTransport(self.handle)
-
-    def body(self, index: int = 0) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads(self.requests[index].content)
-        return data
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, list):
-        return [_jsonable(v) for v in value]
-    if hasattr(value, "model_dump"):
-        return value.model_dump(mode="json")
-    return value
 
 
 @pytest.fixture
@@ -121,16 +76,6 @@ def cube(manager: FakeManager) -> Callable[..., Result]:
         return CliRunner().invoke(cli, list(args), obj=manager.transport, env=env)
 
     return invoke
-
-
-def assert_one_error_line(result: Result, *needles: str) -> str:
-    """The command failed with one readable ``Error:`` line naming ``needles``."""
-    assert "Traceback" not in result.output
-    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, result.output
-    for needle in needles:
-        assert needle in errors[0]
-    return errors[0]
 
 
 # ------------------------------------------------------------ request from flags

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -25,76 +22,24 @@ import httpx
 import pytest
 
 from cube.task.state import State, can_transition
-from tests import api
-from tests.conftest import IMAGE, AgentProcess, containers_of, docker, wait_for
-from tests.invariants import assert_converges
+from tests.support import api
+from tests.support.agents import AgentProcess
+from tests.support.cli import cube, ok
+from tests.support.cluster import stop, submit, task_of, tasks_of, wait_nodes, wait_state
+from tests.support.engine import IMAGE, containers_of, docker, sleeper
+from tests.support.invariants import assert_converges
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.docker
 
 
 # --- helpers --------------------------------------------------------------------------------------
-def submit(manager: AgentProcess, spec: dict[str, Any]) -> str:
-    response = api.post(f"{manager.url}/v1/tasks", json=spec, timeout=30)
-    assert response.status_code == 201, response.text
-    assert response.json()["state"] == "pending"
-    return str(response.json()["id"])
-
-
-def task_of(manager: AgentProcess, task_id: str) -> dict[str, Any]:
-    response = api.get(f"{manager.url}/v1/tasks/{task_id}", timeout=10)
-    assert response.status_code == 200, response.text
-    return dict(response.json())
-
-
-def tasks_of(manager: AgentProcess) -> dict[str, dict[str, Any]]:
-    response = api.get(f"{manager.url}/v1/tasks", timeout=10)
-    assert response.status_code == 200, response.text
-    return {t["id"]: t for t in response.json()}
 
 
 def events_of(manager: AgentProcess, task_id: str) -> list[dict[str, Any]]:
     response = api.get(f"{manager.url}/v1/tasks/{task_id}/events", timeout=10)
     assert response.status_code == 200, response.text
     return list(response.json())
-
-
-def wait_state(
-    manager: AgentProcess, task_id: str, state: str, *, timeout: float = 30
-) -> dict[str, Any]:
-    def reached() -> dict[str, Any] | None:
-        task = task_of(manager, task_id)
-        return task if task["state"] == state else None
-
-    try:
-        return dict(wait_for(reached, timeout=timeout, what=f"task {task_id} to be {state}"))
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}\n--- manager log ---\n{manager.logs()[-4000:]}") from None
-
-
-def stop(manager: AgentProcess, task_id: str) -> httpx.Response:
-    return api.delete(f"{manager.url}/v1/tasks/{task_id}", timeout=60)
-
-
-def sleeper(name: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "name": name,
-        "image": IMAGE,
-        "command": ["sleep", "600"],
-        "stop_timeout": "1s",
-        **extra,
-    }
-
-
-def wait_nodes(manager: AgentProcess, workers: list[AgentProcess]) -> dict[str, dict[str, Any]]:
-    """Wait until the manager lists every worker as ready; return its nodes by name."""
-    wanted = {w.name for w in workers}
-
-    def joined() -> dict[str, dict[str, Any]] | None:
-        nodes = {n["name"]: n for n in api.get(f"{manager.url}/v1/nodes", timeout=10).json()}
-        ready = {name for name, n in nodes.items() if n["state"] == "ready"}
-        return nodes if wanted <= ready else None
-
-    return dict(wait_for(joined, timeout=30, what=f"nodes {sorted(wanted)} to join"))
 
 
 def cluster(
@@ -473,19 +418,6 @@ def test_bad_input_gets_422_naming_the_field_and_unknown_ids_404(
 
 
 # --- the CLI against the real cluster -------------------------------------------------------------
-def cube(*args: str, addr: str | None = None) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m cube ARGS``; ``addr`` goes in ``CUBE_ADDR``, else ``--manager`` must."""
-    env = {k: v for k, v in os.environ.items() if k != "CUBE_ADDR"}
-    if addr is not None:
-        env["CUBE_ADDR"] = addr
-    return subprocess.run(
-        [sys.executable, "-m", "cube", *args], capture_output=True, text=True, timeout=60, env=env
-    )
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, (result.args, result.stdout, result.stderr)
-    return result.stdout
 
 
 def test_cli_run_status_and_nodes_agree_with_docker(start_manager: Any, start_worker: Any) -> None:

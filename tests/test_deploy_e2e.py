@@ -19,9 +19,11 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import IMAGE, AgentProcess, containers_of, wait_for
-from tests.test_faults_cluster import PATIENT, get_json, wait_node
-from tests.test_jobs_e2e import assert_job_converges, cube
+from tests.support.agents import AgentProcess
+from tests.support.engine import IMAGE, containers_of
+from tests.support.jobs import assert_job_converges, cube
+from tests.support.manager_http import PATIENT, get_json, wait_node
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.docker
 

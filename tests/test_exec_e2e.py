@@ -22,9 +22,9 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from cube.api.guard import HEADER_TIMEOUT
-from tests.conftest import AgentProcess
-from tests.test_faults_cluster import submit, wait_node, wait_running
-from tests.test_jobs_e2e import cube, job_file, wait_allocs
+from tests.support.agents import AgentProcess
+from tests.support.jobs import cube, job_file, wait_allocs
+from tests.support.manager_http import submit, wait_node, wait_running
 
 pytestmark = pytest.mark.docker
 

@@ -1,7 +1,7 @@
 """Fault tolerance: a lost worker, a drained node, a crashed manager, a network partition.
 
 Real processes, real Docker, a real network namespace. Each test breaks something,
-watches the cluster heal, and ends with :func:`tests.invariants.assert_converges`:
+watches the cluster heal, and ends with :func:`tests.support.invariants.assert_converges`:
 every task in its expected state, exactly one running container per Running task,
 on the node the manager names, and no orphaned copy anywhere.
 
@@ -21,7 +21,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,76 +28,34 @@ from typing import Any
 import httpx
 import pytest
 
-from tests import api
-from tests.conftest import (
-    IMAGE,
-    AgentProcess,
-    containers_of,
-    docker,
-    free_port,
-    remove_containers,
-    unique_name,
-    wait_for,
+from tests.support import api
+from tests.support.agents import AgentProcess
+from tests.support.engine import containers_of, docker, remove_containers, unique_name
+from tests.support.invariants import assert_converges, running_containers
+from tests.support.manager_http import (
+    NODE_TIMEOUT,
+    PATIENT,
+    get_json,
+    gone,
+    node_states,
+    report,
+    start_workers,
+    submit,
+    tasks_of,
+    two_node_cluster,
+    wait_node,
+    wait_running,
 )
-from tests.invariants import assert_converges, running_containers
+from tests.support.ports import free_port
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.docker
 
-#: Seconds of silence before the manager calls a node Down (the CLI default is 10).
-NODE_TIMEOUT = 2.0
 #: How long after the deadline a recovery may take before the test calls it a failure.
 SLACK = 8.0
-#: Worker flags for tests that restart the manager: a restart (a few seconds on a busy
-#: machine) must not pass for a silence that stops every task.
-PATIENT = ("--stop-after-disconnect", "60s")
 
 
 # --- talking to the manager -----------------------------------------------------------------------
-def get_json(url: str, path: str) -> Any:
-    response = api.get(f"{url}/v1{path}", timeout=10)
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-def submit(url: str, name: str, **extra: Any) -> str:
-    """Submit a sleeper that stops within a second; return its task ID."""
-    spec = {"name": name, "image": IMAGE, "command": ["sleep", "600"], "stop_timeout": "1s"}
-    spec |= extra
-    response = api.post(f"{url}/v1/tasks", json=spec, timeout=30)
-    assert response.status_code == 201, response.text
-    return str(response.json()["id"])
-
-
-def tasks_of(url: str) -> dict[str, dict[str, Any]]:
-    return {t["id"]: t for t in get_json(url, "/tasks")}
-
-
-def node_states(url: str) -> dict[str, str]:
-    return {n["name"]: n["state"] for n in get_json(url, "/nodes")}
-
-
-def wait_node(url: str, name: str, state: str, *, timeout: float = 30) -> None:
-    wait_for(
-        lambda: node_states(url).get(name) == state,
-        timeout=timeout,
-        what=f"node {name} to be {state}",
-    )
-
-
-def wait_running(
-    url: str, ids: Iterable[str], *, on: str | None = None, timeout: float = 30
-) -> dict[str, dict[str, Any]]:
-    """Wait until every task in ``ids`` is Running (on node ``on``, if given); return them."""
-    ids = list(ids)
-
-    def running() -> dict[str, dict[str, Any]] | None:
-        tasks = tasks_of(url)
-        wanted = {tid: tasks[tid] for tid in ids}
-        ok = all(t["state"] == "running" and on in (None, t["node"]) for t in wanted.values())
-        return wanted if ok else None
-
-    where = f" on {on}" if on else ""
-    return dict(wait_for(running, timeout=timeout, what=f"{len(ids)} tasks running{where}"))
 
 
 def placement(url: str, ids: Iterable[str]) -> dict[str, tuple[str, str, str]]:
@@ -113,37 +70,7 @@ def running_container_ids(task_id: str) -> list[str]:
     return containers_of(f"cube.task-id={task_id}", running_only=True)
 
 
-def gone(container_ids: Iterable[str]) -> bool:
-    """Whether Docker no longer has any of these containers (stopped *and* removed)."""
-    return all(not docker("ps", "-aq", "--filter", f"id={cid}") for cid in container_ids)
-
-
-def report(what: str, seconds: float) -> None:
-    print(f"\n[recovery] {what}: {seconds:.1f} s")
-
-
 # --- setting up a cluster -------------------------------------------------------------------------
-def start_workers(
-    start_worker: Any, manager_url: str, count: int, *extra: str
-) -> list[AgentProcess]:
-    with ThreadPoolExecutor(count) as pool:  # each takes a second or so to come up
-        return list(
-            pool.map(lambda _: start_worker("--manager", manager_url, *extra), range(count))
-        )
-
-
-def two_node_cluster(
-    start_manager: Any, start_worker: Any, *worker_args: str
-) -> tuple[AgentProcess, AgentProcess, AgentProcess]:
-    """A manager with the short node timeout and two workers that joined it, both ready.
-
-    The workers stop their tasks after the manager's node timeout of silence, unless
-    ``worker_args`` say otherwise (a test that restarts the manager gives them longer)."""
-    manager = start_manager("--node-timeout", str(NODE_TIMEOUT))
-    a, b = start_workers(start_worker, manager.url, 2, *worker_args)
-    for worker in (a, b):
-        wait_node(manager.url, worker.name, "ready")
-    return manager, a, b
 
 
 def spread_tasks(url: str, prefix: str, count: int, nodes: set[str]) -> dict[str, dict[str, Any]]:

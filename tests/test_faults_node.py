@@ -2,7 +2,7 @@
 worker, a host port taken outside Cube, a restarted Docker engine.
 
 Real processes (a manager and one worker joined to it) and real Docker. Every test ends
-with :func:`tests.invariants.assert_converges`: the manager's view matches what Docker
+with :func:`tests.support.invariants.assert_converges`: the manager's view matches what Docker
 shows, exactly one container runs per Running task, and nothing is orphaned.
 
 Recovery times are measured and printed (``pytest -s`` shows them), never asserted:
@@ -26,10 +26,12 @@ from typing import Any
 
 import pytest
 
-from tests import api
-from tests.conftest import IMAGE, AgentProcess, containers_of, docker, wait_for
-from tests.invariants import assert_converges
-from tests.test_cluster_e2e import cube
+from tests.support import api
+from tests.support.agents import AgentProcess
+from tests.support.cli import cube
+from tests.support.engine import IMAGE, containers_of, docker, sleeper
+from tests.support.invariants import assert_converges
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -37,14 +39,6 @@ Json = dict[str, Any]
 
 
 # --- helpers --------------------------------------------------------------------------------------
-def sleeper(name: str, **extra: Any) -> Json:
-    return {
-        "name": name,
-        "image": IMAGE,
-        "command": ["sleep", "600"],
-        "stop_timeout": "1s",
-        **extra,
-    }
 
 
 def httpd(name: str, **extra: Any) -> Json:

@@ -55,8 +55,9 @@ from schemathesis.specs.openapi.checks import (
     unsupported_method,
 )
 
-from tests import api
-from tests.conftest import AgentProcess, wait_for
+from tests.support import api
+from tests.support.agents import AgentProcess
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(300)]
 

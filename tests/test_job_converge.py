@@ -29,7 +29,7 @@ from cube.job.plan import Plan
 from cube.job.reconcile import ineligibility, is_holder, reconcile
 from cube.job.spec import JobType
 from cube.node import NodeState
-from tests.test_job_reconcile import T0, N, some_allocations, spec, two_versions, version
+from tests.support.job_records import T0, N, some_allocations, spec, two_versions, version
 
 #: Each round moves the clock past the longest default reschedule delay (5 minutes).
 ROUND = timedelta(minutes=6)

@@ -31,19 +31,8 @@ from cube.node import NodeState
 from cube.task.model import Health, Task
 from cube.task.spec import TaskSpec
 from cube.task.state import State
-from tests.test_job_reconcile import T0, N, alloc, at, shape
-
-UPDATE = {"min_healthy_time": "2s", "healthy_deadline": "10s", "progress_deadline": "30s"}
-
-
-def job_spec(image: str = "cube-busybox:1", count: int = 3, **update: Any) -> JobSpec:
-    return parse_job(
-        {
-            "job": "shop",
-            "update": {**UPDATE, **update},
-            "groups": [{"name": "web", "count": count, "tasks": [{"name": "api", "image": image}]}],
-        }
-    )
+from tests.support.job_records import T0, N, alloc, at, shape
+from tests.support.rollouts import job_spec
 
 
 def version(number: int, image: str = "cube-busybox:1", **update: Any) -> JobVersion:

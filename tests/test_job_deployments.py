@@ -24,8 +24,8 @@ from cube.manager.core import Manager
 from cube.store.memory import MemoryStore
 from cube.task.model import DesiredState
 from cube.task.state import State
-from tests.test_job_applier import NOW, FakeWorkers, make_manager, node, run_all, settle
-from tests.test_job_deploy import job_spec
+from tests.support.fake_nodes import NOW, FakeWorkers, make_manager, node, run_all, settle
+from tests.support.rollouts import job_spec
 
 UPDATE = {"min_healthy_time": "1s", "healthy_deadline": "5s", "progress_deadline": "20s"}
 

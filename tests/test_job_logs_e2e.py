@@ -15,10 +15,12 @@ from typing import IO, Any
 
 import pytest
 
-from tests import api
-from tests.conftest import IMAGE, AgentProcess, wait_for
-from tests.test_faults_cluster import NODE_TIMEOUT, two_node_cluster, wait_node
-from tests.test_jobs_e2e import cube, wait_allocs
+from tests.support import api
+from tests.support.agents import AgentProcess
+from tests.support.engine import IMAGE
+from tests.support.jobs import cube, wait_allocs
+from tests.support.manager_http import NODE_TIMEOUT, two_node_cluster, wait_node
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.docker
 

@@ -24,7 +24,7 @@ from cube.manager.jobs import JobService
 from cube.node import Node
 from cube.store.memory import MemoryStore
 from cube.task.state import State
-from tests.test_job_applier import (
+from tests.support.fake_nodes import (
     NOW,
     FakeWorkers,
     job_spec,

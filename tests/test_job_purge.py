@@ -10,7 +10,7 @@ from __future__ import annotations
 from cube.job.model import JobStatus
 from cube.store.memory import MemoryStore
 from cube.task.state import State
-from tests.test_job_applier import (
+from tests.support.fake_nodes import (
     NOW,
     FakeWorkers,
     job_spec,

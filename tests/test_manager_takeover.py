@@ -10,14 +10,7 @@ logic: memory store, nodes that accept everything.
 from __future__ import annotations
 
 from cube.task.spec import TaskRequest
-from tests.test_job_applier import (
-    FakeWorkers,
-    job_spec,
-    make_manager,
-    run_all,
-    settle,
-    submitted,
-)
+from tests.support.fake_nodes import FakeWorkers, job_spec, make_manager, run_all, settle, submitted
 
 
 async def test_a_manager_built_from_the_store_shows_the_same_tasks_nodes_and_jobs() -> None:

@@ -31,7 +31,7 @@ from cube.store.sqlite import SqliteStore
 from cube.task.model import Task, TaskEvent
 from cube.task.spec import TaskRequest
 from cube.task.state import State
-from tests.test_job_applier import FakeWorkers, node
+from tests.support.fake_nodes import FakeWorkers, node
 
 WEB = TaskRequest(name="web", image="busybox", resources={"cpu": 1})
 

@@ -14,10 +14,13 @@ from typing import Any
 import httpx
 import pytest
 
-from tests import api
-from tests.conftest import IMAGE, AgentProcess, free_port, wait_for
-from tests.scrape import scrape, value
-from tests.test_cluster_e2e import cube, ok
+from tests.support import api
+from tests.support.agents import AgentProcess
+from tests.support.cli import cube, ok
+from tests.support.engine import IMAGE
+from tests.support.ports import free_port
+from tests.support.scrape import scrape, value
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.docker
 

@@ -24,8 +24,9 @@ from cube.task.state import State
 from cube.worker.agent import Worker
 from cube.worker.api import create_app
 from cube.worker.fleet import Fleet
-from tests.scrape import value
-from tests.test_worker_logic import request, restart, wait_until
+from tests.support.scrape import value
+from tests.support.waiting import wait_until
+from tests.support.worker import request, restart
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 GiB = 1024**3

@@ -16,7 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import docker, free_port, free_port_pair, remove_containers, unique_name
+from tests.support.engine import docker, remove_containers, unique_name
+from tests.support.ports import free_port, free_port_pair
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -21,7 +21,7 @@ from cube.runtime import (
     FakeRuntime,
 )
 from cube.runtime.docker import network_refused
-from tests.conftest import IMAGE, docker, unique_name
+from tests.support.engine import IMAGE, docker, unique_name
 
 
 @pytest.fixture(params=["docker", "fake"])

@@ -18,7 +18,7 @@ from cube.node import Node
 from cube.store import MemoryStore, OffLoopStore, SqliteStore
 from cube.task.model import Task, TaskEvent
 from cube.task.state import State
-from tests.test_store_contract import make_task
+from tests.support.records import make_task
 
 
 class Recording(MemoryStore):

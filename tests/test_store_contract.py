@@ -21,13 +21,9 @@ from cube.node import Node, NodeState, Resources
 from cube.store import MemoryStore, SqliteStore, Store, open_store
 from cube.store.sqlite import SCHEMA_VERSION
 from cube.task.model import Task, TaskEvent
-from cube.task.spec import TaskSpec
 from cube.task.state import State
-from tests.store_kinds import KINDS, opened
-
-
-def make_task(name: str = "web", *, node: str | None = None) -> Task:
-    return Task(spec=TaskSpec(name=name, image="cube-busybox"), node=node)
+from tests.support.records import make_task
+from tests.support.store_kinds import KINDS, opened
 
 
 def make_node(name: str) -> Node:

@@ -18,10 +18,13 @@ from typing import Any
 
 import pytest
 
-from tests import api
-from tests.conftest import AgentProcess, free_port, wait_for
-from tests.invariants import assert_converges
-from tests.test_cluster_e2e import sleeper, stop, submit, tasks_of, wait_nodes, wait_state
+from tests.support import api
+from tests.support.agents import AgentProcess
+from tests.support.cluster import stop, submit, tasks_of, wait_nodes, wait_state
+from tests.support.engine import sleeper
+from tests.support.invariants import assert_converges
+from tests.support.ports import free_port
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.docker
 

@@ -21,8 +21,8 @@ from cube.job.model import Allocation, AllocStatus, Job, JobVersion
 from cube.job.spec import JobSpec, parse_job
 from cube.store import SqliteStore, Store
 from cube.store.sqlite import _SCHEMA, SCHEMA_VERSION
-from tests.store_kinds import KINDS, opened
-from tests.test_store_contract import make_task
+from tests.support.records import make_task
+from tests.support.store_kinds import KINDS, opened
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

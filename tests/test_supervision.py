@@ -27,7 +27,8 @@ from cube.store.memory import MemoryStore
 from cube.task.model import Task
 from cube.task.spec import TaskRequest
 from cube.task.state import State
-from tests.test_worker_logic import FullStore, wait_until
+from tests.support.waiting import wait_until
+from tests.support.worker import FullStore
 
 GiB = 1024**3
 

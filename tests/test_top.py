@@ -21,9 +21,12 @@ from cube.node import Node, NodeState, Resources
 from cube.task.model import Task
 from cube.task.spec import AllocRef, TaskSpec
 from cube.task.state import State
-from tests import api
-from tests.conftest import IMAGE, AgentProcess, free_port, wait_for
-from tests.test_cluster_e2e import cube, ok
+from tests.support import api
+from tests.support.agents import AgentProcess
+from tests.support.cli import cube, ok
+from tests.support.engine import IMAGE
+from tests.support.ports import free_port
+from tests.support.waiting import wait_for
 
 NOW = datetime(2026, 12, 1, 12, 0, 5, tzinfo=UTC)
 

@@ -22,19 +22,19 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 
 from cube.api.tls import client_verify
-from tests import api
-from tests.browser import PHONE, Dashboard, chromium
-from tests.conftest import (
+from tests.support import api
+from tests.support.agents import AgentProcess
+from tests.support.browser import PHONE, Dashboard, chromium
+from tests.support.engine import (
     IMAGE,
-    AgentProcess,
     containers_of,
-    free_port_pair,
     remove_containers,
     remove_networks,
     unique_name,
-    wait_for,
 )
-from tests.test_security import Agents, make_certificates
+from tests.support.ports import free_port_pair
+from tests.support.secure_agents import Agents, make_certificates
+from tests.support.waiting import wait_for
 
 #: A browser and a cluster on a busy 2-core machine: more time than the default 120 s.
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(300)]

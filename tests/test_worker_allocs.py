@@ -19,8 +19,8 @@ from cube.task.spec import AllocRef, Protocol, TaskSpec
 from cube.worker.alloc_runner import AllocRunner
 from cube.worker.ports import HostPorts, Probe, probe_port
 from cube.worker.runner import container_config
-from tests import api
-from tests.conftest import (
+from tests.support import api
+from tests.support.engine import (
     IMAGE,
     containers_of,
     docker,
@@ -28,10 +28,10 @@ from tests.conftest import (
     remove_containers,
     remove_networks,
     unique_name,
-    wait_for,
 )
-from tests.invariants import assert_converges
-from tests.test_worker_docker import post_task, task_of, wait_state
+from tests.support.invariants import assert_converges
+from tests.support.waiting import wait_for
+from tests.support.worker_http import post_task, task_of, wait_state
 
 pytestmark = pytest.mark.docker
 

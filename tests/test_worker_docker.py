@@ -20,46 +20,20 @@ from cube.store.memory import MemoryStore
 from cube.task.spec import TaskRequest
 from cube.task.state import State
 from cube.worker.agent import Worker
-from tests import api
-from tests.conftest import (
+from tests.support import api
+from tests.support.engine import (
     IMAGE,
     containers_of,
     docker,
-    free_port,
     remove_containers,
+    sleeper,
     unique_name,
-    wait_for,
 )
+from tests.support.ports import free_port
+from tests.support.waiting import wait_for
+from tests.support.worker_http import post_task, task_of, wait_state
 
 pytestmark = pytest.mark.docker
-
-
-def post_task(url: str, spec: dict[str, Any]) -> httpx.Response:
-    return api.post(f"{url}/v1/tasks", json=spec, timeout=30)
-
-
-def task_of(url: str, task_id: str) -> dict[str, Any]:
-    response = api.get(f"{url}/v1/tasks/{task_id}", timeout=10)
-    assert response.status_code == 200, response.text
-    return dict(response.json())
-
-
-def wait_state(url: str, task_id: str, state: str, timeout: float = 30) -> dict[str, Any]:
-    def reached() -> dict[str, Any] | None:
-        task = task_of(url, task_id)
-        return task if task["state"] == state else None
-
-    return dict(wait_for(reached, timeout=timeout, what=f"task {task_id} to be {state}"))
-
-
-def sleeper(name: str = "sleeper", **extra: Any) -> dict[str, Any]:
-    return {
-        "name": name,
-        "image": IMAGE,
-        "command": ["sleep", "600"],
-        "stop_timeout": "1s",
-        **extra,
-    }
 
 
 def test_httpd_task_runs_and_answers_on_its_published_port(start_worker: Any) -> None:

@@ -7,9 +7,9 @@ containers after a worker restart, and an engine outage, each in milliseconds.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -21,7 +21,7 @@ from cube.protocol import JoinAnswer
 from cube.runtime.base import LABEL_ALLOC_ID, LABEL_TASK_ID
 from cube.runtime.fake import FakeRuntime
 from cube.store.memory import MemoryStore
-from cube.task.model import DesiredState, Task, TaskEvent
+from cube.task.model import DesiredState, Task
 from cube.task.spec import HIDDEN, AllocRef, RestartPolicy, TaskRequest
 from cube.task.state import State
 from cube.worker import runner as runner_module
@@ -29,39 +29,16 @@ from cube.worker.agent import Worker
 from cube.worker.api import create_app
 from cube.worker.authority import announced_timeout, should_stop_tasks
 from cube.worker.runner import container_config
+from tests.support.waiting import wait_until
+from tests.support.worker import FullStore, request, restart
 
-T = TypeVar("T")
 GiB = 1024**3
 MiB = 1024**2
-IMAGE = "cube-busybox:latest"
+
 #: A restart delay no test waits for: the task sits in Failed, waiting to restart.
 LONG_DELAY = 60.0
 
 MakeWorker = Callable[..., Awaitable[Worker]]
-
-
-async def wait_until(
-    predicate: Callable[[], T | None],
-    timeout: float = 5.0,  # noqa: ASYNC109 - failing with the last value beats a bare TimeoutError
-) -> T:
-    """Poll ``predicate`` until it returns something truthy, and return that."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s (last value: {value!r})")
-        await asyncio.sleep(0.005)
-
-
-def request(name: str = "web", **fields: Any) -> TaskRequest:
-    return TaskRequest.model_validate({"name": name, "image": IMAGE, **fields})
-
-
-def restart(policy: str, max_attempts: int | None = None, delay: float = 0.01) -> dict[str, Any]:
-    return {"policy": policy, "max_attempts": max_attempts, "delay": delay}
 
 
 def in_state(
@@ -737,15 +714,6 @@ async def test_an_exit_while_the_engine_is_away_is_restarted_without_counting_it
 
 
 # --- a store that refuses writes (a full disk) ------------------------------------------------
-class FullStore(MemoryStore):
-    """A MemoryStore whose writes fail while ``full`` is set, as on a full disk."""
-
-    full = False
-
-    def save_task(self, task: Task, events: Sequence[TaskEvent] = ()) -> None:
-        if self.full:
-            raise StoreFull("cannot save: disk full at /data/cube.db")
-        super().save_task(task, events)
 
 
 async def test_a_runner_the_store_failed_runs_again_from_what_was_saved(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests import api
+from tests.support import api
 
 
 def scrape(url: str, token: str | None = api.TOKEN) -> str:

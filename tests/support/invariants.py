@@ -16,8 +16,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from cube.task.spec import AllocRef
-from tests import api
-from tests.conftest import docker, wait_for
+from tests.support import api
+from tests.support.engine import docker
+from tests.support.waiting import wait_for
 
 
 def running_containers(workers: Iterable[str]) -> dict[str, list[tuple[str, str]]]:
