@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-pytestmark = pytest.mark.timeout(600)
+from tests.support.paths import BENCH
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
+pytestmark = pytest.mark.timeout(600)
 
 
 def run_bench(script: str, out: Path, *args: str, timeout: float = 300) -> dict[str, Any]:

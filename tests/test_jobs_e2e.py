@@ -36,6 +36,7 @@ from tests.support.manager_http import (
     two_node_cluster,
     wait_node,
 )
+from tests.support.paths import EXAMPLES
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.docker
@@ -385,7 +386,7 @@ def test_shop_example_reaches_the_api_through_the_proxy_and_survives_a_killed_wo
     start_manager: Any, start_worker: Any
 ) -> None:
     manager, a, b = two_node_cluster(start_manager, start_worker)
-    shop = Path(__file__).parent.parent / "examples" / "shop.yaml"
+    shop = EXAMPLES / "shop.yaml"
     ran = cube(manager, "job", "run", str(shop), "--timeout", "60")
     assert ran.returncode == 0, ran.stderr
     allocs = wait_allocs(manager.url, "shop", 3)

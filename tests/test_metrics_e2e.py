@@ -18,6 +18,7 @@ from tests.support import api
 from tests.support.agents import AgentProcess
 from tests.support.cli import cube, ok
 from tests.support.engine import IMAGE
+from tests.support.paths import README
 from tests.support.ports import free_port
 from tests.support.scrape import scrape, value
 from tests.support.waiting import wait_for
@@ -189,7 +190,6 @@ def test_metric_values_follow_the_cluster(start_dev: Any) -> None:
 
 
 # --- a real Prometheus ----------------------------------------------------------------------------
-README = Path(__file__).parent.parent / "README.md"
 
 
 def readme_prometheus_yml() -> str:

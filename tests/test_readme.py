@@ -17,9 +17,8 @@ import httpx
 import pytest
 
 from tests.support.engine import docker, remove_containers, unique_name
+from tests.support.paths import ROOT
 from tests.support.ports import free_port, free_port_pair
-
-ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.docker
 

@@ -8,7 +8,6 @@ records an applier would have written and checks what the plan or the verdict sa
 from __future__ import annotations
 
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,6 +31,7 @@ from cube.task.model import Health, Task
 from cube.task.spec import TaskSpec
 from cube.task.state import State
 from tests.support.job_records import T0, N, alloc, at, shape
+from tests.support.paths import README
 from tests.support.rollouts import job_spec
 
 
@@ -505,8 +505,6 @@ def test_an_ended_deployment_is_left_as_it_is() -> None:
 
 
 # --- the update block ----------------------------------------------------------------------
-
-README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def readme_update_example() -> JobSpec:

@@ -21,7 +21,6 @@ from click.testing import CliRunner, Result
 
 from cube.cli import credentials
 from cube.cli import output as out
-from cube.cli import run as run_cli
 from cube.cli import tasks as task_cli
 from cube.cli.client import DEFAULT_ADDR, ManagerClient, normalise_url
 from cube.cli.errors import handle_errors
@@ -53,14 +52,7 @@ from tests.support.fake_manager import (
     make_node,
     make_task,
 )
-
-
-@pytest.fixture(autouse=True)
-def _plain_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Output as a pipe would get it, whatever the developer's terminal settings."""
-    for name in ("CUBE_ADDR", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "COLUMNS"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(run_cli, "POLL_INTERVAL", 0.001)
+from tests.support.paths import EXAMPLES
 
 
 @pytest.fixture
@@ -142,7 +134,7 @@ def test_flags_override_the_file_and_merge_mappings(tmp_path: Path) -> None:
 
 
 def test_a_file_without_flags_is_sent_as_written() -> None:
-    every = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.*"))
+    every = sorted(EXAMPLES.glob("*.*"))
     # Job files (examples/shop.yaml...) are `cube job run`'s; tests/test_job_spec.py reads them.
     examples = [p for p in every if not is_job_document(decode_spec_text(p.read_text()))]
     assert examples

@@ -11,23 +11,15 @@ from collections.abc import Callable
 import pytest
 from click.testing import CliRunner, Result
 
-from cube.cli import job_follow
 from cube.cli.main import cli
 from cube.job.model import AllocDesired, AllocStatus
-from tests.support.fake_manager import (  # noqa: F401 (_plain_environment: autouse fixture)
+from tests.support.fake_manager import (
     FakeManager,
-    _jsonable,
     alloc,
     answers,
     assert_one_error_line,
     detail,
 )
-from tests.test_cli_parsing import _plain_environment  # noqa: F401 (_plain_environment: autouse fixture)
-
-
-@pytest.fixture(autouse=True)
-def _fast_polls(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(job_follow, "POLL", 0.001)
 
 
 @pytest.fixture

@@ -28,9 +28,9 @@ from cube.task.spec import (
     parse_request,
 )
 from cube.units import format_size, parse_duration, parse_size
+from tests.support.paths import EXAMPLES
 
 KiB, MiB, GiB = 1024, 1024**2, 1024**3
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 BASE: dict[str, Any] = {"name": "web", "image": "cube-busybox:latest"}
 
 

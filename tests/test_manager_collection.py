@@ -1,40 +1,31 @@
-"""How often the manager calls on its nodes.
-
-A node that does not answer must not slow the collection of the others; and the
-intervals stretch as the fleet grows, so that the calls per second stay bounded.
+"""The manager's collection keeping its pace, live in this process: a node that does not
+answer must not slow the collection of the others, a silent node is down at its deadline,
+and collection slower than its interval stretches the node timeout it tells and judges.
 
 The first test: a real manager (in this process, memory store) collecting from a node
 whose address is a real TCP socket that accepts connections and never answers: each of
 its polls waits for the HTTP timeout, which must not delay the next passes (every other
-node's data would get as much older).
-"""
+node's data would get as much older). The pure rules are tests/unit/test_manager_pacing.py's."""
 
 from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
 
-import pytest
-
 from cube.manager.core import Manager
 from cube.manager.pacing import (
-    IDLE_ANSWERS_PER_SECOND,
     MISSED_POLLS,
-    POLLS_PER_SECOND,
-    RESYNCS_PER_SECOND,
-    Pace,
-    PollClock,
-    node_timeout_for,
-    pace,
 )
 from cube.manager.workers import WorkerClient
 from cube.node import MachineStats, Node, NodeState, Resources
-from cube.protocol import MAX_WAIT, NodeReport
+from cube.protocol import NodeReport
 from cube.scheduler import make_scheduler
 from cube.store.memory import MemoryStore
 from cube.task.model import Task
 
 INTERVAL = 0.1
+
+
 HTTP_TIMEOUT = 0.5
 
 
@@ -69,34 +60,6 @@ async def test_waiting_on_a_silent_node_does_not_stretch_the_collection_period()
             writer.close()
 
 
-# --- stretching the intervals as the fleet grows (cube.manager.pacing) -------------------------
-DEFAULTS = {"collect_interval": 1.0, "node_timeout": 10.0, "watch_wait": 10.0, "resync": 30.0}
-
-
-def test_small_fleets_keep_the_configured_intervals() -> None:
-    for nodes in (0, 1, 10, 100):
-        assert pace(nodes, **DEFAULTS) == Pace(
-            collect=1.0, watch_wait=10.0, resync=30.0, node_timeout=10.0
-        )
-
-
-def test_a_thousand_nodes_stretch_the_intervals_like_nomads_heartbeats() -> None:
-    assert pace(1000, **DEFAULTS) == Pace(
-        collect=10.0, watch_wait=50.0, resync=50.0, node_timeout=28.0
-    )
-
-
-def test_the_call_rates_stay_bounded_and_the_timeout_outlasts_missed_polls() -> None:
-    for nodes in range(1, 20_001, 97):
-        p = pace(nodes, **DEFAULTS)
-        within = 1 + 1e-9  # float rounding
-        assert nodes / p.collect <= POLLS_PER_SECOND * within
-        assert nodes / p.watch_wait <= IDLE_ANSWERS_PER_SECOND * within or p.watch_wait == MAX_WAIT
-        assert nodes / p.resync <= RESYNCS_PER_SECOND * within
-        assert p.node_timeout >= DEFAULTS["node_timeout"]
-        assert p.node_timeout >= MISSED_POLLS * p.collect
-
-
 def fleet_manager(nodes: int) -> Manager:
     store = MemoryStore()
     for i in range(nodes):
@@ -127,67 +90,6 @@ async def test_a_silent_node_is_down_at_its_deadline_not_a_poll_later() -> None:
     assert node.state is NodeState.DOWN
     assert "connection refused" in node.reason
     await manager.close()
-
-
-# --- the pace kept: the node timeout follows collection as it really goes ----------------------
-@pytest.mark.parametrize(
-    ("period", "timeout"),
-    [
-        (1.0, 10.0),  # the interval set: the timeout set
-        (0.5, 10.0),  # faster than set (a pass of few nodes): never shorter
-        (10.0, 28.0),  # as pace() stretches it for 1,000 nodes
-        (60.0, 128.0),  # a starved manager that comes back every minute
-    ],
-)
-def test_the_node_timeout_outlasts_missed_polls_at_the_period(
-    period: float, timeout: float
-) -> None:
-    assert node_timeout_for(period, collect_interval=1.0, node_timeout=10.0) == timeout
-
-
-def clock(
-    *, last: tuple[float, int] | None = None, started_at: float | None = None, reached: int = 0
-) -> PollClock:
-    polls = PollClock(last=last)
-    if started_at is not None:
-        polls.pass_started(started_at, 1000)
-        for _ in range(reached):
-            polls.node_reached()
-    return polls
-
-
-@pytest.mark.parametrize(
-    ("polls", "now", "nodes", "period"),
-    [
-        # No pass yet, or passes that kept the interval: the interval.
-        (clock(), 100.0, 1000, 10.0),
-        (clock(last=(9.9, 1000)), 100.0, 1000, 10.0),
-        # The last pass took 40 s for 1,000 nodes: 40 s, and 80 s once the fleet has doubled
-        # (the join storm: a node that joins now is reached at that pace).
-        (clock(last=(40.0, 1000)), 100.0, 1000, 40.0),
-        (clock(last=(40.0, 500)), 100.0, 1000, 80.0),
-        # A pass under way for 30 s: its last node has waited that long at least...
-        (clock(last=(10.0, 1000), started_at=70.0, reached=5), 100.0, 1000, 30.0),
-        # ...and at the pace it goes (250 nodes in 30 s), the 1,000 take 120 s.
-        (clock(last=(10.0, 1000), started_at=70.0, reached=250), 100.0, 1000, 120.0),
-        # Too few nodes reached to judge its pace by (a slot waited for, a late timer).
-        (clock(started_at=99.0, reached=2), 100.0, 1000, 10.0),
-    ],
-)
-def test_the_period_is_the_slowest_of_the_interval_and_the_passes_measured(
-    polls: PollClock, now: float, nodes: int, period: float
-) -> None:
-    assert polls.period(now, nodes=nodes, interval=10.0) == pytest.approx(period)
-
-
-def test_a_pass_that_ends_is_the_measure_of_the_next() -> None:
-    polls = PollClock()
-    polls.pass_started(0.0, 100)
-    for _ in range(100):
-        polls.node_reached()
-    polls.pass_ended(25.0)
-    assert polls.last == (25.0, 100)
-    assert polls.period(30.0, nodes=100, interval=1.0) == 25.0  # no pass under way
 
 
 class SlowNodes(WorkerClient):

@@ -28,9 +28,9 @@ from cube.job.spec import (
 )
 from cube.node import Resources
 from cube.task.spec import PortMapping, decode_spec_text
+from tests.support.paths import EXAMPLES
 
 MiB = 1024**2
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 #: The job file of issue 13, as written there (the proxy's command shortened).
 ISSUE_EXAMPLE = """

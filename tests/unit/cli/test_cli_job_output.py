@@ -21,8 +21,6 @@ from tests.support.fake_manager import (
     answers,
     detail,
 )
-from tests.test_cli_job_scale import _fast_polls  # noqa: F401
-from tests.test_cli_parsing import _plain_environment  # noqa: F401 (_plain_environment: autouse fixture)
 
 SHOP = """\
 job: shop
