@@ -3,7 +3,7 @@ gives the event loop back (slices, the send backlog), without Docker.
 
 A pass that is not full looks only at the jobs that changed; the full pass every
 FULL_PASS seconds looks at all of them. Each test drives passes by hand with the
-clock it chooses, as tests/test_job_applier.py does.
+clock it chooses, as tests/component/test_job_applier.py does.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """A purged job's tasks go once they stopped, as after ``nomad job stop -purge`` and GC.
 
-In-process (tests/test_job_applier.py's fake nodes): the tasks of a purged job's
+In-process (tests/support/fake_nodes.py): the tasks of a purged job's
 allocations leave the manager's records, its task list and its store once they have
 stopped; one whose node was lost stays until the node is back and has stopped it.
 """

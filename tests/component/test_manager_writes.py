@@ -1,8 +1,8 @@
 """The manager's own changes of tasks and nodes: saved off the loop, then shown.
 
-In-process (tests/test_job_applier.py's fake nodes) on a real SQLite store, or on a
+In-process (tests/support/fake_nodes.py) on a real SQLite store, or on a
 memory store that runs on a thread of its own like SQLite and refuses writes while
-"full" (the file-system cases themselves are tests/test_store_faults.py's): while a
+"full" (the file-system cases themselves are tests/e2e/test_store_faults.py's): while a
 change waits for the store the loop goes on and nobody sees the change; one the store
 refuses is never shown, and the next pass or report makes it; two changes of one task
 are saved in the order they were made.

@@ -1,7 +1,7 @@
 """Safe defaults: what a task may ask for beyond an isolated container needs the node's consent.
 
 Pure logic on the in-memory runtime and the scheduler; the same refusal over real
-HTTP and Docker is in tests/test_security.py.
+HTTP and Docker is in tests/e2e/test_security.py.
 """
 
 from __future__ import annotations

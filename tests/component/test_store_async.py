@@ -1,5 +1,5 @@
 """The store as the manager's event loop uses it (cube.store.aio): what the contract suite,
-which also runs through it (tests/store_kinds.py), cannot show — where calls run, and that
+which also runs through it (tests/support/store_kinds.py), cannot show — where calls run, and that
 the loop goes on while one waits."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Loops that crash are started again and reported; a change the store refused is undone.
 
 Pure logic: asyncio, a store that refuses writes on demand, a node client without HTTP.
-The same, end to end on a real full file system, is in tests/test_store_faults.py.
+The same, end to end on a real full file system, is in tests/e2e/test_store_faults.py.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 passed in), the guard in front of every request, and what the pages compute.
 
 The guard runs here in process, in front of a manager that has no node (MemoryStore, no
-loop started): pure logic. The browser tests (tests/test_ui.py) cover the rest for real.
+loop started): pure logic. The browser tests (tests/e2e/test_ui.py) cover the rest for real.
 """
 
 from __future__ import annotations

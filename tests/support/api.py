@@ -3,7 +3,7 @@
 Every agent a test starts gets the same random token through the environment
 (``CUBE_TOKEN``, ``CUBE_JOIN_TOKEN``, ``CUBE_WORKER_TOKEN``, set in conftest), so
 one ``Authorization`` header opens managers and workers alike. The tests of
-authentication itself (tests/test_security.py) use distinct tokens on purpose.
+authentication itself (tests/e2e/test_security.py) use distinct tokens on purpose.
 """
 
 from __future__ import annotations

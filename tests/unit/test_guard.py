@@ -1,5 +1,5 @@
 """The connection guard's bookkeeping, alone: which connection a full agent closes, and
-that it says so once (tests/test_security.py runs it against 2,000 real slow clients)."""
+that it says so once (tests/e2e/test_security.py runs it against 2,000 real slow clients)."""
 
 from __future__ import annotations
 

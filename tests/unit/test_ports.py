@@ -1,6 +1,6 @@
 """The host ports a worker chooses for allocation tasks: pure logic with a scripted probe.
 
-(The race with a real engine is in tests/test_worker_allocs.py.)
+(The race with a real engine is in tests/e2e/test_worker_allocs.py.)
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """``cube job scale`` against a fake manager: it follows the job as ``cube job run`` does.
 
-The manager's answers (tests/test_cli_parsing.FakeManager) change from one look to the
+The manager's answers (tests/support/fake_manager.FakeManager) change from one look to the
 next, as a real manager's would while the job service places or stops allocations.
 """
 

@@ -135,7 +135,8 @@ def test_flags_override_the_file_and_merge_mappings(tmp_path: Path) -> None:
 
 def test_a_file_without_flags_is_sent_as_written() -> None:
     every = sorted(EXAMPLES.glob("*.*"))
-    # Job files (examples/shop.yaml...) are `cube job run`'s; tests/test_job_spec.py reads them.
+    # Job files (examples/shop.yaml...) are `cube job run`'s: tests/unit/test_job_spec.py
+    # reads them.
     examples = [p for p in every if not is_job_document(decode_spec_text(p.read_text()))]
     assert examples
     for path in examples:

@@ -1,5 +1,5 @@
 """The web dashboard (``/ui``), in a real browser against a real ``cube dev`` with real
-containers: headless Chromium from Debian, driven by Selenium (see tests/browser.py).
+containers: headless Chromium from Debian, driven by Selenium (see tests/support/browser.py).
 
 ``CUBE_UI_SCREENSHOTS=DIR`` makes :func:`test_every_page_renders` save a screenshot of
 every page there (``scripts/ui-screenshots.sh`` refreshes docs/img/ui/ that way).

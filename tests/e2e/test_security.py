@@ -2,7 +2,8 @@
 
 The ``cube manager``/``cube worker`` processes here get *distinct* tokens by flag (``--token``,
 ``--join-token``), which override the one token the rest of the suite sets in the environment
-(tests/api.py): here a cluster token must not open a worker, nor a worker's token the manager.
+(tests/support/api.py): here a cluster token must not open a worker, nor a worker's token the
+manager.
 The tests that only check that a refused request changes nothing share one cluster (module
 scope); the others start their own. HTTP goes over real sockets (HTTPS with certificates made
 by ``openssl`` for the TLS test); containers are real and inspected with ``docker inspect``.
@@ -90,7 +91,7 @@ def _close_http() -> Iterator[None]:
 def call(
     method: str, url: str, token: str | None = None, *, verify: Verify = True, **kwargs: Any
 ) -> httpx.Response:
-    """One request with exactly this token (or none): not tests/api.py's session token."""
+    """One request with exactly this token (or none): not tests/support/api.py's session token."""
     headers = dict(kwargs.pop("headers", {}))
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"

@@ -23,7 +23,7 @@ from cube.runtime import (
 from tests.support.engine import IMAGE, docker, unique_name
 
 
-@pytest.fixture(params=["docker", "fake"])
+@pytest.fixture(params=[pytest.param("docker", marks=pytest.mark.docker), "fake"])
 async def runtime(request: pytest.FixtureRequest) -> AsyncIterator[ContainerRuntime]:
     engine: ContainerRuntime
     if request.param == "docker":

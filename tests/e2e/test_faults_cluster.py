@@ -7,7 +7,7 @@ on the node the manager names, and no orphaned copy anywhere.
 
 The manager polls every 0.2s and calls a node Down after ``NODE_TIMEOUT`` seconds of
 silence. Recovery times are measured, not asserted (beyond generous bounds), and
-printed: ``pytest -s tests/test_faults_cluster.py`` shows them.
+printed: ``pytest -s tests/e2e/test_faults_cluster.py`` shows them.
 """
 
 from __future__ import annotations

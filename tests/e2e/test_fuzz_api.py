@@ -193,7 +193,7 @@ STATEFUL_SETTINGS = settings(
 #: finds it running or failed by a few milliseconds. Schemathesis offers a link only from
 #: a 2xx answer, so the same choices found other links on another run: Hypothesis
 #: refuses that as flaky data generation and ends the phase early. Their chains are
-#: tested in tests/test_job_deployments.py, with the clock and the passes in the test's
+#: tested in tests/component/test_job_deployments.py, with the clock and the passes in the test's
 #: hands. The routes that read a job's deployments and history stay in: their status
 #: depends only on whether the scenario's job exists (the deployment is made with the
 #: submit, not by a pass).
