@@ -1,4 +1,6 @@
-"""Asking a manager started as a real process (an AgentProcess): submit, list, wait, stop."""
+"""Asking a manager started as a real process, given as its AgentProcess: submit, list, wait
+(with the manager's log when a wait fails), stop. The same reads by URL are
+tests/support/manager_http.py's, which these use."""
 
 from __future__ import annotations
 
@@ -6,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from tests.support import api
+from tests.support import api, manager_http
 from tests.support.agents import AgentProcess
 from tests.support.waiting import wait_for
 
@@ -19,15 +21,11 @@ def submit(manager: AgentProcess, spec: dict[str, Any]) -> str:
 
 
 def task_of(manager: AgentProcess, task_id: str) -> dict[str, Any]:
-    response = api.get(f"{manager.url}/v1/tasks/{task_id}", timeout=10)
-    assert response.status_code == 200, response.text
-    return dict(response.json())
+    return dict(manager_http.get_json(manager.url, f"/tasks/{task_id}"))
 
 
 def tasks_of(manager: AgentProcess) -> dict[str, dict[str, Any]]:
-    response = api.get(f"{manager.url}/v1/tasks", timeout=10)
-    assert response.status_code == 200, response.text
-    return {t["id"]: t for t in response.json()}
+    return manager_http.tasks_of(manager.url)
 
 
 def wait_state(
