@@ -5,7 +5,7 @@
 #
 # Usage: bash scripts/quickstart.sh [--help]
 # Environment (the defaults give the README's cluster; set them all to run a second,
-# separate one beside it, as tests/test_readme.py does):
+# separate one beside it, as tests/e2e/test_readme.py does):
 #   CUBE_PORT       manager port (default 5555; the local worker takes the next one)
 #   CUBE_DATA_DIR   where the cluster keeps its state (default ~/.local/share/cube)
 #   CUBE_WEB_PORT   host port of the example web task (default 8080)

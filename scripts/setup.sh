@@ -172,7 +172,7 @@ else
 fi
 
 # ------------------------------------------------------------------ 4. browser
-# The dashboard's tests drive this chromium through this chromedriver (tests/browser.py):
+# The dashboard's tests drive this chromium through this chromedriver (tests/support/browser.py):
 # nothing is downloaded at test time.
 if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then
     log "chromium and chromedriver present"
@@ -185,7 +185,7 @@ fi
 bash scripts/build-image.sh "${image_args[@]}"
 
 # ---------------------------------------------------------------- 6. prometheus
-# Only its binary is used (tests/test_metrics_e2e.py runs it on a free loopback port);
+# Only its binary is used (tests/e2e/test_metrics_e2e.py runs it on a free loopback port);
 # the package's own service, if the machine runs services, is left as it is.
 if [[ -x /usr/bin/prometheus ]]; then
     log "prometheus present"

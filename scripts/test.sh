@@ -2,7 +2,8 @@
 # Cube's one test command: set up the machine, lint, type-check, run the tests.
 #
 # Usage: bash scripts/test.sh [pytest arguments...]
-#   e.g. bash scripts/test.sh tests/test_state.py -q
+#   e.g. bash scripts/test.sh tests/unit -q          (the fast tests)
+#        bash scripts/test.sh tests/unit/test_state.py -q
 #        bash scripts/test.sh -m 'not docker'
 set -euo pipefail
 

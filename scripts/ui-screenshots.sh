@@ -7,4 +7,4 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export CUBE_UI_SCREENSHOTS="$PWD/docs/img/ui"
-exec .venv/bin/pytest tests/test_ui.py -q -k test_every_page_renders "$@"
+exec .venv/bin/pytest tests/e2e/test_ui.py -q -k test_every_page_renders "$@"
