@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from tests import api
+from tests.manager_stores import OnSqlite, Refused, refused_manager, sqlite_manager
 
 # Property tests judge correctness, not speed: on a busy 2-core CI machine a slow example
 # is not a failing one.
@@ -46,6 +47,25 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@pytest.fixture
+async def refused() -> AsyncIterator[Refused]:
+    """A manager with node n1 on a store that refuses its writes while ``refused.store.full``
+    (tests/manager_stores.py); closed after the test."""
+    made = refused_manager()
+    yield made
+    await made.manager.close()
+
+
+@pytest.fixture
+async def on_sqlite(tmp_path: Path) -> AsyncIterator[OnSqlite]:
+    """A manager with node n1 on a SQLite store whose write lock a test may hold
+    (tests/manager_stores.py); closed after the test."""
+    made = sqlite_manager(tmp_path / "cube.db")
+    yield made
+    await made.manager.close()
+    made.store.close()
 
 
 @pytest.fixture

@@ -1,11 +1,13 @@
-"""The applier: turns a reconciler's plan into placements, stops and store writes.
+"""The applier: turns a reconciler's plan into placements, stops and record changes.
 
-:func:`cube.job.reconcile.reconcile` decides, with the clock passed in; this is the I/O
-that follows. Place picks a node for the whole group (the scheduler sees the group as
-one task, :func:`cube.job.spec.placement_spec`; nodes without an allocation of the job
-first: :mod:`cube.manager.job_placement`) and starts its tasks there through the
-manager's send path; Stop stops an allocation's tasks; Update stops one allocation and
-places its successor.
+:func:`cube.job.reconcile.reconcile` decides, with the clock passed in; this is what
+follows, made on the job's draft (:mod:`cube.manager.job_drafts`): saved with the rest
+of the slice, then shown, and only then are the tasks started and stopped. Place picks
+a node for the whole group (the scheduler sees the group as one task,
+:func:`cube.job.spec.placement_spec`; nodes without an allocation of the job first:
+:mod:`cube.manager.job_placement`) and starts its tasks there through the manager's send
+path; Stop stops an allocation's tasks; Update stops one allocation and places its
+successor.
 
 It also paces itself, as the state it owns says: a group whose placement found no node
 waits for the cluster's capacity to change (``blocked``); a pass tries at most
@@ -21,6 +23,7 @@ them, and the reconciler replaces the allocation as a whole.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable, Iterable
 from datetime import datetime
@@ -33,7 +36,6 @@ from cube.job.model import (
     AllocDesired,
     AllocStatus,
     AllocTask,
-    Job,
     JobVersion,
     group_hash,
 )
@@ -42,6 +44,7 @@ from cube.job.spec import JobSpec
 from cube.log import get_logger
 from cube.manager.allocs import alloc_task_id
 from cube.manager.job_changes import JobChanges
+from cube.manager.job_drafts import JobDraft
 from cube.manager.job_placement import Placer
 from cube.manager.job_records import JobRecords
 from cube.manager.pass_views import PassViews
@@ -76,7 +79,7 @@ class Applier:
         placer: Placer,
         changes: JobChanges,
         *,
-        rollout: Callable[[Plan, datetime], None],
+        rollout: Callable[[JobDraft, Plan, datetime], None],
         background: set[asyncio.Task[Any]],
     ) -> None:
         self.manager = manager
@@ -103,11 +106,19 @@ class Applier:
         #: job -> what a slice or pass left of its plan, so that the next slice goes on
         #: with it instead of reconciling the whole job again.
         self._rest: dict[str, Rest] = {}
+        #: Tasks this slice placed, to be sent once its drafts are saved (see SEND_BACKLOG).
+        self._unsent = 0
 
     # --- pacing -------------------------------------------------------------------------------
     def begin_pass(self) -> None:
         self._budget = MAX_PLACEMENTS_PER_PASS
         self._taken = {}
+        self._unsent = 0
+
+    def saved(self) -> None:
+        """The slice's drafts were saved (or refused): their tasks are on their way (or
+        not), and count as the manager's sends in flight."""
+        self._unsent = 0
 
     def begin_slice(self, end: float) -> None:
         """A job's slice starts: its placements stop once ``time.perf_counter()`` passes ``end``."""
@@ -127,13 +138,14 @@ class Applier:
         self._rest.pop(job, None)
 
     def take_rest(self, job: str) -> Rest | None:
-        """What a slice left of ``job``'s plan (forgotten here)."""
+        """What a slice left of ``job``'s plan (forgotten here; also what a refused slice
+        left, which the next pass reconciles from the records)."""
         return self._rest.pop(job, None)
 
     # --- applying -----------------------------------------------------------------------------
     def apply(
         self,
-        job: Job,
+        draft: JobDraft,
         version: JobVersion,
         plan: Plan,
         views: PassViews,
@@ -141,51 +153,55 @@ class Applier:
         *,
         deployment: Deployment | None = None,
     ) -> bool:
-        """Carry out ``plan``; returns whether the job's slice ended with placements left."""
+        """Carry out ``plan`` on ``draft``; returns whether the job's slice ended with
+        placements left."""
         self._cut = False
         spec = version.spec
         placed_by = deployment.id if deployment is not None else None
         for stop in plan.stop:
-            self._stop_alloc(self.records.allocs[stop.alloc], stop.reason, lost=stop.lost, now=now)
-        self._rollout(plan, now)
+            self._stop_alloc(draft, stop.alloc, stop.reason, lost=stop.lost, now=now)
+        self._rollout(draft, plan, now)
         for update in plan.update:
-            old = self.records.allocs[update.alloc]
-            if old.node is not None and not self._may_place(job.id, update.group):
+            old = draft.alloc(update.alloc)
+            assert old is not None  # the plan's own
+            if old.node is not None and not self._may_place(draft.id, update.group):
                 continue  # the old one keeps running until its successor has somewhere to go
             if old.node is None:  # nothing runs yet: the waiting allocation takes the new spec
+                old = draft.edit(old.id)
                 group = spec.group(old.group)
                 old.version, old.group_hash = version.number, group_hash(spec, group)
-                self.manager.store.save_allocations([old])
                 continue
             if not update.start_first:  # start-first: it runs until its successor is healthy
-                self._stop_alloc(old, update.reason, lost=False, now=now)
+                self._stop_alloc(draft, old.id, update.reason, lost=False, now=now)
             place = Place(
                 update.group, update.index, update.reason, replaces=old.id, node=update.node
             )
-            self._place(job, version, place, views, now, deployment=placed_by)
+            self._place(draft, version, place, views, now, deployment=placed_by)
         for entry in plan.in_place:
-            alloc = self.records.allocs[entry.alloc]
+            alloc = draft.edit(entry.alloc)
             alloc.version, alloc.updated_at = version.number, now
-            self.manager.store.save_allocations([alloc])
         retries = [
             a.id
-            for a in (self.records.allocs[keep.alloc] for keep in plan.keep)
-            if a.node is None and not a.is_terminal and a.desired is AllocDesired.RUN
+            for a in (draft.alloc(keep.alloc) for keep in plan.keep)
+            if a is not None
+            and a.node is None
+            and not a.is_terminal
+            and a.desired is AllocDesired.RUN
         ]
-        self._place_all(job, version, plan.place, retries, views, now, deployment=placed_by)
+        self._place_all(draft, version, plan.place, retries, views, now, deployment=placed_by)
         return self._cut
 
     def apply_rest(
-        self, job: Job, version: JobVersion, rest: Rest, views: PassViews, now: datetime
+        self, draft: JobDraft, version: JobVersion, rest: Rest, views: PassViews, now: datetime
     ) -> bool:
         """Go on with what a slice left (:meth:`take_rest`); returns whether it was cut again."""
         self._cut = False
-        self._place_all(job, version, rest[1], rest[2], views, now, deployment=rest[3])
+        self._place_all(draft, version, rest[1], rest[2], views, now, deployment=rest[3])
         return self._cut
 
     def _place_all(
         self,
-        job: Job,
+        draft: JobDraft,
         version: JobVersion,
         places: list[Place],
         retries: list[str],
@@ -197,23 +213,24 @@ class Applier:
         """Make the plan's placements, then retry its unplaced allocations, until the
         slice, the pass's budget or the send backlog says stop: what is left is kept
         for the next slice (see _rest)."""
+        job = draft.id
         for n, place in enumerate(places):
-            if not self._may_place(job.id, place.group):
-                if self._cut or job.id in self.changes.unfinished:
-                    self._rest[job.id] = (version.number, places[n:], retries, deployment)
+            if not self._may_place(job, place.group):
+                if self._cut or job in self.changes.unfinished:
+                    self._rest[job] = (version.number, places[n:], retries, deployment)
                     return
                 continue
-            self._place(job, version, place, views, now, deployment=deployment)
+            self._place(draft, version, place, views, now, deployment=deployment)
         for n, alloc_id in enumerate(retries):
-            alloc = self.records.allocs.get(alloc_id)
+            alloc = draft.alloc(alloc_id)
             if alloc is None or alloc.node is not None:
                 continue
-            if not self._may_place(job.id, alloc.group):
-                if self._cut or job.id in self.changes.unfinished:
-                    self._rest[job.id] = (version.number, [], retries[n:], deployment)
+            if not self._may_place(job, alloc.group):
+                if self._cut or job in self.changes.unfinished:
+                    self._rest[job] = (version.number, [], retries[n:], deployment)
                     return
                 continue
-            self._retry(version, alloc, views)
+            self._retry(draft, version, alloc_id, views)
 
     def _may_place(self, job: str, group: str) -> bool:
         """Whether a placement of ``group`` may be tried now: not blocked, and within the
@@ -222,7 +239,8 @@ class Applier:
         blocked = self._blocked.get((job, group))
         if blocked is not None and blocked == self.manager.dispatcher.generation:
             return False
-        if self._budget <= 0 or self.manager.dispatcher.sends_in_flight >= SEND_BACKLOG:
+        sends = self.manager.dispatcher.sends_in_flight + self._unsent
+        if self._budget <= 0 or sends >= SEND_BACKLOG:
             self.changes.unfinished.add(job)
             return False
         if self._slice_placed and time.perf_counter() >= self._slice_end:
@@ -233,7 +251,7 @@ class Applier:
     # --- placing ------------------------------------------------------------------------------
     def _place(
         self,
-        job: Job,
+        draft: JobDraft,
         version: JobVersion,
         place: Place,
         views: PassViews,
@@ -245,7 +263,7 @@ class Applier:
         spec = version.spec
         group = spec.group(place.group)
         alloc = Allocation(
-            job=job.id,
+            job=draft.id,
             group=group.name,
             index=place.index,
             version=version.number,
@@ -258,75 +276,86 @@ class Applier:
             updated_at=now,
         )
         alloc.tasks = {t.name: AllocTask(id=alloc_task_id(alloc.id, t.name)) for t in group.tasks}
-        changed = [alloc]
-        old = self.records.allocs.get(place.replaces) if place.replaces is not None else None
-        if old is not None:
-            old.replaced_by = alloc.id
-            changed.append(old)
-        self.records.add(alloc)
-        self._assign(spec, alloc, place, views, changed)
+        if place.replaces is not None and draft.alloc(place.replaces) is not None:
+            draft.edit(place.replaces).replaced_by = alloc.id
+        draft.add(alloc)
+        self._assign(draft, spec, alloc, place, views)
 
-    def _retry(self, version: JobVersion, alloc: Allocation, views: PassViews) -> None:
+    def _retry(self, draft: JobDraft, version: JobVersion, alloc_id: str, views: PassViews) -> None:
         """Try again to place an allocation that found no node before."""
+        alloc = draft.edit(alloc_id)
         place = Place(alloc.group, alloc.index, "retry", avoid=None)
-        self._assign(version.spec, alloc, place, views, [alloc])
+        self._assign(draft, version.spec, alloc, place, views)
 
     def _assign(
-        self,
-        spec: JobSpec,
-        alloc: Allocation,
-        place: Place,
-        views: PassViews,
-        changed: list[Allocation],
+        self, draft: JobDraft, spec: JobSpec, alloc: Allocation, place: Place, views: PassViews
     ) -> None:
+        """Place ``alloc`` (the draft's own) where the scheduler says."""
         self._budget -= 1
         self._slice_placed += 1
         taken = self._taken.get(alloc.job)
         if taken is None:
-            taken = self._taken[alloc.job] = self.records.live_nodes(alloc.job)
+            taken = self._taken[alloc.job] = draft.live_nodes()
         decision = self.placer.choose(spec, place, views, taken=taken)
         alloc.placement = decision.model_dump(mode="json")
         if decision.node is None:
             self._blocked[(alloc.job, alloc.group)] = self.manager.dispatcher.generation
             alloc.status_reason = decision.reason
-            self.manager.store.save_allocations(changed)
             return
         self._blocked.pop((alloc.job, alloc.group), None)
         taken.add(decision.node)
-        self.records.placed(alloc, decision.node)
+        alloc.node = decision.node
         alloc.status_reason = f"placed on {decision.node}"
-        self.manager.store.save_allocations(changed)  # the allocation first, then its tasks
-        self.start_tasks(alloc, views[decision.node])
-        log.info("allocation placed", alloc=alloc.id, name=alloc.name, node=decision.node)
+        self.start_tasks(draft, alloc, views[decision.node])  # once the allocation is saved
+        draft.then(
+            lambda: log.info(
+                "allocation placed", alloc=alloc.id, name=alloc.name, node=decision.node
+            )
+        )
 
-    def start_tasks(self, alloc: Allocation, node: Node) -> None:
-        """Start the allocation's tasks on ``node`` (those the manager does not know yet)."""
-        spec = self.records.versions[alloc.job][alloc.version].spec.group(alloc.group)
+    def start_tasks(self, draft: JobDraft, alloc: Allocation, node: Node) -> None:
+        """Start the allocation's tasks on ``node`` (those the manager does not know yet)
+        once ``draft`` is shown; their resources are held there meanwhile, so that the
+        task dispatcher does not place on them while the allocation is being saved."""
+        spec = draft.version(alloc.version).spec.group(alloc.group)
         ref = AllocRef(
             id=alloc.id, job=alloc.job, group=alloc.group, index=alloc.index, size=len(spec.tasks)
         )
+        reason = f"placed on {node.name} with {alloc.name}"
         for task_spec in spec.tasks:
             task_id = alloc_task_id(alloc.id, task_spec.name)
             if task_id in self.manager.tasks:
                 continue
             task = Task(id=task_id, spec=task_spec, alloc=ref, placement=alloc.placement)
-            self.manager.start_alloc_task(task, node, f"placed on {node.name} with {alloc.name}")
+            self.manager.node_registry.hold(node.name, task)
+            draft.holds.append((node.name, task))
+            self._unsent += 1
+            draft.then(functools.partial(self._start_task, task, node, reason))
+
+    def _start_task(self, task: Task, node: Node, reason: str) -> None:
+        if task.id not in self.manager.tasks:  # (started meanwhile by another way)
+            self.manager.start_alloc_task(task, node, reason)
 
     # --- stopping -----------------------------------------------------------------------------
-    def stop_alloc(self, alloc: Allocation, reason: str, *, now: datetime) -> None:
+    def stop_alloc(self, draft: JobDraft, alloc_id: str, reason: str, *, now: datetime) -> None:
         """Stop an allocation (a deployment's successor that gives its slot back)."""
-        self._stop_alloc(alloc, reason, lost=False, now=now)
+        self._stop_alloc(draft, alloc_id, reason, lost=False, now=now)
 
-    def _stop_alloc(self, alloc: Allocation, reason: str, *, lost: bool, now: datetime) -> None:
+    def _stop_alloc(
+        self, draft: JobDraft, alloc_id: str, reason: str, *, lost: bool, now: datetime
+    ) -> None:
+        """Stop the allocation in the draft; its tasks once that is saved."""
+        alloc = draft.edit(alloc_id)
         alloc.desired, alloc.desired_reason, alloc.updated_at = AllocDesired.STOP, reason, now
         if lost and not alloc.is_terminal:
             alloc.transition(AllocStatus.LOST, reason, now=now)
         elif alloc.node is None and not alloc.is_terminal:
             alloc.transition(AllocStatus.COMPLETE, f"stopped: {reason}", now=now)
-        self.manager.store.save_allocations([alloc])
         for t in alloc.tasks.values():
-            self.stop_task(t.id, reason)
-        log.info("allocation stopping", alloc=alloc.id, name=alloc.name, reason=reason)
+            draft.then(functools.partial(self.stop_task, t.id, reason))
+        draft.then(
+            lambda: log.info("allocation stopping", alloc=alloc.id, name=alloc.name, reason=reason)
+        )
 
     def stop_task(self, task_id: str, reason: str) -> None:
         """Stop one task of an allocation; ``reason`` is recorded as the reason of its end
