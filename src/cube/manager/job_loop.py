@@ -180,7 +180,7 @@ class JobLoop:
             try:
                 await self.writes.refresh([job_id])
             except StoreUnavailable as exc:
-                log.warning("a job's records could not be read back", job=job_id, error=exc)
+                log.warning("a job's records could not be read back", job=job_id, error=exc.message)
                 del todo[job_id]
                 self.changes.job_changed(job_id)
 
@@ -227,7 +227,7 @@ class JobLoop:
         cpu = time.process_time()
         for job_id, error in refused.items():
             why = "a job's changes were refused; the next pass makes them"
-            log.warning(why, job=job_id, error=error)
+            log.warning(why, job=job_id, error=str(error))
             again.pop(job_id, None)
             self.applier.take_rest(job_id)
             self.changes.job_changed(job_id)
