@@ -46,7 +46,6 @@ from cube.manager.allocs import alloc_task_id
 from cube.manager.job_changes import JobChanges
 from cube.manager.job_drafts import JobDraft
 from cube.manager.job_placement import Placer
-from cube.manager.job_records import JobRecords
 from cube.manager.pass_views import PassViews
 from cube.node import Node
 from cube.task.model import DesiredState, Task
@@ -75,7 +74,6 @@ class Applier:
     def __init__(
         self,
         manager: Manager,
-        records: JobRecords,
         placer: Placer,
         changes: JobChanges,
         *,
@@ -83,7 +81,6 @@ class Applier:
         background: set[asyncio.Task[Any]],
     ) -> None:
         self.manager = manager
-        self.records = records
         self.placer = placer
         self.changes = changes
         self._rollout = rollout  # a plan's reclaims and promotions (cube.manager.deployments)

@@ -75,7 +75,6 @@ class JobService:
         self.placer = Placer(manager, records)
         self.applier = Applier(
             manager,
-            records,
             self.placer,
             self.changes,
             rollout=lambda draft, plan, now: apply_rollout(self, draft, plan, now),
