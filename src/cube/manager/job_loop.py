@@ -178,7 +178,8 @@ class JobLoop:
         see :mod:`cube.manager.job_drafts`); one that cannot be waits for the next pass."""
         for job_id in [j for j in todo if j in self.writes.stale]:
             try:
-                await self.writes.refresh([job_id])
+                async with self.writes.change(job_id):  # (under its guard: read back, then shown)
+                    pass
             except StoreUnavailable as exc:
                 log.warning("a job's records could not be read back", job=job_id, error=exc.message)
                 del todo[job_id]
