@@ -152,6 +152,7 @@ async def test_a_refused_purge_forgets_nothing(refused: Refused) -> None:
     assert "shop" not in manager.jobs.jobs
     assert refused.store.find_job("shop") is None
     assert manager.jobs.allocations() == []
+    assert manager.jobs.deployments.of_job("shop") == refused.store.list_deployments() == []
 
 
 async def test_a_refused_pass_shows_no_placement_and_the_next_pass_places_each_once(

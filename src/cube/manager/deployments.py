@@ -140,6 +140,7 @@ class Deployments:
         """Show the deployments of a saved change (none of a purged job's)."""
         if draft.purge:
             self.reload(draft.id, [])
+            return
         for d in draft.deployments.values():
             if d.id not in self.by_id:
                 self.by_job.setdefault(d.job, []).append(d.id)
