@@ -321,8 +321,8 @@ class Applier:
         reason = f"placed on {node.name} with {alloc.name}"
         for task_spec in spec.tasks:
             task_id = alloc_task_id(alloc.id, task_spec.name)
-            if task_id in self.manager.tasks:
-                continue
+            if task_id in self.manager.tasks or self.manager.dispatcher.in_flight(task_id):
+                continue  # known, or its start is being saved (it holds its resources)
             task = Task(id=task_id, spec=task_spec, alloc=ref, placement=alloc.placement)
             self.manager.node_registry.hold(node.name, task)
             draft.holds.append((node.name, task))
