@@ -107,7 +107,7 @@ async def inproc_part(args: Any) -> InprocRun:
                 "job": f"sim-{j:04d}",
                 "groups": [{"name": "g", "count": args.count, "tasks": [task]}],
             }
-            manager.jobs.submit(parse_job(spec))
+            await manager.jobs.submit(parse_job(spec))
         manager.jobs.start()
         deadline = t0 + args.timeout
         allocs = manager.jobs.allocs

@@ -52,8 +52,8 @@ async def test_a_group_is_placed_as_one_unit_spread_over_the_nodes() -> None:
     for name in ("n1", "n2"):
         store.save_node(node(name))
     manager = make_manager(store, workers)
-    manager.jobs.submit(job_spec())
-    manager.jobs.reconcile_all(NOW)
+    await manager.jobs.submit(job_spec())
+    await manager.jobs.reconcile_all(NOW)
     await settle(manager)
 
     allocs = manager.jobs.allocations(job="shop")
@@ -78,7 +78,7 @@ async def test_a_group_is_placed_as_one_unit_spread_over_the_nodes() -> None:
     assert all(r.alloc is not None and r.id == f"{r.alloc.id}-{r.name}" for _, r in workers.sent)
 
     run_all(manager)
-    manager.jobs.reconcile_all(NOW)
+    await manager.jobs.reconcile_all(NOW)
     assert {a.status for a in manager.jobs.allocations()} == {AllocStatus.RUNNING}
     assert manager.jobs.job("shop").status is JobStatus.RUNNING
     await manager.close()
@@ -87,7 +87,7 @@ async def test_a_group_is_placed_as_one_unit_spread_over_the_nodes() -> None:
 async def test_a_lost_nodes_tasks_end_and_their_allocations_are_replaced_elsewhere() -> None:
     _, _, manager = await submitted(job_spec(count=2), "n1", "n2")
     run_all(manager)
-    manager.jobs.reconcile_all(NOW)
+    await manager.jobs.reconcile_all(NOW)
     lost = next(a for a in manager.jobs.allocations() if a.node == "n2")
 
     await manager._mark_down(manager.nodes["n2"], "test")
@@ -103,7 +103,7 @@ async def test_a_lost_nodes_tasks_end_and_their_allocations_are_replaced_elsewhe
     await manager.dispatch()  # the task dispatcher leaves them alone
     assert all(manager.tasks[t.id].state is State.FAILED for t in lost.tasks.values())
 
-    manager.jobs.reconcile_all(NOW)
+    await manager.jobs.reconcile_all(NOW)
     await settle(manager)
     old = manager.jobs.allocation(lost.id)
     assert (old.status, old.desired) == (AllocStatus.LOST, AllocDesired.STOP)
@@ -120,10 +120,10 @@ async def test_a_restarted_manager_resumes_the_job_and_doubles_nothing() -> None
     again = make_manager(store, workers)
     assert again.jobs.job("shop").version == 1
     assert len(again.jobs.allocations()) == 2
-    _, created = again.jobs.submit(job_spec(count=2))
+    _, created = await again.jobs.submit(job_spec(count=2))
     assert not created  # the same spec: no new version
     sent = len(workers.sent)
-    again.jobs.reconcile_all(NOW)
+    await again.jobs.reconcile_all(NOW)
     await settle(again)
     assert len(again.jobs.allocations()) == 2
     assert len(workers.sent) == sent  # nothing placed or sent twice
@@ -138,7 +138,7 @@ async def test_an_allocation_saved_before_its_tasks_gets_them_on_the_next_pass()
         store.delete_task(t.id)
     workers.sent.clear()
     again = make_manager(store, workers)
-    again.jobs.reconcile_all(NOW)
+    await again.jobs.reconcile_all(NOW)
     await settle(again)
     assert sorted(r.id or "" for _, r in workers.sent) == sorted(t.id for t in a.tasks.values())
     assert again.jobs.allocations() == [a]  # the same allocation, not a new one
@@ -149,8 +149,8 @@ async def test_no_node_in_the_jobs_datacenters_places_nothing_and_says_why() -> 
     store, workers = MemoryStore(), FakeWorkers()
     store.save_node(node("n1", dc="dc1"))
     manager = make_manager(store, workers)
-    manager.jobs.submit(job_spec(count=1).model_copy(update={"datacenters": ["eu1"]}))
-    manager.jobs.reconcile_all(NOW)
+    await manager.jobs.submit(job_spec(count=1).model_copy(update={"datacenters": ["eu1"]}))
+    await manager.jobs.reconcile_all(NOW)
     assert manager.jobs.allocations() == []
     assert store.list_allocations() == []
     (failure,) = manager.jobs.failures("shop").values()
@@ -167,20 +167,20 @@ async def test_a_failed_allocation_is_replaced_after_its_reschedule_delay() -> N
     store, workers = MemoryStore(), FakeWorkers()
     store.save_node(node("n1"))
     manager = make_manager(store, workers)
-    manager.jobs.submit(job_spec(count=1, reschedule={"attempts": 2, "delay": "10s"}))
-    manager.jobs.reconcile_all(NOW)
+    await manager.jobs.submit(job_spec(count=1, reschedule={"attempts": 2, "delay": "10s"}))
+    await manager.jobs.reconcile_all(NOW)
     await settle(manager)
     a = manager.jobs.allocations()[0]
     api = manager.tasks[a.tasks["api"].id]
     manager._save(api, api.transition(State.FAILED, "exited with code 1", exit_code=1))
-    manager.jobs.reconcile_all(NOW)
+    await manager.jobs.reconcile_all(NOW)
     await settle(manager)
     assert manager.jobs.allocation(a.id).status is AllocStatus.FAILED
     assert manager.tasks[a.tasks["proxy"].id].desired is DesiredState.STOP  # its sibling stops
     assert len(manager.jobs.allocations()) == 1  # not before the delay
     assert manager.jobs.loop._wake_at is not None
 
-    manager.jobs.reconcile_all(manager.jobs.loop._wake_at + timedelta(seconds=1))
+    await manager.jobs.reconcile_all(manager.jobs.loop._wake_at + timedelta(seconds=1))
     await settle(manager)
     new = manager.jobs.allocation(manager.jobs.allocation(a.id).replaced_by or "")
     assert new.replaces == a.id
@@ -194,8 +194,8 @@ async def test_a_pass_that_fails_for_one_job_still_reconciles_the_others(
     store, workers = MemoryStore(), FakeWorkers()
     store.save_node(node("n1"))
     manager = make_manager(store, workers)
-    manager.jobs.submit(job_spec(count=1).model_copy(update={"job": "broken"}))
-    manager.jobs.submit(job_spec(count=1))
+    await manager.jobs.submit(job_spec(count=1).model_copy(update={"job": "broken"}))
+    await manager.jobs.submit(job_spec(count=1))
     real = manager.jobs.loop.reconcile_job
 
     def flaky(job: Job, views: PassViews, now: datetime, **options: Any) -> bool:
@@ -204,7 +204,7 @@ async def test_a_pass_that_fails_for_one_job_still_reconciles_the_others(
         return real(job, views, now, **options)
 
     monkeypatch.setattr(manager.jobs.loop, "reconcile_job", flaky)
-    manager.jobs.reconcile_all(NOW)
+    await manager.jobs.reconcile_all(NOW)
     assert [a.job for a in manager.jobs.allocations()] == ["shop"]
     await manager.close()
 
@@ -248,7 +248,7 @@ async def test_a_group_that_fits_nowhere_waits_for_the_cluster_to_change(
 ) -> None:
     store, workers = MemoryStore(), FakeWorkers()
     manager = make_manager(store, workers)  # no node at all
-    manager.jobs.submit(job_spec(count=5))
+    await manager.jobs.submit(job_spec(count=5))
     tried: list[str] = []
     choose = manager.jobs.placer.choose
 
@@ -258,7 +258,7 @@ async def test_a_group_that_fits_nowhere_waits_for_the_cluster_to_change(
 
     monkeypatch.setattr(manager.jobs.placer, "choose", counted)
     for _ in range(3):
-        manager.jobs.reconcile_all(NOW)
+        await manager.jobs.reconcile_all(NOW)
     assert manager.jobs.allocations() == []  # nothing recorded, as in Nomad
     assert store.list_allocations() == []
     # One tried, the others wait for the cluster to change: not five failures a pass.
@@ -270,13 +270,13 @@ async def test_a_group_that_fits_nowhere_waits_for_the_cluster_to_change(
 
     manager.nodes["n1"] = node("n1")
     manager._capacity_changed()  # a node joined
-    manager.jobs.reconcile_all(NOW)
+    await manager.jobs.reconcile_all(NOW)
     await settle(manager)
     allocs = manager.jobs.allocations()
     assert len(allocs) == 5
     assert {a.node for a in allocs} == {"n1"}
     run_all(manager)
-    manager.jobs.reconcile_all(NOW)
+    await manager.jobs.reconcile_all(NOW)
     assert manager.jobs.job("shop").status_reason == "5 allocations running"
     await manager.close()
 
@@ -303,11 +303,11 @@ async def test_a_large_count_is_placed_over_several_passes(monkeypatch: pytest.M
     store, workers = MemoryStore(), FakeWorkers()
     store.save_node(node("n1"))
     manager = make_manager(store, workers)
-    manager.jobs.submit(job_spec(count=6))
-    manager.jobs.reconcile_all(NOW)
+    await manager.jobs.submit(job_spec(count=6))
+    await manager.jobs.reconcile_all(NOW)
     assert len(manager.jobs.allocations()) == 4
     assert manager.jobs.loop._wake.is_set()  # the next pass goes on at once
-    manager.jobs.reconcile_all(NOW)
+    await manager.jobs.reconcile_all(NOW)
     await settle(manager)
     assert len(manager.jobs.allocations()) == 6
     await manager.close()
@@ -316,17 +316,17 @@ async def test_a_large_count_is_placed_over_several_passes(monkeypatch: pytest.M
 async def test_a_drained_nodes_allocations_are_replaced_elsewhere() -> None:
     _, _, manager = await submitted(job_spec(count=2), "n1", "n2")
     run_all(manager)
-    manager.jobs.reconcile_all(NOW)
+    await manager.jobs.reconcile_all(NOW)
     drained = next(a for a in manager.jobs.allocations() if a.node == "n2")
 
     await manager.drain("n2")
-    manager.jobs.reconcile_all(NOW)
+    await manager.jobs.reconcile_all(NOW)
     await settle(manager)
     old = manager.jobs.allocation(drained.id)
     assert (old.desired, old.desired_reason) == (AllocDesired.STOP, "node n2 is draining")
     new = manager.jobs.allocation(old.replaced_by or "")
     assert (new.index, new.node) == (drained.index, "n1")
-    manager.jobs.reconcile_all(NOW)  # its tasks ended: the migrated allocation is Complete
+    await manager.jobs.reconcile_all(NOW)  # its tasks ended: the migrated allocation is Complete
     assert manager.jobs.allocation(drained.id).status is AllocStatus.COMPLETE
     await manager.close()
 
@@ -381,12 +381,12 @@ def test_every_job_command_has_help_with_an_example(command: list[str]) -> None:
 async def test_a_new_submit_is_pending_until_a_pass_judges_it() -> None:
     store, workers = MemoryStore(), FakeWorkers()
     manager = make_manager(store, workers)
-    manager.jobs.submit(job_spec(count=0))
-    manager.jobs.reconcile_all(NOW)
+    await manager.jobs.submit(job_spec(count=0))
+    await manager.jobs.reconcile_all(NOW)
     assert manager.jobs.job("shop").status is JobStatus.RUNNING  # scaled to 0: where it should be
-    manager.jobs.stop("shop")
+    await manager.jobs.stop("shop")
     assert manager.jobs.job("shop").status is JobStatus.DEAD
-    job, created = manager.jobs.submit(job_spec(count=0))  # the same file starts it again
+    job, created = await manager.jobs.submit(job_spec(count=0))  # the same file starts it again
     assert created
     assert (job.status, job.stopped) == (JobStatus.PENDING, False)
     await manager.close()
@@ -425,7 +425,7 @@ async def test_a_plan_counts_what_an_update_frees_where_the_old_allocation_stops
     (exit 1), though ``cube job run`` of it went through: the update stops, then starts."""
     _, _, manager = await submitted(sized_job(1.2), "n1")  # 4 CPU: 3 x 1.2 leave 0.4
     run_all(manager)
-    manager.jobs.reconcile_all(NOW)
+    await manager.jobs.reconcile_all(NOW)
     assert manager.jobs.job("shop").status is JobStatus.RUNNING
 
     plan, decisions = manager.jobs.plan(sized_job(1.0))
@@ -438,7 +438,7 @@ async def test_a_plan_counts_what_an_update_frees_where_the_old_allocation_stops
 
 async def test_a_stopped_job_is_not_scaled_which_would_start_it_again() -> None:
     _, _, manager = await submitted(job_spec(count=1), "n1")
-    manager.jobs.stop("shop")
+    await manager.jobs.stop("shop")
     transport = httpx.ASGITransport(app=create_app(manager))
     async with httpx.AsyncClient(transport=transport, base_url="http://m") as client:
         refused = await client.post("/v1/jobs/shop/scale", json={"group": "web", "count": 3})
@@ -479,7 +479,7 @@ async def test_one_task_of_an_allocation_that_runs_is_not_stopped_alone(
         assert manager.tasks[f"{a.id}-api"].desired is DesiredState.RUN
         assert workers.stopped == []
 
-        manager.jobs.stop("shop")  # the allocation is to stop: its tasks may be stopped too
+        await manager.jobs.stop("shop")  # the allocation is to stop: its tasks may be stopped too
         stopped = await client.delete(f"/v1/tasks/{a.id}-api")
         assert stopped.status_code == 200
     assert manager.tasks[f"{a.id}-api"].desired is DesiredState.STOP
@@ -499,17 +499,17 @@ async def test_tasks_the_job_service_stops_carry_the_reason_to_their_node_and_ev
 ) -> None:
     _, workers, manager = await submitted(job_spec(count=2), "n1", "n2")
     run_all(manager)
-    manager.jobs.reconcile_all(NOW)
+    await manager.jobs.reconcile_all(NOW)
     before = {a.id for a in manager.jobs.allocations()}
     if change == "scale":
-        manager.jobs.scale("shop", "web", 1)
+        await manager.jobs.scale("shop", "web", 1)
     elif change == "stop":
-        manager.jobs.stop("shop")
+        await manager.jobs.stop("shop")
     else:
         changed = job_spec(count=2).model_dump(mode="json")
         changed["groups"][0]["tasks"][0]["image"] = "busybox:1.36"
-        manager.jobs.submit(JobSpec.model_validate(changed))
-    manager.jobs.reconcile_all(NOW)
+        await manager.jobs.submit(JobSpec.model_validate(changed))
+    await manager.jobs.reconcile_all(NOW)
     await settle(manager)
     stopped = [
         a for a in manager.jobs.allocations() if a.id in before and a.desired is AllocDesired.STOP

@@ -158,8 +158,8 @@ async def test_a_job_that_fits_no_node_records_nothing_and_says_why_until_a_node
     store, workers = MemoryStore(), FakeWorkers()
     store.save_node(sized("small", 0.25))
     manager = make_manager(store, workers)
-    manager.jobs.submit(spec_of(count=2))
-    manager.jobs.reconcile_all(NOW)
+    await manager.jobs.submit(spec_of(count=2))
+    await manager.jobs.reconcile_all(NOW)
     transport = httpx.ASGITransport(app=create_app(manager))
     async with httpx.AsyncClient(transport=transport, base_url="http://m") as client:
         assert (await client.get("/v1/allocations")).json() == []
@@ -178,13 +178,13 @@ async def test_a_job_that_fits_no_node_records_nothing_and_says_why_until_a_node
 
     manager.nodes["big"] = node("big")
     manager._capacity_changed()  # a node joined
-    manager.jobs.reconcile_all(NOW)
+    await manager.jobs.reconcile_all(NOW)
     await settle(manager)
     assert {a.node for a in manager.jobs.allocations()} == {"big"}
     assert len(store.list_allocations()) == 2
     assert manager.jobs.failures("shop") == {}
     run_all(manager)
-    manager.jobs.reconcile_all(NOW)
+    await manager.jobs.reconcile_all(NOW)
     assert manager.jobs.job("shop").status_reason == "2 allocations running"
     await manager.close()
 
@@ -193,12 +193,12 @@ async def test_a_blocked_group_that_is_scaled_to_what_runs_is_blocked_no_more() 
     store, workers = MemoryStore(), FakeWorkers()
     store.save_node(sized("n1", 1.0))  # room for two
     manager = make_manager(store, workers)
-    manager.jobs.submit(spec_of(count=3))
-    manager.jobs.reconcile_all(NOW)
+    await manager.jobs.submit(spec_of(count=3))
+    await manager.jobs.reconcile_all(NOW)
     assert len(manager.jobs.allocations()) == 2
     assert manager.jobs.failures("shop")["web"].count == 1
-    manager.jobs.scale("shop", "web", 2)  # a new version: tried again at once
-    manager.jobs.reconcile_all(NOW)
+    await manager.jobs.scale("shop", "web", 2)  # a new version: tried again at once
+    await manager.jobs.reconcile_all(NOW)
     assert manager.jobs.failures("shop") == {}
     assert not manager.jobs.job("shop").status_reason.startswith("blocked")
     await manager.close()
@@ -208,24 +208,24 @@ async def test_a_new_version_that_fits_is_placed_without_waiting_for_the_cluster
     store, workers = MemoryStore(), FakeWorkers()
     store.save_node(node("n1"))
     manager = make_manager(store, workers)
-    manager.jobs.submit(spec_of(count=1, constraints={"zone": "mars"}))
-    manager.jobs.reconcile_all(NOW)
+    await manager.jobs.submit(spec_of(count=1, constraints={"zone": "mars"}))
+    await manager.jobs.reconcile_all(NOW)
     failure = manager.jobs.failures("shop")["web"]
     assert (failure.reason, failure.filtered) == (
         "no node has labels zone=mars",
         {"constraints": 1},
     )
-    manager.jobs.submit(spec_of(count=1))  # the capacity did not change; the job did
-    manager.jobs.reconcile_all(NOW)
+    await manager.jobs.submit(spec_of(count=1))  # the capacity did not change; the job did
+    await manager.jobs.reconcile_all(NOW)
     assert [a.node for a in manager.jobs.allocations()] == ["n1"]
     await manager.close()
 
 
 async def test_a_batch_job_that_fits_nowhere_tries_its_parallelism_and_queues_the_rest() -> None:
     manager = make_manager(MemoryStore(), FakeWorkers())  # no node
-    manager.jobs.submit(spec_of("batch", count=4, parallelism=2))
+    await manager.jobs.submit(spec_of("batch", count=4, parallelism=2))
     for _ in range(2):
-        manager.jobs.reconcile_all(NOW)
+        await manager.jobs.reconcile_all(NOW)
     assert manager.jobs.allocations() == []
     assert manager.jobs.failures("shop")["web"].count == 2  # the two parallelism admits
     assert manager.jobs.job("shop").status_reason == (
@@ -233,7 +233,7 @@ async def test_a_batch_job_that_fits_nowhere_tries_its_parallelism_and_queues_th
     )
     manager.nodes["n1"] = node("n1")
     manager._capacity_changed()
-    manager.jobs.reconcile_all(NOW)
+    await manager.jobs.reconcile_all(NOW)
     assert len(manager.jobs.allocations()) == 2  # parallelism 2
     assert manager.jobs.failures("shop") == {}
     await manager.close()
@@ -244,8 +244,8 @@ async def test_a_system_job_runs_where_it_fits_and_says_how_many_nodes_it_does_n
     store.save_node(node("big"))
     store.save_node(sized("small", 0.25))
     manager = make_manager(store, workers)
-    manager.jobs.submit(spec_of("system", count=None))
-    manager.jobs.reconcile_all(NOW)
+    await manager.jobs.submit(spec_of("system", count=None))
+    await manager.jobs.reconcile_all(NOW)
     assert [a.node for a in manager.jobs.allocations()] == ["big"]
     failure = manager.jobs.failures("shop")["web"]
     assert (failure.count, failure.filtered) == (1, {"cpu": 1})
@@ -256,11 +256,11 @@ async def test_a_system_job_runs_where_it_fits_and_says_how_many_nodes_it_does_n
 
 
 async def running(manager: Manager, spec: JobSpec) -> list[Allocation]:
-    manager.jobs.submit(spec)
-    manager.jobs.reconcile_all(NOW)
+    await manager.jobs.submit(spec)
+    await manager.jobs.reconcile_all(NOW)
     await settle(manager)
     run_all(manager)
-    manager.jobs.reconcile_all(NOW)
+    await manager.jobs.reconcile_all(NOW)
     return manager.jobs.allocations()
 
 
@@ -272,8 +272,8 @@ async def test_a_new_version_that_fits_nowhere_leaves_the_old_allocations_runnin
     assert len(old) == 2
     big = [{"name": "api", "image": "busybox:2", "resources": {"cpu": 8}}]
     spec = parse_job({"job": "shop", "groups": [{"name": "web", "count": 2, "tasks": big}]})
-    manager.jobs.submit(spec)
-    manager.jobs.reconcile_all(NOW)
+    await manager.jobs.submit(spec)
+    await manager.jobs.reconcile_all(NOW)
     await settle(manager)
     allocs = manager.jobs.allocations()
     assert [a.id for a in allocs] == [a.id for a in old]  # no new record
@@ -297,10 +297,10 @@ async def test_a_stop_first_update_may_take_the_room_of_the_allocation_it_replac
         manager, parse_job({"job": "shop", "groups": [{"name": "web", "count": 1, "tasks": tasks}]})
     )
     tasks[0]["image"] = "busybox:2"  # 0.75 CPU again: only where the old one was
-    manager.jobs.submit(
+    await manager.jobs.submit(
         parse_job({"job": "shop", "groups": [{"name": "web", "count": 1, "tasks": tasks}]})
     )
-    manager.jobs.reconcile_all(NOW)
+    await manager.jobs.reconcile_all(NOW)
     await settle(manager)
     new = manager.jobs.allocation(manager.jobs.allocation(old.id).replaced_by or "")
     assert (new.node, new.version) == ("n1", 2)
@@ -355,14 +355,14 @@ async def test_plan_says_which_groups_would_not_be_placed_and_why() -> None:
 async def test_a_restarted_manager_finds_the_placement_failure_again_in_its_first_pass() -> None:
     store = MemoryStore()
     manager = make_manager(store, FakeWorkers())  # no node
-    manager.jobs.submit(spec_of(count=3))
-    manager.jobs.reconcile_all(NOW)
+    await manager.jobs.submit(spec_of(count=3))
+    await manager.jobs.reconcile_all(NOW)
     before = manager.jobs.failures("shop")
     await manager.close()
 
     again = make_manager(store, FakeWorkers())
     assert again.jobs.failures("shop") == {}  # nothing of it was stored
-    again.jobs.reconcile_all(NOW)
+    await again.jobs.reconcile_all(NOW)
     assert again.jobs.failures("shop") == before
     assert before["web"].count == 3
     assert store.list_allocations() == []

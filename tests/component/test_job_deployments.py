@@ -23,7 +23,7 @@ from tests.support.deploying import Cluster, at, deployed, spec
 
 async def test_the_first_version_s_deployment_succeeds_once_every_allocation_is_healthy() -> None:
     c = Cluster()
-    c.manager.jobs.submit(spec())
+    await c.manager.jobs.submit(spec())
     await c.passes(0, 0.5)
     d = c.deployment()
     assert (d.status, d.version, d.from_version) == (DeploymentStatus.RUNNING, 1, None)
@@ -45,7 +45,7 @@ async def test_the_pass_asks_to_be_woken_when_min_healthy_time_elapses() -> None
     """Not at the next report or safety pass: the job loop sleeps until the earliest
     moment an allocation may be deemed healthy, and the pass then judges it so."""
     c = Cluster()
-    c.manager.jobs.submit(spec())
+    await c.manager.jobs.submit(spec())
     await c.passes(0, 0.5)  # placed, then reported running: ready since 0.5
     assert c.manager.jobs.changes.wake_at() == at(1.5)
     await c.passes(1.5, run=False)
@@ -60,7 +60,7 @@ async def test_a_rolling_update_replaces_one_at_a_time_each_once_the_previous_is
     order: str,
 ) -> None:
     c = await deployed()
-    c.manager.jobs.submit(spec("busybox:2", order=order))
+    await c.manager.jobs.submit(spec("busybox:2", order=order))
     t = 2.0
     await c.passes(t)
     for step in range(3):
@@ -85,7 +85,7 @@ async def test_a_bad_version_fails_at_healthy_deadline_and_auto_revert_keeps_eve
 ):
     c = await deployed(order="start-first", auto_revert=True)
     old = {a.id for a in c.allocs()}
-    c.manager.jobs.submit(spec("busybox:bad", order="start-first", auto_revert=True))
+    await c.manager.jobs.submit(spec("busybox:bad", order="start-first", auto_revert=True))
     await c.passes(2, run=False)  # placed; its tasks never run
     (bad,) = c.live(2)
     assert len(c.live(1)) == 3
@@ -119,7 +119,7 @@ async def test_a_bad_version_fails_at_healthy_deadline_and_auto_revert_keeps_eve
 
 async def test_without_auto_revert_a_failed_deployment_leaves_what_runs() -> None:
     c = await deployed(order="start-first")
-    c.manager.jobs.submit(spec("busybox:bad", order="start-first"))
+    await c.manager.jobs.submit(spec("busybox:bad", order="start-first"))
     await c.passes(2, run=False)
     await c.passes(7, 10, run=False)
     d = c.deployment()
@@ -127,7 +127,7 @@ async def test_without_auto_revert_a_failed_deployment_leaves_what_runs() -> Non
     assert len(c.live(1)) == 3  # nothing more replaced, nothing old stopped
     assert c.healthy_stopped == set()
     # By hand: back to the last good version.
-    job = c.manager.jobs.deployments.revert("shop", None, at(11))
+    job = await c.manager.jobs.deployments.revert("shop", None, at(11))
     assert (job.version, job.status_reason) == (3, "version 3: back to version 1")
     await c.passes(11, 12.5)
     assert c.deployment().status is DeploymentStatus.SUCCESSFUL
@@ -138,7 +138,7 @@ async def test_without_auto_revert_a_failed_deployment_leaves_what_runs() -> Non
 
 async def test_canaries_wait_for_promotion_then_the_rest_rolls() -> None:
     c = await deployed()
-    c.manager.jobs.submit(spec("busybox:2", canary=1, order="start-first", max_parallel=2))
+    await c.manager.jobs.submit(spec("busybox:2", canary=1, order="start-first", max_parallel=2))
     await c.passes(2, 2.1, 3.2)
     (canary,) = c.live(2)
     assert canary.canary
@@ -149,7 +149,7 @@ async def test_canaries_wait_for_promotion_then_the_rest_rolls() -> None:
     assert c.deployment().status is DeploymentStatus.WAITING
     assert len(c.live()) == 4
 
-    c.manager.jobs.deployments.promote("shop", at(31))
+    await c.manager.jobs.deployments.promote("shop", at(31))
     await c.passes(31, 31.1, 32.2, 32.3, 33.4, 34)
     c.stop_reported()
     await c.passes(34.1)
@@ -162,12 +162,12 @@ async def test_canaries_wait_for_promotion_then_the_rest_rolls() -> None:
 
 async def test_failing_a_canary_deployment_stops_the_canary_and_leaves_the_old_ones() -> None:
     c = await deployed()
-    c.manager.jobs.submit(spec("busybox:2", canary=1))
+    await c.manager.jobs.submit(spec("busybox:2", canary=1))
     await c.passes(2, 2.1, 3.2)
     (canary,) = c.live(2)
     old = {a.id for a in c.live(1)}
 
-    failed = c.manager.jobs.deployments.fail("shop", at(4))
+    failed = await c.manager.jobs.deployments.fail("shop", at(4))
     assert failed.status is DeploymentStatus.ROLLED_BACK
     assert failed.status_reason == "failed by hand (cube job fail); rolled back to version 1"
     await c.passes(4)
@@ -181,23 +181,23 @@ async def test_promote_fail_and_revert_refuse_what_makes_no_sense() -> None:
     c = await deployed()
     deployments = c.manager.jobs.deployments
     with pytest.raises(Conflict, match="has no deployment running to promote"):
-        deployments.promote("shop", at(3))
+        await deployments.promote("shop", at(3))
     with pytest.raises(Conflict, match="successful"):
-        deployments.fail("shop", at(3))
+        await deployments.fail("shop", at(3))
     with pytest.raises(Conflict, match="no earlier version that deployed successfully"):
-        deployments.revert("shop", None, at(3))
+        await deployments.revert("shop", None, at(3))
     with pytest.raises(Conflict, match="version 1 of job shop is what version 1 runs already"):
-        deployments.revert("shop", 1, at(3))
+        await deployments.revert("shop", 1, at(3))
     with pytest.raises(NotFound, match="job shop has no version 7"):
-        deployments.revert("shop", 7, at(3))
+        await deployments.revert("shop", 7, at(3))
     with pytest.raises(NotFound, match="job ghost not found"):
-        deployments.promote("ghost", at(3))
+        await deployments.promote("ghost", at(3))
     await c.manager.close()
 
 
 async def test_a_restarted_manager_resumes_the_deployment_where_it_was() -> None:
     c = await deployed()
-    c.manager.jobs.submit(spec("busybox:2", order="start-first"))
+    await c.manager.jobs.submit(spec("busybox:2", order="start-first"))
     await c.passes(2, 2.1, 3.2, 3.3)  # the first replaced, the second placed
     d = c.deployment()
     before = {a.id: (a.version, a.desired, a.healthy) for a in c.allocs()}
@@ -221,9 +221,9 @@ async def test_a_restarted_manager_resumes_the_deployment_where_it_was() -> None
 
 async def test_a_newer_version_cancels_the_running_deployment() -> None:
     c = await deployed()
-    c.manager.jobs.submit(spec("busybox:2"))
+    await c.manager.jobs.submit(spec("busybox:2"))
     await c.passes(2)
-    c.manager.jobs.submit(spec("busybox:3"))
+    await c.manager.jobs.submit(spec("busybox:3"))
     await c.passes(2.5)
     _, second, third = c.manager.jobs.deployments.of_job("shop")
     assert (second.status, second.status_reason) == (
@@ -236,7 +236,7 @@ async def test_a_newer_version_cancels_the_running_deployment() -> None:
 
 async def test_the_deployment_routes_answer_and_refuse_naming_the_field() -> None:
     c = await deployed()
-    c.manager.jobs.submit(spec("busybox:2", canary=1))
+    await c.manager.jobs.submit(spec("busybox:2", canary=1))
     await c.passes(2, 2.1, 3.2)
     transport = httpx.ASGITransport(app=create_app(c.manager))
     async with httpx.AsyncClient(transport=transport, base_url="http://m") as client:
@@ -323,12 +323,12 @@ async def test_a_dry_run_shows_the_canary_a_submit_would_start_and_changes_nothi
 
 async def test_a_stopped_job_started_again_is_deployed_again() -> None:
     c = await deployed()
-    c.manager.jobs.stop("shop")
+    await c.manager.jobs.stop("shop")
     await c.passes(2)
     stopped = c.deployment()
     assert c.manager.jobs.deployments.of_job("shop")[-1].status is DeploymentStatus.SUCCESSFUL
     c.stop_reported()
-    _, created = c.manager.jobs.submit(spec())  # the same file: no new version
+    _, created = await c.manager.jobs.submit(spec())  # the same file: no new version
     assert created
     await c.passes(3, 3.1, 4.2)
     again = c.deployment()
@@ -344,7 +344,7 @@ async def test_a_system_job_s_first_deployment_waits_for_one_healthy_allocation_
     system = spec().model_dump(mode="json", exclude_defaults=True)
     system["type"] = "system"
     del system["groups"][0]["count"]
-    c.manager.jobs.submit(JobSpec.model_validate(system))
+    await c.manager.jobs.submit(JobSpec.model_validate(system))
     await c.passes(0)
     d = c.deployment()
     assert (d.status, d.groups["web"].desired) == (DeploymentStatus.RUNNING, 3)

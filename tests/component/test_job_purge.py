@@ -28,15 +28,15 @@ from tests.support.fake_nodes import (
 async def test_a_purged_jobs_tasks_are_forgotten_once_stopped() -> None:
     store, _, manager = await submitted(job_spec(count=2), "n1", "n2")
     run_all(manager)
-    manager.jobs.reconcile_all(NOW)
+    await manager.jobs.reconcile_all(NOW)
     ids = [t.id for a in manager.jobs.allocations() for t in a.tasks.values()]
     assert len(ids) == 4
 
-    manager.jobs.stop("shop", purge=True)
+    await manager.jobs.stop("shop", purge=True)
     # Still stopping: listed, so that a node that reports them is answered.
     assert all(manager.tasks[i].state is State.RUNNING for i in ids)
     await settle(manager)  # the nodes stopped them
-    manager.jobs.reconcile_all(NOW)
+    await manager.jobs.reconcile_all(NOW)
     await settle(manager)  # the tasks forgotten: deleted from the store, then the records
 
     assert [i for i in ids if i in manager.tasks] == []
@@ -50,17 +50,17 @@ async def test_a_purged_task_whose_node_was_lost_stays_until_its_node_stopped_it
     for task in manager.tasks.values():
         manager._save(task, task.transition(State.RUNNING, "started"))
         task.container_id = "c0ffee"
-    manager.jobs.reconcile_all(NOW)
+    await manager.jobs.reconcile_all(NOW)
     await manager._mark_down(manager.nodes["n1"], "lost")
     await manager._move_tasks_off(manager.nodes["n1"], "node n1 lost")
-    manager.jobs.stop("shop", purge=True)
-    manager.jobs.reconcile_all(NOW)
+    await manager.jobs.stop("shop", purge=True)
+    await manager.jobs.reconcile_all(NOW)
     assert len(manager.tasks) == 2  # ended by the manager, but n1 may still run them
 
     for task in list(manager.tasks.values()):  # n1 came back and stopped its copies
         task.container_id = None
         manager._save(task)
-    manager.jobs.reconcile_all(NOW)
+    await manager.jobs.reconcile_all(NOW)
     await settle(manager)
     assert manager.tasks == {}
     await manager.close()
@@ -68,16 +68,16 @@ async def test_a_purged_task_whose_node_was_lost_stays_until_its_node_stopped_it
 
 async def test_a_purged_blocked_job_leaves_nothing_waiting_and_comes_back_unblocked() -> None:
     manager = make_manager(MemoryStore(), FakeWorkers())  # no node: blocked
-    manager.jobs.submit(job_spec(count=2))
-    manager.jobs.reconcile_all(NOW)
+    await manager.jobs.submit(job_spec(count=2))
+    await manager.jobs.reconcile_all(NOW)
     assert manager.jobs.job("shop").status_reason.startswith("blocked: ")
-    manager.jobs.stop("shop", purge=True)
+    await manager.jobs.stop("shop", purge=True)
     assert not manager.jobs.applier.is_blocked("shop")
     assert list(manager.jobs.applier.blocked_jobs()) == []
 
-    manager.jobs.submit(job_spec(count=2))  # the same name again: a new job, tried at once
+    await manager.jobs.submit(job_spec(count=2))  # the same name again: a new job, tried at once
     assert manager.jobs.job("shop").status is JobStatus.PENDING
-    manager.jobs.reconcile_all(NOW)
+    await manager.jobs.reconcile_all(NOW)
     assert manager.jobs.allocations() == []
     assert manager.jobs.failures("shop")["web"].reason == "no node in datacenter dc1"
     await manager.close()
@@ -104,8 +104,8 @@ async def test_a_purged_batch_job_s_ended_tasks_have_their_containers_removed_an
     store.save_node(node("n1"))
     manager = make_manager(store, workers)
     batch = job_spec(count=2).model_dump(mode="json", exclude_defaults=True)
-    manager.jobs.submit(JobSpec.model_validate({**batch, "type": "batch"}))
-    manager.jobs.reconcile_all(NOW)
+    await manager.jobs.submit(JobSpec.model_validate({**batch, "type": "batch"}))
+    await manager.jobs.reconcile_all(NOW)
     await settle(manager)
     ids = list(manager.tasks)
     assert len(ids) == 4
@@ -113,13 +113,13 @@ async def test_a_purged_batch_job_s_ended_tasks_have_their_containers_removed_an
         task.container_id = "c0ffee"
         manager._save(task, task.transition(State.RUNNING, "started"))
         manager._save(task, task.transition(State.COMPLETED, "exited with code 0", exit_code=0))
-    manager.jobs.reconcile_all(NOW)
+    await manager.jobs.reconcile_all(NOW)
     await settle(manager)
     assert manager.jobs.job("shop").status is JobStatus.COMPLETE
 
-    manager.jobs.stop("shop", purge=True)
+    await manager.jobs.stop("shop", purge=True)
     await settle(manager)  # the nodes removed the containers
-    manager.jobs.reconcile_all(NOW)
+    await manager.jobs.reconcile_all(NOW)
     await settle(manager)
 
     assert sorted(workers.stopped) == sorted(ids)

@@ -1,19 +1,18 @@
 """The manager's own changes of tasks and nodes: saved off the loop, then shown.
 
 In-process (tests/support/fake_nodes.py) on a real SQLite store, or on a
-memory store that runs on a thread of its own like SQLite and refuses writes while
-"full" (the file-system cases themselves are tests/e2e/test_store_faults.py's): while a
-change waits for the store the loop goes on and nobody sees the change; one the store
-refuses is never shown, and the next pass or report makes it; two changes of one task
-are saved in the order they were made.
+store that refuses writes while "full" (the fixtures ``on_sqlite`` and ``refused``:
+tests/support/manager_stores.py):
+while a change waits for the store the loop goes on and nobody sees the change; one the
+store refuses is never shown, and the next pass or report makes it; two changes of one
+task are saved in the order they were made. The job service's own writes:
+tests/component/test_job_writes.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -22,75 +21,26 @@ import pytest
 from cube.errors import Conflict, StoreFull
 from cube.manager.api import create_app
 from cube.manager.core import Manager
-from cube.node import MachineStats, Node, NodeState, Resources
+from cube.node import MachineStats, NodeState, Resources
 from cube.protocol import JoinAnswer, NodeReport
 from cube.scheduler import make_scheduler
-from cube.store.base import Store
-from cube.store.memory import MemoryStore
 from cube.store.sqlite import SqliteStore
 from cube.task.model import Task, TaskEvent
 from cube.task.spec import TaskRequest
 from cube.task.state import State
-from tests.support.fake_nodes import FakeWorkers, node
+from tests.support.fake_nodes import FakeWorkers
+from tests.support.manager_stores import OnSqlite, Refused, turns, write_lock_held
 
 WEB = TaskRequest(name="web", image="busybox", resources={"cpu": 1})
 
 
-class Refusing(MemoryStore):
-    """A memory store called on a thread of its own (as SQLite is), refusing writes while
-    ``full``."""
-
-    blocks = True
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.full = False
-
-    def _write(self) -> None:
-        if self.full:
-            raise StoreFull("cannot save: disk full at /test/cube.db")
-
-    def save_task(self, task: Task, events: Sequence[TaskEvent] = ()) -> None:
-        self._write()
-        super().save_task(task, events)
-
-    def save_node(self, node: Node) -> None:
-        self._write()
-        super().save_node(node)
-
-
-@contextmanager
-def write_lock_held(db: Path) -> Iterator[None]:
-    """Another process holds SQLite's write lock: the store's writes wait for it."""
-    other = sqlite3.connect(db, isolation_level=None)
-    try:
-        other.execute("BEGIN IMMEDIATE")
-        yield
-        other.execute("COMMIT")
-    finally:
-        other.close()
-
-
-async def turns(count: int = 200) -> None:
-    """Let the loop run ``count`` times (what a blocked loop could not do)."""
-    for _ in range(count):
-        await asyncio.sleep(0)
-
-
-def manager_with_node(store: Store) -> tuple[Manager, FakeWorkers]:
-    store.save_node(node("n1"))
-    workers = FakeWorkers()
-    return Manager(store=store, scheduler=make_scheduler(), workers=workers), workers
-
-
 async def test_a_placement_is_shown_once_saved_and_the_loop_goes_on_while_it_waits(
-    tmp_path: Path,
+    on_sqlite: OnSqlite,
 ) -> None:
-    store = SqliteStore(tmp_path / "cube.db")
-    manager, workers = manager_with_node(store)
+    store, manager, workers = on_sqlite.store, on_sqlite.manager, on_sqlite.workers
     task, _ = await manager.submit(WEB)
 
-    with write_lock_held(tmp_path / "cube.db"):
+    with on_sqlite.lock_held():
         placing = asyncio.create_task(manager.dispatch())
         await turns()  # the loop goes on: the placement waits on the store's thread
         assert not placing.done()
@@ -104,15 +54,12 @@ async def test_a_placement_is_shown_once_saved_and_the_loop_goes_on_while_it_wai
     assert store.get_task(task.id).node == "n1"
     assert manager.get_node("n1").allocated.cpu == 1  # counted once: placed, no longer held
     assert [r.id for _, r in workers.sent] == [task.id]
-    await manager.close()
-    store.close()
 
 
 async def test_two_changes_of_one_task_are_saved_and_shown_in_the_order_made(
-    tmp_path: Path,
+    on_sqlite: OnSqlite,
 ) -> None:
-    store = SqliteStore(tmp_path / "cube.db")
-    manager, _ = manager_with_node(store)
+    store, manager = on_sqlite.store, on_sqlite.manager
     submitted, _ = await manager.submit(WEB)
     task = manager.tasks[submitted.id]  # the record
     task.reason = "before"  # (no awaits: as if saved)
@@ -126,7 +73,7 @@ async def test_two_changes_of_one_task_are_saved_and_shown_in_the_order_made(
 
         return change
 
-    with write_lock_held(tmp_path / "cube.db"):
+    with on_sqlite.lock_held():
         first = asyncio.create_task(manager.registry.change(task, edit("first")))
         second = asyncio.create_task(manager.registry.change(task, edit("second")))
         await turns()
@@ -135,13 +82,12 @@ async def test_two_changes_of_one_task_are_saved_and_shown_in_the_order_made(
 
     assert seen == ["before", "first"]  # and starts from its result
     assert manager.get(task.id).reason == store.get_task(task.id).reason == "second"
-    await manager.close()
-    store.close()
 
 
-async def test_a_refused_placement_is_not_shown_and_the_next_pass_makes_it() -> None:
-    store = Refusing()
-    manager, workers = manager_with_node(store)
+async def test_a_refused_placement_is_not_shown_and_the_next_pass_makes_it(
+    refused: Refused,
+) -> None:
+    store, manager, workers = refused.store, refused.manager, refused.workers
     task, _ = await manager.submit(WEB)
 
     store.full = True
@@ -156,12 +102,12 @@ async def test_a_refused_placement_is_not_shown_and_the_next_pass_makes_it() -> 
     await manager.dispatch()
     assert manager.get(task.id).state is State.SCHEDULED
     assert store.get_task(task.id).state is State.SCHEDULED
-    await manager.close()
 
 
-async def test_a_refused_node_report_is_not_shown_and_the_next_report_is_merged() -> None:
-    store = Refusing()
-    manager, _ = manager_with_node(store)
+async def test_a_refused_node_report_is_not_shown_and_the_next_report_is_merged(
+    refused: Refused,
+) -> None:
+    store, manager = refused.store, refused.manager
     task, _ = await manager.submit(WEB)
     await manager.dispatch()
     n1 = manager.nodes["n1"]
@@ -178,12 +124,10 @@ async def test_a_refused_node_report_is_not_shown_and_the_next_report_is_merged(
     await manager._reconcile(n1, [running], False, {task.id: events})
     assert manager.get(task.id).state is State.RUNNING
     assert store.get_task(task.id).container_id == "c0ffee"
-    await manager.close()
 
 
-async def test_a_refused_drain_is_a_503_and_moves_nothing() -> None:
-    store = Refusing()
-    manager, _ = manager_with_node(store)
+async def test_a_refused_drain_is_a_503_and_moves_nothing(refused: Refused) -> None:
+    store, manager = refused.store, refused.manager
     task, _ = await manager.submit(WEB)
     await manager.dispatch()
 
@@ -196,13 +140,12 @@ async def test_a_refused_drain_is_a_503_and_moves_nothing() -> None:
     n1 = manager.get_node("n1")
     assert (n1.drain, n1.state) == (False, NodeState.READY)
     assert manager.get(task.id).node == "n1"
-    await manager.close()
 
 
-async def test_a_refused_change_made_in_place_is_undone() -> None:
-    # The job service's way (and a test's, playing a node): the record is changed first.
-    store = Refusing()
-    manager, _ = manager_with_node(store)
+async def test_a_refused_change_made_in_place_is_undone(refused: Refused) -> None:
+    # A test's way, playing a node (and the job service's, for a task that has ended):
+    # the record is changed first.
+    store, manager = refused.store, refused.manager
     task, _ = await manager.submit(WEB)
     await manager.dispatch()
     record = manager.tasks[task.id]
@@ -213,7 +156,6 @@ async def test_a_refused_change_made_in_place_is_undone() -> None:
 
     assert manager.get(task.id).state is State.SCHEDULED  # what the store holds
     assert store.get_task(task.id).state is State.SCHEDULED
-    await manager.close()
 
 
 class Reporting(FakeWorkers):

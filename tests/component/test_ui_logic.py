@@ -354,7 +354,7 @@ async def test_every_page_renders_jobs_of_each_type_and_work_no_node_can_take(
     task and allocation waits; system and batch jobs."""
     tasks = [{"name": "t", "image": "x"}]
     for kind in ("service", "batch", "system"):
-        manager.jobs.submit(
+        await manager.jobs.submit(
             parse_job(
                 {
                     "job": kind,
@@ -365,7 +365,7 @@ async def test_every_page_renders_jobs_of_each_type_and_work_no_node_can_take(
                 }
             )
         )
-    manager.jobs.reconcile_all(datetime.now(UTC))
+    await manager.jobs.reconcile_all(datetime.now(UTC))
     task, _ = await manager.submit(TaskRequest.model_validate({"name": "lone", "image": "x"}))
     allocs = manager.jobs.allocations()
     await login(client)

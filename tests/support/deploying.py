@@ -45,7 +45,7 @@ class Cluster:
             if run:
                 run_all(self.manager)
             before = {a.id: a.model_copy() for a in self.allocs()}
-            self.manager.jobs.reconcile_all(at(s))
+            await self.manager.jobs.reconcile_all(at(s))
             await settle(self.manager)
             for a in self.allocs():
                 was = before.get(a.id)
@@ -82,7 +82,7 @@ class Cluster:
 async def deployed(**update: Any) -> Cluster:
     """Version 1 of shop, running and healthy: its deployment succeeded."""
     c = Cluster()
-    c.manager.jobs.submit(spec(**update))
+    await c.manager.jobs.submit(spec(**update))
     await c.passes(0, 0.5, 1.5)
     assert c.deployment().status is DeploymentStatus.SUCCESSFUL
     return c

@@ -76,8 +76,8 @@ async def submitted(spec: JobSpec, *nodes: str) -> tuple[MemoryStore, FakeWorker
     for name in nodes:
         store.save_node(node(name))
     manager = make_manager(store, workers)
-    manager.jobs.submit(spec)
-    manager.jobs.reconcile_all(NOW)
+    await manager.jobs.submit(spec)
+    await manager.jobs.reconcile_all(NOW)
     await settle(manager)
     return store, workers, manager
 

@@ -133,7 +133,9 @@ async def test_jobs_and_nodes_not_found_name_the_close_one() -> None:
     manager = Manager(store=MemoryStore(), scheduler=make_scheduler())
     await manager.node_registry.create(Node(name="worker-1", address="http://w1"))
     task = {"name": "t", "image": "x"}
-    manager.jobs.submit(parse_job({"job": "shop", "groups": [{"name": "g", "tasks": [task]}]}))
+    await manager.jobs.submit(
+        parse_job({"job": "shop", "groups": [{"name": "g", "tasks": [task]}]})
+    )
     with pytest.raises(NotFound, match=r"^job shpo not found; did you mean 'shop'\?$"):
         manager.jobs.job("shpo")
     with pytest.raises(NotFound, match=r"^node worker1 not found; did you mean 'worker-1'\?$"):

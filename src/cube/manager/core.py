@@ -21,10 +21,11 @@ their fields, and tells them of changes through the callbacks it is given:
 :class:`Manager` composes them, owns the loops they run, and is what the HTTP API and
 the job service call.
 
-What outlives the process: the records (tasks, nodes, jobs, versions, allocations) are
-written through to the store (a task's or node's change is saved before it is shown,
-off the loop: see :mod:`cube.store.aio`), and every cache (each task's JSON in lists, node views
-with their allocation, the index of tasks by node) is derived from them, so a manager
+What outlives the process: the records (tasks, nodes, jobs, versions, allocations,
+deployments) are written through to the store (every change is saved before it is
+shown, off the loop: see :mod:`cube.store.aio`), and every cache (each task's JSON in
+lists, node views with their allocation, the index of tasks by node) is derived from
+them, so a manager
 built from the store alone shows the same (tests/component/test_manager_takeover.py): a restart
 today, another manager taking over later. What is lost is soft, and heals: when each
 node was last heard (a new manager gives every node a fresh deadline), node metrics

@@ -8,13 +8,15 @@ behind, makes the current version's deployment if it has none, brings it up to `
 back to the last version whose deployment succeeded. The reconciler then reads the
 deployment to know what it may replace.
 
-Everything is in the store before it counts: a manager killed mid-deployment starts
-again from the saved deployment and the allocations' saved verdicts.
+Everything is in the store before it counts: each change is made on the job's draft
+(:mod:`cube.manager.job_drafts`), saved, then shown (:meth:`Deployments.publish`), so a
+manager killed mid-deployment starts again from the saved deployment and the allocations'
+saved verdicts, and a change the store refuses is never shown.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -29,6 +31,7 @@ from cube.job.spec import JobType, update_policy
 from cube.log import get_logger
 
 if TYPE_CHECKING:
+    from cube.manager.job_drafts import JobDraft
     from cube.manager.jobs import JobService
 
 log = get_logger("cube.manager.deployments")
@@ -55,24 +58,28 @@ class Deployments:
 
     def __init__(self, jobs: JobService) -> None:
         self.jobs = jobs
-        self.store = jobs.manager.store
         self.by_id: dict[str, Deployment] = {}
         #: Job -> its deployments' IDs, oldest first (a pass reads one job's, not all).
         self.by_job: dict[str, list[str]] = {}
-        for d in self.store.list_deployments():  # oldest first
+        for d in jobs.manager.store.list_deployments():  # oldest first, read once at start
             self.by_id[d.id] = d
             self.by_job.setdefault(d.job, []).append(d.id)
 
     # --- reading ------------------------------------------------------------------------------
-    def of_job(self, job_id: str) -> list[Deployment]:
-        """The job's deployments, oldest first."""
-        return [self.by_id[i] for i in self.by_job.get(job_id, ())]
+    def of_job(self, job_id: str, draft: JobDraft | None = None) -> list[Deployment]:
+        """The job's deployments, oldest first (as ``draft`` has them, if given)."""
+        shown = [self.by_id[i] for i in self.by_job.get(job_id, ())]
+        if draft is None or not draft.deployments:
+            return shown
+        changed = draft.deployments
+        new = [d for i, d in changed.items() if i not in self.by_id]
+        return [changed.get(d.id, d) for d in shown] + new
 
-    def current(self, job: Job) -> Deployment | None:
+    def current(self, job: Job, draft: JobDraft | None = None) -> Deployment | None:
         """The deployment of the job's current version (the newest, if there were several)."""
-        for i in reversed(self.by_job.get(job.id, ())):
-            if self.by_id[i].version == job.version:
-                return self.by_id[i]
+        for d in reversed(self.of_job(job.id, draft)):
+            if d.version == job.version:
+                return d
         return None
 
     def get(self, deployment_id: str) -> Deployment:
@@ -93,29 +100,34 @@ class Deployments:
             return None
         if version.number == job.version and (d := self.current(job)) is not None:
             return d
-        return self._fresh(job, version, allocs, now)
+        return self._fresh(self.of_job(job.id), version, allocs, now)
 
-    def start(self, job: Job, allocs: list[Allocation], now: datetime) -> Deployment:
+    def start(self, draft: JobDraft, now: datetime) -> Deployment:
         """A new deployment of the current version, made as it is submitted (or a stopped
         job started again with the same file): the API shows it, and ``promote`` or
         ``pause`` find it, before the next pass. A deployment of another version still
         running is cancelled."""
-        self._cancel_others(job, now)
-        d = self._fresh(job, self.jobs.current_version(job), allocs, now)
-        self._save(d)
-        log.info("deployment started", job=job.id, version=job.version, deployment=d.id)
+        self._cancel_others(draft, now)
+        job = draft.job
+        earlier = self.of_job(job.id, draft)
+        d = self._fresh(earlier, draft.current_version(), draft.allocations(), now)
+        draft.deployments[d.id] = d
+        draft.then(
+            lambda: log.info("deployment started", job=job.id, version=job.version, deployment=d.id)
+        )
         return d
 
-    def _cancel_others(self, job: Job, now: datetime) -> None:
-        for old in self.of_job(job.id):
+    def _cancel_others(self, draft: JobDraft, now: datetime) -> None:
+        job = draft.job
+        for old in self.of_job(job.id, draft):
             if old.active and (job.stopped or old.version != job.version):
                 why = "the job was stopped" if job.stopped else f"version {job.version} replaced it"
-                self._end(old, DeploymentStatus.CANCELLED, why, now)
+                self._end(draft, old, DeploymentStatus.CANCELLED, why, now)
 
+    @staticmethod
     def _fresh(
-        self, job: Job, version: JobVersion, allocs: list[Allocation], now: datetime
+        earlier: list[Deployment], version: JobVersion, allocs: list[Allocation], now: datetime
     ) -> Deployment:
-        earlier = self.of_job(job.id)
         return deploy.new_deployment(
             version,
             allocs,
@@ -124,56 +136,62 @@ class Deployments:
             now=now,
         )
 
-    def forget(self, job_id: str) -> None:
-        """Drop a purged job's deployments (the store purged them with the job)."""
+    # --- changes: published once saved -------------------------------------------------------
+    def publish(self, draft: JobDraft) -> None:
+        """Show the deployments of a saved change (none of a purged job's)."""
+        if draft.purge:
+            self.reload(draft.id, [])
+            return
+        for d in draft.deployments.values():
+            if d.id not in self.by_id:
+                self.by_job.setdefault(d.job, []).append(d.id)
+            self.by_id[d.id] = d
+
+    def reload(self, job_id: str, deployments: Iterable[Deployment]) -> None:
+        """The job's deployments as the store holds them, oldest first."""
         for i in self.by_job.pop(job_id, ()):
             self.by_id.pop(i, None)
-
-    def _save(self, d: Deployment) -> None:
-        self.store.save_deployment(d)
-        if d.id not in self.by_id:
-            self.by_job.setdefault(d.job, []).append(d.id)
-        self.by_id[d.id] = d
+        for d in deployments:
+            self.by_id[d.id] = d
+            self.by_job.setdefault(job_id, []).append(d.id)
 
     # --- the pass -----------------------------------------------------------------------------
     def advance(
-        self,
-        job: Job,
-        allocs: list[Allocation],
-        now: datetime,
-        nodes: Mapping[str, NodeView] | None = None,
+        self, draft: JobDraft, now: datetime, nodes: Mapping[str, NodeView] | None = None
     ) -> Advanced:
         """Bring the job's deployments up to ``now``: the current version's (or None, for a
-        batch job), and when to look again.
-
-        ``allocs``: the job's allocations (the records themselves: health is recorded on them);
+        batch job), and when to look again. Health is recorded on the draft's allocations;
         ``nodes``: the pass's node views (a system job wants one allocation per eligible node).
         """
-        self._cancel_others(job, now)
-        version = self.jobs.current_version(job)
+        job = draft.job
+        self._cancel_others(draft, now)
+        version = draft.current_version()
         if job.stopped or version.spec.type is JobType.BATCH:
             return Advanced(None)
-        health_due = self._judge(version, allocs, now)
-        d = self.current(job)
+        health_due = self._judge(draft, version, now)
+        allocs = draft.allocations()
+        d = self.current(job, draft)
         if d is None:
-            d = self.start(job, allocs, now)
+            d = self.start(draft, now)
         if not d.active:
             return Advanced(d, health_due)
         stepped = deploy.step(d, version.spec, allocs, now, nodes)
         if stepped != d:
-            self._save(stepped)
+            draft.deployments[stepped.id] = stepped
             if not stepped.active:
-                log.info(
-                    "deployment ended",
-                    job=job.id,
-                    version=d.version,
-                    status=stepped.status.value,
-                    reason=stepped.status_reason,
+                draft.then(
+                    lambda: log.info(
+                        "deployment ended",
+                        job=job.id,
+                        version=d.version,
+                        status=stepped.status.value,
+                        reason=stepped.status_reason,
+                    )
                 )
         if stepped.status is DeploymentStatus.FAILED and not stepped.revert:
             policies = [update_policy(version.spec, g) for g in version.spec.groups]
             if any(p.auto_revert for p in policies):
-                return Advanced(self._revert_after(job, stepped, allocs, now), health_due)
+                return Advanced(self._revert_after(draft, stepped, now), health_due)
         if not stepped.active:
             return Advanced(stepped, health_due)
         spec = version.spec
@@ -182,16 +200,13 @@ class Deployments:
             stepped, _earliest(health_due, stepped.progress_at + timedelta(seconds=deadline))
         )
 
-    def _judge(
-        self, version: JobVersion, allocs: list[Allocation], now: datetime
-    ) -> datetime | None:
+    def _judge(self, draft: JobDraft, version: JobVersion, now: datetime) -> datetime | None:
         """Record each allocation's readiness and health verdict, as the current policy says;
         returns the earliest moment a verdict may change by itself."""
         spec = version.spec
         groups = {g.name: g for g in spec.groups}
-        changed = []
         due: datetime | None = None
-        for alloc in allocs:
+        for alloc in draft.allocations():
             if (
                 alloc.group not in groups
                 or alloc.desired is not AllocDesired.RUN
@@ -203,37 +218,39 @@ class Deployments:
             tasks = {n: self.jobs.manager.tasks.get(t.id) for n, t in alloc.tasks.items()}
             mark = deploy.judge_health(alloc, deploy.is_ready(alloc, tasks), policy, now)
             if (mark.ready_since, mark.healthy) != (alloc.ready_since, alloc.healthy):
+                alloc = draft.edit(alloc.id)
                 alloc.ready_since, alloc.healthy = mark.ready_since, mark.healthy
-                changed.append(alloc)
                 if mark.healthy is not None:
                     log.info(
                         "allocation health", alloc=alloc.id, name=alloc.name, healthy=mark.healthy
                     )
             due = _earliest(due, deploy.health_due(alloc, policy))
-        if changed:
-            self.store.save_allocations(changed)
         return due
 
-    def _end(self, d: Deployment, status: DeploymentStatus, reason: str, now: datetime) -> None:
+    def _end(
+        self, draft: JobDraft, d: Deployment, status: DeploymentStatus, reason: str, now: datetime
+    ) -> None:
         ended = d.model_copy(update={"status": status, "status_reason": reason, "updated_at": now})
         if not status.active and ended.finished_at is None:
             ended.finished_at = now
-        self._save(ended)
-        log.info(
-            "deployment ended", job=d.job, version=d.version, status=status.value, reason=reason
+        draft.deployments[ended.id] = ended
+        draft.then(
+            lambda: log.info(
+                "deployment ended", job=d.job, version=d.version, status=status.value, reason=reason
+            )
         )
 
     # --- operations ---------------------------------------------------------------------------
-    def promote(self, job_id: str, now: datetime) -> Deployment:
-        return self._by_hand(job_id, "promote", "promoted", deploy.promote, now)
+    async def promote(self, job_id: str, now: datetime) -> Deployment:
+        return await self._by_hand(job_id, "promote", "promoted", deploy.promote, now)
 
-    def pause(self, job_id: str, now: datetime) -> Deployment:
-        return self._by_hand(job_id, "pause", "paused", deploy.pause, now)
+    async def pause(self, job_id: str, now: datetime) -> Deployment:
+        return await self._by_hand(job_id, "pause", "paused", deploy.pause, now)
 
-    def resume(self, job_id: str, now: datetime) -> Deployment:
-        return self._by_hand(job_id, "resume", "resumed", deploy.resume, now)
+    async def resume(self, job_id: str, now: datetime) -> Deployment:
+        return await self._by_hand(job_id, "resume", "resumed", deploy.resume, now)
 
-    def _by_hand(
+    async def _by_hand(
         self,
         job_id: str,
         what: str,
@@ -242,120 +259,126 @@ class Deployments:
         now: datetime,
     ) -> Deployment:
         """Move the job's running deployment as ``decide`` says (it raises Conflict when it
-        may not), save and log it, and have the next pass reconcile the job."""
-        moved = decide(self._running(job_id, what), now)
-        self._save(moved)
+        may not), save, show and log it, and have the next pass reconcile the job."""
+        async with self.jobs.writes.change(job_id):
+            draft = self.jobs.writes.draft(self.jobs.job(job_id))
+            moved = decide(self._running(draft, what), now)
+            draft.deployments[moved.id] = moved
+            await self.jobs.writes.commit(draft)
         log.info(f"deployment {done}", job=job_id, version=moved.version)
         self.jobs.touch(job_id)
         return moved
 
-    def fail(self, job_id: str, now: datetime) -> Deployment:
+    async def fail(self, job_id: str, now: datetime) -> Deployment:
         """Fail the running deployment by hand, and go back to the last good version."""
-        job = self.jobs.job(job_id)
-        d = self._running(job_id, "fail")
-        failed = deploy.fail(d, "failed by hand (cube job fail)", now)
-        self._save(failed)
-        version = self.jobs.current_version(job)
-        if deploy.revert_target(self.jobs.job_versions(job_id), self.of_job(job_id), version):
-            self._revert_after(job, failed, self.jobs.allocations(job=job_id), now)
+        async with self.jobs.writes.change(job_id):
+            draft = self.jobs.writes.draft(self.jobs.job(job_id))
+            d = self._running(draft, "fail")
+            failed = deploy.fail(d, "failed by hand (cube job fail)", now)
+            draft.deployments[failed.id] = failed
+            version = draft.current_version()
+            if deploy.revert_target(draft.job_versions(), self.of_job(job_id, draft), version):
+                self._revert_after(draft, failed, now)
+            await self.jobs.writes.commit(draft)
         self.jobs.touch(job_id)
         return self.by_id[failed.id]
 
-    def revert(self, job_id: str, number: int | None, now: datetime) -> Job:
+    async def revert(self, job_id: str, number: int | None, now: datetime) -> Job:
         """Go back to version ``number`` (None: the last whose deployment succeeded)."""
-        job = self.jobs.job(job_id)
-        current = self.jobs.current_version(job)
-        versions = self.jobs.job_versions(job_id)
-        if number is None:
-            target = deploy.revert_target(versions, self.of_job(job_id), current)
-            if target is None:
-                raise Conflict(f"job {job_id} has no earlier version that deployed successfully")
-        else:
-            target = next((v for v in versions if v.number == number), None)
-            if target is None:
-                raise NotFound(f"job {job_id} has no version {number}")
-            if target.spec_hash == current.spec_hash:
-                raise Conflict(
-                    f"version {number} of job {job_id} is what version {current.number}"
-                    " runs already"
+        async with self.jobs.writes.change(job_id):
+            draft = self.jobs.writes.draft(self.jobs.job(job_id))
+            current = draft.current_version()
+            versions = draft.job_versions()
+            if number is None:
+                target = deploy.revert_target(versions, self.of_job(job_id), current)
+                if target is None:
+                    raise Conflict(
+                        f"job {job_id} has no earlier version that deployed successfully"
+                    )
+            else:
+                target = next((v for v in versions if v.number == number), None)
+                if target is None:
+                    raise NotFound(f"job {job_id} has no version {number}")
+                if target.spec_hash == current.spec_hash:
+                    raise Conflict(
+                        f"version {number} of job {job_id} is what version {current.number}"
+                        " runs already"
+                    )
+            d = self.current(draft.job)
+            if d is not None and d.active:
+                self._end(
+                    draft,
+                    d,
+                    DeploymentStatus.ROLLED_BACK,
+                    f"rolled back by hand to version {target.number}",
+                    now,
                 )
-        d = self.current(job)
-        if d is not None and d.active:
-            self._end(
-                d,
-                DeploymentStatus.ROLLED_BACK,
-                f"rolled back by hand to version {target.number}",
-                now,
-            )
-        self._go_back(job, target, self.jobs.allocations(job=job_id), now)
+            self._go_back(draft, target, now)
+            await self.jobs.writes.commit(draft)
         self.jobs.touch(job_id)
-        return job.model_copy(deep=True)
+        return draft.job.model_copy(deep=True)
 
-    def _running(self, job_id: str, what: str) -> Deployment:
-        job = self.jobs.job(job_id)
-        d = self.current(job)
+    def _running(self, draft: JobDraft, what: str) -> Deployment:
+        d = self.current(draft.job, draft)
         if d is None or not d.active:
             state = "none" if d is None else f"version {d.version}'s is {d.status.title.lower()}"
-            raise Conflict(f"job {job_id} has no deployment running to {what} ({state})")
+            raise Conflict(f"job {draft.id} has no deployment running to {what} ({state})")
         return d
 
-    def _revert_after(
-        self, job: Job, failed: Deployment, allocs: list[Allocation], now: datetime
-    ) -> Deployment | None:
+    def _revert_after(self, draft: JobDraft, failed: Deployment, now: datetime) -> Deployment:
         """Auto-revert (or ``fail``): back to the last good version, if there is one."""
-        current = self.jobs.current_version(job)
-        target = deploy.revert_target(self.jobs.job_versions(job.id), self.of_job(job.id), current)
+        current = draft.current_version()
+        earlier = self.of_job(draft.id, draft)
+        target = deploy.revert_target(draft.job_versions(), earlier, current)
         if target is None:
             return failed
         self._end(
+            draft,
             failed,
             DeploymentStatus.ROLLED_BACK,
             f"{failed.status_reason}; rolled back to version {target.number}",
             now,
         )
-        return self._go_back(job, target, allocs, now)
+        return self._go_back(draft, target, now)
 
-    def _go_back(
-        self, job: Job, target: JobVersion, allocs: list[Allocation], now: datetime
-    ) -> Deployment:
+    def _go_back(self, draft: JobDraft, target: JobVersion, now: datetime) -> Deployment:
         """A new version with ``target``'s spec, and its deployment: a revert, no canaries."""
-        current = self.jobs.current_version(job)
+        job = draft.job
+        current = draft.current_version()
         back = JobVersion.of(target.spec, current.number + 1, now=now)
         job.version, job.updated_at = back.number, now
         job.status = JobStatus.PENDING
         job.status_reason = f"version {back.number}: back to version {target.number}"
-        self.store.save_job(job, [back])
-        self.jobs.versions.setdefault(job.id, {})[back.number] = back
+        draft.versions.append(back)
         d = deploy.new_deployment(
             back,
-            allocs,
+            draft.allocations(),
             from_version=current.number,
             revert=True,
             now=now,
         )
         d.status_reason = f"reverting to version {target.number}"
-        self._save(d)
-        log.info("job reverted", job=job.id, to=target.number, version=back.number)
+        draft.deployments[d.id] = d
+        draft.then(
+            lambda: log.info("job reverted", job=job.id, to=target.number, version=back.number)
+        )
         return d
 
 
-def apply_rollout(jobs: JobService, plan: Plan, now: datetime) -> None:
-    """Carry out the plan's reclaims and promotions: record changes, and one stop each."""
+def apply_rollout(jobs: JobService, draft: JobDraft, plan: Plan, now: datetime) -> None:
+    """Carry out the plan's reclaims and promotions on the job's draft: record changes, and
+    one stop each."""
     for reclaim in plan.reclaim:
-        back = jobs.allocs[reclaim.alloc]
+        back = draft.edit(reclaim.alloc)
         # Its spec is the current version's (that is why it takes the slot back).
         back.replaced_by, back.version, back.updated_at = None, plan.version, now
-        jobs.manager.store.save_allocations([back])
         if reclaim.stop is not None:
-            jobs.stop_alloc(jobs.allocs[reclaim.stop], reclaim.reason, now=now)
+            jobs.applier.stop_alloc(draft, reclaim.stop, reclaim.reason, now=now)
         log.info("allocation takes its slot back", alloc=back.id, name=back.name)
     for promote in plan.promote:
-        canary = jobs.allocs[promote.alloc]
+        canary = draft.edit(promote.alloc)
         canary.canary, canary.replaces, canary.updated_at = False, promote.replaces, now
-        changed = [canary]
         if promote.replaces is not None:
-            old = jobs.allocs[promote.replaces]
+            old = draft.edit(promote.replaces)
             old.replaced_by, old.updated_at = canary.id, now
-            changed.append(old)
-        jobs.manager.store.save_allocations(changed)
         log.info("canary promoted", alloc=canary.id, name=canary.name)

@@ -1,11 +1,14 @@
-"""The applier: turns a reconciler's plan into placements, stops and store writes.
+"""The applier: turns a reconciler's plan into placements, stops and record changes.
 
-:func:`cube.job.reconcile.reconcile` decides, with the clock passed in; this is the I/O
-that follows. Place picks a node for the whole group (the scheduler sees the group as
-one task, :func:`cube.job.spec.placement_spec`; nodes without an allocation of the job
-first: :mod:`cube.manager.job_placement`) and starts its tasks there through the
-manager's send path; Stop stops an allocation's tasks; Update stops one allocation and
-places its successor.
+:func:`cube.job.reconcile.reconcile` decides, with the clock passed in; this is what
+follows, made on the job's draft (:mod:`cube.manager.job_drafts`): saved with the rest
+of the slice, then shown, and only then are the tasks started and stopped. Place picks
+a node for the whole group (the scheduler sees the group as one task,
+:func:`cube.job.spec.placement_spec`; nodes without an allocation of the job first:
+:mod:`cube.manager.job_placement`) and starts its tasks there through the manager's send
+path; Stop stops an allocation's tasks; Update stops one allocation and places its
+successor.
+
 
 A placement is tried before anything is recorded: one that finds no node records nothing
 (as in Nomad, where it leaves a blocked evaluation, not an allocation). The group waits
@@ -28,6 +31,7 @@ them, and the reconciler replaces the allocation as a whole.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -42,15 +46,14 @@ from cube.job.model import (
     AllocDesired,
     AllocStatus,
     AllocTask,
-    Job,
     JobVersion,
 )
 from cube.job.plan import Place, Plan
 from cube.log import get_logger
 from cube.manager.allocs import alloc_task_id
 from cube.manager.job_changes import JobChanges
+from cube.manager.job_drafts import JobDraft
 from cube.manager.job_placement import Placer
-from cube.manager.job_records import JobRecords
 from cube.manager.pass_views import PassViews
 from cube.node import Node
 from cube.scheduler import Decision
@@ -93,15 +96,13 @@ class Applier:
     def __init__(
         self,
         manager: Manager,
-        records: JobRecords,
         placer: Placer,
         changes: JobChanges,
         *,
-        rollout: Callable[[Plan, datetime], None],
+        rollout: Callable[[JobDraft, Plan, datetime], None],
         background: set[asyncio.Task[Any]],
     ) -> None:
         self.manager = manager
-        self.records = records
         self.placer = placer
         self.changes = changes
         self._rollout = rollout  # a plan's reclaims and promotions (cube.manager.deployments)
@@ -124,11 +125,19 @@ class Applier:
         #: job -> what a slice or pass left of its plan, so that the next slice goes on
         #: with it instead of reconciling the whole job again.
         self._rest: dict[str, Rest] = {}
+        #: Tasks this slice placed, to be sent once its drafts are saved (see SEND_BACKLOG).
+        self._unsent = 0
 
     # --- pacing -------------------------------------------------------------------------------
     def begin_pass(self) -> None:
         self._budget = MAX_PLACEMENTS_PER_PASS
         self._taken = {}
+        self._unsent = 0
+
+    def saved(self) -> None:
+        """The slice's drafts were saved (or refused): their tasks are on their way (or
+        not), and count as the manager's sends in flight."""
+        self._unsent = 0
 
     def begin_slice(self, end: float) -> None:
         """A job's slice starts: its placements stop once ``time.perf_counter()`` passes ``end``."""
@@ -156,13 +165,14 @@ class Applier:
         self._rest.pop(job, None)
 
     def take_rest(self, job: str) -> Rest | None:
-        """What a slice left of ``job``'s plan (forgotten here)."""
+        """What a slice left of ``job``'s plan (forgotten here; also what a refused slice
+        left, which the next pass reconciles from the records)."""
         return self._rest.pop(job, None)
 
     # --- applying -----------------------------------------------------------------------------
     def apply(
         self,
-        job: Job,
+        draft: JobDraft,
         version: JobVersion,
         plan: Plan,
         views: PassViews,
@@ -170,20 +180,21 @@ class Applier:
         *,
         deployment: Deployment | None = None,
     ) -> bool:
-        """Carry out ``plan``; returns whether the job's slice ended with placements left."""
+        """Carry out ``plan`` on ``draft``; returns whether the job's slice ended with
+        placements left."""
         self._cut = False
-        for key in [k for k in self._blocked if k[0] == job.id]:
+        for key in [k for k in self._blocked if k[0] == draft.id]:
             if key[1] in {p.group for p in plan.place} | {u.group for u in plan.update}:
                 self._blocked[key].count = 0  # this plan's placements count again
             else:
                 del self._blocked[key]  # its group places nothing now (scaled, stopped)
         placed_by = deployment.id if deployment is not None else None
         for stop in plan.stop:
-            self._stop_alloc(self.records.allocs[stop.alloc], stop.reason, lost=stop.lost, now=now)
-        self._rollout(plan, now)
+            self._stop_alloc(draft, stop.alloc, stop.reason, lost=stop.lost, now=now)
+        self._rollout(draft, plan, now)
         for update in plan.update:
             # The old one keeps running until its successor has somewhere to go.
-            if self._waits(job.id, update.group, version.number) or not self._may_place(job.id):
+            if self._waits(draft.id, update.group, version.number) or not self._may_place(draft.id):
                 continue
             place = Place(
                 update.group, update.index, update.reason, replaces=update.alloc, node=update.node
@@ -191,26 +202,25 @@ class Applier:
             # start-first: the old one runs until its successor is healthy.
             stop_first = not update.start_first
             self._place(
-                job, version, place, views, now, deployment=placed_by, stop_first=stop_first
+                draft, version, place, views, now, deployment=placed_by, stop_first=stop_first
             )
         for entry in plan.in_place:
-            alloc = self.records.allocs[entry.alloc]
+            alloc = draft.edit(entry.alloc)
             alloc.version, alloc.updated_at = version.number, now
-            self.manager.store.save_allocations([alloc])
-        self._place_all(job, version, plan.place, views, now, deployment=placed_by)
+        self._place_all(draft, version, plan.place, views, now, deployment=placed_by)
         return self._cut
 
     def apply_rest(
-        self, job: Job, version: JobVersion, rest: Rest, views: PassViews, now: datetime
+        self, draft: JobDraft, version: JobVersion, rest: Rest, views: PassViews, now: datetime
     ) -> bool:
         """Go on with what a slice left (:meth:`take_rest`); returns whether it was cut again."""
         self._cut = False
-        self._place_all(job, version, rest[1], views, now, deployment=rest[2])
+        self._place_all(draft, version, rest[1], views, now, deployment=rest[2])
         return self._cut
 
     def _place_all(
         self,
-        job: Job,
+        draft: JobDraft,
         version: JobVersion,
         places: list[Place],
         views: PassViews,
@@ -220,15 +230,16 @@ class Applier:
     ) -> None:
         """Make the plan's placements until the slice, the pass's budget or the send
         backlog says stop: what is left is kept for the next slice (see _rest)."""
+        job = draft.id
         for n, place in enumerate(places):
-            if self._waits(job.id, place.group, version.number):
+            if self._waits(job, place.group, version.number):
                 continue
-            if not self._may_place(job.id):
-                if self._cut or job.id in self.changes.unfinished:
-                    self._rest[job.id] = (version.number, places[n:], deployment)
+            if not self._may_place(job):
+                if self._cut or job in self.changes.unfinished:
+                    self._rest[job] = (version.number, places[n:], deployment)
                     return
                 continue
-            self._place(job, version, place, views, now, deployment=deployment)
+            self._place(draft, version, place, views, now, deployment=deployment)
 
     def _waits(self, job: str, group: str, version: int) -> bool:
         """Whether ``group`` is blocked: a placement of it found no node, and neither the
@@ -247,7 +258,8 @@ class Applier:
         """Whether a placement may be tried now: within the pass's budget, the send
         backlog and the job's slice (else the job is left for the next pass, or the
         next slice)."""
-        if self._budget <= 0 or self.manager.dispatcher.sends_in_flight >= SEND_BACKLOG:
+        sends = self.manager.dispatcher.sends_in_flight + self._unsent
+        if self._budget <= 0 or sends >= SEND_BACKLOG:
             self.changes.unfinished.add(job)
             return False
         if self._slice_placed and time.perf_counter() >= self._slice_end:
@@ -258,7 +270,7 @@ class Applier:
     # --- placing ------------------------------------------------------------------------------
     def _place(
         self,
-        job: Job,
+        draft: JobDraft,
         version: JobVersion,
         place: Place,
         views: PassViews,
@@ -279,10 +291,10 @@ class Applier:
         group = spec.group(place.group)
         self._budget -= 1
         self._slice_placed += 1
-        taken = self._taken.get(job.id)
+        taken = self._taken.get(draft.id)
         if taken is None:
-            taken = self._taken[job.id] = self.records.live_nodes(job.id)
-        old = self.records.allocs.get(place.replaces) if place.replaces is not None else None
+            taken = self._taken[draft.id] = draft.live_nodes()
+        old = draft.alloc(place.replaces) if place.replaces is not None else None
         if stop_first and old is not None:
             self.placer.release(old.id, views)
         decision = self.placer.choose(spec, place, views, taken=taken)
@@ -290,13 +302,13 @@ class Applier:
             if stop_first and old is not None:
                 self.placer.hold(old.id, views)
             generation = self.manager.dispatcher.generation
-            self._blocked[(job.id, group.name)] = Blocked(generation, version.number, decision)
+            self._blocked[(draft.id, group.name)] = Blocked(generation, version.number, decision)
             return
-        self._blocked.pop((job.id, group.name), None)
+        self._blocked.pop((draft.id, group.name), None)
         if stop_first and old is not None:
-            self._stop_alloc(old, place.reason, lost=False, now=now)
+            self._stop_alloc(draft, old.id, place.reason, lost=False, now=now)
         alloc = Allocation(
-            job=job.id,
+            job=draft.id,
             group=group.name,
             index=place.index,
             version=version.number,
@@ -312,42 +324,57 @@ class Applier:
             updated_at=now,
         )
         alloc.tasks = {t.name: AllocTask(id=alloc_task_id(alloc.id, t.name)) for t in group.tasks}
-        changed = [alloc]
         if old is not None:
-            old.replaced_by = alloc.id
-            changed.append(old)
-        self.records.add(alloc)
+            draft.edit(old.id).replaced_by = alloc.id
+        draft.add(alloc)
         taken.add(decision.node)
-        self.manager.store.save_allocations(changed)  # the allocation first, then its tasks
-        self.start_tasks(alloc, views[decision.node])
-        log.info("allocation placed", alloc=alloc.id, name=alloc.name, node=decision.node)
+        self.start_tasks(draft, alloc, views[decision.node])  # once the allocation is saved
+        node = decision.node
+        draft.then(
+            lambda: log.info("allocation placed", alloc=alloc.id, name=alloc.name, node=node)
+        )
 
-    def start_tasks(self, alloc: Allocation, node: Node) -> None:
-        """Start the allocation's tasks on ``node`` (those the manager does not know yet)."""
-        spec = self.records.versions[alloc.job][alloc.version].spec.group(alloc.group)
+    def start_tasks(self, draft: JobDraft, alloc: Allocation, node: Node) -> None:
+        """Start the allocation's tasks on ``node`` (those the manager does not know yet)
+        once ``draft`` is shown; their resources are held there meanwhile, so that the
+        task dispatcher does not place on them while the allocation is being saved."""
+        spec = draft.version(alloc.version).spec.group(alloc.group)
         ref = AllocRef(
             id=alloc.id, job=alloc.job, group=alloc.group, index=alloc.index, size=len(spec.tasks)
         )
+        reason = f"placed on {node.name} with {alloc.name}"
         for task_spec in spec.tasks:
             task_id = alloc_task_id(alloc.id, task_spec.name)
-            if task_id in self.manager.tasks:
-                continue
+            if task_id in self.manager.tasks or self.manager.dispatcher.in_flight(task_id):
+                continue  # known, or its start is being saved (it holds its resources)
             task = Task(id=task_id, spec=task_spec, alloc=ref, placement=alloc.placement)
-            self.manager.start_alloc_task(task, node, f"placed on {node.name} with {alloc.name}")
+            self.manager.node_registry.hold(node.name, task)
+            draft.holds.append((node.name, task))
+            self._unsent += 1
+            draft.then(functools.partial(self._start_task, task, node, reason))
+
+    def _start_task(self, task: Task, node: Node, reason: str) -> None:
+        if task.id not in self.manager.tasks:  # (started meanwhile by another way)
+            self.manager.start_alloc_task(task, node, reason)
 
     # --- stopping -----------------------------------------------------------------------------
-    def stop_alloc(self, alloc: Allocation, reason: str, *, now: datetime) -> None:
+    def stop_alloc(self, draft: JobDraft, alloc_id: str, reason: str, *, now: datetime) -> None:
         """Stop an allocation (a deployment's successor that gives its slot back)."""
-        self._stop_alloc(alloc, reason, lost=False, now=now)
+        self._stop_alloc(draft, alloc_id, reason, lost=False, now=now)
 
-    def _stop_alloc(self, alloc: Allocation, reason: str, *, lost: bool, now: datetime) -> None:
+    def _stop_alloc(
+        self, draft: JobDraft, alloc_id: str, reason: str, *, lost: bool, now: datetime
+    ) -> None:
+        """Stop the allocation in the draft; its tasks once that is saved."""
+        alloc = draft.edit(alloc_id)
         alloc.desired, alloc.desired_reason, alloc.updated_at = AllocDesired.STOP, reason, now
         if lost and not alloc.is_terminal:
             alloc.transition(AllocStatus.LOST, reason, now=now)
-        self.manager.store.save_allocations([alloc])
         for t in alloc.tasks.values():
-            self.stop_task(t.id, reason)
-        log.info("allocation stopping", alloc=alloc.id, name=alloc.name, reason=reason)
+            draft.then(functools.partial(self.stop_task, t.id, reason))
+        draft.then(
+            lambda: log.info("allocation stopping", alloc=alloc.id, name=alloc.name, reason=reason)
+        )
 
     def stop_task(self, task_id: str, reason: str) -> None:
         """Stop one task of an allocation; ``reason`` is recorded as the reason of its end

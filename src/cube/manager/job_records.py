@@ -1,21 +1,26 @@
 """The job service's records: every job, its versions and its allocations, in memory.
 
-Loaded from the store when the manager starts and written through by whoever changes
-them (the operations in :mod:`cube.manager.jobs`, the applier, the pass), so that a
-restarted manager resumes every job where it was. Kept apart because every other part
-reads them, and two indices (allocations by job, by node) must stay in step with the
-allocations themselves: only :meth:`JobRecords.add` and :meth:`JobRecords.forget` change
-them.
+Loaded from the store when the manager starts; every change after that is a draft
+(:mod:`cube.manager.job_drafts`: the operations in :mod:`cube.manager.jobs`, the applier,
+the pass) saved first and then published here, so that what the API shows is what a
+restarted manager resumes from. Kept apart because every other part reads them, and two
+indices (allocations by job, by node) must stay in step with the allocations themselves:
+only :meth:`JobRecords.publish` and :meth:`JobRecords.reload` (and, as the records are
+loaded, :meth:`JobRecords.add`) change them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable
+from typing import TYPE_CHECKING
 
 from cube.job.model import Allocation, AllocDesired, Job, JobVersion
 from cube.job.spec import JobType
 from cube.manager.lookup import find_alloc, not_found
 from cube.store.base import Store
+
+if TYPE_CHECKING:
+    from cube.manager.job_drafts import JobDraft
 
 
 class JobRecords:
@@ -92,7 +97,10 @@ class JobRecords:
         }
 
     def add(self, alloc: Allocation) -> None:
-        """Keep ``alloc``, indexed by job and node."""
+        """Keep ``alloc`` (new, or in place of its older record), indexed by job and node."""
+        old = self.allocs.get(alloc.id)
+        if old is not None and old.node is not None and old.node != alloc.node:
+            self._by_node.get(old.node, {}).pop(alloc.id, None)
         self.allocs[alloc.id] = alloc
         self._by_job.setdefault(alloc.job, {})[alloc.id] = None
         if alloc.node is not None:
@@ -103,3 +111,34 @@ class JobRecords:
         self._by_job.get(alloc.job, {}).pop(alloc.id, None)
         if alloc.node is not None:
             self._by_node.get(alloc.node, {}).pop(alloc.id, None)
+
+    # --- changes: published once saved -------------------------------------------------------
+    def publish(self, draft: JobDraft) -> None:
+        """Show a saved change of one job: its records become the draft's."""
+        if draft.purge:
+            self.reload(draft.id, None, [], [])
+            return
+        self.jobs[draft.id] = draft.job
+        for v in draft.versions:
+            self.versions.setdefault(draft.id, {})[v.number] = v
+        for alloc in draft.allocs.values():
+            self.add(alloc)
+
+    def reload(
+        self,
+        job_id: str,
+        job: Job | None,
+        versions: Iterable[JobVersion],
+        allocs: Iterable[Allocation],
+    ) -> None:
+        """The job's records as the store holds them (None: it has no such job)."""
+        for alloc in [self.allocs[a] for a in list(self._by_job.pop(job_id, {}))]:
+            self.forget(alloc)
+        if job is None:
+            self.jobs.pop(job_id, None)
+            self.versions.pop(job_id, None)
+            return
+        self.jobs[job_id] = job
+        self.versions[job_id] = {v.number: v for v in versions}
+        for alloc in allocs:
+            self.add(alloc)

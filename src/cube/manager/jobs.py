@@ -4,8 +4,10 @@ A job's life, by the module that owns each part of it:
 
 * :mod:`cube.manager.job_records`: every job, version and allocation, in memory and in
   the store (a restarted manager resumes every job where it was);
+* :mod:`cube.manager.job_drafts`: every change of them, made on a draft, saved off the
+  loop, then shown (a change the store refuses is never shown);
 * this module: what the API asks (submit, scale, stop and purge, the dry run ``plan``,
-  versions and allocations to read), each of which writes records and marks the job
+  versions and allocations to read), each of which changes records and marks the job
   changed;
 * :mod:`cube.manager.job_loop`: the level-triggered loop whose passes derive each
   changed job's allocations, reconcile it (:func:`cube.job.reconcile.reconcile`, pure)
@@ -34,6 +36,7 @@ from cube.log import get_logger
 from cube.manager.deployments import Deployments, apply_rollout
 from cube.manager.job_applier import MAX_PLACEMENTS_PER_PASS, Applier
 from cube.manager.job_changes import JobChanges
+from cube.manager.job_drafts import JobWrites
 from cube.manager.job_loop import JobLoop, utc_now
 from cube.manager.job_orphans import Orphans
 from cube.manager.job_placement import Placer
@@ -66,18 +69,27 @@ class JobService:
         self.changes = JobChanges(self.jobs)
         #: Deployments: kept, advanced each pass (cube.manager.deployments).
         self.deployments = Deployments(self)
+        #: Every change of the records: saved off the loop, then shown.
+        self.writes = JobWrites(
+            manager.async_store, records, self.deployments, manager.node_registry
+        )
         self.placer = Placer(manager, records)
         self.applier = Applier(
             manager,
-            records,
             self.placer,
             self.changes,
-            rollout=lambda plan, now: apply_rollout(self, plan, now),
+            rollout=lambda draft, plan, now: apply_rollout(self, draft, plan, now),
             background=self.background,
         )
         self.orphans = Orphans(manager, records, self.applier.stop_task, self.background)
         self.loop = JobLoop(
-            manager, records, self.changes, self.applier, self.orphans, self.deployments
+            manager,
+            records,
+            self.changes,
+            self.applier,
+            self.orphans,
+            self.deployments,
+            self.writes,
         )
         self._task: asyncio.Task[None] | None = None
 
@@ -120,9 +132,9 @@ class JobService:
         self.changes.job_changed(job_id)
         self.loop.wake()
 
-    def reconcile_all(self, now: datetime) -> None:
-        """One pass over every job, without pausing (tests, and a stop's own)."""
-        self.loop.reconcile_all(now)
+    async def reconcile_all(self, now: datetime) -> None:
+        """One pass over every job (tests)."""
+        await self.loop.reconcile_all(now)
 
     # --- reading ------------------------------------------------------------------------------
     def job(self, job_id: str) -> Job:
@@ -144,44 +156,39 @@ class JobService:
         """Group -> the placements of the job's last pass that found no node, and why."""
         return self.applier.failures(job_id)
 
-    def stop_alloc(self, alloc: Allocation, reason: str, *, now: datetime) -> None:
-        """Stop an allocation (a deployment's successor that gives its slot back)."""
-        self.applier.stop_alloc(alloc, reason, now=now)
-
     # --- the API's operations -----------------------------------------------------------------
-    def submit(self, spec: JobSpec) -> tuple[Job, bool]:
+    # Each is one draft of the job, under its guard: saved, then shown (cube.manager.job_drafts);
+    # one the store refuses raises StoreUnavailable (503) and shows nothing.
+    async def submit(self, spec: JobSpec) -> tuple[Job, bool]:
         """Store ``spec`` as the job's next version; False when it is the current one again."""
         if spec.job in RESERVED_JOB_NAMES:
             why = f"{spec.job!r} is reserved: POST /v1/jobs/{spec.job} is another route"
             raise InvalidSpec([FieldError("job", why)])
-        now = utc_now()
-        job = self.jobs.get(spec.job)
-        current = self.current_version(job) if job is not None else None
-        version = next_version(current, spec, now=now)
-        if version is None and job is not None and not job.stopped:
-            return job.model_copy(deep=True), False
-        if job is None:
-            job = Job(id=spec.job, created_at=now, updated_at=now)
-        job.stopped = False
-        job.updated_at = now
-        versions = []
-        if version is not None:
-            job.version = version.number
-            versions.append(version)
-        # Until the next pass judges it, the job is not what it was (Complete, Dead): a
-        # client following the submit must not take the old status for the new version's.
-        job.status, job.status_reason = JobStatus.PENDING, f"version {job.version} submitted"
-        self.manager.store.save_job(job, versions)
-        self.jobs[job.id] = job
-        for v in versions:
-            self.versions.setdefault(job.id, {})[v.number] = v
-        if spec.type is not JobType.BATCH:  # a new version, or a stopped one started again
-            self.deployments.start(job, self.allocations(job=job.id), now)
+        async with self.writes.change(spec.job):
+            now = utc_now()
+            job = self.jobs.get(spec.job)
+            current = self.current_version(job) if job is not None else None
+            version = next_version(current, spec, now=now)
+            if version is None and job is not None and not job.stopped:
+                return job.model_copy(deep=True), False
+            draft = self.writes.draft(job or Job(id=spec.job, created_at=now, updated_at=now))
+            job = draft.job
+            job.stopped = False
+            job.updated_at = now
+            if version is not None:
+                job.version = version.number
+                draft.versions.append(version)
+            # Until the next pass judges it, the job is not what it was (Complete, Dead): a
+            # client following the submit must not take the old status for the new version's.
+            job.status, job.status_reason = JobStatus.PENDING, f"version {job.version} submitted"
+            if spec.type is not JobType.BATCH:  # a new version, or a stopped one started again
+                self.deployments.start(draft, now)
+            await self.writes.commit(draft)
         log.info("job submitted", job=job.id, version=job.version)
         self.touch(job.id)
         return job.model_copy(deep=True), True
 
-    def scale(self, job_id: str, group: str, count: int) -> Job:
+    async def scale(self, job_id: str, group: str, count: int) -> Job:
         """A new version that differs only in one group's count (nothing else moves).
 
         A stopped job is refused: a new version would start it again (as a submit does),
@@ -203,29 +210,31 @@ class JobService:
             raise InvalidSpec([FieldError("count", "a system job runs on every eligible node")])
         data = spec.model_dump(mode="json", context=KEEP_SECRETS)
         data["groups"][index]["count"] = count
-        scaled, _ = self.submit(JobSpec.model_validate(data))
+        scaled, _ = await self.submit(JobSpec.model_validate(data))
         return scaled
 
-    def stop(self, job_id: str, *, purge: bool = False) -> Job:
+    async def stop(self, job_id: str, *, purge: bool = False) -> Job:
         """Stop every allocation of the job; ``purge``: also forget it and its history."""
-        job = self.job(job_id)
-        job.stopped = True
-        job.updated_at = utc_now()
-        self.manager.store.save_job(job)
-        self.loop.reconcile_job(job, PassViews(self.manager.list_nodes()), utc_now())
+        async with self.writes.change(job_id):
+            draft = self.writes.draft(self.job(job_id))
+            draft.job.stopped = True
+            draft.job.updated_at = utc_now()
+            self.loop.reconcile_job(draft, PassViews(self.manager.list_nodes()), utc_now())
+            draft.purge = purge
+            task_ids = [t.id for a in draft.allocations() for t in a.tasks.values()]
+            await self.writes.commit(draft)
         if purge:
-            for alloc in self.allocations(job=job.id):
-                self.records.forget(alloc)
-                self.orphans.add(t.id for t in alloc.tasks.values())
-            self.orphans.forget_stopped()
-            self.manager.store.delete_job(job.id)
-            self.deployments.forget(job.id)
-            self.jobs.pop(job.id, None)
-            self.versions.pop(job.id, None)
-            self.placer.forget_specs()  # built again as needed: forget the purged versions'
-            self.applier.forget_job(job.id)
-            log.info("job purged", job=job.id)
-        return job.model_copy(deep=True)
+            self._purged(job_id, task_ids)
+        return draft.job.model_copy(deep=True)
+
+    def _purged(self, job_id: str, task_ids: list[str]) -> None:
+        """What a purge leaves once saved and shown: its tasks, stopped, are forgotten once
+        they have stopped; nothing else waits for the job."""
+        self.orphans.add(task_ids)
+        self.orphans.forget_stopped()
+        self.placer.forget_specs()  # built again as needed: forget the purged versions'
+        self.applier.forget_job(job_id)
+        log.info("job purged", job=job_id)
 
     def plan(self, spec: JobSpec) -> tuple[Plan, dict[str, Decision]]:
         """What submitting ``spec`` would do now, and where each placement would go.

@@ -143,7 +143,7 @@ def install_job_routes(app: FastAPI, jobs: JobService) -> None:
     )
     async def submit_job(request: Request, response: Response) -> Job:
         """Submit a job file. 201: a new version; 200: the current spec again, nothing changes."""
-        job, created = jobs.submit(await read_job(request))
+        job, created = await jobs.submit(await read_job(request))
         if not created:
             response.status_code = 200
         return job
@@ -184,7 +184,7 @@ def install_job_routes(app: FastAPI, jobs: JobService) -> None:
 
     @app.delete("/v1/jobs/{job_id:jobid}")
     async def stop_job(job_id: str, purge: bool = False) -> Job:
-        return jobs.stop(job_id, purge=purge)
+        return await jobs.stop(job_id, purge=purge)
 
     @app.get("/v1/jobs/{job_id:jobid}/versions")
     async def job_versions(job_id: str) -> list[JobVersion]:
@@ -192,7 +192,7 @@ def install_job_routes(app: FastAPI, jobs: JobService) -> None:
 
     @app.post("/v1/jobs/{job_id:jobid}/scale")
     async def scale_job(job_id: str, body: ScaleRequest) -> Job:
-        return jobs.scale(job_id, body.group, body.count)
+        return await jobs.scale(job_id, body.group, body.count)
 
     @app.get("/v1/jobs/{job_id:jobid}/history")
     async def job_history(job_id: str) -> list[HistoryEntry]:
@@ -223,28 +223,28 @@ def install_job_routes(app: FastAPI, jobs: JobService) -> None:
     @app.post("/v1/jobs/{job_id:jobid}/promote")
     async def promote_job(job_id: str) -> Deployment:
         """Promote the canaries of the running deployment: the rolling update goes on."""
-        return jobs.deployments.promote(job_id, utc_now())
+        return await jobs.deployments.promote(job_id, utc_now())
 
     @app.post("/v1/jobs/{job_id:jobid}/pause")
     async def pause_job(job_id: str) -> Deployment:
         """Pause the running deployment: nothing more is replaced, no deadline runs."""
-        return jobs.deployments.pause(job_id, utc_now())
+        return await jobs.deployments.pause(job_id, utc_now())
 
     @app.post("/v1/jobs/{job_id:jobid}/resume")
     async def resume_job(job_id: str) -> Deployment:
         """Resume a paused deployment; its progress_deadline counts from now."""
-        return jobs.deployments.resume(job_id, utc_now())
+        return await jobs.deployments.resume(job_id, utc_now())
 
     @app.post("/v1/jobs/{job_id:jobid}/fail")
     async def fail_job(job_id: str) -> Deployment:
         """Fail the running deployment; its canaries stop, the job goes back to its last
         version that deployed successfully (if any)."""
-        return jobs.deployments.fail(job_id, utc_now())
+        return await jobs.deployments.fail(job_id, utc_now())
 
     @app.post("/v1/jobs/{job_id:jobid}/revert")
     async def revert_job(job_id: str, body: RevertRequest) -> Job:
         """A new version with an earlier version's spec; its deployment has no canaries."""
-        return jobs.deployments.revert(job_id, body.version, utc_now())
+        return await jobs.deployments.revert(job_id, body.version, utc_now())
 
     @app.get("/v1/deployments/{deployment_id}")
     async def get_deployment(deployment_id: str) -> Deployment:

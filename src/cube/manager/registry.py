@@ -139,13 +139,13 @@ class TaskRegistry:
     def save(self, task: Task, *events: TaskEvent) -> None:
         """Record a change the caller already made to the record ``task`` itself.
 
-        The way of the job service, which changes its tasks in place between two awaits
-        (its own records are still written on the loop: see :mod:`cube.store.aio`), and of
-        tests that play a node. The change is shown at once; its save is queued on the
-        same path as every other change of the task (its guard, then the store's thread),
-        and one the store refuses is undone when refused: the record goes back to what
-        the store holds, and the refusal is logged. The node of a task is changed by
-        :meth:`change` only."""
+        The way of the job service for a task that has ended (marked not to run again,
+        once the change of its allocation that stopped it is saved: see
+        :mod:`cube.store.aio`), and of tests that play a node. The change is shown at
+        once; its save is queued on the same path as every other change of the task (its
+        guard, then the store's thread), and one the store refuses is undone when
+        refused: the record goes back to what the store holds, and the refusal is logged.
+        The node of a task is changed by :meth:`change` only."""
         self._changed(task, task.node)
         spawn(self._save_as_is(task, events), f"save task {task.id}", keep=self._queued)
 

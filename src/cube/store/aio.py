@@ -33,37 +33,39 @@ How each store serves it:
   (see :mod:`cube.manager.core`), so another manager that takes over builds the same
   state from the store alone.
 
-Where the manager stands. Every change of a task or a node is awaited here, *saved,
-then shown*: the change is made on a draft of the record, under the record's guard
-(:mod:`cube.manager.guards`: one change of a record at a time, each starting from the
-last one's result, so an old state never overwrites a newer one), saved through this
-interface, and copied into the record only once the store has it
+Where the manager stands. Every change of its records is awaited here, *saved, then
+shown*: the change is made on a draft, under the record's guard (:mod:`cube.manager.guards`:
+one change of a record at a time, each starting from the last one's result, so an old
+state never overwrites a newer one), saved through this interface, and shown only once
+the store has it. For tasks and nodes
 (:meth:`cube.manager.registry.TaskRegistry.change`,
-:meth:`cube.manager.nodes.NodeRegistry.change`). That covers submissions, placements
-(a dispatch pass decides all its placements at once, then saves them together; a task
-being saved holds its resources in its node's view), reconciled reports, stops, moves
-off a lost or drained node, joins, drains and a node going down. A change the store
-refuses (a full disk) is never shown: an API request answers 503; a background one
-(a pass, a node's report, a deadline) is logged by the loop that made it, which goes
-on or is restarted (:mod:`cube.background`), and the next pass or report makes the
-change again from the records, which are still what the store holds.
+:meth:`cube.manager.nodes.NodeRegistry.change`) that covers submissions, placements (a
+dispatch pass decides all its placements at once, then saves them together; a task being
+saved holds its resources in its node's view), reconciled reports, stops, moves off a
+lost or drained node, joins, drains and a node going down. For the job service's own
+records (jobs, versions, allocations, deployments: :mod:`cube.manager.job_drafts`) the
+draft is one change of one job, under the job's guard: a submit, a scale, a stop or
+purge, a deployment moved by hand, or the job's share of one slice of a pass (the
+slice's drafts are queued together, so they commit as one transaction, and the loop
+answers the nodes while it commits; the tasks a placement starts are held on their
+nodes meanwhile, and sent once it is shown).
 
-What is left on the loop: the job service's own records (jobs, versions, allocations,
-deployments: :mod:`cube.manager.jobs`, :mod:`cube.manager.deployments`) are still
-written with the synchronous store, in one transaction per slice of a pass, and undone
-at once if refused. Its calls for tasks keep their synchronous form, but go the same
-ordered way as every task write: :meth:`~cube.manager.dispatch.Dispatcher.start_alloc_task`
-and :meth:`~cube.manager.registry.TaskRegistry.forget_later` save in the background,
-then show; :meth:`~cube.manager.registry.TaskRegistry.save` takes a change the job
-service made to the record in place, shown at once, saved in turn, undone if refused.
-That is the one change shown before it is saved, and the one that does not take the
-record's guard before it is made (a guarded change saved meanwhile may replace it; the
-record and the store then agree, without it). And the job service's writes on the loop
-share SQLite's write lock with this thread: a slice of its pass may wait for a group
-being committed (at most MAX_GROUP writes). Moving the job service is the next step, in
-the same pattern: each of its changes a draft saved through this interface, then shown.
-(The manager also reads its records synchronously once, when it is made, before its
-loop serves anything.)
+A change the store refuses (a full disk) is never shown: an API request answers 503; a
+background one (a pass, a node's report, a deadline) is logged by the loop that made it,
+which goes on or is restarted (:mod:`cube.background`), and the next pass or report
+makes the change again from the records, which are still what the store holds. A job
+whose change failed is read back from the store before its next change, so that a write
+whose answer was lost (committed, its caller cancelled or told an error) is shown then,
+not made a second time (a placement saved but not shown is not placed twice).
+
+What is left: one change is still shown before it is saved,
+:meth:`~cube.manager.registry.TaskRegistry.save`, which takes a change made to a task's
+record in place (the job service marks a task that has ended as not to run again, once
+the change of its allocation that stopped it is saved; tests play a node that way),
+saves it in turn, and undoes it if refused; it does not take the record's guard before
+it is made (a guarded change saved meanwhile may replace it; the record and the store
+then agree, without it). The manager also reads its records synchronously once, when it
+is made, before its loop serves anything.
 """
 
 from __future__ import annotations
@@ -86,8 +88,8 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 #: The most writes committed in one transaction (see OffLoopStore._write): a group holds
-#: SQLite's write lock while it runs, and the job service's writes, still made on the
-#: loop, wait for it then; 256 task saves take about 25 ms.
+#: SQLite's write lock while it runs, so a write queued behind it (an API request's) waits
+#: for it; 256 task saves take about 25 ms.
 MAX_GROUP = 256
 
 #: A write waiting for its group's commit, and the future its caller awaits.

@@ -44,13 +44,13 @@ def action_routes(manager: Manager) -> APIRouter:
 
     @router.post("/jobs/{job_id}/stop")
     async def stop_job(request: Request, job_id: str) -> RedirectResponse:
-        jobs.stop(job_id)
+        await jobs.stop(job_id)
         return back(request, f"/jobs/{job_id}")
 
     @router.post("/jobs/{job_id}/scale")
     async def scale_job(request: Request, job_id: str) -> RedirectResponse:
         form = form_fields(await request.body())
-        jobs.scale(job_id, form.get("group", ""), parse_count(form.get("count", "")))
+        await jobs.scale(job_id, form.get("group", ""), parse_count(form.get("count", "")))
         return back(request, f"/jobs/{job_id}")
 
     return router
