@@ -290,7 +290,8 @@ def test_bad_job_file_exits_2_naming_the_file_and_field_and_creates_nothing(
         result = cube(manager, "job", command, str(path))
         assert result.returncode == 2, result
         assert result.stderr.strip().splitlines() == [
-            f"Error: {path}: groups[0].tasks[1].image: String should have at least 1 character"
+            f"Error: {path}:6:19: groups[0].tasks[1].image: String should have at least 1"
+            " character"  # line 6, column 19: where `image` is
         ]
     assert get_json(manager.url, "/jobs") == []
 

@@ -159,6 +159,16 @@ def test_errors_name_the_field(fields: dict[str, Any], field: str, fragment: str
     assert fragment in errors[field]
 
 
+def test_the_fields_of_a_place_are_listed_once_however_many_unknown_fields_it_has() -> None:
+    """A YAML alias bomb gives ten unknown keys: one list of the fields, not ten (the
+    answer must not grow with the input: tests/e2e/test_security.py)."""
+    errors = invalid(**{f"a{i}": i for i in range(10)}, comand=["sh"])
+    lists = [m for m in errors.values() if m.startswith("unknown field; the fields here:")]
+    assert len(lists) == 1, errors
+    assert errors["comand"] == "unknown field; did you mean 'command'?"  # still told
+    assert sorted(m for m in errors.values() if m == "unknown field") == ["unknown field"] * 9
+
+
 @pytest.mark.parametrize(
     ("fields", "field"),
     [

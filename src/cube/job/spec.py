@@ -56,7 +56,7 @@ from cube.task.spec import (
     _Model,
     decode_spec_text,
 )
-from cube.task.unknown_fields import unknown_field
+from cube.task.unknown_fields import UnknownFields
 
 #: Where a node is when it does not say (``cube worker --datacenter``), as in Nomad.
 DEFAULT_DATACENTER = "dc1"
@@ -372,10 +372,11 @@ def field_path(loc: Sequence[str | int]) -> str:
 
 
 def _field_errors(exc: ValidationError) -> list[FieldError]:
+    unknown = UnknownFields(JobSpec)
     return [
         FieldError(
             field_path(err["loc"]) or "body",
-            unknown_field(JobSpec, err["loc"])
+            unknown(err["loc"])
             if err["type"] == "extra_forbidden"
             else err["msg"].removeprefix("Value error, "),
             loc=tuple(err["loc"]),

@@ -102,7 +102,12 @@ def claim_data_dir(path: Path) -> None:
     if path in _held:
         return
     lock = path / LOCK_FILE
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:  # a read-only file system, a directory of another user
+        raise StoreUnavailable(
+            f"cannot write {lock}: {exc.strerror}; give a --data-dir this user can write"
+        ) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

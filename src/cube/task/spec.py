@@ -42,7 +42,7 @@ from pydantic import (
 )
 
 from cube.errors import FieldError, InvalidSpec
-from cube.task.unknown_fields import unknown_field
+from cube.task.unknown_fields import UnknownFields
 from cube.units import parse_duration, parse_size
 
 #: Names are DNS labels, like Kubernetes object names: they end up in container names.
@@ -460,11 +460,12 @@ def located_errors(
     two forms make one error, and repeats are left out. ``model``: the one validated, so
     that an unknown field is told the field it may have meant."""
     out: list[tuple[tuple[str | int, ...], FieldError]] = []
+    unknown = UnknownFields(model) if model is not None else None
     for err in exc.errors(include_url=False):
         loc = tuple(err["loc"])
         message = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden" and model is not None:
-            message = unknown_field(model, loc)
+        if err["type"] == "extra_forbidden" and unknown is not None:
+            message = unknown(loc)
         if _ENV_UNION in loc or "SecretValue" in loc:  # an env value: one error, not one per form
             as_text = _ENV_UNION in loc
             cut = loc.index(_ENV_UNION if as_text else "SecretValue")

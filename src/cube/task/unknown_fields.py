@@ -15,16 +15,40 @@ from typing import Any, Union, get_args, get_origin
 
 from pydantic import BaseModel
 
+#: How a message that lists the fields of the place begins.
+FIELDS_HERE = "unknown field; the fields here: "
 
-def unknown_field(model: type[BaseModel], loc: Sequence[str | int]) -> str:
-    """The message for the unknown field at ``loc`` (pydantic's location) of ``model``."""
+
+def unknown_field(
+    model: type[BaseModel], loc: Sequence[str | int], *, list_fields: bool = True
+) -> str:
+    """The message for the unknown field at ``loc`` (pydantic's location) of ``model``;
+    ``list_fields``: whether a field with no near spelling lists the fields of its place
+    (not when another error has listed them already)."""
     known = fields_at(model, loc[:-1])
     if not known:
         return "unknown field"
     near = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
     if near:
         return f"unknown field; did you mean '{near[0]}'?"
-    return f"unknown field; the fields here: {', '.join(known)}"
+    return FIELDS_HERE + ", ".join(known) if list_fields else "unknown field"
+
+
+class UnknownFields:
+    """Tells each unknown field of one validation of ``model``, listing the fields of a
+    place once, not once per unknown field there: ten unknown keys (a YAML alias bomb
+    makes them) must not make an answer ten lists long."""
+
+    def __init__(self, model: type[BaseModel]) -> None:
+        self.model = model
+        self._listed: set[tuple[str | int, ...]] = set()
+
+    def __call__(self, loc: Sequence[str | int]) -> str:
+        place = tuple(loc[:-1])
+        message = unknown_field(self.model, loc, list_fields=place not in self._listed)
+        if message.startswith(FIELDS_HERE):
+            self._listed.add(place)
+        return message
 
 
 def fields_at(model: type[BaseModel], loc: Sequence[str | int]) -> list[str]:
