@@ -169,8 +169,11 @@ def test_job_logs_merge_both_workers_follow_a_replacement_and_outlive_a_lost_wor
 
     # b's allocation is replaced on a: the replacement's lines join the stream.
     wait_node(manager.url, b.name, "down", timeout=NODE_TIMEOUT + 5)
+    # Until the manager has marked b's allocation lost, it is still listed as running: the
+    # replacement is the allocation that neither worker had before.
+    before = {x["id"] for x in allocs}
     moved = wait_for(
-        lambda: [x for x in wait_allocs(manager.url, "tick", 2) if x["id"] != on[a.name]["id"]],
+        lambda: [x for x in wait_allocs(manager.url, "tick", 2) if x["id"] not in before],
         timeout=60,
         what="the replacement of b's allocation",
     )
