@@ -114,28 +114,32 @@ class NodeRegistry:
         the fleet is still joining (see :mod:`cube.manager.pacing`). It is also what
         every call tells the workers from now on (their disconnect window), so that the
         two deadlines stay one."""
-        timeout = node_timeout_for(
-            self._period(), collect_interval=self.collect_interval, node_timeout=self.node_timeout
-        )
-        self.workers.node_timeout = timeout
-        return timeout
+        return self._node_timeout(self._period())
 
     def call_timeout_in_force(self) -> float:
         """Seconds a join's check of the worker may wait for its answer: the calls'
         timeout, stretched as collection falls behind its pace (pacing.call_timeout_for)."""
+        period = self._period()
         return call_timeout_for(
-            self._period(),
+            period,
             pace_interval=self.pace.collect,
             call_timeout=self.workers.timeout,
-            node_timeout=self.node_timeout_in_force(),
+            node_timeout=self._node_timeout(period),
         )
+
+    def _node_timeout(self, period: float) -> float:
+        timeout = node_timeout_for(
+            period, collect_interval=self.collect_interval, node_timeout=self.node_timeout
+        )
+        self.workers.node_timeout = timeout
+        return timeout
 
     def _period(self) -> float:
         """Seconds until collection comes back to a node, for the fleet it will be."""
         now, nodes, interval = time.monotonic(), len(self.nodes), self.pace.collect
         period = self.polls.period(now, nodes=nodes, interval=interval)
         while self._joined_at and now - self._joined_at[0] > period:
-            self._joined_at.popleft()  # older than a period: no longer a sign of growth
+            self._joined_at.popleft()  # keeps the record bounded; planned_nodes stays pure
         planned = planned_nodes(nodes, self._joined_at, now=now, within=period)
         return self.polls.period(now, nodes=planned, interval=interval)
 
