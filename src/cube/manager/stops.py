@@ -112,9 +112,12 @@ class Stops:
         except NotFound:
 
             def never_arrived(draft: Task) -> list[TaskEvent] | None:
-                if draft.state in TERMINAL:
+                # The node has no such task, so no container of it to remove either.
+                ended = draft.state in TERMINAL
+                if ended and draft.container_id is None:
                     return None
-                return [draft.transition(State.COMPLETED, reason)]
+                draft.container_id = None
+                return [] if ended else [draft.transition(State.COMPLETED, reason)]
 
             await self.registry.change(task, never_arrived)
             return
