@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 
 from cube import background
+from cube.api.body import read_body
 from cube.api.common import Health
 from cube.api.errors import install_error_handlers
 from cube.background import TROUBLE_WINDOW, Supervisor
@@ -112,6 +114,40 @@ async def test_a_500_logs_the_traceback_once_on_one_line(
     assert "path=/boom" in line
     assert "Traceback (most recent call last):\\n" in line
     assert 'in boom\\n    raise ZeroDivisionError(\\"a bug\\")' in line
+
+
+async def test_a_client_gone_before_its_body_came_is_one_line_not_a_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.post("/tasks")
+    async def submit(request: Request) -> Any:
+        return await read_body(request)
+
+    scope = {"type": "http", "method": "POST", "path": "/tasks", "headers": [], "query_string": b""}
+    scope |= {"http_version": "1.1", "scheme": "http", "server": ("cube", 80), "root_path": ""}
+    incoming = [
+        {"type": "http.request", "body": b'{"name": ', "more_body": True},
+        {"type": "http.disconnect"},  # the sender gave up half way through
+    ]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return incoming.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    with caplog.at_level(logging.INFO, logger="cube"):
+        await app(scope, receive, send)
+
+    assert sent[0]["status"] == 400, sent
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    (line,) = [line for line in lines(caplog) if "client went away" in line]
+    assert "path=/tasks" in line
+    assert "Traceback" not in line
 
 
 class AcceptsEverything(WorkerClient):

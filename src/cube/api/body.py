@@ -17,7 +17,7 @@ MAX_BODY = 1024 * 1024
 
 async def read_body(request: Request) -> Any:
     """Decode a JSON body, or a YAML one when the Content-Type says so."""
-    data = b""
+    data = bytearray()
     async for chunk in request.stream():
         data += chunk
         if len(data) > MAX_BODY:
@@ -25,7 +25,7 @@ async def read_body(request: Request) -> Any:
     if not data.strip():
         raise InvalidSpec([FieldError("body", "empty request body")])
     content_type = request.headers.get("content-type", "")
-    return decode_spec_text(data, fmt="yaml" if "yaml" in content_type else "json")
+    return decode_spec_text(bytes(data), fmt="yaml" if "yaml" in content_type else "json")
 
 
 async def read_task_request(request: Request) -> TaskRequest:
