@@ -255,6 +255,33 @@ async def test_a_system_job_runs_where_it_fits_and_says_how_many_nodes_it_does_n
     await manager.close()
 
 
+async def test_a_system_job_too_big_for_some_nodes_runs_on_every_other_one() -> None:
+    """Each system placement is for one node: the small nodes that come first in the
+    plan hold back none of the big ones, in this pass or the next."""
+    store, workers = MemoryStore(), FakeWorkers()
+    for name in ("a-small", "b-small"):
+        store.save_node(sized(name, 0.25))
+    for name in ("c-big", "d-big"):
+        store.save_node(node(name))
+    manager = make_manager(store, workers)
+    await manager.jobs.submit(spec_of("system", count=None))
+    for _ in range(2):  # the second pass retries nothing, and says the same
+        await manager.jobs.reconcile_all(NOW)
+        assert sorted(a.node for a in manager.jobs.allocations()) == ["c-big", "d-big"]
+        failure = manager.jobs.failures("shop")["web"]
+        assert (failure.count, failure.filtered) == (2, {"cpu": 1})
+        assert manager.jobs.job("shop").status_reason.endswith(
+            "blocked: web: 2 not placed: no node has 0.5 free CPU; largest free: 0.25 on a-small"
+        )
+
+    manager.nodes["e-big"] = node("e-big")  # joins: every node is tried again
+    manager._capacity_changed()
+    await manager.jobs.reconcile_all(NOW)
+    assert sorted(a.node for a in manager.jobs.allocations()) == ["c-big", "d-big", "e-big"]
+    assert manager.jobs.failures("shop")["web"].count == 2
+    await manager.close()
+
+
 async def running(manager: Manager, spec: JobSpec) -> list[Allocation]:
     await manager.jobs.submit(spec)
     await manager.jobs.reconcile_all(NOW)

@@ -74,8 +74,7 @@ async def test_a_purged_blocked_job_leaves_nothing_waiting_and_comes_back_unbloc
     await manager.jobs.reconcile_all(NOW)
     assert manager.jobs.job("shop").status_reason.startswith("blocked: ")
     await manager.jobs.stop("shop", purge=True)
-    assert not manager.jobs.applier.is_blocked("shop")
-    assert list(manager.jobs.applier.blocked_jobs()) == []
+    assert list(manager.jobs.applier.blocks.jobs()) == []
 
     await manager.jobs.submit(job_spec(count=2))  # the same name again: a new job, tried at once
     assert manager.jobs.job("shop").status is JobStatus.PENDING

@@ -11,12 +11,10 @@ successor.
 
 
 A placement is tried before anything is recorded: one that finds no node records nothing
-(as in Nomad, where it leaves a blocked evaluation, not an allocation). The group waits
-for the cluster's capacity to change, or for a new version (``blocked``), instead of each
-of its placements failing the same way on every pass; the applier keeps how many
-placements of the group the last pass could not make and the scheduler's explanation
-(:meth:`Applier.failures`, read by the job's status and the API). Nothing of it is stored:
-the next pass that tries finds it again.
+(as in Nomad, where it leaves a blocked evaluation, not an allocation). Its group waits
+for the cluster's capacity to change, or for a new version, instead of each of its
+placements failing the same way on every pass (:mod:`cube.manager.job_blocks`, which
+also says how many could not be placed and why, for the job's status and the API).
 
 It also paces itself, as the state it owns says: a pass tries at most
 :data:`MAX_PLACEMENTS_PER_PASS` placements, none while :data:`SEND_BACKLOG` sends wait,
@@ -33,13 +31,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from cube.background import spawn
-from cube.job.blocked import PlacementFailure, failure_of
 from cube.job.deployment import Deployment
 from cube.job.model import (
     Allocation,
@@ -51,12 +47,12 @@ from cube.job.model import (
 from cube.job.plan import Place, Plan
 from cube.log import get_logger
 from cube.manager.allocs import alloc_task_id
+from cube.manager.job_blocks import Blocks
 from cube.manager.job_changes import JobChanges
 from cube.manager.job_drafts import JobDraft
 from cube.manager.job_placement import Placer
 from cube.manager.pass_views import PassViews
 from cube.node import Node
-from cube.scheduler import Decision
 from cube.task.model import DesiredState, Task
 from cube.task.spec import AllocRef
 
@@ -77,19 +73,6 @@ SEND_BACKLOG = 256
 Rest = tuple[int, list[Place], str | None]
 
 
-@dataclass
-class Blocked:
-    """A group whose placement found no node: it waits until the cluster's capacity
-    ``generation`` or the job's ``version`` changes."""
-
-    generation: int
-    version: int
-    decision: Decision
-    #: Placements of the group the job's last plan asked for that found no node: the one
-    #: tried, and those that waited on it (Nomad's coalesced failures, plus one).
-    count: int = 1
-
-
 class Applier:
     """Carries out plans; see the module docstring."""
 
@@ -107,10 +90,8 @@ class Applier:
         self.changes = changes
         self._rollout = rollout  # a plan's reclaims and promotions (cube.manager.deployments)
         self._background = background
-        #: (job, group) -> when and why a placement of the group found no node: its other
-        #: placements wait for the cluster to change, as the task dispatcher's do, instead
-        #: of each failing the same way on every pass.
-        self._blocked: dict[tuple[str, str], Blocked] = {}
+        #: The groups whose placements found no node, and wait (cube.manager.job_blocks).
+        self.blocks = Blocks()
         #: Placements this pass may still try (see MAX_PLACEMENTS_PER_PASS).
         self._budget = MAX_PLACEMENTS_PER_PASS
         #: Kept for one pass, because each placement needs it and computing it anew cost
@@ -143,25 +124,9 @@ class Applier:
         """A job's slice starts: its placements stop once ``time.perf_counter()`` passes ``end``."""
         self._slice_end, self._slice_placed = end, 0
 
-    def blocked_jobs(self) -> Iterable[str]:
-        return (job for job, _ in self._blocked)
-
-    def is_blocked(self, job: str) -> bool:
-        """Whether a placement of one of ``job``'s groups found no node (and waits)."""
-        return any(j == job for j, _ in self._blocked)
-
-    def failures(self, job: str) -> dict[str, PlacementFailure]:
-        """Group -> the placements of ``job``'s last plan that found no node, and why."""
-        return {
-            group: failure_of(b.decision, b.count)
-            for (j, group), b in self._blocked.items()
-            if j == job
-        }
-
     def forget_job(self, job: str) -> None:
         """A purged job: its groups wait for nothing, and no slice goes on with it."""
-        for key in [k for k in self._blocked if k[0] == job]:
-            del self._blocked[key]
+        self.blocks.forget(job)
         self._rest.pop(job, None)
 
     def take_rest(self, job: str) -> Rest | None:
@@ -183,22 +148,20 @@ class Applier:
         """Carry out ``plan`` on ``draft``; returns whether the job's slice ended with
         placements left."""
         self._cut = False
-        for key in [k for k in self._blocked if k[0] == draft.id]:
-            if key[1] in {p.group for p in plan.place} | {u.group for u in plan.update}:
-                self._blocked[key].count = 0  # this plan's placements count again
-            else:
-                del self._blocked[key]  # its group places nothing now (scaled, stopped)
+        self.blocks.plan_begins(
+            draft.id, {p.group for p in plan.place} | {u.group for u in plan.update}
+        )
         placed_by = deployment.id if deployment is not None else None
         for stop in plan.stop:
             self._stop_alloc(draft, stop.alloc, stop.reason, lost=stop.lost, now=now)
         self._rollout(draft, plan, now)
         for update in plan.update:
             # The old one keeps running until its successor has somewhere to go.
-            if self._waits(draft.id, update.group, version.number) or not self._may_place(draft.id):
-                continue
             place = Place(
                 update.group, update.index, update.reason, replaces=update.alloc, node=update.node
             )
+            if self._waits(draft.id, place, version.number) or not self._may_place(draft.id):
+                continue
             # start-first: the old one runs until its successor is healthy.
             stop_first = not update.start_first
             self._place(
@@ -232,7 +195,7 @@ class Applier:
         backlog says stop: what is left is kept for the next slice (see _rest)."""
         job = draft.id
         for n, place in enumerate(places):
-            if self._waits(job, place.group, version.number):
+            if self._waits(job, place, version.number):
                 continue
             if not self._may_place(job):
                 if self._cut or job in self.changes.unfinished:
@@ -241,18 +204,9 @@ class Applier:
                 continue
             self._place(draft, version, place, views, now, deployment=deployment)
 
-    def _waits(self, job: str, group: str, version: int) -> bool:
-        """Whether ``group`` is blocked: a placement of it found no node, and neither the
-        cluster's capacity nor the job's version changed since (counted: one more
-        placement the plan asked that found no node)."""
-        blocked = self._blocked.get((job, group))
-        if blocked is None or (blocked.generation, blocked.version) != (
-            self.manager.dispatcher.generation,
-            version,
-        ):
-            return False
-        blocked.count += 1
-        return True
+    def _waits(self, job: str, place: Place, version: int) -> bool:
+        generation = self.manager.dispatcher.generation
+        return self.blocks.waits(job, place, version=version, generation=generation)
 
     def _may_place(self, job: str) -> bool:
         """Whether a placement may be tried now: within the pass's budget, the send
@@ -298,13 +252,15 @@ class Applier:
         if stop_first and old is not None:
             self.placer.release(old.id, views)
         decision = self.placer.choose(spec, place, views, taken=taken)
+        generation = self.manager.dispatcher.generation
         if decision.node is None:
             if stop_first and old is not None:
                 self.placer.hold(old.id, views)
-            generation = self.manager.dispatcher.generation
-            self._blocked[(draft.id, group.name)] = Blocked(generation, version.number, decision)
+            self.blocks.found_no_node(
+                draft.id, place, decision, version=version.number, generation=generation
+            )
             return
-        self._blocked.pop((draft.id, group.name), None)
+        self.blocks.found_a_node(draft.id, place, version=version.number, generation=generation)
         if stop_first and old is not None:
             self._stop_alloc(draft, old.id, place.reason, lost=False, now=now)
         alloc = Allocation(

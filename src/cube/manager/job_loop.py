@@ -249,7 +249,7 @@ class JobLoop:
             full=full,
             jobs_on=records.jobs_on,
             system=system,
-            blocked=self.applier.blocked_jobs,
+            blocked=self.applier.blocks.jobs,
             generation=self.manager.dispatcher.generation,
         )
 
@@ -292,7 +292,7 @@ class JobLoop:
         due = [t for t in (plan.wake_at, advanced.wake_at) if t is not None]
         self.changes.due(job.id, min(due, default=None))
         status, reason = plan.status, plan.status_reason  # judged before the placements
-        failures = self.applier.failures(job.id)
+        failures = self.applier.blocks.failures(job.id)
         if failures:
             status, reason = blocked_status(
                 version.spec, status, reason, draft.allocations(), failures

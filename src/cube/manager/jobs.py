@@ -154,7 +154,7 @@ class JobService:
 
     def failures(self, job_id: str) -> dict[str, PlacementFailure]:
         """Group -> the placements of the job's last pass that found no node, and why."""
-        return self.applier.failures(job_id)
+        return self.applier.blocks.failures(job_id)
 
     # --- the API's operations -----------------------------------------------------------------
     # Each is one draft of the job, under its guard: saved, then shown (cube.manager.job_drafts);
