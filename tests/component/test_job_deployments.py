@@ -127,7 +127,7 @@ async def test_without_auto_revert_a_failed_deployment_leaves_what_runs() -> Non
     assert len(c.live(1)) == 3  # nothing more replaced, nothing old stopped
     assert c.healthy_stopped == set()
     # By hand: back to the last good version.
-    job = await c.manager.jobs.deployments.revert("shop", None, at(11))
+    job = await c.manager.jobs.deployment_moves.revert("shop", None, at(11))
     assert (job.version, job.status_reason) == (3, "version 3: back to version 1")
     await c.passes(11, 12.5)
     assert c.deployment().status is DeploymentStatus.SUCCESSFUL
@@ -149,7 +149,7 @@ async def test_canaries_wait_for_promotion_then_the_rest_rolls() -> None:
     assert c.deployment().status is DeploymentStatus.WAITING
     assert len(c.live()) == 4
 
-    await c.manager.jobs.deployments.promote("shop", at(31))
+    await c.manager.jobs.deployment_moves.promote("shop", at(31))
     await c.passes(31, 31.1, 32.2, 32.3, 33.4, 34)
     c.stop_reported()
     await c.passes(34.1)
@@ -167,7 +167,7 @@ async def test_failing_a_canary_deployment_stops_the_canary_and_leaves_the_old_o
     (canary,) = c.live(2)
     old = {a.id for a in c.live(1)}
 
-    failed = await c.manager.jobs.deployments.fail("shop", at(4))
+    failed = await c.manager.jobs.deployment_moves.fail("shop", at(4))
     assert failed.status is DeploymentStatus.ROLLED_BACK
     assert failed.status_reason == "failed by hand (cube job fail); rolled back to version 1"
     await c.passes(4)
@@ -179,19 +179,19 @@ async def test_failing_a_canary_deployment_stops_the_canary_and_leaves_the_old_o
 
 async def test_promote_fail_and_revert_refuse_what_makes_no_sense() -> None:
     c = await deployed()
-    deployments = c.manager.jobs.deployments
+    moves = c.manager.jobs.deployment_moves
     with pytest.raises(Conflict, match="has no deployment running to promote"):
-        await deployments.promote("shop", at(3))
+        await moves.promote("shop", at(3))
     with pytest.raises(Conflict, match="successful"):
-        await deployments.fail("shop", at(3))
+        await moves.fail("shop", at(3))
     with pytest.raises(Conflict, match="no earlier version that deployed successfully"):
-        await deployments.revert("shop", None, at(3))
+        await moves.revert("shop", None, at(3))
     with pytest.raises(Conflict, match="version 1 of job shop is what version 1 runs already"):
-        await deployments.revert("shop", 1, at(3))
+        await moves.revert("shop", 1, at(3))
     with pytest.raises(NotFound, match="job shop has no version 7"):
-        await deployments.revert("shop", 7, at(3))
+        await moves.revert("shop", 7, at(3))
     with pytest.raises(NotFound, match="job ghost not found"):
-        await deployments.promote("ghost", at(3))
+        await moves.promote("ghost", at(3))
     await c.manager.close()
 
 

@@ -234,7 +234,7 @@ async def test_a_refused_promotion_is_a_503_and_moves_nothing() -> None:
     assert c.deployment() == waiting == store.find_deployment(waiting.id)
 
     store.full = False
-    promoted = await c.manager.jobs.deployments.promote("shop", at(4))
+    promoted = await c.manager.jobs.deployment_moves.promote("shop", at(4))
     assert promoted.id == waiting.id
     assert store.find_deployment(waiting.id) == c.deployment() == promoted
     await c.manager.close()

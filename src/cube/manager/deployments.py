@@ -6,7 +6,8 @@ from the manager's task records), cancels a deployment a newer version or a stop
 behind, makes the current version's deployment if it has none, brings it up to ``now``
 (:func:`cube.job.deploy.step`), and when it has just failed with ``auto_revert``, goes
 back to the last version whose deployment succeeded. The reconciler then reads the
-deployment to know what it may replace.
+deployment to know what it may replace. The moves a user makes by hand (promote, pause,
+fail, revert...) are in :mod:`cube.manager.deployment_moves`.
 
 Everything is in the store before it counts: each change is made on the job's draft
 (:mod:`cube.manager.job_drafts`), saved, then shown (:meth:`Deployments.publish`), so a
@@ -16,12 +17,12 @@ saved verdicts, and a change the store refuses is never shown.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from cube.errors import Conflict, NotFound
+from cube.errors import NotFound
 from cube.job import deploy
 from cube.job.deployment import Deployment, DeploymentStatus
 from cube.job.model import Allocation, AllocDesired, AllocStatus, Job, JobStatus, JobVersion
@@ -122,7 +123,7 @@ class Deployments:
         for old in self.of_job(job.id, draft):
             if old.active and (job.stopped or old.version != job.version):
                 why = "the job was stopped" if job.stopped else f"version {job.version} replaced it"
-                self._end(draft, old, DeploymentStatus.CANCELLED, why, now)
+                self.end(draft, old, DeploymentStatus.CANCELLED, why, now)
 
     @staticmethod
     def _fresh(
@@ -191,7 +192,7 @@ class Deployments:
         if stepped.status is DeploymentStatus.FAILED and not stepped.revert:
             policies = [update_policy(version.spec, g) for g in version.spec.groups]
             if any(p.auto_revert for p in policies):
-                return Advanced(self._revert_after(draft, stepped, now), health_due)
+                return Advanced(self.revert_after(draft, stepped, now), health_due)
         if not stepped.active:
             return Advanced(stepped, health_due)
         spec = version.spec
@@ -227,9 +228,10 @@ class Deployments:
             due = _earliest(due, deploy.health_due(alloc, policy))
         return due
 
-    def _end(
+    def end(
         self, draft: JobDraft, d: Deployment, status: DeploymentStatus, reason: str, now: datetime
     ) -> None:
+        """End ``d`` in ``draft`` with ``status`` (cancelled, failed, rolled back...)."""
         ended = d.model_copy(update={"status": status, "status_reason": reason, "updated_at": now})
         if not status.active and ended.finished_at is None:
             ended.finished_at = now
@@ -240,108 +242,24 @@ class Deployments:
             )
         )
 
-    # --- operations ---------------------------------------------------------------------------
-    async def promote(self, job_id: str, now: datetime) -> Deployment:
-        return await self._by_hand(job_id, "promote", "promoted", deploy.promote, now)
-
-    async def pause(self, job_id: str, now: datetime) -> Deployment:
-        return await self._by_hand(job_id, "pause", "paused", deploy.pause, now)
-
-    async def resume(self, job_id: str, now: datetime) -> Deployment:
-        return await self._by_hand(job_id, "resume", "resumed", deploy.resume, now)
-
-    async def _by_hand(
-        self,
-        job_id: str,
-        what: str,
-        done: str,
-        decide: Callable[[Deployment, datetime], Deployment],
-        now: datetime,
-    ) -> Deployment:
-        """Move the job's running deployment as ``decide`` says (it raises Conflict when it
-        may not), save, show and log it, and have the next pass reconcile the job."""
-        async with self.jobs.writes.change(job_id):
-            draft = self.jobs.writes.draft(self.jobs.job(job_id))
-            moved = decide(self._running(draft, what), now)
-            draft.deployments[moved.id] = moved
-            await self.jobs.writes.commit(draft)
-        log.info(f"deployment {done}", job=job_id, version=moved.version)
-        self.jobs.touch(job_id)
-        return moved
-
-    async def fail(self, job_id: str, now: datetime) -> Deployment:
-        """Fail the running deployment by hand, and go back to the last good version."""
-        async with self.jobs.writes.change(job_id):
-            draft = self.jobs.writes.draft(self.jobs.job(job_id))
-            d = self._running(draft, "fail")
-            failed = deploy.fail(d, "failed by hand (cube job fail)", now)
-            draft.deployments[failed.id] = failed
-            version = draft.current_version()
-            if deploy.revert_target(draft.job_versions(), self.of_job(job_id, draft), version):
-                self._revert_after(draft, failed, now)
-            await self.jobs.writes.commit(draft)
-        self.jobs.touch(job_id)
-        return self.by_id[failed.id]
-
-    async def revert(self, job_id: str, number: int | None, now: datetime) -> Job:
-        """Go back to version ``number`` (None: the last whose deployment succeeded)."""
-        async with self.jobs.writes.change(job_id):
-            draft = self.jobs.writes.draft(self.jobs.job(job_id))
-            current = draft.current_version()
-            versions = draft.job_versions()
-            if number is None:
-                target = deploy.revert_target(versions, self.of_job(job_id), current)
-                if target is None:
-                    raise Conflict(
-                        f"job {job_id} has no earlier version that deployed successfully"
-                    )
-            else:
-                target = next((v for v in versions if v.number == number), None)
-                if target is None:
-                    raise NotFound(f"job {job_id} has no version {number}")
-                if target.spec_hash == current.spec_hash:
-                    raise Conflict(
-                        f"version {number} of job {job_id} is what version {current.number}"
-                        " runs already"
-                    )
-            d = self.current(draft.job)
-            if d is not None and d.active:
-                self._end(
-                    draft,
-                    d,
-                    DeploymentStatus.ROLLED_BACK,
-                    f"rolled back by hand to version {target.number}",
-                    now,
-                )
-            self._go_back(draft, target, now)
-            await self.jobs.writes.commit(draft)
-        self.jobs.touch(job_id)
-        return draft.job.model_copy(deep=True)
-
-    def _running(self, draft: JobDraft, what: str) -> Deployment:
-        d = self.current(draft.job, draft)
-        if d is None or not d.active:
-            state = "none" if d is None else f"version {d.version}'s is {d.status.title.lower()}"
-            raise Conflict(f"job {draft.id} has no deployment running to {what} ({state})")
-        return d
-
-    def _revert_after(self, draft: JobDraft, failed: Deployment, now: datetime) -> Deployment:
+    # --- going back ----------------------------------------------------------------------------
+    def revert_after(self, draft: JobDraft, failed: Deployment, now: datetime) -> Deployment:
         """Auto-revert (or ``fail``): back to the last good version, if there is one."""
         current = draft.current_version()
         earlier = self.of_job(draft.id, draft)
         target = deploy.revert_target(draft.job_versions(), earlier, current)
         if target is None:
             return failed
-        self._end(
+        self.end(
             draft,
             failed,
             DeploymentStatus.ROLLED_BACK,
             f"{failed.status_reason}; rolled back to version {target.number}",
             now,
         )
-        return self._go_back(draft, target, now)
+        return self.go_back(draft, target, now)
 
-    def _go_back(self, draft: JobDraft, target: JobVersion, now: datetime) -> Deployment:
+    def go_back(self, draft: JobDraft, target: JobVersion, now: datetime) -> Deployment:
         """A new version with ``target``'s spec, and its deployment: a revert, no canaries."""
         job = draft.job
         current = draft.current_version()

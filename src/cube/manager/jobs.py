@@ -33,6 +33,7 @@ from cube.job.plan import Place, Plan
 from cube.job.reconcile import reconcile
 from cube.job.spec import JobSpec, JobType
 from cube.log import get_logger
+from cube.manager.deployment_moves import DeploymentMoves
 from cube.manager.deployments import Deployments, apply_rollout
 from cube.manager.job_applier import MAX_PLACEMENTS_PER_PASS, Applier
 from cube.manager.job_changes import JobChanges
@@ -69,6 +70,8 @@ class JobService:
         self.changes = JobChanges(self.jobs)
         #: Deployments: kept, advanced each pass (cube.manager.deployments).
         self.deployments = Deployments(self)
+        #: Promote, pause, resume, fail and revert by hand (cube.manager.deployment_moves).
+        self.deployment_moves = DeploymentMoves(self, self.deployments)
         #: Every change of the records: saved off the loop, then shown.
         self.writes = JobWrites(
             manager.async_store, records, self.deployments, manager.node_registry

@@ -223,28 +223,28 @@ def install_job_routes(app: FastAPI, jobs: JobService) -> None:
     @app.post("/v1/jobs/{job_id:jobid}/promote")
     async def promote_job(job_id: str) -> Deployment:
         """Promote the canaries of the running deployment: the rolling update goes on."""
-        return await jobs.deployments.promote(job_id, utc_now())
+        return await jobs.deployment_moves.promote(job_id, utc_now())
 
     @app.post("/v1/jobs/{job_id:jobid}/pause")
     async def pause_job(job_id: str) -> Deployment:
         """Pause the running deployment: nothing more is replaced, no deadline runs."""
-        return await jobs.deployments.pause(job_id, utc_now())
+        return await jobs.deployment_moves.pause(job_id, utc_now())
 
     @app.post("/v1/jobs/{job_id:jobid}/resume")
     async def resume_job(job_id: str) -> Deployment:
         """Resume a paused deployment; its progress_deadline counts from now."""
-        return await jobs.deployments.resume(job_id, utc_now())
+        return await jobs.deployment_moves.resume(job_id, utc_now())
 
     @app.post("/v1/jobs/{job_id:jobid}/fail")
     async def fail_job(job_id: str) -> Deployment:
         """Fail the running deployment; its canaries stop, the job goes back to its last
         version that deployed successfully (if any)."""
-        return await jobs.deployments.fail(job_id, utc_now())
+        return await jobs.deployment_moves.fail(job_id, utc_now())
 
     @app.post("/v1/jobs/{job_id:jobid}/revert")
     async def revert_job(job_id: str, body: RevertRequest) -> Job:
         """A new version with an earlier version's spec; its deployment has no canaries."""
-        return await jobs.deployments.revert(job_id, body.version, utc_now())
+        return await jobs.deployment_moves.revert(job_id, body.version, utc_now())
 
     @app.get("/v1/deployments/{deployment_id}")
     async def get_deployment(deployment_id: str) -> Deployment:
