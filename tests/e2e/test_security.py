@@ -12,6 +12,7 @@ by ``openssl`` for the TLS test); containers are real and inspected with ``docke
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import os
@@ -35,11 +36,12 @@ import pytest
 from cube.api.tls import Verify
 from cube.task.spec import HIDDEN
 from tests.support import api
+from tests.support.cli import run_cube
 from tests.support.engine import IMAGE, containers_of, docker, sleeper, unique_name
 from tests.support.invariants import assert_converges
 from tests.support.ports import free_port
 from tests.support.secure_agents import SESSION_TOKEN_ENV, Agent, Agents, make_certificates, trust
-from tests.support.waiting import wait_for
+from tests.support.waiting import wait_for, wait_task_state
 
 pytestmark = pytest.mark.docker
 
@@ -159,14 +161,8 @@ def task_of(manager: Agent, token: str, task_id: str, **kwargs: Any) -> dict[str
 
 
 def wait_state(agent: Agent, token: str, task_id: str, state: str, **kwargs: Any) -> dict[str, Any]:
-    def reached() -> dict[str, Any] | None:
-        task = task_of(agent, token, task_id, **kwargs)
-        return task if task["state"] == state else None
-
-    try:
-        return dict(wait_for(reached, timeout=30, what=f"task {task_id} to be {state}"))
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}\n--- log ---\n{agent.logs()[-4000:]}") from None
+    read = functools.partial(task_of, agent, token, task_id, **kwargs)
+    return wait_task_state(read, task_id, state, logs=agent.logs)
 
 
 def assert_refused(response: httpx.Response, *statuses: int, secrets_: tuple[str, ...]) -> None:
@@ -186,12 +182,7 @@ def assert_refused(response: httpx.Response, *statuses: int, secrets_: tuple[str
 def cube_cli(
     *args: str, env: dict[str, str], drop_env: tuple[str, ...] = SESSION_TOKEN_ENV
 ) -> subprocess.CompletedProcess[str]:
-    full = {**os.environ, **env}
-    for key in drop_env:
-        full.pop(key, None)
-    return subprocess.run(
-        [sys.executable, "-m", "cube", *args], capture_output=True, text=True, env=full, timeout=90
-    )
+    return run_cube(*args, env=env, drop_env=drop_env, timeout=90)
 
 
 # --- a cluster shared by the tests that must change nothing -------------------------------------

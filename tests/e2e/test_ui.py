@@ -8,9 +8,6 @@ every page there (``scripts/ui-screenshots.sh`` refreshes docs/img/ui/ that way)
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +22,7 @@ from cube.api.tls import client_verify
 from tests.support import api
 from tests.support.agents import AgentProcess
 from tests.support.browser import PHONE, Dashboard, chromium
+from tests.support.cli import ok, run_cube
 from tests.support.engine import (
     IMAGE,
     containers_of,
@@ -98,15 +96,7 @@ def ui(driver: WebDriver, dev: AgentProcess) -> Iterator[Dashboard]:
 # --- helpers --------------------------------------------------------------------------------
 def cube(dev: AgentProcess, *args: str) -> str:
     """Run the CLI against ``dev`` (with the test session's token); its stdout."""
-    done = subprocess.run(
-        [sys.executable, "-m", "cube", *args],
-        capture_output=True,
-        text=True,
-        timeout=90,
-        env={**os.environ, "CUBE_ADDR": dev.url},
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
+    return ok(run_cube(*args, env={"CUBE_ADDR": dev.url}, timeout=90))
 
 
 def ticker(name: str, **extra: Any) -> dict[str, Any]:

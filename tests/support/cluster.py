@@ -4,13 +4,14 @@ tests/support/manager_http.py's, which these use."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import httpx
 
 from tests.support import api, manager_http
 from tests.support.agents import AgentProcess
-from tests.support.waiting import wait_for
+from tests.support.waiting import wait_for, wait_task_state
 
 
 def submit(manager: AgentProcess, spec: dict[str, Any]) -> str:
@@ -31,14 +32,8 @@ def tasks_of(manager: AgentProcess) -> dict[str, dict[str, Any]]:
 def wait_state(
     manager: AgentProcess, task_id: str, state: str, *, timeout: float = 30
 ) -> dict[str, Any]:
-    def reached() -> dict[str, Any] | None:
-        task = task_of(manager, task_id)
-        return task if task["state"] == state else None
-
-    try:
-        return dict(wait_for(reached, timeout=timeout, what=f"task {task_id} to be {state}"))
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}\n--- manager log ---\n{manager.logs()[-4000:]}") from None
+    read = functools.partial(task_of, manager, task_id)
+    return wait_task_state(read, task_id, state, timeout=timeout, logs=manager.logs)
 
 
 def stop(manager: AgentProcess, task_id: str) -> httpx.Response:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 from tests.support.agents import AgentProcess
+from tests.support.cli import run_cube
 from tests.support.engine import IMAGE
 from tests.support.invariants import assert_converges, job_expectations
 from tests.support.manager_http import (
@@ -22,12 +22,7 @@ def cube(
     manager: AgentProcess, *args: str, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
     """Run the ``cube`` CLI against ``manager``."""
-    return subprocess.run(
-        [sys.executable, "-m", "cube", *args, "--manager", manager.url],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_cube(*args, "--manager", manager.url, timeout=timeout)
 
 
 def job_file(

@@ -25,6 +25,29 @@ def wait_for(
     )
 
 
+def wait_task_state(
+    read: Callable[[], dict[str, Any]],
+    task_id: str,
+    state: str,
+    *,
+    timeout: float = 30,
+    logs: Callable[[], str] | None = None,
+) -> dict[str, Any]:
+    """Poll ``read()`` (the task's JSON) until the task is in ``state``, and return it;
+    on time-out, with the tail of ``logs()`` (the agent's log) in the failure."""
+
+    def reached() -> dict[str, Any] | None:
+        task = read()
+        return task if task["state"] == state else None
+
+    try:
+        return dict(wait_for(reached, timeout=timeout, what=f"task {task_id} to be {state}"))
+    except AssertionError as exc:
+        if logs is None:
+            raise
+        raise AssertionError(f"{exc}\n--- log ---\n{logs()[-4000:]}") from None
+
+
 T = TypeVar("T")
 
 

@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 
 from tests.support import api
-from tests.support.waiting import wait_for
+from tests.support.waiting import wait_task_state
 
 
 def post_task(url: str, spec: dict[str, Any]) -> httpx.Response:
@@ -21,8 +21,4 @@ def task_of(url: str, task_id: str) -> dict[str, Any]:
 
 
 def wait_state(url: str, task_id: str, state: str, timeout: float = 30) -> dict[str, Any]:
-    def reached() -> dict[str, Any] | None:
-        task = task_of(url, task_id)
-        return task if task["state"] == state else None
-
-    return dict(wait_for(reached, timeout=timeout, what=f"task {task_id} to be {state}"))
+    return wait_task_state(lambda: task_of(url, task_id), task_id, state, timeout=timeout)
