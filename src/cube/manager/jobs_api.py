@@ -252,7 +252,14 @@ def install_job_routes(app: FastAPI, jobs: JobService) -> None:
 
     @app.get("/v1/allocations")
     async def list_allocations(job: str | None = None, node: str | None = None) -> list[Allocation]:
-        return jobs.allocations(job=job, node=node)
+        """A job or node the cluster does not know is a 404 (``job shpo not found; did you
+        mean 'shop'?``), not an empty list that reads as "nothing runs there"."""
+        allocs = jobs.allocations(job=job, node=node)
+        if job is not None:
+            jobs.job(job)
+        if node is not None and not allocs:  # a forgotten node's allocations still list
+            jobs.manager.get_node(node)
+        return allocs
 
     @app.get("/v1/allocations/{alloc_id}")
     async def get_allocation(alloc_id: str) -> Allocation:
