@@ -44,6 +44,18 @@ class LazyGroup(click.Group):
             raise TypeError(f"{self.lazy[cmd_name]} is not a click command")
         return command
 
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        """Click suggests a near name from ``self.commands``, which holds none of the lazy
+        ones: without this, ``cube stauts`` got no ``Did you mean 'status'?``."""
+        try:
+            return super().resolve_command(ctx, args)
+        except click.exceptions.NoSuchCommand as e:
+            known = self.list_commands(ctx)
+            name = e.command_name
+            raise click.exceptions.NoSuchCommand(name, possibilities=known, ctx=ctx) from None
+
 
 @click.group(
     cls=LazyGroup,
