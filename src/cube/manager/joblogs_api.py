@@ -19,6 +19,7 @@ import cube.manager.jobs_api  # noqa: F401  (registers the {job_id:jobid} path c
 from cube.errors import FieldError, InvalidSpec
 from cube.job.spec import JobSpec
 from cube.manager.joblogs import JobLogs
+from cube.manager.lookup import no_such_group
 from cube.units import parse_duration
 
 if TYPE_CHECKING:
@@ -32,8 +33,7 @@ def check_filters(spec: JobSpec, group: str | None, task: str | None) -> None:
     empty stream: 422 naming the field."""
     groups = [g for g in spec.groups if group is None or g.name == group]
     if not groups:
-        known = ", ".join(g.name for g in spec.groups)
-        raise InvalidSpec([FieldError("group", f"job {spec.job} has no group {group!r} ({known})")])
+        raise no_such_group(spec, group or "")
     names = {t.name for g in groups for t in g.tasks}
     if task is not None and task not in names:
         where = f"group {group}" if group else f"job {spec.job}"

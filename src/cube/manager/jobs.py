@@ -42,6 +42,7 @@ from cube.manager.job_loop import JobLoop, utc_now
 from cube.manager.job_orphans import Orphans
 from cube.manager.job_placement import Placer
 from cube.manager.job_records import JobRecords
+from cube.manager.lookup import no_such_group
 from cube.manager.pass_views import PassViews
 from cube.scheduler import Decision
 from cube.task.model import Task, short_task_id
@@ -206,9 +207,7 @@ class JobService:
         try:
             index = next(i for i, g in enumerate(spec.groups) if g.name == group)
         except StopIteration:
-            raise InvalidSpec(
-                [FieldError("group", f"job {job_id} has no group {group!r}")]
-            ) from None
+            raise no_such_group(spec, group) from None
         if spec.type is JobType.SYSTEM:
             raise InvalidSpec([FieldError("count", "a system job runs on every eligible node")])
         data = spec.model_dump(mode="json", context=KEEP_SECRETS)

@@ -16,8 +16,9 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable, Mapping, Sequence
 
-from cube.errors import Conflict, NotFound
+from cube.errors import Conflict, FieldError, InvalidSpec, NotFound
 from cube.job.model import Allocation
+from cube.job.spec import JobSpec
 from cube.task.model import Task, abbreviates, short_task_id
 
 #: How many candidate IDs an ambiguity error lists.
@@ -87,3 +88,10 @@ def not_found(kind: str, name: str, known: Iterable[str]) -> NotFound:
     near = difflib.get_close_matches(name, list(known), n=1, cutoff=0.75)
     hint = f"; did you mean '{near[0]}'?" if near else ""
     return NotFound(f"{kind} {name} not found{hint}")
+
+
+def no_such_group(spec: JobSpec, group: str) -> InvalidSpec:
+    """``group: job shop has no group 'webb' (web)``: a 422 naming the field and the groups
+    the job has, the same for every command that takes a group (scale, logs)."""
+    known = ", ".join(g.name for g in spec.groups)
+    return InvalidSpec([FieldError("group", f"job {spec.job} has no group {group!r} ({known})")])
