@@ -71,6 +71,9 @@ class Verdict:
     summary: str = ""
     #: Failed because allocations fit no node: the job stays, and waits for one.
     blocked: bool = False
+    #: A batch job's end, as ``cube job status`` says it (``Complete: all 10 allocations
+    #: completed``): a batch job has no deployment whose end says it is over.
+    end: str = ""
 
     def line(self) -> str:
         return self.summary or self.groups_line()
@@ -121,6 +124,8 @@ def judge(detail: JobDetail) -> Verdict:
         return verdict
     if spec.type is JobType.BATCH:
         verdict.done = job.status is JobStatus.COMPLETE
+        if verdict.done:
+            verdict.end = f"{out.title(job.status)}: {job.status_reason}"
     elif spec.type is JobType.SYSTEM:
         verdict.done = bool(current) and all(a.status is AllocStatus.RUNNING for a in current)
     else:
@@ -230,3 +235,5 @@ def follow_to_the_end(
     click.echo(f"job {job_id}: {verdict.groups_line()}")
     if verdict.summary:
         click.echo(f"deployment of {verdict.summary}")
+    if verdict.end:
+        click.echo(f"job {job_id}: {verdict.end}")
