@@ -513,11 +513,23 @@ def decode_spec_text(text: str | bytes, *, fmt: Literal["json", "yaml"] = "yaml"
         if fmt == "json":
             return json.loads(text)
         return yaml.load(text, Loader=_YAML_LOADER)
+    except yaml.MarkedYAMLError as exc:
+        raise InvalidSpec([FieldError("body", f"not valid YAML: {yaml_problem(exc)}")]) from None
     except (ValueError, yaml.YAMLError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InvalidSpec([FieldError("body", f"not valid {fmt.upper()}: {first}")]) from None
     except RecursionError:  # both parsers recurse: "[[[[..." a few thousand deep, well under 1 MiB
         raise InvalidSpec([FieldError("body", f"{fmt.upper()} nested too deeply")]) from None
+
+
+def yaml_problem(exc: yaml.MarkedYAMLError) -> str:
+    """What is wrong, then what the parser was doing: ``expected ',' or ']', but got ':'
+    (while parsing a flow sequence)``. The first line of ``str(exc)`` is only the context
+    (``while parsing a flow node``), which does not say what to fix."""
+    problem, context = (exc.problem or "").strip(), (exc.context or "").strip()
+    if problem and context:
+        return f"{problem} ({context})"
+    return problem or context or type(exc).__name__
 
 
 def load_spec_file(path: str | Path) -> TaskRequest:
