@@ -27,7 +27,8 @@ from cube.job.spec import (
     reschedule_policy,
 )
 from cube.node import Resources
-from cube.task.spec import PortMapping, decode_spec_text
+from cube.task.parse import decode_spec_text
+from cube.task.spec import PortMapping
 from tests.support.paths import EXAMPLES
 
 MiB = 1024**2

@@ -27,7 +27,7 @@ from cube.job.blocked import BlockedGroup
 from cube.job.model import Job
 from cube.job.spec import JobSpec, parse_job, wrong_kind
 from cube.task.model import utcnow
-from cube.task.spec import decode_spec_text
+from cube.task.parse import decode_spec_text
 from cube.task.specfile import located, place, syntax_error_at
 
 

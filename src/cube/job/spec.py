@@ -45,6 +45,7 @@ from pydantic import Field, StrictBool, ValidationError, model_validator
 
 from cube.errors import FieldError, InvalidSpec
 from cube.node import Resources as NodeResources
+from cube.task.parse import _key, decode_spec_text
 from cube.task.spec import (
     NAME_PATTERN,
     Mount,
@@ -52,9 +53,7 @@ from cube.task.spec import (
     Resources,
     Seconds,
     TaskSpec,
-    _key,
     _Model,
-    decode_spec_text,
 )
 from cube.task.unknown_fields import UnknownFields
 

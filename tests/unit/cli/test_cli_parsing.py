@@ -33,6 +33,7 @@ from cube.job.spec import is_job_document
 from cube.node import MachineStats, NodeState
 from cube.scheduler import Decision, NodeScore
 from cube.task.model import DesiredState, Health, PublishedPort, Task, TaskEvent
+from cube.task.parse import decode_spec_text
 from cube.task.spec import (
     AllocRef,
     HealthCheck,
@@ -40,9 +41,8 @@ from cube.task.spec import (
     Protocol,
     RestartPolicy,
     TaskSpec,
-    decode_spec_text,
-    load_spec_file,
 )
+from cube.task.specfile import load_spec_file
 from cube.task.state import State
 from tests.support.fake_manager import (
     TASK_ID,
