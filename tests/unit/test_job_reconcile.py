@@ -28,9 +28,9 @@ from cube.job.model import (
     RescheduleEvent,
     next_version,
 )
+from cube.job.parse import parse_job
 from cube.job.plan import Plan
 from cube.job.reconcile import reconcile
-from cube.job.spec import parse_job
 from cube.node import Node, NodeState
 from tests.support.job_records import (
     T0,

@@ -26,6 +26,7 @@ from cube.job.model import (
     next_version,
     spec_hash,
 )
+from cube.job.parse import is_job_document, load_job_file, parse_job, parse_job_text
 from cube.job.plan import InPlace, Keep, Place, Plan, Stop, Update, Wait
 from cube.job.reconcile import reconcile
 from cube.job.spec import (
@@ -34,10 +35,6 @@ from cube.job.spec import (
     JobType,
     ReschedulePolicy,
     group_resources,
-    is_job_document,
-    load_job_file,
-    parse_job,
-    parse_job_text,
     placement_spec,
 )
 

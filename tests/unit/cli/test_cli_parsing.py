@@ -29,7 +29,7 @@ from cube.cli.main import cli
 from cube.cli.run import RunFlags, build_request, check_running, describe, wait_status
 from cube.errors import CubeError, InvalidSpec, NotFound
 from cube.job.model import Allocation, AllocStatus
-from cube.job.spec import is_job_document
+from cube.job.parse import is_job_document
 from cube.node import MachineStats, NodeState
 from cube.scheduler import Decision, NodeScore
 from cube.task.model import DesiredState, Health, PublishedPort, Task, TaskEvent
