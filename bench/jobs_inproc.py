@@ -27,7 +27,7 @@ from typing import Any
 from manager import MiB, peak_rss
 
 from cube.heap import freeze_survivors
-from cube.job.spec import parse_job
+from cube.job.parse import parse_job
 from cube.manager.core import Manager
 from cube.manager.workers import WorkerClient
 from cube.node import Node, Resources

@@ -27,7 +27,8 @@ from cube.job.model import (
     Job,
     JobStatus,
 )
-from cube.job.spec import JobSpec, parse_job
+from cube.job.parse import parse_job
+from cube.job.spec import JobSpec
 from cube.manager.api import create_app
 from cube.manager.pass_views import PassViews
 from cube.store.memory import MemoryStore

@@ -24,7 +24,8 @@ from cube.job.blocked import (
     failure_of,
 )
 from cube.job.model import Allocation, AllocDesired, AllocStatus, JobStatus, group_hash
-from cube.job.spec import JobSpec, parse_job
+from cube.job.parse import parse_job
+from cube.job.spec import JobSpec
 from cube.manager.api import create_app
 from cube.manager.core import Manager
 from cube.node import Node, Resources

@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 
 from cube.job.deployment import Deployment
+from cube.job.eligibility import NodeView
 from cube.job.model import AllocStatus, Job, JobVersion
 from cube.job.plan import Plan
-from cube.job.reconcile import NodeView, reconcile
+from cube.job.reconcile import reconcile
 from cube.job.spec import JobSpec, JobType
 from cube.manager.core import Manager
 from cube.manager.job_changes import EVERYTHING, JobChanges, Todo

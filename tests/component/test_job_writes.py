@@ -20,7 +20,8 @@ import pytest
 from cube.errors import StoreFull
 from cube.job.deployment import DeploymentStatus
 from cube.job.model import AllocDesired, JobStatus
-from cube.job.spec import JobSpec, parse_job
+from cube.job.parse import parse_job
+from cube.job.spec import JobSpec
 from cube.manager.api import create_app
 from cube.manager.core import Manager
 from tests.support.deploying import Cluster, at

@@ -18,7 +18,8 @@ import pytest
 from cube.errors import Conflict, NotFound
 from cube.job.deployment import Deployment, DeploymentStatus, GroupDeployment
 from cube.job.model import Allocation, AllocStatus, Job, JobVersion
-from cube.job.spec import JobSpec, parse_job
+from cube.job.parse import parse_job
+from cube.job.spec import JobSpec
 from cube.store import SqliteStore, Store
 from cube.store.sqlite import _SCHEMA, SCHEMA_VERSION
 from tests.support.records import make_task

@@ -17,7 +17,8 @@ import pytest
 from cube.auth import Authenticator, Role
 from cube.errors import InvalidSpec
 from cube.job.model import Allocation, AllocDesired, AllocStatus, Job, JobStatus
-from cube.job.spec import MAX_COUNT, parse_job
+from cube.job.parse import parse_job
+from cube.job.spec import MAX_COUNT
 from cube.manager.api import create_app
 from cube.manager.core import Manager
 from cube.node import MachineStats, Node, NodeState, Resources

@@ -28,7 +28,7 @@ from cube.worker import runner as runner_module
 from cube.worker.agent import Worker
 from cube.worker.api import create_app
 from cube.worker.authority import announced_timeout, should_stop_tasks
-from cube.worker.runner import container_config
+from cube.worker.container import container_config
 from tests.support.waiting import wait_until
 from tests.support.worker import FullStore, request, restart
 

@@ -17,8 +17,8 @@ from cube.runtime import DockerRuntime
 from cube.task.model import Task
 from cube.task.spec import AllocRef, Protocol, TaskSpec
 from cube.worker.alloc_runner import AllocRunner
+from cube.worker.container import container_config
 from cube.worker.ports import HostPorts, Probe, probe_port
-from cube.worker.runner import container_config
 from tests.support import api
 from tests.support.engine import (
     IMAGE,

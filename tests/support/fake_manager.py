@@ -13,7 +13,7 @@ from click.testing import Result
 from cube.job.blocked import PlacementFailure
 from cube.job.deployment import Deployment, DeploymentStatus
 from cube.job.model import Allocation, AllocStatus, Job, JobStatus
-from cube.job.spec import parse_job
+from cube.job.parse import parse_job
 from cube.job.wire import JobDetail
 from cube.node import Node, Resources
 from cube.task.model import Task

@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cube.errors import NotFound
-from cube.job.spec import JobSpec, parse_job
+from cube.job.parse import parse_job
+from cube.job.spec import JobSpec
 from cube.manager.core import Manager
 from cube.manager.workers import WorkerClient
 from cube.node import Node, Resources

@@ -18,9 +18,10 @@ from cube.job.model import (
     RescheduleEvent,
     group_hash,
 )
+from cube.job.parse import parse_job
 from cube.job.plan import Plan
 from cube.job.reconcile import reconcile
-from cube.job.spec import JobSpec, parse_job
+from cube.job.spec import JobSpec
 from cube.node import NodeState
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

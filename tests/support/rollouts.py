@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from cube.job.spec import (
-    JobSpec,
-    parse_job,
-)
+from cube.job.parse import parse_job
+from cube.job.spec import JobSpec
 
 UPDATE = {"min_healthy_time": "2s", "healthy_deadline": "10s", "progress_deadline": "30s"}
 

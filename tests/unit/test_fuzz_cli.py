@@ -33,7 +33,8 @@ from hypothesis import strategies as st
 from cube.cli.main import cli
 from cube.errors import InvalidSpec
 from cube.task.model import Task
-from cube.task.spec import TaskRequest, load_spec_file
+from cube.task.spec import TaskRequest
+from cube.task.specfile import load_spec_file
 from cube.units import parse_size
 
 pytestmark = pytest.mark.timeout(240)

@@ -16,6 +16,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cube.job.eligibility import ineligibility
+from cube.job.holders import is_holder
 from cube.job.model import (
     Allocation,
     AllocDesired,
@@ -26,7 +28,7 @@ from cube.job.model import (
     group_hash,
 )
 from cube.job.plan import Plan
-from cube.job.reconcile import ineligibility, is_holder, reconcile
+from cube.job.reconcile import reconcile
 from cube.job.spec import JobType
 from cube.node import NodeState
 from tests.support.job_records import T0, N, some_allocations, spec, two_versions, version

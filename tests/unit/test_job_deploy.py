@@ -16,16 +16,10 @@ from cube.errors import Conflict, InvalidSpec
 from cube.job import deploy
 from cube.job.deployment import Deployment, DeploymentStatus, GroupDeployment
 from cube.job.model import Allocation, AllocDesired, AllocStatus, Job, JobVersion
+from cube.job.parse import parse_job, parse_job_text
 from cube.job.plan import Plan
 from cube.job.reconcile import reconcile
-from cube.job.spec import (
-    JobSpec,
-    UpdateOrder,
-    UpdatePolicy,
-    parse_job,
-    parse_job_text,
-    update_policy,
-)
+from cube.job.spec import JobSpec, UpdateOrder, UpdatePolicy, update_policy
 from cube.node import NodeState
 from cube.task.model import Health, Task
 from cube.task.spec import TaskSpec

@@ -15,7 +15,7 @@ from cube.cli.main import cli
 from cube.errors import InvalidSpec
 from cube.job.logs import LineSplitter, LogRecord, log_sources
 from cube.job.model import Allocation, AllocTask
-from cube.job.spec import parse_job
+from cube.job.parse import parse_job
 from cube.manager.joblogs_api import check_filters, since_time
 from cube.task.model import Task
 from cube.task.spec import TaskSpec

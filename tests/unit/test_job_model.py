@@ -20,7 +20,8 @@ from cube.job.model import (
     next_version,
     spec_hash,
 )
-from cube.job.spec import JobSpec, parse_job
+from cube.job.parse import parse_job
+from cube.job.spec import JobSpec
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

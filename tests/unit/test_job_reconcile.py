@@ -16,6 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import TypeAdapter
 
+from cube.job.eligibility import datacenter_of, ineligibility
+from cube.job.holders import is_holder
 from cube.job.model import (
     Allocation,
     AllocDesired,
@@ -26,9 +28,9 @@ from cube.job.model import (
     RescheduleEvent,
     next_version,
 )
+from cube.job.parse import parse_job
 from cube.job.plan import Plan
-from cube.job.reconcile import datacenter_of, ineligibility, is_holder, reconcile
-from cube.job.spec import parse_job
+from cube.job.reconcile import reconcile
 from cube.node import Node, NodeState
 from tests.support.job_records import (
     T0,

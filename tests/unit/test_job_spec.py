@@ -11,23 +11,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cube.errors import InvalidSpec
+from cube.job.parse import field_path, is_job_document, load_job_file, parse_job, parse_job_text
 from cube.job.spec import (
     DEFAULT_RESCHEDULE,
     JobSpec,
     JobType,
     ReschedulePolicy,
-    field_path,
     group_constraints,
     group_resources,
-    is_job_document,
-    load_job_file,
-    parse_job,
-    parse_job_text,
     placement_spec,
     reschedule_policy,
 )
 from cube.node import Resources
-from cube.task.spec import PortMapping, decode_spec_text
+from cube.task.parse import decode_spec_text
+from cube.task.spec import PortMapping
 from tests.support.paths import EXAMPLES
 
 MiB = 1024**2

@@ -17,7 +17,8 @@ from cube.job.model import (
     Job,
     JobStatus,
 )
-from cube.job.spec import JobSpec, JobType, parse_job
+from cube.job.parse import parse_job
+from cube.job.spec import JobSpec, JobType
 from cube.job.wire import JobDetail
 from cube.manager.allocs import (
     MAX_TASK_ID,

@@ -8,7 +8,7 @@ import pytest
 
 from cube.errors import Conflict, NotFound
 from cube.job.model import Allocation
-from cube.job.spec import parse_job
+from cube.job.parse import parse_job
 from cube.manager.core import Manager
 from cube.manager.lookup import find_alloc, find_task, not_found
 from cube.node import Node

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from cube.runtime.docker import network_refused
+from cube.runtime.docker_json import network_refused
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from cube.errors import InvalidSpec
+from cube.task.parse import decode_spec_text, parse_request
 from cube.task.spec import (
     FOR_LABELS,
     HIDDEN,
@@ -23,10 +24,8 @@ from cube.task.spec import (
     RestartPolicyName,
     TaskRequest,
     TaskSpec,
-    decode_spec_text,
-    load_spec_file,
-    parse_request,
 )
+from cube.task.specfile import load_spec_file
 from cube.units import format_size, parse_duration, parse_size
 from tests.support.paths import EXAMPLES
 

@@ -9,7 +9,8 @@ from pydantic import BaseModel
 
 from cube.errors import FieldError, InvalidSpec, PayloadTooLarge
 from cube.task.model import Task
-from cube.task.spec import TaskRequest, decode_spec_text, parse_request
+from cube.task.parse import decode_spec_text, parse_request
+from cube.task.spec import TaskRequest
 
 #: Largest request body accepted: a spec is a few KiB; 1 MiB leaves room for big env blocks.
 MAX_BODY = 1024 * 1024

@@ -90,7 +90,7 @@ class NodeOptions:
 
     def node_labels(self) -> dict[str, str]:
         """The labels the node reports: ``--label`` ones, and ``datacenter`` (see
-        :func:`cube.job.reconcile.datacenter_of`), which a ``--label`` may not contradict."""
+        :func:`cube.job.eligibility.datacenter_of`), which a ``--label`` may not contradict."""
         labels = parse_labels(self.labels)
         if self.datacenter is None:
             labels.setdefault("datacenter", DEFAULT_DATACENTER)

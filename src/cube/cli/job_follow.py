@@ -21,8 +21,8 @@ from cube.cli import output as out
 from cube.cli.client import ManagerClient
 from cube.cli.errors import EXIT_FAILED, EXIT_INTERRUPTED
 from cube.job.blocked import blocked_groups
+from cube.job.holders import is_holder
 from cube.job.model import AllocDesired, AllocStatus, JobStatus
-from cube.job.reconcile import is_holder
 from cube.job.spec import JobType
 from cube.job.wire import JobDetail
 

@@ -25,9 +25,10 @@ from cube.cli.output import short
 from cube.errors import FieldError, InvalidSpec
 from cube.job.blocked import BlockedGroup
 from cube.job.model import Job
-from cube.job.spec import JobSpec, parse_job, wrong_kind
+from cube.job.parse import parse_job, wrong_kind
+from cube.job.spec import JobSpec
 from cube.task.model import utcnow
-from cube.task.spec import decode_spec_text
+from cube.task.parse import decode_spec_text
 from cube.task.specfile import located, place, syntax_error_at
 
 

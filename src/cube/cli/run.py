@@ -16,16 +16,15 @@ from cube.cli.client import ManagerClient, manager_option
 from cube.cli.errors import handle_errors
 from cube.cli.options import SIZE, duration_callback, pairs_callback
 from cube.cli.output import short
-from cube.job.spec import wrong_kind
+from cube.job.parse import wrong_kind
 from cube.task.model import DesiredState, Task
+from cube.task.parse import decode_spec_text, parse_request
 from cube.task.spec import (
     KEEP_SECRETS,
     RestartPolicyName,
     TaskRequest,
-    decode_spec_text,
-    load_spec_file,
-    parse_request,
 )
+from cube.task.specfile import load_spec_file
 from cube.task.state import State
 from cube.units import format_duration
 

@@ -7,6 +7,7 @@
   -> plan``; :mod:`cube.job.plan`: the plan it returns, for an applier to carry out.
 """
 
+from cube.job.eligibility import NodeView, datacenter_of, ineligibility
 from cube.job.model import (
     ALLOC_TERMINAL,
     ALLOC_TRANSITIONS,
@@ -25,18 +26,15 @@ from cube.job.model import (
     next_version,
     spec_hash,
 )
+from cube.job.parse import is_job_document, load_job_file, parse_job, parse_job_text
 from cube.job.plan import InPlace, Keep, Place, Plan, Stop, Update, Wait
-from cube.job.reconcile import NodeView, datacenter_of, ineligibility, reconcile
+from cube.job.reconcile import reconcile
 from cube.job.spec import (
     GroupSpec,
     JobSpec,
     JobType,
     ReschedulePolicy,
     group_resources,
-    is_job_document,
-    load_job_file,
-    parse_job,
-    parse_job_text,
     placement_spec,
 )
 

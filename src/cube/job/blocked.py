@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, Field
 
+from cube.job.holders import is_holder
 from cube.job.model import Allocation, JobStatus
-from cube.job.reconcile import is_holder
 from cube.job.spec import JobSpec, JobType
 from cube.scheduler import Decision
 

@@ -22,8 +22,8 @@ from datetime import datetime, timedelta
 
 from cube.errors import Conflict
 from cube.job.deployment import Deployment, DeploymentStatus, GroupDeployment
+from cube.job.eligibility import NodeView, ineligibility
 from cube.job.model import Allocation, AllocDesired, AllocStatus, JobVersion, group_hash
-from cube.job.reconcile import NodeView, ineligibility
 from cube.job.spec import JobSpec, JobType, UpdatePolicy, update_policy
 from cube.task.model import Health, Task
 from cube.task.state import State

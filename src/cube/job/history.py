@@ -16,7 +16,8 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from cube.job.model import JobVersion
-from cube.job.spec import JobSpec, field_path
+from cube.job.parse import field_path
+from cube.job.spec import JobSpec
 
 
 def _flatten(value: Any, at: tuple[str | int, ...] = ()) -> Iterator[tuple[str, Any]]:

@@ -16,7 +16,8 @@ pass that was missed (a crash between two writes) is healed by the next one.
 **Slots and holders.** A service or batch group with ``count: 3`` has three slots,
 indexes 0, 1, 2. The *holder* of a slot is its allocation that the manager still wants
 (``desired: run``) and that nothing has replaced yet (``replaced_by`` empty); the other
-allocations are history. A system group has one slot per eligible node instead.
+allocations are history (:func:`cube.job.holders.is_holder`). A system group has one slot
+per eligible node instead (:mod:`cube.job.eligibility`).
 
 **Buckets.** Each holder falls in one of Nomad's buckets, decided by its node and status:
 
@@ -42,13 +43,14 @@ of the version it goes back to.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol
 
 from cube.job import rollout
 from cube.job.deployment import Deployment
+from cube.job.eligibility import NodeView, ineligibility
+from cube.job.holders import failed_for_good, is_holder, job_status
 from cube.job.model import (
     Allocation,
     AllocDesired,
@@ -61,70 +63,16 @@ from cube.job.model import (
 )
 from cube.job.plan import InPlace, Keep, Place, Plan, Stop, Update, Wait
 from cube.job.spec import (
-    DEFAULT_DATACENTER,
     GroupSpec,
     JobSpec,
     JobType,
     ReschedulePolicy,
-    group_constraints,
     reschedule_policy,
     update_policy,
 )
 from cube.node import NodeState
 
-
-class NodeView(Protocol):
-    """What the reconciler reads of a node; :class:`cube.node.Node` is one."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def state(self) -> NodeState: ...
-
-    @property
-    def drain(self) -> bool: ...
-
-    @property
-    def labels(self) -> Mapping[str, str]: ...
-
-
-def datacenter_of(node: NodeView) -> str:
-    """The node's datacenter: its ``datacenter`` attribute if it has one, else its label.
-
-    A node that says nothing is in :data:`~cube.job.spec.DEFAULT_DATACENTER`, as in Nomad.
-    """
-    explicit = getattr(node, "datacenter", None)
-    if isinstance(explicit, str) and explicit:
-        return explicit
-    return node.labels.get("datacenter", DEFAULT_DATACENTER)
-
-
-def ineligibility(node: NodeView, spec: JobSpec, group: GroupSpec) -> str | None:
-    """Why ``node`` may not run the group, or None. (Resources are the scheduler's affair.)"""
-    if node.state is NodeState.DOWN:
-        return f"node {node.name} is down"
-    if node.drain or node.state is NodeState.DRAINING:
-        return f"node {node.name} is draining"
-    dc = datacenter_of(node)
-    if dc not in spec.datacenters:
-        return (
-            f"node {node.name} is in datacenter {dc}, the job runs in {', '.join(spec.datacenters)}"
-        )
-    for key, value in group_constraints(spec, group).items():
-        have = node.labels.get(key)
-        if have != value:
-            has = f"has {key}={have}" if have is not None else f"has no {key!r} label"
-            return f"node {node.name} {has}, the group needs {key}={value}"
-    return None
-
-
 # --- the reconciler ------------------------------------------------------------------------
-
-
-def is_holder(alloc: Allocation) -> bool:
-    """Whether the allocation holds its slot: wanted, not replaced yet, not a canary."""
-    return alloc.desired is AllocDesired.RUN and alloc.replaced_by is None and not alloc.canary
 
 
 def reconcile(
@@ -163,7 +111,7 @@ def reconcile(
             plan.stop.append(
                 Stop(alloc.id, f"group {alloc.group} is not in version {version.number}")
             )
-    doomed = _failed_for_good(spec, mine)
+    doomed = failed_for_good(spec, mine)
     for group in spec.groups:
         hash = group_hash(spec, group)
         state = _GroupPass(
@@ -183,7 +131,7 @@ def reconcile(
             _reconcile_system(state)
         else:
             _reconcile_counted(state)
-    plan.status, plan.status_reason = _job_status(spec, mine, doomed)
+    plan.status, plan.status_reason = job_status(spec, mine, doomed)
     return plan
 
 
@@ -211,24 +159,6 @@ class _GroupPass:
     @property
     def system(self) -> bool:
         return self.spec.type is JobType.SYSTEM
-
-
-def _failed_for_good(spec: JobSpec, allocs: Sequence[Allocation]) -> Allocation | None:
-    """Batch: the first holder whose reschedule attempts are used up (the job has failed)."""
-    if spec.type is not JobType.BATCH:
-        return None
-    for group in spec.groups:
-        policy = reschedule_policy(spec, group)
-        for alloc in allocs:
-            if (
-                alloc.group == group.name
-                and alloc.index < group.wanted
-                and is_holder(alloc)
-                and alloc.status is AllocStatus.FAILED
-                and policy.exhausted(alloc.reschedule_attempts)
-            ):
-                return alloc
-    return None
 
 
 def _pick_holders(state: _GroupPass, key: str) -> dict[int | str, Allocation]:
@@ -471,46 +401,3 @@ def _reconcile_system(state: _GroupPass) -> None:
         plan.place.append(
             Place(group.name, index, f"node {node.name} is eligible and runs none", node=node.name)
         )
-
-
-# --- the job's status ----------------------------------------------------------------------
-
-
-def _job_status(
-    spec: JobSpec, allocs: Sequence[Allocation], doomed: Allocation | None
-) -> tuple[JobStatus, str]:
-    """The job's status and why, derived from its holders as they stand."""
-    holders = [a for a in allocs if is_holder(a)]
-    live = [a for a in holders if not a.is_terminal]
-    if doomed is not None:
-        why = f"{doomed.name} failed for good"
-        if doomed.status_reason:
-            why += f": {doomed.status_reason}"
-        if live:
-            return JobStatus.RUNNING, f"{why}; waiting for {len(live)} to finish"
-        return JobStatus.FAILED, why
-    if spec.type is JobType.BATCH:
-        complete = {(a.group, a.index) for a in holders if a.status is AllocStatus.COMPLETE}
-        wanted = sum(g.wanted for g in spec.groups)
-        if (
-            sum(1 for g in spec.groups for i in range(g.wanted) if (g.name, i) in complete)
-            == wanted
-        ):
-            done = "the allocation" if wanted == 1 else f"all {wanted} allocations"
-            return JobStatus.COMPLETE, f"{done} completed"
-    running = sum(1 for a in live if a.status is AllocStatus.RUNNING)
-    if running:
-        return JobStatus.RUNNING, f"{running} allocation{'' if running == 1 else 's'} running"
-    if spec.type is not JobType.SYSTEM and all(g.wanted == 0 for g in spec.groups):
-        return JobStatus.RUNNING, "every group is scaled to 0"
-    policies = {g.name: reschedule_policy(spec, g) for g in spec.groups}
-    given_up = sum(
-        1
-        for a in holders
-        if a.status is AllocStatus.FAILED
-        and a.group in policies
-        and policies[a.group].exhausted(a.reschedule_attempts)
-    )
-    if given_up:
-        return JobStatus.PENDING, f"no allocation runs; {given_up} failed for good"
-    return JobStatus.PENDING, "no allocation runs yet"

@@ -28,7 +28,8 @@ A job is Cube's unit of work, as in Nomad (job -> group -> task)::
   (none: no limit), the n-th one ``delay * backoff**(n-1)`` after the failure, capped at
   ``max_delay``. Left out, each type has its own default (:func:`reschedule_policy`).
 
-Errors name the path of the field as the user wrote it: ``groups[0].tasks[1].image``.
+Errors name the path of the field as the user wrote it: ``groups[0].tasks[1].image``
+(:mod:`cube.job.parse` reads the text and tells the errors).
 Shape errors (types, ranges, unknown fields) come from pydantic; the rules that span
 fields (unique names, ``count`` on a system job, a host port pinned twice in a group,
 constraints that contradict each other) are checked once the shape is right.
@@ -38,13 +39,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from enum import StrEnum
-from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, StrictBool, ValidationError, model_validator
+from pydantic import Field, StrictBool, model_validator
 
 from cube.errors import FieldError, InvalidSpec
 from cube.node import Resources as NodeResources
+from cube.task.parse import _key
 from cube.task.spec import (
     NAME_PATTERN,
     Mount,
@@ -52,11 +53,8 @@ from cube.task.spec import (
     Resources,
     Seconds,
     TaskSpec,
-    _key,
     _Model,
-    decode_spec_text,
 )
-from cube.task.unknown_fields import UnknownFields
 
 #: Where a node is when it does not say (``cube worker --datacenter``), as in Nomad.
 DEFAULT_DATACENTER = "dc1"
@@ -355,78 +353,3 @@ def update_policy(spec: JobSpec, group: GroupSpec) -> UpdatePolicy:
 def reschedule_policy(spec: JobSpec, group: GroupSpec) -> ReschedulePolicy:
     """The group's reschedule policy, or its job type's default."""
     return group.reschedule or DEFAULT_RESCHEDULE[spec.type]
-
-
-# --- parsing -------------------------------------------------------------------------------
-
-
-def field_path(loc: Sequence[str | int]) -> str:
-    """A pydantic location as the user reads it: ``('groups', 0, 'count') -> groups[0].count``."""
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{_key(part)}" if out else _key(part)
-    return out
-
-
-def _field_errors(exc: ValidationError) -> list[FieldError]:
-    unknown = UnknownFields(JobSpec)
-    return [
-        FieldError(
-            field_path(err["loc"]) or "body",
-            unknown(err["loc"])
-            if err["type"] == "extra_forbidden"
-            else err["msg"].removeprefix("Value error, "),
-            loc=tuple(err["loc"]),
-        )
-        for err in exc.errors(include_url=False)
-    ]
-
-
-def is_job_document(data: Any) -> bool:
-    """Whether decoded YAML/JSON is a job file (it has ``job:``) rather than a task spec."""
-    return isinstance(data, dict) and "job" in data
-
-
-def wrong_kind(data: Any, *, want_job: bool) -> str | None:
-    """Why a decoded file is the other kind of spec than the command takes, or None: a
-    task spec (``name:``, ``image:``) given to ``cube job run``, or a job file given to
-    ``cube run``. One line that says which command runs it, instead of an error for
-    every field, each true and none of them the point."""
-    if not isinstance(data, dict):
-        return None
-    if want_job and not {"job", "groups"} & data.keys() and {"image", "name"} & data.keys():
-        return (
-            "a task spec (name:, image:), not a job file (job:, groups:): run it with"
-            " `cube run FILE`"
-        )
-    if not want_job and is_job_document(data):
-        return "a job file (job:, groups:), not a task spec: run it with `cube job run FILE`"
-    return None
-
-
-def parse_job(data: Any) -> JobSpec:
-    """Validate a decoded job file, raising :class:`InvalidSpec` with field paths."""
-    if not isinstance(data, dict):
-        raise InvalidSpec([FieldError("body", "expected a mapping of job fields (job, groups)")])
-    try:
-        return JobSpec.model_validate(data)
-    except ValidationError as exc:
-        raise InvalidSpec(_field_errors(exc)) from None
-
-
-def parse_job_text(text: str | bytes, *, fmt: Literal["json", "yaml"] = "yaml") -> JobSpec:
-    """Parse a job file's text (YAML reads JSON too)."""
-    return parse_job(decode_spec_text(text, fmt=fmt))
-
-
-def load_job_file(path: str | Path) -> JobSpec:
-    """Read a YAML or JSON job file."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidSpec([FieldError(str(p), f"cannot read job file: {exc}")]) from None
-    return parse_job_text(text, fmt="json" if p.suffix.lower() == ".json" else "yaml")

@@ -10,8 +10,8 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from cube.job.holders import is_holder
 from cube.job.model import Allocation, AllocStatus, Job
-from cube.job.reconcile import is_holder
 from cube.job.spec import JobSpec, JobType
 
 

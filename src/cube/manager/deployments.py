@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING
 from cube.errors import NotFound
 from cube.job import deploy
 from cube.job.deployment import Deployment, DeploymentStatus
+from cube.job.eligibility import NodeView
 from cube.job.model import Allocation, AllocDesired, AllocStatus, Job, JobStatus, JobVersion
 from cube.job.plan import Plan
-from cube.job.reconcile import NodeView
 from cube.job.spec import JobType, update_policy
 from cube.log import get_logger
 

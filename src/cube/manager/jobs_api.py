@@ -33,8 +33,9 @@ from cube.job.blocked import blocked_status, failures_of
 from cube.job.deployment import Deployment
 from cube.job.history import changes
 from cube.job.model import Allocation, Job, JobVersion
+from cube.job.parse import parse_job
 from cube.job.plan import Plan
-from cube.job.spec import JobSpec, JobType, parse_job
+from cube.job.spec import JobSpec, JobType
 from cube.job.wire import (
     HistoryEntry,
     JobDetail,

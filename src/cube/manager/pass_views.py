@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 
-from cube.job.reconcile import datacenter_of
+from cube.job.eligibility import datacenter_of
 from cube.job.spec import DEFAULT_DATACENTER
 from cube.node import Node
 

@@ -3,6 +3,7 @@ whether its container is restarted (restart: decided alike by the worker, which 
 and the manager, which tells from it whether a failure is final)."""
 
 from cube.task.model import DesiredState, Health, PublishedPort, Task, TaskEvent, new_task_id
+from cube.task.parse import parse_request
 from cube.task.restart import RestartDecision, decide_restart
 from cube.task.spec import (
     HealthCheck,
@@ -12,9 +13,8 @@ from cube.task.spec import (
     RestartPolicyName,
     TaskRequest,
     TaskSpec,
-    load_spec_file,
-    parse_request,
 )
+from cube.task.specfile import load_spec_file
 from cube.task.state import TERMINAL, TRANSITIONS, State, can_transition, check_transition
 
 __all__ = [

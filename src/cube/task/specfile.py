@@ -1,9 +1,10 @@
 """Spec files as a user reads them: errors point at the file, line and column.
 
 ``web.yaml:7:3: resources.memory: must be at least 6MiB``, like a compiler, so that an
-editor can jump there. Decoding and validation are :mod:`cube.task.spec`'s; this module
-only finds where in the text each error is: YAML keeps the position of every node
-(JSON is read the same way for that, being YAML), and syntax errors carry theirs.
+editor can jump there. Decoding is :mod:`cube.task.parse`'s, validation
+:mod:`cube.task.spec`'s; this module only finds where in the text each error is: YAML
+keeps the position of every node (JSON is read the same way for that, being YAML), and
+syntax errors carry theirs.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from pydantic import ValidationError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from cube.errors import FieldError, InvalidSpec
-from cube.task.spec import _YAML_LOADER as _LOADER
-from cube.task.spec import TaskRequest, decode_spec_text, located_errors
+from cube.task.parse import _YAML_LOADER as _LOADER
+from cube.task.parse import decode_spec_text, located_errors
+from cube.task.spec import TaskRequest
 
 
-def read_spec_file(path: str | Path) -> TaskRequest:
-    """Read and validate a YAML or JSON spec file; :class:`InvalidSpec` names the place."""
+def load_spec_file(path: str | Path) -> TaskRequest:
+    """Read and validate a YAML or JSON spec file; :class:`InvalidSpec` names the place:
+    its errors say ``FILE:LINE:COL: field: message``."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")

@@ -1,19 +1,13 @@
 """The worker agent: runs the tasks placed on this node as containers.
 
 It keeps one :class:`~cube.worker.runner.TaskRunner` per task it supervises and
-four background loops:
+four background loops (exits, poll, metrics, disconnect: :mod:`cube.worker.loops`).
 
-* exits: Docker ``die`` events, so a crash is noticed at once;
-* poll: a container listing every ``poll_interval`` seconds, the level-triggered
-  safety net for anything an event stream can miss (an engine restart, say);
-* metrics: a machine sample every ``stats_interval`` seconds;
-* disconnect: stops every task once the manager has been silent for
-  ``stop_after_disconnect`` seconds (see :mod:`cube.worker.authority`).
-
-On start it adopts the containers that carry its labels, so a worker restart
-(even ``kill -9``) neither loses nor duplicates a running task. A worker that joins
-a manager (``wait_for_assignment``) then starts and restarts nothing until the answer
-to its join says which of its tasks are still its own (:meth:`Worker.joined`).
+On start it adopts the containers that carry its labels (:mod:`cube.worker.adopt`), so
+a worker restart (even ``kill -9``) neither loses nor duplicates a running task. A
+worker that joins a manager (``wait_for_assignment``) then starts and restarts nothing
+until the answer to its join says which of its tasks are still its own
+(:meth:`Worker.joined`).
 The tasks of a job allocation share one :class:`~cube.worker.alloc_runner.AllocRunner`
 (their network); once supervision resumes, the networks of live allocations are adopted
 and this worker's others removed.
@@ -23,40 +17,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import time
 from collections.abc import AsyncIterator, Collection
+from functools import partial
 from typing import Any
 
-from pydantic import ValidationError
-
 from cube.background import Supervisor, cancel_all, spawn
-from cube.errors import Conflict, FieldError, InvalidSpec, NotFound, RuntimeUnavailable
+from cube.errors import Conflict, FieldError, InvalidSpec, NotFound
 from cube.log import get_logger
 from cube.metrics.worker import WorkerTelemetry
 from cube.node import MachineStats, Resources
 from cube.protocol import JoinAnswer, NodeReport, TaskChanges
-from cube.runtime.base import (
-    LABEL_SPEC,
-    LABEL_TASK_ID,
-    ContainerRuntime,
-    ContainerSummary,
-    alloc_from_labels,
-    worker_selector,
-)
+from cube.runtime.base import ContainerRuntime
 from cube.store.base import Store
 from cube.task.model import STOPPED_BY_USER, DesiredState, Task, TaskEvent
-from cube.task.spec import Privilege, RestartPolicy, TaskRequest, TaskSpec, privileges
+from cube.task.spec import Privilege, TaskRequest, TaskSpec, privileges
 from cube.task.state import State
+from cube.worker import loops
+from cube.worker.adopt import adopt
 from cube.worker.alloc_runner import Allocations, AllocRunner
-from cube.worker.authority import Resume, resume, should_stop_tasks
+from cube.worker.authority import Resume, resume
 from cube.worker.changes import ChangeFeed
 from cube.worker.engine import EngineWatch
 from cube.worker.health import Prober, probe
 from cube.worker.metrics import MachineSampler
 from cube.worker.ports import HostPorts
-from cube.worker.runner import TaskRunner, needs_runner
+from cube.worker.runner import TaskRunner
 
 log = get_logger("cube.worker")
 
@@ -128,7 +115,7 @@ class Worker:
         self.last_heard = time.monotonic()
         #: The tasks were stopped for the manager's silence, and it has not called since.
         self._cut_off = False
-        #: IDs of the tasks whose containers were found running at start (see _adopt).
+        #: IDs of the tasks whose containers were found running at start (see adopt()).
         self._adopted_running: set[str] = set()
         #: Its metrics (GET /metrics): its tasks read at scrape time, and these hooks.
         self.telemetry = WorkerTelemetry(self, name=name)
@@ -137,7 +124,7 @@ class Worker:
     async def start(self) -> None:
         """Adopt this node's containers, resume supervision, start the background loops."""
         await self.runtime.ping()
-        await self._adopt()
+        self._adopted_running |= await adopt(node=self.name, runtime=self.runtime, store=self.store)
         if self.awaiting_assignment:
             log.info(
                 "waiting for the manager to say which tasks are still this node's; "
@@ -149,12 +136,12 @@ class Worker:
         self.last_heard = time.monotonic()
         self._sample()
         self._loops = [
-            self.loops.start("exits", self._exits_loop),
-            self.loops.start("poll", self._poll_loop),
-            self.loops.start("disconnect", self._disconnect_loop),
+            self.loops.start("exits", partial(loops.exits_loop, self)),
+            self.loops.start("poll", partial(loops.poll_loop, self)),
+            self.loops.start("disconnect", partial(loops.disconnect_loop, self)),
         ]
         if self.sampler is not None:  # nothing to sample otherwise: no timer (a fleet has 5,000)
-            self._loops.append(self.loops.start("metrics", self._metrics_loop))
+            self._loops.append(self.loops.start("metrics", partial(loops.metrics_loop, self)))
         log.info("worker started", node=self.name, tasks=len(self.runners))
 
     def joined(self, answer: JoinAnswer) -> None:
@@ -426,57 +413,6 @@ class Worker:
         self.runners[task.id] = runner
         return runner
 
-    async def _adopt(self) -> None:
-        """Match containers carrying this worker's labels with the tasks in the store."""
-        by_task: dict[str, list[ContainerSummary]] = {}
-        for c in await self.runtime.list(worker_selector(self.name)):
-            if LABEL_TASK_ID in c.labels:
-                by_task.setdefault(c.labels[LABEL_TASK_ID], []).append(c)
-        for task_id, containers in by_task.items():
-            task = self.store.find_task(task_id) or self._task_from_labels(task_id, containers[0])
-            if task is None:
-                continue
-            keep = _pick_container(task, containers)
-            for extra in containers:
-                if extra.id != keep.id:
-                    log.warning(
-                        "removing duplicate container", task=task_id, container=extra.id[:12]
-                    )
-                    await self.runtime.remove(extra.id)
-            task.container_id = keep.id
-            task.node = self.name
-            if keep.running and task.desired is DesiredState.RUN:
-                self._adopted_running.add(task_id)
-            events = []
-            if task.state is State.PENDING:
-                events.append(task.transition(State.SCHEDULED, "adopted by node " + self.name))
-            if task.state is State.SCHEDULED and task.spec.health is None:
-                events.append(task.transition(State.RUNNING, f"adopted container {keep.id[:12]}"))
-            self.store.save_task(task, events)
-            log.info("adopted container", task=task_id, container=keep.id[:12], node=self.name)
-
-    def _task_from_labels(self, task_id: str, container: ContainerSummary) -> Task | None:
-        """Rebuild a task the store forgot (e.g. ``--store memory``) from its container's labels."""
-        try:
-            spec = TaskSpec.model_validate(json.loads(container.labels.get(LABEL_SPEC, "")))
-        except (ValueError, ValidationError):
-            log.warning(
-                "container without a readable spec label left alone",
-                container=container.id[:12],
-                task=task_id,
-            )
-            return None
-        reason = "rebuilt from labels"
-        if spec.env_hidden:
-            # Labels carry no env value: this container keeps the ones it was started with,
-            # but a new one would get "<secret>". So it runs until it exits, and no longer.
-            spec = spec.model_copy(update={"restart": RestartPolicy()})
-            reason += " without env values (labels carry none): it will not be restarted"
-        alloc = alloc_from_labels(container.labels)
-        task = Task(id=task_id, spec=spec, node=self.name, alloc=alloc)
-        self.store.save_task(task, [TaskEvent(state=State.PENDING, reason=reason)])
-        return task
-
     # --- allocations ---------------------------------------------------------------------------
     def _runs(self, task_id: str) -> bool:
         """Whether the task's runner is at work: only then may it start a container.
@@ -488,79 +424,9 @@ class Worker:
         runner = self.runners.get(task_id)
         return runner is not None and not runner.done.is_set()
 
-    # --- background loops ----------------------------------------------------------------------
-    def _notify_container(self, container_id: str) -> None:
-        woken = [r for r in self.runners.values() if r.task.container_id == container_id]
-        if not woken:
-            # Perhaps a container whose start is not recorded yet: wake the runners starting
-            # one, so that they ask the engine instead of trusting the answer to the start.
-            woken = [r for r in self.runners.values() if r.task.container_id is None]
-        for runner in woken:
-            runner.notify()
-
-    async def _exits_loop(self) -> None:
-        while True:
-            try:
-                async for container_id in self.runtime.exits(worker_selector(self.name)):
-                    self._notify_container(container_id)
-            except RuntimeUnavailable as exc:
-                log.warning("event stream lost, reconnecting", node=self.name, error=exc.message)
-            # The stream only ends when the engine closes it: it stopped (or restarted).
-            self.engine.lost()
-            self.telemetry.event_stream_reconnected()
-            await asyncio.sleep(self.poll_interval)
-
-    async def _poll_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.poll_interval)
-            try:
-                running = {
-                    c.id for c in await self.runtime.list(worker_selector(self.name)) if c.running
-                }
-            except RuntimeUnavailable:
-                self.engine.lost()
-                continue  # the runners retry on their own; the exits loop logs the outage
-            self.engine.back()
-            await self.allocs.retry_releases()
-            for runner in list(self.runners.values()):
-                if runner.task.state is State.RUNNING and runner.task.container_id not in running:
-                    runner.notify()
-
-    async def _disconnect_loop(self) -> None:
-        """Stop every task once the manager has been silent too long (see heard())."""
-        while True:
-            await asyncio.sleep(min(self.poll_interval, self.stop_after_disconnect or 1.0))
-            after, now = self.stop_after_disconnect, time.monotonic()
-            if self._cut_off or not should_stop_tasks(self.last_heard, now, after):
-                continue
-            self._cut_off = True
-            silent = now - self.last_heard
-            reason = (
-                f"stopped: no call from the manager for {silent:.0f}s "
-                f"(--stop-after-disconnect {after:g}s)"
-            )
-            stopping = [
-                t.id for t in self.list_tasks() if t.desired is DesiredState.RUN and needs_runner(t)
-            ]
-            log.warning(reason, node=self.name, tasks=len(stopping))
-            for task_id in stopping:
-                self._request_stop(task_id, reason)
-
-    async def _metrics_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.stats_interval)
-            self._sample()
-
+    # --- machine sample ----------------------------------------------------------------------
     def _sample(self) -> None:
         if self.sampler is not None:
             running = sum(1 for r in self.runners.values() if r.task.state is State.RUNNING)
             self._stats = self.sampler.sample(tasks_running=running)
             self._ports_in_use = self.sampler.ports_in_use()
-
-
-def _pick_container(task: Task, containers: list[ContainerSummary]) -> ContainerSummary:
-    """The container to keep when several claim one task: the recorded one, else a running one."""
-    for c in containers:
-        if c.id == task.container_id:
-            return c
-    return next((c for c in containers if c.running), containers[0])

@@ -45,8 +45,8 @@ from cube.runtime.base import (
 )
 from cube.task.model import Task
 from cube.task.spec import AllocRef, PortMapping
+from cube.worker.container import Launch
 from cube.worker.ports import PORT_ATTEMPTS, HostPorts, port_env, port_taken
-from cube.worker.runner import Launch
 
 log = get_logger("cube.worker")
 

@@ -20,19 +20,17 @@ from cube.log import get_logger
 from cube.metrics.worker import WorkerTelemetry
 from cube.runtime.base import (
     LABEL_TASK_ID,
-    ContainerConfig,
     ContainerInfo,
     ContainerRuntime,
-    ProgressCallback,
-    task_labels,
     worker_selector,
 )
 from cube.store.base import Store
 from cube.task.model import STOPPED_BY_USER, DesiredState, Health, Task
 from cube.task.restart import decide_restart, ended_by_engine
-from cube.task.spec import FOR_LABELS, HealthCheck, RestartPolicyName
+from cube.task.spec import HealthCheck, RestartPolicyName
 from cube.task.state import TERMINAL, State
 from cube.units import format_size
+from cube.worker.container import Launch, container_config, run_on
 from cube.worker.engine import EngineWatch
 from cube.worker.health import HealthTracker, Prober, Verdict, probe
 
@@ -42,50 +40,6 @@ log = get_logger("cube.worker")
 ENGINE_RETRY = 1.0
 #: How the reason of a container stopped for failing its health check begins.
 UNHEALTHY = "unhealthy: "
-
-
-def container_name(task: Task, node: str) -> str:
-    # Names are unique per Docker engine and workers may share one: the copy a lost worker
-    # still runs must not block the task's new copy on another worker of the same engine.
-    return f"cube-{task.spec.name}-{task.id[:8]}-{node}"
-
-
-def container_config(task: Task, node: str) -> ContainerConfig:
-    spec = task.spec
-    return ContainerConfig(
-        name=container_name(task, node),
-        image=spec.image,
-        command=list(spec.command),
-        env=spec.env_values(),
-        labels={
-            **spec.labels,
-            **task_labels(
-                task_id=task.id,
-                task_name=spec.name,
-                worker=node,
-                spec_json=spec.model_dump_json(context=FOR_LABELS),  # no env value
-            ),
-        },
-        ports=list(spec.ports),
-        cpu=spec.resources.cpu,
-        memory=spec.resources.memory,
-        privileged=spec.privileged,
-        network=spec.network,
-        mounts=list(spec.mounts),
-    )
-
-
-#: Creates and starts a container from its config, reporting progress.
-Launch = Callable[[ContainerConfig, ProgressCallback | None], Awaitable[ContainerInfo]]
-
-
-def _run_on(runtime: ContainerRuntime) -> Launch:
-    async def launch(
-        config: ContainerConfig, on_progress: ProgressCallback | None
-    ) -> ContainerInfo:
-        return await runtime.run(config, on_progress=on_progress)
-
-    return launch
 
 
 class TaskRunner:
@@ -117,7 +71,7 @@ class TaskRunner:
         self._starts = starts or asyncio.Semaphore(1)
         #: How a container is created and started: an allocation's tasks start theirs on
         #: its network (:meth:`cube.worker.alloc_runner.AllocRunner.launcher`).
-        self._launch: Launch = launch or _run_on(runtime)
+        self._launch: Launch = launch or run_on(runtime)
         #: What the engine said about the container this runner just started (see _supervise).
         self._started: ContainerInfo | None = None
         #: The worker's record of engine outages, asked before a failure is counted.
@@ -196,7 +150,7 @@ class TaskRunner:
                 if task.desired is DesiredState.STOP:
                     return  # stopped while waiting for its turn: the next step ends the task
                 # From here on an exit of the new container wakes this runner, even before
-                # its ID is recorded (Worker._notify_container): _supervise then asks again.
+                # its ID is recorded (loops.notify_container): _supervise then asks again.
                 self._wake.clear()
                 launched = time.monotonic()
                 info = await self._launch(config, progress)

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from cube.cli.main import cli
 from cube.job.model import AllocStatus, Job, JobStatus
-from cube.job.spec import parse_job
+from cube.job.parse import parse_job
 from cube.job.wire import JobDetail
 from tests.support.fake_manager import FakeManager, alloc
 

@@ -29,10 +29,11 @@ from cube.cli.main import cli
 from cube.cli.run import RunFlags, build_request, check_running, describe, wait_status
 from cube.errors import CubeError, InvalidSpec, NotFound
 from cube.job.model import Allocation, AllocStatus
-from cube.job.spec import is_job_document
+from cube.job.parse import is_job_document
 from cube.node import MachineStats, NodeState
 from cube.scheduler import Decision, NodeScore
 from cube.task.model import DesiredState, Health, PublishedPort, Task, TaskEvent
+from cube.task.parse import decode_spec_text
 from cube.task.spec import (
     AllocRef,
     HealthCheck,
@@ -40,9 +41,8 @@ from cube.task.spec import (
     Protocol,
     RestartPolicy,
     TaskSpec,
-    decode_spec_text,
-    load_spec_file,
 )
+from cube.task.specfile import load_spec_file
 from cube.task.state import State
 from tests.support.fake_manager import (
     TASK_ID,
