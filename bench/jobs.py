@@ -47,6 +47,7 @@ import contextlib
 import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -63,6 +64,8 @@ from jobs_inproc import inproc_part
 from manager import MiB, peak_rss, sim_cluster, wait_for
 from rolling import ROLLING_SYSTEMS, rolling_part
 from start import COLUMNS, POLL, Bench, Run, run_trials, summarise, worker_selector
+
+from cube.heap import REPORT_ENV
 
 PARTS = ("docker", "sim", "inproc", "rolling")
 SYSTEMS = ("cube-job", "docker-api-parallel", "swarm")
@@ -232,6 +235,7 @@ async def sim_part(args: argparse.Namespace, work: Path) -> SimRun:
         collect_interval=1.0,
         scheduler=args.scheduler,
         processes=args.fleet_processes,
+        manager_env=heap_env(args),
     ) as cluster:
         manager, fleet = psutil.Process(cluster.manager.pid), psutil.Process(cluster.fleet.pid)
         t_join = time.monotonic()
@@ -248,6 +252,7 @@ async def sim_part(args: argparse.Namespace, work: Path) -> SimRun:
             await wait_for(f"{args.nodes} nodes", joined, args.timeout)
             run.join_s = time.monotonic() - t_join
             print(f"{args.nodes} nodes joined in {run.join_s:.1f}s", file=sys.stderr)
+            await heap_report(args, manager.pid)
             cpu0 = _cpu(manager), _cpu(fleet)
             manager.cpu_percent(None)
             t0 = time.monotonic()
@@ -309,12 +314,36 @@ async def sim_part(args: argparse.Namespace, work: Path) -> SimRun:
                 listed = sum(1 for a in allocs if a["status"] == "running")
                 if listed != wanted:
                     run.error = f"job statuses said {wanted} Running, the allocations {listed}"
+            await heap_report(args, manager.pid)
         # Read before the teardown, which stops the fleet first (its nodes then go Down).
         fleet_log = _read(work / "fleet.log")
         run.no_call_stops = fleet_log.count("stopped: no call from the manager")
         run.joins_retried = fleet_log.count("join failed, retrying")
         run.nodes_down = _read(work / "manager.log").count("node down")
     return run
+
+
+def heap_env(args: argparse.Namespace) -> dict[str, str]:
+    """The manager's environment for ``--heap-reports`` (see :mod:`cube.heap`)."""
+    if args.heap_reports is None:
+        return {}
+    env = {REPORT_ENV: str(args.heap_reports)}
+    if args.tracemalloc:
+        env["PYTHONTRACEMALLOC"] = str(args.tracemalloc)
+    return env
+
+
+async def heap_report(args: argparse.Namespace, pid: int) -> None:
+    """With ``--heap-reports``: have the manager write a heap report, and wait for it."""
+    if args.heap_reports is None:
+        return
+    before = len(list(args.heap_reports.glob("heap-*.json")))
+    os.kill(pid, signal.SIGUSR2)
+
+    async def written() -> bool:
+        return len(list(args.heap_reports.glob("heap-*.json"))) > before
+
+    await wait_for("the manager's heap report", written, 600, every=0.5)
 
 
 def _read(path: Path) -> str:
@@ -472,6 +501,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--timeout", type=float, default=600.0, help="for each wait, seconds")
     parser.add_argument("--json", type=Path, help="save the results here")
+    parser.add_argument(
+        "--heap-reports",
+        type=Path,
+        help="sim and inproc: the manager writes a heap report here once joined and once "
+        "all Running (cube.heap; bench/heap_report.py reads them)",
+    )
+    parser.add_argument(
+        "--tracemalloc", type=int, default=0, help="with --heap-reports: frames traced (0: off)"
+    )
     args = parser.parse_args(argv)
     info = machine()
     print(

@@ -20,13 +20,14 @@ import os
 import sys
 import tempfile
 import time
+import tracemalloc
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from manager import MiB, peak_rss
 
-from cube.heap import freeze_survivors
+from cube.heap import freeze_survivors, write_heap_report
 from cube.job.parse import parse_job
 from cube.manager.core import Manager
 from cube.manager.workers import WorkerClient
@@ -90,6 +91,10 @@ async def inproc_part(args: Any) -> InprocRun:
         manager = Manager(store=store, scheduler=make_scheduler(args.scheduler), workers=nodes)
         nodes.manager = manager
         freeze_survivors()  # as the agents do (cube.cli.agents): no long GC pauses
+        if args.heap_reports is not None:
+            if args.tracemalloc:
+                tracemalloc.start(args.tracemalloc)
+            write_heap_report(args.heap_reports)
         held = 0.0
 
         async def ticker() -> None:
@@ -133,6 +138,8 @@ async def inproc_part(args: Any) -> InprocRun:
         run.full_passes = getattr(manager.jobs, "full_passes", 0)
         run.loop_held_max_s = held
         run.peak_mib = peak_rss(os.getpid()) / MiB
+        if args.heap_reports is not None:
+            write_heap_report(args.heap_reports)
         tick.cancel()
         await manager.close()
         store.close()

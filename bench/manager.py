@@ -257,12 +257,18 @@ class SimCluster:
 
 @contextlib.asynccontextmanager
 async def sim_cluster(
-    work: Path, *, workers: int, collect_interval: float, scheduler: str, processes: int = 1
+    work: Path,
+    *,
+    workers: int,
+    collect_interval: float,
+    scheduler: str,
+    processes: int = 1,
+    manager_env: dict[str, str] | None = None,
 ) -> AsyncIterator[SimCluster]:
     """Start the manager (SQLite store in ``work``), wait until it answers, then start a
     fleet of ``workers`` simulated workers (4 CPU, 8 GiB each) that join it, in
     ``processes`` processes; both are stopped afterwards. The workers may still be joining
-    when the block begins."""
+    when the block begins. ``manager_env``: more environment for the manager alone."""
     env = agent_env(CUBE_DATA_DIR=str(work))
     manager_port, fleet_port = free_port(), free_port(processes)
     url = f"http://127.0.0.1:{manager_port}"
@@ -273,7 +279,7 @@ async def sim_cluster(
         *("--store", "sqlite", "--collect-interval", str(collect_interval)),
         *("--scheduler", scheduler, "--log-level", "warning"),
     ]
-    manager = start(manager_args, work / "manager.log", env)
+    manager = start(manager_args, work / "manager.log", {**env, **(manager_env or {})})
     fleet: subprocess.Popen[bytes] | None = None
     try:
         async with httpx.AsyncClient(base_url=url, timeout=10.0) as probe:

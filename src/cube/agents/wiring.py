@@ -17,7 +17,7 @@ from pathlib import Path
 from cube.api.server import Server, make_server, serve
 from cube.api.tls import Tls, Verify
 from cube.auth import Authenticator, Role
-from cube.heap import freeze_survivors
+from cube.heap import freeze_survivors, heap_reports_on_signal
 from cube.manager import Manager, WorkerClient
 from cube.manager import create_app as manager_app
 from cube.node import NODE_SECRET_FILE, Resources
@@ -202,6 +202,7 @@ def run_servers(
                 await runtime.close()
 
     freeze_survivors()  # no long GC pauses as records pile up (see cube.heap)
+    heap_reports_on_signal()  # only with CUBE_HEAP_REPORTS set (debugging)
     try:
         return asyncio.run(main())
     finally:
