@@ -28,7 +28,7 @@ from cube.manager.registry import TaskRegistry
 from cube.manager.stops import Stops
 from cube.manager.workers import WorkerClient
 from cube.node import Node, NodeState
-from cube.protocol import JoinAnswer, NodeReport
+from cube.protocol import JoinAnswer, NodeReport, TaskChanges
 from cube.task.model import DesiredState, Task, TaskEvent
 
 log = get_logger("cube.manager")
@@ -314,11 +314,16 @@ class Membership:
         since: str | None = None
         resync = 0.0
         interval = self.nodes.collect_interval
+        changes: TaskChanges | None = None
         while True:
             node = self.nodes.nodes[name]
             pace = self.nodes.pace
             if time.monotonic() >= resync:  # now and then every task, not only the changes
                 since, resync = None, time.monotonic() + pace.resync
+            # The last answer, reconciled, is not kept while the next one is awaited: a
+            # copy of the node's tasks and their histories, held for the whole wait, was a
+            # second copy of the cluster's tasks (bench/heap_report.py, docs/benchmarks.md).
+            changes = None
             try:
                 changes = await self.workers.watch(node.address, since=since, wait=pace.watch_wait)
             except CubeError:  # collection lists its tasks meanwhile, and judges its liveness
