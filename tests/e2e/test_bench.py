@@ -137,7 +137,7 @@ def test_jobs_bench_runs_jobs_on_a_small_simulated_fleet(tmp_path: Path) -> None
         "jobs.py",
         tmp_path / "j.json",
         *("--parts", "sim", "--nodes", "10", "--jobs", "2", "--count", "10", "--every", "0.5"),
-        *("--fleet-processes", "2"),
+        *("--fleet-processes", "2", "--heap-reports", str(tmp_path / "heap")),
     )
     sim = saved["sim"]
     assert sim["error"] == "", sim
@@ -147,6 +147,14 @@ def test_jobs_bench_runs_jobs_on_a_small_simulated_fleet(tmp_path: Path) -> None
     assert sim["fleet_processes"] == 2, sim
     assert sim["fleet_cpu_s"] > 0, sim  # the children's CPU is counted
     assert (sim["no_call_stops"], sim["nodes_down"]) == (0, 0), sim
+    # The manager wrote a heap report when told (SIGUSR2), once joined and once all Running.
+    report = subprocess.run(
+        [sys.executable, str(BENCH / "heap_report.py"), str(tmp_path / "heap")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "cube.task.model.Task" in report, report
 
 
 def test_jobs_bench_runs_the_job_service_in_process(tmp_path: Path) -> None:
