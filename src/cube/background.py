@@ -14,6 +14,7 @@ manager's dispatch for good while its API kept answering.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -33,6 +34,20 @@ MAX_BACKOFF = 10.0
 #: A loop that runs again without crashing is healthy after this; one that keeps crashing
 #: (a full disk) crashes again within MAX_BACKOFF, so it stays degraded all along.
 TROUBLE_WINDOW = 30.0
+
+
+async def wait_event(event: asyncio.Event, seconds: float) -> bool:
+    """Wait until ``event`` is set, at most ``seconds``; returns whether it is set.
+
+    ``asyncio.timeout``, not ``asyncio.wait_for``: on Python 3.11, ``wait_for`` returns
+    normally when the cancellation of its caller arrives in the same turn of the loop as
+    the event (CPython gh-86296, fixed in 3.12), so a loop told to stop while woken went
+    on running, and the agent's close() waited on it for ever.
+    """
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await event.wait()
+    return event.is_set()
 
 
 def spawn(

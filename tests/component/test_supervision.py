@@ -150,6 +150,30 @@ async def test_a_client_gone_before_its_body_came_is_one_line_not_a_traceback(
     assert "Traceback" not in line
 
 
+async def test_wait_event_says_whether_the_event_came() -> None:
+    event = asyncio.Event()
+    assert not await background.wait_event(event, 0.01)
+    asyncio.get_running_loop().call_soon(event.set)
+    assert await background.wait_event(event, 5)
+
+
+async def test_a_loop_told_to_stop_as_it_is_woken_stops() -> None:
+    """The cancel and the wake in the same turn of the event loop: on Python 3.11,
+    asyncio.wait_for returned as if woken and the job loop ran on, so the manager's close()
+    waited for ever (CPython gh-86296)."""
+    manager = Manager(store=MemoryStore(), scheduler=make_scheduler(), workers=WorkerClient())
+    job_loop = manager.jobs.loop
+    running = asyncio.create_task(job_loop.run())
+    await asyncio.sleep(0)  # it waits for a wake
+    job_loop.wake()
+    running.cancel()
+    done, _ = await asyncio.wait([running], timeout=5)
+    assert running in done
+    assert running.cancelled()
+    assert job_loop.passes == 0
+    await manager.close()
+
+
 class AcceptsEverything(WorkerClient):
     """A node that takes every task sent (no HTTP)."""
 

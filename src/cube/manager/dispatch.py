@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from cube.background import spawn
+from cube.background import spawn, wait_event
 from cube.errors import CubeError, InvalidSpec, StoreUnavailable, Unavailable
 from cube.log import get_logger
 from cube.manager.nodes import PLACED, NodeRegistry
@@ -284,9 +284,7 @@ class Dispatcher:
     async def dispatch_loop(self) -> None:
         self._dispatch_wake.set()  # a pass at once, also when started again after a crash
         while True:
-            try:
-                await asyncio.wait_for(self._dispatch_wake.wait(), 5.0)
-            except TimeoutError:
+            if not await wait_event(self._dispatch_wake, 5.0):
                 self._generation += 1  # the safety net: retry everything now and then
             self._dispatch_wake.clear()
             started = time.process_time()

@@ -32,6 +32,7 @@ from collections.abc import Collection, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from cube.background import wait_event
 from cube.errors import StoreUnavailable
 from cube.job.blocked import blocked_status
 from cube.job.model import AllocDesired, AllocStatus
@@ -113,8 +114,7 @@ class JobLoop:
             timeout = SAFETY_PASS
             if self._wake_at is not None:
                 timeout = min(timeout, max(0.0, (self._wake_at - utc_now()).total_seconds()))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            await wait_event(self._wake, timeout)
             self._wake.clear()
             full = time.monotonic() >= self._full_due
             if full:

@@ -16,14 +16,13 @@ and this worker's others removed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import time
 from collections.abc import AsyncIterator, Collection
 from functools import partial
 from typing import Any
 
-from cube.background import Supervisor, cancel_all, spawn
+from cube.background import Supervisor, cancel_all, spawn, wait_event
 from cube.errors import Conflict, FieldError, InvalidSpec, NotFound
 from cube.log import get_logger
 from cube.metrics.worker import WorkerTelemetry
@@ -258,8 +257,7 @@ class Worker:
         runner = self._request_stop(task_id, reason or STOPPED_BY_USER)
         task = runner.task
         if wait:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(runner.done.wait(), task.spec.stop_timeout + 15.0)
+            await wait_event(runner.done, task.spec.stop_timeout + 15.0)
             if task.alloc is not None and runner.done.is_set():
                 # The allocation's last task gone: its network goes before the answer.
                 await self.allocs.release(task.alloc.id)

@@ -23,9 +23,10 @@ there answers at once; a lone change waits only the window, never the query's ``
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import secrets
 from collections.abc import Awaitable, Callable
+
+from cube.background import wait_event
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -74,8 +75,7 @@ class ChangeFeed:
             return None
         seen = int(number)
         if seen == self.version and wait > 0 and not self._closed:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._event.wait(), wait)
+            await wait_event(self._event, wait)
             if self.version > seen and self.window > 0 and not self._closed:
                 self.woken += 1
                 await self._sleep(self.window)  # the rest of the burst

@@ -15,6 +15,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 
+from cube.background import wait_event
 from cube.errors import CubeError, RuntimeUnavailable
 from cube.log import get_logger
 from cube.metrics.worker import WorkerTelemetry
@@ -363,11 +364,7 @@ class TaskRunner:
 
     async def _wait(self, seconds: float) -> bool:
         """Wait for a wake-up at most ``seconds``; True if woken."""
-        try:
-            await asyncio.wait_for(self._wake.wait(), seconds)
-        except TimeoutError:
-            return False
-        return True
+        return await wait_event(self._wake, seconds)
 
     def _move(
         self, target: State, reason: str, *, exit_code: int | None = None, at: float | None = None
