@@ -297,16 +297,14 @@ def test_a_canary_beside_three_promote_rolls_on_and_fail_leaves_the_old_ones(
     )
     assert {a["id"]: containers(a) for a in live_allocs(manager.url)} == kept  # untouched
 
-    # By hand, to a version by number: version 1's spec as version 5, no canary.
+    # By hand, to a version by number: version 1's spec as version 5, no canary. The
+    # command follows the revert's deployment as `cube job run` does, to its success.
     reverted = cube(manager, "job", "revert", "web", "1")
     assert reverted.returncode == 0, reverted.stderr
-    assert "job web: version 5: back to version 1" in reverted.stdout
-    wait_for(
-        lambda: deployments(manager.url)[-1]["status"] == "successful",
-        timeout=60,
-        what="the revert to version 1 to succeed",
-    )
+    assert "job web: version 5: back to version 1" in reverted.stderr
+    assert "deployment of version 5: Successful" in reverted.stdout, reverted.stdout
     last = deployments(manager.url)[-1]
+    assert last["status"] == "successful"
     assert (last["version"], last["revert"], last["groups"]["http"]["desired_canaries"]) == (
         5,
         True,

@@ -1,4 +1,4 @@
-"""``cube job promote | pause | resume | fail | revert | history | deployments``.
+"""``cube job promote | pause | resume | fail | history | deployments``.
 
 ``cube job run`` follows a service or system job's deployment (:func:`judge_deployment`,
 pure): exit 0 once it succeeded (or waits for its canaries to be promoted), 1 once it
@@ -131,34 +131,6 @@ def fail_command(client: ManagerClient, job_id: str, output: out.Format) -> None
     print_deployment(client.fail_job(job_id), job_id, output)
 
 
-# A VERSION of "-1" or "abc" reaches the command (not click's "No such option '-1'" or
-# "'abc' is not a valid integer range") and is refused in one line naming the version.
-@click.command("revert", context_settings={"ignore_unknown_options": True})
-@click.argument("job_id", metavar="JOB")
-@click.argument("version", required=False)
-@out.output_option
-@handle_errors
-@manager_option
-def revert_command(
-    client: ManagerClient, job_id: str, version: str | None, output: out.Format
-) -> None:
-    """Go back to an earlier version (default: the last one that deployed successfully).
-
-    The spec of that version becomes the job's next version; its allocations still
-    running are kept, and no canary phase runs.
-
-    \b
-    Example:
-      cube job revert shop
-      cube job revert shop 2
-    """
-    job = client.revert_job(job_id, None if version is None else _version_number(version))
-    if output == "json":
-        out.print_json(job)
-    else:
-        click.echo(f"job {job.id}: {job.status_reason}")
-
-
 @click.command("history")
 @click.argument("job_id", metavar="JOB")
 @out.output_option
@@ -222,13 +194,12 @@ COMMANDS = (
     pause_command,
     resume_command,
     fail_command,
-    revert_command,
     history_command,
     deployments_command,
 )
 
 
-def _version_number(given: str) -> int:
+def version_number(given: str) -> int:
     """A version as ``cube job history`` lists them: 1, 2, ..."""
     if not given.isdigit() or int(given) < 1:
         why = (

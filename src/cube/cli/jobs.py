@@ -247,5 +247,43 @@ def scale_command(
     follow_to_the_end(client, job.id, version=job.version, timeout=timeout, output=output)
 
 
+# A VERSION of "-1" or "abc" reaches the command (not click's "No such option '-1'" or
+# "'abc' is not a valid integer range") and is refused in one line naming the version.
+@job_group.command("revert", context_settings={"ignore_unknown_options": True})
+@click.argument("job_id", metavar="JOB")
+@click.argument("version", required=False)
+@following
+@out.output_option
+@handle_errors
+@manager_option
+def revert_command(
+    client: ManagerClient,
+    job_id: str,
+    version: str | None,
+    detach: bool,
+    timeout: float,
+    output: out.Format,
+) -> None:
+    """Go back to an earlier version (default: the last one that deployed successfully),
+    and follow its deployment as `cube job run` does.
+
+    The spec of that version becomes the job's next version; its allocations still
+    running are kept, and no canary phase runs. Exit 0 once the revert's deployment
+    succeeded, 1 with the reasons when it cannot.
+
+    \b
+    Example:
+      cube job revert shop
+      cube job revert shop 2 --detach
+    """
+    number = None if version is None else deployment_commands.version_number(version)
+    job = client.revert_job(job_id, number)
+    out.stderr_console().print(f"job {job.id}: {job.status_reason}")
+    if detach:
+        print_job(job, job.id, output)
+        return
+    follow_to_the_end(client, job.id, version=job.version, timeout=timeout, output=output)
+
+
 for _command in deployment_commands.COMMANDS:
     job_group.add_command(_command)

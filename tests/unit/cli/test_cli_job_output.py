@@ -137,7 +137,7 @@ def test_deployment_moves_json_print_the_deployment(
 
 def test_job_revert_json_prints_the_job(fake: FakeManager, cube: Callable[..., Result]) -> None:
     fake.on("POST /v1/jobs/shop/revert", body=Job(id="shop", version=4))
-    result = cube("job", "revert", "shop", "-o", "json")
+    result = cube("job", "revert", "shop", "--detach", "-o", "json")
     assert result.exit_code == 0, result.output
     assert document(result)["version"] == 4
 
