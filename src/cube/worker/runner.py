@@ -252,8 +252,13 @@ class TaskRunner:
         task = self.task
         policy = task.spec.restart
         how, ended_at = self._ending()
+        # Stopped for failing its check, not a container that merely ended while failing.
+        unhealthy = how.startswith(UNHEALTHY)
         by_engine = False
-        if policy.policy is not RestartPolicyName.NEVER:
+        # A container this worker stopped for failing its check did not end by the engine:
+        # no ping. (It also kept an await between the Failed state and the decision's
+        # reason, so that `cube run --wait` could end on "unhealthy" before "gave up".)
+        if policy.policy is not RestartPolicyName.NEVER and not unhealthy:
             engine = await self.engine.facts(self.runtime)
             by_engine = ended_by_engine(engine, ended_at=ended_at)
         decision = decide_restart(
@@ -261,8 +266,7 @@ class TaskRunner:
             exit_code=task.exit_code,
             restarts_so_far=task.restarts,
             cause=how,
-            # Stopped for failing its check, not a container that merely ended while failing.
-            unhealthy=how.startswith(UNHEALTHY),
+            unhealthy=unhealthy,
             by_engine=by_engine,
         )
         if not decision.restart:
