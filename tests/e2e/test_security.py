@@ -352,6 +352,8 @@ def test_tokens_are_created_0600_kept_found_locally_and_never_shown(
     assert "token" not in node
     assert "secret_hash" not in node
     node_secret_file = worker.data_dir / "node-secret"
+    # Written once the join's answer came back, which may be after the node is listed.
+    wait_for(node_secret_file.exists, timeout=15, what="the worker's node secret on disk")
     assert mode(node_secret_file) == 0o600
     node_secret = node_secret_file.read_text().strip()
     assert len(node_secret) >= 32
