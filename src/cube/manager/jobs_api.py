@@ -255,9 +255,9 @@ def install_job_routes(app: FastAPI, jobs: JobService) -> None:
     async def list_allocations(job: str | None = None, node: str | None = None) -> list[Allocation]:
         """A job or node the cluster does not know is a 404 (``job shpo not found; did you
         mean 'shop'?``), not an empty list that reads as "nothing runs there"."""
-        allocs = jobs.allocations(job=job, node=node)
         if job is not None:
-            jobs.job(job)
+            jobs.job(job)  # NotFound
+        allocs = jobs.allocations(job=job, node=node)
         if node is not None and not allocs:  # a forgotten node's allocations still list
             jobs.manager.get_node(node)
         return allocs
