@@ -42,7 +42,8 @@ async def wait_event(event: asyncio.Event, seconds: float) -> bool:
     ``asyncio.timeout``, not ``asyncio.wait_for``: on Python 3.11, ``wait_for`` returns
     normally when the cancellation of its caller arrives in the same turn of the loop as
     the event (CPython gh-86296, fixed in 3.12), so a loop told to stop while woken went
-    on running, and the agent's close() waited on it for ever.
+    on running, and the agent's close() waited on it for ever. Ruff bans ``wait_for`` in
+    ``src`` (TID251, pyproject.toml) for the same reason.
     """
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(seconds):

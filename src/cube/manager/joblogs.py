@@ -99,8 +99,9 @@ class JobLogs:
                 try:  # no timer per line while lines are waiting
                     item = self._queue.get_nowait()
                 except asyncio.QueueEmpty:
-                    try:
-                        item = await asyncio.wait_for(self._queue.get(), timeout=POLL)
+                    try:  # (not wait_for: see cube.background.wait_event)
+                        async with asyncio.timeout(POLL):
+                            item = await self._queue.get()
                     except TimeoutError:
                         continue
                 if (record := self._handle(item)) is not None:

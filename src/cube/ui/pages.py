@@ -183,7 +183,8 @@ async def _log_tail(manager: Manager, task_id: str) -> tuple[str, str]:
                 return
 
     try:
-        await asyncio.wait_for(read(), LOG_WAIT)
+        async with asyncio.timeout(LOG_WAIT):  # (not wait_for: see cube.background.wait_event)
+            await read()
     except TimeoutError:
         pass  # show what came
     except CubeError as exc:
